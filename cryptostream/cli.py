@@ -1,0 +1,307 @@
+"""The ``cryptostream`` command.
+
+This module is the composition root: the one core module that wires the roles (``ingest``, ``processor``,
+``graphql_api``) together, importing each lazily inside its command. Nothing else in ``cryptostream/``
+imports upward.
+
+``cryptostream up`` runs everything on one machine: an embedded broker and database unless the settings
+name real ones, migrations, then ingest, processor and API as supervised child processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cryptostream.errors import CryptostreamError, SettingsError
+from cryptostream.logs import setup_logging
+from cryptostream.settings import Settings, load_settings
+
+__all__ = ["app", "main"]
+
+log = logging.getLogger("cryptostream")
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0] if __doc__ else None
+)
+
+
+class Source(StrEnum):
+    live = "live"
+    synthetic = "synthetic"
+    replay = "replay"
+
+
+def _settings(role: str, **overrides: Any) -> Settings:
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    setup_logging(settings.log_level, settings.log_format, role)
+    return settings
+
+
+def _run(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> None:
+    """Run a role until it finishes or SIGINT/SIGTERM asks it to stop (then it finishes cleanly)."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await coro_factory(stop)
+
+    asyncio.run(runner())
+
+
+def _require_kafka(settings: Settings) -> None:
+    if not settings.kafka_bootstrap:
+        raise SettingsError(
+            "KAFKA_BOOTSTRAP is not set: point it at a Kafka broker, or use `cryptostream up`"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- roles
+def _source(settings: Settings, source: Source, path: Path | None, rate: float) -> AsyncIterator[list[Any]]:
+    if source is Source.synthetic:
+        from ingest.synthetic import SyntheticMarket
+
+        return SyntheticMarket(settings.symbols, rate=rate, seed=int(time.time())).stream()
+    if source is Source.live:
+        from ingest.exchanges import live_trades
+
+        return live_trades(settings)
+    if path is None:
+        raise SettingsError("--source replay needs a file: cryptostream up --source replay --path FILE")
+    from ingest.replay import replay_trades
+
+    return replay_trades(settings, path)
+
+
+@app.command()
+def ingest(
+    source: Source = typer.Option(Source.live, help="Where trades come from."),
+    path: Path | None = typer.Option(None, help="File to replay (with --source replay)."),
+    symbols: str | None = typer.Option(None, help="Comma list, overrides SYMBOLS."),
+    rate: float = typer.Option(50.0, help="Synthetic trades per second."),
+) -> None:
+    """Capture trades from a source and publish them to KAFKA_TOPIC."""
+    settings = _settings("ingest", symbols=symbols)
+    _require_kafka(settings)
+    from cryptostream.metrics import serve_metrics
+    from ingest.service import run_ingest
+
+    serve_metrics(settings.metrics_port)
+    _run(lambda stop: run_ingest(settings, _source(settings, source, path, rate), stop, name=source.value))
+
+
+@app.command()
+def process() -> None:
+    """Consume trades, build candles and volatility, write Parquet (+ database), commit offsets."""
+    settings = _settings("process")
+    _require_kafka(settings)
+    from cryptostream.metrics import serve_metrics
+    from processor.service import Processor
+    from processor.sinks import ParquetSink, PostgresSink, Sink
+
+    serve_metrics(settings.metrics_port)
+    sinks: list[Sink] = [ParquetSink(settings.output_dir)]
+    if settings.database_dsn:
+        sinks.append(PostgresSink(settings.database_dsn))
+    else:
+        log.info("DATABASE_URL not set: writing the Parquet archive only")
+    _run(lambda stop: Processor(settings, sinks).run(stop))
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Interface to bind (API_HOST)."),
+    port: int | None = typer.Option(None, help="Port (API_PORT)."),
+) -> None:
+    """Serve GraphQL, the REST routes and the dashboard."""
+    settings = _settings("serve", api_host=host, api_port=port)
+    import uvicorn
+
+    from graphql_api import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        lifespan="on",
+    )
+    log.info(
+        "API on http://%s:%d (database: %s)",
+        settings.api_host,
+        settings.api_port,
+        settings.describe_database(),
+    )
+    uvicorn.Server(config).run()
+
+
+@app.command()
+def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Bring the database schema at DATABASE_URL up to date."""
+    settings = _settings("migrate")
+    if not settings.database_dsn:
+        raise SettingsError("DATABASE_URL is not set: migrations need a database (postgresql://...)")
+    from cryptostream.migrate import upgrade
+
+    upgrade(settings.database_dsn, revision)
+    log.info("database %s is at revision %s", settings.describe_database(), revision)
+
+
+# ---------------------------------------------------------------------------------------------- up
+@app.command()
+def up(
+    source: Source = typer.Option(
+        Source.synthetic, help="live exchanges, synthetic market, or a file replay."
+    ),
+    symbols: str | None = typer.Option(None, help="Comma list, overrides SYMBOLS."),
+    port: int | None = typer.Option(None, help="API port (API_PORT, default 8000)."),
+    path: Path | None = typer.Option(None, help="File to replay (with --source replay)."),
+    rate: float = typer.Option(50.0, help="Synthetic trades per second."),
+) -> None:
+    """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
+    settings = _settings("up", symbols=symbols, api_port=port)
+    from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
+    from cryptostream.kafka import ensure_topics, wait_for_broker
+    from cryptostream.migrate import upgrade
+
+    state = settings.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with stack:
+        env = dict(os.environ)
+        bootstrap = settings.kafka_bootstrap
+        if not bootstrap:
+            bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
+        dsn = settings.database_dsn
+        if not dsn:
+            dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
+        env.update(
+            KAFKA_BOOTSTRAP=bootstrap,
+            DATABASE_URL=dsn,
+            SYMBOLS=",".join(settings.symbols),
+            API_PORT=str(settings.api_port),
+            OUTPUT_DIR=str(settings.output_dir.resolve()),
+        )
+        asyncio.run(wait_for_broker(bootstrap))
+        upgrade(dsn)
+        effective = load_settings(kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols)
+        asyncio.run(ensure_topics(effective))
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        (state / "endpoints.json").write_text(
+            json.dumps(
+                {
+                    "kafka_bootstrap": bootstrap,
+                    "database_url": dsn,
+                    "api_url": api_url,
+                    "output_dir": str(settings.output_dir.resolve()),
+                    "pid": os.getpid(),
+                },
+                indent=2,
+            )
+        )
+        log.info(
+            "Kafka %s | database %s | archive %s",
+            bootstrap,
+            effective.describe_database(),
+            settings.output_dir.resolve(),
+        )
+        ingest_args = ["ingest", "--source", source.value, "--rate", str(rate)]
+        if path is not None:
+            ingest_args += ["--path", str(path.resolve())]
+        roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
+        supervisor = _Supervisor(roles, env)
+        try:
+            supervisor.start()
+            log.info("pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url)
+            supervisor.watch()
+        except KeyboardInterrupt:
+            log.info(
+                "stopping: ingest first (flushes accepted trades), then processor (final checkpoint), API"
+            )
+        finally:
+            supervisor.stop(["ingest", "process", "serve"])
+    log.info("stopped; state kept in %s", state)
+
+
+class _Supervisor:
+    """Keeps the role processes of ``up`` running; restarts one that crashes (a few times, with backoff)."""
+
+    MAX_RESTARTS = 5
+
+    def __init__(self, roles: dict[str, list[str]], env: dict[str, str]) -> None:
+        self.roles = roles
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(roles, 0)
+
+    def _spawn(self, role: str) -> None:
+        from cryptostream.procs import spawn
+
+        argv = [sys.executable, "-m", "cryptostream", *self.roles[role]]
+        self.procs[role] = spawn(argv, env=self.env, inherit_output=True)
+
+    def start(self) -> None:
+        for role in ("process", "serve", "ingest"):
+            self._spawn(role)
+
+    def watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            for role, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                self.restarts[role] += 1
+                if self.restarts[role] > self.MAX_RESTARTS:
+                    log.error(
+                        "%s exited with %s %d times; stopping the pipeline", role, code, self.MAX_RESTARTS
+                    )
+                    raise KeyboardInterrupt
+                delay = min(30, 2 ** self.restarts[role])
+                log.warning("%s exited with %s; restarting in %ds", role, code, delay)
+                time.sleep(delay)
+                self._spawn(role)
+
+    def stop(self, order: list[str]) -> None:
+        from cryptostream.procs import stop_process
+
+        for role in order:
+            proc = self.procs.get(role)
+            if proc is not None:
+                code = stop_process(proc, signal.SIGTERM, timeout=30)
+                log.info("%s stopped (exit %s)", role, code)
+
+
+def main() -> None:
+    """Console entry point: settings errors are one line on stderr and exit code 2."""
+    try:
+        app()
+    except CryptostreamError as exc:
+        typer.echo(f"cryptostream: {exc}", err=True)
+        sys.exit(2)

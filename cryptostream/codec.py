@@ -1,0 +1,296 @@
+"""Kafka record codecs: trades in the seed's JSON shape, rejected records for the dead-letter topic.
+
+A trade on ``crypto-trades`` is plain JSON any Kafka tool can read or write::
+
+    {"symbol":"BTCUSD","price":50000.0,"quantity":0.5,"timestamp":1699564800000,"trade_id":12345,
+     "is_buyer_maker":false,"exchange":"coinbase"}
+
+:func:`decode_trades` turns a ``getmany()`` batch into :class:`~cryptostream.models.TradeColumns` in bulk
+and returns every record it could not accept as a :class:`Rejected` with a stable reason code. The fast
+path extracts fields with C-level iteration; a batch with anything odd in it falls back to an exact
+per-record check so each bad record gets its own reason and no good record is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+
+from cryptostream.errors import UnsupportedSymbol
+from cryptostream.models import Trade, TradeColumns
+from cryptostream.symbols import normalize_symbol
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "REASONS",
+    "Rejected",
+    "decode_trades",
+    "encode_dlq",
+    "encode_trade",
+    "encode_trades",
+    "trade_from_dict",
+]
+
+MAX_RECORD_BYTES = 64 * 1024
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake, not a trade
+MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: microseconds or nanoseconds land above this
+
+REASONS: dict[str, str] = {
+    "too_large": f"record larger than {MAX_RECORD_BYTES} bytes",
+    "malformed_json": "value is not valid JSON",
+    "not_an_object": "value is JSON but not an object",
+    "missing_field": "a required field is missing",
+    "wrong_type": "a field has the wrong JSON type",
+    "bad_symbol": "symbol does not normalize (expected e.g. BTCUSDT or BTC-USD)",
+    "non_finite_price": "price is NaN or infinite",
+    "non_positive_price": "price is zero or negative",
+    "non_finite_quantity": "quantity is NaN or infinite",
+    "negative_quantity": "quantity is negative",
+    "bad_timestamp": "timestamp is not epoch milliseconds between 2000 and 2100",
+    "late": "trade arrived after its window closed (event time older than the watermark)",
+}
+
+_REQUIRED = ("symbol", "price", "quantity", "timestamp", "trade_id", "is_buyer_maker")
+_GET_REQUIRED = itemgetter(*_REQUIRED)
+_NUMBER = (int, float)
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record that did not become a trade, and why."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    partition: int = -1
+    offset: int = -1
+
+
+def encode_trade(trade: Trade) -> bytes:
+    """The Kafka value of one trade."""
+    return orjson.dumps(trade.to_dict())
+
+
+def encode_trades(trades: Sequence[Trade]) -> list[bytes]:
+    """Kafka values of many trades."""
+    dumps = orjson.dumps
+    return [dumps(t.to_dict()) for t in trades]
+
+
+def encode_dlq(rejected: Rejected, *, stage: str, source_topic: str) -> bytes:
+    """Dead-letter envelope: reason, where it came from, and the raw payload (text, or base64 if binary)."""
+    raw = rejected.raw[:MAX_RECORD_BYTES]
+    envelope: dict[str, Any] = {
+        "reason": rejected.reason,
+        "detail": rejected.detail,
+        "stage": stage,
+        "source": {"topic": source_topic, "partition": rejected.partition, "offset": rejected.offset},
+        "truncated": len(rejected.raw) > len(raw),
+    }
+    try:
+        envelope["raw"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        envelope["raw_base64"] = base64.b64encode(raw).decode("ascii")
+    return orjson.dumps(envelope)
+
+
+def _check_row(obj: Any) -> tuple[str, str] | tuple[Any, ...]:
+    """Validate one decoded record exactly; return the field tuple or ``(reason, detail)``."""
+    if not isinstance(obj, dict):
+        return ("not_an_object", f"got JSON {type(obj).__name__}")
+    missing = [name for name in _REQUIRED if name not in obj]
+    if missing:
+        return ("missing_field", f"missing {', '.join(missing)}")
+    symbol, price, quantity, timestamp, trade_id, ibm = _GET_REQUIRED(obj)
+    for name, value, types in (
+        ("symbol", symbol, str),
+        ("price", price, _NUMBER),
+        ("quantity", quantity, _NUMBER),
+        ("timestamp", timestamp, int),
+        ("trade_id", trade_id, int),
+        ("is_buyer_maker", ibm, bool),
+    ):
+        if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
+            return ("wrong_type", f"{name} is {type(value).__name__}: {value!r:.40}")
+    exchange = obj.get("exchange", "unknown")
+    if not isinstance(exchange, str):
+        return ("wrong_type", f"exchange is {type(exchange).__name__}")
+    if not -(2**63) <= trade_id < 2**63 or not -(2**63) <= timestamp < 2**63:
+        return ("wrong_type", "integer out of 64-bit range")
+    return (symbol, float(price), float(quantity), timestamp, trade_id, ibm, exchange)
+
+
+def _rows_fast(dicts: list[Any]) -> list[tuple[Any, ...]] | None:
+    """All rows when every record is a well-typed object; ``None`` sends the batch to the exact path."""
+    try:
+        rows = list(map(_GET_REQUIRED, dicts))
+        exchanges = [d.get("exchange", "unknown") for d in dicts]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if not rows:
+        return []
+    symbol, price, quantity, timestamp, trade_id, ibm = zip(*rows, strict=True)
+    if (
+        set(map(type, symbol)) <= {str}
+        and set(map(type, price)) <= {float, int}
+        and set(map(type, quantity)) <= {float, int}
+        and set(map(type, timestamp)) <= {int}
+        and set(map(type, trade_id)) <= {int}
+        and set(map(type, ibm)) <= {bool}
+        and set(map(type, exchanges)) <= {str}
+        and max(map(abs, timestamp)) < 2**63
+        and max(map(abs, trade_id)) < 2**63
+    ):
+        return [(*row, ex) for row, ex in zip(rows, exchanges, strict=True)]
+    return None
+
+
+def decode_trades(
+    values: Sequence[bytes | None],
+    offsets: Sequence[int] | None = None,
+    partition: int = -1,
+) -> tuple[TradeColumns, list[Rejected]]:
+    """Decode and validate a batch of Kafka values; return the valid trades and the rejects."""
+    n = len(values)
+    offs = list(offsets) if offsets is not None else [-1] * n
+    rejected: list[Rejected] = []
+    loads = orjson.loads
+
+    parsed: list[Any]
+    keep: list[int]
+    try:
+        if any(v is None or len(v) > MAX_RECORD_BYTES for v in values):
+            raise ValueError
+        parsed = [loads(v) for v in values]  # type: ignore[arg-type]
+        keep = list(range(n))
+    except (ValueError, TypeError):
+        parsed, keep = [], []
+        for i, value in enumerate(values):
+            if value is None:
+                rejected.append(
+                    Rejected("malformed_json", "empty value (tombstone)", b"", partition, offs[i])
+                )
+                continue
+            if len(value) > MAX_RECORD_BYTES:
+                rejected.append(Rejected("too_large", f"{len(value)} bytes", value, partition, offs[i]))
+                continue
+            try:
+                parsed.append(loads(value))
+                keep.append(i)
+            except orjson.JSONDecodeError as exc:
+                rejected.append(Rejected("malformed_json", str(exc)[:200], value, partition, offs[i]))
+
+    rows = _rows_fast(parsed)
+    if rows is None:
+        rows, good = [], []
+        for i, obj in zip(keep, parsed, strict=True):
+            row = _check_row(obj)
+            if len(row) == 2:
+                rejected.append(Rejected(row[0], row[1], values[i] or b"", partition, offs[i]))
+            else:
+                rows.append(row)
+                good.append(i)
+        keep = good
+
+    columns, bad = _columns(rows, [offs[i] for i in keep])
+    for pos, reason, detail in bad:
+        i = keep[pos]
+        rejected.append(Rejected(reason, detail, values[i] or b"", partition, offs[i]))
+    if rejected:
+        rejected.sort(key=lambda r: r.offset)
+    return columns, rejected
+
+
+def _columns(
+    rows: list[tuple[Any, ...]], offsets: list[int]
+) -> tuple[TradeColumns, list[tuple[int, str, str]]]:
+    """Typed rows -> arrays, then value checks done on whole columns."""
+    n = len(rows)
+    if n:
+        raw_symbol, price_l, qty_l, ts_l, tid_l, ibm_l, exch_l = zip(*rows, strict=True)
+    else:
+        raw_symbol = price_l = qty_l = ts_l = tid_l = ibm_l = exch_l = ()
+    price = np.array(price_l, dtype=np.float64)
+    quantity = np.array(qty_l, dtype=np.float64)
+    timestamp = np.array(ts_l, dtype=np.int64)
+
+    symbols: list[str] = []
+    code_of: dict[str, int] = {}
+    raw_code: dict[str, int] = {}
+    for raw in set(raw_symbol):
+        try:
+            sym = normalize_symbol(raw)
+        except UnsupportedSymbol:
+            raw_code[raw] = -1
+            continue
+        if sym not in code_of:
+            code_of[sym] = len(symbols)
+            symbols.append(sym)
+        raw_code[raw] = code_of[sym]
+    symbol = np.fromiter(map(raw_code.__getitem__, raw_symbol), np.int32, n)
+    exchanges = sorted(set(exch_l))
+    e_code = {e: i for i, e in enumerate(exchanges)}
+    exchange = np.fromiter(map(e_code.__getitem__, exch_l), np.int32, n)
+
+    checks = (
+        ("bad_symbol", symbol < 0),
+        ("non_finite_price", ~np.isfinite(price)),
+        ("non_positive_price", np.isfinite(price) & (price <= 0)),
+        ("non_finite_quantity", ~np.isfinite(quantity)),
+        ("negative_quantity", np.isfinite(quantity) & (quantity < 0)),
+        ("bad_timestamp", (timestamp < MIN_TIMESTAMP_MS) | (timestamp >= MAX_TIMESTAMP_MS)),
+    )
+    bad: list[tuple[int, str, str]] = []
+    invalid = np.zeros(n, dtype=np.bool_)
+    for reason, mask in checks:
+        mask = mask & ~invalid
+        if mask.any():
+            for pos in np.flatnonzero(mask).tolist():
+                bad.append((pos, reason, _detail(reason, rows[pos])))
+            invalid |= mask
+    cols = TradeColumns(
+        symbols=symbols,
+        exchanges=exchanges,
+        symbol=symbol,
+        exchange=exchange,
+        timestamp=timestamp,
+        price=price,
+        quantity=quantity,
+        trade_id=np.array(tid_l, dtype=np.int64),
+        is_buyer_maker=np.array(ibm_l, dtype=np.bool_),
+        offset=np.array(offsets, dtype=np.int64),
+    )
+    if invalid.any():
+        cols = cols.take(~invalid)
+    return cols, bad
+
+
+def _detail(reason: str, row: tuple[Any, ...]) -> str:
+    symbol, price, quantity, timestamp = row[0], row[1], row[2], row[3]
+    if reason == "bad_symbol":
+        return f"symbol {symbol!r:.40}"
+    if reason in ("non_finite_price", "non_positive_price"):
+        return f"price {price!r}"
+    if reason in ("non_finite_quantity", "negative_quantity"):
+        return f"quantity {quantity!r}"
+    return f"timestamp {timestamp!r}"
+
+
+def trade_from_dict(obj: Any) -> Trade:
+    """One record as a :class:`Trade` (strict; raises ``ValueError`` with the reason)."""
+    row = _check_row(obj)
+    if len(row) == 2:
+        raise ValueError(f"{row[0]}: {row[1]}")
+    symbol, price, quantity, timestamp, trade_id, ibm, exchange = row
+    if not (math.isfinite(price) and price > 0 and math.isfinite(quantity) and quantity >= 0):
+        raise ValueError(f"invalid price/quantity: {price!r}/{quantity!r}")
+    return Trade(
+        exchange, normalize_symbol(symbol), price, quantity, timestamp, trade_id, ibm, obj.get("received_at")
+    )

@@ -1,0 +1,130 @@
+"""Kafka helpers shared by every role: topic creation, producer and consumer construction.
+
+Everything here speaks the plain Kafka protocol through aiokafka, so it works the same against Apache
+Kafka (the distributed shape) and the embedded Tansu broker. Where the broker lacks a feature (Tansu has no
+idempotent producer), :func:`start_producer` falls back and logs it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from cryptostream.errors import InfraError
+from cryptostream.settings import Settings
+
+__all__ = ["consumer_for", "ensure_topics", "start_producer", "wait_for_broker"]
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Return once the broker answers metadata requests; raise :class:`InfraError` after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    raise InfraError(
+        f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({last}); check KAFKA_BOOTSTRAP"
+    )
+
+
+async def ensure_topics(settings: Settings, bootstrap: str | None = None) -> None:
+    """Create the trades, candles and dead-letter topics if they do not exist yet."""
+    servers = bootstrap or settings.kafka_bootstrap
+    if not servers:
+        raise InfraError("KAFKA_BOOTSTRAP is not set (or run `cryptostream up`, which starts a broker)")
+    wanted = {
+        settings.kafka_topic: settings.kafka_partitions,
+        settings.kafka_candles_topic: settings.kafka_partitions,
+        settings.kafka_dlq_topic: 1,
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=n, replication_factor=1)
+            for name, n in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another role created it between list and create
+            for topic in missing:
+                log.info("created topic %s with %d partition(s)", topic.name, topic.num_partitions)
+    finally:
+        await admin.close()
+
+
+async def start_producer(
+    settings: Settings, bootstrap: str | None = None, **overrides: Any
+) -> AIOKafkaProducer:
+    """A started producer: acks=all, idempotent where the broker supports it."""
+    servers = bootstrap or settings.kafka_bootstrap
+    options: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "acks": "all",
+        "linger_ms": settings.kafka_linger_ms,
+        "max_batch_size": 1024 * 1024,
+        "request_timeout_ms": 30_000,
+        "retry_backoff_ms": 200,
+    }
+    options.update(overrides)
+    if settings.kafka_idempotence != "off":
+        producer = AIOKafkaProducer(enable_idempotence=True, **options)
+        sender_log = logging.getLogger("aiokafka.producer.sender")
+        level = sender_log.level
+        if settings.kafka_idempotence == "auto":
+            sender_log.setLevel(logging.CRITICAL)  # a refusal here is an answer, not an error
+        try:
+            await producer.start()
+            return producer
+        except KafkaError as exc:
+            await producer.stop()
+            if settings.kafka_idempotence == "on":
+                raise InfraError(
+                    f"KAFKA_IDEMPOTENCE=on but the broker refused an idempotent producer: {exc}"
+                ) from exc
+            log.info("broker does not support idempotent producers (%s); using acks=all with retries", exc)
+        finally:
+            sender_log.setLevel(level)
+    producer = AIOKafkaProducer(**options)
+    await producer.start()
+    return producer
+
+
+def consumer_for(
+    settings: Settings, *topics: str, bootstrap: str | None = None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """An unstarted consumer in ``CONSUMER_GROUP`` with manual commits (offsets follow durable sinks)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap or settings.kafka_bootstrap,
+        "group_id": settings.consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.max_poll_records,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+        "isolation_level": "read_uncommitted",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)

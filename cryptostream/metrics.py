@@ -1,0 +1,45 @@
+"""Prometheus metrics of every role, in one registry per process.
+
+The API serves them at ``/metrics``; ingest and processor serve them on ``METRICS_PORT`` when it is set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "CANDLES",
+    "CHECKPOINT_SECONDS",
+    "CONSUMER_LAG",
+    "DUPLICATES",
+    "INGEST_BACKLOG",
+    "LATE",
+    "RECONNECTS",
+    "REJECTED",
+    "SINK_ROWS",
+    "TRADES_IN",
+    "TRADES_OUT",
+    "serve_metrics",
+]
+
+TRADES_IN = Counter("cryptostream_trades_in", "Trades received", ["role", "source"])
+TRADES_OUT = Counter("cryptostream_trades_out", "Trades handed on (published to Kafka / windowed)", ["role"])
+REJECTED = Counter("cryptostream_rejected", "Records rejected to the dead-letter topic", ["role", "reason"])
+LATE = Counter("cryptostream_late_trades", "Trades that arrived after their window closed", ["symbol"])
+DUPLICATES = Counter("cryptostream_duplicate_trades", "Duplicate trades counted once", [])
+CANDLES = Counter("cryptostream_candles", "Closed 1 s candles", [])
+SINK_ROWS = Counter("cryptostream_sink_rows", "Rows made durable", ["sink", "kind"])
+CHECKPOINT_SECONDS = Histogram(
+    "cryptostream_checkpoint_seconds",
+    "Time to flush every sink and commit offsets",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONSUMER_LAG = Gauge("cryptostream_consumer_lag", "Records behind the log end", ["topic", "partition"])
+RECONNECTS = Counter("cryptostream_reconnects", "Exchange WebSocket reconnects", ["exchange"])
+INGEST_BACKLOG = Gauge("cryptostream_ingest_backlog", "Trades accepted but not yet acknowledged by Kafka", [])
+
+
+def serve_metrics(port: int | None, host: str = "0.0.0.0") -> None:
+    """Expose ``/metrics`` on ``port`` in a background thread (no-op when ``port`` is falsy)."""
+    if port:
+        start_http_server(port, addr=host)

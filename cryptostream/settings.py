@@ -1,0 +1,207 @@
+"""All configuration, read once at start-up from the environment and an optional ``.env`` file.
+
+The names and defaults of the original README are kept (``SYMBOLS``, ``KAFKA_BOOTSTRAP``, ``KAFKA_TOPIC``,
+``KAFKA_PARTITIONS``, ``BATCH_SIZE``, ``REPLAY_SPEED``, ``MAX_POLL_RECORDS``, ``CONSUMER_GROUP``,
+``OUTPUT_DIR``, ``MAX_BUFFER_SECONDS``, ``PARQUET_CHUNK_SECONDS``). Nothing else in the code base reads
+``os.environ``: every role gets a :class:`Settings` instance.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cryptostream.errors import SettingsError, UnsupportedSymbol
+from cryptostream.symbols import normalize_symbol
+
+__all__ = ["Settings", "load_settings"]
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of cryptostream. Environment variable = field name in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False, frozen=True
+    )
+
+    # --- what to capture --------------------------------------------------------------------------
+    symbols: CommaList = Field(
+        default_factory=lambda: ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+        description="Symbols to stream, comma separated; normalized (BTC-USD -> BTCUSD).",
+    )
+    exchanges: CommaList = Field(
+        default_factory=lambda: ["binance", "coinbase"],
+        description="Exchanges the live source connects to.",
+    )
+
+    # --- Kafka ------------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers; unset = `cryptostream up` starts an embedded broker.",
+    )
+    kafka_topic: str = Field(
+        default="crypto-trades", description="Topic of normalized trades (key = symbol)."
+    )
+    kafka_candles_topic: str = Field(
+        default="crypto-candles", description="Topic of live and closed candles."
+    )
+    kafka_dlq_topic: str = Field(
+        default="crypto-trades-dlq", description="Dead-letter topic of rejected trades."
+    )
+    kafka_partitions: int = Field(default=4, ge=1, le=1024, description="Partitions of the trades topic.")
+    kafka_idempotence: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Idempotent producer: auto = on where the broker supports it."
+    )
+    kafka_linger_ms: int = Field(
+        default=5, ge=0, le=10_000, description="Producer linger before a batch goes."
+    )
+
+    # --- ingest -----------------------------------------------------------------------------------
+    batch_size: int = Field(default=1, ge=1, le=100_000, description="Trades per producer batch.")
+    replay_speed: float = Field(
+        default=1.0, ge=0.0, description="Replay speed multiplier: 1 = real time, 0 = as fast as possible."
+    )
+    publish_queue_size: int = Field(
+        default=100_000, ge=1, description="Trades held in memory before ingest applies back-pressure."
+    )
+
+    # --- processor --------------------------------------------------------------------------------
+    max_poll_records: int = Field(default=500, ge=1, le=1_000_000, description="Max records per poll.")
+    consumer_group: str = Field(default="crypto-consumer-group", description="Processor consumer group.")
+    output_dir: Path = Field(default=Path("./data/outputs"), description="Parquet archive root.")
+    max_buffer_seconds: float = Field(
+        default=5.0, ge=0.0, le=3600.0, description="Out-of-order buffer: watermark = max event time - this."
+    )
+    parquet_chunk_seconds: float = Field(
+        default=10.0, gt=0.0, le=3600.0, description="Flush (and offset commit) interval."
+    )
+    volatility_window_seconds: int = Field(
+        default=60, ge=2, le=86_400, description="Rolling window of the volatility (std of 1 s log returns)."
+    )
+    live_candle_interval_ms: int = Field(
+        default=250, ge=0, le=60_000, description="Throttle of in-progress candle updates per symbol."
+    )
+
+    # --- storage ----------------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL/TimescaleDB URL; unset = `cryptostream up` starts an embedded one.",
+    )
+    state_dir: Path = Field(
+        default=Path("./.cryptostream"), description="Embedded broker/database state (kept between runs)."
+    )
+
+    # --- API --------------------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Interface the API binds to.")
+    api_port: int = Field(default=8000, ge=1, le=65_535, description="Port of the API and dashboard.")
+    cors_origins: CommaList = Field(default_factory=lambda: ["*"], description="Allowed CORS origins.")
+
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65_535, description="Port of /metrics for ingest and processor (unset = off)."
+    )
+
+    # --- logs -------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    log_format: Literal["human", "json"] = Field(default="human", description="human or json lines.")
+
+    @field_validator("symbols", "exchanges", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("symbols")
+    @classmethod
+    def _normalize_symbols(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one symbol, e.g. BTCUSDT,ETHUSDT")
+        out: list[str] = []
+        for raw in value:
+            try:
+                symbol = normalize_symbol(raw)
+            except UnsupportedSymbol as exc:
+                raise ValueError(str(exc)) from None
+            if symbol not in out:
+                out.append(symbol)
+        return out
+
+    @field_validator("exchanges")
+    @classmethod
+    def _known_exchanges(cls, value: list[str]) -> list[str]:
+        names = [name.lower() for name in value]
+        unknown = [name for name in names if name not in ("binance", "coinbase")]
+        if unknown or not names:
+            raise ValueError(f"must be a comma list of binance, coinbase; got {','.join(value) or 'nothing'}")
+        return names
+
+    @field_validator("kafka_topic", "kafka_candles_topic", "kafka_dlq_topic", "consumer_group")
+    @classmethod
+    def _kafka_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+            raise ValueError(f"must use only letters, digits, '.', '_' and '-', got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = value.get_secret_value()
+        if not re.match(r"postgres(ql)?(\+asyncpg)?://", url):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://user:pass@localhost:5432/db)")
+        return value
+
+    @property
+    def database_dsn(self) -> str | None:
+        """The database URL in the plain ``postgresql://`` form asyncpg takes."""
+        if self.database_url is None:
+            return None
+        return re.sub(r"^postgres(ql)?(\+asyncpg)?://", "postgresql://", self.database_url.get_secret_value())
+
+    def describe_database(self) -> str:
+        """The database URL with any password masked, for logs."""
+        if self.database_dsn is None:
+            return "none (Parquet archive only)"
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.database_dsn)
+
+
+_PHRASES = (
+    ("Input should be", "must be"),
+    ("greater than or equal to", ">="),
+    ("less than or equal to", "<="),
+    ("greater than", ">"),
+    ("less than", "<"),
+)
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "setting"
+    message = first["msg"].removeprefix("Value error, ")
+    for verbose, short in _PHRASES:
+        message = message.replace(verbose, short)
+    value = first.get("input")
+    if isinstance(value, SecretStr) or name == "DATABASE_URL":
+        value = "***"
+    shown = f", got {value!r}" if value is not None and "got" not in message else ""
+    more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{name} {message}{shown}{more}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and ``.env``); raise :class:`SettingsError` in one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None

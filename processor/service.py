@@ -1,0 +1,436 @@
+"""The consume -> window -> sink -> commit loop.
+
+Per ``getmany()`` batch: decode and validate in bulk, dead-letter what is invalid or late, add the rest to
+open windows, close what the watermark (or a quiet symbol's wall clock) has passed, compute volatility,
+publish closed and in-progress candles to ``crypto-candles``. Every ``PARQUET_CHUNK_SECONDS``, and when
+partitions are revoked or the process stops, a checkpoint makes every closed row durable in every sink
+and only then commits offsets (see :mod:`processor.checkpoint` for why that is exactly-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from cryptostream.codec import Rejected, decode_trades, encode_dlq
+from cryptostream.errors import SinkWriteError
+from cryptostream.kafka import consumer_for, ensure_topics, start_producer
+from cryptostream.metrics import (
+    CANDLES,
+    CHECKPOINT_SECONDS,
+    CONSUMER_LAG,
+    LATE,
+    REJECTED,
+    SINK_ROWS,
+    TRADES_IN,
+)
+from cryptostream.models import VOLATILITY_SCHEMA
+from cryptostream.settings import Settings
+from processor.checkpoint import CheckpointStore, new_epoch
+from processor.sinks.base import FlushBatch, Lineage, Sink
+from processor.sinks.parquet import ParquetSink
+from processor.state import Interner, PartitionState, closed_candles
+from processor.volatility import rolling_volatility
+
+__all__ = ["Processor", "ProcessorStats"]
+
+log = logging.getLogger(__name__)
+
+# A hook turning a symbol's closed candles (with its recent history) into extra tables, e.g. predictions.
+Scorer = Callable[[str, dict[str, np.ndarray], int], dict[str, pa.Table]]
+
+
+@dataclass
+class ProcessorStats:
+    trades: int = 0
+    rejected: int = 0
+    late: int = 0
+    candles: int = 0
+    checkpoints: int = 0
+    last_checkpoint_s: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.processor._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.processor._on_assigned(assigned)
+
+
+class Processor:
+    """One processor replica: a member of ``CONSUMER_GROUP`` owning some partitions of the trades topic."""
+
+    def __init__(self, settings: Settings, sinks: list[Sink], *, scorers: list[Scorer] | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.kafka_topic
+        self.sinks = sinks
+        self.scorers = scorers or []
+        self.parquet = next((s for s in sinks if isinstance(s, ParquetSink)), None)
+        self.store = CheckpointStore(settings.output_dir, settings.consumer_group, self.topic)
+        self.interner = Interner()
+        self.parts: dict[int, PartitionState] = {}
+        self.pending: dict[int, dict[str, list[pa.Table]]] = {}
+        self.stats = ProcessorStats()
+        self.buffer_ms = int(settings.max_buffer_seconds * 1000)
+        self.history_ms = (settings.volatility_window_seconds + 1) * 1000
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._last_checkpoint = time.monotonic()
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then checkpoint everything and leave the group."""
+        settings = self.settings
+        await ensure_topics(settings)
+        for sink in self.sinks:
+            await sink.start()
+        self._producer = await start_producer(settings)
+        self._consumer = consumer_for(settings)
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info(
+            "processor consuming %s as group %s from %s; sinks: %s; archive %s",
+            self.topic,
+            settings.consumer_group,
+            settings.kafka_bootstrap,
+            ", ".join(s.name for s in self.sinks),
+            settings.output_dir.resolve(),
+        )
+        try:
+            await self._loop(stop)
+            async with self._lock:
+                await self._checkpoint(final=True)
+        finally:
+            await self._consumer.stop()  # leaves the group; revoke handler has nothing left to flush
+            await self._producer.stop()
+            for sink in self.sinks:
+                await sink.close()
+            log.info(
+                "processor stopped: %d trades, %d candles, %d rejected, %d late, %d checkpoints",
+                self.stats.trades,
+                self.stats.candles,
+                self.stats.rejected,
+                self.stats.late,
+                self.stats.checkpoints,
+            )
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        assert self._consumer is not None
+        chunk_s = self.settings.parquet_chunk_seconds
+        backoff = 0.5
+        last_lag = 0.0
+        while not stop.is_set():
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=self.settings.max_poll_records)
+            now = time.monotonic()
+            failed: SinkWriteError | None = None
+            async with self._lock:
+                for tp, messages in batch.items():
+                    if messages and tp.partition in self.parts:
+                        await self._ingest(self.parts[tp.partition], messages, now)
+                await self._close_and_publish(now)
+                if now - self._last_checkpoint >= chunk_s:
+                    try:
+                        await self._checkpoint()
+                    except SinkWriteError as exc:
+                        failed = exc
+            if failed is not None:
+                # Keep the rows and retry; stop reading meanwhile so memory stays bounded.
+                log.error("checkpoint aborted, retrying in %.1fs: %s", backoff, failed)
+                self._consumer.pause(*self._consumer.assignment())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._last_checkpoint = 0.0
+                continue
+            if backoff > 0.5:
+                backoff = 0.5
+                self._consumer.resume(*self._consumer.assignment())
+                log.info("sinks writable again; resumed reading")
+            if now - last_lag >= 5.0:
+                last_lag = now
+                self._report_lag()
+
+    # ------------------------------------------------------------------ data path
+    async def _ingest(self, part: PartitionState, messages: list, now: float) -> None:  # type: ignore[type-arg]
+        values = [m.value for m in messages]
+        offsets = [m.offset for m in messages]
+        cols, rejected = decode_trades(values, offsets, part.partition)
+        part.position = offsets[-1] + 1
+        TRADES_IN.labels("processor", "kafka").inc(len(messages))
+        self.stats.trades += len(cols)
+        late_offsets = part.ingest(self.interner.adopt(cols), now)
+        if late_offsets.size:
+            index = {o: i for i, o in enumerate(offsets)}
+            for off in late_offsets.tolist():
+                rejected.append(
+                    Rejected("late", "window already closed", values[index[off]] or b"", part.partition, off)
+                )
+            self.stats.late += int(late_offsets.size)
+        rejected = [r for r in rejected if r.offset >= part.replay_until]
+        if rejected:
+            await self._dead_letter(rejected)
+
+    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+        assert self._producer is not None
+        for r in rejected:
+            self.stats.reasons[r.reason] = self.stats.reasons.get(r.reason, 0) + 1
+            REJECTED.labels("processor", r.reason).inc()
+            if r.reason == "late":
+                LATE.labels(self._symbol_of(r.raw)).inc()
+            else:
+                self.stats.rejected += 1
+            await self._producer.send(
+                self.settings.kafka_dlq_topic,
+                encode_dlq(r, stage="processor", source_topic=self.topic),
+                headers=[("reason", r.reason.encode())],
+            )
+
+    @staticmethod
+    def _symbol_of(raw: bytes) -> str:
+        try:
+            return str(orjson.loads(raw).get("symbol", "?"))[:24]
+        except (orjson.JSONDecodeError, AttributeError):
+            return "?"
+
+    async def _close_and_publish(self, now: float) -> None:
+        idle_s = self.settings.max_buffer_seconds
+        live_s = self.settings.live_candle_interval_ms / 1000
+        messages: list[tuple[str, bytes]] = []
+        for part in self.parts.values():
+            if self._caught_up(part):  # quiet means quiet in the log, not just unread yet
+                part.close_idle(now, idle_s)
+            candles = closed_candles(part.take_closed())
+            if candles.num_rows:
+                self._closed(part, candles, messages)
+            live = closed_candles(part.live_candles(now, live_s))
+            if live.num_rows:
+                messages.extend(_candle_messages(live, closed=False))
+        if messages:
+            await self._publish(messages)
+
+    def _closed(self, part: PartitionState, candles: pa.Table, messages: list[tuple[str, bytes]]) -> None:
+        self.stats.candles += candles.num_rows
+        CANDLES.inc(candles.num_rows)
+        pending = self.pending.setdefault(part.partition, {})
+        pending.setdefault("ohlc", []).append(candles)
+        messages.extend(_candle_messages(candles, closed=True))
+        symbols = candles["symbol"]
+        window = self.settings.volatility_window_seconds
+        for name in pc.unique(symbols).to_pylist():
+            rows = candles.filter(pc.equal(symbols, name))
+            code = self.interner.symbol(name)
+            state = part.symbols[code]
+            buckets = rows["bucket"].cast(pa.int64()).to_numpy()
+            closes = rows["close"].to_numpy()
+            hist_b = state.recent.get("bucket")
+            first = state.first_bucket if state.first_bucket is not None else int(buckets[0])
+            if hist_b is not None and hist_b.size:
+                all_b = np.concatenate([hist_b, buckets])
+                all_c = np.concatenate([state.recent["close"], closes])
+                vol = rolling_volatility(all_b, all_c, first, window, start=hist_b.size)
+            else:
+                vol = rolling_volatility(buckets, closes, first, window)
+            part.remember(code, rows)
+            ok = ~np.isnan(vol)
+            if ok.any():
+                table = pa.table(
+                    {
+                        "symbol": pa.array([name] * int(ok.sum()), pa.string()),
+                        "bucket": rows["bucket"].filter(pa.array(ok)),
+                        "volatility": vol[ok],
+                        "window_seconds": pa.array(np.full(int(ok.sum()), window, np.int32)),
+                    },
+                    schema=VOLATILITY_SCHEMA,
+                )
+                pending.setdefault("volatility", []).append(table)
+                messages.extend(_volatility_messages(table))
+            for scorer in self.scorers:
+                for kind, table in scorer(name, state.recent, rows.num_rows).items():
+                    if table.num_rows:
+                        pending.setdefault(kind, []).append(table)
+                        messages.extend(_rows_messages(kind, table))
+
+    async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
+        assert self._producer is not None
+        topic = self.settings.kafka_candles_topic
+        for key, value in messages:
+            await self._producer.send(topic, value, key=key.encode())
+
+    # ------------------------------------------------------------------ checkpoints
+    async def _checkpoint(self, partitions: list[int] | None = None, final: bool = False) -> None:
+        """Flush closed rows of ``partitions`` (default: all) to every sink, then commit their offsets."""
+        assert self._consumer is not None and self._producer is not None
+        started = time.perf_counter()
+        chosen = [p for p in (partitions if partitions is not None else list(self.parts)) if p in self.parts]
+        if not chosen:
+            return
+        batch = FlushBatch()
+        for p in chosen:
+            tables = self.pending.get(p)
+            if tables:
+                batch.tables[p] = {kind: pa.concat_tables(ts) for kind, ts in tables.items()}
+                batch.lineage[p] = Lineage(self.parts[p].epoch, self.parts[p].seq + 1)
+        if not batch.tables and not any(self.parts[p].dirty for p in chosen):
+            self._last_checkpoint = time.monotonic()
+            return
+        await self._producer.flush()  # dead letters and published candles are acknowledged first
+        for sink in self.sinks:
+            await sink.write(batch)
+            for kind in ("ohlc", "volatility", "predictions"):
+                rows = batch.rows(kind)
+                if rows:
+                    SINK_ROWS.labels(sink.name, kind).inc(rows)
+        offsets: dict[TopicPartition, int] = {}
+        for p in chosen:
+            part = self.parts[p]
+            if p in batch.tables:
+                part.seq += 1
+            offset = part.commit_offset()
+            self.store.save(part.checkpoint(self.interner, offset))
+            offsets[TopicPartition(self.topic, p)] = offset
+            part.dirty = False
+            self.pending.pop(p, None)
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group is rebalancing; the next owner resumes from the previous commit (and its checkpoint).
+            log.warning("offset commit skipped (%s); rows are durable and will be rewritten identically", exc)
+        elapsed = time.perf_counter() - started
+        CHECKPOINT_SECONDS.observe(elapsed)
+        self.stats.checkpoints += 1
+        self.stats.last_checkpoint_s = elapsed
+        self._last_checkpoint = time.monotonic()
+        log.debug("checkpoint of %s in %.1f ms%s", offsets, elapsed * 1000, " (final)" if final else "")
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:
+            mine = [tp.partition for tp in revoked if tp.topic == self.topic and tp.partition in self.parts]
+            if not mine:
+                return
+            try:
+                await self._checkpoint(mine)
+            except (SinkWriteError, KafkaError) as exc:
+                log.error(
+                    "could not checkpoint revoked partitions %s (%s); the next owner replays them", mine, exc
+                )
+            for p in mine:
+                self.parts.pop(p, None)
+                self.pending.pop(p, None)
+            log.info("partitions revoked: %s", mine)
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        async with self._lock:
+            mine = [tp for tp in assigned if tp.topic == self.topic]
+            fresh: dict[TopicPartition, int] = {}
+            for tp in mine:
+                committed = await self._consumer.committed(tp)
+                if committed is None:
+                    begin = (await self._consumer.beginning_offsets([tp]))[tp]
+                    part = self._new_partition(tp.partition, begin)
+                    self.store.save(part.checkpoint(self.interner, begin))
+                    fresh[tp] = begin
+                    log.info(
+                        "partition %d: no commit yet, new lineage %s from offset %d",
+                        tp.partition,
+                        part.epoch,
+                        begin,
+                    )
+                else:
+                    ckpt = self.store.load(tp.partition, committed)
+                    if ckpt is None:
+                        log.warning(
+                            "partition %d: committed offset %d has no checkpoint under %s; "
+                            "starting a new lineage there without window state",
+                            tp.partition,
+                            committed,
+                            self.store.root,
+                        )
+                        part = self._new_partition(tp.partition, committed)
+                        self.store.save(part.checkpoint(self.interner, committed))
+                    else:
+                        part = PartitionState.restore(ckpt, self.interner, self.buffer_ms, self.history_ms)
+                        if self.parquet is not None:
+                            self.parquet.remove_uncommitted(tp.partition, ckpt.epoch, ckpt.seq)
+                        log.info(
+                            "partition %d: resuming at offset %d (lineage %s seq %d, %d symbol(s), "
+                            "replaying to %d)",
+                            tp.partition,
+                            committed,
+                            ckpt.epoch,
+                            ckpt.seq,
+                            len(ckpt.symbols),
+                            ckpt.read_until,
+                        )
+                self._consumer.seek(tp, part.position)
+                self.parts[tp.partition] = part
+                self.pending.pop(tp.partition, None)
+            if fresh:
+                # The first commit pins the lineage: a crash before any flush finds it again.
+                await self._consumer.commit(fresh)
+            self.ready.set()
+
+    def _new_partition(self, partition: int, offset: int) -> PartitionState:
+        return PartitionState(
+            topic=self.topic,
+            partition=partition,
+            epoch=new_epoch(),
+            seq=0,
+            position=offset,
+            replay_until=offset,
+            buffer_ms=self.buffer_ms,
+            history_ms=self.history_ms,
+        )
+
+    def _caught_up(self, part: PartitionState) -> bool:
+        assert self._consumer is not None
+        end = self._consumer.highwater(TopicPartition(self.topic, part.partition))
+        return end is None or part.position >= end
+
+    def _report_lag(self) -> None:
+        assert self._consumer is not None
+        for p, part in self.parts.items():
+            tp = TopicPartition(self.topic, p)
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                CONSUMER_LAG.labels(self.topic, str(p)).set(max(0, end - part.position))
+
+
+def _candle_messages(candles: pa.Table, *, closed: bool) -> list[tuple[str, bytes]]:
+    rows = candles.to_pylist()
+    dumps = orjson.dumps
+    out = []
+    for row in rows:
+        row["type"] = "candle"
+        row["interval"] = "1s"
+        row["closed"] = closed
+        out.append((row["symbol"], dumps(row)))
+    return out
+
+
+def _volatility_messages(table: pa.Table) -> list[tuple[str, bytes]]:
+    return _rows_messages("volatility", table)
+
+
+def _rows_messages(kind: str, table: pa.Table) -> list[tuple[str, bytes]]:
+    out = []
+    for row in table.to_pylist():
+        row["type"] = kind
+        out.append((row["symbol"], orjson.dumps(row)))
+    return out

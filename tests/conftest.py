@@ -1,0 +1,127 @@
+"""Shared fixtures: the real embedded Kafka broker and PostgreSQL, started once per test session.
+
+``KAFKA_BOOTSTRAP`` / ``DATABASE_URL`` in the environment take precedence (run the suite against real
+services that way). Each test gets its own topics and consumer group, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
+from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker
+from cryptostream.models import Trade
+from cryptostream.settings import Settings, load_settings
+from ingest.publisher import Publisher
+
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+
+
+@pytest.fixture(scope="session")
+def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("infra")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(infra_dir: Path) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    with EmbeddedKafka(infra_dir) as broker:
+        asyncio.run(wait_for_broker(broker.bootstrap))
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def database_url(infra_dir: Path) -> Iterator[str]:
+    from cryptostream.migrate import upgrade
+
+    if os.environ.get("DATABASE_URL"):
+        upgrade(os.environ["DATABASE_URL"])
+        yield os.environ["DATABASE_URL"]
+        return
+    with EmbeddedPostgres(infra_dir / "postgres", fast_unsafe=True) as pg:
+        upgrade(pg.url)
+        yield pg.url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a migrated database with empty tables."""
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("TRUNCATE ohlc_1s, volatility_1s, predictions")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on the session's broker and database, with topics and a group of this test's own."""
+    tag = uuid.uuid4().hex[:8]
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "database_url": database_url,
+            "kafka_topic": f"trades-{tag}",
+            "kafka_candles_topic": f"candles-{tag}",
+            "kafka_dlq_topic": f"dlq-{tag}",
+            "consumer_group": f"group-{tag}",
+            "output_dir": tmp_path / "outputs",
+            "state_dir": tmp_path / "state",
+            "kafka_partitions": 4,
+            "max_poll_records": 2000,
+            "batch_size": 1000,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def produce() -> Callable[[Settings, list[Trade]], Any]:
+    """Publish trades through the real publisher and wait until Kafka acknowledged all of them."""
+
+    async def publish(settings: Settings, trades: list[Trade]) -> None:
+        await ensure_topics(settings)
+        producer = await start_producer(settings)
+        publisher = Publisher(
+            producer, settings.kafka_topic, batch_size=settings.batch_size, queue_size=50_000
+        )
+        await publisher.start()
+        try:
+            await publisher.put(trades)
+        finally:
+            await publisher.stop()
+            await producer.stop()
+        assert publisher.acknowledged == len(trades)
+
+    return publish
+
+
+@pytest.fixture
+def produce_raw() -> Callable[..., Any]:
+    """Write raw values (anything, even garbage) to a topic, as a third-party producer could."""
+
+    async def publish(settings: Settings, values: list[bytes | None], key: bytes = b"BTCUSDT") -> None:
+        await ensure_topics(settings)
+        producer = await start_producer(settings)
+        try:
+            for value in values:
+                await producer.send(settings.kafka_topic, value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    return publish

@@ -1,0 +1,103 @@
+"""Straightforward batch computations the streaming code is checked against.
+
+Deliberately naive: plain Python over a list of trades, no NumPy, no shared code with the processor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from cryptostream.models import Trade
+
+Key = tuple[str, int]  # symbol, bucket ms
+
+
+def batch_candles(trades: Iterable[Trade]) -> dict[Key, dict[str, Any]]:
+    """1 s OHLCV per (symbol, bucket) over deduplicated trades; ties broken by (time, id, exchange)."""
+    seen: set[tuple[str, str, int]] = set()
+    groups: dict[Key, list[Trade]] = {}
+    for t in trades:
+        ident = (t.symbol, t.exchange, t.trade_id)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        groups.setdefault((t.symbol, t.timestamp - t.timestamp % 1000), []).append(t)
+    out: dict[Key, dict[str, Any]] = {}
+    for key, group in groups.items():
+        group.sort(key=lambda t: (t.timestamp, t.trade_id, t.exchange))
+        volume = sum(t.quantity for t in group)
+        notional = sum(t.price * t.quantity for t in group)
+        out[key] = {
+            "open": group[0].price,
+            "high": max(t.price for t in group),
+            "low": min(t.price for t in group),
+            "close": group[-1].price,
+            "volume": volume,
+            "trade_count": len(group),
+            "vwap": notional / volume if volume > 0 else group[-1].price,
+            "buy_volume": sum(t.quantity for t in group if not t.is_buyer_maker),
+            "sell_volume": sum(t.quantity for t in group if t.is_buyer_maker),
+        }
+    return out
+
+
+def batch_volatility(candles: dict[Key, dict[str, Any]], window_s: int) -> dict[Key, float]:
+    """Std (ddof=1) of 1 s log returns of forward-filled closes over (b - window, b], per candle."""
+    out: dict[Key, float] = {}
+    by_symbol: dict[str, list[tuple[int, float]]] = {}
+    for (symbol, bucket), c in candles.items():
+        by_symbol.setdefault(symbol, []).append((bucket, c["close"]))
+    for symbol, rows in by_symbol.items():
+        rows.sort()
+        closes = dict(rows)
+        first = rows[0][0]
+        returns: dict[int, float] = {}
+        last = closes[first]
+        for t in range(first + 1000, rows[-1][0] + 1, 1000):
+            current = closes.get(t, last)
+            returns[t] = math.log(current / last)
+            last = current
+        for bucket, _ in rows:
+            window = [
+                returns[t] for t in range(bucket - window_s * 1000 + 1000, bucket + 1, 1000) if t in returns
+            ]
+            if len(window) < 2:
+                continue
+            mean = sum(window) / len(window)
+            out[(symbol, bucket)] = math.sqrt(sum((r - mean) ** 2 for r in window) / (len(window) - 1))
+    return out
+
+
+FLOAT_FIELDS = ("volume", "vwap", "buy_volume", "sell_volume")
+EXACT_FIELDS = ("open", "high", "low", "close", "trade_count")
+
+
+def assert_candles_equal(got: dict[Key, dict[str, Any]], expected: dict[Key, dict[str, Any]]) -> None:
+    """Same keys; prices and counts exactly equal; sums equal to 1e-9 relative (summation order)."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    assert not missing and not extra, (
+        f"{len(missing)} candles missing (e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
+    )
+    for key, exp in expected.items():
+        row = got[key]
+        for name in EXACT_FIELDS:
+            assert row[name] == exp[name], f"{key} {name}: {row[name]} != {exp[name]}"
+        for name in FLOAT_FIELDS:
+            assert math.isclose(row[name], exp[name], rel_tol=1e-9, abs_tol=1e-12), (
+                f"{key} {name}: {row[name]} != {exp[name]}"
+            )
+
+
+def rows_by_key(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Index candle rows (with ``symbol`` and a datetime or ms ``bucket``) by (symbol, bucket ms)."""
+    out: dict[Key, dict[str, Any]] = {}
+    for row in rows:
+        bucket = row["bucket"]
+        ms = bucket if isinstance(bucket, int) else int(round(bucket.timestamp() * 1000))
+        key = (row["symbol"], ms)
+        assert key not in out, f"candle {key} stored twice"
+        out[key] = row
+    return out

@@ -1,0 +1,179 @@
+"""Event-time windows: the streaming state equals a batch computation, however the stream arrives."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cryptostream.models import Trade, TradeColumns
+from processor.state import Interner, PartitionState, closed_candles
+from processor.windows import aggregate, bucket_of, dedupe, late_mask
+from tests.reference import assert_candles_equal, batch_candles, rows_by_key
+
+T0 = 1_700_000_000_000
+BUFFER_MS = 2_000
+
+
+def _trade(i: int, symbol: str, ts: int, price: float, qty: float, exchange: str = "x") -> Trade:
+    return Trade(exchange, symbol, price, qty, ts, i, i % 3 == 0)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[Trade], list[Trade], list[int]]:
+    """(unique trades, delivery order with disorder within the buffer and duplicates, batch cut points)."""
+    n = draw(st.integers(1, 300))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = random.Random(seed)
+    symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"][: draw(st.integers(1, 3))]
+    ts = T0
+    trades = []
+    for i in range(n):
+        ts += rng.choice([0, 0, 1, 7, 150, 999, 1000, 2500])  # equal timestamps happen a lot
+        trades.append(
+            _trade(
+                i,
+                rng.choice(symbols),
+                ts,
+                round(rng.uniform(90, 110), 2),
+                round(rng.uniform(0, 3), 4),
+                rng.choice(["binance", "coinbase"]),
+            )
+        )
+    dup_rate = draw(st.sampled_from([0.0, 0.1, 0.5]))
+    copies = trades + [t for t in trades if rng.random() < dup_rate]
+    keyed = [(t.timestamp + rng.randrange(BUFFER_MS), k, t) for k, t in enumerate(copies)]
+    keyed.sort(key=lambda x: (x[0], x[1]))
+    delivery = [t for _, _, t in keyed]
+    cuts = sorted(rng.sample(range(1, len(delivery)), min(len(delivery) - 1, draw(st.integers(0, 20)))))
+    return trades, delivery, cuts
+
+
+def _new_state() -> PartitionState:
+    return PartitionState(
+        topic="t",
+        partition=0,
+        epoch="e",
+        seq=0,
+        position=0,
+        replay_until=0,
+        buffer_ms=BUFFER_MS,
+        history_ms=61_000,
+    )
+
+
+def _drive(
+    state: PartitionState, interner: Interner, delivery: list[Trade], cuts: list[int], offset0: int = 0
+) -> tuple[list[pa.Table], list[int]]:
+    tables, late = [], []
+    bounds = [0, *cuts, len(delivery)]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if a == b:
+            continue
+        cols = interner.adopt(TradeColumns.from_trades(delivery[a:b], list(range(offset0 + a, offset0 + b))))
+        late.extend(state.ingest(cols, now=0.0).tolist())
+        state.position = offset0 + b
+        tables.append(closed_candles(state.take_closed()))
+    return tables, late
+
+
+def _finish(state: PartitionState) -> pa.Table:
+    state.close_idle(now=1e9, idle_s=0)
+    return closed_candles(state.take_closed())
+
+
+def _as_rows(tables: list[pa.Table]) -> dict:
+    return rows_by_key(pa.concat_tables(tables).to_pylist())
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_any_delivery_within_the_buffer_gives_the_batch_candles(stream) -> None:
+    trades, delivery, cuts = stream
+    state, interner = _new_state(), Interner()
+    tables, late = _drive(state, interner, delivery, cuts)
+    tables.append(_finish(state))
+    assert late == []
+    assert_candles_equal(_as_rows(tables), batch_candles(trades))
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.integers(0, 2**32 - 1))
+def test_restoring_a_checkpoint_and_replaying_from_its_offset_gives_the_same_candles(stream, seed) -> None:
+    """A crash at any point: everything closed before the checkpoint was flushed; the rest is replayed."""
+    trades, delivery, cuts = stream
+    rng = random.Random(seed)
+    crash_at = rng.randrange(0, len(cuts) + 1)
+    pre_cuts = cuts[:crash_at]
+    upto = pre_cuts[-1] if pre_cuts else 0
+    state, interner = _new_state(), Interner()
+    flushed, _ = _drive(state, interner, delivery[:upto], pre_cuts[:-1] if pre_cuts else [])
+    ckpt = state.checkpoint(interner, state.commit_offset())
+    # ... the process dies here; a new one restores the checkpoint and replays from its offset
+    interner2 = Interner()
+    restored = PartitionState.restore(ckpt, interner2, BUFFER_MS, 61_000)
+    start = ckpt.offset
+    rest_cuts = [c - start for c in cuts if c > start]
+    replayed, late = _drive(restored, interner2, delivery[start:], rest_cuts, offset0=start)
+    replayed.append(_finish(restored))
+    assert late == []
+    assert_candles_equal(_as_rows(flushed + replayed), batch_candles(trades))
+
+
+def test_distinct_trades_sharing_a_timestamp_all_count_and_ties_break_by_trade_id() -> None:
+    trades = [
+        _trade(3, "BTCUSDT", T0, 101.0, 1.0),
+        _trade(1, "BTCUSDT", T0, 100.0, 2.0),
+        _trade(2, "BTCUSDT", T0, 102.0, 0.5),
+    ]
+    candles = aggregate(TradeColumns.from_trades(trades)).to_pylist()
+    assert len(candles) == 1
+    c = candles[0]
+    assert (c["open"], c["close"], c["high"], c["low"], c["trade_count"]) == (100.0, 101.0, 102.0, 100.0, 3)
+    assert c["volume"] == 3.5
+
+
+def test_duplicates_count_once_keeping_the_first_arrival() -> None:
+    a = _trade(1, "BTCUSDT", T0, 100.0, 1.0)
+    cols = TradeColumns.from_trades([a, _trade(2, "BTCUSDT", T0 + 5, 99.0, 1.0), a, a])
+    assert len(dedupe(cols)) == 2
+    same_id_other_exchange = TradeColumns.from_trades([a, _trade(1, "BTCUSDT", T0, 100.0, 1.0, exchange="y")])
+    assert len(dedupe(same_id_other_exchange)) == 2
+
+
+def test_a_trade_older_than_the_watermark_is_late_and_not_counted() -> None:
+    state, interner = _new_state(), Interner()
+    on_time = [_trade(1, "BTCUSDT", T0, 100.0, 1.0), _trade(2, "BTCUSDT", T0 + 10_000, 101.0, 1.0)]
+    late_trade = _trade(3, "BTCUSDT", T0 + 500, 50.0, 9.0)  # window [T0, T0+1000) closed by the watermark
+    tables, late = _drive(state, interner, [*on_time, late_trade], [2])
+    tables.append(_finish(state))
+    assert late == [2]
+    rows = _as_rows(tables)
+    assert rows[("BTCUSDT", T0)]["trade_count"] == 1 and rows[("BTCUSDT", T0)]["low"] == 100.0
+
+
+def test_late_mask_does_not_depend_on_how_the_batch_is_cut() -> None:
+    rng = np.random.default_rng(3)
+    ts = (T0 + np.cumsum(rng.integers(-900, 1000, 500))).astype(np.int64)
+    whole, m1, c1 = late_mask(ts, -(2**62), -(2**62), 1500)
+    first, m, c = late_mask(ts[:200], -(2**62), -(2**62), 1500)
+    second, m2, c2 = late_mask(ts[200:], m, c, 1500)
+    assert (np.concatenate([first, second]) == whole).all() and (m1, c1) == (m2, c2)
+
+
+def test_quiet_symbol_closes_by_wall_clock_but_busy_one_waits_for_its_watermark() -> None:
+    state, interner = _new_state(), Interner()
+    cols = interner.adopt(TradeColumns.from_trades([_trade(1, "BTCUSDT", T0, 100.0, 1.0)], [0]))
+    state.ingest(cols, now=100.0)
+    state.close_idle(now=101.0, idle_s=2.0)
+    assert state.take_closed() == []
+    state.close_idle(now=102.5, idle_s=2.0)
+    assert len(closed_candles(state.take_closed())) == 1
+
+
+def test_bucket_is_the_floor_of_the_second() -> None:
+    ts = np.array([T0, T0 + 999, T0 + 1000, -1, -1000, -1001], dtype=np.int64)
+    assert bucket_of(ts).tolist() == [T0, T0, T0 + 1000, -1000, -1000, -2000]
