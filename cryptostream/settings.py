@@ -77,6 +77,30 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Trades held in memory before ingest applies back-pressure."
     )
 
+    # --- exchanges (live source) ------------------------------------------------------------------
+    binance_ws_url: str = Field(
+        default="wss://stream.binance.com:9443", description="Binance WebSocket base (Binance.US, testnet...)."
+    )
+    binance_rest_url: str = Field(default="https://api.binance.com", description="Binance REST base (backfill).")
+    binance_stream: Literal["trade", "aggTrade"] = Field(default="trade", description="Binance trade stream.")
+    coinbase_feed: Literal["exchange", "advanced"] = Field(
+        default="exchange", description="Coinbase Exchange `matches` or Advanced Trade `market_trades`."
+    )
+    coinbase_ws_url: str = Field(
+        default="wss://ws-feed.exchange.coinbase.com", description="Coinbase Exchange WebSocket URL."
+    )
+    coinbase_advanced_ws_url: str = Field(
+        default="wss://advanced-trade-ws.coinbase.com", description="Coinbase Advanced Trade WebSocket URL."
+    )
+    coinbase_rest_url: str = Field(
+        default="https://api.exchange.coinbase.com", description="Coinbase REST base (backfill)."
+    )
+    ws_stall_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Reconnect when a feed sends nothing for this long."
+    )
+    reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600, description="Cap of reconnect backoff.")
+    backfill: bool = Field(default=True, description="Fill trade-id gaps from the exchange's REST history.")
+
     # --- processor --------------------------------------------------------------------------------
     max_poll_records: int = Field(default=500, ge=1, le=1_000_000, description="Max records per poll.")
     consumer_group: str = Field(default="crypto-consumer-group", description="Processor consumer group.")
@@ -103,9 +127,24 @@ class Settings(BaseSettings):
         default=Path("./.cryptostream"), description="Embedded broker/database state (kept between runs)."
     )
 
+    retention_days: int | None = Field(
+        default=None, ge=1, description="TimescaleDB: drop 1 s rows older than this (archive keeps them)."
+    )
+    compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB: compress chunks older than this.")
+
+    # --- model --------------------------------------------------------------------------------------
+    prediction_horizon_seconds: int = Field(
+        default=60, ge=1, le=86_400, description="Horizon of the up/down prediction."
+    )
+    model_dir: Path = Field(default=Path("./data/models"), description="Trained model files and reports.")
+
     # --- API --------------------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Interface the API binds to.")
     api_port: int = Field(default=8000, ge=1, le=65_535, description="Port of the API and dashboard.")
+    api_max_limit: int = Field(default=10_000, ge=1, le=1_000_000, description="Most rows one query returns.")
+    graphql_max_depth: int = Field(default=10, ge=2, le=100, description="Deepest GraphQL query accepted.")
+    graphql_max_aliases: int = Field(default=30, ge=1, le=1000, description="Most aliases in one query.")
+    graphql_max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Most tokens in one query.")
     cors_origins: CommaList = Field(default_factory=lambda: ["*"], description="Allowed CORS origins.")
 
     metrics_port: int | None = Field(

@@ -16,29 +16,52 @@ import asyncpg
 import pyarrow as pa
 
 from cryptostream import archive
-from cryptostream.models import CANDLE_SCHEMA, VOLATILITY_SCHEMA
+from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 
 __all__ = ["ArchiveStore", "DatabaseStore", "ReadStore", "open_store"]
 
 
 class ReadStore(ABC):
-    """Read access to what the processor stored."""
+    """Read access to what the processor stored. Every table comes back sorted by bucket ascending.
+
+    ``interval`` is a key of :data:`cryptostream.models.INTERVALS` (1s, 1m, 5m, 15m, 1h, 1d); coarser
+    candles are rolled up from 1 s candles (continuous aggregates on TimescaleDB, ``date_bin`` on plain
+    PostgreSQL, the same roll-up over Parquet). ``limit`` keeps the newest rows of the range.
+    Raises :class:`~cryptostream.errors.QueryError` for an unknown interval or ``start > end``.
+    """
 
     name: str = "store"
 
     @abstractmethod
-    async def symbols(self) -> list[str]: ...
+    async def symbols(self) -> list[str]:
+        """Symbols with at least one stored candle."""
 
     @abstractmethod
     async def candles(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        interval: str = "1s",
     ) -> pa.Table:
-        """The newest ``limit`` 1 s candles with ``start <= bucket < end``, ascending."""
+        """Candles (``CANDLE_SCHEMA``) with ``start <= bucket < end``: the newest ``limit``, ascending."""
+
+    async def latest_candle(self, symbol: str, interval: str = "1s") -> pa.Table:
+        """The newest candle (zero or one row)."""
+        return await self.candles(symbol, limit=1, interval=interval)
 
     @abstractmethod
     async def volatility(
         self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
-    ) -> pa.Table: ...
+    ) -> pa.Table:
+        """Volatility rows (``VOLATILITY_SCHEMA``), newest ``limit`` of the range, ascending."""
+
+    async def predictions(
+        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+    ) -> pa.Table:
+        """Prediction rows (``PREDICTION_SCHEMA``), newest ``limit`` of the range, ascending."""
+        return PREDICTION_SCHEMA.empty_table()
 
     async def ping(self) -> bool:
         return True
@@ -59,7 +82,12 @@ class ArchiveStore(ReadStore):
         return await asyncio.to_thread(archive.list_symbols, self.root)
 
     async def candles(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        interval: str = "1s",
     ) -> pa.Table:
         return await asyncio.to_thread(archive.load, self.root, "ohlc", symbol, start, end, limit)
 
@@ -113,7 +141,12 @@ class DatabaseStore(ReadStore):
         return _table(await self.pool.fetch(sql, symbol, start, end, limit), schema)
 
     async def candles(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        interval: str = "1s",
     ) -> pa.Table:
         return await self._range("ohlc_1s", CANDLE_SCHEMA.names, CANDLE_SCHEMA, symbol, start, end, limit)
 
