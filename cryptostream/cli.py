@@ -94,15 +94,21 @@ def ingest(
     path: Path | None = typer.Option(None, help="File to replay (with --source replay)."),
     symbols: str | None = typer.Option(None, help="Comma list, overrides SYMBOLS."),
     rate: float = typer.Option(50.0, help="Synthetic trades per second."),
+    record: Path | None = typer.Option(None, help="Also append every trade to this JSONL file."),
 ) -> None:
     """Capture trades from a source and publish them to KAFKA_TOPIC."""
     settings = _settings("ingest", symbols=symbols)
     _require_kafka(settings)
     from cryptostream.metrics import serve_metrics
+    from ingest.record import recorded
     from ingest.service import run_ingest
 
     serve_metrics(settings.metrics_port)
-    _run(lambda stop: run_ingest(settings, _source(settings, source, path, rate), stop, name=source.value))
+    trades = _source(settings, source, path, rate)
+    if record is not None:
+        log.info("recording every trade to %s", record.resolve())
+        trades = recorded(trades, record)
+    _run(lambda stop: run_ingest(settings, trades, stop, name=source.value))
 
 
 @app.command()
@@ -174,6 +180,7 @@ def up(
     port: int | None = typer.Option(None, help="API port (API_PORT, default 8000)."),
     path: Path | None = typer.Option(None, help="File to replay (with --source replay)."),
     rate: float = typer.Option(50.0, help="Synthetic trades per second."),
+    record: Path | None = typer.Option(None, help="Also append every ingested trade to this JSONL file."),
 ) -> None:
     """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
     settings = _settings("up", symbols=symbols, api_port=port)
@@ -198,6 +205,10 @@ def up(
         bootstrap = settings.kafka_bootstrap
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
+        if not settings.kafka_bootstrap:
+            # The embedded broker keeps topics in memory: trades in open windows at shutdown could never be
+            # replayed, so the processor closes them before it stops.
+            env["FLUSH_WINDOWS_ON_STOP"] = "true"
         dsn = settings.database_dsn
         if not dsn:
             dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
@@ -234,6 +245,8 @@ def up(
         ingest_args = ["ingest", "--source", source.value, "--rate", str(rate)]
         if path is not None:
             ingest_args += ["--path", str(path.resolve())]
+        if record is not None:
+            ingest_args += ["--record", str(record.resolve())]
         roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
         supervisor = _Supervisor(roles, env)
         try:

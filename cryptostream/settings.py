@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     parquet_chunk_seconds: float = Field(
         default=10.0, gt=0.0, le=3600.0, description="Flush (and offset commit) interval."
     )
+    flush_windows_on_stop: bool = Field(
+        default=False,
+        description="Close open windows at shutdown (set by `up` on its in-memory broker, which cannot replay).",
+    )
     volatility_window_seconds: int = Field(
         default=60, ge=2, le=86_400, description="Rolling window of the volatility (std of 1 s log returns)."
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ class Processor:
         self._producer: AIOKafkaProducer | None = None
         self._last_checkpoint = time.monotonic()
         self.ready = asyncio.Event()
+        self.member = f"{socket.gethostname()}:{os.getpid()}"
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -115,6 +118,8 @@ class Processor:
         )
         try:
             await self._loop(stop)
+            if settings.flush_windows_on_stop:
+                await self._drain_and_close()
             async with self._lock:
                 await self._checkpoint(final=True)
         finally:
@@ -162,9 +167,26 @@ class Processor:
                 backoff = 0.5
                 self._consumer.resume(*self._consumer.assignment())
                 log.info("sinks writable again; resumed reading")
-            if now - last_lag >= 5.0:
+            if now - last_lag >= 1.0:
                 last_lag = now
                 self._report_lag()
+                await self._publish([("__status__", self._status())])
+
+    async def _drain_and_close(self, limit_s: float = 15.0) -> None:
+        """Read to the end of the log, then close every open window (nothing can replay them later)."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and not all(self._caught_up(p) for p in self.parts.values()):
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
+            async with self._lock:
+                for tp, messages in batch.items():
+                    if messages and tp.partition in self.parts:
+                        await self._ingest(self.parts[tp.partition], messages, time.monotonic())
+        async with self._lock:
+            for part in self.parts.values():
+                part.close_idle(float("inf"), 0.0)
+            await self._close_and_publish(time.monotonic())
+        log.info("closed all open windows before stopping (FLUSH_WINDOWS_ON_STOP)")
 
     # ------------------------------------------------------------------ data path
     async def _ingest(self, part: PartitionState, messages: list, now: float) -> None:  # type: ignore[type-arg]
@@ -402,6 +424,41 @@ class Processor:
         assert self._consumer is not None
         end = self._consumer.highwater(TopicPartition(self.topic, part.partition))
         return end is None or part.position >= end
+
+    def _status(self) -> bytes:
+        """A status message for the API's ``pipelineStatus``: lag, last event time per symbol, counts."""
+        assert self._consumer is not None
+        partitions = {}
+        symbols = {}
+        for p, part in self.parts.items():
+            end = self._consumer.highwater(TopicPartition(self.topic, p))
+            partitions[str(p)] = {
+                "position": part.position,
+                "end": end,
+                "lag": None if end is None else max(0, end - part.position),
+            }
+            for code, state in part.symbols.items():
+                if state.max_event > 0:
+                    symbols[self.interner.symbols[code]] = {
+                        "last_event_ms": state.max_event,
+                        "closed_through_ms": state.closed,
+                    }
+        return orjson.dumps(
+            {
+                "type": "status",
+                "processor": self.member,
+                "time_ms": int(time.time() * 1000),
+                "partitions": partitions,
+                "symbols": symbols,
+                "trades": self.stats.trades,
+                "candles": self.stats.candles,
+                "late": self.stats.late,
+                "rejected": self.stats.rejected,
+                "rejected_by_reason": self.stats.reasons,
+                "checkpoints": self.stats.checkpoints,
+                "last_checkpoint_ms": round(self.stats.last_checkpoint_s * 1000, 2),
+            }
+        )
 
     def _report_lag(self) -> None:
         assert self._consumer is not None

@@ -1,0 +1,104 @@
+"""End-to-end fixtures: the `cryptostream` command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from cryptostream.procs import free_port
+
+CLI = [sys.executable, "-m", "cryptostream"]
+
+
+class Pipeline:
+    """A running `cryptostream up` and how to reach it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        r = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10)
+        r.raise_for_status()
+        body = r.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"`cryptostream up` exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                if check():
+                    return time.monotonic() - start
+            except (httpx.HTTPError, AssertionError, KeyError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"{what} not within {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def interrupt(self, timeout: float = 90) -> int:
+        """Ctrl+C, as a user in a terminal would."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def pipeline_env(tmp_path: Path) -> dict[str, str]:
+    """Environment of a newcomer: no KAFKA_BOOTSTRAP, no DATABASE_URL; state and archive in tmp."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "DATABASE_URL")}
+    env.update(
+        STATE_DIR=str(tmp_path / "state"),
+        OUTPUT_DIR=str(tmp_path / "outputs"),
+        MAX_BUFFER_SECONDS="1",
+        PARQUET_CHUNK_SECONDS="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_pipeline(tmp_path: Path, pipeline_env: dict[str, str]) -> Iterator[Callable[..., Pipeline]]:
+    started: list[Pipeline] = []
+
+    def start(*args: str) -> Pipeline:
+        port = free_port()
+        log = tmp_path / f"up-{len(started)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([*CLI, "up", "--port", str(port), *args], env=pipeline_env, cwd=tmp_path,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        p = Pipeline(proc, port, log)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGINT)
+            try:
+                p.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+    artifacts = Path(os.environ.get("TEST_ARTIFACTS", "test-artifacts"))
+    if artifacts.parent.exists():
+        artifacts.mkdir(exist_ok=True)
+        for p in started:
+            shutil.copy(p.log, artifacts / f"e2e-{p.log.name}")
