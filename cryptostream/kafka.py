@@ -122,8 +122,8 @@ def consumer_for(
         "max_poll_records": settings.max_poll_records,
         "fetch_max_bytes": 64 * 1024 * 1024,
         "max_partition_fetch_bytes": 16 * 1024 * 1024,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 1_000,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(100, min(1_000, settings.kafka_session_timeout_ms // 4)),
         "isolation_level": "read_uncommitted",
     }
     options.update(overrides)
