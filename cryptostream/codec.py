@@ -127,15 +127,18 @@ def _check_row(obj: Any) -> tuple[str, str] | tuple[Any, ...]:
     return (symbol, float(price), float(quantity), timestamp, trade_id, ibm, exchange)
 
 
-def _rows_fast(dicts: list[Any]) -> list[tuple[Any, ...]] | None:
-    """All rows when every record is a well-typed object; ``None`` sends the batch to the exact path."""
+Columns = tuple[Sequence[Any], ...]  # symbol, price, quantity, timestamp, trade_id, is_buyer_maker, exchange
+
+
+def _columns_fast(dicts: list[Any]) -> Columns | None:
+    """Field columns when every record is a well-typed object; ``None`` sends the batch to the exact path."""
     try:
         rows = list(map(_GET_REQUIRED, dicts))
         exchanges = [d.get("exchange", "unknown") for d in dicts]
     except (KeyError, TypeError, AttributeError):
         return None
     if not rows:
-        return []
+        return ((),) * 7
     symbol, price, quantity, timestamp, trade_id, ibm = zip(*rows, strict=True)
     if (
         set(map(type, symbol)) <= {str}
@@ -148,7 +151,7 @@ def _rows_fast(dicts: list[Any]) -> list[tuple[Any, ...]] | None:
         and max(map(abs, timestamp)) < 2**63
         and max(map(abs, trade_id)) < 2**63
     ):
-        return [(*row, ex) for row, ex in zip(rows, exchanges, strict=True)]
+        return symbol, price, quantity, timestamp, trade_id, ibm, exchanges
     return None
 
 
@@ -187,8 +190,8 @@ def decode_trades(
             except orjson.JSONDecodeError as exc:
                 rejected.append(Rejected("malformed_json", str(exc)[:200], value, partition, offs[i]))
 
-    rows = _rows_fast(parsed)
-    if rows is None:
+    fields = _columns_fast(parsed)
+    if fields is None:
         rows, good = [], []
         for i, obj in zip(keep, parsed, strict=True):
             row = _check_row(obj)
@@ -198,8 +201,9 @@ def decode_trades(
                 rows.append(row)
                 good.append(i)
         keep = good
+        fields = tuple(zip(*rows, strict=True)) if rows else ((),) * 7
 
-    columns, bad = _columns(rows, [offs[i] for i in keep])
+    columns, bad = _columns(fields, [offs[i] for i in keep] if len(keep) != n else offs)
     for pos, reason, detail in bad:
         i = keep[pos]
         rejected.append(Rejected(reason, detail, values[i] or b"", partition, offs[i]))
@@ -208,15 +212,10 @@ def decode_trades(
     return columns, rejected
 
 
-def _columns(
-    rows: list[tuple[Any, ...]], offsets: list[int]
-) -> tuple[TradeColumns, list[tuple[int, str, str]]]:
-    """Typed rows -> arrays, then value checks done on whole columns."""
-    n = len(rows)
-    if n:
-        raw_symbol, price_l, qty_l, ts_l, tid_l, ibm_l, exch_l = zip(*rows, strict=True)
-    else:
-        raw_symbol = price_l = qty_l = ts_l = tid_l = ibm_l = exch_l = ()
+def _columns(fields: Columns, offsets: list[int]) -> tuple[TradeColumns, list[tuple[int, str, str]]]:
+    """Typed field columns -> arrays, then value checks done on whole columns."""
+    raw_symbol, price_l, qty_l, ts_l, tid_l, ibm_l, exch_l = fields
+    n = len(raw_symbol)
     price = np.array(price_l, dtype=np.float64)
     quantity = np.array(qty_l, dtype=np.float64)
     timestamp = np.array(ts_l, dtype=np.int64)
@@ -253,7 +252,7 @@ def _columns(
         mask = mask & ~invalid
         if mask.any():
             for pos in np.flatnonzero(mask).tolist():
-                bad.append((pos, reason, _detail(reason, rows[pos])))
+                bad.append((pos, reason, _detail(reason, tuple(f[pos] for f in fields))))
             invalid |= mask
     cols = TradeColumns(
         symbols=symbols,

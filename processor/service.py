@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
@@ -43,10 +42,13 @@ from processor.sinks.base import FlushBatch, Lineage, Sink
 from processor.sinks.parquet import ParquetSink
 from processor.state import Interner, PartitionState, closed_candles
 from processor.volatility import rolling_volatility
+from processor.windows import Candles
 
 __all__ = ["Processor", "ProcessorStats"]
 
 log = logging.getLogger(__name__)
+
+CLOSE_EVERY_S = 0.05  # windows close at most this late after the watermark passes them
 
 # A hook turning a symbol's closed candles (with its recent history) into extra tables, e.g. predictions.
 Scorer = Callable[[str, dict[str, np.ndarray], int], dict[str, pa.Table]]
@@ -94,6 +96,7 @@ class Processor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._last_checkpoint = time.monotonic()
+        self._last_close = 0.0
         self.ready = asyncio.Event()
         self.member = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -149,8 +152,12 @@ class Processor:
                 for tp, messages in batch.items():
                     if messages and tp.partition in self.parts:
                         await self._ingest(self.parts[tp.partition], messages, now)
-                await self._close_and_publish(now)
-                if now - self._last_checkpoint >= chunk_s:
+                due = now - self._last_checkpoint >= chunk_s
+                # Closing windows costs per call, not per trade: do it every CLOSE_EVERY_S, not per poll.
+                if due or now - self._last_close >= CLOSE_EVERY_S:
+                    self._last_close = now
+                    await self._close_and_publish(now)
+                if due:
                     try:
                         await self._checkpoint()
                     except SinkWriteError as exc:
@@ -190,6 +197,11 @@ class Processor:
 
     # ------------------------------------------------------------------ data path
     async def _ingest(self, part: PartitionState, messages: list, now: float) -> None:  # type: ignore[type-arg]
+        if messages[0].offset < part.position:
+            # Fetched before a seek (an assignment resets the position): those records were handled already.
+            messages = [m for m in messages if m.offset >= part.position]
+            if not messages:
+                return
         values = [m.value for m in messages]
         offsets = [m.offset for m in messages]
         cols, rejected = decode_trades(values, offsets, part.partition)
@@ -238,55 +250,63 @@ class Processor:
             if self._caught_up(part):  # quiet means quiet in the log, not just unread yet
                 part.close_idle(now, idle_s)
             candles = closed_candles(part.take_closed())
-            if candles.num_rows:
+            if candles is not None:
                 self._closed(part, candles, messages)
             live = closed_candles(part.live_candles(now, live_s))
-            if live.num_rows:
-                messages.extend(_candle_messages(live, closed=False))
+            if live is not None:
+                messages.extend(_rows_messages("candle", live.to_table(), interval="1s", closed=False))
         if messages:
             await self._publish(messages)
 
-    def _closed(self, part: PartitionState, candles: pa.Table, messages: list[tuple[str, bytes]]) -> None:
-        self.stats.candles += candles.num_rows
-        CANDLES.inc(candles.num_rows)
+    def _closed(self, part: PartitionState, candles: Candles, messages: list[tuple[str, bytes]]) -> None:
+        """Newly closed candles of one partition: volatility, scorers, pending rows, fan-out messages."""
+        table = candles.to_table()
+        self.stats.candles += table.num_rows
+        CANDLES.inc(table.num_rows)
         pending = self.pending.setdefault(part.partition, {})
-        pending.setdefault("ohlc", []).append(candles)
-        messages.extend(_candle_messages(candles, closed=True))
-        symbols = candles["symbol"]
+        pending.setdefault("ohlc", []).append(table)
+        messages.extend(_rows_messages("candle", table, interval="1s", closed=True))
         window = self.settings.volatility_window_seconds
-        for name in pc.unique(symbols).to_pylist():
-            rows = candles.filter(pc.equal(symbols, name))
-            code = self.interner.symbol(name)
+        vol_symbol, vol_bucket, vol_value = [], [], []
+        for code, rows in candles.segments():
             state = part.symbols[code]
-            buckets = rows["bucket"].cast(pa.int64()).to_numpy()
-            closes = rows["close"].to_numpy()
-            hist_b = state.recent.get("bucket")
-            first = state.first_bucket if state.first_bucket is not None else int(buckets[0])
-            if hist_b is not None and hist_b.size:
-                all_b = np.concatenate([hist_b, buckets])
-                all_c = np.concatenate([state.recent["close"], closes])
-                vol = rolling_volatility(all_b, all_c, first, window, start=hist_b.size)
+            new = {name: values[rows] for name, values in candles.columns.items()}
+            history = state.recent.get("bucket")
+            first = state.first_bucket if state.first_bucket is not None else int(new["bucket"][0])
+            if history is not None and history.size:
+                vol = rolling_volatility(
+                    np.concatenate([history, new["bucket"]]),
+                    np.concatenate([state.recent["close"], new["close"]]),
+                    first,
+                    window,
+                    start=history.size,
+                )
             else:
-                vol = rolling_volatility(buckets, closes, first, window)
-            part.remember(code, rows)
+                vol = rolling_volatility(new["bucket"], new["close"], first, window)
+            part.remember(code, new)
             ok = ~np.isnan(vol)
             if ok.any():
-                table = pa.table(
-                    {
-                        "symbol": pa.array([name] * int(ok.sum()), pa.string()),
-                        "bucket": rows["bucket"].filter(pa.array(ok)),
-                        "volatility": vol[ok],
-                        "window_seconds": pa.array(np.full(int(ok.sum()), window, np.int32)),
-                    },
-                    schema=VOLATILITY_SCHEMA,
-                )
-                pending.setdefault("volatility", []).append(table)
-                messages.extend(_volatility_messages(table))
+                vol_symbol.extend([candles.symbols[code]] * int(ok.sum()))
+                vol_bucket.append(new["bucket"][ok])
+                vol_value.append(vol[ok])
+            n_new = rows.stop - rows.start
             for scorer in self.scorers:
-                for kind, table in scorer(name, state.recent, rows.num_rows).items():
-                    if table.num_rows:
-                        pending.setdefault(kind, []).append(table)
-                        messages.extend(_rows_messages(kind, table))
+                for kind, extra in scorer(candles.symbols[code], state.recent, n_new).items():
+                    if extra.num_rows:
+                        pending.setdefault(kind, []).append(extra)
+                        messages.extend(_rows_messages(kind, extra))
+        if vol_symbol:
+            vol_table = pa.table(
+                {
+                    "symbol": pa.array(vol_symbol, pa.string()),
+                    "bucket": pa.array(np.concatenate(vol_bucket), pa.timestamp("ms", tz="UTC")),
+                    "volatility": np.concatenate(vol_value),
+                    "window_seconds": pa.array(np.full(len(vol_symbol), window, np.int32)),
+                },
+                schema=VOLATILITY_SCHEMA,
+            )
+            pending.setdefault("volatility", []).append(vol_table)
+            messages.extend(_rows_messages("volatility", vol_table))
 
     async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         assert self._producer is not None
@@ -312,8 +332,11 @@ class Processor:
             self._last_checkpoint = time.monotonic()
             return
         await self._producer.flush()  # dead letters and published candles are acknowledged first
+        results = await asyncio.gather(*(sink.write(batch) for sink in self.sinks), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         for sink in self.sinks:
-            await sink.write(batch)
             for kind in ("ohlc", "volatility", "predictions"):
                 rows = batch.rows(kind)
                 if rows:
@@ -469,25 +492,12 @@ class Processor:
                 CONSUMER_LAG.labels(self.topic, str(p)).set(max(0, end - part.position))
 
 
-def _candle_messages(candles: pa.Table, *, closed: bool) -> list[tuple[str, bytes]]:
-    rows = candles.to_pylist()
+def _rows_messages(kind: str, table: pa.Table, **extra: object) -> list[tuple[str, bytes]]:
+    """One JSON message per row for the candles topic, keyed by symbol, tagged with its type."""
     dumps = orjson.dumps
-    out = []
-    for row in rows:
-        row["type"] = "candle"
-        row["interval"] = "1s"
-        row["closed"] = closed
-        out.append((row["symbol"], dumps(row)))
-    return out
-
-
-def _volatility_messages(table: pa.Table) -> list[tuple[str, bytes]]:
-    return _rows_messages("volatility", table)
-
-
-def _rows_messages(kind: str, table: pa.Table) -> list[tuple[str, bytes]]:
     out = []
     for row in table.to_pylist():
         row["type"] = kind
-        out.append((row["symbol"], orjson.dumps(row)))
+        row.update(extra)
+        out.append((row["symbol"], dumps(row)))
     return out

@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, TradeColumns
 from processor.checkpoint import Checkpoint, SymbolCheckpoint
-from processor.windows import WINDOW_MS, aggregate, bucket_of, dedupe, late_mask
+from processor.windows import WINDOW_MS, Candles, aggregate, bucket_of, dedupe, late_mask
 
 __all__ = ["Interner", "PartitionState", "SymbolState", "concat_trades"]
 
@@ -209,17 +208,15 @@ class PartitionState:
         return min([*lows, self.position])
 
     # ------------------------------------------------------------------------------------------
-    def remember(self, code: int, candles: pa.Table) -> None:
+    def remember(self, code: int, new: dict[str, npt.NDArray[Any]]) -> None:
         """Append a symbol's newly closed candles (bucket order) to its recent history, trimmed."""
         state = self.symbols[code]
-        new = {name: candles[name].to_numpy() for name in RECENT_FIELDS}
-        new["bucket"] = candles["bucket"].cast(pa.int64()).to_numpy()
         if state.first_bucket is None:
             state.first_bucket = int(new["bucket"][0])
         if state.recent:
             merged = {k: np.concatenate([state.recent[k], new[k]]) for k in RECENT_FIELDS}
         else:
-            merged = new
+            merged = {k: new[k] for k in RECENT_FIELDS}
         buckets = merged["bucket"]
         # keep the history window plus the candle before it (the previous close of the first return)
         keep_from = max(0, int(np.searchsorted(buckets, buckets[-1] - self.history_ms, side="right")) - 1)
@@ -265,8 +262,8 @@ class PartitionState:
         return state
 
 
-def closed_candles(chunks: list[TradeColumns]) -> pa.Table:
-    """Candles of popped window trades (deduplicated)."""
+def closed_candles(chunks: list[TradeColumns]) -> Candles | None:
+    """Candles of popped window trades (deduplicated), or None when there are none."""
     if not chunks:
-        return CANDLE_SCHEMA.empty_table()
+        return None
     return aggregate(dedupe(concat_trades(chunks)))

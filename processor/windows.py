@@ -10,6 +10,7 @@ Nothing here knows about Kafka or sinks, so every rule can be property-tested on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, TradeColumns
 
-__all__ = ["WINDOW_MS", "aggregate", "bucket_of", "closed_through", "dedupe", "late_mask"]
+__all__ = ["WINDOW_MS", "Candles", "aggregate", "bucket_of", "closed_through", "dedupe", "late_mask"]
 
 WINDOW_MS = 1_000
 
@@ -72,11 +73,48 @@ def dedupe(trades: TradeColumns) -> TradeColumns:
     return trades.take(keep)
 
 
-def aggregate(trades: TradeColumns) -> pa.Table:
-    """1 s OHLCV candles (``CANDLE_SCHEMA``) of deduplicated trades, sorted by symbol then bucket."""
+@dataclass(slots=True)
+class Candles:
+    """1 s candles as NumPy columns, sorted by symbol code then bucket (codes index ``symbols``)."""
+
+    symbols: list[str]
+    symbol: npt.NDArray[np.int32]
+    columns: dict[str, npt.NDArray[Any]]  # bucket (int64 ms), open .. sell_volume, in CANDLE_SCHEMA order
+
+    def __len__(self) -> int:
+        return int(self.symbol.shape[0])
+
+    def segments(self) -> list[tuple[int, slice]]:
+        """(symbol code, row slice) of each symbol's run of candles."""
+        n = len(self)
+        if n == 0:
+            return []
+        cut = np.flatnonzero(self.symbol[1:] != self.symbol[:-1]) + 1
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [n]))
+        return [(int(self.symbol[a]), slice(int(a), int(b))) for a, b in zip(starts, ends, strict=True)]
+
+    def to_table(self) -> pa.Table:
+        """The ``CANDLE_SCHEMA`` table the sinks store."""
+        if len(self) == 0:
+            return CANDLE_SCHEMA.empty_table()
+        names = np.asarray(self.symbols, dtype=object)
+        arrays: dict[str, Any] = {"symbol": pa.array(names[self.symbol], pa.string())}
+        for name, values in self.columns.items():
+            arrays[name] = pa.array(values, CANDLE_SCHEMA.field(name).type)
+        return pa.Table.from_pydict(arrays, schema=CANDLE_SCHEMA)
+
+
+def aggregate(trades: TradeColumns) -> Candles:
+    """1 s OHLCV candles of deduplicated trades, sorted by symbol then bucket."""
     n = len(trades)
     if n == 0:
-        return CANDLE_SCHEMA.empty_table()
+        empty = {
+            f.name: np.empty(0, np.int64 if f.name in ("bucket", "trade_count") else np.float64)
+            for f in CANDLE_SCHEMA
+            if f.name != "symbol"
+        }
+        return Candles(trades.symbols, np.empty(0, np.int32), empty)
     bucket = bucket_of(trades.timestamp)
     # Ties break by trade id, then exchange *name* (codes depend on arrival order, names do not).
     rank = np.empty(len(trades.exchanges), dtype=np.int64)
@@ -96,10 +134,8 @@ def aggregate(trades: TradeColumns) -> pa.Table:
     close = price[ends]
     with np.errstate(invalid="ignore", divide="ignore"):
         vwap = np.where(volume > 0, notional / np.where(volume > 0, volume, 1.0), close)
-    names = np.asarray(trades.symbols, dtype=object)
-    columns: dict[str, Any] = {
-        "symbol": pa.array(names[sym[starts]], pa.string()),
-        "bucket": pa.array(bkt[starts], pa.timestamp("ms", tz="UTC")),
+    columns = {
+        "bucket": bkt[starts],
         "open": price[starts],
         "high": np.maximum.reduceat(price, starts),
         "low": np.minimum.reduceat(price, starts),
@@ -110,4 +146,4 @@ def aggregate(trades: TradeColumns) -> pa.Table:
         "buy_volume": buy_volume,
         "sell_volume": sell_volume,
     }
-    return pa.Table.from_pydict(columns, schema=CANDLE_SCHEMA)
+    return Candles(trades.symbols, sym[starts], columns)

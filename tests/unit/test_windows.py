@@ -9,7 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cryptostream.models import Trade, TradeColumns
+from cryptostream.models import CANDLE_SCHEMA, Trade, TradeColumns
 from processor.state import Interner, PartitionState, closed_candles
 from processor.windows import aggregate, bucket_of, dedupe, late_mask
 from tests.reference import assert_candles_equal, batch_candles, rows_by_key
@@ -76,13 +76,16 @@ def _drive(
         cols = interner.adopt(TradeColumns.from_trades(delivery[a:b], list(range(offset0 + a, offset0 + b))))
         late.extend(state.ingest(cols, now=0.0).tolist())
         state.position = offset0 + b
-        tables.append(closed_candles(state.take_closed()))
+        candles = closed_candles(state.take_closed())
+        if candles is not None:
+            tables.append(candles.to_table())
     return tables, late
 
 
 def _finish(state: PartitionState) -> pa.Table:
     state.close_idle(now=1e9, idle_s=0)
-    return closed_candles(state.take_closed())
+    candles = closed_candles(state.take_closed())
+    return candles.to_table() if candles is not None else CANDLE_SCHEMA.empty_table()
 
 
 def _as_rows(tables: list[pa.Table]) -> dict:
@@ -129,7 +132,7 @@ def test_distinct_trades_sharing_a_timestamp_all_count_and_ties_break_by_trade_i
         _trade(1, "BTCUSDT", T0, 100.0, 2.0),
         _trade(2, "BTCUSDT", T0, 102.0, 0.5),
     ]
-    candles = aggregate(TradeColumns.from_trades(trades)).to_pylist()
+    candles = aggregate(TradeColumns.from_trades(trades)).to_table().to_pylist()
     assert len(candles) == 1
     c = candles[0]
     assert (c["open"], c["close"], c["high"], c["low"], c["trade_count"]) == (100.0, 101.0, 102.0, 100.0, 3)
@@ -169,7 +172,7 @@ def test_quiet_symbol_closes_by_wall_clock_but_busy_one_waits_for_its_watermark(
     cols = interner.adopt(TradeColumns.from_trades([_trade(1, "BTCUSDT", T0, 100.0, 1.0)], [0]))
     state.ingest(cols, now=100.0)
     state.close_idle(now=101.0, idle_s=2.0)
-    assert state.take_closed() == []
+    assert closed_candles(state.take_closed()) is None
     state.close_idle(now=102.5, idle_s=2.0)
     assert len(closed_candles(state.take_closed())) == 1
 
