@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,63 @@ def process() -> None:
         sinks.append(PostgresSink(settings.database_dsn))
     else:
         log.info("DATABASE_URL not set: writing the Parquet archive only")
-    _run(lambda stop: Processor(settings, sinks).run(stop))
+    from processor.model.scorer import load_live_scorer
+
+    scorer = load_live_scorer(settings)
+    if scorer is not None:
+        log.info("live predictions: model %s (%d s horizon)", scorer.base_version, scorer.horizon_s)
+    else:
+        log.info("live predictions: none (no model in %s; run `cryptostream train`)", settings.model_dir)
+    scorers = [scorer] if scorer is not None else []
+    _run(lambda stop: Processor(settings, sinks, scorers=scorers).run(stop))
+
+
+@app.command()
+def train(
+    source: str = typer.Option(
+        "archive", help="archive (Parquet under OUTPUT_DIR) or database (DATABASE_URL)."
+    ),
+    symbols: str | None = typer.Option(None, help="Comma list (default: every symbol stored)."),
+    start: datetime | None = typer.Option(None, help="First candle time, UTC (default: the oldest)."),
+    end: datetime | None = typer.Option(
+        None, help="End of the candles, exclusive, UTC (default: the newest)."
+    ),
+    horizon: int | None = typer.Option(None, help="Seconds ahead (PREDICTION_HORIZON_SECONDS)."),
+    folds: int = typer.Option(5, min=1, max=50, help="Walk-forward folds."),
+    model: str = typer.Option("auto", help="auto (best walk-forward log loss), logit or sgd (online)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the up/down model walk-forward; write a versioned model and its report to MODEL_DIR."""
+    settings = _settings("train", prediction_horizon_seconds=horizon)
+    if source not in ("archive", "database"):
+        raise SettingsError(f"--source must be archive or database, got {source!r}")
+    if model not in ("auto", "logit", "sgd"):
+        raise SettingsError(f"--model must be auto, logit or sgd, got {model!r}")
+    from processor.model.train import train as run_training
+
+    utc = [t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t for t in (start, end)]
+    result = run_training(
+        settings.model_dir,
+        settings.prediction_horizon_seconds,
+        source="archive" if source == "archive" else "database",
+        output_dir=settings.output_dir,
+        database_dsn=settings.database_dsn,
+        symbols=load_settings(symbols=symbols).symbols if symbols else None,
+        start=utc[0],
+        end=utc[1],
+        folds=folds,
+        candidates=("logit", "sgd") if model == "auto" else (model,),
+        show_progress=progress,
+    )
+    report = result.report
+    typer.echo(f"model {report['model_version']} -> {settings.model_dir.resolve()}")
+    for name, m in report["metrics"].items():
+        auc = "-" if m["auc"] is None else f"{m['auc']:.3f}"
+        typer.echo(
+            f"  {name:<12} accuracy {m['accuracy']:.1%}  balanced {m['balanced_accuracy']:.1%}  "
+            f"log loss {m['log_loss']:.4f}  AUC {auc}"
+        )
+    typer.echo(report["verdict"]["summary"])
 
 
 @app.command()

@@ -1,0 +1,161 @@
+"""Training data: 1 s candles from the Parquet archive or the database, turned into labelled rows.
+
+Each symbol's candles become features and labels on its own grid (symbols never mix inside a row); the
+rows of all symbols are then pooled and ordered by time, which is the order walk-forward evaluation
+needs. One pooled model serves every symbol: the features are returns and ratios, free of price scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from cryptostream import archive
+from cryptostream.models import CANDLE_SCHEMA
+from processor.model.errors import NotEnoughData
+from processor.model.features import FEATURES, LOOKBACK_SECONDS, grid_features, to_grid
+from processor.model.labels import last_direction, up_labels
+
+__all__ = ["Candles", "Dataset", "build_dataset", "load_candles", "table_to_candles"]
+
+Candles = dict[
+    str, npt.NDArray[Any]
+]  # the processor's `recent` shape: bucket (int64 ms), open, ... sell_volume
+Source = Literal["archive", "database"]
+FIELDS = CANDLE_SCHEMA.names[1:]
+_ALL_ROWS = 2**62  # "no limit" for the read store's newest-N query
+
+
+def table_to_candles(table: pa.Table) -> Candles:
+    """Columns of a ``CANDLE_SCHEMA`` table (sorted by bucket) as NumPy arrays, bucket in epoch ms."""
+    out = {name: table[name].to_numpy() for name in FIELDS if name != "bucket"}
+    out["bucket"] = table["bucket"].cast(pa.int64()).to_numpy()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Labelled rows of every symbol, ordered by time (then symbol)."""
+
+    symbols: list[str]
+    horizon_s: int
+    x: npt.NDArray[np.float64]  # rows x FEATURES
+    y: npt.NDArray[np.int8]  # 1 = the close rose over the horizon
+    time: npt.NDArray[np.int64]  # bucket (ms) of the row
+    symbol: npt.NDArray[np.int32]  # index into ``symbols``
+    persistence: npt.NDArray[np.int8]  # the last-direction baseline's guess
+    candles: int  # candles read, before rows without lookback or label were dropped
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return FEATURES
+
+
+def build_dataset(candles: Mapping[str, Candles], horizon_s: int) -> Dataset:
+    """Rows with full lookback, a known label and a defined persistence guess, for every symbol."""
+    symbols = sorted(s for s, c in candles.items() if c["bucket"].shape[0])
+    xs, ys, ts, ss, ps = [], [], [], [], []
+    total = 0
+    for code, symbol in enumerate(symbols):
+        grid = to_grid(candles[symbol])
+        at = grid.index
+        total += int(at.shape[0])
+        x = grid_features(grid, at)
+        y, known = up_labels(grid, at, horizon_s)
+        guess, defined = last_direction(grid, at, horizon_s)
+        keep = known & defined & np.isfinite(x).all(axis=1)
+        xs.append(x[keep])
+        ys.append(y[keep])
+        ts.append(np.asarray(candles[symbol]["bucket"], dtype=np.int64)[keep])
+        ss.append(np.full(int(keep.sum()), code, dtype=np.int32))
+        ps.append(guess[keep])
+    if not symbols:
+        raise NotEnoughData("no candles to train on: the archive (or database) holds none for these symbols")
+    time = np.concatenate(ts)
+    symbol = np.concatenate(ss)
+    order = np.lexsort((symbol, time))
+    return Dataset(
+        symbols=symbols,
+        horizon_s=horizon_s,
+        x=np.concatenate(xs)[order],
+        y=np.concatenate(ys)[order],
+        time=time[order],
+        symbol=symbol[order],
+        persistence=np.concatenate(ps)[order],
+        candles=total,
+    )
+
+
+def min_history_seconds(horizon_s: int) -> int:
+    """Seconds of candles a symbol needs before its first usable row."""
+    return max(LOOKBACK_SECONDS, horizon_s) + horizon_s
+
+
+def _load_archive(
+    root: Path,
+    symbols: Iterable[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: Callable[[str], None],
+) -> dict[str, Candles]:
+    out = {}
+    for symbol in symbols if symbols is not None else archive.list_symbols(root):
+        out[symbol] = table_to_candles(archive.load(root, "ohlc", symbol, start, end))
+        step(symbol)
+    return out
+
+
+async def _load_database(
+    dsn: str,
+    symbols: Iterable[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: Callable[[str], None],
+) -> dict[str, Candles]:
+    from cryptostream.store import DatabaseStore
+
+    store = await DatabaseStore.connect(dsn)
+    try:
+        names = list(symbols) if symbols is not None else await store.symbols()
+        out = {}
+        for symbol in names:
+            table = await store.candles(symbol, start, end, limit=_ALL_ROWS, interval="1s")
+            out[symbol] = table_to_candles(table)
+            step(symbol)
+        return out
+    finally:
+        await store.close()
+
+
+def load_candles(
+    source: Source,
+    *,
+    output_dir: Path,
+    database_dsn: str | None,
+    symbols: list[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    step: Callable[[str], None] = lambda _symbol: None,
+) -> dict[str, Candles]:
+    """Every symbol's 1 s candles with ``start <= bucket < end`` (all symbols stored when ``symbols`` is
+    None), from the Parquet archive or the database. ``step`` is called after each symbol (progress)."""
+    if source == "archive":
+        return _load_archive(output_dir, symbols, start, end, step)
+    if not database_dsn:
+        from cryptostream.errors import SettingsError
+
+        raise SettingsError(
+            "DATABASE_URL is not set: training from the database needs one (or use the archive)"
+        )
+    return asyncio.run(_load_database(database_dsn, symbols, start, end, step))

@@ -1,0 +1,166 @@
+"""Walk-forward evaluation: every test row is predicted by a model trained only on rows before it.
+
+The time span is cut into ``folds + 1`` equal blocks. Fold ``k`` tests on block ``k`` (1-based) and
+trains on every row whose *label* was settled before that block began: ``t + horizon < test_start``.
+Without that purge the last training labels would read closes inside the test block. Scalers, class
+rates and baseline hit rates are learned from the training rows of the fold too.
+
+The online SGD model is scored "prequentially", as it runs live: it predicts a block of one horizon,
+then learns from the test rows whose labels became known by the end of that block, and goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from processor.model.dataset import Dataset
+from processor.model.errors import NotEnoughData
+from processor.model.estimators import OnlineSGD, fit_logit, fit_sgd
+from processor.model.features import FEATURES
+from processor.model.metrics import scores
+
+__all__ = ["FORECASTERS", "MODELS", "Fold", "FoldResult", "evaluate", "splits"]
+
+MODELS = ("logit", "sgd")
+BASELINES = ("majority", "persistence")
+FORECASTERS = (*MODELS, *BASELINES)
+MIN_TRAIN_ROWS = 200
+
+Prediction = tuple[npt.NDArray[np.float64], npt.NDArray[np.int8]]  # P(up), predicted label
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    number: int  # 1-based
+    train: npt.NDArray[np.int64]  # row positions (the dataset is in time order)
+    test: npt.NDArray[np.int64]
+    test_start: int  # ms, inclusive
+    test_end: int  # ms, exclusive
+
+    def describe(self, time: npt.NDArray[np.int64], when: Callable[[int], Any] = int) -> dict[str, Any]:
+        """Rows and time range of the fold; ``when`` formats times (ms)."""
+        return {
+            "fold": self.number,
+            "train_rows": int(self.train.size),
+            "train_first": when(int(time[self.train[0]])) if self.train.size else None,
+            "train_last": when(int(time[self.train[-1]])) if self.train.size else None,
+            "test_rows": int(self.test.size),
+            "test_start": when(self.test_start),
+            "test_end": when(self.test_end),
+        }
+
+
+@dataclass(slots=True)
+class FoldResult:
+    fold: Fold
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def splits(time: npt.NDArray[np.int64], horizon_s: int, folds: int) -> list[Fold]:
+    """Expanding-window folds over rows sorted by ``time`` (ms); training rows' labels end before the test."""
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    if time.size == 0:
+        return []
+    first, end = int(time[0]), int(time[-1]) + 1
+    edges = [first + (end - first) * i // (folds + 1) for i in range(folds + 2)]
+    horizon_ms = horizon_s * 1000
+    out = []
+    for k in range(1, folds + 1):
+        start, stop = edges[k], edges[k + 1]
+        n_train = int(np.searchsorted(time, start - horizon_ms, side="left"))
+        lo, hi = np.searchsorted(time, [start, stop], side="left")
+        out.append(
+            Fold(k, np.arange(n_train, dtype=np.int64), np.arange(lo, hi, dtype=np.int64), start, stop)
+        )
+    return out
+
+
+def _check(ds: Dataset, fold_list: list[Fold], folds: int) -> None:
+    hours = (int(ds.time[-1]) - int(ds.time[0])) / 3_600_000 if len(ds) else 0.0
+    have = f"{len(ds)} labelled rows over {hours:.2f} h of {len(ds.symbols)} symbol(s)"
+    for fold in fold_list:
+        y = ds.y[fold.train]
+        if fold.train.size < MIN_TRAIN_ROWS or y.min(initial=1) == y.max(initial=0):
+            raise NotEnoughData(
+                f"fold {fold.number} of {folds} would train on {fold.train.size} rows "
+                f"({int(y.sum())} up): need {MIN_TRAIN_ROWS}+ rows with both outcomes; have {have}. "
+                "Collect more candles, or use fewer --folds or a shorter horizon."
+            )
+        if fold.test.size == 0:
+            raise NotEnoughData(f"fold {fold.number} of {folds} has no test rows; have {have}")
+
+
+def _prequential(
+    online: OnlineSGD,
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.int8],
+    time: npt.NDArray[np.int64],
+    horizon_s: int,
+) -> npt.NDArray[np.float64]:
+    """Predict test rows one horizon-long block at a time, learning labels as soon as they are settled."""
+    horizon_ms = horizon_s * 1000
+    step = max(horizon_ms, 10_000)
+    p = np.empty(time.shape[0], dtype=np.float64)
+    learned = 0
+    start = int(time[0]) if time.size else 0
+    lo = 0
+    while lo < time.shape[0]:
+        block_end = start + step * ((int(time[lo]) - start) // step + 1)
+        hi = int(np.searchsorted(time, block_end, side="left"))
+        p[lo:hi] = online.predict_proba(x[lo:hi])
+        settled = int(np.searchsorted(time, block_end - horizon_ms, side="left"))
+        if settled > learned:
+            online.update(x[learned:settled], y[learned:settled])
+            learned = settled
+        lo = hi
+    return p
+
+
+def _fold(ds: Dataset, fold: Fold, seed: int, step: Callable[[str], None]) -> FoldResult:
+    result = FoldResult(fold)
+    x_tr, y_tr = ds.x[fold.train], ds.y[fold.train]
+    x_te, y_te, t_te = ds.x[fold.test], ds.y[fold.test], ds.time[fold.test]
+
+    logit, _ = fit_logit(x_tr, y_tr, FEATURES)
+    p = logit.predict_proba(x_te)
+    result.predictions["logit"] = (p, (p > 0.5).astype(np.int8))
+    step("logit")
+
+    online = fit_sgd(x_tr, y_tr, seed)
+    p = _prequential(online, x_te, y_te, t_te, ds.horizon_s)
+    result.predictions["sgd"] = (p, (p > 0.5).astype(np.int8))
+    step("sgd")
+
+    rate = float(np.clip(y_tr.mean(), 0.01, 0.99))
+    result.predictions["majority"] = (
+        np.full(y_te.shape, rate),
+        np.full(y_te.shape, int(rate > 0.5), np.int8),
+    )
+    guess = ds.persistence[fold.test]
+    hit = float(np.clip((ds.persistence[fold.train] == y_tr).mean(), 0.01, 0.99))
+    result.predictions["persistence"] = (np.where(guess == 1, hit, 1.0 - hit), guess)
+
+    for name, (prob, hat) in result.predictions.items():
+        result.metrics[name] = scores(y_te, prob, hat)
+    return result
+
+
+def evaluate(
+    ds: Dataset, folds: int = 5, seed: int = 0, step: Callable[[str], None] = lambda _name: None
+) -> list[FoldResult]:
+    """Walk-forward results of both models and both baselines; ``step`` ticks after each model fit."""
+    if len(ds) == 0:
+        raise NotEnoughData(
+            f"no labelled rows: {ds.candles} candle(s) of {len(ds.symbols)} symbol(s) do not cover the "
+            f"{ds.horizon_s} s horizon plus lookback; collect more candles"
+        )
+    fold_list = splits(ds.time, ds.horizon_s, folds)
+    _check(ds, fold_list, folds)
+    return [_fold(ds, fold, seed, step) for fold in fold_list]

@@ -1,0 +1,142 @@
+"""Live scoring through the processor's hook equals scoring the same candles in batch."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cryptostream.models import PREDICTION_SCHEMA
+from cryptostream.settings import load_settings
+from processor.model import registry
+from processor.model.dataset import build_dataset
+from processor.model.errors import ModelFileError
+from processor.model.features import candle_features
+from processor.model.labels import up_labels
+from processor.model.scorer import ModelScorer, load_live_scorer
+from processor.model.synthetic import synthetic_candles
+from processor.model.train import fit_and_report
+from processor.state import PartitionState, SymbolState
+
+HORIZON = 20
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One trained result per kind (logit and the online sgd)."""
+    candles = {f"S{i}": synthetic_candles(2 * 3600, seed=70 + i, signal=0.2, gap_rate=0.1) for i in range(2)}
+    ds = build_dataset(candles, HORIZON)
+    return {kind: fit_and_report(ds, folds=3, candidates=(kind,)) for kind in ("logit", "sgd")}
+
+
+def _stream(
+    scorer, symbol: str, candles: dict[str, np.ndarray], seed: int, history_s: int = 61, max_chunk: int = 5
+) -> pa.Table:
+    """Feed candles in random chunks through the processor's own history keeping, as the processor does."""
+    part = PartitionState("t", 0, "e", 0, 0, 0, buffer_ms=1000, history_ms=history_s * 1000)
+    part.symbols[0] = SymbolState()
+    rng = np.random.default_rng(seed)
+    out, lo, n = [], 0, candles["bucket"].size
+    while lo < n:
+        hi = min(n, lo + int(rng.integers(1, max_chunk + 1)))
+        part.remember(0, {k: v[lo:hi] for k, v in candles.items()})
+        tables = scorer(symbol, part.symbols[0].recent, hi - lo)
+        if "predictions" in tables:
+            out.append(tables["predictions"])
+        lo = hi
+    return pa.concat_tables(out) if out else PREDICTION_SCHEMA.empty_table()
+
+
+def test_live_predictions_equal_batch_predictions_for_every_candle_with_lookback(trained):
+    result = trained["logit"]
+    scorer = ModelScorer(result.model_file)
+    candles = synthetic_candles(900, seed=5, signal=0.2, gap_rate=0.2, start_ms=1_800_000_000_000)
+    live = _stream(scorer, "BTCUSDT", candles, seed=1)
+    assert live.schema == PREDICTION_SCHEMA
+    x = candle_features(candles)
+    has_lookback = np.isfinite(x).all(axis=1)
+    expected_buckets = candles["bucket"][has_lookback]
+    assert live["bucket"].cast(pa.int64()).to_numpy().tolist() == expected_buckets.tolist()
+    expected = result.model.predict_proba(x[has_lookback])
+    np.testing.assert_allclose(live["probability_up"].to_numpy(), expected, rtol=1e-9, atol=1e-12)
+    p = live["probability_up"].to_numpy()
+    assert live["label"].to_pylist() == ["up" if v > 0.5 else "down" for v in p]
+    assert set(live["model_version"].to_pylist()) == {result.model_file["version"]}
+    assert set(live["horizon_seconds"].to_pylist()) == {HORIZON}
+    assert set(live["symbol"].to_pylist()) == {"BTCUSDT"}
+
+
+def test_the_online_model_learns_exactly_the_labels_batch_training_would_use(trained):
+    result = trained["sgd"]
+    scorer = ModelScorer(result.model_file, update_batch=10**9)  # hold rows back to inspect them
+    candles = synthetic_candles(600, seed=9, signal=0.2, gap_rate=0.2, start_ms=1_800_000_000_000)
+    live = _stream(scorer, "ETHUSDT", candles, seed=2)
+    learned_y = np.concatenate(scorer._learn_y)
+    learned_x = np.concatenate(scorer._learn_x)
+    from processor.model.features import to_grid
+
+    grid = to_grid(candles)
+    x = candle_features(candles)
+    y, known = up_labels(grid, grid.index, HORIZON)
+    rows = np.isfinite(x).all(axis=1) & known
+    assert learned_y.tolist() == y[rows].tolist()
+    np.testing.assert_allclose(learned_x, x[rows], rtol=1e-9, atol=1e-12)
+    # every prediction still waiting is one whose horizon the data has not reached
+    assert (scorer.pending["ETHUSDT"].time + HORIZON * 1000 > candles["bucket"][-1]).all()
+    assert set(live["model_version"].to_pylist()) == {result.model_file["version"]}  # nothing learned yet
+
+
+def test_the_online_model_changes_after_learning_and_says_so_in_its_version(trained):
+    result = trained["sgd"]
+    scorer = ModelScorer(result.model_file, update_batch=16)
+    before = scorer.model.coef.copy()
+    candles = synthetic_candles(400, seed=11, signal=0.2, start_ms=1_800_000_000_000)
+    live = _stream(scorer, "SOLUSDT", candles, seed=3)
+    versions = live["model_version"].to_pylist()
+    base = result.model_file["version"]
+    assert versions[0] == base and versions[-1] == base + "+online"
+    assert scorer.online.updates > 300
+    assert not np.array_equal(before, scorer.model.coef)
+    # the logit model never changes live
+    static = ModelScorer(trained["logit"].model_file)
+    _stream(static, "SOLUSDT", candles, seed=3)
+    assert static.online is None and static.version == trained["logit"].model_file["version"]
+
+
+def test_a_short_processor_history_is_extended_by_the_scorer_and_never_gives_wrong_values(trained):
+    result = trained["logit"]
+    candles = synthetic_candles(300, seed=4, gap_rate=0.2, start_ms=1_800_000_000_000)
+    x = candle_features(candles)
+    has_lookback = np.isfinite(x).all(axis=1)
+    p = result.model.predict_proba(x[has_lookback])
+    batch = dict(zip(candles["bucket"][has_lookback].tolist(), p, strict=True))
+    # the processor keeps 10 s of candles; the scorer keeps its own 31 s: every candle is scored
+    scorer = ModelScorer(result.model_file)
+    live = _stream(scorer, "BTCUSDT", candles, seed=4, history_s=10)
+    assert live["bucket"].cast(pa.int64()).to_pylist() == sorted(batch)
+    assert scorer.unscored == 0
+    # batches closing more candles than the processor's history (45 s) holds: the oldest are not scored
+    scorer = ModelScorer(result.model_file)
+    live = _stream(scorer, "BTCUSDT", candles, seed=4, history_s=45, max_chunk=90)
+    assert scorer.unscored > 0 and 0 < live.num_rows < len(batch)
+    for bucket, p in zip(
+        live["bucket"].cast(pa.int64()).to_pylist(), live["probability_up"].to_pylist(), strict=True
+    ):
+        assert p == pytest.approx(batch[bucket], rel=1e-9)  # what is scored is right
+
+
+def test_no_model_means_no_scorer_and_a_foreign_model_is_refused(trained, tmp_path, caplog):
+    settings = load_settings(model_dir=tmp_path)
+    assert load_live_scorer(settings) is None
+    foreign = dict(trained["logit"].model_file, features=["ret_1"])
+    with pytest.raises(ModelFileError, match="other features"):
+        ModelScorer(foreign)
+    registry.save(tmp_path, foreign, trained["logit"].report)
+    with caplog.at_level(logging.ERROR):
+        assert load_live_scorer(settings) is None
+    assert "other features" in caplog.text
+    registry.save(tmp_path, trained["logit"].model_file, trained["logit"].report)
+    scorer = load_live_scorer(settings)
+    assert scorer is not None and scorer.base_version == trained["logit"].model_file["version"]
