@@ -113,6 +113,25 @@ def ingest(
 
 
 @app.command()
+def replay(
+    path: Path = typer.Argument(..., help="Binance dump (.csv or .zip), JSONL of trades, or Parquet."),
+    speed: float | None = typer.Option(None, help="REPLAY_SPEED: 1 = real time, 0 = as fast as possible."),
+    symbol: str | None = typer.Option(None, help="Symbol of a Binance dump whose file name lacks it."),
+    progress: bool = typer.Option(True, help="Progress bar with rate and ETA (on a terminal)."),
+) -> None:
+    """Replay a file of trades into KAFKA_TOPIC, paced by REPLAY_SPEED."""
+    settings = _settings("replay", replay_speed=speed)
+    _require_kafka(settings)
+    if not path.is_file():
+        raise SettingsError(f"replay file {path} does not exist")
+    from ingest.replay import replay_trades
+    from ingest.service import run_ingest
+
+    trades = replay_trades(settings, path, symbol=symbol, progress=None if progress else False)
+    _run(lambda stop: run_ingest(settings, trades, stop, name="replay"))
+
+
+@app.command()
 def process() -> None:
     """Consume trades, build candles and volatility, write Parquet (+ database), commit offsets."""
     settings = _settings("process")

@@ -8,17 +8,24 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
+    "BACKFILLED",
     "CANDLES",
     "CHECKPOINT_SECONDS",
     "CONSUMER_LAG",
     "DUPLICATES",
+    "FEED_ERRORS",
+    "FEED_STALLS",
     "INGEST_BACKLOG",
+    "INGEST_DUPLICATES",
     "LATE",
+    "LOST_TRADES",
+    "PUBLISH_RETRIES",
     "RECONNECTS",
     "REJECTED",
     "SINK_ROWS",
     "TRADES_IN",
     "TRADES_OUT",
+    "TRADE_GAPS",
     "serve_metrics",
 ]
 
@@ -37,6 +44,14 @@ CHECKPOINT_SECONDS = Histogram(
 CONSUMER_LAG = Gauge("cryptostream_consumer_lag", "Records behind the log end", ["topic", "partition"])
 RECONNECTS = Counter("cryptostream_reconnects", "Exchange WebSocket reconnects", ["exchange"])
 INGEST_BACKLOG = Gauge("cryptostream_ingest_backlog", "Trades accepted but not yet acknowledged by Kafka", [])
+# ingest: feed health, trade-id gaps and their backfill, publisher retries
+FEED_STALLS = Counter("cryptostream_feed_stalls", "Feeds silent too long (reconnected)", ["exchange"])
+FEED_ERRORS = Counter("cryptostream_feed_errors", "Error messages sent by an exchange", ["exchange"])
+TRADE_GAPS = Counter("cryptostream_trade_gaps", "Trade-id gaps detected", ["exchange", "symbol"])
+BACKFILLED = Counter("cryptostream_backfilled_trades", "Missing trades recovered from REST", ["exchange"])
+LOST_TRADES = Counter("cryptostream_lost_trades", "Missing trades not recovered", ["exchange"])
+INGEST_DUPLICATES = Counter("cryptostream_ingest_duplicates", "Resent trades dropped at ingest", ["exchange"])
+PUBLISH_RETRIES = Counter("cryptostream_publish_retries", "Kafka sends retried by the publisher", ["topic"])
 
 
 def serve_metrics(port: int | None, host: str = "0.0.0.0") -> None:

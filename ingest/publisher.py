@@ -1,10 +1,21 @@
 """Publisher: trades into Kafka, keyed by symbol, without losing one and without unbounded memory.
 
-Sources ``await publisher.put(trades)``; the call waits while ``PUBLISH_QUEUE_SIZE`` trades are queued
-(back-pressure reaches the WebSocket reader or the replay loop instead of memory). A single sender task
-takes up to ``BATCH_SIZE`` trades per round, builds one record batch per partition (Kafka's murmur2 key
-partitioner, so every tool agrees on which partition holds a symbol), and sends them. A batch the broker
-does not acknowledge is retried with backoff until it is; ``stop()`` sends everything accepted.
+Sources ``await publisher.put(trades)`` (or :meth:`Publisher.put_records` with records already encoded,
+the replay fast path). At most ``PUBLISH_QUEUE_SIZE`` trades wait in memory; beyond that ``put`` waits,
+so back-pressure reaches the WebSocket reader or the replay loop instead of memory.
+
+One sender task sends a round as soon as ``BATCH_SIZE`` trades wait, or when the oldest has waited
+``KAFKA_LINGER_MS``. A round takes everything waiting (a backlog drains in large batches instead of
+``BATCH_SIZE`` at a time), groups it by partition with Kafka's murmur2 key partitioner (so every Kafka
+tool agrees where a symbol lives; computed once per key) and appends it to one record batch per
+partition (split at the producer's byte limit). The broker's acknowledgement is awaited in the background,
+so rounds pipeline.
+
+Nothing accepted is dropped: a send that fails (broker gone, leader moving) is retried with backoff, and a
+batch the producer gives up on is sent again. ``backlog`` (accepted minus acknowledged, also the
+``cryptostream_ingest_backlog`` gauge) shows what an outage holds; ``stop()`` returns only when every
+accepted trade is acknowledged. Redelivery after a lost acknowledgement can duplicate a record; the
+processor counts duplicates once (same exchange, symbol, trade id).
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Sequence
 
 import orjson
@@ -21,28 +32,47 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from cryptostream.metrics import INGEST_BACKLOG, TRADES_OUT
+from cryptostream.metrics import INGEST_BACKLOG, PUBLISH_RETRIES, TRADES_OUT
 from cryptostream.models import Trade
+from ingest.source import Record
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "Record"]
 
 log = logging.getLogger(__name__)
 
-Record = tuple[bytes, bytes, int]  # key, value, timestamp ms
+MAX_ROUND = 200_000  # records taken per round at most (bounds one round's transient memory)
 
 
 class Publisher:
     """Owns the path from accepted trade to acknowledged Kafka record."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, *, batch_size: int, queue_size: int) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        *,
+        batch_size: int,
+        queue_size: int,
+        linger_ms: float = 5.0,
+        trades: bool = True,
+    ) -> None:
         self.producer = producer
         self.topic = topic
-        self.batch_size = batch_size
-        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
+        self.batch_size = max(1, batch_size)
+        self.queue_size = max(1, queue_size)
+        self.linger = linger_ms / 1000.0
+        self._buf: deque[Record] = deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._ready = asyncio.Event()  # set when batch_size records wait
+        self._waiting = asyncio.Event()  # set when anything waits
         self._partitioner = DefaultPartitioner()
         self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Future[object]] = set()
+        self._settled = asyncio.Event()
+        self._trades = trades  # False for the dead-letter publisher: not counted as trades out
         self.accepted = 0
         self.acknowledged = 0
         self.retries = 0
@@ -55,27 +85,39 @@ class Publisher:
     async def start(self) -> None:
         partitions = await self.producer.partitions_for(self.topic)
         self._partitions = sorted(partitions)
-        self._task = asyncio.create_task(self._run(), name="publisher")
+        self._task = asyncio.create_task(self._run(), name=f"publisher-{self.topic}")
 
     async def put(self, trades: Sequence[Trade]) -> None:
-        """Accept trades; waits while the queue is full."""
+        """Accept trades; waits while ``queue_size`` trades are already waiting."""
         dumps = orjson.dumps
-        for t in trades:
-            await self._put((t.symbol.encode(), dumps(t.to_dict()), t.timestamp))
+        await self.put_records([(t.symbol.encode(), dumps(t.to_dict()), t.timestamp) for t in trades])
 
     async def put_records(self, records: Sequence[Record]) -> None:
-        """Accept already-encoded records (the replay fast path)."""
-        for record in records:
-            await self._put(record)
+        """Accept already-encoded ``(key, value, timestamp_ms)`` records."""
+        i, n = 0, len(records)
+        buf = self._buf
+        while i < n:
+            self._check_sender()
+            room = self.queue_size - len(buf)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            j = min(n, i + room)
+            buf.extend(records if (i == 0 and j == n) else records[i:j])
+            self.accepted += j - i
+            i = j
+            self._waiting.set()
+            if len(buf) >= self.batch_size:
+                self._ready.set()
+        if self._trades:
+            INGEST_BACKLOG.set(self.backlog)
 
-    async def _put(self, record: Record) -> None:
-        if self._task is not None and self._task.done():
+    def _check_sender(self) -> None:
+        if self._task is None:
+            raise RuntimeError("Publisher.start() was not called")
+        if self._task.done():
             self._task.result()  # surface the sender's failure to the source
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
-            await self._queue.put(record)
-        self.accepted += 1
 
     async def stop(self) -> None:
         """Send everything accepted, then stop the sender."""
@@ -85,55 +127,99 @@ class Publisher:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        log.info("publisher stopped: %d trades acknowledged, %d retries", self.acknowledged, self.retries)
+        self._task = None
+        log.info(
+            "publisher %s stopped: %d trades acknowledged, %d retries",
+            self.topic,
+            self.acknowledged,
+            self.retries,
+        )
 
-    async def _run(self) -> None:
-        queue = self._queue
+    async def wait_acknowledged(self, timeout: float | None = 30.0) -> bool:  # noqa: ASYNC109
+        """Wait until every accepted trade is acknowledged; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            first = await queue.get()
-            records = [first]
-            while len(records) < self.batch_size and not queue.empty():
-                records.append(queue.get_nowait())
+            self._settled.clear()
+            if self.acknowledged >= self.accepted:
+                return True
+            self._check_sender()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), min(1.0, left) if left is not None else 1.0)
+
+    # ------------------------------------------------------------------------------------ sender
+    async def _run(self) -> None:
+        buf = self._buf
+        while True:
+            if not buf:
+                self._waiting.clear()
+                await self._waiting.wait()
+                continue
+            if len(buf) < self.batch_size and self.linger > 0:
+                self._ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), self.linger)
+            n = min(len(buf), MAX_ROUND)
+            popleft = buf.popleft
+            records = [popleft() for _ in range(n)]
+            self._room.set()
             await self._send(records)
-            for _ in records:
-                queue.task_done()
+
+    def _partition(self, key: bytes) -> int:
+        partition = self._partition_of.get(key)
+        if partition is None:
+            parts = self._partitions
+            partition = self._partition_of[key] = self._partitioner(key, parts, parts)
+        return partition
 
     async def _send(self, records: list[Record]) -> None:
-        by_partition: dict[int, list[Record]] = defaultdict(list)
-        parts = self._partitions
+        by_partition: dict[int, list[Record]] = {}
+        partition_of = self._partition_of
         for record in records:
-            by_partition[self._partitioner(record[0], parts, parts)].append(record)
+            key = record[0]
+            partition = partition_of.get(key)
+            if partition is None:
+                partition = self._partition(key)
+            group = by_partition.get(partition)
+            if group is None:
+                by_partition[partition] = [record]
+            else:
+                group.append(record)
         for partition, group in by_partition.items():
             await self._send_partition(partition, group)
 
     async def _send_partition(self, partition: int, group: list[Record]) -> None:
+        """Hand ``group`` to the producer as record batches; retry until every batch is accepted."""
         backoff = 0.2
-        while True:
+        start = 0
+        while start < len(group):
+            batch = self.producer.create_batch()
+            end = start
+            append = batch.append
+            for key, value, ts in group[start:]:
+                if append(key=key, value=value, timestamp=ts) is None:
+                    break
+                end += 1
+            if end == start:
+                raise ValueError(f"record of {len(group[start][1])} bytes exceeds the producer batch size")
+            batch.close()  # ready now: this class does its own lingering
             try:
-                start = 0
-                while start < len(group):
-                    batch = self.producer.create_batch()
-                    end = start
-                    while end < len(group):
-                        key, value, ts = group[end]
-                        if batch.append(key=key, value=value, timestamp=ts) is None:
-                            break
-                        end += 1
-                    if end == start:
-                        raise ValueError(
-                            f"record of {len(group[start][1])} bytes exceeds the producer batch size"
-                        )
-                    fut = await self.producer.send_batch(batch, self.topic, partition=partition)
-                    self._track(fut, partition, group[start:end])
-                    start = end
-                return
+                fut = await self.producer.send_batch(batch, self.topic, partition=partition)
             except KafkaError as exc:
-                self.retries += 1
-                log.warning(
-                    "Kafka send failed (%s); %d trades waiting, retrying in %.1fs", exc, self.backlog, backoff
-                )
+                self._retried(f"Kafka send failed ({exc})", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+                continue
+            self._track(fut, partition, group[start:end])
+            start = end
+            backoff = 0.2
+
+    def _retried(self, why: str, backoff: float) -> None:
+        self.retries += 1
+        PUBLISH_RETRIES.labels(self.topic).inc()
+        log.warning("%s; %d trades waiting, retrying in %.1fs", why, self.backlog, backoff)
 
     def _track(self, fut: asyncio.Future[object], partition: int, records: list[Record]) -> None:
         self._inflight.add(fut)
@@ -142,25 +228,17 @@ class Publisher:
             self._inflight.discard(f)
             if f.cancelled() or f.exception() is not None:
                 # The producer gave up on this batch (broker gone too long): send it again, never drop it.
-                self.retries += 1
-                log.warning(
-                    "batch of %d trades not acknowledged (%s); resending",
-                    len(records),
-                    None if f.cancelled() else f.exception(),
-                )
+                why = "cancelled" if f.cancelled() else f.exception()
+                self._retried(f"batch of {len(records)} not acknowledged ({why}); resending", 0)
                 task = asyncio.ensure_future(self._send_partition(partition, records))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
                 return
             self.acknowledged += len(records)
-            TRADES_OUT.labels("ingest").inc(len(records))
-            INGEST_BACKLOG.set(self.backlog)
+            if self._trades:
+                INGEST_BACKLOG.set(self.backlog)
+                TRADES_OUT.labels("ingest").inc(len(records))
+            if self.acknowledged >= self.accepted:
+                self._settled.set()
 
         fut.add_done_callback(done)
-
-    async def wait_acknowledged(self, timeout: float | None = 30.0) -> None:  # noqa: ASYNC109
-        """Wait until every accepted trade is acknowledged (or ``timeout`` passes)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        await self._queue.join()
-        while self._inflight and (deadline is None or time.monotonic() < deadline):
-            await asyncio.wait(list(self._inflight), timeout=1.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 
 from cryptostream.models import Trade
+from ingest.source import EncodedBatch
 
 __all__ = ["recorded"]
 
@@ -17,6 +18,9 @@ async def recorded(source: AsyncIterator[list[Trade]], path: Path) -> AsyncItera
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:  # noqa: ASYNC230 - local appends of a few KB, cheaper than a thread hop
         async for batch in source:
-            out.write(b"".join(orjson.dumps(t.to_dict()) + b"\n" for t in batch))
+            if isinstance(batch, EncodedBatch):  # replay: records already hold the trade JSON
+                out.write(b"".join(value + b"\n" for _, value, _ in batch))
+            else:
+                out.write(b"".join(orjson.dumps(t.to_dict()) + b"\n" for t in batch))
             out.flush()
             yield batch

@@ -1,40 +1,88 @@
-"""The ingest role: a trade source -> validation -> the publisher -> ``crypto-trades``."""
+"""The ingest role: a trade source -> the publisher -> ``KAFKA_TOPIC``; rejects -> ``KAFKA_DLQ_TOPIC``.
+
+A source yields lists of trades (see :mod:`ingest.source`). Records it rejected ride along in the batch;
+here they are counted per reason (``cryptostream_rejected{role="ingest"}``) and written to the dead-letter
+topic with their raw payload, through a publisher of their own, so a bad record is kept, never lost and
+never in the way of good ones. On ``stop`` (SIGINT/SIGTERM) the source is closed and both publishers flush:
+every trade accepted is acknowledged by Kafka before this returns.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
+from cryptostream.codec import Rejected, encode_dlq
 from cryptostream.kafka import ensure_topics, start_producer
-from cryptostream.metrics import TRADES_IN
+from cryptostream.metrics import REJECTED, TRADES_IN
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
 from ingest.publisher import Publisher
+from ingest.source import EncodedBatch
 
-__all__ = ["run_ingest"]
+__all__ = ["IngestResult", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
 
+class IngestResult:
+    """What one ingest run did (the trades publisher, the dead-letter publisher, rejects per reason)."""
+
+    def __init__(self, trades: Publisher, dead_letters: Publisher) -> None:
+        self.trades = trades
+        self.dead_letters = dead_letters
+        self.rejected: dict[str, int] = {}
+
+    # the publisher's counters, for callers that only care about trades
+    @property
+    def accepted(self) -> int:
+        return self.trades.accepted
+
+    @property
+    def acknowledged(self) -> int:
+        return self.trades.acknowledged
+
+
+async def _dead_letter(dlq: Publisher, rejected: list[Rejected], source: str, result: IngestResult) -> None:
+    records = []
+    for item in rejected:
+        REJECTED.labels("ingest", item.reason).inc()
+        result.rejected[item.reason] = result.rejected.get(item.reason, 0) + 1
+        value = encode_dlq(item, stage="ingest", source_topic=source)
+        records.append((source.encode(), value, 0))
+    log.debug("dead-lettered %d records from %s", len(records), source)
+    await dlq.put_records(records)
+
+
 async def run_ingest(
-    settings: Settings, source: AsyncIterator[list[Trade]], stop: asyncio.Event, *, name: str = "source"
-) -> Publisher:
+    settings: Settings, source: AsyncIterator[Sequence[Trade]], stop: asyncio.Event, *, name: str = "source"
+) -> IngestResult:
     """Publish every batch ``source`` yields until it ends or ``stop`` is set; flush before returning."""
     await ensure_topics(settings)
     producer = await start_producer(settings)
-    publisher = Publisher(
-        producer, settings.kafka_topic, batch_size=settings.batch_size, queue_size=settings.publish_queue_size
+    trades = Publisher(
+        producer,
+        settings.kafka_topic,
+        batch_size=settings.batch_size,
+        queue_size=settings.publish_queue_size,
+        linger_ms=settings.kafka_linger_ms,
     )
-    await publisher.start()
+    dlq = Publisher(
+        producer, settings.kafka_dlq_topic, batch_size=1, queue_size=10_000, linger_ms=50, trades=False
+    )
+    result = IngestResult(trades, dlq)
+    await trades.start()
+    await dlq.start()
     log.info("ingest from %s -> Kafka %s topic %s", name, settings.kafka_bootstrap, settings.kafka_topic)
+    counter = TRADES_IN.labels("ingest", name)
     try:
-        async with contextlib.aclosing(source) as trades:  # type: ignore[type-var]
+        async with contextlib.aclosing(source) as batches:  # type: ignore[type-var]
             stop_wait = asyncio.ensure_future(stop.wait())
             try:
                 while not stop.is_set():
-                    nxt = asyncio.ensure_future(anext(trades))
+                    nxt = asyncio.ensure_future(anext(batches))
                     done, _ = await asyncio.wait({nxt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                     if nxt not in done:
                         nxt.cancel()
@@ -45,11 +93,22 @@ async def run_ingest(
                         batch = nxt.result()
                     except StopAsyncIteration:
                         break
-                    TRADES_IN.labels("ingest", name).inc(len(batch))
-                    await publisher.put(batch)
+                    rejected = getattr(batch, "rejected", None)
+                    if rejected:
+                        await _dead_letter(dlq, rejected, getattr(batch, "source", "") or name, result)
+                    if not batch:
+                        continue
+                    counter.inc(len(batch))
+                    if isinstance(batch, EncodedBatch):
+                        await trades.put_records(batch)
+                    else:
+                        await trades.put(batch)
             finally:
                 stop_wait.cancel()
     finally:
-        await publisher.stop()
+        await trades.stop()
+        await dlq.stop()
         await producer.stop()
-    return publisher
+    if result.rejected:
+        log.info("rejected at ingest (in %s): %s", settings.kafka_dlq_topic, result.rejected)
+    return result

@@ -1,9 +1,17 @@
 """A synthetic market: realistic enough to exercise every part of the pipeline, seeded and offline.
 
-Prices follow a geometric Brownian motion with volatility clustering (a GARCH(1,1)-style variance that
-reacts to its own shocks) and occasional jumps. Trade arrivals are a Poisson process whose intensity
-bursts with volatility; sizes are log-normal. Optional disorder (trades delivered out of event-time order
-within a bound) and duplicates (the same trade resent, as exchanges do on reconnect) feed the tests.
+* **Prices** follow a geometric Brownian motion per symbol with volatility clustering (a GARCH(1,1)
+  variance that reacts to its own shocks), rare jumps, and a shared market factor so symbols move together
+  the way BTC and ETH do (``market_beta``). Prices sit on a tick grid (about six significant digits).
+* **Arrivals** are a Poisson process whose intensity rises with volatility (bursts follow big moves, as in
+  real markets); busier symbols trade more (the first symbol most, Zipf-like).
+* **Sizes** are log-normal, scaled so the notional per trade is similar across price levels, with
+  occasional block trades 20x the usual size.
+* **Sides**: the taker's side leans with the shock (buyers lift the offer when the price goes up).
+* **Test aids**: ``disorder_ms`` delivers trades out of event-time order within that bound;
+  ``duplicate_rate`` resends that fraction of trades (as exchanges do on reconnect). Same seed, same trades.
+
+All random numbers of a call are drawn at once with NumPy; the per-trade loop is plain float arithmetic.
 """
 
 from __future__ import annotations
@@ -15,12 +23,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from cryptostream.models import Trade
 
 __all__ = ["SyntheticMarket"]
 
 START_PRICES = {"BTC": 65_000.0, "ETH": 3_200.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15}
+JUMP_PROBABILITY = 0.002
+BLOCK_PROBABILITY = 0.01
 
 
 def _start_price(symbol: str) -> float:
@@ -30,16 +41,23 @@ def _start_price(symbol: str) -> float:
     return 100.0
 
 
+def _tick(price: float) -> float:
+    """Price grid of about six significant digits (65,000 -> 0.01; 0.6 -> 0.000001)."""
+    return 10.0 ** (math.floor(math.log10(max(price, 1e-12))) - 6)
+
+
 @dataclass
 class _Path:
     price: float
     variance: float
     next_id: int
+    tick: float
+    market_seen: float = 0.0  # market factor level at this symbol's last trade
 
 
 @dataclass
 class SyntheticMarket:
-    """Trades for ``symbols`` at about ``rate`` trades per second in total.
+    """Trades for ``symbols`` at about ``rate`` trades per second in total (more in volatile spells).
 
     ``disorder_ms`` shuffles delivery within that many milliseconds of event time; ``duplicate_rate`` is
     the fraction of trades sent twice. Same seed, same trades.
@@ -52,65 +70,108 @@ class SyntheticMarket:
     duplicate_rate: float = 0.0
     exchange: str = "synthetic"
     base_vol: float = 2e-4  # per-trade log-return scale
+    market_beta: float = 0.7  # share of a symbol's moves that come from the common market factor
     _rng: np.random.Generator = field(init=False, repr=False)
     _paths: dict[str, _Path] = field(init=False, repr=False)
+    _weights: npt.NDArray[np.float64] = field(init=False, repr=False)
+    _market: float = field(init=False, default=0.0, repr=False)
+    _market_var: float = field(init=False, default=0.0, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ValueError("SyntheticMarket needs at least one symbol")
         self._rng = np.random.default_rng(self.seed)
         self._paths = {
-            s: _Path(_start_price(s), self.base_vol**2, 1 + 1_000_000 * i) for i, s in enumerate(self.symbols)
+            s: _Path(_start_price(s), self.base_vol**2, 1 + 1_000_000 * i, _tick(_start_price(s)))
+            for i, s in enumerate(self.symbols)
         }
+        weights = 1.0 / np.arange(1, len(self.symbols) + 1)
+        self._weights = weights / weights.sum()
+        self._market_var = self.base_vol**2 * float(self._weights.min())
 
-    def _step(self, symbol: str, timestamp: int) -> Trade:
+    # ------------------------------------------------------------------------------------------ core
+    def _trades(self, picks: npt.NDArray[np.int64], times: list[int] | None, start_ms: int) -> list[Trade]:
+        """One trade per pick; event times from ``times``, or drawn here with volatility-driven bursts."""
+        n = len(picks)
         rng = self._rng
-        path = self._paths[symbol]
-        shock = rng.standard_normal() * math.sqrt(path.variance)
-        if rng.random() < 0.002:  # rare jump
-            shock += rng.choice((-1.0, 1.0)) * rng.exponential(20 * self.base_vol)
-        # GARCH(1,1): variance reverts to base, reacts to the last shock (volatility clustering)
-        path.variance = 0.05 * self.base_vol**2 + 0.85 * path.variance + 0.10 * shock * shock
-        path.price = round(path.price * math.exp(shock), 8)
-        size = round(float(rng.lognormal(-2.0, 1.2)) * 100 / max(path.price, 1e-9) ** 0.5, 8) or 1e-8
-        trade = Trade(
-            exchange=self.exchange,
-            symbol=symbol,
-            price=path.price,
-            quantity=size,
-            timestamp=timestamp,
-            trade_id=path.next_id,
-            is_buyer_maker=bool(rng.random() < 0.5 - 50 * shock),
-            received_at=int(time.time() * 1000),
-        )
-        path.next_id += 1
-        return trade
+        z_market = rng.standard_normal(n).tolist()
+        z_own = rng.standard_normal(n).tolist()
+        jumps = (rng.random(n) < JUMP_PROBABILITY).tolist()
+        jump_size = (rng.exponential(20 * self.base_vol, n) * rng.choice((-1.0, 1.0), n)).tolist()
+        sizes = rng.lognormal(-2.0, 1.2, n)
+        sizes[rng.random(n) < BLOCK_PROBABILITY] *= 20.0
+        size_l = sizes.tolist()
+        side_u = rng.random(n).tolist()
+        gaps = rng.exponential(1000.0 / self.rate, n).tolist() if times is None else None
+        received = int(time.time() * 1000)
+        symbols = self.symbols
+        paths = [self._paths[s] for s in symbols]
+        beta = self.market_beta
+        own = math.sqrt(max(0.0, 1.0 - beta * beta))
+        base_var = self.base_vol**2
+        exchange = self.exchange
+        clock = float(start_ms)
+        out: list[Trade] = []
+        append = out.append
+        m_base = base_var * float(self._weights.min())  # the rarest symbol gets ~base_var from it
+        for k in range(n):
+            i = int(picks[k])
+            path = paths[i]
+            sigma = math.sqrt(path.variance)
+            # The market factor moves with every trade (its own GARCH variance, so calm and wild spells are
+            # market-wide); a symbol takes what the market moved since its own last trade.
+            move = z_market[k] * math.sqrt(self._market_var)
+            self._market += move
+            self._market_var = 0.05 * m_base + 0.85 * self._market_var + 0.10 * move * move
+            idio = own * z_own[k] * sigma
+            shock = beta * (self._market - path.market_seen) + idio
+            path.market_seen = self._market
+            if jumps[k]:
+                shock += jump_size[k]
+            shock = max(-0.2, min(0.2, shock))
+            # GARCH(1,1) on the symbol's own shocks: variance reverts to base, reacts to news (clustering)
+            path.variance = 0.05 * base_var + 0.85 * path.variance + 0.10 * idio * idio / max(own * own, 1e-9)
+            price = round(round(path.price * math.exp(shock) / path.tick) * path.tick, 10)
+            path.price = price if price > 0 else path.tick
+            if times is None:
+                burst = min(5.0, max(0.3, sigma / self.base_vol))
+                clock += gaps[k] / burst  # type: ignore[index]
+                ts = int(clock)
+            else:
+                ts = times[k]
+            size = round(size_l[k] * 100 / max(path.price, 1e-9) ** 0.5, 8) or 1e-8
+            append(
+                Trade(
+                    exchange=exchange,
+                    symbol=symbols[i],
+                    price=path.price,
+                    quantity=size,
+                    timestamp=ts,
+                    trade_id=path.next_id,
+                    is_buyer_maker=side_u[k] < 0.5 - 50 * shock,
+                    received_at=received,
+                )
+            )
+            path.next_id += 1
+        return out
+
+    def _picks(self, n: int) -> npt.NDArray[np.int64]:
+        return self._rng.choice(len(self.symbols), size=n, p=self._weights)
 
     def generate(self, n: int, start_ms: int) -> list[Trade]:
         """``n`` trades from ``start_ms`` on, in delivery order (with disorder/duplicates if enabled)."""
-        rng = self._rng
-        gaps = rng.exponential(1000.0 / self.rate, size=n)
-        times = start_ms + np.floor(np.cumsum(gaps)).astype(np.int64)
-        picks = rng.integers(0, len(self.symbols), size=n)
-        trades = [self._step(self.symbols[int(k)], int(t)) for k, t in zip(picks, times, strict=True)]
-        return self._deliver(trades)
+        return self._deliver(self._trades(self._picks(n), None, start_ms))
 
     def _deliver(self, trades: list[Trade]) -> list[Trade]:
         rng = self._rng
-        if self.duplicate_rate > 0:
-            dup = rng.random(len(trades)) < self.duplicate_rate
-            extra = [
-                (t.timestamp + int(rng.integers(0, max(self.disorder_ms, 1))), t)
-                for t, d in zip(trades, dup, strict=True)
-                if d
-            ]
-        else:
-            extra = []
         keyed = [(t.timestamp, t) for t in trades]
         if self.disorder_ms > 0:
-            keyed = [
-                (ts + int(j), t)
-                for (ts, t), j in zip(keyed, rng.integers(0, self.disorder_ms, len(keyed)), strict=True)
-            ]
-        keyed.extend(extra)
+            jitter = rng.integers(0, self.disorder_ms, len(keyed)).tolist()
+            keyed = [(ts + j, t) for (ts, t), j in zip(keyed, jitter, strict=True)]
+        if self.duplicate_rate > 0:
+            dup = np.flatnonzero(rng.random(len(trades)) < self.duplicate_rate).tolist()
+            delay = rng.integers(0, max(self.disorder_ms, 1), len(dup)).tolist()
+            keyed.extend((trades[i].timestamp + d, trades[i]) for i, d in zip(dup, delay, strict=True))
         keyed.sort(key=lambda kv: kv[0])
         return [t for _, t in keyed]
 
@@ -124,9 +185,8 @@ class SyntheticMarket:
             n = int(rng.poisson(self.rate * (now - last) * self._burst()))
             start_ms = int(last * 1000)
             span = max(1, int(now * 1000) - start_ms)
-            times = np.sort(start_ms + rng.integers(0, span, size=n))
-            picks = rng.integers(0, len(self.symbols), size=n)
-            batch = [self._step(self.symbols[int(k)], int(t)) for k, t in zip(picks, times, strict=True)]
+            times = np.sort(start_ms + rng.integers(0, span, size=n)).tolist()
+            batch = self._trades(self._picks(n), times, start_ms)
             last = now
             if batch:
                 yield self._deliver(batch)

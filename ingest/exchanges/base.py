@@ -1,0 +1,358 @@
+"""The one WebSocket loop every exchange shares: connect, subscribe, read, notice trouble, reconnect.
+
+An exchange is a small subclass that knows its URL, its subscribe messages and how to parse a frame
+(:meth:`Exchange.parse`) and a REST history row (:meth:`Exchange.parse_history`). Everything about staying
+connected lives here, once:
+
+* **Reconnect** with exponential backoff and jitter (``RECONNECT_MAX_SECONDS`` caps it); a session that
+  delivered data resets the backoff, so a routine server disconnect costs a fraction of a second.
+* **Resubscribe**: every session sends the subscribe messages again.
+* **Heartbeats**: the ``websockets`` library answers server pings (Binance pings every 20 s and drops
+  clients that do not pong) and sends its own keepalive pings, so a dead TCP path is noticed.
+* **Stalls**: a feed that sends nothing for ``WS_STALL_SECONDS`` is dropped and reconnected.
+* **Exchange errors** (Coinbase ``{"type":"error"}``, Binance ``{"error":...}``) are logged and counted; a
+  session that errors before delivering anything is retried with backoff.
+* **Planned disconnects** (Binance ``serverShutdown`` before its 24 h cut): the next session is opened at
+  once while the old one drains, make-before-break; the overlap is deduplicated.
+* **Gaps**: every trade passes through a per-symbol :class:`~ingest.exchanges.tracker.TradeIds`, which drops
+  resent trades and reports missing id ranges; a background task fills those from the exchange's REST
+  history (:mod:`ingest.backfill`) after a short delay, so late WebSocket frames and REST indexing catch up
+  first. Whatever the backfill cannot find is counted as lost, never silently.
+
+Trades and rejected records leave through ``emit`` as :class:`~ingest.source.TradeBatch` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from cryptostream.codec import Rejected
+from cryptostream.errors import SettingsError
+from cryptostream.metrics import (
+    BACKFILLED,
+    FEED_ERRORS,
+    FEED_STALLS,
+    INGEST_DUPLICATES,
+    LOST_TRADES,
+    RECONNECTS,
+    TRADE_GAPS,
+)
+from cryptostream.models import Trade
+from cryptostream.settings import Settings
+from ingest.backfill import BackfillError, RestHistory
+from ingest.exchanges.tracker import TradeIds
+from ingest.source import TradeBatch
+from ingest.validation import FieldError, rejected
+
+__all__ = ["Emit", "Exchange", "FeedStats", "Parsed", "now_ms", "reject_frame"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[TradeBatch], Awaitable[None]]
+
+BACKOFF_BASE_SECONDS = 0.25
+BACKFILL_DELAY_SECONDS = 1.0  # let late frames arrive and REST history index the trades first
+BACKFILL_ROUNDS = 3
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What one frame said."""
+
+    trades: list[Trade] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    last_ids: dict[str, int] = field(default_factory=dict)  # symbol -> last trade id the exchange reports
+    alive: bool = False  # a healthy control message (subscription ack, heartbeat)
+    error: str | None = None
+    shutdown: bool = False
+
+
+@dataclass
+class FeedStats:
+    """Counters of one feed (also exported as Prometheus metrics)."""
+
+    sessions: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+    errors: int = 0
+    frames: int = 0
+    trades: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    gaps: int = 0
+    missing: int = 0
+    backfilled: int = 0
+    lost: int = 0
+
+
+def reject_frame(raw: str | bytes) -> Parsed | dict[str, Any]:
+    """The frame as a JSON object, or a :class:`Parsed` rejecting it (malformed JSON, not an object)."""
+    payload = raw.encode() if isinstance(raw, str) else raw
+    try:
+        msg = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return Parsed(rejected=[Rejected("malformed_json", str(exc)[:200], payload)])
+    if not isinstance(msg, dict):
+        return Parsed(rejected=[Rejected("not_an_object", f"got JSON {type(msg).__name__}", payload)])
+    return msg
+
+
+@dataclass(slots=True)
+class _SessionEnd:
+    healthy: bool
+    reason: str
+
+
+class Exchange(ABC):
+    """One exchange feed. Subclasses set :attr:`name` and implement :meth:`url` and the parsers."""
+
+    name: ClassVar[str]
+    url_setting: ClassVar[str]  # the setting that names the WebSocket URL, for error messages
+
+    def __init__(self, settings: Settings, history: RestHistory | None = None) -> None:
+        self.symbols = frozenset(settings.symbols)
+        self.stall_seconds = settings.ws_stall_seconds
+        self.reconnect_max = settings.reconnect_max_seconds
+        self.history = history if settings.backfill else None
+        self.ids: dict[str, TradeIds] = defaultdict(TradeIds)
+        self.stats = FeedStats()
+        self.backfill_delay = BACKFILL_DELAY_SECONDS
+        self._gaps: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+        self._emit: Emit | None = None
+        self._draining: set[asyncio.Task[_SessionEnd]] = set()
+        url = self.url()
+        if not url.startswith(("ws://", "wss://")):
+            raise SettingsError(f"{self.url_setting} must start with ws:// or wss://, got {url!r}")
+
+    # ------------------------------------------------------------------------ what subclasses say
+    @abstractmethod
+    def url(self) -> str:
+        """The WebSocket URL (with any stream names in it)."""
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """Messages sent after every connect."""
+        return []
+
+    def on_connect(self) -> None:  # noqa: B027 - optional hook
+        """Reset per-connection state (sequence numbers)."""
+
+    @abstractmethod
+    def parse(self, raw: str | bytes, received_at: int) -> Parsed:
+        """One WebSocket frame -> trades, rejects, heartbeats, errors."""
+
+    @abstractmethod
+    def parse_history(
+        self, symbol: str, rows: list[dict[str, Any]], received_at: int
+    ) -> tuple[list[Trade], list[Rejected]]:
+        """REST history rows -> trades and rejects."""
+
+    # ------------------------------------------------------------------------ the loop
+    async def run(self, emit: Emit) -> None:
+        """Stream forever (until cancelled), reconnecting as needed; trades leave through ``emit``."""
+        self._emit = emit
+        backfill = asyncio.create_task(self._backfill_loop(), name=f"{self.name}-backfill")
+        attempt = 0
+        session: asyncio.Task[_SessionEnd] | None = None
+        try:
+            while True:
+                handover = asyncio.Event()
+                session = asyncio.create_task(self._session(handover), name=f"{self.name}-session")
+                announced = asyncio.create_task(handover.wait())
+                await asyncio.wait({session, announced}, return_when=asyncio.FIRST_COMPLETED)
+                announced.cancel()
+                self.stats.reconnects += 1
+                RECONNECTS.labels(self.name).inc()
+                if not session.done():
+                    # make-before-break: the old connection keeps delivering until the new one does
+                    self._draining.add(session)
+                    session.add_done_callback(self._draining.discard)
+                    attempt = 0
+                    log.info("%s: server announced shutdown; opening the next connection now", self.name)
+                    continue
+                end = session.result()
+                attempt = 0 if end.healthy else attempt + 1
+                delay = min(self.reconnect_max, BACKOFF_BASE_SECONDS * 2**attempt) * random.uniform(0.5, 1.0)
+                log.warning("%s: %s; reconnecting in %.2fs", self.name, end.reason, delay)
+                await asyncio.sleep(delay)
+        finally:
+            backfill.cancel()
+            for task in (*self._draining, session):
+                if task is not None:
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backfill
+
+    async def _session(self, handover: asyncio.Event) -> _SessionEnd:
+        """One connection, until it closes, stalls or is replaced."""
+        state = _SessionEnd(False, "")
+        try:
+            async with connect(
+                self.url(),
+                open_timeout=10,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=2,
+                max_size=16 * 1024 * 1024,
+                max_queue=256,
+            ) as ws:
+                self.stats.sessions += 1
+                self.on_connect()
+                for message in self.subscriptions():
+                    await ws.send(orjson.dumps(message).decode())
+                log.info("%s: connected to %s", self.name, self.url())
+                await self._read(ws, handover, state)
+        except ConnectionClosed as exc:
+            state.reason = f"connection closed ({exc})"
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            state.reason = f"cannot connect ({type(exc).__name__}: {exc})"
+        return state
+
+    async def _read(self, ws: ClientConnection, handover: asyncio.Event, state: _SessionEnd) -> None:
+        """Read frames until the connection closes (raises), stalls or errors before any data."""
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), self.stall_seconds)
+            except TimeoutError:
+                self.stats.stalls += 1
+                FEED_STALLS.labels(self.name).inc()
+                state.reason = f"no message for {self.stall_seconds:g}s (stalled)"
+                return
+            self.stats.frames += 1
+            parsed = self.parse(raw, now_ms())
+            if (parsed.trades or parsed.alive) and not state.healthy:
+                state.healthy = True
+                for old in list(self._draining):  # the new connection delivers: retire the old one
+                    old.cancel()
+            if parsed.trades or parsed.rejected or parsed.last_ids:
+                await self.deliver(parsed.trades, parsed.rejected, parsed.last_ids)
+            if parsed.error is not None:
+                self.stats.errors += 1
+                FEED_ERRORS.labels(self.name).inc()
+                log.error("%s: exchange error: %s", self.name, parsed.error)
+                if not state.healthy:
+                    state.reason = f"exchange error before any data ({parsed.error})"
+                    return
+            if parsed.shutdown:
+                handover.set()
+
+    # ------------------------------------------------------------------------ dedupe and gaps
+    async def deliver(
+        self,
+        trades: list[Trade],
+        rejects: list[Rejected] | None = None,
+        last_ids: dict[str, int] | None = None,
+        *,
+        within: tuple[int, int] | None = None,
+    ) -> int:
+        """Drop duplicates, note gaps, emit the rest; return how many trades were new."""
+        if len(trades) > 1:
+            trades = sorted(trades, key=lambda t: (t.symbol, t.trade_id))
+        fresh: list[Trade] = []
+        for trade in trades:
+            if within is not None and not within[0] <= trade.trade_id <= within[1]:
+                continue
+            admission = self.ids[trade.symbol].admit(trade.trade_id)
+            if admission.new:
+                fresh.append(trade)
+            else:
+                self.stats.duplicates += 1
+            if admission.gap is not None:
+                self._gap(trade.symbol, *admission.gap)
+            if admission.dropped:
+                self._lost(trade.symbol, admission.dropped, "too many open gaps")
+        for symbol, last in (last_ids or {}).items():
+            admission = self.ids[symbol].observe_last(last)
+            if admission.gap is not None:
+                self._gap(symbol, *admission.gap)
+        dup = len(trades) - len(fresh)
+        if dup:
+            INGEST_DUPLICATES.labels(self.name).inc(dup)
+        self.stats.trades += len(fresh)
+        rejects = rejects or []
+        self.stats.rejected += len(rejects)
+        if (fresh or rejects) and self._emit is not None:
+            await self._emit(TradeBatch(fresh, rejects, source=self.name))
+        return len(fresh)
+
+    def _gap(self, symbol: str, lo: int, hi: int) -> None:
+        size = hi - lo + 1
+        self.stats.gaps += 1
+        self.stats.missing += size
+        TRADE_GAPS.labels(self.name, symbol).inc()
+        action = "backfilling from REST" if self.history is not None else "backfill is off (BACKFILL=false)"
+        log.warning("%s %s: trade ids %d-%d missing (%d trades); %s", self.name, symbol, lo, hi, size, action)
+        self._gaps.put_nowait((symbol, lo, hi))
+
+    def _lost(self, symbol: str, count: int, why: str) -> None:
+        self.stats.lost += count
+        LOST_TRADES.labels(self.name).inc(count)
+        log.error("%s %s: %d missing trades could not be recovered (%s)", self.name, symbol, count, why)
+
+    async def _backfill_loop(self) -> None:
+        """Fill reported gaps from REST history, one at a time (exchanges rate-limit REST)."""
+        while True:
+            symbol, lo, hi = await self._gaps.get()
+            await asyncio.sleep(self.backfill_delay)
+            why = "backfill is off"
+            if self.history is not None:
+                why = "not in the exchange's REST history"
+                for round_ in range(BACKFILL_ROUNDS):
+                    holes = self.ids[symbol].missing(lo, hi)
+                    if not holes:
+                        break
+                    if round_:
+                        await asyncio.sleep(self.backfill_delay * 2**round_)
+                    for a, b in holes:
+                        try:
+                            rows = await self.history.fetch(symbol, a, b)
+                        except BackfillError as exc:
+                            why = str(exc)
+                            log.warning("%s %s: backfill of %d-%d failed: %s", self.name, symbol, a, b, exc)
+                            continue
+                        trades, rejects = self.parse_history(symbol, rows, now_ms())
+                        got = await self.deliver(trades, rejects, within=(a, b))
+                        self.stats.backfilled += got
+                        BACKFILLED.labels(self.name).inc(got)
+                        log.info(
+                            "%s %s: backfilled %d of %d trades %d-%d", self.name, symbol, got, b - a + 1, a, b
+                        )
+            lost = self.ids[symbol].give_up(lo, hi)
+            if lost:
+                self._lost(symbol, lost, why)
+
+    # ------------------------------------------------------------------------ parsing helpers
+    def trade_or_reject(self, build: Callable[[], Trade], raw: Any, out: Parsed) -> None:
+        """Run ``build``; a missing field or bad value becomes a reject carrying ``raw``."""
+        try:
+            out.trades.append(build())
+        except KeyError as exc:
+            out.rejected.append(Rejected("missing_field", f"missing {exc.args[0]}", _raw(raw)))
+        except FieldError as exc:
+            out.rejected.append(rejected(exc, _raw(raw)))
+        except (TypeError, AttributeError) as exc:
+            out.rejected.append(Rejected("wrong_type", str(exc)[:200], _raw(raw)))
+
+
+def _raw(raw: Any) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, str):
+        return raw.encode()
+    return orjson.dumps(raw)

@@ -1,0 +1,45 @@
+"""What a trade source hands the ingest service: batches of accepted trades and what it rejected.
+
+Sources (live exchanges, file replay, the synthetic market) are async iterators of lists. A plain
+``list[Trade]`` is enough for a source that cannot reject anything; :class:`TradeBatch` adds the rejected
+records so the service can count them and write them to the dead-letter topic, and :class:`EncodedBatch`
+carries trades already encoded as Kafka records (key, value, timestamp), the replay fast path that skips
+building a :class:`Trade` object per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cryptostream.codec import Rejected
+from cryptostream.models import Trade
+
+__all__ = ["EncodedBatch", "Record", "TradeBatch"]
+
+Record = tuple[bytes, bytes, int]  # key (symbol), value (JSON), timestamp ms
+
+
+class TradeBatch(list[Trade]):
+    """Accepted trades, plus the records ``source`` rejected (reason and raw payload kept)."""
+
+    __slots__ = ("rejected", "source")
+
+    def __init__(
+        self, trades: Iterable[Trade] = (), rejected: Iterable[Rejected] = (), source: str = ""
+    ) -> None:
+        super().__init__(trades)
+        self.rejected: list[Rejected] = list(rejected)
+        self.source = source
+
+
+class EncodedBatch(list[Record]):
+    """Trades already encoded as Kafka records, plus the rows ``source`` rejected."""
+
+    __slots__ = ("rejected", "source")
+
+    def __init__(
+        self, records: Iterable[Record] = (), rejected: Iterable[Rejected] = (), source: str = ""
+    ) -> None:
+        super().__init__(records)
+        self.rejected: list[Rejected] = list(rejected)
+        self.source = source

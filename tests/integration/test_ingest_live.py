@@ -1,0 +1,335 @@
+"""Live feeds against local exchange servers, into the real broker: every trade lands exactly once.
+
+Each scenario is what a day on a real exchange looks like, compressed: the subscribe handshake, normal
+trades, garbage frames, resent trades, trades the WebSocket skipped, server-side disconnects mid-stream,
+silent stalls, refused handshakes, exchange error messages, Binance's planned ``serverShutdown``. The
+server keeps every trade it made (sent on the socket or only in its REST history); after the run the
+trades topic must hold each of them exactly once with the right price, size, time and side, and the
+dead-letter topic every bad frame with its reason and raw payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from cryptostream.settings import Settings
+from ingest.exchanges import build, live_trades
+from ingest.exchanges.base import Exchange
+from ingest.service import IngestResult, run_ingest
+from tests.integration.exchange_servers import FakeExchange
+
+pytestmark = pytest.mark.integration
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+async def topic_records(settings: Settings, topic: str) -> list[Any]:
+    """Every record in ``topic`` right now.
+
+    Reads to the end offsets, then polls once more: the embedded Tansu broker reports a partition's end
+    offset as its last record *batch's* base offset + 1, so end offsets alone undercount.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in partitions])
+
+        out: list[Any] = []
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(records)
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def run_live(
+    settings: Settings, done: Callable[[], Awaitable[bool]], timeout: float = 60.0
+) -> tuple[list[Exchange], IngestResult]:
+    """Ingest from the live feeds until ``done()``, then a little longer (any duplicate would land), stop."""
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        feeds = build(settings, http)
+        for feed in feeds:
+            feed.backfill_delay = 0.3
+        task = asyncio.create_task(run_ingest(settings, live_trades(settings, feeds), stop, name="live"))
+        deadline = time.monotonic() + timeout
+        try:
+            while not await done():
+                if task.done():
+                    task.result()
+                    raise AssertionError("ingest stopped by itself")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not done within {timeout}s; feed stats {[f.stats for f in feeds]}")
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(1.5)
+        finally:
+            stop.set()
+            result = await asyncio.wait_for(task, 30)
+    return feeds, result
+
+
+def live_settings(make_settings: Callable[..., Settings], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"ws_stall_seconds": 1.0, "reconnect_max_seconds": 0.3, "batch_size": 100}
+    values.update(overrides)
+    return make_settings(**values)
+
+
+def assert_exactly_once(records: list[Any], server: FakeExchange) -> None:
+    """Kafka holds each trade the server made exactly once, field for field, keyed by symbol."""
+    values = [orjson.loads(r.value) for r in records]
+    counts = Counter((v["symbol"], v["trade_id"]) for v in values)
+    duplicated = {k: n for k, n in counts.items() if n > 1}
+    assert not duplicated, f"published more than once: {duplicated}"
+    missing = sorted(set(server.truth) - set(counts))
+    assert not missing, f"{len(missing)} trades never reached Kafka: {missing[:10]}"
+    extra = set(counts) - set(server.truth)
+    assert not extra, f"trades the server never made: {sorted(extra)[:10]}"
+    for record, value in zip(records, values, strict=True):
+        truth = server.truth[(value["symbol"], value["trade_id"])]
+        assert record.key == value["symbol"].encode()
+        assert value["exchange"] == truth.exchange
+        assert value["price"] == truth.price and value["quantity"] == truth.quantity
+        assert value["timestamp"] == truth.timestamp  # the exchange's time, exact to the ms
+        assert value["is_buyer_maker"] is truth.is_buyer_maker
+        assert value["received_at"] >= truth.timestamp - 5  # when we got it (server clock = ours)
+
+
+def done_when_all_landed(settings: Settings, *servers: FakeExchange) -> Callable[[], Awaitable[bool]]:
+    async def done() -> bool:
+        if not all(s.done.is_set() for s in servers):
+            return False
+        return len(await topic_records(settings, settings.kafka_topic)) >= sum(len(s.truth) for s in servers)
+
+    return done
+
+
+async def dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in await topic_records(settings, settings.kafka_dlq_topic)]
+
+
+# ------------------------------------------------------------------------------------------------ Binance
+async def test_binance_reconnects_backfills_and_publishes_every_trade_once(make_settings):
+    handover = asyncio.Event()
+
+    async def first(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 20)
+        await ex.send_trades(ws, "ETHUSDT", 10)
+        await ws.send("\x00\x01 definitely not json")
+        await ws.send('{"error":{"code":-1100,"msg":"Illegal characters found in a parameter."},"id":null}')
+        await ex.send_trades(ws, "BTCUSDT", 10, drop=range(4, 8))  # the socket skips 4 trades
+        # then the server hangs up mid-stream
+
+    async def second(ex: FakeExchange, ws) -> None:
+        ex.offline("BTCUSDT", 12)  # made while we were disconnected
+        await ex.resend(ws, ex.history["BTCUSDT"][-30:-25])  # already delivered: duplicates
+        await ex.send_trades(ws, "BTCUSDT", 10)
+        await ex.send_trades(ws, "ETHUSDT", 5)
+        await ws.send('{"e":"serverShutdown","E":1770123456789}')
+        await asyncio.sleep(0.3)  # the client opens its next connection now; this one keeps streaming
+        await ex.send_trades(ws, "BTCUSDT", 5)
+        handover.set()
+        await ws.wait_closed()
+
+    async def third(ex: FakeExchange, ws) -> None:
+        await asyncio.wait_for(handover.wait(), 5)
+        await ex.resend(ws, ex.history["BTCUSDT"][-5:])  # the overlap of the two connections
+        await ex.send_trades(ws, "BTCUSDT", 10)
+        await ws.wait_closed()  # silent stall: connected, answering pings, sending nothing
+
+    async def last(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 5)
+        await ex.send_trades(ws, "ETHUSDT", 5)
+
+    server = await FakeExchange(
+        "binance", ["BTCUSDT", "ETHUSDT"], [first, second, third, "reject", last]
+    ).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="binance",
+        symbols="BTCUSDT,ETHUSDT",
+        binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url,
+    )
+    try:
+        (feed,), result = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    assert {c["path"] for c in server.connections} == {"/stream?streams=btcusdt@trade/ethusdt@trade"}
+    assert len(server.connections) >= 5  # every reconnect resubscribed through the URL
+    stats = feed.stats
+    assert stats.gaps >= 2 and stats.backfilled >= 4 + 12 and stats.lost == 0
+    assert stats.duplicates >= 10 and stats.stalls >= 1 and stats.errors == 1 and stats.reconnects >= 4
+    assert any(
+        call.startswith("/api/v3/historicalTrades?symbol=BTCUSDT&fromId=") for call in server.rest_calls
+    )
+    assert result.accepted == result.acknowledged == len(server.truth)
+    dlq = await dead_letters(settings)
+    assert [d["reason"] for d in dlq] == ["malformed_json"]
+    assert dlq[0]["raw"] == "\x00\x01 definitely not json"
+    assert dlq[0]["stage"] == "ingest" and dlq[0]["source"]["topic"] == "binance"
+
+
+# ------------------------------------------------------------------------------------------------ Coinbase
+async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_trade_once(make_settings):
+    async def first(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        (row,) = ex.offline("BTCUSD", 1)
+        last_match = orjson.loads(ex.frame([row]))
+        await ws.send(orjson.dumps({**last_match, "type": "last_match"}).decode())
+        await ex.send_trades(ws, "BTCUSD", 20)
+        await ex.send_trades(ws, "ETHUSD", 10)
+        await ws.send("{garbage")
+        await ws.send("[1,2,3]")
+        corrupted = orjson.loads(ex.frame([ex.history["BTCUSD"][-1]]))  # a resend, mangled in transit
+        await ws.send(orjson.dumps({**corrupted, "price": "-5"}).decode())
+        stray = {**corrupted, "product_id": "SOL-USD", "trade_id": 1}  # a product we never asked for
+        await ws.send(orjson.dumps(stray).decode())
+        await ex.heartbeat(ws)
+        await ex.send_trades(ws, "BTCUSD", 10, drop=range(3, 6))
+
+    async def second(ex: FakeExchange, ws) -> None:
+        ex.offline("BTCUSD", 15)
+        ex.offline("ETHUSD", 5)
+        await ex.ack(ws)
+        await ex.resend(ws, ex.history["BTCUSD"][-30:-25])
+        await ex.send_trades(ws, "BTCUSD", 10)
+        await ex.send_trades(ws, "BTCUSD", 5, drop=range(2, 5))  # the tail is lost on the socket...
+        await ex.heartbeat(ws)  # ...and the heartbeat's last_trade_id gives it away
+        await ws.wait_closed()  # then silence
+
+    async def refuses(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws, confirm=False)
+        await ws.send('{"type":"error","message":"Failed to subscribe","reason":"try again later"}')
+        await ws.wait_closed()
+
+    async def last(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        await ex.send_trades(ws, "BTCUSD", 10)
+        await ex.send_trades(ws, "ETHUSD", 10)
+
+    server = await FakeExchange("coinbase", ["BTCUSD", "ETHUSD"], [first, second, refuses, last]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="coinbase",
+        symbols="BTCUSD,ETHUSD",
+        coinbase_ws_url=server.ws_url,
+        coinbase_rest_url=server.rest_url,
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    subscribe = {
+        "type": "subscribe",
+        "product_ids": ["BTC-USD", "ETH-USD"],
+        "channels": ["matches", "heartbeat"],
+    }
+    assert all(c["subscribed"][:1] == [subscribe] for c in server.connections)
+    stats = feed.stats
+    assert stats.backfilled >= 3 + 15 + 5 + 3 and stats.lost == 0
+    assert stats.stalls >= 1 and stats.errors >= 1 and stats.duplicates >= 5
+    assert any(c.startswith("/products/BTC-USD/trades?after=") for c in server.rest_calls)
+    dlq = await dead_letters(settings)
+    assert sorted(d["reason"] for d in dlq) == sorted(
+        ["malformed_json", "not_an_object", "non_positive_price", "unknown_symbol"]
+    )
+    assert {d["raw"] for d in dlq if d["reason"] == "malformed_json"} == {"{garbage"}
+    assert all(d["stage"] == "ingest" and d["source"]["topic"] == "coinbase" for d in dlq)
+
+
+async def test_coinbase_advanced_trade_feed_dedupes_snapshots_and_fills_gaps(make_settings):
+    def snapshot(ex: FakeExchange, n: int) -> str:
+        return ex.frame(list(reversed(ex.history["BTCUSD"][-n:])), snapshot=True).decode()
+
+    async def first(ex: FakeExchange, ws) -> None:
+        ex.offline("BTCUSD", 5)
+        await ex.ack(ws)
+        await ws.send(snapshot(ex, 5))  # recent trades, newest first
+        await ex.send_trades(ws, "BTCUSD", 12)
+        await ws.send("\xff garbage")
+        await ex.heartbeat(ws)
+        await ex.send_trades(ws, "BTCUSD", 8, drop=range(2, 4))
+
+    async def second(ex: FakeExchange, ws) -> None:
+        ex.offline("BTCUSD", 10)
+        await ex.ack(ws)
+        await ws.send(snapshot(ex, 5))  # covers only the last 5 of the 10 we missed
+        await ex.send_trades(ws, "BTCUSD", 8)
+        await ws.wait_closed()
+
+    async def last(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        await ws.send(snapshot(ex, 5))  # all already delivered
+        await ex.send_trades(ws, "BTCUSD", 6)
+
+    server = await FakeExchange("advanced", ["BTCUSD"], [first, second, "reject", last]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="coinbase",
+        coinbase_feed="advanced",
+        symbols="BTCUSD",
+        coinbase_advanced_ws_url=server.ws_url,
+        coinbase_rest_url=server.rest_url,
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    subscriptions = [
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "market_trades"},
+        {"type": "subscribe", "channel": "heartbeats"},
+    ]
+    assert all(c.get("subscribed") == subscriptions for c in server.connections if not c.get("rejected"))
+    assert feed.stats.backfilled >= 2 + 5 and feed.stats.duplicates >= 5 and feed.stats.lost == 0
+    assert [d["reason"] for d in await dead_letters(settings)] == ["malformed_json"]
+
+
+# ------------------------------------------------------------------------------------------------ isolation
+async def test_one_dead_exchange_never_stops_the_other(make_settings, unused_tcp_port):
+    async def only(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        await ex.send_trades(ws, "BTCUSD", 30)
+
+    server = await FakeExchange("coinbase", ["BTCUSD"], [only]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="binance,coinbase",
+        symbols="BTCUSD",
+        binance_ws_url=f"ws://127.0.0.1:{unused_tcp_port}",  # nothing listens there: refused, forever
+        binance_rest_url=f"http://127.0.0.1:{unused_tcp_port}",
+        coinbase_ws_url=server.ws_url,
+        coinbase_rest_url=server.rest_url,
+    )
+    try:
+        (binance, coinbase), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    assert binance.stats.reconnects >= 3 and binance.stats.sessions == 0
+    assert coinbase.stats.trades == 30

@@ -1,0 +1,256 @@
+"""Raw exchange messages (tests/data/exchanges, as pasted in the parsers' docstrings) through the parsers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cryptostream.settings import load_settings
+from ingest.exchanges import Binance, CoinbaseAdvanced, CoinbaseExchange
+from ingest.exchanges import coinbase as coinbase_module
+from ingest.exchanges.coinbase import advanced_is_buyer_maker, maker_side_is_buyer_maker
+from ingest.validation import FieldError, epoch_to_ms, iso_to_ms
+
+DATA = Path(__file__).parent.parent / "data" / "exchanges"
+RECEIVED = 1_800_000_000_000
+
+
+def raw(name: str) -> bytes:
+    return (DATA / name).read_bytes().strip()
+
+
+def settings(**overrides):
+    values = {"symbols": "BNBBTC,BTCUSDT,NKNUSDT,BTCUSD", "backfill": False}
+    values.update(overrides)
+    return load_settings(**values)
+
+
+# ------------------------------------------------------------------------------------------------ Binance
+def test_binance_trade_maps_every_field_and_keeps_both_times():
+    (trade,) = Binance(settings()).parse(raw("binance_trade.json"), RECEIVED).trades
+    assert trade.exchange == "binance"
+    assert trade.symbol == "BNBBTC"
+    assert trade.price == 0.001 and trade.quantity == 100.0
+    assert trade.timestamp == 1672515782136  # T, the trade time
+    assert trade.trade_id == 12345
+    assert trade.is_buyer_maker is True  # m: the buyer was the maker, the taker sold
+    assert trade.received_at == RECEIVED
+
+
+def test_binance_microsecond_trade_time_is_cut_to_the_exact_millisecond():
+    (trade,) = Binance(settings()).parse(raw("binance_trade_us.json"), RECEIVED).trades
+    assert trade.timestamp == 1735689600123
+    assert trade.is_buyer_maker is False and trade.trade_id == 4370000000
+
+
+def test_binance_aggtrade_uses_the_aggregate_id():
+    feed = Binance(settings(binance_stream="aggTrade"))
+    (trade,) = feed.parse(raw("binance_aggtrade.json"), RECEIVED).trades
+    assert (trade.symbol, trade.trade_id, trade.price, trade.quantity) == ("NKNUSDT", 15683430, 0.3528, 58.0)
+    assert trade.timestamp == 1633998523963 and trade.is_buyer_maker is False
+    assert feed.url().endswith(
+        "/stream?streams=bnbbtc@aggTrade/btcusd@aggTrade/btcusdt@aggTrade/nknusdt@aggTrade"
+    )
+
+
+def test_binance_control_frames():
+    feed = Binance(settings())
+    assert feed.parse(raw("binance_server_shutdown.json"), RECEIVED).shutdown
+    wrapped = b'{"stream":"btcusdt@trade","data":{"e":"serverShutdown","E":1770123456789}}'
+    assert feed.parse(wrapped, RECEIVED).shutdown
+    assert feed.parse(b'{"event":{"e":"serverShutdown","E":1770123456789}}', RECEIVED).shutdown
+    error = feed.parse(raw("binance_error.json"), RECEIVED)
+    assert error.error == "2: Invalid request: unknown variable" and not error.trades
+    assert feed.parse(b'{"result":null,"id":1}', RECEIVED).alive
+
+
+def test_binance_rest_rows_parse_like_the_stream():
+    trades, rejects = Binance(settings(binance_stream="aggTrade")).parse_history(
+        "BTCUSDT", orjson.loads(raw("binance_rest_aggtrades.json")), RECEIVED
+    )
+    assert not rejects
+    assert [(t.trade_id, t.price, t.quantity, t.timestamp, t.is_buyer_maker) for t in trades] == [
+        (26129, 0.01633102, 4.70443515, 1498793709153, True)
+    ]
+    trades, rejects = Binance(settings()).parse_history(
+        "BTCUSDT", orjson.loads(raw("binance_rest_historical_trades.json")), RECEIVED
+    )
+    assert not rejects
+    assert [(t.trade_id, t.price, t.quantity, t.timestamp, t.is_buyer_maker) for t in trades] == [
+        (28457, 4.000001, 12.0, 1499865549590, True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"[1,2]", "not_an_object"),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"1","m":true}}',
+            "missing_field",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"NaN","q":"1","T":1700000000000,"m":true}}',
+            "non_finite_price",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"0","q":"1","T":1700000000000,"m":true}}',
+            "non_positive_price",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"-2","T":1700000000000,"m":true}}',
+            "negative_quantity",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"ETHUSDT","t":1,"p":"1","q":"1","T":1700000000000,"m":true}}',
+            "unknown_symbol",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"$$","t":1,"p":"1","q":"1","T":1700000000000,"m":true}}',
+            "bad_symbol",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"abc","q":"1","T":1700000000000,"m":true}}',
+            "wrong_type",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"1","T":17,"m":true}}',
+            "bad_timestamp",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"1","T":1700000000000,"m":"yes"}}',
+            "wrong_type",
+        ),
+    ],
+)
+def test_bad_binance_frames_are_rejected_with_a_reason_and_the_raw_payload(frame, reason):
+    parsed = Binance(settings()).parse(frame, RECEIVED)
+    assert not parsed.trades
+    (rejected,) = parsed.rejected
+    assert rejected.reason == reason
+    assert rejected.raw == frame
+
+
+# ------------------------------------------------------------------------------------------------ Coinbase
+def test_coinbase_match_side_is_the_makers_side():
+    feed = CoinbaseExchange(settings())
+    (trade,) = feed.parse(raw("coinbase_match.json"), RECEIVED).trades
+    assert (trade.exchange, trade.symbol, trade.trade_id) == ("coinbase", "BTCUSD", 10)
+    assert (trade.price, trade.quantity) == (400.23, 5.23512)
+    assert trade.timestamp == iso_to_ms("2014-11-07T08:19:27.028459Z") == 1415348367028
+    # side "sell": a resting sell order was hit, the taker bought, so the buyer is NOT the maker
+    assert trade.is_buyer_maker is False
+    (last,) = feed.parse(raw("coinbase_last_match.json"), RECEIVED).trades
+    assert last.trade_id == 9 and last.is_buyer_maker is True  # side "buy": the buyer rested on the book
+
+
+def test_coinbase_control_frames():
+    feed = CoinbaseExchange(settings())
+    assert feed.subscriptions() == [
+        {
+            "type": "subscribe",
+            "product_ids": ["BNB-BTC", "BTC-USDT", "NKN-USDT", "BTC-USD"],
+            "channels": ["matches", "heartbeat"],
+        }
+    ]
+    assert feed.parse(raw("coinbase_subscriptions.json"), RECEIVED).alive
+    heartbeat = feed.parse(raw("coinbase_heartbeat.json"), RECEIVED)
+    assert heartbeat.alive and heartbeat.last_ids == {"BTCUSD": 20} and not heartbeat.trades
+    assert feed.parse(raw("coinbase_error.json"), RECEIVED).error == (
+        "Failed to subscribe: FOO-BAR is not a valid product"
+    )
+
+
+def test_coinbase_rest_rows_use_the_same_side_mapping():
+    trades, rejects = CoinbaseExchange(settings()).parse_history(
+        "BTCUSD", orjson.loads(raw("coinbase_rest_trades.json")), RECEIVED
+    )
+    assert not rejects
+    assert [(t.trade_id, t.is_buyer_maker, t.timestamp) for t in trades] == [
+        (74, True, 1415398768578),
+        (73, False, 1415322523642),
+    ]
+
+
+def test_coinbase_advanced_batches_snapshot_and_update_with_nanosecond_times():
+    feed = CoinbaseAdvanced(settings())
+    assert feed.subscriptions() == [
+        {
+            "type": "subscribe",
+            "product_ids": ["BNB-BTC", "BTC-USDT", "NKN-USDT", "BTC-USD"],
+            "channel": "market_trades",
+        },
+        {"type": "subscribe", "channel": "heartbeats"},
+    ]
+    assert feed.parse(raw("coinbase_advanced_subscriptions.json"), RECEIVED).alive
+    snapshot = feed.parse(raw("coinbase_advanced_snapshot.json"), RECEIVED).trades
+    assert [t.trade_id for t in snapshot] == [1068572090, 1068572089]
+    (trade,) = feed.parse(raw("coinbase_advanced_update.json"), RECEIVED).trades
+    assert (trade.symbol, trade.trade_id, trade.price, trade.quantity) == (
+        "BTCUSD",
+        1068572091,
+        65083.67,
+        0.01034361,
+    )
+    assert trade.timestamp == 1786309548167  # 2026-08-09T21:05:48.167634Z, cut to the millisecond
+    assert feed.sequence_gaps == 1  # sequence_num jumped from 1 to 9
+    assert feed.parse(raw("coinbase_advanced_heartbeats.json"), RECEIVED).alive
+    assert feed.parse(raw("coinbase_advanced_error.json"), RECEIVED).error == "failure to subscribe"
+
+
+def test_advanced_trade_side_mapping_is_the_documented_choice():
+    """Advanced Trade ``side`` is read as the maker's side, like the Exchange feed (see coinbase.py).
+
+    The same trade (same id, same matching engine) must get the same direction from either feed and from
+    the REST backfill; flipping ADVANCED_SIDE_IS_MAKER is the one switch if Coinbase says otherwise.
+    """
+    assert coinbase_module.ADVANCED_SIDE_IS_MAKER is True
+    for side in ("BUY", "SELL"):
+        assert advanced_is_buyer_maker(side) == maker_side_is_buyer_maker(side.lower())
+    assert advanced_is_buyer_maker("SELL") is False  # maker sold -> taker bought -> buyer is not the maker
+    assert advanced_is_buyer_maker("BUY") is True
+    with pytest.raises(FieldError):
+        advanced_is_buyer_maker("UNKNOWN")
+
+
+def test_one_bad_trade_in_an_advanced_batch_does_not_spoil_the_others():
+    frame = orjson.loads(raw("coinbase_advanced_update.json"))
+    good = frame["events"][0]["trades"][0]
+    bad = {**good, "trade_id": "1068572092", "price": "-1"}
+    frame["events"][0]["trades"].append(bad)
+    parsed = CoinbaseAdvanced(settings()).parse(orjson.dumps(frame), RECEIVED)
+    assert [t.trade_id for t in parsed.trades] == [1068572091]
+    (rejected,) = parsed.rejected
+    assert rejected.reason == "non_positive_price" and orjson.loads(rejected.raw) == bad
+
+
+# ------------------------------------------------------------------------------------------------ times
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2026-08-09T21:05:48.251397169Z", 1786309548251),
+        ("2026-08-09T21:05:48.2Z", 1786309548200),
+        ("2026-08-09T21:05:48Z", 1786309548000),
+        ("2026-08-09T23:05:48.999+02:00", 1786309548999),
+        ("2026-08-09 21:05:48.999999999+0000", 1786309548999),
+    ],
+)
+def test_iso_times_are_exact_to_the_millisecond(text, ms):
+    assert iso_to_ms(text) == ms
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [(1786309548251, 1786309548251), (1786309548251397, 1786309548251), (1786309548251397169, 1786309548251)],
+)
+def test_epoch_numbers_in_ms_us_and_ns(value, ms):
+    assert epoch_to_ms(value) == ms
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2026-13-01T00:00:00Z", 17, True, None])
+def test_bad_times_raise_a_field_error(bad):
+    with pytest.raises(FieldError):
+        iso_to_ms(bad) if isinstance(bad, str) else epoch_to_ms(bad)
