@@ -1,0 +1,79 @@
+"""The embedded broker and database: real servers as children, data kept, never orphaned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import asyncpg
+import psutil
+import pytest
+
+from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
+from cryptostream.errors import InfraError
+from cryptostream.kafka import wait_for_broker
+
+pytestmark = pytest.mark.integration
+
+
+def test_postgres_keeps_its_data_between_runs_on_a_new_port(tmp_path: Path) -> None:
+    async def write(url: str) -> None:
+        conn = await asyncpg.connect(url)
+        await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        await conn.close()
+
+    async def read(url: str) -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval("SELECT v FROM kept"))
+        finally:
+            await conn.close()
+
+    with EmbeddedPostgres(tmp_path / "pg") as first:
+        asyncio.run(write(first.url))
+        port = first.port
+    with EmbeddedPostgres(tmp_path / "pg") as second:
+        assert asyncio.run(read(second.url)) == 42
+        assert second.port > 0 and port > 0  # a free port each run; the data folder is what persists
+
+
+def test_a_second_server_on_the_same_state_folder_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg"), pytest.raises(InfraError, match="STATE_DIR"):
+        EmbeddedPostgres(tmp_path / "pg").start()
+
+
+def test_killing_the_parent_with_sigkill_leaves_no_broker_or_database_behind(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import json, sys, time
+        from pathlib import Path
+        from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
+        pg = EmbeddedPostgres(Path({str(tmp_path / "pg")!r})).start()
+        kafka = EmbeddedKafka(Path({str(tmp_path)!r})).start()
+        print(json.dumps({{"pg": pg._proc.pid, "kafka": kafka._proc.pid}}), flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = json.loads(parent.stdout.readline())
+    children = [psutil.Process(pid) for pid in pids.values()]
+    assert all(c.is_running() for c in children)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"orphans: {[p.cmdline() for p in alive]}"
+    # PostgreSQL got SIGINT (fast shutdown), so the folder is clean and starts again at once
+    started = time.monotonic()
+    with EmbeddedPostgres(tmp_path / "pg"):
+        assert time.monotonic() - started < 15
+
+
+def test_the_broker_speaks_kafka_on_a_free_loopback_port(tmp_path: Path) -> None:
+    with EmbeddedKafka(tmp_path) as broker:
+        assert broker.bootstrap.startswith("127.0.0.1:")
+        asyncio.run(wait_for_broker(broker.bootstrap, timeout=20))

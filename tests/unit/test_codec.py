@@ -1,0 +1,114 @@
+"""Trade records: the seed's JSON shape in and out, every bad record rejected with its own reason."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cryptostream.codec import REASONS, Rejected, decode_trades, encode_dlq, encode_trade
+from cryptostream.models import Trade
+
+GOOD = Trade("coinbase", "BTCUSD", 50000.0, 0.5, 1699564800000, 12345, False)
+
+
+def test_the_kafka_value_is_the_seed_shape_plus_exchange() -> None:
+    assert orjson.loads(encode_trade(GOOD)) == {
+        "symbol": "BTCUSD",
+        "price": 50000.0,
+        "quantity": 0.5,
+        "timestamp": 1699564800000,
+        "trade_id": 12345,
+        "is_buyer_maker": False,
+        "exchange": "coinbase",
+    }
+
+
+def test_records_written_by_other_tools_decode_with_missing_exchange_and_loose_symbols() -> None:
+    raw = (
+        b'{"symbol":"btc-usd","price":50000,"quantity":0.5,"timestamp":1699564800000,"trade_id":1,'
+        b'"is_buyer_maker":true}'
+    )
+    cols, rejected = decode_trades([raw], [7])
+    assert rejected == []
+    assert cols.symbols == ["BTCUSD"] and cols.exchanges == ["unknown"]
+    assert cols.price.tolist() == [50000.0] and cols.offset.tolist() == [7]
+
+
+CASES = {
+    "malformed_json": b"{oops",
+    "not_an_object": b"[1]",
+    "missing_field": b'{"symbol":"BTCUSD"}',
+    "wrong_type": orjson.dumps({**GOOD.to_dict(), "is_buyer_maker": "no"}),
+    "bad_symbol": orjson.dumps({**GOOD.to_dict(), "symbol": "B"}),
+    "non_positive_price": orjson.dumps({**GOOD.to_dict(), "price": 0}),
+    "negative_quantity": orjson.dumps({**GOOD.to_dict(), "quantity": -0.1}),
+    "bad_timestamp": orjson.dumps({**GOOD.to_dict(), "timestamp": 1699564800}),  # seconds, not ms
+    "too_large": b"{" + b" " * 70_000 + b"}",
+}
+
+
+@pytest.mark.parametrize("reason", sorted(CASES))
+def test_each_bad_record_is_rejected_with_its_reason_and_the_good_ones_survive(reason: str) -> None:
+    values = [encode_trade(GOOD), CASES[reason], encode_trade(GOOD)]
+    cols, rejected = decode_trades(values, [10, 11, 12], partition=3)
+    assert len(cols) == 2 and cols.offset.tolist() == [10, 12]
+    assert [(r.reason, r.offset, r.partition, r.raw) for r in rejected] == [(reason, 11, 3, CASES[reason])]
+    assert reason in REASONS
+
+
+def test_non_finite_values_are_rejected() -> None:
+    cols, rejected = decode_trades([b'{"symbol":"BTCUSD","price":NaN}', b"null", None], [0, 1, 2])
+    assert len(cols) == 0 and [r.reason for r in rejected] == [
+        "malformed_json",
+        "not_an_object",
+        "malformed_json",
+    ]
+
+
+def test_dead_letter_envelope_keeps_the_raw_payload_and_says_why() -> None:
+    env = orjson.loads(
+        encode_dlq(
+            Rejected("wrong_type", "price is str", b'{"price":"1"}', 2, 99),
+            stage="processor",
+            source_topic="crypto-trades",
+        )
+    )
+    assert env == {
+        "reason": "wrong_type",
+        "detail": "price is str",
+        "stage": "processor",
+        "source": {"topic": "crypto-trades", "partition": 2, "offset": 99},
+        "truncated": False,
+        "raw": '{"price":"1"}',
+    }
+    binary = orjson.loads(
+        encode_dlq(Rejected("malformed_json", "x", b"\xff\x00", 0, 1), stage="ingest", source_topic="binance")
+    )
+    assert binary["raw_base64"] == "/wA="
+
+
+finite = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False)
+
+
+@given(
+    st.lists(st.tuples(finite, st.floats(0, 1e6), st.integers(0, 2**62), st.booleans()), max_size=50),
+    st.lists(st.sampled_from(sorted(CASES.values())), max_size=10),
+    st.randoms(),
+)
+def test_fast_and_exact_paths_agree_on_any_mix(goods, bads, rnd) -> None:
+    trades = [
+        Trade("x", "ETHUSDT", p, q, 1_700_000_000_000 + i, tid, m) for i, (p, q, tid, m) in enumerate(goods)
+    ]
+    values = [encode_trade(t) for t in trades] + list(bads)
+    rnd.shuffle(values)
+    cols, rejected = decode_trades(values, list(range(len(values))))
+    assert len(cols) + len(rejected) == len(values)
+    assert len(cols) == len(trades)
+    assert sorted(zip(cols.trade_id.tolist(), cols.price.tolist(), strict=True)) == sorted(
+        (t.trade_id, t.price) for t in trades
+    )
+    assert all(math.isfinite(p) for p in cols.price.tolist())
