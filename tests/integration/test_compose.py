@@ -4,7 +4,9 @@ The compose file is interpolated the way Compose does it (``${VAR:-default}``, `
 the Compose Specification JSON schema. That schema (Apache-2.0, from the compose-spec project) comes from
 the ``check-jsonschema`` package, which vendors it and keeps it current; we validate with ``jsonschema``.
 Everything the file names must exist in the project: the image is built from our Dockerfile, each command
-parses as a real ``cryptostream`` subcommand, each environment variable is a Settings field.
+parses as a real ``cryptostream`` subcommand, each environment variable is a Settings field. The
+Dockerfile is read by BuildKit's own parser (the ``dockerfile`` package), the dependency step's script is
+run for real.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import dockerfile
 import jsonschema
 import pytest
 import typer
@@ -103,23 +106,9 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        pending += (
-            " " + stripped.removesuffix("\\").strip() if pending else stripped.removesuffix("\\").strip()
-        )
-        if stripped.endswith("\\"):
-            continue
-        word, _, rest = pending.partition(" ")
-        out.append((word.upper(), rest.strip()))
-        pending = ""
-    return out
+def dockerfile_instructions() -> list[tuple[str, tuple[str, ...]]]:
+    """(INSTRUCTION, arguments) of each step, parsed by BuildKit's own parser (a syntax error raises)."""
+    return [(c.cmd.upper(), c.value) for c in dockerfile.parse_file(str(DOCKERFILE))]
 
 
 def dockerignore_patterns() -> list[str]:
@@ -298,6 +287,9 @@ def test_processor_scales_out_and_shares_the_archive_volume():
     for name in ("processor", "api", "migrate", "ingest"):
         assert any(v.split(":")[:2] == ["archive", output_dir] for v in mounts[name]), name
     assert "archive" in doc["volumes"]
+    model_dir = "/data/models"  # MODEL_DIR of the image (Dockerfile ENV)
+    assert f"MODEL_DIR={model_dir}" in DOCKERFILE.read_text()
+    assert any(v.split(":")[:2] == ["models", model_dir] for v in mounts["processor"]), "models persist"
     assert any(v.endswith(":ro") for v in mounts["api"]), "the API only reads the archive"
 
 
@@ -316,17 +308,17 @@ def test_health_checks_probe_the_ports_the_roles_listen_on():
 def test_dockerfile_is_slim_non_root_and_caches_dependencies():
     steps = dockerfile_instructions()
     kinds = [k for k, _ in steps]
-    froms = [a for k, a in steps if k == "FROM"]
+    froms = [a[0] for k, a in steps if k == "FROM"]
     assert froms == ["python:3.11-slim"]
-    users = [a for k, a in steps if k == "USER"]
+    users = [a[0] for k, a in steps if k == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN"), "USER after the last RUN"
-    copies = [(i, a.split()) for i, (k, a) in enumerate(steps) if k == "COPY"]
+    copies = [(i, list(a)) for i, (k, a) in enumerate(steps) if k == "COPY"]
     first_source = min(i for i, args in copies if any(a.rstrip("/") == "cryptostream" for a in args[:-1]))
     deps_copy = next(i for i, args in copies if args[:-1] == ["pyproject.toml"])
-    deps_install = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install -r" in a)
+    deps_install = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install -r" in a[0])
     assert deps_copy < deps_install < first_source, "install dependencies before copying the source"
-    env_names = {m.group(1) for k, a in steps if k == "ENV" for m in re.finditer(r"([A-Z_]+)=", a)}
+    env_names = {name for k, a in steps if k == "ENV" for name in a[::2]}
     assert env_names - SETTINGS_VARS <= {
         "PYTHONDONTWRITEBYTECODE",
         "PYTHONUNBUFFERED",
@@ -341,8 +333,7 @@ def test_dockerfile_copies_paths_that_exist_and_are_in_the_build_context():
     for kind, args in dockerfile_instructions():
         if kind != "COPY":
             continue
-        sources = [a for a in args.split()[:-1] if not a.startswith("--")]
-        for source in sources:
+        for source in args[:-1]:
             path = source.rstrip("/")
             assert (ROOT / path).exists(), f"Dockerfile copies {source}, which does not exist"
             assert not ignored(path, patterns), f".dockerignore leaves {source} out of the build context"
@@ -357,7 +348,7 @@ def test_dockerfile_copies_paths_that_exist_and_are_in_the_build_context():
 
 
 def test_dependency_layer_installs_every_runtime_dependency_but_the_embedded_infrastructure(tmp_path):
-    step = next(a for k, a in dockerfile_instructions() if k == "RUN" and "pip install -r" in a)
+    step = next(a[0] for k, a in dockerfile_instructions() if k == "RUN" and "pip install -r" in a[0])
     argv = shlex.split(step.split(">", 1)[0])
     assert argv[:2] == ["python", "-c"]
     (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
