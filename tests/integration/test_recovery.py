@@ -1,0 +1,67 @@
+"""Recovery paths, made to happen on purpose: a sink fails mid-checkpoint, then the process dies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cryptostream.archive import FILE_RE
+from cryptostream.errors import SinkWriteError
+from ingest.synthetic import SyntheticMarket
+from processor.service import Processor
+from processor.sinks import FlushBatch, ParquetSink, PostgresSink
+from tests.conftest import T0
+from tests.integration.helpers import db_candles, db_count, parquet_rows, run_processor_until
+from tests.reference import assert_candles_equal, batch_candles, rows_by_key
+
+pytestmark = pytest.mark.integration
+
+
+class FailingDatabase(PostgresSink):
+    """The real database sink, except that its second write fails as a lost connection would."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.writes = 0
+        self.failed = asyncio.Event()
+
+    async def write(self, batch: FlushBatch) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            self.failed.set()
+            raise SinkWriteError("connection lost (injected)")
+        await super().write(batch)
+
+
+async def test_parquet_files_of_an_aborted_checkpoint_are_removed_and_rewritten_after_a_crash(
+    make_settings, produce, db
+):
+    settings = make_settings(max_buffer_seconds=0.5, parquet_chunk_seconds=0.5)
+    trades = SyntheticMarket(["BTCUSDT", "ETHUSDT"], rate=300, seed=3).generate(6_000, start_ms=T0)
+    expected = batch_candles(trades)
+    await produce(settings, trades[:3_000])
+
+    failing = FailingDatabase(settings.database_dsn)
+    first = Processor(settings, [ParquetSink(settings.output_dir), failing])
+    task = asyncio.create_task(first.run(asyncio.Event()))
+    await asyncio.wait_for(failing.failed.wait(), 60)
+    await asyncio.sleep(0.2)
+    task.cancel()  # the process dies: no final checkpoint, no commit
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    # Parquet of the aborted checkpoint is on disk, beyond what Kafka has committed.
+    written = sorted(p.name for p in settings.output_dir.glob("ohlc/*/*/*.parquet"))
+    seqs = {int(FILE_RE.fullmatch(n)["seq"]) for n in written}
+    assert max(seqs) >= 2, written
+
+    await produce(settings, trades[3_000:])
+
+    async def all_stored() -> bool:
+        return await db_count(settings.database_dsn) >= len(expected)
+
+    second = await run_processor_until(settings, all_stored)
+    assert second.stats.late == 0
+    assert_candles_equal(rows_by_key(await db_candles(db)), expected)
+    assert_candles_equal(rows_by_key(parquet_rows(settings.output_dir)), expected)
