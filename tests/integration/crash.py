@@ -70,8 +70,18 @@ def make_trades(n: int, seed: int, start_ms: int):
     return market.generate(n, start_ms=start_ms)
 
 
-async def run_crash_scenario(settings: Settings, trades, produce, *, kills: int, seed: int, log: Path,
-                             expected_candles: int, waves: int = 10, timeout: float = 300) -> CrashReport:
+async def run_crash_scenario(
+    settings: Settings,
+    trades,
+    produce,
+    *,
+    kills: int,
+    seed: int,
+    log: Path,
+    expected_candles: int,
+    waves: int = 10,
+    timeout: float = 300,
+) -> CrashReport:
     """Produce ``trades`` in waves while killing processors ``kills`` times; end with one clean run."""
     rng = random.Random(seed)
     started = time.monotonic()

@@ -17,18 +17,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 async def test_sigkill_five_times_mid_stream_loses_nothing_and_counts_nothing_twice(
     make_settings, produce, db, tmp_path
 ):
-    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.7, kafka_session_timeout_ms=3000,
-                             volatility_window_seconds=30)
+    settings = make_settings(
+        max_buffer_seconds=1.0,
+        parquet_chunk_seconds=0.7,
+        kafka_session_timeout_ms=3000,
+        volatility_window_seconds=30,
+    )
     trades = make_trades(40_000, seed=5, start_ms=T0)
     expected = batch_candles(trades)
-    report = await run_crash_scenario(settings, trades, produce, kills=5, seed=5, log=tmp_path / "proc.log",
-                                      expected_candles=len(expected))
+    report = await run_crash_scenario(
+        settings, trades, produce, kills=5, seed=5, log=tmp_path / "proc.log", expected_candles=len(expected)
+    )
     print(f"crash scenario: {report}")
     assert report.kills == 5
     assert_candles_equal(rows_by_key(await db_candles(db)), expected)
     assert_candles_equal(rows_by_key(parquet_rows(settings.output_dir)), expected)
-    vol = {(r["symbol"], int(r["bucket"].timestamp() * 1000)): r["volatility"]
-           for r in await db.fetch("SELECT symbol, bucket, volatility FROM volatility_1s")}
+    vol = {
+        (r["symbol"], int(r["bucket"].timestamp() * 1000)): r["volatility"]
+        for r in await db.fetch("SELECT symbol, bucket, volatility FROM volatility_1s")
+    }
     vol_expected = batch_volatility(expected, 30)
     assert vol.keys() == vol_expected.keys()
     assert all(math.isclose(vol[k], v, rel_tol=1e-7, abs_tol=1e-15) for k, v in vol_expected.items())
