@@ -67,8 +67,8 @@ def build_dataset(candles: Mapping[str, Candles], horizon_s: int) -> Dataset:
     symbols = sorted(s for s, c in candles.items() if c["bucket"].shape[0])
     xs, ys, ts, ss, ps = [], [], [], [], []
     total = 0
-    for code, symbol in enumerate(symbols):
-        grid = to_grid(candles[symbol])
+    for code, name in enumerate(symbols):
+        grid = to_grid(candles[name])
         at = grid.index
         total += int(at.shape[0])
         x = grid_features(grid, at)
@@ -77,7 +77,7 @@ def build_dataset(candles: Mapping[str, Candles], horizon_s: int) -> Dataset:
         keep = known & defined & np.isfinite(x).all(axis=1)
         xs.append(x[keep])
         ys.append(y[keep])
-        ts.append(np.asarray(candles[symbol]["bucket"], dtype=np.int64)[keep])
+        ts.append(np.asarray(candles[name]["bucket"], dtype=np.int64)[keep])
         ss.append(np.full(int(keep.sum()), code, dtype=np.int32))
         ps.append(guess[keep])
     if not symbols:

@@ -74,7 +74,7 @@ class LinearModel:
     sgd_t: float | None = None  # SGD's update counter (its learning-rate schedule continues from it)
 
     def decision(self, x: F64) -> F64:
-        return self.scaler.transform(x) @ self.coef + self.intercept  # type: ignore[no-any-return]
+        return self.scaler.transform(x) @ self.coef + self.intercept
 
     def predict_proba(self, x: F64) -> F64:
         """P(up) for each row of raw features."""
@@ -145,7 +145,8 @@ def fit_logit(
         cov = {"cov_type": "cluster", "cov_kwds": {"groups": clusters}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = sm.Logit(y.astype(np.float64), design)
+        # Rank checks cost an SVD per fit; constant features are already switched off above.
+        model = sm.Logit(y.astype(np.float64), design, check_rank=False)
         try:
             result = model.fit(disp=0, maxiter=100, **cov)
         except (np.linalg.LinAlgError, PerfectSeparationError):

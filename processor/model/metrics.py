@@ -25,7 +25,9 @@ MIN_BLOCKS = 10  # fewer blocks than this cannot support a claim either way
 def log_losses(y: npt.NDArray[np.int8], p: F64) -> F64:
     """Per-row log loss (natural log)."""
     q = np.clip(p, EPS, 1.0 - EPS)
-    return -(y * np.log(q) + (1 - y) * np.log1p(-q))  # type: ignore[no-any-return]
+    up = y.astype(np.float64)
+    out: F64 = -(up * np.log(q) + (1.0 - up) * np.log1p(-q))
+    return out
 
 
 def scores(y: npt.NDArray[np.int8], p: F64, guess: npt.NDArray[np.int8] | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,9 @@ class TrainResult:
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    # one fixed format (milliseconds, Z), so the strings also sort in time order
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)  # exact, no float rounding
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _pooled(results: list[FoldResult], name: str) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8]]:
