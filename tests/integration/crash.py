@@ -66,7 +66,7 @@ def _assignments(log: Path) -> int:
 
 
 def make_trades(n: int, seed: int, start_ms: int):
-    market = SyntheticMarket(SYMBOLS, rate=5_000, seed=seed, disorder_ms=400, duplicate_rate=0.02)
+    market = SyntheticMarket(SYMBOLS, rate=1_000, seed=seed, disorder_ms=400, duplicate_rate=0.02)
     return market.generate(n, start_ms=start_ms)
 
 
