@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_EVERY_S = 0.05  # windows close at most this late after the watermark passes them
 
-# A hook turning a symbol's closed candles (with its recent history) into extra tables, e.g. predictions.
+# A hook turning a symbol's history (ending with its n newly closed candles) into extra tables (predictions).
 Scorer = Callable[[str, dict[str, np.ndarray], int], dict[str, pa.Table]]
 
 
@@ -283,7 +283,7 @@ class Processor:
                 )
             else:
                 vol = rolling_volatility(new["bucket"], new["close"], first, window)
-            part.remember(code, new)
+            merged = part.remember(code, new)
             ok = ~np.isnan(vol)
             if ok.any():
                 vol_symbol.extend([candles.symbols[code]] * int(ok.sum()))
@@ -291,7 +291,7 @@ class Processor:
                 vol_value.append(vol[ok])
             n_new = rows.stop - rows.start
             for scorer in self.scorers:
-                for kind, extra in scorer(candles.symbols[code], state.recent, n_new).items():
+                for kind, extra in scorer(candles.symbols[code], merged, n_new).items():
                     if extra.num_rows:
                         pending.setdefault(kind, []).append(extra)
                         messages.extend(_rows_messages(kind, extra))

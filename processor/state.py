@@ -208,8 +208,11 @@ class PartitionState:
         return min([*lows, self.position])
 
     # ------------------------------------------------------------------------------------------
-    def remember(self, code: int, new: dict[str, npt.NDArray[Any]]) -> None:
-        """Append a symbol's newly closed candles (bucket order) to its recent history, trimmed."""
+    def remember(self, code: int, new: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Append a symbol's newly closed candles (bucket order) to its recent history, trimmed.
+
+        Returns the untrimmed history + new candles, so hooks see every new candle even when a backlog
+        closes more of them at once than the history keeps."""
         state = self.symbols[code]
         if state.first_bucket is None:
             state.first_bucket = int(new["bucket"][0])
@@ -221,6 +224,7 @@ class PartitionState:
         # keep the history window plus the candle before it (the previous close of the first return)
         keep_from = max(0, int(np.searchsorted(buckets, buckets[-1] - self.history_ms, side="right")) - 1)
         state.recent = {k: v[keep_from:] for k, v in merged.items()}
+        return merged
 
     def checkpoint(self, interner: Interner, offset: int) -> Checkpoint:
         symbols = {}
