@@ -1,22 +1,41 @@
-"""The API app factory: GraphQL (with GraphiQL), health, and the static dashboard. No import-time effects."""
+"""The API app factory: GraphQL (with GraphiQL and subscriptions), the original REST routes, Plotly
+figures, Prometheus metrics and the static dashboard.
+
+``create_app`` has no import-time or construction-time effects: the store is opened, and the live feed's
+Kafka consumer started (only when ``KAFKA_BOOTSTRAP`` is set), in the lifespan, and both are closed there.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from strawberry.fastapi import GraphQLRouter
 
+from cryptostream.errors import QueryError
 from cryptostream.settings import Settings
 from cryptostream.store import ReadStore, open_store
-from graphql_api.context import Context
-from graphql_api.schema import schema
+from graphql_api import rest, viz
+from graphql_api.arrow import ArrowExecutor
+from graphql_api.catalog import SymbolCatalog
+from graphql_api.context import Context, Services
+from graphql_api.fanout import Fanout
+from graphql_api.inputs import InputError
+from graphql_api.metrics import RequestMetrics
+from graphql_api.schema import build_schema
+from graphql_api.status import StatusBoard
 
 __all__ = ["create_app"]
 
@@ -24,44 +43,90 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings, store: ReadStore | None = None) -> FastAPI:
-    """Build the API for ``settings``; pass ``store`` to reuse an open read store (tests)."""
+class _Router(GraphQLRouter[Context, None]):
+    # orjson: ~5x faster than json.dumps on a 1,000-candle result. A str, not bytes: WebSocket messages
+    # must go out as text frames (graphql-ws clients reject binary ones).
+    def encode_json(self, data: object) -> str:
+        return orjson.dumps(data).decode()
+
+
+def create_app(
+    settings: Settings, store: ReadStore | None = None, *, executor: type[Any] = ArrowExecutor
+) -> FastAPI:
+    """Build the API for ``settings``; pass ``store`` to reuse an open read store (tests, benchmarks)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = store is None
-        app.state.store = store or await open_store(settings.database_dsn, settings.output_dir)
+        read = store or await open_store(settings.database_dsn, settings.output_dir)
+        board = StatusBoard()
+        catalog = SymbolCatalog(read, settings.symbols)
+        fanout = Fanout(settings, read, board, catalog) if settings.kafka_bootstrap else None
+        app.state.services = Services(
+            settings=settings, store=read, catalog=catalog, board=board, fanout=fanout
+        )
+        stop = asyncio.Event()
+        feed = asyncio.create_task(fanout.run(stop), name="live-feed") if fanout is not None else None
         log.info(
-            "API reading from %s (%s); dashboard at /, GraphiQL at /graphql",
-            app.state.store.name,
+            "API reading from %s (%s); live feed %s; dashboard at /, GraphiQL at /graphql",
+            read.name,
             settings.describe_database() if settings.database_dsn else settings.output_dir.resolve(),
+            f"from {settings.kafka_candles_topic}" if fanout is not None else "off (no KAFKA_BOOTSTRAP)",
         )
         try:
             yield
         finally:
+            stop.set()
+            if feed is not None:
+                try:
+                    await asyncio.wait_for(feed, 10)
+                except TimeoutError:
+                    log.warning("live feed did not stop within 10 s; cancelled")
+                    feed.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await feed
             if own:
-                await app.state.store.close()
+                await read.close()
 
-    app = FastAPI(title="cryptostream", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="cryptostream",
+        version="0.1.0",
+        description="Live and stored crypto candles: GraphQL at /graphql, the original REST routes at /api.",
+        lifespan=lifespan,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST"],
         allow_headers=["*"],
     )
+    routes: set[str] = set()  # filled below, once every route is registered
+    app.add_middleware(RequestMetrics, routes=routes)
 
-    async def context(request: Request) -> Context:
-        return Context(store=request.app.state.store, settings=settings)
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, **exc.extensions}, status_code=exc.status)
+
+    @app.exception_handler(QueryError)
+    async def query_error(_: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "code": "BAD_USER_INPUT"}, status_code=400)
+
+    async def context() -> Context:
+        return Context(services=app.state.services)
 
     app.include_router(
-        GraphQLRouter(schema, context_getter=context, graphql_ide="graphiql"), prefix="/graphql"
+        _Router(build_schema(settings, executor), context_getter=context, graphql_ide="graphiql"),
+        prefix="/graphql",
+        include_in_schema=False,
     )
+    for router in (rest.build_router(settings), viz.build_router(settings)):
+        app.include_router(router)
+        routes.update(route.path for route in router.routes if isinstance(route, APIRoute))
 
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
-        s: ReadStore = request.app.state.store
-        ok = await s.ping()
-        return {"status": "healthy" if ok else "degraded", "store": s.name, "database": ok}
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    routes.update({"/graphql", "/metrics", "/docs", "/redoc", "/openapi.json"})
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")
     return app

@@ -1,13 +1,50 @@
-"""GraphQL types at the edge of the data path: one ``from_table`` per type, no logic."""
+"""GraphQL types at the edge of the data path: one ``from_*`` per type, no logic beyond conversion.
+
+Times are ``DateTime`` (ISO 8601, UTC) on objects; the columnar form carries epoch milliseconds as
+``Long`` so a chart can use them directly. ``Long`` exists because GraphQL's ``Int`` is 32-bit and
+cumulative counts and epoch milliseconds are not.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any, NewType, cast
 
 import pyarrow as pa
 import strawberry
 
-__all__ = ["Candle"]
+from graphql_api.arrow import ArrowColumn, ArrowRows, LiveEvent
+from graphql_api.rollup import Bar
+from graphql_api.status import StatusSnapshot
+
+__all__ = [
+    "Candle",
+    "CandleColumns",
+    "CandleUpdate",
+    "Long",
+    "SCALARS",
+    "PartitionStatus",
+    "PipelineStatus",
+    "Prediction",
+    "ProcessorStatus",
+    "ReasonCount",
+    "SymbolStatus",
+    "Volatility",
+    "from_ms",
+]
+
+Long = NewType("Long", int)
+LONG_SCALAR = strawberry.scalar(
+    name="Long",
+    description="A 64-bit integer, sent as a JSON number (exact up to 2^53).",
+    serialize=int,
+    parse_value=int,
+)
+SCALARS = {Long: LONG_SCALAR}  # for StrawberryConfig(scalar_map=...)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @strawberry.type(description="One OHLCV candle. `bucket` is the window start (UTC).")
@@ -20,10 +57,244 @@ class Candle:
     close: float
     volume: float
     trade_count: int
-    vwap: float
+    vwap: float = strawberry.field(description="Volume-weighted average price.")
     buy_volume: float = strawberry.field(description="Volume bought by takers (aggressive buys).")
     sell_volume: float = strawberry.field(description="Volume sold by takers (aggressive sells).")
 
     @classmethod
     def from_table(cls, table: pa.Table) -> list[Candle]:
-        return [cls(**row) for row in table.to_pylist()]
+        return cast("list[Candle]", ArrowRows(table, cls))
+
+
+@strawberry.type(
+    description="Candles as parallel arrays, one per field (what a chart wants; cheap for 10,000 rows). "
+    "`bucket[i]` is the window start of row i in epoch milliseconds, UTC."
+)
+class CandleColumns:
+    symbol: str
+    interval: str
+    count: int
+    bucket: list[Long]
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    volume: list[float]
+    trade_count: list[int]
+    vwap: list[float]
+    buy_volume: list[float]
+    sell_volume: list[float]
+
+    @classmethod
+    def from_table(cls, symbol: str, interval: str, table: pa.Table) -> CandleColumns:
+        columns: dict[str, Any] = {
+            name: ArrowColumn(table[name])
+            for name in (
+                "open",
+                "high",
+                "low",
+                "close",
+                "volume",
+                "trade_count",
+                "vwap",
+                "buy_volume",
+                "sell_volume",
+            )
+        }
+        return cls(
+            symbol=symbol,
+            interval=interval,
+            count=table.num_rows,
+            bucket=cast("list[Long]", ArrowColumn(table["bucket"].cast(pa.int64()))),
+            **columns,
+        )
+
+
+@strawberry.type(description="A live candle: the current state of an open window, or its final state.")
+class CandleUpdate(LiveEvent):
+    symbol: str
+    interval: str
+    closed: bool = strawberry.field(
+        description="True once the window is final; false while trades still come."
+    )
+    bucket: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trade_count: int
+    vwap: float
+    buy_volume: float
+    sell_volume: float
+
+    @classmethod
+    def from_bar(cls, symbol: str, interval: str, bar: Bar, closed: bool) -> CandleUpdate:
+        return cls(
+            symbol=symbol,
+            interval=interval,
+            closed=closed,
+            bucket=from_ms(bar.bucket),
+            open=bar.open,
+            high=bar.high,
+            low=bar.low,
+            close=bar.close,
+            volume=bar.volume,
+            trade_count=bar.trade_count,
+            vwap=bar.vwap,
+            buy_volume=bar.buy_volume,
+            sell_volume=bar.sell_volume,
+        )
+
+
+@strawberry.type(description="Standard deviation of 1 s log returns over the trailing window, per second.")
+class Volatility(LiveEvent):
+    symbol: str
+    bucket: datetime
+    volatility: float
+    window_seconds: int
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[Volatility]:
+        return cast("list[Volatility]", ArrowRows(table, cls))
+
+    @classmethod
+    def from_message(cls, m: dict[str, Any]) -> Volatility:
+        return cls(
+            symbol=m["symbol"],
+            bucket=datetime.fromisoformat(m["bucket"]),
+            volatility=float(m["volatility"]),
+            window_seconds=int(m["window_seconds"]),
+        )
+
+
+@strawberry.type(description="The trend model's probability that the close rises over the horizon.")
+class Prediction(LiveEvent):
+    symbol: str
+    bucket: datetime
+    horizon_seconds: int
+    probability_up: float
+    label: str
+    model_version: str
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[Prediction]:
+        return cast("list[Prediction]", ArrowRows(table, cls))
+
+    @classmethod
+    def from_message(cls, m: dict[str, Any]) -> Prediction:
+        return cls(
+            symbol=m["symbol"],
+            bucket=datetime.fromisoformat(m["bucket"]),
+            horizon_seconds=int(m["horizon_seconds"]),
+            probability_up=float(m["probability_up"]),
+            label=str(m["label"]),
+            model_version=str(m["model_version"]),
+        )
+
+
+@strawberry.type
+class ReasonCount:
+    reason: str
+    count: Long
+
+
+@strawberry.type(description="One partition of the trades topic as its owner last reported it.")
+class PartitionStatus:
+    partition: int
+    processor: str
+    position: Long | None
+    end: Long | None = strawberry.field(description="Log end offset.")
+    lag: Long | None = strawberry.field(description="Records not read yet.")
+
+
+@strawberry.type(description="One processor replica. Counts are cumulative since that process started.")
+class ProcessorStatus:
+    processor: str = strawberry.field(description="host:pid")
+    alive: bool = strawberry.field(description="Reported within the last 10 seconds.")
+    reported_at: datetime
+    trades: Long
+    candles: Long
+    late: Long
+    rejected: Long
+    checkpoints: Long
+    last_checkpoint_ms: float | None
+    trades_per_second: float
+
+
+@strawberry.type
+class SymbolStatus:
+    symbol: str
+    last_trade_time: datetime = strawberry.field(description="Event time of the newest trade processed.")
+    closed_through: datetime | None = strawberry.field(
+        description="Every 1 s window starting before this is final."
+    )
+    behind_seconds: float = strawberry.field(description="Now minus the newest trade's event time.")
+
+
+@strawberry.type(description="The pipeline as the processors report it each second over the candles topic.")
+class PipelineStatus:
+    live: bool = strawberry.field(description="This API process receives the processors' live feed.")
+    updated_at: datetime | None
+    lag: Long = strawberry.field(description="Trades not processed yet, summed over partitions.")
+    trades_per_second: float
+    candles_per_second: float
+    trades: Long
+    candles: Long
+    late: Long = strawberry.field(description="Trades that came after their window closed (dead-lettered).")
+    rejected: Long = strawberry.field(description="Invalid trades (dead-lettered with a reason).")
+    rejected_by_reason: list[ReasonCount]
+    processors: list[ProcessorStatus]
+    partitions: list[PartitionStatus]
+    symbols: list[SymbolStatus]
+
+    @classmethod
+    def from_snapshot(cls, snap: StatusSnapshot, live: bool) -> PipelineStatus:
+        return cls(
+            live=live,
+            updated_at=from_ms(snap.updated_ms) if snap.updated_ms is not None else None,
+            lag=snap.lag,
+            trades_per_second=snap.trades_per_s,
+            candles_per_second=snap.candles_per_s,
+            trades=snap.totals["trades"],
+            candles=snap.totals["candles"],
+            late=snap.totals["late"],
+            rejected=snap.totals["rejected"],
+            rejected_by_reason=[ReasonCount(reason=r, count=n) for r, n in snap.rejected_by_reason.items()],
+            processors=[
+                ProcessorStatus(
+                    processor=r.processor,
+                    alive=r.alive,
+                    reported_at=from_ms(r.time_ms),
+                    trades=r.count("trades"),
+                    candles=r.count("candles"),
+                    late=r.count("late"),
+                    rejected=r.count("rejected"),
+                    checkpoints=r.count("checkpoints"),
+                    last_checkpoint_ms=_float(r.message.get("last_checkpoint_ms")),
+                    trades_per_second=r.trades_per_s,
+                )
+                for r in snap.processors
+            ],
+            partitions=[
+                PartitionStatus(
+                    partition=p.partition, processor=p.processor, position=p.position, end=p.end, lag=p.lag
+                )
+                for p in snap.partitions
+            ],
+            symbols=[
+                SymbolStatus(
+                    symbol=s.symbol,
+                    last_trade_time=from_ms(s.last_event_ms),
+                    closed_through=from_ms(s.closed_through_ms)
+                    if s.closed_through_ms is not None and s.closed_through_ms > 0
+                    else None,
+                    behind_seconds=max(0.0, (snap.now_ms - s.last_event_ms) / 1000),
+                )
+                for s in snap.symbols
+            ],
+        )
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

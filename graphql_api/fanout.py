@@ -1,0 +1,385 @@
+"""One Kafka consumer per API process, fanned out to every live subscriber.
+
+The processor publishes live and closed 1 s candles, volatility, predictions and its status to the
+candles topic. Each API process reads that topic once (no consumer group: every process sees every
+message, starting at the log end) and hands each message to the subscribers that asked for it. A
+message is decoded and turned into its GraphQL object once, not once per subscriber.
+
+Slow clients: each subscriber has a bounded queue (``API_SUBSCRIBER_QUEUE``). Delivery never waits on a
+subscriber; one whose queue is full is dropped (its subscription ends with an error telling the client
+to resubscribe), so a stalled socket can hold back nobody but itself and memory stays bounded.
+
+Candles coarser than 1 s are rolled up here (:mod:`graphql_api.rollup`), one roll-up per symbol and
+interval shared by all its subscribers, seeded when the first subscriber arrives from the store plus the
+closed seconds this process has seen recently (the store only has what the processor checkpointed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from cryptostream.kafka import ensure_topics
+from cryptostream.models import INTERVALS
+from cryptostream.settings import Settings
+from cryptostream.store import ReadStore
+from graphql_api.catalog import SymbolCatalog
+from graphql_api.inputs import InputError
+from graphql_api.metrics import FEED_DELAY, FEED_MESSAGES, SUBSCRIBERS, SUBSCRIBERS_DROPPED
+from graphql_api.rollup import Bar, RollUp
+from graphql_api.status import StatusBoard
+from graphql_api.types import CandleUpdate, Prediction, Volatility, from_ms
+
+__all__ = ["Fanout", "Subscriber", "SubscriberDropped"]
+
+log = logging.getLogger(__name__)
+
+RECENT_SECONDS = 900  # closed 1 s candles kept per symbol to seed roll-ups (>> the checkpoint interval)
+KINDS = ("candles", "volatility", "predictions")
+# Messages delivered before subscribers get a turn: a burst (a consumer catching up) must not overflow the
+# queue of a client that keeps up; keep this below API_SUBSCRIBER_QUEUE.
+FEED_CHUNK = 64
+
+
+class SubscriberDropped(Exception):
+    """The subscriber fell too far behind and was disconnected from the feed."""
+
+
+class Subscriber:
+    """A bounded queue of updates for one subscription. ``offer`` never blocks."""
+
+    __slots__ = ("_waiter", "dropped", "items", "kind", "maxsize", "on_drop", "released")
+
+    def __init__(self, kind: str, maxsize: int, on_drop: Callable[[Subscriber], None] | None = None) -> None:
+        self.kind = kind
+        self.maxsize = maxsize
+        self.on_drop = on_drop
+        self.items: deque[Any] = deque()
+        self.dropped: str | None = None
+        self.released = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, item: Any) -> None:
+        if self.dropped is not None:
+            return
+        if len(self.items) >= self.maxsize:
+            self.drop(
+                f"subscription dropped: the client fell {self.maxsize} updates behind "
+                "(API_SUBSCRIBER_QUEUE); read faster or subscribe to fewer symbols, then resubscribe"
+            )
+            return
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def drop(self, reason: str) -> None:
+        """Stop delivering to this subscriber and free its queue. Its connection is not waited for: a client
+        that stopped reading is reaped by the server's WebSocket pings (uvicorn closes it on ping timeout)."""
+        if self.dropped is None:
+            self.dropped = reason
+            self.items.clear()
+            SUBSCRIBERS_DROPPED.labels(self.kind).inc()
+            if self.on_drop is not None:
+                self.on_drop(self)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> Any:
+        """The next update; raises :class:`SubscriberDropped` once dropped."""
+        while not self.items:
+            if self.dropped is not None:
+                raise SubscriberDropped(self.dropped)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.items.popleft()
+
+
+def _ms(iso: str) -> int:
+    return int(round(datetime.fromisoformat(iso).timestamp() * 1000))
+
+
+class Fanout:
+    def __init__(
+        self, settings: Settings, store: ReadStore, board: StatusBoard, catalog: SymbolCatalog | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.board = board
+        self.catalog = catalog
+        self.topic = settings.kafka_candles_topic
+        self.channels: dict[tuple[str, ...], set[Subscriber]] = {}
+        self.rollups: dict[str, dict[str, RollUp]] = {}  # symbol -> interval -> roll-up
+        self.recent: dict[str, deque[Bar]] = {}  # symbol -> closed 1 s candles, oldest first
+        self.open_seconds: dict[str, dict[int, Bar]] = {}  # symbol -> newest in-progress 1 s candles
+        self.frontier: dict[str, int] = {}  # symbol -> every 1 s window starting before this is final
+        self.subscribers = 0
+        self.malformed = 0
+        self.ready = asyncio.Event()  # positioned at the log end, delivering
+        self._seed_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ Kafka
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read the candles topic from its end until ``stop``; reconnect with backoff on broker errors."""
+        backoff = 0.5
+        while not stop.is_set():
+            consumer: AIOKafkaConsumer | None = None
+            try:
+                await ensure_topics(self.settings)
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self.settings.kafka_bootstrap,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="latest",
+                    client_id="cryptostream-api",
+                    fetch_max_wait_ms=100,
+                )
+                await consumer.start()
+                await consumer.topics()  # fetch metadata so the topic's partitions are known
+                partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
+                if not partitions:
+                    raise KafkaError(f"topic {self.topic} has no partitions yet")
+                assigned = [TopicPartition(self.topic, p) for p in partitions]
+                consumer.assign(assigned)
+                await consumer.seek_to_end(*assigned)
+                for tp in assigned:
+                    await consumer.position(tp)
+                self.ready.set()
+                backoff = 0.5
+                log.info("live feed: reading %s (%d partitions) from its end", self.topic, len(assigned))
+                while not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=250, max_records=10_000)
+                    for records in batch.values():
+                        for i in range(0, len(records), FEED_CHUNK):
+                            chunk = records[i : i + FEED_CHUNK]
+                            self.feed((r.value for r in chunk), newest_ms=chunk[-1].timestamp)
+                            await asyncio.sleep(0)  # let subscribers drain between chunks of a burst
+            except (KafkaError, OSError) as exc:
+                self.ready.clear()
+                log.warning("live feed: %s unreachable (%s); retrying in %.1fs", self.topic, exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                if consumer is not None:
+                    await consumer.stop()
+        self.ready.clear()
+
+    # ------------------------------------------------------------------ delivery
+    def feed(self, values: Iterable[bytes | None], newest_ms: int | None = None) -> None:
+        """Decode and deliver messages of the candles topic. Malformed ones are counted and skipped."""
+        for raw in values:
+            try:
+                message = orjson.loads(raw) if raw else None
+                kind = message.get("type") if isinstance(message, dict) else None
+                if kind == "candle":
+                    self._candle(message)  # type: ignore[arg-type]
+                elif kind == "status":
+                    self._status(message)  # type: ignore[arg-type]
+                elif kind == "volatility":
+                    self._publish(("volatility", message["symbol"]), Volatility.from_message, message)  # type: ignore[index]
+                elif kind == "predictions":
+                    self._publish(("predictions", message["symbol"]), Prediction.from_message, message)  # type: ignore[index]
+                else:
+                    raise ValueError(f"unknown message type {kind!r}")
+                FEED_MESSAGES.labels(kind).inc()
+            except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+                self.malformed += 1
+                FEED_MESSAGES.labels("malformed").inc()
+                if self.malformed <= 10 or self.malformed % 1000 == 0:
+                    log.warning("live feed: skipped malformed message #%d (%s)", self.malformed, exc)
+        if newest_ms is not None:
+            FEED_DELAY.observe(max(0.0, time.time() - newest_ms / 1000))
+
+    def _publish(self, channel: tuple[str, ...], build: Any, message: dict[str, Any]) -> None:
+        subs = self.channels.get(channel)
+        if subs:
+            item = build(message)
+            for sub in tuple(subs):
+                sub.offer(item)
+
+    def _candle(self, m: dict[str, Any]) -> None:
+        if m.get("interval", "1s") != "1s":
+            raise ValueError(f"expected 1s candles on the feed, got interval {m.get('interval')!r}")
+        symbol = str(m["symbol"])
+        bar = Bar.from_message(m, _ms(m["bucket"]))
+        closed = bool(m.get("closed"))
+        if self.catalog is not None:
+            self.catalog.live.add(symbol)
+        open_seconds = self.open_seconds.setdefault(symbol, {})
+        if closed:
+            recent = self.recent.get(symbol)
+            if recent is None:
+                recent = self.recent[symbol] = deque(maxlen=RECENT_SECONDS)
+            if not recent or bar.bucket > recent[-1].bucket:
+                recent.append(bar)
+            self._advance_open(symbol, bar.bucket + 1000)
+        elif bar.bucket >= self.frontier.get(symbol, -(2**62)):
+            open_seconds[bar.bucket] = bar
+        for interval, rollup in list(self.rollups.get(symbol, {}).items()):  # a drop may forget one
+            updates = rollup.closed_second(bar) if closed else rollup.live_second(bar)
+            self._deliver(symbol, interval, updates)
+
+    def _advance_open(self, symbol: str, frontier: int) -> None:
+        if frontier > self.frontier.get(symbol, -(2**62)):
+            self.frontier[symbol] = frontier
+            open_seconds = self.open_seconds.get(symbol)
+            if open_seconds:
+                for second in [s for s in open_seconds if s < frontier]:
+                    del open_seconds[second]
+
+    def _status(self, m: dict[str, Any]) -> None:
+        self.board.update(m)
+        for symbol, frontier in self.board.frontiers(m).items():
+            self._advance_open(symbol, frontier)
+            for interval, rollup in list(self.rollups.get(symbol, {}).items()):
+                self._deliver(symbol, interval, rollup.advance(frontier))
+
+    def _deliver(self, symbol: str, interval: str, updates: list[tuple[Bar, bool]]) -> None:
+        if not updates:
+            return
+        subs = self.channels.get(("candles", symbol, interval))
+        if not subs:
+            return
+        for bar, closed in updates:
+            item = CandleUpdate.from_bar(symbol, interval, bar, closed)
+            for sub in tuple(subs):
+                sub.offer(item)
+
+    # ------------------------------------------------------------------ subscriptions
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, kind: str, symbols: list[str], interval: str = "1s"
+    ) -> AsyncIterator[Subscriber]:
+        """Register a subscriber for ``kind`` updates of ``symbols`` until the block exits."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if self.subscribers >= self.settings.api_max_subscribers:
+            raise InputError(
+                f"this API process already serves {self.subscribers} live subscriptions "
+                "(API_MAX_SUBSCRIBERS); try again later or another replica",
+                code="TOO_MANY_SUBSCRIPTIONS",
+                status=503,
+            )
+        channels = [(kind, s, interval) if kind == "candles" else (kind, s) for s in symbols]
+        sub = Subscriber(
+            kind, self.settings.api_subscriber_queue, on_drop=lambda s: self._release(s, channels)
+        )
+        self.subscribers += 1
+        SUBSCRIBERS.labels(kind).inc()
+        try:
+            for symbol, channel in zip(symbols, channels, strict=True):
+                if kind == "candles":
+                    latest = (await self._rollup(symbol, interval)).latest()
+                    if latest is not None:  # show the open candle right away, not at the next trade
+                        sub.offer(CandleUpdate.from_bar(symbol, interval, latest, False))
+                if not sub.released:
+                    self.channels.setdefault(channel, set()).add(sub)
+            yield sub
+        finally:
+            self._release(sub, channels)
+
+    def _release(self, sub: Subscriber, channels: list[tuple[str, ...]]) -> None:
+        """Unregister ``sub`` (when its subscription ends, or at once when it is dropped); idempotent."""
+        if sub.released:
+            return
+        sub.released = True
+        self.subscribers -= 1
+        SUBSCRIBERS.labels(sub.kind).dec()
+        for channel in channels:
+            subs = self.channels.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.channels[channel]
+            if sub.kind == "candles" and channel not in self.channels:
+                self._forget_rollup(channel[1], channel[2])  # nobody else watches it
+
+    def _forget_rollup(self, symbol: str, interval: str) -> None:
+        by_interval = self.rollups.get(symbol)
+        if by_interval is not None:
+            by_interval.pop(interval, None)
+            if not by_interval:
+                del self.rollups[symbol]
+
+    async def _rollup(self, symbol: str, interval: str) -> RollUp:
+        """The shared roll-up of ``symbol`` at ``interval``, seeded on first use."""
+        existing = self.rollups.get(symbol, {}).get(interval)
+        if existing is not None:
+            return existing
+        lock = self._seed_locks.setdefault((symbol, interval), asyncio.Lock())
+        async with lock:
+            existing = self.rollups.get(symbol, {}).get(interval)
+            if existing is not None:
+                return existing
+            interval_ms = INTERVALS[interval]
+            rollup = RollUp(interval_ms)
+            stored: list[Bar] = []
+            if interval_ms > 1000:
+                start = self._reference_ms(symbol)
+                if start is None:
+                    start = await self._stored_reference_ms(symbol)
+                start -= start % interval_ms
+                stored = await self._stored_seconds(symbol, start, interval_ms)
+            # No await from here on: what arrived meanwhile is in recent/open_seconds, so nothing is missed.
+            seconds = {bar.bucket: bar for bar in stored}
+            for bar in self.recent.get(symbol, ()):
+                seconds[bar.bucket] = bar
+            if interval_ms > 1000:
+                for second in sorted(seconds):
+                    rollup.closed_second(seconds[second])
+            if symbol in self.frontier:
+                rollup.advance(self.frontier[symbol])
+            for second in sorted(self.open_seconds.get(symbol, {})):
+                rollup.live_second(self.open_seconds[symbol][second])
+            self.rollups.setdefault(symbol, {})[interval] = rollup
+            return rollup
+
+    def _reference_ms(self, symbol: str) -> int | None:
+        """The newest event time this process has seen for ``symbol`` (event time, not the wall clock)."""
+        candidates = list(self.open_seconds.get(symbol, {}))
+        recent = self.recent.get(symbol)
+        if recent:
+            candidates.append(recent[-1].bucket)
+        return max(candidates) if candidates else None
+
+    async def _stored_reference_ms(self, symbol: str) -> int:
+        try:
+            table = await self.store.latest_candle(symbol)
+        except Exception as exc:  # the store being down must not stop live updates
+            log.warning("live feed: no latest candle of %s from the store (%s)", symbol, exc)
+            table = None
+        if table is not None and table.num_rows:
+            return int(table["bucket"][0].value)
+        return int(time.time() * 1000)
+
+    async def _stored_seconds(self, symbol: str, start: int, interval_ms: int) -> list[Bar]:
+        try:
+            table = await self.store.candles(
+                symbol, start=from_ms(start), end=from_ms(start + interval_ms), limit=interval_ms // 1000
+            )
+        except Exception as exc:  # the store being down must not stop live updates
+            log.warning(
+                "live feed: seeding %s from the store failed (%s); using recent seconds only", symbol, exc
+            )
+            return []
+        buckets = table["bucket"].cast("int64").to_pylist()
+        rows = table.to_pylist()
+        out = []
+        for ms, row in zip(buckets, rows, strict=True):
+            out.append(Bar.from_message(row, ms))
+        return out

@@ -1,0 +1,154 @@
+"""The pipeline's health as the processors report it: lag, last trade time per symbol, counts and rates.
+
+Every processor replica publishes a status message to the candles topic each second (key ``__status__``,
+see ``processor/service.py``): its partitions with position, log end and lag; per symbol the newest event
+time and the close frontier; cumulative counts since that process started. The board keeps the newest
+report of each replica and derives rates from consecutive reports. A replica silent for ``stale_after``
+seconds is shown as not alive and leaves the rates and the partition table (its partitions have moved
+or are unowned); its counts stay in the totals for an hour, so a crash does not make the late count drop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PartitionReport", "ProcessorReport", "StatusBoard", "StatusSnapshot", "SymbolReport"]
+
+FORGET_AFTER_S = 3600.0
+COUNTS = ("trades", "candles", "late", "rejected", "checkpoints")
+
+
+@dataclass(slots=True)
+class ProcessorReport:
+    processor: str
+    time_ms: int
+    received: float  # monotonic seconds
+    message: dict[str, Any]
+    trades_per_s: float = 0.0
+    candles_per_s: float = 0.0
+    alive: bool = True
+
+    def count(self, name: str) -> int:
+        value = self.message.get(name, 0)
+        return int(value) if isinstance(value, (int, float)) else 0
+
+
+@dataclass(slots=True)
+class PartitionReport:
+    partition: int
+    position: int | None
+    end: int | None
+    lag: int | None
+    processor: str
+
+
+@dataclass(slots=True)
+class SymbolReport:
+    symbol: str
+    last_event_ms: int
+    closed_through_ms: int | None
+
+
+@dataclass(slots=True)
+class StatusSnapshot:
+    processors: list[ProcessorReport]
+    partitions: list[PartitionReport]
+    symbols: list[SymbolReport]
+    lag: int
+    trades_per_s: float
+    candles_per_s: float
+    totals: dict[str, int]
+    rejected_by_reason: dict[str, int]
+    updated_ms: int | None
+    now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class StatusBoard:
+    def __init__(self, stale_after: float = 10.0) -> None:
+        self.stale_after = stale_after
+        self.reports: dict[str, ProcessorReport] = {}
+
+    def update(self, message: dict[str, Any], now: float | None = None) -> None:
+        """Take one status message (malformed fields are ignored, never raised)."""
+        now = time.monotonic() if now is None else now
+        name = str(message.get("processor", "?"))[:200]
+        time_ms = _int(message.get("time_ms")) or int(time.time() * 1000)
+        report = ProcessorReport(name, time_ms, now, message)
+        previous = self.reports.get(name)
+        if previous is not None and time_ms > previous.time_ms:
+            seconds = (time_ms - previous.time_ms) / 1000
+            for attr, key in (("trades_per_s", "trades"), ("candles_per_s", "candles")):
+                before, after = previous.count(key), report.count(key)
+                delta = after - before if after >= before else after  # a restart reset the count
+                setattr(report, attr, delta / seconds)
+        elif previous is not None:
+            report.trades_per_s, report.candles_per_s = previous.trades_per_s, previous.candles_per_s
+        self.reports[name] = report
+
+    def snapshot(self, now: float | None = None) -> StatusSnapshot:
+        now = time.monotonic() if now is None else now
+        for name in [n for n, r in self.reports.items() if now - r.received > FORGET_AFTER_S]:
+            del self.reports[name]
+        reports = sorted(self.reports.values(), key=lambda r: r.processor)
+        for r in reports:
+            r.alive = now - r.received <= self.stale_after
+        alive = [r for r in reports if r.alive]
+        partitions: dict[int, tuple[int, PartitionReport]] = {}
+        symbols: dict[str, SymbolReport] = {}
+        for r in alive:
+            parts = r.message.get("partitions")
+            for key, p in parts.items() if isinstance(parts, dict) else ():
+                if not str(key).isdigit() or not isinstance(p, dict):
+                    continue
+                number = int(key)
+                seen = partitions.get(number)
+                if seen is None or seen[0] < r.time_ms:  # after a rebalance the newest report wins
+                    report = PartitionReport(
+                        number, _int(p.get("position")), _int(p.get("end")), _int(p.get("lag")), r.processor
+                    )
+                    partitions[number] = (r.time_ms, report)
+        for r in reports:
+            syms = r.message.get("symbols")
+            for name, s in syms.items() if isinstance(syms, dict) else ():
+                last = _int(s.get("last_event_ms")) if isinstance(s, dict) else None
+                if last is None:
+                    continue
+                closed = _int(s.get("closed_through_ms"))
+                known = symbols.get(name)
+                if known is None or last > known.last_event_ms:
+                    symbols[name] = SymbolReport(str(name), last, closed)
+        totals = {key: sum(r.count(key) for r in reports) for key in COUNTS}
+        reasons: dict[str, int] = {}
+        for r in reports:
+            by_reason = r.message.get("rejected_by_reason")
+            for reason, n in by_reason.items() if isinstance(by_reason, dict) else ():
+                if _int(n) is not None:
+                    reasons[str(reason)] = reasons.get(str(reason), 0) + int(n)
+        lags = [p.lag for _, p in partitions.values() if p.lag is not None]
+        return StatusSnapshot(
+            processors=reports,
+            partitions=[p for _, p in sorted(partitions.values(), key=lambda item: item[1].partition)],
+            symbols=sorted(symbols.values(), key=lambda s: s.symbol),
+            lag=sum(lags),
+            trades_per_s=sum(r.trades_per_s for r in alive),
+            candles_per_s=sum(r.candles_per_s for r in alive),
+            totals=totals,
+            rejected_by_reason=dict(sorted(reasons.items())),
+            updated_ms=max((r.time_ms for r in reports), default=None),
+        )
+
+    def frontiers(self, message: dict[str, Any]) -> dict[str, int]:
+        """Close frontier per symbol in one status message (feeds the live roll-ups)."""
+        out: dict[str, int] = {}
+        syms = message.get("symbols")
+        for name, s in syms.items() if isinstance(syms, dict) else ():
+            closed = _int(s.get("closed_through_ms")) if isinstance(s, dict) else None
+            if closed is not None:
+                out[str(name)] = closed
+        return out

@@ -1,0 +1,188 @@
+"""The seed's ``/api/viz/*`` routes: Plotly figures as JSON (``Plotly.newPlot(el, fig.data, fig.layout)``).
+
+Same paths, parameters and look as the original (dark template, one figure per route, 404 when a symbol
+has no data). Figures are built from Arrow columns handed to Plotly as NumPy arrays, never row by row.
+"""
+
+from typing import Annotated
+
+import plotly.graph_objects as go
+import pyarrow as pa
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from cryptostream.settings import Settings
+from graphql_api.inputs import InputError
+from graphql_api.rest import load_ohlc, load_volatility, services_of
+
+__all__ = [
+    "build_router",
+    "candlestick_figure",
+    "multi_symbol_figure",
+    "price_line_figure",
+    "volatility_figure",
+    "volume_figure",
+]
+
+COLORS = ["#00d4ff", "#ff6b6b", "#4ecdc4", "#ffe66d", "#a8e6cf"]
+
+
+def _x(table: pa.Table) -> object:
+    return table["bucket"].to_numpy()
+
+
+def candlestick_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
+    fig = go.Figure(
+        data=[
+            go.Candlestick(
+                x=_x(ohlc),
+                open=ohlc["open"].to_numpy(),
+                high=ohlc["high"].to_numpy(),
+                low=ohlc["low"].to_numpy(),
+                close=ohlc["close"].to_numpy(),
+                name=symbol,
+            )
+        ]
+    )
+    fig.update_layout(
+        title=f"{symbol} Price Chart (Candlestick)",
+        xaxis_title="Time",
+        yaxis_title="Price (USD)",
+        template="plotly_dark",
+        height=600,
+    )
+    return fig
+
+
+def price_line_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=_x(ohlc),
+            y=ohlc["close"].to_numpy(),
+            mode="lines",
+            name="Close Price",
+            line={"color": COLORS[0], "width": 2},
+        )
+    )
+    fig.update_layout(
+        title=f"{symbol} Closing Price Over Time",
+        xaxis_title="Time",
+        yaxis_title="Price (USD)",
+        template="plotly_dark",
+        height=500,
+    )
+    return fig
+
+
+def volatility_figure(symbol: str, vol: pa.Table) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=_x(vol),
+            y=vol["volatility"].to_numpy(),
+            mode="lines",
+            name="Volatility",
+            fill="tozeroy",
+            line={"color": COLORS[1], "width": 2},
+            hovertemplate="<b>%{fullData.name}</b><br>Time: %{x}<br>Volatility: %{y:.6f}<br><extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"{symbol} Volatility Over Time",
+        xaxis_title="Time",
+        yaxis_title="Volatility (Std of Log Returns)",
+        template="plotly_dark",
+        height=500,
+        hovermode="x unified",
+    )
+    return fig
+
+
+def volume_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=_x(ohlc), y=ohlc["volume"].to_numpy(), name="Volume", marker_color=COLORS[2]))
+    fig.update_layout(
+        title=f"{symbol} Trading Volume",
+        xaxis_title="Time",
+        yaxis_title="Volume",
+        template="plotly_dark",
+        height=400,
+    )
+    return fig
+
+
+def multi_symbol_figure(series: dict[str, pa.Table]) -> go.Figure:
+    fig = go.Figure()
+    for i, (symbol, ohlc) in enumerate(series.items()):
+        if ohlc.num_rows:
+            fig.add_trace(
+                go.Scatter(
+                    x=_x(ohlc),
+                    y=ohlc["close"].to_numpy(),
+                    mode="lines",
+                    name=symbol,
+                    line={"color": COLORS[i % len(COLORS)], "width": 2},
+                )
+            )
+    fig.update_layout(
+        title="Multi-Symbol Price Comparison",
+        xaxis_title="Time",
+        yaxis_title="Price (USD)",
+        template="plotly_dark",
+        height=600,
+    )
+    return fig
+
+
+def figure_response(fig: go.Figure) -> Response:
+    return Response(fig.to_json(), media_type="application/json")
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter(prefix="/api/viz", tags=["Visualizations"])
+    most = settings.api_max_limit
+    Symbol = Annotated[str, Query(description="Symbol, e.g. BTCUSDT.")]
+    Limit = Annotated[int, Query(ge=1, le=most, description=f"Number of data points (1..{most}).")]
+
+    async def ohlc_of(request: Request, symbol: str, limit: int) -> tuple[str, pa.Table]:
+        services = services_of(request)
+        name = await services.symbol(symbol)
+        table = await load_ohlc(services, name, None, None, limit)
+        if not table.num_rows:
+            raise InputError(f"No data found for symbol {name}", code="NO_DATA", status=404)
+        return name, table
+
+    @router.get("/candlestick", summary="Candlestick chart of OHLC data")
+    async def candlestick(request: Request, symbol: Symbol, limit: Limit = 500) -> Response:
+        return figure_response(candlestick_figure(*await ohlc_of(request, symbol, limit)))
+
+    @router.get("/price-line", summary="Line chart of closing prices")
+    async def price_line(request: Request, symbol: Symbol, limit: Limit = 500) -> Response:
+        return figure_response(price_line_figure(*await ohlc_of(request, symbol, limit)))
+
+    @router.get("/volume", summary="Bar chart of volume")
+    async def volume(request: Request, symbol: Symbol, limit: Limit = 500) -> Response:
+        return figure_response(volume_figure(*await ohlc_of(request, symbol, limit)))
+
+    @router.get("/volatility", summary="Volatility chart (stored, or computed from OHLC)")
+    async def volatility(request: Request, symbol: Symbol, limit: Limit = 500) -> Response:
+        services = services_of(request)
+        name = await services.symbol(symbol)
+        table, _ = await load_volatility(services, name, None, None, limit)
+        if not table.num_rows:
+            raise InputError(f"No volatility data found for symbol {name}", code="NO_DATA", status=404)
+        return figure_response(volatility_figure(name, table))
+
+    @router.get("/multi-symbol", summary="Closing prices of several symbols on one chart")
+    async def multi_symbol(
+        request: Request,
+        symbols: Annotated[str, Query(description="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")],
+        limit: Limit = 500,
+    ) -> Response:
+        services = services_of(request)
+        names = await services.symbols([s for s in (p.strip() for p in symbols.split(",")) if s])
+        series = {name: await load_ohlc(services, name, None, None, limit) for name in names}
+        return figure_response(multi_symbol_figure(series))
+
+    return router

@@ -1,0 +1,126 @@
+"""Helpers of the API tests: store reference rows through the real database sink, talk GraphQL over HTTP,
+and a naive roll-up of 1 s candles to compare coarser intervals against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pyarrow as pa
+
+from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
+from processor.sinks.base import FlushBatch, Lineage
+from processor.sinks.postgres import PostgresSink
+from tests.reference import Key
+
+FIELDS = ("open", "high", "low", "close", "volume", "trade_count", "vwap", "buy_volume", "sell_volume")
+
+
+def at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def iso(ms: int) -> str:
+    return at(ms).isoformat()
+
+
+def candle_table(candles: dict[Key, dict[str, Any]]) -> pa.Table:
+    keys = sorted(candles)
+    columns: dict[str, Any] = {
+        "symbol": [k[0] for k in keys],
+        "bucket": pa.array([k[1] for k in keys], pa.timestamp("ms", tz="UTC")),
+    }
+    for name in FIELDS:
+        columns[name] = [candles[k][name] for k in keys]
+    return pa.table(columns, schema=CANDLE_SCHEMA)
+
+
+def volatility_table(values: dict[Key, float], window: int) -> pa.Table:
+    keys = sorted(values)
+    return pa.table(
+        {
+            "symbol": [k[0] for k in keys],
+            "bucket": pa.array([k[1] for k in keys], pa.timestamp("ms", tz="UTC")),
+            "volatility": [values[k] for k in keys],
+            "window_seconds": pa.array([window] * len(keys), pa.int32()),
+        },
+        schema=VOLATILITY_SCHEMA,
+    )
+
+
+def prediction_table(
+    rows: list[tuple[str, int, float]], horizon: int = 60, version: str = "test-1"
+) -> pa.Table:
+    return pa.table(
+        {
+            "symbol": [r[0] for r in rows],
+            "bucket": pa.array([r[1] for r in rows], pa.timestamp("ms", tz="UTC")),
+            "horizon_seconds": pa.array([horizon] * len(rows), pa.int32()),
+            "probability_up": [r[2] for r in rows],
+            "label": ["up" if r[2] >= 0.5 else "down" for r in rows],
+            "model_version": [version] * len(rows),
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+async def truncate(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("TRUNCATE ohlc_1s, volatility_1s, predictions")
+    finally:
+        await conn.close()
+
+
+async def store(dsn: str, **tables: pa.Table) -> None:
+    """Write ``ohlc=``, ``volatility=``, ``predictions=`` tables through the processor's database sink."""
+    sink = PostgresSink(dsn)
+    await sink.start()
+    try:
+        await sink.write(FlushBatch(tables={0: dict(tables)}, lineage={0: Lineage("test", 1)}))
+    finally:
+        await sink.close()
+
+
+def roll_up(candles: dict[Key, dict[str, Any]], interval_ms: int) -> dict[Key, dict[str, Any]]:
+    """Naive roll-up of 1 s candles into ``interval_ms`` buckets (plain Python, for comparison)."""
+    groups: dict[Key, list[tuple[int, dict[str, Any]]]] = {}
+    for (symbol, bucket), c in candles.items():
+        groups.setdefault((symbol, bucket - bucket % interval_ms), []).append((bucket, c))
+    out: dict[Key, dict[str, Any]] = {}
+    for key, rows in groups.items():
+        rows.sort(key=lambda r: r[0])
+        cs = [c for _, c in rows]
+        volume = sum(c["volume"] for c in cs)
+        notional = sum(c["vwap"] * c["volume"] for c in cs)
+        out[key] = {
+            "open": cs[0]["open"],
+            "high": max(c["high"] for c in cs),
+            "low": min(c["low"] for c in cs),
+            "close": cs[-1]["close"],
+            "volume": volume,
+            "trade_count": sum(c["trade_count"] for c in cs),
+            "vwap": notional / volume if volume > 0 else cs[-1]["close"],
+            "buy_volume": sum(c["buy_volume"] for c in cs),
+            "sell_volume": sum(c["sell_volume"] for c in cs),
+        }
+    return out
+
+
+def graphql(client: httpx.Client, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST a GraphQL request; the HTTP status must be 200 (GraphQL errors travel in the body)."""
+    response = client.post("/graphql", json={"query": query, "variables": variables or {}})
+    assert response.status_code == 200, f"HTTP {response.status_code}: {response.text[:500]}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def error_messages(body: dict[str, Any]) -> list[str]:
+    return [e["message"] for e in body.get("errors") or []]
+
+
+def only(rows: Iterable[dict[str, Any]], symbol: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["symbol"] == symbol]

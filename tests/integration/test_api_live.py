@@ -1,0 +1,359 @@
+"""Live subscriptions end to end: real broker, real processor, real API over real WebSockets (gql).
+
+trade -> Kafka -> processor (live + closed 1 s candles, volatility, status) -> candles topic -> the API's
+one consumer -> fan-out -> graphql-transport-ws / graphql-ws -> client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
+
+from cryptostream.kafka import ensure_topics, start_producer
+from cryptostream.models import Trade
+from cryptostream.settings import Settings
+from graphql_api.app import create_app
+from graphql_api.server import BackgroundServer
+from ingest.synthetic import SyntheticMarket
+from processor.service import Processor
+from tests.conftest import T0
+from tests.integration.api_helpers import at, iso, roll_up
+from tests.integration.helpers import sinks_for
+from tests.reference import assert_candles_equal, batch_candles, batch_volatility
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CANDLE = "symbol interval closed bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+@contextlib.contextmanager
+def api(settings: Settings) -> Iterator[BackgroundServer]:
+    """The API for ``settings`` on a free port, its live feed positioned at the end of the candles topic."""
+    with BackgroundServer(create_app(settings)) as server:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/health").json()["live_feed"] is not True:
+            assert time.monotonic() < deadline, "the API's live feed did not connect"
+            time.sleep(0.05)
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def processor(settings: Settings) -> AsyncIterator[Processor]:
+    proc = Processor(settings, sinks_for(settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(proc.run(stop))
+    try:
+        await asyncio.wait_for(proc.ready.wait(), 30)
+        yield proc
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+class Subscription:
+    """A gql subscription running in the background, recording each result with its arrival time."""
+
+    def __init__(self, url: str, query: str, variables: dict[str, Any], protocol: str) -> None:
+        self.transport = WebsocketsTransport(url=f"{url}/graphql", subprotocols=[protocol])
+        self.request = gql(query)
+        self.request.variable_values = variables
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        try:
+            async with Client(transport=self.transport, execute_timeout=None) as session:
+                async for result in session.subscribe(self.request):
+                    self.received.append((time.time(), result))
+        except Exception as exc:  # recorded for the test to assert on
+            self.error = exc
+
+    def results(self) -> list[dict[str, Any]]:
+        return [r for _, r in self.received]
+
+    async def count(self, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n:
+            if self.error is not None:
+                raise AssertionError(f"subscription failed: {self.error!r}")
+            assert time.monotonic() < deadline, f"timed out; got {len(self.received)} of {n} results"
+            await asyncio.sleep(0.05)
+
+    async def __aenter__(self) -> Subscription:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def until(self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self.results()):
+            if self.error is not None:
+                raise AssertionError(f"subscription failed: {self.error!r}")
+            assert time.monotonic() < deadline, f"timed out; got {len(self.received)} results"
+            await asyncio.sleep(0.02)
+
+
+async def subscribers(server: BackgroundServer, n: int, timeout: float = 20) -> None:
+    """Wait until the API serves ``n`` live subscriptions (they are registered, so nothing is missed)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while (await http.get(f"{server.url}/health")).json()["subscribers"] != n:
+            assert time.monotonic() < deadline, f"expected {n} subscribers"
+            await asyncio.sleep(0.02)
+
+
+async def send_trades(settings: Settings, trades: list[Trade]) -> float:
+    """Send trades as the publisher does (JSON value, key = symbol); the wall time just before sending."""
+    await ensure_topics(settings)
+    producer = await start_producer(settings)
+    try:
+        sent = time.time()
+        for trade in trades:
+            await producer.send(
+                settings.kafka_topic, orjson.dumps(trade.to_dict()), key=trade.symbol.encode()
+            )
+        await producer.flush()
+        return sent
+    finally:
+        await producer.stop()
+
+
+async def test_a_trade_reaches_a_subscriber_as_a_live_candle_within_a_second(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(max_buffer_seconds=0.5, parquet_chunk_seconds=0.5, kafka_partitions=2)
+    with api(settings) as server:
+        async with processor(settings) as proc:
+            query = f'subscription($s: [String!]!) {{ candles(symbols: $s, interval: "1s") {{ {CANDLE} }} }}'
+            async with Subscription(server.ws_url, query, {"s": ["BTCUSDT"]}, "graphql-transport-ws") as sub:
+                await subscribers(server, 1)
+                now = int(time.time() * 1000)
+                trade = Trade("binance", "BTCUSDT", 43_210.5, 0.25, now, 1, False)
+                sent = await send_trades(settings, [trade])
+
+                def has_trade(results: list[dict[str, Any]]) -> bool:
+                    return any(r["candles"]["close"] == 43_210.5 for r in results)
+
+                await sub.until(has_trade, timeout=10)
+                arrived, first = next((t, r["candles"]) for t, r in sub.received if has_trade([r]))
+                assert arrived - sent < 1.0, f"live candle took {arrived - sent:.3f}s"
+                assert first["bucket"] == iso(now - now % 1000) and first["tradeCount"] == 1
+                assert first["buyVolume"] == 0.25 and first["sellVolume"] == 0.0 and first["interval"] == "1s"
+                # Once the watermark (or the quiet-symbol clock) passes, the final version follows.
+                await sub.until(lambda rs: any(r["candles"]["closed"] for r in rs), timeout=10)
+                final = next(r["candles"] for _, r in sub.received if r["candles"]["closed"])
+                assert {k: final[k] for k in ("open", "high", "low", "close", "tradeCount")} == {
+                    "open": 43_210.5,
+                    "high": 43_210.5,
+                    "low": 43_210.5,
+                    "close": 43_210.5,
+                    "tradeCount": 1,
+                }
+            # The processor's status messages reach pipelineStatus.
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                deadline = time.monotonic() + 10
+                while True:
+                    body = (
+                        await http.post(
+                            "/graphql",
+                            json={
+                                "query": "{ pipelineStatus { live lag trades late rejected "
+                                "processors { processor alive } symbols { symbol lastTradeTime } } }"
+                            },
+                        )
+                    ).json()["data"]["pipelineStatus"]
+                    if body["trades"] >= 1 and body["symbols"]:
+                        break
+                    assert time.monotonic() < deadline, body
+                    await asyncio.sleep(0.1)
+                assert (
+                    body["live"] is True and body["lag"] == 0 and body["late"] == 0 and body["rejected"] == 0
+                )
+                assert body["processors"] == [{"processor": proc.member, "alive": True}]
+                assert body["symbols"] == [{"symbol": "BTCUSDT", "lastTradeTime": iso(now)}]
+
+
+MINUTE = T0 - T0 % 60_000 + 60_000  # 2023-11-14T22:14:00Z, a minute boundary
+
+
+def with_sentinel(trades: list[Trade]) -> list[Trade]:
+    """``trades`` plus one trade ten minutes later: its arrival moves the close frontier past every
+    earlier minute, so each of them is published as final (by event time, nothing else can close them)."""
+    last = trades[-1]
+    return [*trades, Trade(last.exchange, last.symbol, last.price, 1.0, MINUTE + 600_000, 10**9, False)]
+
+
+@pytest.mark.parametrize("protocol", ["graphql-ws", "graphql-transport-ws"])
+async def test_minute_candles_rolled_up_live_equal_the_batch_result(
+    make_settings: Callable[..., Settings], protocol: str
+) -> None:
+    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5, volatility_window_seconds=10)
+    trades = SyntheticMarket(["ETHUSDT"], rate=25, seed=3).generate(3_000, start_ms=MINUTE)  # two minutes
+    expected_seconds = batch_candles(trades)
+    minutes = roll_up(expected_seconds, 60_000)
+    volatility = batch_volatility(expected_seconds, 10)
+    with api(settings) as server:
+        async with processor(settings):
+            candles_q = f'subscription {{ candles(symbols: ["ETHUSDT"], interval: "1m") {{ {CANDLE} }} }}'
+            vol_q = (
+                'subscription { volatility(symbols: ["ETHUSDT"]) { symbol bucket volatility windowSeconds } }'
+            )
+            async with (
+                Subscription(server.ws_url, candles_q, {}, protocol) as minute_sub,
+                Subscription(server.ws_url, vol_q, {}, protocol) as vol_sub,
+            ):
+                await subscribers(server, 2)
+                await send_trades(settings, with_sentinel(trades))
+
+                def all_closed(results: list[dict[str, Any]]) -> bool:
+                    return sum(r["candles"]["closed"] for r in results) >= len(minutes)
+
+                await minute_sub.until(all_closed, timeout=30)
+                await vol_sub.count(len(volatility), timeout=30)
+    updates = [r["candles"] for _, r in minute_sub.received]
+    closed = {("ETHUSDT", _ms(u["bucket"])): _as_row(u) for u in updates if u["closed"]}
+    assert_candles_equal(closed, minutes)
+    for bucket in {u["bucket"] for u in updates if _ms(u["bucket"]) < MINUTE + 600_000}:
+        counts = [u["tradeCount"] for u in updates if u["bucket"] == bucket]
+        assert counts == sorted(counts), "an open minute's trade count never goes back"
+        assert [u["closed"] for u in updates if u["bucket"] == bucket][-1] is True
+    got = {
+        ("ETHUSDT", _ms(r["volatility"]["bucket"])): r["volatility"]["volatility"]
+        for _, r in vol_sub.received
+        if _ms(r["volatility"]["bucket"]) < MINUTE + 600_000
+    }
+    assert got.keys() == volatility.keys()
+    assert all(abs(got[k] - v) <= 1e-12 + 1e-7 * abs(v) for k, v in volatility.items())
+
+
+def _as_row(update: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **update,
+        "trade_count": update["tradeCount"],
+        "buy_volume": update["buyVolume"],
+        "sell_volume": update["sellVolume"],
+    }
+
+
+async def test_a_late_subscriber_gets_the_open_minute_seeded_from_the_store(
+    make_settings: Callable[..., Settings], db: Any
+) -> None:
+    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5)
+    trades = SyntheticMarket(["SOLUSDT"], rate=20, seed=9).generate(2_400, start_ms=MINUTE)  # two minutes
+    cut = MINUTE + 90_000  # subscribe half way through the second minute
+    first = [t for t in trades if t.timestamp < cut]
+    seconds = batch_candles(trades)
+    minutes = roll_up(seconds, 60_000)
+    with api(settings) as server:
+        async with processor(settings):
+            await send_trades(settings, first)
+            stored = sum(1 for _, b in seconds if b < cut)
+            deadline = time.monotonic() + 20  # every second of the first part is closed and checkpointed
+            while await db.fetchval("SELECT count(*) FROM ohlc_1s WHERE bucket < $1", at(cut)) < stored:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            query = f'subscription {{ candles(symbols: ["SOLUSDT"], interval: "1m") {{ {CANDLE} }} }}'
+            async with Subscription(server.ws_url, query, {}, "graphql-transport-ws") as sub:
+                await sub.until(lambda rs: len(rs) >= 1)  # the open minute is shown right away
+                seeded = sub.received[0][1]["candles"]
+                assert seeded["bucket"] == iso(MINUTE + 60_000) and not seeded["closed"]
+                assert seeded["tradeCount"] == sum(1 for t in first if t.timestamp >= MINUTE + 60_000)
+                await send_trades(settings, with_sentinel(trades)[len(first) :])
+                later = {k for k in minutes if k[1] >= MINUTE + 60_000}
+                await sub.until(lambda rs: sum(r["candles"]["closed"] for r in rs) >= len(later), timeout=30)
+    closed = {
+        ("SOLUSDT", _ms(r["candles"]["bucket"])): _as_row(r["candles"])
+        for _, r in sub.received
+        if r["candles"]["closed"]
+    }
+    assert closed.keys() == later
+    assert_candles_equal(closed, {k: minutes[k] for k in later})
+
+
+async def test_a_stalled_client_is_dropped_and_never_holds_back_the_others(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(api_subscriber_queue=100)
+    n = 20_000  # ~6 MB of messages: more than the kernel buffers a stalled socket before it pushes back
+    with api(settings) as server:
+        query = f'subscription {{ candles(symbols: ["BTCUSDT"]) {{ {CANDLE} }} }}'
+        async with Subscription(server.ws_url, query, {}, "graphql-transport-ws") as fast:
+            stalled = await _stalled_client(server, query)
+            await subscribers(server, 2)
+            producer = await start_producer(settings)
+            try:
+                for i in range(n):
+                    await producer.send(
+                        settings.kafka_candles_topic,
+                        _closed_candle(T0 + i * 1000, float(i + 1)),
+                        key=b"BTCUSDT",
+                    )
+                await producer.flush()
+            finally:
+                await producer.stop()
+            await fast.count(n, timeout=120)
+            assert [r["candles"]["close"] for _, r in fast.received] == [float(i + 1) for i in range(n)]
+            await subscribers(server, 1)  # the stalled one was dropped
+            metrics = httpx.get(f"{server.url}/metrics").text
+            assert 'cryptostream_api_subscribers_dropped_total{kind="candles"} 1.0' in metrics
+            stalled.transport.abort()
+
+
+def _closed_candle(bucket_ms: int, price: float) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "candle",
+            "interval": "1s",
+            "closed": True,
+            "symbol": "BTCUSDT",
+            "bucket": iso(bucket_ms),
+            "open": price,
+            "high": price,
+            "low": price,
+            "close": price,
+            "volume": 1.0,
+            "trade_count": 1,
+            "vwap": price,
+            "buy_volume": 1.0,
+            "sell_volume": 0.0,
+        }
+    )
+
+
+async def _stalled_client(server: BackgroundServer, query: str) -> Any:
+    """A client that subscribes and then never reads (a tiny receive buffer, one message of queue)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.setblocking(False)
+    connection = await websockets.connect(
+        f"{server.ws_url}/graphql", sock=sock, subprotocols=["graphql-transport-ws"], max_queue=1
+    )
+    await connection.send(orjson.dumps({"type": "connection_init"}).decode())
+    assert orjson.loads(await connection.recv())["type"] == "connection_ack"
+    await connection.send(
+        orjson.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}).decode()
+    )
+    return connection
