@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     graphql_max_aliases: int = Field(default=30, ge=1, le=1000, description="Most aliases in one query.")
     graphql_max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Most tokens in one query.")
     cors_origins: CommaList = Field(default_factory=lambda: ["*"], description="Allowed CORS origins.")
+    api_subscriber_queue: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Updates queued per live subscriber before it is dropped."
+    )
+    api_max_subscribers: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Live subscriptions one API process accepts."
+    )
 
     metrics_port: int | None = Field(
         default=None, ge=1, le=65_535, description="Port of /metrics for ingest and processor (unset = off)."
