@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import plotly
+from cross_web import HTTPException  # what strawberry's views raise for a 4xx
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -48,6 +50,20 @@ class _Router(GraphQLRouter[Context, None]):
     # must go out as text frames (graphql-ws clients reject binary ones).
     def encode_json(self, data: object) -> str:
         return orjson.dumps(data).decode()
+
+    # Strawberry answered 500 to bodies that are not UTF-8 (json.loads raised UnicodeDecodeError; orjson
+    # raises JSONDecodeError, a 400) and to JSON that is not an object (found by the fuzz test).
+    def decode_json(self, data: str | bytes) -> object:
+        body = orjson.loads(data)
+        if isinstance(body, list):
+            return body  # strawberry refuses batches itself (batching is off)
+        if not isinstance(body, dict):
+            raise HTTPException(
+                400, 'The request body must be a JSON object: {"query": "...", "variables": {}}'
+            )
+        if not isinstance(body.get("operationName"), (str, type(None))):
+            raise HTTPException(400, "The GraphQL operation's `operationName` must be a string or null.")
+        return body
 
 
 def create_app(
@@ -126,6 +142,14 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    # The dashboard's Plotly bundle ships inside the plotly Python package (package_data): served from
+    # there, so the page works offline with nothing copied into the repository or fetched from a CDN.
+    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    async def plotly_bundle() -> FileResponse:
+        return FileResponse(plotly_js, media_type="text/javascript")
 
     routes.update({"/graphql", "/metrics", "/docs", "/redoc", "/openapi.json"})
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")

@@ -1,10 +1,12 @@
 """The seed's ``/api/viz/*`` routes: Plotly figures as JSON (``Plotly.newPlot(el, fig.data, fig.layout)``).
 
 Same paths, parameters and look as the original (dark template, one figure per route, 404 when a symbol
-has no data). Figures are built from Arrow columns handed to Plotly as NumPy arrays, never row by row.
+has no data). Columns go to Plotly as plain lists, not NumPy arrays: Plotly >= 6 would encode arrays as
+base64 typed arrays (``{"dtype": "f8", "bdata": ...}``), which the seed's users and older plotly.js
+versions do not read; lists come out as the JSON arrays the original routes returned.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import plotly.graph_objects as go
 import pyarrow as pa
@@ -27,8 +29,12 @@ __all__ = [
 COLORS = ["#00d4ff", "#ff6b6b", "#4ecdc4", "#ffe66d", "#a8e6cf"]
 
 
-def _x(table: pa.Table) -> object:
-    return table["bucket"].to_numpy()
+def _x(table: pa.Table) -> list[Any]:
+    return [t.isoformat() for t in table["bucket"].to_pylist()]
+
+
+def _y(table: pa.Table, name: str) -> list[Any]:
+    return table[name].to_pylist()  # type: ignore[no-any-return]
 
 
 def candlestick_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
@@ -36,10 +42,10 @@ def candlestick_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
         data=[
             go.Candlestick(
                 x=_x(ohlc),
-                open=ohlc["open"].to_numpy(),
-                high=ohlc["high"].to_numpy(),
-                low=ohlc["low"].to_numpy(),
-                close=ohlc["close"].to_numpy(),
+                open=_y(ohlc, "open"),
+                high=_y(ohlc, "high"),
+                low=_y(ohlc, "low"),
+                close=_y(ohlc, "close"),
                 name=symbol,
             )
         ]
@@ -59,7 +65,7 @@ def price_line_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=_x(ohlc),
-            y=ohlc["close"].to_numpy(),
+            y=_y(ohlc, "close"),
             mode="lines",
             name="Close Price",
             line={"color": COLORS[0], "width": 2},
@@ -80,7 +86,7 @@ def volatility_figure(symbol: str, vol: pa.Table) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=_x(vol),
-            y=vol["volatility"].to_numpy(),
+            y=_y(vol, "volatility"),
             mode="lines",
             name="Volatility",
             fill="tozeroy",
@@ -101,7 +107,7 @@ def volatility_figure(symbol: str, vol: pa.Table) -> go.Figure:
 
 def volume_figure(symbol: str, ohlc: pa.Table) -> go.Figure:
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=_x(ohlc), y=ohlc["volume"].to_numpy(), name="Volume", marker_color=COLORS[2]))
+    fig.add_trace(go.Bar(x=_x(ohlc), y=_y(ohlc, "volume"), name="Volume", marker_color=COLORS[2]))
     fig.update_layout(
         title=f"{symbol} Trading Volume",
         xaxis_title="Time",
@@ -119,7 +125,7 @@ def multi_symbol_figure(series: dict[str, pa.Table]) -> go.Figure:
             fig.add_trace(
                 go.Scatter(
                     x=_x(ohlc),
-                    y=ohlc["close"].to_numpy(),
+                    y=_y(ohlc, "close"),
                     mode="lines",
                     name=symbol,
                     line={"color": COLORS[i % len(COLORS)], "width": 2},

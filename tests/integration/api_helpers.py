@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -12,9 +13,12 @@ import httpx
 import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
+from cryptostream.settings import Settings, load_settings
+from ingest.synthetic import SyntheticMarket
 from processor.sinks.base import FlushBatch, Lineage
 from processor.sinks.postgres import PostgresSink
-from tests.reference import Key
+from tests.conftest import T0
+from tests.reference import Key, batch_candles, batch_volatility
 
 FIELDS = ("open", "high", "low", "close", "volume", "trade_count", "vwap", "buy_volume", "sell_volume")
 
@@ -124,3 +128,37 @@ def error_messages(body: dict[str, Any]) -> list[str]:
 
 def only(rows: Iterable[dict[str, Any]], symbol: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["symbol"] == symbol]
+
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+async def seed_market(dsn: str, without_volatility: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Empty the tables, then store ~5.5 minutes of a synthetic market of SYMBOLS (+ ``without_volatility``
+    symbols, which get candles but no stored volatility): candles and volatility computed by the naive
+    reference, 30 predictions of BTCUSDT. Returns what was stored."""
+    trades = SyntheticMarket([*SYMBOLS, *without_volatility], rate=60, seed=5).generate(20_000, start_ms=T0)
+    candles = batch_candles(trades)
+    volatility = {k: v for k, v in batch_volatility(candles, 20).items() if k[0] not in without_volatility}
+    predictions = [("BTCUSDT", T0 + i * 1000, 0.25 + i / 100) for i in range(30)]
+    await truncate(dsn)
+    await store(
+        dsn,
+        ohlc=candle_table(candles),
+        volatility=volatility_table(volatility, 20),
+        predictions=prediction_table(predictions),
+    )
+    return {"candles": candles, "volatility": volatility, "predictions": predictions}
+
+
+def api_settings(database_url: str, tmp: Path, **overrides: Any) -> Settings:
+    """Settings of an API on the test database without Kafka (no live feed)."""
+    values: dict[str, Any] = {
+        "kafka_bootstrap": None,
+        "database_url": database_url,
+        "symbols": SYMBOLS,
+        "output_dir": tmp / "outputs",
+        "api_max_limit": 10_000,
+    }
+    values.update(overrides)
+    return load_settings(**values)

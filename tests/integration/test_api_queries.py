@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,64 +13,36 @@ import pytest
 import pytest_asyncio
 from graphql import get_introspection_query
 
-from cryptostream.settings import Settings, load_settings
 from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
-from ingest.synthetic import SyntheticMarket
 from tests.conftest import T0
 from tests.integration.api_helpers import (
-    candle_table,
+    SYMBOLS,
+    api_settings,
     error_messages,
     graphql,
     iso,
-    prediction_table,
     roll_up,
-    store,
-    truncate,
-    volatility_table,
+    seed_market,
 )
-from tests.reference import Key, assert_candles_equal, batch_candles, batch_volatility
+from tests.reference import Key, assert_candles_equal
 
 pytestmark = pytest.mark.integration
 
-SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 CANDLE_FIELDS = "symbol bucket open high low close volume tradeCount vwap buyVolume sellVolume"
 COLUMN_FIELDS = "symbol interval count bucket open high low close volume tradeCount vwap buyVolume sellVolume"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def seeded(database_url: str) -> AsyncIterator[dict[str, Any]]:
-    trades = SyntheticMarket(SYMBOLS, rate=60, seed=5).generate(20_000, start_ms=T0)
-    candles = batch_candles(trades)
-    volatility = batch_volatility(candles, 20)
-    predictions = [("BTCUSDT", T0 + i * 1000, 0.25 + i / 100) for i in range(30)]
-    await truncate(database_url)
-    await store(
-        database_url,
-        ohlc=candle_table(candles),
-        volatility=volatility_table(volatility, 20),
-        predictions=prediction_table(predictions),
-    )
-    yield {"candles": candles, "volatility": volatility, "predictions": predictions}
-
-
-def _settings(database_url: str, tmp: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "kafka_bootstrap": None,
-        "database_url": database_url,
-        "symbols": SYMBOLS,
-        "output_dir": tmp / "outputs",
-        "api_max_limit": 10_000,
-    }
-    values.update(overrides)
-    return load_settings(**values)
+    yield await seed_market(database_url)
 
 
 @pytest.fixture(scope="module")
 def client(
     seeded: dict[str, Any], database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[httpx.Client]:
-    app = create_app(_settings(database_url, tmp_path_factory.mktemp("api")))
+    app = create_app(api_settings(database_url, tmp_path_factory.mktemp("api")))
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
 

@@ -1,0 +1,243 @@
+// The text panels: tickers, quote, latest prediction, the model's measured report, pipeline status.
+// Built with DOM calls and textContent only: nothing the API sends is ever parsed as HTML.
+
+import * as fmt from "./format.js";
+import { windowChange } from "./series.js";
+
+/** h("td", {class: "num"}, "1.0") -> <td class="num">1.0</td> */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value == null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child == null || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+function direction(value) {
+  return value > 0 ? "up" : value < 0 ? "down" : "flat";
+}
+
+/** One button per symbol with its last price and change over the window; the selected one is pressed. */
+export function renderTickers(container, symbols, seriesBySymbol, selected, onSelect) {
+  container.replaceChildren(
+    ...symbols.map((symbol) => {
+      const s = seriesBySymbol.get(symbol);
+      const n = s ? s.close.length : 0;
+      const change = s ? windowChange(s) : null;
+      return h(
+        "button",
+        {
+          type: "button",
+          class: "ticker",
+          "aria-pressed": symbol === selected ? "true" : "false",
+          dataset: { symbol, dir: direction(change) },
+          onclick: () => onSelect(symbol),
+        },
+        h("span", { class: "ticker-symbol" }, symbol),
+        h("span", { class: "ticker-price" }, n ? fmt.price(s.close[n - 1]) : "–"),
+        h("span", { class: "ticker-change" }, fmt.signedPercent(change)),
+      );
+    }),
+  );
+}
+
+/** The selected symbol's last price, change over the window, and its newest candle. */
+export function renderQuote(elements, series) {
+  const n = series ? series.close.length : 0;
+  if (!n) {
+    elements.price.textContent = "–";
+    elements.change.textContent = "";
+    elements.candle.textContent = "Waiting for candles…";
+    return;
+  }
+  const i = n - 1;
+  const change = windowChange(series);
+  elements.price.textContent = fmt.price(series.close[i]);
+  elements.change.textContent = `${fmt.signedPercent(change)} over the window`;
+  elements.change.dataset.dir = direction(change);
+  const state = series.closed[i] ? "closed" : "in progress";
+  elements.candle.replaceChildren(
+    h("span", { class: `pill ${series.closed[i] ? "" : "pill-live"}` }, state),
+    ` ${fmt.dateTime(series.bucket[i], series.interval === "1s")} UTC · O ${fmt.price(series.open[i])} · H ${fmt.price(
+      series.high[i],
+    )} · L ${fmt.price(series.low[i])} · C ${fmt.price(series.close[i])} · V ${fmt.compact(series.volume[i])} · ${fmt.integer(
+      series.tradeCount[i],
+    )} trades`,
+  );
+}
+
+/** The newest prediction of the selected symbol (or why there is none). */
+export function renderPrediction(container, prediction, symbol) {
+  if (!prediction) {
+    container.replaceChildren(
+      h("p", { class: "muted" }, `No prediction for ${symbol} yet. The processor makes one per closed second once a model is trained and enough history is in.`),
+    );
+    return;
+  }
+  const p = prediction.probabilityUp;
+  const up = prediction.label === "up";
+  container.replaceChildren(
+    h(
+      "div",
+      { class: "prediction", dataset: { dir: up ? "up" : "down" } },
+      h("span", { class: "prediction-label" }, up ? "▲ Up" : "▼ Down"),
+      h("span", { class: "prediction-prob" }, `P(up) ${fmt.percent(p)}`),
+    ),
+    h(
+      "div",
+      {
+        class: "meter",
+        role: "meter",
+        "aria-label": "Probability that the close rises",
+        "aria-valuemin": "0",
+        "aria-valuemax": "100",
+        "aria-valuenow": (p * 100).toFixed(1),
+      },
+      h("span", { class: "meter-fill", style: `width: ${(p * 100).toFixed(1)}%` }),
+    ),
+    h(
+      "p",
+      { class: "muted small" },
+      `Close in ${fmt.seconds(prediction.horizonSeconds)} vs ${fmt.clock(Date.parse(prediction.bucket))} UTC · model ${prediction.modelVersion}`,
+    ),
+  );
+}
+
+const MODELS = ["logit", "sgd", "majority", "persistence"];
+
+/** The trained model's measured metrics and verdict, exactly as its report states them. */
+export function renderModelReport(container, report) {
+  if (!report) {
+    container.replaceChildren(
+      h("p", { class: "muted", dataset: { testid: "no-model" } }, "No model trained yet. Run ", h("code", {}, "cryptostream train"), " to train one; its measured accuracy shows here."),
+    );
+    return;
+  }
+  const verdict = report.verdict || {};
+  const metrics = report.metrics || {};
+  const names = [...MODELS.filter((m) => m in metrics), ...Object.keys(metrics).filter((m) => !MODELS.includes(m))];
+  const beats = verdict.beats_baselines;
+  container.replaceChildren(
+    h(
+      "p",
+      { class: "verdict", dataset: { beats: beats === true ? "yes" : beats === false ? "no" : "unknown" } },
+      h("strong", {}, beats === true ? "Beats the baselines" : beats === false ? "Does not beat the baselines" : "No verdict"),
+      verdict.summary ? h("span", { class: "verdict-summary" }, ` ${verdict.summary}`) : null,
+    ),
+    h(
+      "table",
+      { class: "metrics" },
+      h("caption", { class: "muted small" }, `Walk-forward test of ${report.model_version ?? "the model"}, horizon ${fmt.seconds(report.horizon_seconds)}${report.created_at ? `, trained ${report.created_at}` : ""}`),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Model"), h("th", { scope: "col" }, "Acc."), h("th", { scope: "col" }, "Bal. acc."), h("th", { scope: "col" }, "Log loss"), h("th", { scope: "col" }, "AUC"))),
+      h(
+        "tbody",
+        {},
+        names.map((name) => {
+          const m = metrics[name] || {};
+          return h(
+            "tr",
+            { class: name === report.selected_model ? "selected" : null },
+            h("th", { scope: "row" }, name, name === report.selected_model ? h("span", { class: "pill" }, "served") : null),
+            h("td", {}, fmt.metric(m.accuracy)),
+            h("td", {}, fmt.metric(m.balanced_accuracy)),
+            h("td", {}, fmt.metric(m.log_loss)),
+            h("td", {}, fmt.metric(m.auc)),
+          );
+        }),
+      ),
+    ),
+  );
+}
+
+function tile(label, value, attrs = {}) {
+  return h("div", { class: "tile", ...attrs }, h("span", { class: "tile-label" }, label), h("span", { class: "tile-value" }, value));
+}
+
+/** Lag, throughput, late and invalid counts, and the per-processor / partition / symbol detail. */
+export function renderStatus(container, status, now = Date.now()) {
+  if (!status) {
+    container.replaceChildren(h("p", { class: "muted" }, "Waiting for the pipeline status…"));
+    return;
+  }
+  const alive = status.processors.filter((p) => p.alive).length;
+  const state = !status.live ? "no-feed" : alive === 0 ? "stalled" : "running";
+  const headline = {
+    "no-feed": "This API does not read the processors' live feed (no KAFKA_BOOTSTRAP).",
+    stalled: "No processor has reported in the last 10 s.",
+    running: `${alive} processor${alive === 1 ? "" : "s"} running · updated ${fmt.ago(Date.parse(status.updatedAt), now)}`,
+  }[state];
+  const reasons = status.rejectedByReason.map((r) => `${r.reason}: ${fmt.integer(r.count)}`).join(", ");
+  container.replaceChildren(
+    h("p", { class: "status-line", dataset: { state } }, headline),
+    h(
+      "div",
+      { class: "tiles" },
+      tile("Lag", `${fmt.integer(status.lag)}`, { title: "Trades in Kafka not processed yet" }),
+      tile("Trades/s", fmt.fixed(status.tradesPerSecond, 1)),
+      tile("Late", fmt.integer(status.late), { title: "Trades after their window closed (dead-lettered)" }),
+      tile("Invalid", fmt.integer(status.rejected), { title: reasons || "Invalid trades (dead-lettered)" }),
+    ),
+    h(
+      "p",
+      { class: "muted small" },
+      `${fmt.integer(status.trades)} trades and ${fmt.integer(status.candles)} candles processed · ${fmt.fixed(status.candlesPerSecond, 1)} candles/s`,
+      reasons ? ` · invalid: ${reasons}` : "",
+    ),
+    status.processors.length
+      ? h(
+          "details",
+          { class: "detail" },
+          h("summary", {}, `Processors (${status.processors.length})`),
+          table(
+            ["Processor", "Trades/s", "Late", "Invalid", "Checkpoint"],
+            status.processors.map((p) => [
+              h("span", { class: p.alive ? "ok" : "bad" }, `${p.alive ? "●" : "○"} ${p.processor}`),
+              fmt.fixed(p.tradesPerSecond, 1),
+              fmt.integer(p.late),
+              fmt.integer(p.rejected),
+              p.lastCheckpointMs == null ? "–" : `${fmt.fixed(p.lastCheckpointMs, 0)} ms`,
+            ]),
+          ),
+        )
+      : null,
+    status.partitions.length
+      ? h(
+          "details",
+          { class: "detail" },
+          h("summary", {}, `Partitions (${status.partitions.length})`),
+          table(
+            ["Partition", "Processor", "Lag"],
+            status.partitions.map((p) => [String(p.partition), p.processor, fmt.integer(p.lag)]),
+          ),
+        )
+      : null,
+    status.symbols.length
+      ? h(
+          "details",
+          { class: "detail" },
+          h("summary", {}, `Symbols (${status.symbols.length})`),
+          table(
+            ["Symbol", "Last trade", "Behind"],
+            status.symbols.map((s) => [s.symbol, `${fmt.clock(Date.parse(s.lastTradeTime))} UTC`, fmt.seconds(s.behindSeconds)]),
+          ),
+        )
+      : null,
+  );
+}
+
+function table(headers, rows) {
+  return h(
+    "table",
+    { class: "compact" },
+    h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))),
+  );
+}

@@ -1,0 +1,179 @@
+// Candle series in the browser: columns as the API's `candleColumns` sends them, merged with live updates.
+//
+// Pure functions on plain objects (no DOM, no network), so the browser test can drive them directly.
+// A series keeps parallel arrays sorted by bucket (epoch ms) and a `closed` flag per row:
+//  * live updates (`closed: false`) replace the row of their bucket, or append a new one;
+//  * a final update (`closed: true`) replaces it for good: an in-progress version never overwrites it;
+//  * stored rows (from a query) fill gaps and complete rows the page only saw in progress.
+// A newer version of the same candle always holds at least as many trades, which is how a stored row and
+// a live row of the same bucket are told apart without trusting arrival order.
+
+export const INTERVALS = Object.freeze({
+  "1s": 1_000,
+  "1m": 60_000,
+  "5m": 300_000,
+  "15m": 900_000,
+  "1h": 3_600_000,
+  "1d": 86_400_000,
+});
+
+/** Rows kept per interval: ten minutes of seconds, six hours of minutes, about a year of days. */
+export const WINDOW = Object.freeze({ "1s": 600, "1m": 360, "5m": 288, "15m": 288, "1h": 336, "1d": 365 });
+
+const FIELDS = ["open", "high", "low", "close", "volume", "tradeCount"];
+
+export function emptySeries(symbol, interval, max = WINDOW[interval] ?? 600) {
+  return {
+    symbol,
+    interval,
+    max,
+    bucket: [],
+    open: [],
+    high: [],
+    low: [],
+    close: [],
+    volume: [],
+    tradeCount: [],
+    closed: [],
+    version: 0, // bumped on every change: charts redraw only what changed
+  };
+}
+
+/**
+ * Stored rows from `candleColumns` as a series. At 1 s every stored row is final (the processor stores
+ * closed windows only). Coarser rows are rolled up from stored seconds, so the newest one may still be
+ * filling up: it counts as in progress until the live feed says otherwise.
+ */
+export function fromColumns(columns, interval, max) {
+  const series = emptySeries(columns.symbol, interval, max);
+  mergeStored(series, columns);
+  return series;
+}
+
+function search(buckets, bucket) {
+  let lo = 0;
+  let hi = buckets.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (buckets[mid] < bucket) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function insertRow(series, at, bucket, row, closed) {
+  series.bucket.splice(at, 0, bucket);
+  for (const f of FIELDS) series[f].splice(at, 0, row[f]);
+  series.closed.splice(at, 0, closed);
+}
+
+function setRow(series, at, row, closed) {
+  for (const f of FIELDS) series[f][at] = row[f];
+  series.closed[at] = closed;
+}
+
+function trim(series) {
+  const extra = series.bucket.length - series.max;
+  if (extra > 0) {
+    for (const key of ["bucket", ...FIELDS, "closed"]) series[key].splice(0, extra);
+  }
+}
+
+/**
+ * Apply one live update ({bucket: ISO string or ms, closed, open, high, low, close, volume, tradeCount}).
+ * Returns what happened: "append", "insert", "replace" or "ignore" (an in-progress update of a candle
+ * already final, or one older than the window kept).
+ */
+export function applyUpdate(series, update) {
+  const bucket = typeof update.bucket === "number" ? update.bucket : Date.parse(update.bucket);
+  const n = series.bucket.length;
+  let outcome;
+  if (n === 0 || bucket > series.bucket[n - 1]) {
+    insertRow(series, n, bucket, update, update.closed);
+    outcome = "append";
+  } else {
+    const at = search(series.bucket, bucket);
+    if (series.bucket[at] === bucket) {
+      if (series.closed[at] && !update.closed) return "ignore";
+      setRow(series, at, update, update.closed);
+      outcome = "replace";
+    } else if (at === 0 && n >= series.max) {
+      return "ignore";
+    } else {
+      insertRow(series, at, bucket, update, update.closed);
+      outcome = "insert";
+    }
+  }
+  trim(series);
+  series.version += 1;
+  return outcome;
+}
+
+/**
+ * Merge stored rows (`candleColumns` shape: parallel arrays, bucket in ms) into a series: fill the buckets
+ * it lacks, and replace rows it only has in progress when the stored one holds more trades. Returns the
+ * number of rows changed.
+ */
+export function mergeStored(series, columns) {
+  const n = columns.bucket.length;
+  const coarse = series.interval !== "1s";
+  let changed = 0;
+  for (let i = 0; i < n; i += 1) {
+    const bucket = columns.bucket[i];
+    const row = {};
+    for (const f of FIELDS) row[f] = columns[f][i];
+    const final = !(coarse && i === n - 1);
+    const at = search(series.bucket, bucket);
+    if (series.bucket[at] === bucket) {
+      const closed = series.closed[at];
+      const more = row.tradeCount > series.tradeCount[at];
+      if (!closed && (more || (final && row.tradeCount === series.tradeCount[at]))) {
+        setRow(series, at, row, final);
+        changed += 1;
+      }
+    } else {
+      insertRow(series, at, bucket, row, final);
+      changed += 1;
+    }
+  }
+  if (changed) {
+    trim(series);
+    series.version += 1;
+  }
+  return changed;
+}
+
+/** The newest bucket whose candle is final (null when none is). */
+export function lastClosedBucket(series) {
+  for (let i = series.bucket.length - 1; i >= 0; i -= 1) {
+    if (series.closed[i]) return series.bucket[i];
+  }
+  return null;
+}
+
+/** Close-to-close change over the window, in percent (null with fewer than two candles). */
+export function windowChange(series) {
+  const n = series.close.length;
+  if (n < 2 || !series.open[0]) return null;
+  return (series.close[n - 1] / series.open[0] - 1) * 100;
+}
+
+/**
+ * Normalized returns of several series from a common start: the newest first bucket among them, so every
+ * line starts at 0 % at the same time. Returns {symbol: {bucket: [...], value: [...]}}.
+ */
+export function normalizedReturns(seriesList) {
+  const usable = seriesList.filter((s) => s.bucket.length > 0);
+  if (usable.length === 0) return {};
+  const start = Math.max(...usable.map((s) => s.bucket[0]));
+  const out = {};
+  for (const s of usable) {
+    const from = search(s.bucket, start);
+    if (from >= s.bucket.length) continue;
+    const base = s.open[from] || s.close[from];
+    const bucket = s.bucket.slice(from);
+    const value = s.close.slice(from).map((c) => (c / base - 1) * 100);
+    out[s.symbol] = { bucket, value };
+  }
+  return out;
+}
