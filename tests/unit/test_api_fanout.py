@@ -1,0 +1,153 @@
+"""The fan-out's delivery policy and the status board, fed the candles topic's messages directly (the
+Kafka side is covered by tests/integration/test_api_live.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cryptostream.settings import load_settings
+from cryptostream.store import ArchiveStore
+from graphql_api.catalog import SymbolCatalog
+from graphql_api.fanout import Fanout, SubscriberDropped
+from graphql_api.inputs import InputError
+from graphql_api.status import StatusBoard
+
+T = 1_700_000_040_000
+
+
+def candle(bucket: int, price: float, closed: bool = True, symbol: str = "BTCUSDT") -> bytes:
+    from datetime import UTC, datetime
+
+    return orjson.dumps(
+        {
+            "type": "candle",
+            "interval": "1s",
+            "closed": closed,
+            "symbol": symbol,
+            "bucket": datetime.fromtimestamp(bucket / 1000, tz=UTC).isoformat(),
+            "open": price,
+            "high": price,
+            "low": price,
+            "close": price,
+            "volume": 1.0,
+            "trade_count": 1,
+            "vwap": price,
+            "buy_volume": 1.0,
+            "sell_volume": 0.0,
+        }
+    )
+
+
+def fanout(tmp_path: Path, **overrides: Any) -> Fanout:
+    settings = load_settings(
+        kafka_bootstrap="127.0.0.1:1", database_url=None, output_dir=tmp_path, **overrides
+    )
+    store = ArchiveStore(tmp_path)
+    return Fanout(settings, store, StatusBoard(), SymbolCatalog(store, settings.symbols))
+
+
+async def test_a_full_queue_drops_that_subscriber_only(tmp_path: Path) -> None:
+    feed = fanout(tmp_path, api_subscriber_queue=5)
+    async with feed.subscribe("candles", ["BTCUSDT"]) as slow, feed.subscribe("candles", ["BTCUSDT"]) as fast:
+        got = []
+        for i in range(20):
+            feed.feed([candle(T + i * 1000, float(i))])
+            got.append((await fast.get()).close)
+        assert got == [float(i) for i in range(20)]
+        assert feed.subscribers == 1 and slow.dropped is not None
+        with pytest.raises(SubscriberDropped, match="fell 5 updates behind"):
+            await slow.get()
+        feed.feed([candle(T + 99_000, 99.0)])
+        assert (await fast.get()).close == 99.0
+    assert feed.subscribers == 0 and not feed.channels and not feed.rollups
+
+
+async def test_a_dropped_subscriber_waiting_for_updates_is_woken(tmp_path: Path) -> None:
+    feed = fanout(tmp_path, api_subscriber_queue=1)
+    async with feed.subscribe("volatility", ["ETHUSDT"]) as sub:
+        waiting = asyncio.create_task(sub.get())
+        await asyncio.sleep(0)
+        message = {"type": "volatility", "symbol": "ETHUSDT", "volatility": 0.1, "window_seconds": 60}
+        feed.feed([orjson.dumps({**message, "bucket": "2023-11-14T22:14:00+00:00"})])
+        assert (await waiting).volatility == 0.1
+        feed.feed([orjson.dumps({**message, "bucket": f"2023-11-14T22:14:0{i}+00:00"}) for i in range(1, 4)])
+        with pytest.raises(SubscriberDropped):
+            await sub.get()
+
+
+async def test_malformed_messages_are_counted_and_skipped(tmp_path: Path) -> None:
+    feed = fanout(tmp_path)
+    async with feed.subscribe("candles", ["BTCUSDT"]) as sub:
+        feed.feed([b"{nope", b"", None, b"[1]", b'{"type": "candle"}', b'{"type": "weird"}', candle(T, 7.0)])
+        assert feed.malformed == 6
+        assert (await sub.get()).close == 7.0
+
+
+async def test_subscriptions_are_capped_per_process(tmp_path: Path) -> None:
+    feed = fanout(tmp_path, api_max_subscribers=1)
+    async with feed.subscribe("predictions", ["BTCUSDT"]):
+        with pytest.raises(InputError, match="API_MAX_SUBSCRIBERS"):
+            async with feed.subscribe("predictions", ["BTCUSDT"]):
+                pass
+
+
+async def test_one_roll_up_per_symbol_and_interval_shared_by_its_subscribers(tmp_path: Path) -> None:
+    feed = fanout(tmp_path)
+    feed.feed([candle(T + 1000, 1.0), candle(T + 2000, 2.0, closed=False)])
+    async with (
+        feed.subscribe("candles", ["BTCUSDT"], "1m") as a,
+        feed.subscribe("candles", ["BTCUSDT"], "1m") as b,
+    ):
+        assert len(feed.rollups["BTCUSDT"]) == 1
+        first_a, first_b = await a.get(), await b.get()  # the open minute, seeded from what the feed saw
+        assert first_a == first_b and (first_a.open, first_a.close, first_a.trade_count) == (1.0, 2.0, 2)
+        feed.feed([candle(T + 2000, 2.5)])
+        update = await a.get()
+        assert update is await b.get() and update.close == 2.5 and not update.closed
+    assert not feed.rollups
+
+
+def test_status_board_rates_partitions_and_staleness() -> None:
+    board = StatusBoard(stale_after=10)
+
+    def status(name: str, t: int, trades: int, parts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "status",
+            "processor": name,
+            "time_ms": t,
+            "partitions": parts,
+            "trades": trades,
+            **extra,
+        }
+
+    board.update(status("a:1", 1000, 100, {"0": {"position": 10, "end": 15, "lag": 5}}), now=0.0)
+    board.update(
+        status(
+            "a:1",
+            3000,
+            700,
+            {"0": {"position": 20, "end": 22, "lag": 2}},
+            late=3,
+            rejected=1,
+            rejected_by_reason={"bad_symbol": 1},
+            symbols={"BTCUSDT": {"last_event_ms": 2500, "closed_through_ms": 2000}},
+        ),
+        now=2.0,
+    )
+    board.update(status("b:2", 3000, 50, {"1": {"position": 5, "end": 5, "lag": 0}, "x": "junk"}), now=2.0)
+    snap = board.snapshot(now=3.0)
+    assert snap.trades_per_s == 300.0 and snap.lag == 2 and [p.partition for p in snap.partitions] == [0, 1]
+    assert snap.totals["late"] == 3 and snap.rejected_by_reason == {"bad_symbol": 1}
+    assert [(s.symbol, s.last_event_ms, s.closed_through_ms) for s in snap.symbols] == [
+        ("BTCUSDT", 2500, 2000)
+    ]
+    later = board.snapshot(now=20.0)  # both silent for 18 s: not alive, no rate, no partitions
+    assert not any(p.alive for p in later.processors) and later.trades_per_s == 0 and later.partitions == []
+    assert later.totals["trades"] == 750  # counts stay in the totals
+    board.update({"type": "status", "processor": "a:1", "time_ms": 4000, "trades": 10}, now=21.0)
+    assert board.snapshot(now=21.0).processors[0].trades_per_s == 10.0  # a restart reset the count
