@@ -1,37 +1,58 @@
-"""The Parquet archive: layout and loading.
+"""The Parquet archive: layout, loading and roll-ups.
 
 Layout under ``OUTPUT_DIR`` (hive partitions, zstd)::
 
     ohlc/symbol=BTCUSDT/date=2025-11-10/part-p0003-9f2c01ab-00000042.parquet
+    ohlc/symbol=BTCUSDT/date=2025-11-08/compact-5d41402abc4b2a76.parquet
     volatility/symbol=.../date=.../...
     predictions/symbol=.../date=.../...
 
-``symbol`` and ``date`` live in the folder names only. A file name says which partition wrote it, the
-lineage (epoch) of that partition and the checkpoint sequence number, so a replay after a crash writes
-the same names again and never a second copy (see :mod:`processor.checkpoint`).
+``symbol`` and ``date`` (the UTC day of ``bucket``) live in the folder names only. A ``part-`` file name
+says which partition wrote it, the lineage (epoch) of that partition and the checkpoint sequence number,
+so a replay after a crash writes the same names again and never a second copy (see
+:mod:`processor.checkpoint`). A ``compact-`` file is many files of a past day merged into one by
+:mod:`cryptostream.compaction`; its footer lists the files it replaces, and readers skip those while they
+still exist, so a reader never counts a row twice, even halfway through a compaction.
+
+Roll-ups (1m ... 1d) are computed here from 1 s candles day by day: every interval divides a UTC day, so
+no bucket spans two date folders.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
+from cryptostream.errors import QueryError
+from cryptostream.models import CANDLE_SCHEMA, INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 
 __all__ = [
-    "KINDS",
+    "COMPACT_RE",
+    "COMPACTED_FROM",
     "FILE_RE",
+    "KINDS",
+    "DataLoader",
+    "check_query",
+    "compacted_from",
+    "day_folders",
     "file_name",
+    "file_schema",
     "list_symbols",
+    "live_files",
     "load",
+    "load_candles",
     "partition_dir",
+    "rollup",
+    "utc_day",
     "write_file",
 ]
 
@@ -42,6 +63,12 @@ KINDS: dict[str, pa.Schema] = {
 }
 
 FILE_RE = re.compile(r"part-p(?P<partition>\d{4})-(?P<epoch>[0-9a-f]+)-(?P<seq>\d{8})\.parquet")
+COMPACT_RE = re.compile(r"compact-[0-9a-f]{16}\.parquet")
+COMPACTED_FROM = (
+    b"cryptostream.compacted_from"  # footer key: JSON list of the file names a compact file replaces
+)
+
+_READ_ATTEMPTS = 3
 
 
 def file_name(partition: int, epoch: str, seq: int) -> str:
@@ -81,69 +108,277 @@ def list_symbols(root: Path, kind: str = "ohlc") -> list[str]:
     )
 
 
-def _days(start: datetime | None, end: datetime | None, folder: Path) -> list[Path]:
-    if not folder.is_dir():
+def utc_day(ms: int) -> date:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).date()
+
+
+# ------------------------------------------------------------------------------------------ queries
+def _utc(value: datetime | date | None, *, end: bool = False) -> datetime | None:
+    """A bound as an aware UTC datetime. Naive datetimes are UTC; a ``date`` is its whole UTC day, so
+    ``end=date(2025, 11, 10)`` includes that day (the original ``DataLoader``'s date-range filter)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC) + (
+            timedelta(days=1) if end else timedelta()
+        )
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def check_query(
+    interval: str, start: datetime | date | None, end: datetime | date | None, limit: int | None
+) -> tuple[int, datetime | None, datetime | None]:
+    """Validate a read: (interval in ms, start, end as aware UTC). Raises :class:`QueryError`."""
+    if interval not in INTERVALS:
+        raise QueryError(f"unknown interval {interval!r}: use one of {', '.join(INTERVALS)}")
+    lo, hi = _utc(start), _utc(end, end=True)
+    if lo is not None and hi is not None and lo > hi:
+        raise QueryError(f"start {lo.isoformat()} is after end {hi.isoformat()}")
+    if limit is not None and limit < 1:
+        raise QueryError(f"limit must be >= 1, got {limit}")
+    return INTERVALS[interval], lo, hi
+
+
+def _us(value: datetime) -> int:
+    """Microseconds since the epoch, exactly (no float rounding)."""
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _ceil_ms(value: datetime, step_ms: int) -> int:
+    """The first multiple of ``step_ms`` (epoch ms) at or after ``value``."""
+    step_us = step_ms * 1000
+    return -(-_us(value) // step_us) * step_ms
+
+
+# ------------------------------------------------------------------------------------------ files
+def day_folders(
+    root: Path, kind: str, symbol: str, first: date | None, last: date | None
+) -> list[tuple[date, Path]]:
+    """``(day, folder)`` of one symbol with ``first <= day <= last``, oldest first."""
+    base = root / kind / f"symbol={symbol}"
+    if not base.is_dir():
         return []
     out = []
-    first = start.astimezone(UTC).date() if start else None
-    last = end.astimezone(UTC).date() if end else None
-    for p in sorted(folder.iterdir()):
-        if not p.name.startswith("date="):
+    for p in base.iterdir():
+        if not p.name.startswith("date=") or not p.is_dir():
             continue
         try:
             day = date.fromisoformat(p.name.removeprefix("date="))
         except ValueError:
             continue
         if (first is None or day >= first) and (last is None or day <= last):
-            out.append(p)
-    return out
+            out.append((day, p))
+    return sorted(out)
+
+
+def compacted_from(path: Path) -> list[str]:
+    """Names of the files a ``compact-`` file replaces (empty for any other file)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(COMPACTED_FROM)
+    return list(json.loads(raw)) if raw else []
+
+
+def live_files(folder: Path) -> list[Path]:
+    """The Parquet files of a folder that hold its rows: every file minus those a compact file replaces."""
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    replaced: set[str] = set()
+    for path in files:
+        if COMPACT_RE.fullmatch(path.name):
+            try:
+                replaced.update(compacted_from(path))
+            except FileNotFoundError:
+                continue  # merged into a newer compact file meanwhile; that one lists it
+    return [p for p in files if p.name not in replaced and p.exists()]
+
+
+def _read_folder(folder: Path, kind: str, row_filter: ds.Expression | None) -> pa.Table:
+    """Rows of one day folder (file schema, no ``symbol``), unsorted. Retries if compaction replaced a
+    file between listing and reading."""
+    schema = file_schema(kind)
+    for attempt in range(_READ_ATTEMPTS):
+        files = live_files(folder)
+        if not files:
+            return schema.empty_table()
+        try:
+            return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(
+                filter=row_filter
+            )
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------ roll-ups
+def rollup(table: pa.Table, interval_ms: int) -> pa.Table:
+    """Roll 1 s candles of ONE symbol, sorted by bucket, up to ``interval_ms`` buckets (epoch aligned).
+
+    open/close = first/last, high/low = max/min, sums of volume, trade count and buy/sell volume,
+    ``vwap = sum(vwap * volume) / sum(volume)`` (the close when the volume is 0): the same definitions as
+    the continuous aggregates and the ``date_bin`` SQL of the database.
+    """
+    if interval_ms == 1000 or table.num_rows == 0:
+        return table
+    ms = table["bucket"].cast(pa.int64()).to_numpy()
+    bucket = ms - np.mod(ms, interval_ms)
+    n = bucket.shape[0]
+    starts_mask = np.ones(n, dtype=np.bool_)
+    starts_mask[1:] = bucket[1:] != bucket[:-1]
+    starts = np.flatnonzero(starts_mask)
+    ends = np.append(starts[1:], n) - 1
+
+    def col(name: str) -> Any:
+        return table[name].to_numpy()
+
+    volume = np.add.reduceat(col("volume"), starts)
+    notional = np.add.reduceat(col("vwap") * col("volume"), starts)
+    close = col("close")[ends]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vwap = np.where(volume > 0, notional / np.where(volume > 0, volume, 1.0), close)
+    columns = {
+        "symbol": table["symbol"].take(pa.array(starts)),
+        "bucket": pa.array(bucket[starts], pa.timestamp("ms", tz="UTC")),
+        "open": col("open")[starts],
+        "high": np.maximum.reduceat(col("high"), starts),
+        "low": np.minimum.reduceat(col("low"), starts),
+        "close": close,
+        "volume": volume,
+        "trade_count": np.add.reduceat(col("trade_count"), starts).astype(np.int64),
+        "vwap": vwap,
+        "buy_volume": np.add.reduceat(col("buy_volume"), starts),
+        "sell_volume": np.add.reduceat(col("sell_volume"), starts),
+    }
+    return pa.Table.from_pydict(columns, schema=CANDLE_SCHEMA)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _scan(
+    root: Path,
+    kind: str,
+    symbol: str,
+    lo_ms: int | None,
+    hi_ms: int | None,
+    limit: int | None,
+    newest: bool,
+    interval_ms: int,
+) -> pa.Table:
+    """Rows with ``lo_ms <= bucket < hi_ms`` rolled up to ``interval_ms``, sorted, with ``symbol``.
+
+    Day by day, so a chart asking for the newest ``limit`` rows reads only the newest days it needs.
+    """
+    schema = KINDS[kind]
+    if lo_ms is not None and hi_ms is not None and lo_ms >= hi_ms:
+        return schema.empty_table()
+    first = utc_day(lo_ms) if lo_ms is not None else None
+    last = utc_day(hi_ms - 1) if hi_ms is not None else None
+    folders = day_folders(root, kind, symbol, first, last)
+    if newest:
+        folders.reverse()
+    ts = pa.timestamp("ms", tz="UTC")
+    parts: list[pa.Table] = []
+    rows = 0
+    for _day, folder in folders:
+        row_filter = None
+        if lo_ms is not None:
+            row_filter = ds.field("bucket") >= pa.scalar(lo_ms, ts)
+        if hi_ms is not None:
+            upper = ds.field("bucket") < pa.scalar(hi_ms, ts)
+            row_filter = upper if row_filter is None else row_filter & upper
+        table = _read_folder(folder, kind, row_filter)
+        if table.num_rows == 0:
+            continue
+        table = table.sort_by("bucket")
+        table = table.add_column(0, "symbol", pa.array([symbol] * table.num_rows, pa.string()))
+        table = table.select(schema.names).cast(schema)
+        if kind == "ohlc":
+            table = rollup(table, interval_ms)
+        parts.append(table)
+        rows += table.num_rows
+        if limit is not None and rows >= limit:
+            break
+    if not parts:
+        return schema.empty_table()
+    if newest:
+        parts.reverse()
+    table = pa.concat_tables(parts)
+    if limit is not None and table.num_rows > limit:
+        table = table.slice(table.num_rows - limit) if newest else table.slice(0, limit)
+    return table.combine_chunks()
 
 
 def load(
     root: Path,
     kind: str,
     symbol: str,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: datetime | date | None = None,
+    end: datetime | date | None = None,
     limit: int | None = None,
     newest: bool = True,
 ) -> pa.Table:
     """Rows of one symbol with ``start <= bucket < end``, sorted by bucket, with the ``symbol`` column.
 
-    With ``limit`` and ``newest`` the last ``limit`` rows of the range are returned (still ascending),
-    which is what a chart asks for; ``newest=False`` returns the first ``limit`` rows.
+    ``start``/``end`` are datetimes (naive = UTC) or dates (``end`` date inclusive). With ``limit`` and
+    ``newest`` the last ``limit`` rows of the range are returned (still ascending), which is what a chart
+    asks for; ``newest=False`` returns the first ``limit`` rows. Timestamps are UTC-aware.
     """
-    schema = KINDS[kind]
-    files: list[str] = []
-    folders = _days(start, end, root / kind / f"symbol={symbol}")
-    # A chart asks for the newest ``limit`` rows: read days newest first and stop once enough are in.
-    newest_only = newest and limit is not None and start is None
-    rows = 0
-    for folder in folders[::-1] if newest_only else folders:
-        day_files = [str(p) for p in sorted(folder.glob("*.parquet"))]
-        files.extend(day_files)
-        if newest_only:
-            rows += sum(pq.ParquetFile(f).metadata.num_rows for f in day_files)
-            if limit is not None and rows >= limit:
-                break
-    if not files:
-        return schema.empty_table()
-    table = ds.dataset(files, schema=file_schema(kind), format="parquet").to_table()
-    mask = None
-    if start is not None:
-        mask = pc.greater_equal(table["bucket"], pa.scalar(start, pa.timestamp("ms", tz="UTC")))
-    if end is not None:
-        upper = pc.less(table["bucket"], pa.scalar(end, pa.timestamp("ms", tz="UTC")))
-        mask = upper if mask is None else pc.and_(mask, upper)
-    if mask is not None:
-        table = table.filter(mask)
-    table = table.sort_by("bucket")
-    if limit is not None and table.num_rows > limit:
-        table = table.slice(table.num_rows - limit) if newest else table.slice(0, limit)
-    symbols = pa.array([symbol] * table.num_rows, pa.string())
-    table = table.add_column(0, "symbol", symbols)
-    return table.select(schema.names).cast(schema)
+    if kind not in KINDS:
+        raise QueryError(f"unknown archive kind {kind!r}: use one of {', '.join(KINDS)}")
+    _, lo, hi = check_query("1s", start, end, limit)
+    lo_ms = _ceil_ms(lo, 1) if lo is not None else None
+    hi_ms = _ceil_ms(hi, 1) if hi is not None else None
+    return _scan(root, kind, symbol, lo_ms, hi_ms, limit, newest, 1000)
 
 
-def utc_day(ms: int) -> date:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).date()
+def load_candles(
+    root: Path,
+    symbol: str,
+    start: datetime | date | None = None,
+    end: datetime | date | None = None,
+    limit: int | None = None,
+    interval: str = "1s",
+    newest: bool = True,
+) -> pa.Table:
+    """Candles of one symbol at ``interval`` with ``start <= bucket < end`` (``CANDLE_SCHEMA``, sorted).
+
+    A roll-up bucket is in the range when its start is; it always aggregates its whole interval.
+    """
+    interval_ms, lo, hi = check_query(interval, start, end, limit)
+    # Bucket b (a multiple of the interval) holds 1 s rows t with b <= t < b + interval, so
+    # start <= b < end  <=>  ceil(start) <= t < ceil(end).
+    lo_ms = _ceil_ms(lo, interval_ms) if lo is not None else None
+    hi_ms = _ceil_ms(hi, interval_ms) if hi is not None else None
+    return _scan(root, "ohlc", symbol, lo_ms, hi_ms, limit, newest, interval_ms)
+
+
+class DataLoader:
+    """The original ``DataLoader`` surface over the archive: symbols, and OHLC or volatility rows of a
+    symbol filtered by date range and limit, sorted and timezone-aware (Arrow tables; ``.to_pandas()``
+    gives the DataFrames the original returned)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def get_available_symbols(self) -> list[str]:
+        return list_symbols(self.root)
+
+    def load_ohlc(
+        self,
+        symbol: str,
+        start: datetime | date | None = None,
+        end: datetime | date | None = None,
+        limit: int | None = None,
+        interval: str = "1s",
+    ) -> pa.Table:
+        return load_candles(self.root, symbol, start, end, limit, interval)
+
+    def load_volatility(
+        self,
+        symbol: str,
+        start: datetime | date | None = None,
+        end: datetime | date | None = None,
+        limit: int | None = None,
+    ) -> pa.Table:
+        return load(self.root, "volatility", symbol, start, end, limit)

@@ -1,24 +1,40 @@
-"""The read layer: candles, volatility and symbols from the database or the Parquet archive.
+"""The read layer: candles, volatility, predictions and symbols from the database or the Parquet archive.
 
 The API and the model trainer read through a :class:`ReadStore`; which one is a setting (``DATABASE_URL``
-set: the database; otherwise the archive under ``OUTPUT_DIR``). Both return Arrow tables with the schemas
-of :mod:`cryptostream.models`, sorted by bucket ascending.
+set: the database, with the archive under ``OUTPUT_DIR`` behind it; otherwise the archive alone). Every
+store returns Arrow tables with the schemas of :mod:`cryptostream.models`, sorted by bucket ascending, and
+the same rows for the same data:
+
+* 1 s rows are read as stored;
+* 1m/5m/1h/1d candles come from the continuous aggregates on TimescaleDB, 15m from ``ohlc_5m``; on plain
+  PostgreSQL (or if an aggregate is missing) they are rolled up from ``ohlc_1s`` with ``date_bin``;
+  over Parquet by :func:`cryptostream.archive.rollup`. All use one definition: open/close = first/last,
+  high/low = max/min, sums, ``vwap = sum(vwap * volume) / sum(volume)``, buckets aligned to the epoch;
+* ranges older than the database's first row (dropped by a retention policy, or written before the
+  database existed) are read from the archive.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pyarrow as pa
 
 from cryptostream import archive
-from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
+from cryptostream.archive import check_query
+from cryptostream.models import CANDLE_SCHEMA, INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 
 __all__ = ["ArchiveStore", "DatabaseStore", "ReadStore", "open_store"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORIGIN = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"  # date_bin origin: buckets aligned like time_bucket's
+_CAGGS = {"ohlc_1m", "ohlc_5m", "ohlc_1h", "ohlc_1d"}
 
 
 class ReadStore(ABC):
@@ -26,8 +42,10 @@ class ReadStore(ABC):
 
     ``interval`` is a key of :data:`cryptostream.models.INTERVALS` (1s, 1m, 5m, 15m, 1h, 1d); coarser
     candles are rolled up from 1 s candles (continuous aggregates on TimescaleDB, ``date_bin`` on plain
-    PostgreSQL, the same roll-up over Parquet). ``limit`` keeps the newest rows of the range.
-    Raises :class:`~cryptostream.errors.QueryError` for an unknown interval or ``start > end``.
+    PostgreSQL, the same roll-up over Parquet). ``limit`` keeps the newest rows of the range. A roll-up
+    bucket is in ``[start, end)`` when its start is, and always covers its whole interval. Naive datetimes
+    are UTC. Raises :class:`~cryptostream.errors.QueryError` for an unknown interval, ``start > end`` or
+    ``limit < 1``.
     """
 
     name: str = "store"
@@ -70,6 +88,7 @@ class ReadStore(ABC):
         pass
 
 
+# ---------------------------------------------------------------------------------------------- archive
 class ArchiveStore(ReadStore):
     """Reads the Parquet archive (no database configured)."""
 
@@ -89,14 +108,23 @@ class ArchiveStore(ReadStore):
         limit: int = 100,
         interval: str = "1s",
     ) -> pa.Table:
-        return await asyncio.to_thread(archive.load, self.root, "ohlc", symbol, start, end, limit)
+        check_query(interval, start, end, limit)
+        return await asyncio.to_thread(archive.load_candles, self.root, symbol, start, end, limit, interval)
 
     async def volatility(
         self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
     ) -> pa.Table:
+        check_query("1s", start, end, limit)
         return await asyncio.to_thread(archive.load, self.root, "volatility", symbol, start, end, limit)
 
+    async def predictions(
+        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+    ) -> pa.Table:
+        check_query("1s", start, end, limit)
+        return await asyncio.to_thread(archive.load, self.root, "predictions", symbol, start, end, limit)
 
+
+# ---------------------------------------------------------------------------------------------- database
 def _table(records: list[asyncpg.Record], schema: pa.Schema) -> pa.Table:
     if not records:
         return schema.empty_table()
@@ -106,39 +134,154 @@ def _table(records: list[asyncpg.Record], schema: pa.Schema) -> pa.Table:
     )
 
 
+def _ms(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _at(ms: int | None) -> datetime | None:
+    return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
+
+
+def _ceil(value: datetime | None, step_ms: int) -> int | None:
+    """The first multiple of ``step_ms`` (epoch ms) at or after ``value``."""
+    if value is None:
+        return None
+    delta = value - _EPOCH
+    us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return -(-us // (step_ms * 1000)) * step_ms
+
+
+def _where(lo: datetime | None, hi: datetime | None) -> tuple[str, list[datetime]]:
+    """``symbol = $1`` plus only the bounds given, so the planner sees a plain index range."""
+    sql, args = "symbol = $1", []
+    if lo is not None:
+        args.append(lo)
+        sql += f" AND bucket >= ${len(args) + 1}"
+    if hi is not None:
+        args.append(hi)
+        sql += f" AND bucket < ${len(args) + 1}"
+    return sql, args
+
+
+_VWAP = "CASE WHEN volume > 0 THEN notional / volume ELSE close END AS vwap"
+_HEAD = "symbol, bucket, open, high, low, close, volume, trade_count"
+_SIDES = "buy_volume, sell_volume"
+
+Select = Callable[[str, str], str]  # (WHERE clause, LIMIT placeholder) -> SQL
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How candles of one interval are read.
+
+    ``direct``: rows of ``table`` are the candles (``ohlc_1s``, or a continuous aggregate with ``notional``).
+    ``first_last``: rolled up from a continuous aggregate with TimescaleDB's first()/last().
+    ``date_bin``: rolled up from ``ohlc_1s`` in plain SQL (open/close looked up at the first/last bucket).
+    """
+
+    method: str
+    table: str
+    interval_ms: int
+
+    def select(self, where: str, limit: str) -> str:
+        iv = f"INTERVAL '{self.interval_ms // 1000} seconds'"
+        if self.method == "direct":
+            vwap = "vwap" if self.table == "ohlc_1s" else _VWAP
+            return (
+                f"SELECT * FROM (SELECT {_HEAD}, {vwap}, {_SIDES} FROM {self.table} "
+                f"WHERE {where} ORDER BY bucket DESC LIMIT {limit}) newest ORDER BY bucket"
+            )
+        if self.method == "first_last":
+            return (
+                f"SELECT {_HEAD}, {_VWAP}, {_SIDES} FROM ("
+                f"SELECT symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, first(open, bucket), max(high), "
+                "min(low), last(close, bucket), sum(volume), sum(trade_count)::bigint, sum(notional), "
+                f"sum(buy_volume), sum(sell_volume) FROM {self.table} "
+                f"WHERE {where} GROUP BY symbol, b ORDER BY b DESC LIMIT {limit}"
+                ") g(symbol, bucket, open, high, low, close, volume, trade_count, notional, buy_volume, "
+                "sell_volume) ORDER BY bucket"
+            )
+        return (
+            "SELECT g.symbol, g.b, o.open, g.high, g.low, c.close, g.volume, g.trade_count, "
+            "CASE WHEN g.volume > 0 THEN g.notional / g.volume ELSE c.close END, g.buy_volume, g.sell_volume "
+            f"FROM (SELECT symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, min(bucket) AS first_at, "
+            "max(bucket) AS last_at, max(high) AS high, min(low) AS low, sum(volume) AS volume, "
+            "sum(trade_count)::bigint AS trade_count, sum(vwap * volume) AS notional, "
+            "sum(buy_volume) AS buy_volume, sum(sell_volume) AS sell_volume "
+            f"FROM ohlc_1s WHERE {where} GROUP BY symbol, b ORDER BY b DESC LIMIT {limit}) g "
+            "JOIN ohlc_1s o ON o.symbol = g.symbol AND o.bucket = g.first_at "
+            "JOIN ohlc_1s c ON c.symbol = g.symbol AND c.bucket = g.last_at ORDER BY g.b"
+        )
+
+
 class DatabaseStore(ReadStore):
-    """Reads PostgreSQL/TimescaleDB tables written by the processor's database sink."""
+    """Reads PostgreSQL/TimescaleDB tables written by the processor's database sink.
+
+    ``archive_root`` (the Parquet archive) serves ranges older than the database's first row.
+    """
 
     name = "database"
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, archive_root: Path | None = None) -> None:
         self.pool = pool
+        self.archive_root = archive_root
+        self.backend: str | None = None  # "timescaledb" or "postgresql", known after the first read
+        self._plans: dict[str, _Plan] | None = None
 
     @classmethod
-    async def connect(cls, dsn: str) -> DatabaseStore:
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=8, command_timeout=30))
+    async def connect(cls, dsn: str, archive_root: Path | None = None, *, max_size: int = 8) -> DatabaseStore:
+        """A store on a new pool (``max_size=1`` for servers that take one connection at a time)."""
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30)
+        return cls(pool, archive_root)
+
+    async def _detect(self, conn: asyncpg.Connection) -> dict[str, _Plan]:
+        """Which continuous aggregates exist decides how each interval is read (looked up once)."""
+        if self._plans is not None:
+            return self._plans
+        caggs: set[str] = set()
+        if await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
+            rows = await conn.fetch(
+                "SELECT view_name FROM timescaledb_information.continuous_aggregates "
+                "WHERE view_schema = current_schema()"
+            )
+            caggs = {r[0] for r in rows} & _CAGGS
+            self.backend = "timescaledb"
+        else:
+            self.backend = "postgresql"
+        plans = {}
+        for interval, ms in INTERVALS.items():
+            view = f"ohlc_{interval}"
+            if interval == "1s":
+                plans[interval] = _Plan("direct", "ohlc_1s", ms)
+            elif view in caggs:
+                plans[interval] = _Plan("direct", view, ms)
+            elif interval == "15m" and "ohlc_5m" in caggs:
+                plans[interval] = _Plan("first_last", "ohlc_5m", ms)
+            else:
+                plans[interval] = _Plan("date_bin", "ohlc_1s", ms)
+        self._plans = plans
+        return plans
+
+    async def read_plan(self, interval: str) -> tuple[str, str]:
+        """(method, relation) candles of ``interval`` are read with, e.g. ``("direct", "ohlc_1m")`` on
+        TimescaleDB or ``("date_bin", "ohlc_1s")`` on plain PostgreSQL (for status pages and tests)."""
+        check_query(interval, None, None, None)
+        async with self.pool.acquire() as conn:
+            plan = (await self._detect(conn))[interval]
+        return plan.method, plan.table
 
     async def symbols(self) -> list[str]:
-        rows = await self.pool.fetch("SELECT DISTINCT symbol FROM ohlc_1s ORDER BY symbol")
-        return [r[0] for r in rows]
-
-    async def _range(
-        self,
-        table: str,
-        columns: list[str],
-        schema: pa.Schema,
-        symbol: str,
-        start: datetime | None,
-        end: datetime | None,
-        limit: int,
-    ) -> pa.Table:
-        cols = ", ".join(columns)
-        sql = (
-            f"SELECT {cols} FROM (SELECT {cols} FROM {table} WHERE symbol = $1 "
-            "AND ($2::timestamptz IS NULL OR bucket >= $2) AND ($3::timestamptz IS NULL OR bucket < $3) "
-            "ORDER BY bucket DESC LIMIT $4) newest ORDER BY bucket"
+        # A loose index scan over the (symbol, bucket) key: one probe per symbol, not a scan of every row.
+        rows = await self.pool.fetch(
+            "WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM ohlc_1s ORDER BY symbol LIMIT 1) UNION ALL "
+            "SELECT (SELECT symbol FROM ohlc_1s WHERE symbol > s.symbol ORDER BY symbol LIMIT 1) FROM s "
+            "WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL"
         )
-        return _table(await self.pool.fetch(sql, symbol, start, end, limit), schema)
+        names = {r[0] for r in rows}
+        if self.archive_root is not None:
+            names.update(await asyncio.to_thread(archive.list_symbols, self.archive_root))
+        return sorted(names)
 
     async def candles(
         self,
@@ -148,14 +291,96 @@ class DatabaseStore(ReadStore):
         limit: int = 100,
         interval: str = "1s",
     ) -> pa.Table:
-        return await self._range("ohlc_1s", CANDLE_SCHEMA.names, CANDLE_SCHEMA, symbol, start, end, limit)
+        _, lo, hi = check_query(interval, start, end, limit)
+        async with self.pool.acquire() as conn:
+            plan = (await self._detect(conn))[interval]
+            if plan.method == "direct":
+                table = await _direct(conn, plan.select, CANDLE_SCHEMA, symbol, lo, hi, limit)
+            else:
+                table = await _rolled(conn, plan, symbol, lo, hi, limit)
+            first = await self._first_bucket(conn, plan.table, symbol, table, limit)
+        return await self._older(table, "ohlc", symbol, lo, hi, limit, interval, first)
 
     async def volatility(
         self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
     ) -> pa.Table:
-        return await self._range(
-            "volatility_1s", VOLATILITY_SCHEMA.names, VOLATILITY_SCHEMA, symbol, start, end, limit
+        return await self._rows("volatility_1s", "volatility", VOLATILITY_SCHEMA, symbol, start, end, limit)
+
+    async def predictions(
+        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+    ) -> pa.Table:
+        return await self._rows("predictions", "predictions", PREDICTION_SCHEMA, symbol, start, end, limit)
+
+    async def _rows(
+        self,
+        table_name: str,
+        kind: str,
+        schema: pa.Schema,
+        symbol: str,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+    ) -> pa.Table:
+        _, lo, hi = check_query("1s", start, end, limit)
+        cols = ", ".join(schema.names)
+        key = "bucket, horizon_seconds" if kind == "predictions" else "bucket"
+        key_desc = "bucket DESC, horizon_seconds DESC" if kind == "predictions" else "bucket DESC"
+
+        def select(where: str, limit_param: str) -> str:
+            return (
+                f"SELECT * FROM (SELECT {cols} FROM {table_name} WHERE {where} "
+                f"ORDER BY {key_desc} LIMIT {limit_param}) newest ORDER BY {key}"
+            )
+
+        async with self.pool.acquire() as conn:
+            table = await _direct(conn, select, schema, symbol, lo, hi, limit)
+            first = await self._first_bucket(conn, table_name, symbol, table, limit)
+        return await self._older(table, kind, symbol, lo, hi, limit, "1s", first)
+
+    async def _first_bucket(
+        self, conn: asyncpg.Connection, table_name: str, symbol: str, table: pa.Table, limit: int
+    ) -> tuple[bool, datetime | None]:
+        """(whether the archive may have to fill in, the database's first bucket of ``symbol``)."""
+        if self.archive_root is None or table.num_rows >= limit:
+            return False, None
+        first = await conn.fetchval(
+            f"SELECT bucket FROM {table_name} WHERE symbol = $1 ORDER BY bucket LIMIT 1", symbol
         )
+        return True, first
+
+    async def _older(
+        self,
+        table: pa.Table,
+        kind: str,
+        symbol: str,
+        lo: datetime | None,
+        hi: datetime | None,
+        limit: int,
+        interval: str,
+        first: tuple[bool, datetime | None],
+    ) -> pa.Table:
+        """Prepend what the archive holds before the database's first row (a retention policy dropped it,
+        or it predates the database). The bucket holding that first row is the database's."""
+        needed, first_bucket = first
+        if not needed or self.archive_root is None:
+            return table
+        cut = hi
+        if first_bucket is not None:
+            iv = INTERVALS[interval]
+            edge = _EPOCH + timedelta(milliseconds=_ms(first_bucket) - _ms(first_bucket) % iv)
+            cut = edge if hi is None else min(hi, edge)
+        if lo is not None and cut is not None and lo >= cut:
+            return table
+        want = limit - table.num_rows
+        if kind == "ohlc":
+            older = await asyncio.to_thread(
+                archive.load_candles, self.archive_root, symbol, lo, cut, want, interval
+            )
+        else:
+            older = await asyncio.to_thread(archive.load, self.archive_root, kind, symbol, lo, cut, want)
+        if older.num_rows == 0:
+            return table
+        return pa.concat_tables([older, table]).combine_chunks()
 
     async def ping(self) -> bool:
         try:
@@ -167,8 +392,52 @@ class DatabaseStore(ReadStore):
         await self.pool.close()
 
 
+async def _direct(
+    conn: asyncpg.Connection,
+    select: Select,
+    schema: pa.Schema,
+    symbol: str,
+    lo: datetime | None,
+    hi: datetime | None,
+    limit: int,
+) -> pa.Table:
+    where, args = _where(lo, hi)
+    return _table(await conn.fetch(select(where, f"${len(args) + 2}"), symbol, *args, limit), schema)
+
+
+async def _rolled(
+    conn: asyncpg.Connection, plan: _Plan, symbol: str, lo: datetime | None, hi: datetime | None, limit: int
+) -> pa.Table:
+    """A roll-up computed at query time.
+
+    Source rows with ``ceil(start) <= t < ceil(end)`` make exactly the buckets with
+    ``start <= bucket < end``. For the newest ``limit`` buckets only the rows of the last ``limit``
+    intervals are aggregated, a window widened (x4) while gaps leave fewer buckets than asked for.
+    """
+    iv = plan.interval_ms
+    lo_ms, hi_ms = _ceil(lo, iv), _ceil(hi, iv)
+    if lo_ms is not None and hi_ms is not None and lo_ms >= hi_ms:
+        return CANDLE_SCHEMA.empty_table()
+    where, args = _where(_at(lo_ms), _at(hi_ms))
+    edge = f"SELECT bucket FROM {plan.table} WHERE {where} ORDER BY bucket"
+    top = await conn.fetchval(edge + " DESC LIMIT 1", symbol, *args)
+    if top is None:
+        return CANDLE_SCHEMA.empty_table()
+    bottom = _ms(await conn.fetchval(edge + " LIMIT 1", symbol, *args))
+    top_bucket = _ms(top) - _ms(top) % iv
+    span = limit * iv
+    while True:
+        lower = top_bucket - span + iv
+        whole = lower <= bottom  # the window reaches the first row: no narrower one holds more buckets
+        window_start = lo_ms if whole else lower
+        table = await _direct(conn, plan.select, CANDLE_SCHEMA, symbol, _at(window_start), _at(hi_ms), limit)
+        if whole or table.num_rows >= limit:
+            return table
+        span *= 4
+
+
 async def open_store(database_dsn: str | None, output_dir: Path) -> ReadStore:
-    """The database store when a database is configured, else the archive store."""
+    """The database store (the archive behind it) when a database is configured, else the archive store."""
     if database_dsn:
-        return await DatabaseStore.connect(database_dsn)
+        return await DatabaseStore.connect(database_dsn, archive_root=output_dir)
     return ArchiveStore(output_dir)

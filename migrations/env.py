@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from alembic import context
 from sqlalchemy import pool
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from cryptostream.errors import SettingsError
@@ -23,6 +24,18 @@ def _url() -> str:
     return re.sub(r"^postgres(ql)?(\+asyncpg)?://", "postgresql+asyncpg://", url)
 
 
+def _engine_args() -> tuple[str, dict[str, Any]]:
+    """The URL and asyncpg connect arguments. SQLAlchemy hands URL query parameters to asyncpg as keyword
+    arguments, and asyncpg has no ``sslmode`` keyword: move it to ``ssl`` (which takes the same modes)."""
+    url = make_url(_url())
+    connect_args = dict(config.attributes.get("connect_args", {}))
+    sslmode = url.query.get("sslmode")
+    if sslmode is not None:
+        connect_args.setdefault("ssl", sslmode if isinstance(sslmode, str) else sslmode[-1])
+        url = url.difference_update_query(["sslmode"])
+    return url.render_as_string(hide_password=False), connect_args
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
     with context.begin_transaction():
@@ -30,9 +43,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(
-        _url(), poolclass=pool.NullPool, connect_args=config.attributes.get("connect_args", {})
-    )
+    url, connect_args = _engine_args()
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

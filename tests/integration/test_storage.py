@@ -1,0 +1,474 @@
+"""Storage on plain PostgreSQL and on TimescaleDB: the same roll-ups from both, and from the Parquet archive.
+
+Every test here runs twice through ``storage_backend``: on a fresh database of the embedded PostgreSQL 18
+and on TimescaleDB (PGlite + TimescaleDB 2.23, see ``tests/tsdb``). Candles are computed from trades by the
+processor's own window code and written through the real ``PostgresSink`` and ``ParquetSink``; roll-ups
+read back through the read layer are checked against a naive batch computation over the trades.
+
+Each test uses symbols of its own, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from cryptostream import archive
+from cryptostream.errors import QueryError
+from cryptostream.models import INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA, Trade, TradeColumns
+from cryptostream.store import ArchiveStore, DatabaseStore
+from ingest.synthetic import SyntheticMarket
+from processor.sinks import FlushBatch, Lineage, ParquetSink, PostgresSink
+from processor.windows import aggregate, dedupe
+from tests.integration.conftest import Backend
+from tests.reference import assert_candles_equal, rows_by_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.timescale]
+
+# 2023-11-14 22:40 UTC: three hours of trades cross midnight, so 1 d has two buckets.
+START_MS = 1_700_001_600_000
+ROLLUPS = [name for name in INTERVALS if name != "1s"]
+CAGGS = ["ohlc_1d", "ohlc_1h", "ohlc_1m", "ohlc_5m"]
+
+
+def _symbols(n: int = 2) -> list[str]:
+    tag = uuid.uuid4().hex[:6].upper()
+    return [f"{base}{tag}" for base in ("BTC", "ETH", "SOL")[:n]]
+
+
+def _trades(symbols: list[str], n: int = 6000, start_ms: int = START_MS, seed: int = 5) -> list[Trade]:
+    """About 0.6 trades/s over ~2.8 h: sparse enough for empty seconds and minutes, with duplicates."""
+    return SyntheticMarket(symbols, rate=0.6, seed=seed, duplicate_rate=0.02).generate(n, start_ms)
+
+
+def candles_of(trades: list[Trade]) -> pa.Table:
+    """1 s candles of ``trades`` computed by the processor's own window code."""
+    return aggregate(dedupe(TradeColumns.from_trades(trades))).to_table()
+
+
+def batch_rollup(trades: list[Trade], interval_ms: int) -> dict[tuple[str, int], dict[str, Any]]:
+    """Candles of ``interval_ms`` straight from trades: deliberately naive, sharing no code with the store."""
+    seen: set[tuple[str, str, int]] = set()
+    groups: dict[tuple[str, int], list[Trade]] = {}
+    for t in trades:
+        if (t.symbol, t.exchange, t.trade_id) in seen:
+            continue
+        seen.add((t.symbol, t.exchange, t.trade_id))
+        groups.setdefault((t.symbol, t.timestamp - t.timestamp % interval_ms), []).append(t)
+    out = {}
+    for key, group in groups.items():
+        group.sort(key=lambda t: (t.timestamp, t.trade_id, t.exchange))
+        volume = sum(t.quantity for t in group)
+        out[key] = {
+            "open": group[0].price,
+            "high": max(t.price for t in group),
+            "low": min(t.price for t in group),
+            "close": group[-1].price,
+            "volume": volume,
+            "trade_count": len(group),
+            "vwap": sum(t.price * t.quantity for t in group) / volume,
+            "buy_volume": sum(t.quantity for t in group if not t.is_buyer_maker),
+            "sell_volume": sum(t.quantity for t in group if t.is_buyer_maker),
+        }
+    return out
+
+
+def _select(
+    expected: dict[tuple[str, int], dict[str, Any]],
+    symbol: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int | None = None,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    lo = start.timestamp() * 1000 if start else float("-inf")
+    hi = end.timestamp() * 1000 if end else float("inf")
+    keys = sorted(k for k in expected if k[0] == symbol and lo <= k[1] < hi)
+    if limit is not None:
+        keys = keys[-limit:]
+    return {k: expected[k] for k in keys}
+
+
+def _at(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+
+async def write_candles(backend: Backend, candles: pa.Table, parquet_root: Path | None = None) -> None:
+    """Write 1 s candles as the processor does: three checkpoints through the real sinks, the second
+    written twice (a replay after a crash must not add rows)."""
+    cuts = [0, candles.num_rows // 3, 2 * candles.num_rows // 3, candles.num_rows]
+    batches = []
+    for seq, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False), start=1):
+        batch = FlushBatch()
+        batch.tables[0] = {"ohlc": candles.slice(a, b - a)}
+        batch.lineage[0] = Lineage("0a1b2c3d", seq)
+        batches.append(batch)
+    sink = PostgresSink(backend.dsn)
+    await sink.start()
+    try:
+        for batch in [batches[0], batches[1], batches[1], batches[2]]:
+            await sink.write(batch)
+    finally:
+        await sink.close()
+    if parquet_root is not None:
+        parquet = ParquetSink(parquet_root)
+        for batch in batches:
+            await parquet.write(batch)
+
+
+async def write_rows(backend: Backend, kind: str, table: pa.Table) -> None:
+    batch = FlushBatch()
+    batch.tables[0] = {kind: table}
+    batch.lineage[0] = Lineage("0a1b2c3d", 1)
+    sink = PostgresSink(backend.dsn)
+    await sink.start()
+    try:
+        await sink.write(batch)
+    finally:
+        await sink.close()
+
+
+async def refresh_aggregates(backend: Backend, start: datetime, end: datetime) -> None:
+    """What the refresh policies do in production, on demand (TimescaleDB only)."""
+    if backend.kind != "timescaledb":
+        return
+    conn = await backend.connect()
+    try:
+        for view in CAGGS:
+            await conn.execute(
+                f"CALL refresh_continuous_aggregate('{view}', '{start.isoformat()}', '{end.isoformat()}')"
+            )
+    finally:
+        await conn.close()
+
+
+async def materialized_rows(backend: Backend, symbol: str) -> dict[str, int]:
+    """Rows of ``symbol`` in each continuous aggregate's materialization table (not its real-time part)."""
+    conn = await backend.connect()
+    try:
+        out = {}
+        for view in CAGGS:
+            table = await conn.fetchval(
+                "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
+                "FROM timescaledb_information.continuous_aggregates WHERE view_name = $1",
+                view,
+            )
+            out[view] = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE symbol = $1", symbol)
+        return out
+    finally:
+        await conn.close()
+
+
+async def open_store(backend: Backend, archive_root: Path | None = None) -> DatabaseStore:
+    return await DatabaseStore.connect(backend.dsn, archive_root, max_size=backend.pool_size)
+
+
+def _by_key(table: pa.Table) -> dict[tuple[str, int], dict[str, Any]]:
+    return rows_by_key(table.to_pylist())
+
+
+def _assert_sorted_aware(table: pa.Table) -> None:
+    buckets = table["bucket"].to_pylist()
+    assert buckets == sorted(buckets)
+    assert table.schema.field("bucket").type.tz == "UTC"
+    assert all(b.tzinfo is not None for b in buckets)
+
+
+# ---------------------------------------------------------------------------------------------- tests
+async def test_schema_is_timescaledb_where_available_and_plain_tables_elsewhere(storage_backend: Backend):
+    conn = await storage_backend.connect()
+    try:
+        has_extension = await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
+        if storage_backend.kind == "timescaledb":
+            hypertables = await conn.fetch(
+                "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables "
+                "ORDER BY hypertable_name"
+            )
+            assert [(r[0], r[1]) for r in hypertables] == [
+                ("ohlc_1s", True),
+                ("predictions", True),
+                ("volatility_1s", True),
+            ]
+            caggs = await conn.fetch(
+                "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates "
+                "ORDER BY view_name"
+            )
+            assert [(r[0], r[1]) for r in caggs] == [(name, False) for name in CAGGS]
+            jobs = await conn.fetch(
+                "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs "
+                "WHERE proc_name IN ('policy_refresh_continuous_aggregate', 'policy_compression')"
+            )
+            refresh = sorted(r[1] for r in jobs if r[0] == "policy_refresh_continuous_aggregate")
+            compression = sorted(r[1] for r in jobs if r[0] == "policy_compression")
+            assert refresh == CAGGS
+            assert compression == ["ohlc_1s", "predictions", "volatility_1s"]
+        else:
+            assert has_extension == 0
+            assert await conn.fetchval("SELECT to_regclass('ohlc_1m')") is None
+            kinds = await conn.fetch(
+                "SELECT relname, relkind::text FROM pg_class "
+                "WHERE relname IN ('ohlc_1s', 'volatility_1s', 'predictions')"
+            )
+            assert sorted((r[0], r[1]) for r in kinds) == [
+                ("ohlc_1s", "r"),
+                ("predictions", "r"),
+                ("volatility_1s", "r"),
+            ]
+    finally:
+        await conn.close()
+    store = await open_store(storage_backend)
+    try:
+        await store.candles("NOSUCHSYMBOL")
+        assert store.backend == storage_backend.kind
+    finally:
+        await store.close()
+
+
+async def test_rollups_at_every_interval_equal_a_batch_computation_over_the_trades(storage_backend: Backend):
+    symbols = _symbols()
+    trades = _trades(symbols)
+    await write_candles(storage_backend, candles_of(trades))
+    first, last = min(t.timestamp for t in trades), max(t.timestamp for t in trades)
+    await refresh_aggregates(storage_backend, _at(first - 86_400_000), _at(last + 86_400_000))
+
+    store = await open_store(storage_backend)
+    try:
+        plans = {i: await store.read_plan(i) for i in INTERVALS}
+        if storage_backend.kind == "timescaledb":
+            assert plans == {
+                "1s": ("direct", "ohlc_1s"),
+                "1m": ("direct", "ohlc_1m"),
+                "5m": ("direct", "ohlc_5m"),
+                "15m": ("first_last", "ohlc_5m"),
+                "1h": ("direct", "ohlc_1h"),
+                "1d": ("direct", "ohlc_1d"),
+            }
+        else:
+            assert plans == {"1s": ("direct", "ohlc_1s"), **dict.fromkeys(ROLLUPS, ("date_bin", "ohlc_1s"))}
+        for interval, ms in INTERVALS.items():
+            expected = batch_rollup(trades, ms)
+            for symbol in symbols:
+                everything = await store.candles(symbol, limit=1_000_000, interval=interval)
+                _assert_sorted_aware(everything)
+                assert_candles_equal(_by_key(everything), _select(expected, symbol))
+                # A range that starts and ends inside buckets, and a limit that keeps the newest rows.
+                start = _at(first + 1_234_567 + 500)
+                end = _at(last - 2_345_678)
+                for limit in (1, 7, 100_000):
+                    got = await store.candles(symbol, start, end, limit=limit, interval=interval)
+                    assert_candles_equal(_by_key(got), _select(expected, symbol, start, end, limit))
+                newest = await store.candles(symbol, limit=5, interval=interval)
+                assert_candles_equal(_by_key(newest), _select(expected, symbol, limit=5))
+                latest = await store.latest_candle(symbol, interval)
+                assert_candles_equal(_by_key(latest), _select(expected, symbol, limit=1))
+    finally:
+        await store.close()
+
+
+async def test_timescaledb_real_time_and_materialized_aggregates_answer_alike(tsdb_url: str):
+    """Before a refresh the aggregates answer from ohlc_1s in real time; after it, from materialized rows."""
+    storage_backend = Backend("timescaledb", tsdb_url, 1)
+    symbols = _symbols(1)
+    # Later than anything other tests refresh, so these buckets are above every aggregate's watermark.
+    start_ms = 1_900_000_000_000  # 2030-03-17
+    trades = _trades(symbols, n=2000, start_ms=start_ms, seed=9)
+    await write_candles(storage_backend, candles_of(trades))
+    store = await open_store(storage_backend)
+    try:
+        before = {i: await store.candles(symbols[0], limit=100_000, interval=i) for i in ROLLUPS}
+    finally:
+        await store.close()
+    assert await materialized_rows(storage_backend, symbols[0]) == dict.fromkeys(CAGGS, 0)
+    await refresh_aggregates(storage_backend, _at(start_ms - 86_400_000), _at(start_ms + 3 * 86_400_000))
+    after_refresh = await materialized_rows(storage_backend, symbols[0])
+    assert all(after_refresh[view] > 0 for view in CAGGS), after_refresh
+    # With the 1 s rows gone (and no refresh since), only materialized rows can answer.
+    conn = await storage_backend.connect()
+    try:
+        await conn.execute("DELETE FROM ohlc_1s WHERE symbol = $1", symbols[0])
+    finally:
+        await conn.close()
+    store = await open_store(storage_backend)
+    try:
+        for interval in ROLLUPS:
+            after = await store.candles(symbols[0], limit=100_000, interval=interval)
+            expected = batch_rollup(trades, INTERVALS[interval])
+            assert_candles_equal(_by_key(before[interval]), expected)
+            assert_candles_equal(_by_key(after), expected)
+    finally:
+        await store.close()
+
+
+async def test_postgresql_and_timescaledb_return_identical_rollups(_postgres_storage_url: str, tsdb_url: str):
+    symbols = _symbols()
+    trades = _trades(symbols, n=3000, seed=21)
+    candles = candles_of(trades)
+    plain = Backend("postgresql", _postgres_storage_url, 4)
+    timescale = Backend("timescaledb", tsdb_url, 1)
+    results: dict[str, dict[str, pa.Table]] = {}
+    for backend in (plain, timescale):
+        await write_candles(backend, candles)
+        await refresh_aggregates(backend, _at(START_MS - 86_400_000), _at(START_MS + 2 * 86_400_000))
+        store = await open_store(backend)
+        try:
+            results[backend.kind] = {
+                f"{s}/{i}": await store.candles(s, limit=100_000, interval=i)
+                for s in symbols
+                for i in INTERVALS
+            }
+        finally:
+            await store.close()
+    for key, table in results["postgresql"].items():
+        other = results["timescaledb"][key]
+        assert table.num_rows > 0
+        assert table.schema == other.schema
+        for name in ("symbol", "bucket", "open", "high", "low", "close", "trade_count"):
+            assert table[name].equals(other[name]), f"{key} {name} differs"
+        assert_candles_equal(_by_key(table), _by_key(other))
+
+
+async def test_parquet_archive_returns_the_same_candles_as_the_database(
+    storage_backend: Backend, tmp_path: Path
+):
+    symbols = _symbols()
+    trades = _trades(symbols, n=4000, seed=33)
+    await write_candles(storage_backend, candles_of(trades), tmp_path)
+    await refresh_aggregates(storage_backend, _at(START_MS - 86_400_000), _at(START_MS + 2 * 86_400_000))
+
+    db = await open_store(storage_backend)
+    files = ArchiveStore(tmp_path)
+    start, end = _at(START_MS + 600_000), _at(START_MS + 7_200_000 + 1)
+    try:
+        assert set(symbols) <= set(await db.symbols())
+        assert await files.symbols() == sorted(symbols)
+        for symbol in symbols:
+            for interval in INTERVALS:
+                for args in ({"limit": 100_000}, {"start": start, "end": end, "limit": 50}, {"limit": 3}):
+                    from_db = await db.candles(symbol, interval=interval, **args)
+                    from_parquet = await files.candles(symbol, interval=interval, **args)
+                    assert from_parquet.num_rows > 0
+                    assert from_parquet.schema == from_db.schema
+                    for name in ("bucket", "open", "high", "low", "close", "trade_count"):
+                        assert from_parquet[name].equals(from_db[name]), f"{symbol} {interval} {args} {name}"
+                    assert_candles_equal(_by_key(from_parquet), _by_key(from_db))
+        # The original DataLoader behaviour: date-range filters (end date inclusive), limit, sorted, UTC.
+        loader = archive.DataLoader(tmp_path)
+        day = _at(START_MS).date()
+        rows = loader.load_ohlc(symbols[0], start=day, end=day)
+        _assert_sorted_aware(rows)
+        assert rows.num_rows > 0 and all(b.date() == day for b in rows["bucket"].to_pylist())
+        assert loader.load_ohlc(symbols[0], limit=10)["bucket"].to_pylist() == (
+            (await db.candles(symbols[0], limit=10))["bucket"].to_pylist()
+        )
+    finally:
+        await db.close()
+
+
+async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
+    storage_backend: Backend, tmp_path: Path
+):
+    """Retention dropped the oldest day from the database; the archive still serves it."""
+    symbols = _symbols(1)
+    symbol = symbols[0]
+    start_ms = 1_710_028_800_000  # 2024-03-10 00:00 UTC, a period no other test writes
+    trades = _trades(symbols, n=6000, start_ms=start_ms + 86_400_000 - 5_000_000, seed=44)
+    expected_1s = batch_rollup(trades, 1000)
+    await write_candles(storage_backend, candles_of(trades), tmp_path)
+
+    midnight = _at(start_ms + 86_400_000)
+    conn = await storage_backend.connect()
+    try:
+        if storage_backend.kind == "timescaledb":
+            # What the retention policy runs: drop whole chunks (days) older than the horizon.
+            dropped = await conn.fetch(
+                "SELECT drop_chunks('ohlc_1s', older_than => $1::timestamptz, newer_than => $2::timestamptz)",
+                midnight,
+                _at(start_ms),
+            )
+            assert dropped, "no chunk was dropped"
+        else:
+            await conn.execute("DELETE FROM ohlc_1s WHERE symbol = $1 AND bucket < $2", symbol, midnight)
+        left = await conn.fetchval("SELECT count(*) FROM ohlc_1s WHERE symbol = $1", symbol)
+        assert 0 < left < len(expected_1s)
+    finally:
+        await conn.close()
+
+    store = await open_store(storage_backend, archive_root=tmp_path)
+    try:
+        for interval in INTERVALS:
+            expected = batch_rollup(trades, INTERVALS[interval])
+            got = await store.candles(symbol, limit=1_000_000, interval=interval)
+            assert_candles_equal(_by_key(got), _select(expected, symbol))
+            window = (_at(start_ms + 86_400_000 - 3_600_000), _at(start_ms + 86_400_000 + 3_600_000))
+            got = await store.candles(symbol, *window, limit=1_000_000, interval=interval)
+            assert_candles_equal(_by_key(got), _select(expected, symbol, *window))
+    finally:
+        await store.close()
+    bare = await open_store(storage_backend)  # one at a time: the TimescaleDB harness takes one connection
+    try:
+        only_db = await bare.candles(symbol, limit=1_000_000)
+        assert only_db.num_rows == left  # without the archive the dropped day is simply absent
+    finally:
+        await bare.close()
+
+
+async def test_volatility_predictions_and_symbols_read_back(storage_backend: Backend):
+    symbols = _symbols()
+    buckets = [_at(START_MS + i * 1000) for i in range(300)]
+    vol = pa.table(
+        {
+            "symbol": [symbols[0]] * 300,
+            "bucket": buckets,
+            "volatility": [i * 1e-5 for i in range(300)],
+            "window_seconds": [60] * 300,
+        },
+        schema=VOLATILITY_SCHEMA,
+    )
+    preds = pa.table(
+        {
+            "symbol": [symbols[1]] * 20,
+            "bucket": [buckets[i // 2] for i in range(20)],
+            "horizon_seconds": [60 if i % 2 else 300 for i in range(20)],
+            "probability_up": [i / 20 for i in range(20)],
+            "label": ["up" if i % 3 else "down" for i in range(20)],
+            "model_version": ["sgd-1"] * 20,
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+    await write_rows(storage_backend, "volatility", vol)
+    await write_rows(storage_backend, "predictions", preds)
+    await write_candles(storage_backend, candles_of(_trades(symbols, n=50)))
+    store = await open_store(storage_backend)
+    try:
+        assert set(symbols) <= set(await store.symbols())
+        got = await store.volatility(symbols[0], start=buckets[10], end=buckets[60], limit=20)
+        assert got.equals(vol.slice(40, 20))
+        assert (await store.volatility(symbols[0], limit=1_000)).equals(vol)
+        got = await store.predictions(symbols[1], limit=5)
+        assert got.schema == PREDICTION_SCHEMA
+        ordered = sorted(preds.to_pylist(), key=lambda r: (r["bucket"], r["horizon_seconds"]))
+        assert got.to_pylist() == ordered[-5:]
+        assert (await store.volatility("NOSUCHSYMBOL")).num_rows == 0
+    finally:
+        await store.close()
+
+
+async def test_bad_queries_raise_query_error(storage_backend: Backend, tmp_path: Path):
+    store = await open_store(storage_backend)
+    files = ArchiveStore(tmp_path)
+    t = datetime(2024, 1, 1, tzinfo=UTC)
+    try:
+        for s in (store, files):
+            with pytest.raises(QueryError, match="unknown interval '2m'"):
+                await s.candles("BTCUSDT", interval="2m")
+            with pytest.raises(QueryError, match="is after end"):
+                await s.candles("BTCUSDT", start=t, end=t - timedelta(seconds=1))
+            with pytest.raises(QueryError, match="limit must be >= 1"):
+                await s.volatility("BTCUSDT", limit=0)
+            assert (await s.candles("BTCUSDT", start=t, end=t, interval="1h")).num_rows == 0
+    finally:
+        await store.close()
