@@ -246,6 +246,18 @@ def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> 
     log.info("database %s is at revision %s", settings.describe_database(), revision)
 
 
+@app.command()
+def compact(
+    min_age_days: int = typer.Option(2, min=1, help="Only merge days at least this many days old."),
+) -> None:
+    """Merge the small Parquet files of past days under OUTPUT_DIR into one file per day (rows unchanged)."""
+    settings = _settings("compact")
+    from cryptostream.compaction import compact as run_compaction
+
+    report = run_compaction(settings.output_dir, min_age_days=min_age_days)
+    log.info("compaction of %s: %s", settings.output_dir.resolve(), report)
+
+
 # ---------------------------------------------------------------------------------------------- up
 @app.command()
 def up(

@@ -1,0 +1,167 @@
+"""Compaction of the Parquet archive: fewer files, the same rows, and never a file a restart may delete.
+
+Files are written by the real ``ParquetSink`` and checkpoints by the real ``CheckpointStore``, exactly as
+the processor lays them out; the loader is the one the API reads with.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from cryptostream import archive
+from cryptostream.cli import app
+from cryptostream.compaction import committed_floor, compact
+from cryptostream.models import CANDLE_SCHEMA
+from processor.checkpoint import Checkpoint, CheckpointStore
+from processor.sinks import FlushBatch, Lineage, ParquetSink
+
+TODAY = date(2024, 1, 20)
+OLD = date(2024, 1, 10)
+RECENT = date(2024, 1, 19)
+SYMBOL = "BTCUSDT"
+
+
+def candles(day: date, first_second: int, n: int, price: float = 100.0) -> pa.Table:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(seconds=first_second)
+    buckets = [start + timedelta(seconds=i) for i in range(n)]
+    prices = [price + i * 0.25 for i in range(n)]
+    return pa.table(
+        {
+            "symbol": [SYMBOL] * n,
+            "bucket": buckets,
+            "open": prices,
+            "high": [p + 1 for p in prices],
+            "low": [p - 1 for p in prices],
+            "close": [p + 0.5 for p in prices],
+            "volume": [1.5] * n,
+            "trade_count": [3] * n,
+            "vwap": prices,
+            "buy_volume": [1.0] * n,
+            "sell_volume": [0.5] * n,
+        },
+        schema=CANDLE_SCHEMA,
+    )
+
+
+async def write(root: Path, partition: int, epoch: str, seq: int, table: pa.Table) -> None:
+    batch = FlushBatch()
+    batch.tables[partition] = {"ohlc": table}
+    batch.lineage[partition] = Lineage(epoch, seq)
+    await ParquetSink(root).write(batch)
+
+
+def checkpoint(root: Path, partition: int, epoch: str, seq: int, offset: int) -> None:
+    CheckpointStore(root, "group", "trades").save(Checkpoint("trades", partition, offset, offset, epoch, seq))
+
+
+def files(root: Path, day: date) -> list[str]:
+    return sorted(p.name for p in archive.partition_dir(root, "ohlc", SYMBOL, day).glob("*.parquet"))
+
+
+def everything(root: Path) -> pa.Table:
+    return archive.load(root, "ohlc", SYMBOL)
+
+
+async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path: Path):
+    # Lineage e1 of partition 0: seven checkpoints wrote files; checkpoints 3..5 are still on disk, so a
+    # restart may resume from seq 3 and delete seq 4..7. A dead lineage e0 (no checkpoint left) wrote two.
+    for seq in range(1, 8):
+        await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 40, price=seq))
+    for seq in (1, 2):
+        await write(tmp_path, 0, "e0", seq, candles(OLD, 5000 + seq * 100, 10, price=50 + seq))
+    await write(tmp_path, 0, "e0", 3, candles(OLD, 150, 5, price=77))  # same buckets as e1: kept twice
+    for seq in (1, 2, 3):
+        await write(tmp_path, 1, "e9", seq, candles(RECENT, seq * 100, 30))
+    for seq, offset in ((3, 300), (4, 400), (5, 500)):
+        checkpoint(tmp_path, 0, "e1", seq, offset)
+    checkpoint(tmp_path, 1, "e9", 1, 10)
+    assert committed_floor(tmp_path) == {(0, "e1"): 3, (1, "e9"): 1}
+    before = everything(tmp_path)
+    recent_before = files(tmp_path, RECENT)
+
+    report = compact(tmp_path, min_age_days=2, today=TODAY)
+
+    assert report.files_in == 6 and report.files_out == 1 and report.rows == 3 * 40 + 2 * 10 + 5
+    assert report.kept_uncommitted == 4
+    old_files = files(tmp_path, OLD)
+    assert len(old_files) == 5  # the compact file + e1 seq 4..7
+    assert [f for f in old_files if not f.startswith("compact-")] == [
+        archive.file_name(0, "e1", seq) for seq in (4, 5, 6, 7)
+    ]
+    assert files(tmp_path, RECENT) == recent_before  # too young
+    assert everything(tmp_path).equals(before)  # the same rows, duplicates included, in the same order
+
+    # A restart of lineage e1 from seq 3 deletes exactly what it will write again; the merge is untouched.
+    removed = ParquetSink(tmp_path).remove_uncommitted(0, "e1", 3)
+    assert removed == 4
+    expected = pa.concat_tables(
+        [candles(OLD, seq * 100, 40, price=seq) for seq in (1, 2, 3)]
+        + [candles(OLD, 5000 + seq * 100, 10, price=50 + seq) for seq in (1, 2)]
+        + [candles(OLD, 150, 5, price=77)]
+        + [candles(RECENT, seq * 100, 30) for seq in (1, 2, 3)]
+    )
+    got = everything(tmp_path)
+    assert got.num_rows == expected.num_rows
+    assert sorted(map(str, got.to_pylist())) == sorted(map(str, expected.to_pylist()))
+
+
+async def test_a_compaction_cut_short_reads_the_same_and_is_finished_by_the_next_run(tmp_path: Path):
+    for seq in (1, 2, 3):
+        await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 20, price=seq))
+    before = everything(tmp_path)
+    folder = archive.partition_dir(tmp_path, "ohlc", SYMBOL, OLD)
+    sources = files(tmp_path, OLD)
+    # The state a crash leaves between writing the merged file and deleting its sources.
+    merged = pa.concat_tables(
+        [archive.pq.read_table(folder / name, schema=archive.file_schema("ohlc")) for name in sources]
+    ).sort_by("bucket")
+    merged = merged.replace_schema_metadata({archive.COMPACTED_FROM: json.dumps(sources).encode()})
+    archive.write_file(folder / "compact-0123456789abcdef.parquet", merged)
+    assert len(files(tmp_path, OLD)) == 4
+    assert everything(tmp_path).equals(before)  # readers skip the replaced files: no row counted twice
+
+    report = compact(tmp_path, min_age_days=2, today=TODAY)
+    assert files(tmp_path, OLD) == ["compact-0123456789abcdef.parquet"]
+    assert report.files_in == 0  # nothing left to merge: the run only tidied up
+    assert everything(tmp_path).equals(before)
+
+    # New files for that day (a replay of old trades, committed) merge with the compact file later.
+    await write(tmp_path, 2, "f1", 1, candles(OLD, 9000, 10, price=9))
+    report = compact(tmp_path, min_age_days=2, today=TODAY)
+    assert report.files_in == 2 and len(files(tmp_path, OLD)) == 1
+    assert everything(tmp_path).num_rows == before.num_rows + 10
+
+
+async def test_rollups_and_limits_read_the_same_after_compaction(tmp_path: Path):
+    for seq in range(1, 6):
+        await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 700, 300, price=seq))
+    queries = [
+        {"interval": i, "limit": limit} for i in ("1s", "1m", "15m", "1h", "1d") for limit in (1, 50, 10_000)
+    ]
+    before = [archive.load_candles(tmp_path, SYMBOL, **q) for q in queries]
+    compact(tmp_path, min_age_days=1, today=TODAY)
+    assert len(files(tmp_path, OLD)) == 1
+    for q, table in zip(queries, before, strict=True):
+        assert archive.load_candles(tmp_path, SYMBOL, **q).equals(table), q
+
+
+def test_unreadable_checkpoint_stops_compaction(tmp_path: Path):
+    folder = tmp_path / "_checkpoints" / "g" / "t" / "p0000"
+    folder.mkdir(parents=True)
+    (folder / "00000000000000000001.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        compact(tmp_path, today=TODAY)
+
+
+async def test_cli_compact_command(tmp_path: Path):
+    for seq in (1, 2):
+        await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 10))
+    result = CliRunner().invoke(app, ["compact", "--min-age-days", "2"], env={"OUTPUT_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert len(files(tmp_path, OLD)) == 1
