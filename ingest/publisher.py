@@ -1,8 +1,9 @@
 """Publisher: trades into Kafka, keyed by symbol, without losing one and without unbounded memory.
 
 Sources ``await publisher.put(trades)`` (or :meth:`Publisher.put_records` with records already encoded,
-the replay fast path). At most ``PUBLISH_QUEUE_SIZE`` trades wait in memory; beyond that ``put`` waits,
-so back-pressure reaches the WebSocket reader or the replay loop instead of memory.
+the replay fast path). At most ``PUBLISH_QUEUE_SIZE`` trades are held unacknowledged, whether queued,
+in the producer or being resent; beyond that ``put`` waits, so back-pressure reaches the WebSocket
+reader or the replay loop instead of memory, even through a long broker outage.
 
 One sender task sends a round as soon as ``BATCH_SIZE`` trades wait, or when the oldest has waited
 ``KAFKA_LINGER_MS``. A round takes everything waiting (a backlog drains in large batches instead of
@@ -73,6 +74,7 @@ class Publisher:
         self._inflight: set[asyncio.Future[object]] = set()
         self._settled = asyncio.Event()
         self._trades = trades  # False for the dead-letter publisher: not counted as trades out
+        self._failure: BaseException | None = None
         self.accepted = 0
         self.acknowledged = 0
         self.retries = 0
@@ -98,7 +100,7 @@ class Publisher:
         buf = self._buf
         while i < n:
             self._check_sender()
-            room = self.queue_size - len(buf)
+            room = self.queue_size - self.backlog  # queued + in flight + being resent
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -110,14 +112,16 @@ class Publisher:
             self._waiting.set()
             if len(buf) >= self.batch_size:
                 self._ready.set()
-        if self._trades:
-            INGEST_BACKLOG.set(self.backlog)
+            if self._trades:
+                INGEST_BACKLOG.set(self.backlog)
 
     def _check_sender(self) -> None:
         if self._task is None:
             raise RuntimeError("Publisher.start() was not called")
         if self._task.done():
             self._task.result()  # surface the sender's failure to the source
+        if self._failure is not None:
+            raise self._failure
 
     async def stop(self) -> None:
         """Send everything accepted, then stop the sender."""
@@ -164,7 +168,6 @@ class Publisher:
             n = min(len(buf), MAX_ROUND)
             popleft = buf.popleft
             records = [popleft() for _ in range(n)]
-            self._room.set()
             await self._send(records)
 
     def _partition(self, key: bytes) -> int:
@@ -221,6 +224,13 @@ class Publisher:
         PUBLISH_RETRIES.labels(self.topic).inc()
         log.warning("%s; %d trades waiting, retrying in %.1fs", why, self.backlog, backoff)
 
+    def _resent(self, task: asyncio.Future[object]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failure = task.exception()  # surfaces in put() and wait_acknowledged(), never swallowed
+            self._settled.set()
+            self._room.set()
+
     def _track(self, fut: asyncio.Future[object], partition: int, records: list[Record]) -> None:
         self._inflight.add(fut)
 
@@ -232,9 +242,10 @@ class Publisher:
                 self._retried(f"batch of {len(records)} not acknowledged ({why}); resending", 0)
                 task = asyncio.ensure_future(self._send_partition(partition, records))
                 self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(self._resent)
                 return
             self.acknowledged += len(records)
+            self._room.set()
             if self._trades:
                 INGEST_BACKLOG.set(self.backlog)
                 TRADES_OUT.labels("ingest").inc(len(records))

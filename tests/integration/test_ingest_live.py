@@ -19,49 +19,18 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cryptostream.settings import Settings
 from ingest.exchanges import build, live_trades
 from ingest.exchanges.base import Exchange
 from ingest.service import IngestResult, run_ingest
 from tests.integration.exchange_servers import FakeExchange
+from tests.integration.ingest_helpers import topic_records
 
 pytestmark = pytest.mark.integration
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-async def topic_records(settings: Settings, topic: str) -> list[Any]:
-    """Every record in ``topic`` right now.
-
-    Reads to the end offsets, then polls once more: the embedded Tansu broker reports a partition's end
-    offset as its last record *batch's* base offset + 1, so end offsets alone undercount.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end[tp] for tp in partitions])
-
-        out: list[Any] = []
-        while await behind():
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(records)
-        for records in (await consumer.getmany(timeout_ms=200)).values():
-            out.extend(records)
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def run_live(
     settings: Settings, done: Callable[[], Awaitable[bool]], timeout: float = 60.0
 ) -> tuple[list[Exchange], IngestResult]:

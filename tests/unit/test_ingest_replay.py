@@ -1,0 +1,193 @@
+"""Replay readers: every Binance dump layout, JSONL and Parquet, validated and encoded exactly; pacing."""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cryptostream.codec import decode_trades
+from cryptostream.settings import load_settings
+from ingest.replay import ReplayError, encode, read_columns, replay_trades
+
+SPOT_TRADES = [  # id,price,qty,quote_qty,time,is_buyer_maker,is_best_match (2025+: microseconds)
+    "4370000001,93576.00000000,0.00010000,9.35760000,1735689600123456,True,True",
+    "4370000002,93576.01000000,0.00200000,187.15202000,1735689600124999,False,True",
+]
+
+
+def write(path: Path, lines: list[str], *, zipped: bool = False) -> Path:
+    text = "\n".join(lines) + "\n"
+    if not zipped:
+        path.write_text(text)
+        return path
+    target = path.with_suffix(".zip")
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(path.name, text)
+    return target
+
+
+def rows(path: Path, symbol: str | None = None) -> tuple[list[dict], list]:
+    """Everything a file yields, as decoded Kafka values, plus the rejects."""
+    values, rejected = [], []
+    for cols in read_columns(path, symbol):
+        batch = encode(cols, received_at=1)
+        values += [orjson.loads(v) for _, v, _ in batch]
+        rejected += batch.rejected
+    return values, rejected
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_spot_trades_dump_in_microseconds_zipped_or_not(tmp_path, zipped):
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", SPOT_TRADES, zipped=zipped)
+    values, rejected = rows(path)
+    assert not rejected
+    assert values == [
+        {"symbol": "BTCUSDT", "price": 93576.0, "quantity": 0.0001, "timestamp": 1735689600123,
+         "trade_id": 4370000001, "is_buyer_maker": True, "exchange": "binance", "received_at": 1},
+        {"symbol": "BTCUSDT", "price": 93576.01, "quantity": 0.002, "timestamp": 1735689600124,
+         "trade_id": 4370000002, "is_buyer_maker": False, "exchange": "binance", "received_at": 1},
+    ]  # fmt: skip
+
+
+def test_spot_aggtrades_dump_in_milliseconds(tmp_path):
+    # agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker,is_best_match
+    path = write(
+        tmp_path / "ETHUSDT-aggTrades-2024-03-01.csv", ["77,3400.5,1.25,100,102,1709251200001,false,true"]
+    )
+    (value,), _ = rows(path)
+    assert (value["symbol"], value["trade_id"], value["price"], value["quantity"]) == (
+        "ETHUSDT",
+        77,
+        3400.5,
+        1.25,
+    )
+    assert value["timestamp"] == 1709251200001 and value["is_buyer_maker"] is False
+
+
+def test_futures_dump_with_header_row(tmp_path):
+    path = write(
+        tmp_path / "BTCUSDT-trades-2023-05-01.csv",
+        ["id,price,qty,quote_qty,time,is_buyer_maker", "9,27000.1,0.5,13500.05,1682899200000,true"],
+    )
+    (value,), _ = rows(path)
+    assert (value["trade_id"], value["timestamp"], value["is_buyer_maker"]) == (9, 1682899200000, True)
+
+
+def test_a_file_mixing_ms_and_us_lands_in_exact_milliseconds(tmp_path):
+    path = write(
+        tmp_path / "BTCUSDT-trades-2025-01-01.csv",
+        ["1,10.0,1.0,10.0,1735689599999,True,True", "2,10.0,1.0,10.0,1735689600000001,True,True"],
+    )
+    values, _ = rows(path)
+    assert [v["timestamp"] for v in values] == [1735689599999, 1735689600000]
+
+
+def test_bad_rows_are_rejected_with_reason_and_raw_text_the_rest_kept(tmp_path):
+    path = write(
+        tmp_path / "BTCUSDT-trades-2025-01-01.csv",
+        [
+            SPOT_TRADES[0],
+            "4370000009,-1.0,0.1,0.1,1735689600200000,True,True",  # non-positive price
+            "4370000010,10.0,-0.5,0.1,1735689600300000,True,True",  # negative quantity
+            "4370000011,10.0",  # truncated line
+            "4370000012,10.0,0.5,5.0,17,True,True",  # not a plausible time
+            SPOT_TRADES[1],
+        ],
+    )
+    values, rejected = rows(path)
+    assert [v["trade_id"] for v in values] == [4370000001, 4370000002]
+    assert sorted(r.reason for r in rejected) == [
+        "bad_timestamp", "malformed_json", "negative_quantity", "non_positive_price"
+    ]  # fmt: skip
+    by_reason = {r.reason: r for r in rejected}
+    assert by_reason["malformed_json"].raw == b"4370000011,10.0"
+    assert orjson.loads(by_reason["non_positive_price"].raw)["trade_id"] == 4370000009
+
+
+def test_jsonl_of_trades_keeps_exchange_and_rejects_bad_lines(tmp_path):
+    good = {"symbol": "BTC-USD", "price": 65000.5, "quantity": 0.1, "timestamp": 1_700_000_000_000,
+            "trade_id": 5, "is_buyer_maker": False, "exchange": "coinbase"}  # fmt: skip
+    path = tmp_path / "trades.jsonl"
+    path.write_bytes(
+        orjson.dumps(good) + b"\n\n{oops\n" + orjson.dumps({**good, "trade_id": 6, "quantity": -1}) + b"\n"
+    )
+    values, rejected = rows(path)
+    assert values == [{**good, "symbol": "BTCUSD", "received_at": 1}]
+    assert sorted(r.reason for r in rejected) == ["malformed_json", "negative_quantity"]
+
+
+def test_parquet_with_timestamp_typed_column(tmp_path):
+    table = pa.table(
+        {
+            "exchange": ["binance", "binance"],
+            "symbol": ["BTCUSDT", "not a symbol!"],
+            "price": [50_000.0, 1.0],
+            "quantity": [0.25, 1.0],
+            "timestamp": pa.array([1_700_000_000_123, 1_700_000_000_124], pa.timestamp("ms", "UTC")),
+            "trade_id": [1, 2],
+            "is_buyer_maker": [True, False],
+        }
+    )
+    pq.write_table(table, tmp_path / "trades.parquet")
+    values, rejected = rows(tmp_path / "trades.parquet")
+    assert [(v["symbol"], v["timestamp"], v["trade_id"]) for v in values] == [
+        ("BTCUSDT", 1_700_000_000_123, 1)
+    ]
+    assert [r.reason for r in rejected] == ["bad_symbol"]
+
+
+def test_encoded_records_are_the_plain_json_the_codec_reads(tmp_path):
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", SPOT_TRADES)
+    (cols,) = list(read_columns(path))
+    batch = encode(cols, received_at=1_800_000_000_000)
+    assert [k for k, _, _ in batch] == [b"BTCUSDT", b"BTCUSDT"]
+    assert [t for _, _, t in batch] == [1735689600123, 1735689600124]
+    decoded, rejected = decode_trades([v for _, v, _ in batch])
+    assert not rejected
+    assert decoded.trade_id.tolist() == cols.trade_id.tolist()
+    assert np.array_equal(decoded.price, cols.price) and np.array_equal(decoded.timestamp, cols.timestamp)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("trades.txt", "unknown replay format"),
+        ("trades-of-some-kind.csv", "cannot tell the symbol"),
+        ("missing.jsonl", "does not exist"),
+    ],
+)
+def test_unreadable_files_say_what_to_fix(tmp_path, name, message):
+    path = tmp_path / name
+    if name != "missing.jsonl":
+        path.write_text("1,2,3\n")
+    with pytest.raises(ReplayError, match=message):
+        list(read_columns(path))
+
+
+def test_symbol_option_names_a_dump_whose_file_name_lacks_it(tmp_path):
+    path = write(tmp_path / "download.csv", SPOT_TRADES)
+    values, _ = rows(path, symbol="sol-usdt")
+    assert {v["symbol"] for v in values} == {"SOLUSDT"}
+
+
+async def test_replay_speed_paces_by_event_time(tmp_path):
+    # 21 trades over 2 s of event time: at REPLAY_SPEED=10 they take ~0.2 s, at 0 no time at all
+    lines = [f"{i},10.0,1.0,10.0,{1735689600000000 + i * 100_000},True,True" for i in range(21)]
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", lines)
+
+    async def replay(speed: float) -> tuple[float, int, int]:
+        started = time.monotonic()
+        batches = [b async for b in replay_trades(load_settings(replay_speed=speed), path, progress=False)]
+        return time.monotonic() - started, sum(map(len, batches)), len(batches)
+
+    elapsed, count, slices = await replay(10.0)
+    assert count == 21 and 0.18 <= elapsed < 1.0 and slices > 1
+    elapsed, count, slices = await replay(0.0)
+    assert count == 21 and elapsed < 0.5 and slices == 1
