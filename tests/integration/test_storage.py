@@ -20,7 +20,14 @@ import pytest
 
 from cryptostream import archive
 from cryptostream.errors import QueryError
-from cryptostream.models import INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA, Trade, TradeColumns
+from cryptostream.models import (
+    CANDLE_SCHEMA,
+    INTERVALS,
+    PREDICTION_SCHEMA,
+    VOLATILITY_SCHEMA,
+    Trade,
+    TradeColumns,
+)
 from cryptostream.store import ArchiveStore, DatabaseStore
 from ingest.synthetic import SyntheticMarket
 from processor.sinks import FlushBatch, Lineage, ParquetSink, PostgresSink
@@ -120,16 +127,22 @@ async def write_candles(backend: Backend, candles: pa.Table, parquet_root: Path 
             await parquet.write(batch)
 
 
-async def write_rows(backend: Backend, kind: str, table: pa.Table) -> None:
-    batch = FlushBatch()
-    batch.tables[0] = {kind: table}
-    batch.lineage[0] = Lineage("0a1b2c3d", 1)
+async def write_batch(backend: Backend, batch: FlushBatch) -> None:
+    """One checkpoint through the real sink (closed afterwards: the TimescaleDB harness takes one
+    connection at a time)."""
     sink = PostgresSink(backend.dsn)
     await sink.start()
     try:
         await sink.write(batch)
     finally:
         await sink.close()
+
+
+async def write_rows(backend: Backend, kind: str, table: pa.Table) -> None:
+    batch = FlushBatch()
+    batch.tables[0] = {kind: table}
+    batch.lineage[0] = Lineage("0a1b2c3d", 1)
+    await write_batch(backend, batch)
 
 
 async def refresh_aggregates(backend: Backend, start: datetime, end: datetime) -> None:
@@ -455,6 +468,108 @@ async def test_volatility_predictions_and_symbols_read_back(storage_backend: Bac
         assert (await store.volatility("NOSUCHSYMBOL")).num_rows == 0
     finally:
         await store.close()
+
+
+async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(storage_backend: Backend):
+    """Binary COPY keeps every float exactly; duplicates inside a batch keep the last row; replaying
+    identical rows leaves them untouched (same xmin), changed rows are updated."""
+    symbol = _symbols(1)[0] + "É"  # non-ASCII text survives the binary stream too
+    awkward = [0.1 + 0.2, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 65083.67000000001, 1 / 3]
+    # Sums of vwap * volume must stay finite and non-zero (PostgreSQL raises on float under/overflow).
+    amounts = [0.1 + 0.2, 1e-8, 3e-9, 12345.678901234567, 0.0, 65083.67000000001, 1 / 3]
+    n = len(awkward)
+    candles = pa.table(
+        {
+            "symbol": [symbol] * n,
+            "bucket": [_at(START_MS + i * 1000) for i in range(n)],
+            "open": awkward,
+            "high": awkward[::-1],
+            "low": [-x for x in awkward],
+            "close": awkward,
+            "volume": amounts,
+            "trade_count": [2**53 + 1, 0, 1, 2, 3, 4, 2**62],
+            "vwap": amounts,
+            "buy_volume": amounts,
+            "sell_volume": amounts,
+        },
+        schema=CANDLE_SCHEMA,
+    )
+    stale = candles.slice(0, 2).set_column(2, "open", pa.array([7.0, 8.0]))
+    preds = pa.table(
+        {
+            "symbol": [symbol, symbol],
+            "bucket": [_at(START_MS), _at(START_MS)],
+            "horizon_seconds": pa.array([60, 300], pa.int32()),
+            "probability_up": [0.25, 1.0],
+            "label": ["", "hausse ↑"],
+            "model_version": ["sgd-ünï", "x" * 300],
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+    batch = FlushBatch()
+    batch.tables[0] = {"ohlc": stale, "predictions": preds}
+    batch.tables[1] = {"ohlc": candles}  # the later copy of the first two rows wins
+    batch.lineage = {0: Lineage("0a1b2c3d", 1), 1: Lineage("0a1b2c3d", 1)}
+    await write_batch(storage_backend, batch)
+    select = "SELECT xmin::text, * FROM ohlc_1s WHERE symbol = $1 ORDER BY bucket"
+    conn = await storage_backend.connect()
+    try:
+        first = await conn.fetch(select, symbol)
+    finally:
+        await conn.close()
+    changed = candles.set_column(4, "low", pa.array([-1.0] + [-x for x in awkward[1:]]))
+    replay = FlushBatch()
+    replay.tables[1] = {"ohlc": changed}
+    replay.lineage = {1: Lineage("0a1b2c3d", 1)}
+    await write_batch(storage_backend, replay)
+    conn = await storage_backend.connect()
+    try:
+        second = await conn.fetch(select, symbol)
+        stored_preds = await conn.fetch(
+            "SELECT * FROM predictions WHERE symbol = $1 ORDER BY horizon_seconds", symbol
+        )
+    finally:
+        await conn.close()
+    assert [dict(r)["open"] for r in first] == awkward  # exact float equality, -0.0 included
+    assert [str(dict(r)["open"]) for r in first] == [str(x) for x in awkward]
+    assert [r["trade_count"] for r in first] == candles["trade_count"].to_pylist()
+    assert [r["low"] for r in second] == changed["low"].to_pylist()
+    assert [r["xmin"] for r in second][1:] == [r["xmin"] for r in first][1:]  # identical rows untouched
+    assert second[0]["xmin"] != first[0]["xmin"]  # the changed row was rewritten
+    assert [(r["label"], r["model_version"]) for r in stored_preds] == [
+        ("", "sgd-ünï"),
+        ("hausse ↑", "x" * 300),
+    ]
+
+
+async def test_timescaledb_replay_into_compressed_chunks_still_upserts(tsdb_url: str):
+    """The compression policy compresses old chunks; a replay of old trades must still land exactly."""
+    backend = Backend("timescaledb", tsdb_url, 1)
+    symbols = _symbols(1)
+    start_ms = 1_720_000_000_000  # 2024-07-03, a period of its own
+    trades = _trades(symbols, n=800, start_ms=start_ms, seed=61)
+    candles = candles_of(trades)
+    await write_candles(backend, candles)
+    conn = await backend.connect()
+    try:
+        compressed = await conn.fetch(
+            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('ohlc_1s', "
+            "newer_than => $1::timestamptz, older_than => $2::timestamptz) c",
+            _at(start_ms - 86_400_000),
+            _at(start_ms + 2 * 86_400_000),
+        )
+        assert compressed
+    finally:
+        await conn.close()
+    replayed = candles.set_column(5, "close", pa.array([x * 2 for x in candles["close"].to_pylist()]))
+    await write_candles(backend, replayed)
+    store = await open_store(backend)
+    try:
+        got = await store.candles(symbols[0], limit=100_000)
+    finally:
+        await store.close()
+    assert got.num_rows == candles.num_rows
+    assert got["close"].to_pylist() == replayed["close"].to_pylist()
 
 
 async def test_bad_queries_raise_query_error(storage_backend: Backend, tmp_path: Path):
