@@ -39,6 +39,7 @@ __all__ = [
     "COMPACT_RE",
     "COMPACTED_FROM",
     "FILE_RE",
+    "KEYS",
     "KINDS",
     "DataLoader",
     "check_query",
@@ -64,9 +65,14 @@ KINDS: dict[str, pa.Schema] = {
 
 FILE_RE = re.compile(r"part-p(?P<partition>\d{4})-(?P<epoch>[0-9a-f]+)-(?P<seq>\d{8})\.parquet")
 COMPACT_RE = re.compile(r"compact-[0-9a-f]{16}\.parquet")
-COMPACTED_FROM = (
-    b"cryptostream.compacted_from"  # footer key: JSON list of the file names a compact file replaces
-)
+# Footer key of a compact file: the JSON list of the file names it replaces.
+COMPACTED_FROM = b"cryptostream.compacted_from"
+# What identifies a row of a symbol (the database's primary key without ``symbol``).
+KEYS: dict[str, tuple[str, ...]] = {
+    "ohlc": ("bucket",),
+    "volatility": ("bucket",),
+    "predictions": ("bucket", "horizon_seconds"),
+}
 
 _READ_ATTEMPTS = 3
 
@@ -212,6 +218,23 @@ def _read_folder(folder: Path, kind: str, row_filter: ds.Expression | None) -> p
     raise AssertionError("unreachable")
 
 
+def _one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Sorted by ``keys``, one row per key: the last one read. The same candle can be in two files when
+    the same trades were processed twice (a new consumer group, a second topic); the database's upsert
+    keeps one row per key, and so does every read of the archive. Files keep what was written."""
+    table = table.sort_by([(k, "ascending") for k in keys])  # stable: ties stay in read order
+    n = table.num_rows
+    if n < 2:
+        return table
+    last = np.ones(n, dtype=np.bool_)
+    same = np.ones(n - 1, dtype=np.bool_)
+    for key in keys:
+        values = table[key].to_numpy() if key != "bucket" else table[key].cast(pa.int64()).to_numpy()
+        same &= values[1:] == values[:-1]
+    last[:-1] = ~same
+    return table if last.all() else table.filter(pa.array(last))
+
+
 # ------------------------------------------------------------------------------------------ roll-ups
 def rollup(table: pa.Table, interval_ms: int) -> pa.Table:
     """Roll 1 s candles of ONE symbol, sorted by bucket, up to ``interval_ms`` buckets (epoch aligned).
@@ -264,6 +287,7 @@ def _scan(
     limit: int | None,
     newest: bool,
     interval_ms: int,
+    unique: bool,
 ) -> pa.Table:
     """Rows with ``lo_ms <= bucket < hi_ms`` rolled up to ``interval_ms``, sorted, with ``symbol``.
 
@@ -290,7 +314,10 @@ def _scan(
         table = _read_folder(folder, kind, row_filter)
         if table.num_rows == 0:
             continue
-        table = table.sort_by("bucket")
+        if unique or interval_ms != 1000:
+            table = _one_per_key(table, KEYS[kind])
+        else:
+            table = table.sort_by([(k, "ascending") for k in KEYS[kind]])
         table = table.add_column(0, "symbol", pa.array([symbol] * table.num_rows, pa.string()))
         table = table.select(schema.names).cast(schema)
         if kind == "ohlc":
@@ -317,19 +344,22 @@ def load(
     end: datetime | date | None = None,
     limit: int | None = None,
     newest: bool = True,
+    unique: bool = False,
 ) -> pa.Table:
-    """Rows of one symbol with ``start <= bucket < end``, sorted by bucket, with the ``symbol`` column.
+    """Rows of one symbol with ``start <= bucket < end``, sorted by key, with the ``symbol`` column.
 
     ``start``/``end`` are datetimes (naive = UTC) or dates (``end`` date inclusive). With ``limit`` and
     ``newest`` the last ``limit`` rows of the range are returned (still ascending), which is what a chart
     asks for; ``newest=False`` returns the first ``limit`` rows. Timestamps are UTC-aware.
+    ``unique=True`` returns one row per key, as the database holds them (the read layer asks for that);
+    the default returns every stored row, so a check for rows written twice can see them.
     """
     if kind not in KINDS:
         raise QueryError(f"unknown archive kind {kind!r}: use one of {', '.join(KINDS)}")
     _, lo, hi = check_query("1s", start, end, limit)
     lo_ms = _ceil_ms(lo, 1) if lo is not None else None
     hi_ms = _ceil_ms(hi, 1) if hi is not None else None
-    return _scan(root, kind, symbol, lo_ms, hi_ms, limit, newest, 1000)
+    return _scan(root, kind, symbol, lo_ms, hi_ms, limit, newest, 1000, unique)
 
 
 def load_candles(
@@ -350,7 +380,7 @@ def load_candles(
     # start <= b < end  <=>  ceil(start) <= t < ceil(end).
     lo_ms = _ceil_ms(lo, interval_ms) if lo is not None else None
     hi_ms = _ceil_ms(hi, interval_ms) if hi is not None else None
-    return _scan(root, "ohlc", symbol, lo_ms, hi_ms, limit, newest, interval_ms)
+    return _scan(root, "ohlc", symbol, lo_ms, hi_ms, limit, newest, interval_ms, unique=True)
 
 
 class DataLoader:
@@ -381,4 +411,4 @@ class DataLoader:
         end: datetime | date | None = None,
         limit: int | None = None,
     ) -> pa.Table:
-        return load(self.root, "volatility", symbol, start, end, limit)
+        return load(self.root, "volatility", symbol, start, end, limit, unique=True)

@@ -89,6 +89,13 @@ class ReadStore(ABC):
 
 
 # ---------------------------------------------------------------------------------------------- archive
+def _unique(
+    root: Path, kind: str, symbol: str, start: datetime | None, end: datetime | None, limit: int
+) -> pa.Table:
+    """Archive rows with one row per key, as the database holds them."""
+    return archive.load(root, kind, symbol, start, end, limit, unique=True)
+
+
 class ArchiveStore(ReadStore):
     """Reads the Parquet archive (no database configured)."""
 
@@ -115,13 +122,13 @@ class ArchiveStore(ReadStore):
         self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
     ) -> pa.Table:
         check_query("1s", start, end, limit)
-        return await asyncio.to_thread(archive.load, self.root, "volatility", symbol, start, end, limit)
+        return await asyncio.to_thread(_unique, self.root, "volatility", symbol, start, end, limit)
 
     async def predictions(
         self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
     ) -> pa.Table:
         check_query("1s", start, end, limit)
-        return await asyncio.to_thread(archive.load, self.root, "predictions", symbol, start, end, limit)
+        return await asyncio.to_thread(_unique, self.root, "predictions", symbol, start, end, limit)
 
 
 # ---------------------------------------------------------------------------------------------- database
@@ -391,14 +398,14 @@ class DatabaseStore(ReadStore):
                 archive.load_candles, self.archive_root, symbol, lo, cut, want, interval
             )
         else:
-            older = await asyncio.to_thread(archive.load, self.archive_root, kind, symbol, lo, cut, want)
+            older = await asyncio.to_thread(_unique, self.archive_root, kind, symbol, lo, cut, want)
         if older.num_rows == 0:
             return table
         return pa.concat_tables([older, table]).combine_chunks()
 
     async def ping(self) -> bool:
         try:
-            return await self.pool.fetchval("SELECT 1") == 1
+            return bool(await self.pool.fetchval("SELECT 1") == 1)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
 

@@ -124,7 +124,8 @@ class Backend:
 
 
 @pytest.fixture(scope="session")
-def _postgres_storage_url(database_url: str) -> str:
+def postgres_storage_url(database_url: str) -> str:
+    """A database of the storage tests' own on the session's PostgreSQL, migrated to head."""
     url = asyncio.run(create_database(database_url))
     upgrade(url)
     return url
@@ -134,5 +135,5 @@ def _postgres_storage_url(database_url: str) -> str:
 def storage_backend(request: pytest.FixtureRequest) -> Backend:
     """Each storage test runs on plain PostgreSQL and on TimescaleDB."""
     if request.param == "postgresql":
-        return Backend("postgresql", request.getfixturevalue("_postgres_storage_url"), pool_size=4)
+        return Backend("postgresql", request.getfixturevalue("postgres_storage_url"), pool_size=4)
     return Backend("timescaledb", request.getfixturevalue("tsdb_url"), pool_size=1)

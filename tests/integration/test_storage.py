@@ -316,11 +316,11 @@ async def test_timescaledb_real_time_and_materialized_aggregates_answer_alike(ts
         await store.close()
 
 
-async def test_postgresql_and_timescaledb_return_identical_rollups(_postgres_storage_url: str, tsdb_url: str):
+async def test_postgresql_and_timescaledb_return_identical_rollups(postgres_storage_url: str, tsdb_url: str):
     symbols = _symbols()
     trades = _trades(symbols, n=3000, seed=21)
     candles = candles_of(trades)
-    plain = Backend("postgresql", _postgres_storage_url, 4)
+    plain = Backend("postgresql", postgres_storage_url, 4)
     timescale = Backend("timescaledb", tsdb_url, 1)
     results: dict[str, dict[str, pa.Table]] = {}
     for backend in (plain, timescale):
@@ -349,7 +349,14 @@ async def test_parquet_archive_returns_the_same_candles_as_the_database(
 ):
     symbols = _symbols()
     trades = _trades(symbols, n=4000, seed=33)
-    await write_candles(storage_backend, candles_of(trades), tmp_path)
+    candles = candles_of(trades)
+    await write_candles(storage_backend, candles, tmp_path)
+    # The same trades processed a second time (a new consumer group): the archive holds those candles
+    # twice, the database once; readers of both see them once.
+    again = FlushBatch()
+    again.tables[3] = {"ohlc": candles.slice(0, candles.num_rows // 2)}
+    again.lineage[3] = Lineage("ffff0000", 1)
+    await ParquetSink(tmp_path).write(again)
     await refresh_aggregates(storage_backend, _at(START_MS - 86_400_000), _at(START_MS + 2 * 86_400_000))
 
     db = await open_store(storage_backend)

@@ -65,7 +65,8 @@ def files(root: Path, day: date) -> list[str]:
 
 
 def everything(root: Path) -> pa.Table:
-    return archive.load(root, "ohlc", SYMBOL)
+    """What readers see: one row per bucket."""
+    return archive.load(root, "ohlc", SYMBOL, unique=True)
 
 
 async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path: Path):
@@ -75,7 +76,8 @@ async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path:
         await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 40, price=seq))
     for seq in (1, 2):
         await write(tmp_path, 0, "e0", seq, candles(OLD, 5000 + seq * 100, 10, price=50 + seq))
-    await write(tmp_path, 0, "e0", 3, candles(OLD, 150, 5, price=77))  # same buckets as e1: kept twice
+    # The same buckets as e1 seq 1 (the trades processed twice): files keep both, readers show one.
+    await write(tmp_path, 0, "e0", 3, candles(OLD, 100, 5, price=77))
     for seq in (1, 2, 3):
         await write(tmp_path, 1, "e9", seq, candles(RECENT, seq * 100, 30))
     for seq, offset in ((3, 300), (4, 400), (5, 500)):
@@ -95,20 +97,27 @@ async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path:
         archive.file_name(0, "e1", seq) for seq in (4, 5, 6, 7)
     ]
     assert files(tmp_path, RECENT) == recent_before  # too young
-    assert everything(tmp_path).equals(before)  # the same rows, duplicates included, in the same order
+    assert everything(tmp_path).equals(before)  # the same rows, in the same order
+    folder = archive.partition_dir(tmp_path, "ohlc", SYMBOL, OLD)
+    stored = sum(archive.pq.read_metadata(folder / name).num_rows for name in old_files)
+    assert stored == 7 * 40 + 2 * 10 + 5  # nothing dropped from the files, duplicates included
+    assert before.num_rows == 7 * 40 + 2 * 10 + 3 * 30  # readers see each bucket once
+    assert archive.load(tmp_path, "ohlc", SYMBOL).num_rows == stored + 3 * 30  # all stored rows, if asked
 
     # A restart of lineage e1 from seq 3 deletes exactly what it will write again; the merge is untouched.
     removed = ParquetSink(tmp_path).remove_uncommitted(0, "e1", 3)
     assert removed == 4
-    expected = pa.concat_tables(
-        [candles(OLD, seq * 100, 40, price=seq) for seq in (1, 2, 3)]
-        + [candles(OLD, 5000 + seq * 100, 10, price=50 + seq) for seq in (1, 2)]
-        + [candles(OLD, 150, 5, price=77)]
+    # Read order is file-name order (e0 before e1), and the last copy of a bucket wins.
+    newest_copy = {}
+    for table in (
+        [candles(OLD, 5000 + seq * 100, 10, price=50 + seq) for seq in (1, 2)]
+        + [candles(OLD, 100, 5, price=77)]
+        + [candles(OLD, seq * 100, 40, price=seq) for seq in (1, 2, 3)]
         + [candles(RECENT, seq * 100, 30) for seq in (1, 2, 3)]
-    )
-    got = everything(tmp_path)
-    assert got.num_rows == expected.num_rows
-    assert sorted(map(str, got.to_pylist())) == sorted(map(str, expected.to_pylist()))
+    ):
+        newest_copy.update({row["bucket"]: row for row in table.to_pylist()})
+    got = everything(tmp_path).to_pylist()
+    assert got == [newest_copy[b] for b in sorted(newest_copy)]
 
 
 async def test_a_compaction_cut_short_reads_the_same_and_is_finished_by_the_next_run(tmp_path: Path):
