@@ -27,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -71,7 +72,7 @@ class Publisher:
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
         self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Future[object]] = set()
+        self._inflight: set[asyncio.Future[Any]] = set()
         self._settled = asyncio.Event()
         self._trades = trades  # False for the dead-letter publisher: not counted as trades out
         self._failure: BaseException | None = None
@@ -224,7 +225,7 @@ class Publisher:
         PUBLISH_RETRIES.labels(self.topic).inc()
         log.warning("%s; %d trades waiting, retrying in %.1fs", why, self.backlog, backoff)
 
-    def _resent(self, task: asyncio.Future[object]) -> None:
+    def _resent(self, task: asyncio.Future[Any]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self._failure = task.exception()  # surfaces in put() and wait_acknowledged(), never swallowed

@@ -32,11 +32,11 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -101,7 +101,7 @@ class Columns:
 class _Counting(io.RawIOBase):
     """A readable stream that counts the (uncompressed) bytes read, for progress."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: IO[bytes] | io.RawIOBase) -> None:
         self.inner = inner
         self.count = 0
 
@@ -109,7 +109,7 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self.inner.read(len(buffer))
+        data = self.inner.read(len(buffer)) or b""
         buffer[: len(data)] = data
         self.count += len(data)
         return len(data)
@@ -126,7 +126,9 @@ def _open_text(path: Path, stack: ExitStack) -> tuple[IO[bytes], int]:
             )
         return stack.enter_context(archive.open(members[0])), members[0].file_size
     if path.suffix == ".gz":
-        return stack.enter_context(gzip.open(path, "rb")), path.stat().st_size * 4  # size unknown: estimate
+        unzipped = gzip.open(path, "rb")  # noqa: SIM115 - closed by the stack
+        stack.callback(unzipped.close)
+        return cast(IO[bytes], unzipped), path.stat().st_size * 4  # size unknown: estimate
     return stack.enter_context(open(path, "rb")), path.stat().st_size  # noqa: SIM115
 
 
@@ -152,7 +154,7 @@ def _kind(path: Path) -> str:
 
 def read_columns(
     path: Path, symbol: str | None = None, progress: ReplayProgress | None = None
-) -> Iterator[Columns]:
+) -> Generator[Columns, None, None]:
     """Chunks of validated trade columns from ``path`` (any supported format)."""
     if not path.is_file():
         raise ReplayError(f"replay file {path} does not exist")

@@ -1,8 +1,9 @@
 """A synthetic market: realistic enough to exercise every part of the pipeline, seeded and offline.
 
-* **Prices** follow a geometric Brownian motion per symbol with volatility clustering (a GARCH(1,1)
-  variance that reacts to its own shocks), rare jumps, and a shared market factor so symbols move together
-  the way BTC and ETH do (``market_beta``). Prices sit on a tick grid (about six significant digits).
+* **Prices** follow a geometric Brownian motion per symbol with volatility clustering on two scales (a
+  GARCH(1,1) variance that reacts to each shock, and a market-wide volatility regime that drifts over
+  minutes), rare jumps, and a shared market factor so symbols move together the way BTC and ETH do
+  (``market_beta``). Prices sit on a tick grid (about six significant digits).
 * **Arrivals** are a Poisson process whose intensity rises with volatility (bursts follow big moves, as in
   real markets); busier symbols trade more (the first symbol most, Zipf-like).
 * **Sizes** are log-normal, scaled so the notional per trade is similar across price levels, with
@@ -30,8 +31,10 @@ from cryptostream.models import Trade
 __all__ = ["SyntheticMarket"]
 
 START_PRICES = {"BTC": 65_000.0, "ETH": 3_200.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15}
-JUMP_PROBABILITY = 0.002
+JUMP_PROBABILITY = 0.0002  # per trade: rare news, about 1 variance-percent of the path
 BLOCK_PROBABILITY = 0.01
+REGIME_SECONDS = 120.0  # how long a calm or wild spell lasts (mean reversion time of log volatility)
+REGIME_SPREAD = 0.5  # standard deviation of log volatility across spells
 
 
 def _start_price(symbol: str) -> float:
@@ -76,6 +79,8 @@ class SyntheticMarket:
     _weights: npt.NDArray[np.float64] = field(init=False, repr=False)
     _market: float = field(init=False, default=0.0, repr=False)
     _market_var: float = field(init=False, default=0.0, repr=False)
+    _regime: float = field(init=False, default=0.0, repr=False)
+    _last_ms: float | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -96,8 +101,9 @@ class SyntheticMarket:
         rng = self._rng
         z_market = rng.standard_normal(n).tolist()
         z_own = rng.standard_normal(n).tolist()
+        z_regime = rng.standard_normal(n).tolist()
         jumps = (rng.random(n) < JUMP_PROBABILITY).tolist()
-        jump_size = (rng.exponential(20 * self.base_vol, n) * rng.choice((-1.0, 1.0), n)).tolist()
+        jump_size = (rng.exponential(10 * self.base_vol, n) * rng.choice((-1.0, 1.0), n)).tolist()
         sizes = rng.lognormal(-2.0, 1.2, n)
         sizes[rng.random(n) < BLOCK_PROBABILITY] *= 20.0
         size_l = sizes.tolist()
@@ -114,15 +120,27 @@ class SyntheticMarket:
         out: list[Trade] = []
         append = out.append
         m_base = base_var * float(self._weights.min())  # the rarest symbol gets ~base_var from it
+        last_ms = self._last_ms if self._last_ms is not None else float(start_ms)
         for k in range(n):
             i = int(picks[k])
             path = paths[i]
-            sigma = math.sqrt(path.variance)
-            # The market factor moves with every trade (its own GARCH variance, so calm and wild spells are
-            # market-wide); a symbol takes what the market moved since its own last trade.
-            move = z_market[k] * math.sqrt(self._market_var)
+            level = math.exp(self._regime)  # the market's volatility regime (minutes-long calm/wild spells)
+            sigma = math.sqrt(path.variance) * level
+            if times is None:
+                burst = min(5.0, max(0.3, sigma / self.base_vol))  # busier when volatile
+                clock += gaps[k] / burst  # type: ignore[index]
+                ts = int(clock)
+            else:
+                ts = times[k]
+            # log-volatility regime: Ornstein-Uhlenbeck in event time, shared by every symbol
+            decay = math.exp(-max(0.0, ts - last_ms) / 1000.0 / REGIME_SECONDS)
+            self._regime = self._regime * decay + REGIME_SPREAD * math.sqrt(1.0 - decay * decay) * z_regime[k]
+            last_ms = ts
+            # The market factor moves with every trade (its own GARCH variance); a symbol takes what the
+            # market moved since its own last trade, so symbols move together.
+            move = z_market[k] * math.sqrt(self._market_var) * level
             self._market += move
-            self._market_var = 0.05 * m_base + 0.85 * self._market_var + 0.10 * move * move
+            self._market_var = 0.05 * m_base + 0.85 * self._market_var + 0.10 * (move / level) ** 2
             idio = own * z_own[k] * sigma
             shock = beta * (self._market - path.market_seen) + idio
             path.market_seen = self._market
@@ -130,15 +148,11 @@ class SyntheticMarket:
                 shock += jump_size[k]
             shock = max(-0.2, min(0.2, shock))
             # GARCH(1,1) on the symbol's own shocks: variance reverts to base, reacts to news (clustering)
-            path.variance = 0.05 * base_var + 0.85 * path.variance + 0.10 * idio * idio / max(own * own, 1e-9)
+            path.variance = (
+                0.05 * base_var + 0.85 * path.variance + 0.10 * (idio / level) ** 2 / max(own * own, 1e-9)
+            )
             price = round(round(path.price * math.exp(shock) / path.tick) * path.tick, 10)
             path.price = price if price > 0 else path.tick
-            if times is None:
-                burst = min(5.0, max(0.3, sigma / self.base_vol))
-                clock += gaps[k] / burst  # type: ignore[index]
-                ts = int(clock)
-            else:
-                ts = times[k]
             size = round(size_l[k] * 100 / max(path.price, 1e-9) ** 0.5, 8) or 1e-8
             append(
                 Trade(
@@ -153,6 +167,7 @@ class SyntheticMarket:
                 )
             )
             path.next_id += 1
+        self._last_ms = last_ms
         return out
 
     def _picks(self, n: int) -> npt.NDArray[np.int64]:

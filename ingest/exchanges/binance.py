@@ -8,6 +8,7 @@ sold, which is exactly :attr:`Trade.is_buyer_maker`. Trade times ``T`` are ms (Â
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from cryptostream.codec import Rejected
@@ -121,23 +122,20 @@ class Binance(Exchange):
         out = Parsed()
         for row in rows:
             if self.stream == "aggTrade":
-                self.trade_or_reject(
-                    lambda r=row: self._trade({**r, "s": symbol}, "a", received_at), row, out
-                )
+                self.trade_or_reject(partial(self._trade, {**row, "s": symbol}, "a", received_at), row, out)
             else:
-                self.trade_or_reject(
-                    lambda r=row: make_trade(
-                        self.name,
-                        symbol,
-                        r["price"],
-                        r["qty"],
-                        epoch_to_ms(r["time"]),
-                        r["id"],
-                        _flag(r["isBuyerMaker"], "isBuyerMaker"),
-                        received_at,
-                        self.symbols,
-                    ),
-                    row,
-                    out,
-                )
+                self.trade_or_reject(partial(self._historical, symbol, row, received_at), row, out)
         return out.trades, out.rejected
+
+    def _historical(self, symbol: str, r: dict[str, Any], received_at: int) -> Trade:
+        return make_trade(
+            self.name,
+            symbol,
+            r["price"],
+            r["qty"],
+            epoch_to_ms(r["time"]),
+            r["id"],
+            _flag(r["isBuyerMaker"], "isBuyerMaker"),
+            received_at,
+            self.symbols,
+        )

@@ -19,6 +19,7 @@ should have arrived: the feed opens a gap (and backfills it) when we are behind.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from cryptostream.codec import Rejected
@@ -73,22 +74,21 @@ class _Coinbase(Exchange):
         """
         out = Parsed()
         for row in rows:
-            self.trade_or_reject(
-                lambda r=row: make_trade(
-                    self.name,
-                    symbol,
-                    r["price"],
-                    r["size"],
-                    iso_to_ms(r["time"]),
-                    r["trade_id"],
-                    maker_side_is_buyer_maker(r["side"]),
-                    received_at,
-                    self.symbols,
-                ),
-                row,
-                out,
-            )
+            self.trade_or_reject(partial(self._rest_trade, symbol, row, received_at), row, out)
         return out.trades, out.rejected
+
+    def _rest_trade(self, symbol: str, r: dict[str, Any], received_at: int) -> Trade:
+        return make_trade(
+            self.name,
+            symbol,
+            r["price"],
+            r["size"],
+            iso_to_ms(r["time"]),
+            r["trade_id"],
+            maker_side_is_buyer_maker(r["side"]),
+            received_at,
+            self.symbols,
+        )
 
 
 class CoinbaseExchange(_Coinbase):
@@ -217,7 +217,7 @@ class CoinbaseAdvanced(_Coinbase):
                     out.rejected.append(Rejected("wrong_type", "event without a trades list", _bytes(raw)))
                     continue
                 for trade in trades:
-                    self.trade_or_reject(lambda t=trade: self._trade(t, received_at), trade, out)
+                    self.trade_or_reject(partial(self._trade, trade, received_at), trade, out)
             out.alive = True
         return out
 
