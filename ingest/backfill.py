@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from cryptostream.errors import CryptostreamError
+from cryptostream.errors import CryptostreamError, SettingsError
 from cryptostream.symbols import to_coinbase_product
 
 __all__ = ["BackfillError", "BinanceHistory", "CoinbaseHistory", "RestHistory"]
@@ -44,7 +44,11 @@ class BackfillError(CryptostreamError):
 class RestHistory(ABC):
     """Raw trade rows of one exchange's public REST history, by trade-id range."""
 
+    setting: str = "REST URL"  # the setting naming base_url, for error messages
+
     def __init__(self, client: httpx.AsyncClient, base_url: str, *, max_pages: int = MAX_PAGES) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{self.setting} must start with http:// or https://, got {base_url!r}")
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.max_pages = max_pages
@@ -108,6 +112,8 @@ class RestHistory(ABC):
 class BinanceHistory(RestHistory):
     """Binance ``aggTrades`` or ``historicalTrades``, matching the live stream's ids."""
 
+    setting = "BINANCE_REST_URL"
+
     def __init__(self, client: httpx.AsyncClient, base_url: str, stream: str, **kwargs: Any) -> None:
         super().__init__(client, base_url, **kwargs)
         self.aggregated = stream == "aggTrade"
@@ -131,6 +137,8 @@ class BinanceHistory(RestHistory):
 
 class CoinbaseHistory(RestHistory):
     """Coinbase Exchange ``/products/<id>/trades``, paged backward from the top of the gap."""
+
+    setting = "COINBASE_REST_URL"
 
     def row_id(self, row: dict[str, Any]) -> int:
         return int(row["trade_id"])

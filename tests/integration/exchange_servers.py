@@ -54,6 +54,7 @@ class FakeExchange:
     symbols: list[str]  # normalized, e.g. BTCUSDT / BTCUSD
     scripts: list[Script | str]  # "reject" = answer the handshake with HTTP 503
     rest_throttle_first: bool = True  # the first REST call gets 429 + Retry-After (clients must retry)
+    ping_interval: float = 20.0  # the server pings this often and drops clients that do not pong in time
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     truth: dict[tuple[str, int], Truth] = field(default_factory=dict)
     connections: list[dict[str, Any]] = field(default_factory=list)
@@ -70,7 +71,14 @@ class FakeExchange:
         for i, symbol in enumerate(self.symbols):
             self.history[symbol] = []
             self._next_id[symbol] = 1_000 + 1_000_000 * i
-        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._process_request)
+        self._server = await serve(
+            self._handle,
+            "127.0.0.1",
+            0,
+            process_request=self._process_request,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
+        )
         return self
 
     async def stop(self) -> None:

@@ -302,3 +302,24 @@ async def test_one_dead_exchange_never_stops_the_other(make_settings, unused_tcp
     assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
     assert binance.stats.reconnects >= 3 and binance.stats.sessions == 0
     assert coinbase.stats.trades == 30
+
+
+async def test_server_pings_are_answered_so_a_quiet_connection_stays_up(make_settings):
+    """Binance pings and drops clients that do not pong; here the server pings every 0.1 s."""
+
+    async def slow(ex: FakeExchange, ws) -> None:
+        for _ in range(8):
+            await ex.send_trades(ws, "BTCUSDT", 1)
+            await asyncio.sleep(0.25)  # 2 s of trickle, 20 pings
+
+    server = await FakeExchange("binance", ["BTCUSDT"], [slow], ping_interval=0.1).start()
+    settings = live_settings(
+        make_settings, exchanges="binance", symbols="BTCUSDT", binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url, ws_stall_seconds=5.0,
+    )  # fmt: skip
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    assert feed.stats.sessions == 1 and feed.stats.reconnects == 0

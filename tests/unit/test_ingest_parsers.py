@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
+from cryptostream.errors import SettingsError
 from cryptostream.settings import load_settings
-from ingest.exchanges import Binance, CoinbaseAdvanced, CoinbaseExchange
+from ingest.exchanges import Binance, CoinbaseAdvanced, CoinbaseExchange, build
 from ingest.exchanges import coinbase as coinbase_module
 from ingest.exchanges.coinbase import advanced_is_buyer_maker, maker_side_is_buyer_maker
 from ingest.validation import FieldError, epoch_to_ms, iso_to_ms
@@ -254,3 +256,17 @@ def test_epoch_numbers_in_ms_us_and_ns(value, ms):
 def test_bad_times_raise_a_field_error(bad):
     with pytest.raises(FieldError):
         iso_to_ms(bad) if isinstance(bad, str) else epoch_to_ms(bad)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"binance_ws_url": "https://stream.binance.com"}, "BINANCE_WS_URL must start with ws:// or wss://"),
+        ({"binance_rest_url": "api.binance.com"}, "BINANCE_REST_URL must start with http:// or https://"),
+        ({"coinbase_ws_url": "ws-feed.exchange.coinbase.com"}, "COINBASE_WS_URL must start with ws://"),
+        ({"coinbase_rest_url": "ftp://x"}, "COINBASE_REST_URL must start with http://"),
+    ],
+)
+def test_bad_endpoint_settings_fail_in_one_line_naming_the_setting(overrides, message):
+    with pytest.raises(SettingsError, match=message):
+        build(settings(exchanges="binance,coinbase", backfill=True, **overrides), httpx.AsyncClient())

@@ -191,3 +191,12 @@ async def test_replay_speed_paces_by_event_time(tmp_path):
     assert count == 21 and 0.18 <= elapsed < 1.0 and slices > 1
     elapsed, count, slices = await replay(0.0)
     assert count == 21 and elapsed < 0.5 and slices == 1
+
+
+async def test_progress_bar_shows_trades_rate_and_eta(tmp_path, capsys):
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", SPOT_TRADES * 3)
+    settings = load_settings(replay_speed=0)
+    assert sum([len(b) async for b in replay_trades(settings, path, progress=True)]) == 6
+    shown = capsys.readouterr().err
+    assert "BTCUSDT-trades-2025-01-01.csv" in shown and "6 trades" in shown
+    assert "trades/s" in shown and "ETA" in shown
