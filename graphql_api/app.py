@@ -147,7 +147,7 @@ def create_app(
     # there, so the page works offline with nothing copied into the repository or fetched from a CDN.
     plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
-    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    @app.api_route("/vendor/plotly.min.js", methods=["GET", "HEAD"], include_in_schema=False)
     async def plotly_bundle() -> FileResponse:
         return FileResponse(plotly_js, media_type="text/javascript")
 

@@ -11,6 +11,8 @@ const BACKOFF_MAX_MS = 8_000;
 const KEEPALIVE_MS = 10_000;
 const PONG_TIMEOUT_MS = 5_000;
 const HTTP_TIMEOUT_MS = 10_000;
+// Relative to the page, like every other URL the dashboard uses, so it also works under a path prefix.
+const ENDPOINT = new URL("graphql", document.baseURI).href;
 
 /** The API answered with GraphQL errors (bad argument, unknown field...). `messages` lists them. */
 export class GraphQLRequestError extends Error {
@@ -36,7 +38,7 @@ export async function query(text, variables = {}) {
   const timer = setTimeout(() => controller.abort(), HTTP_TIMEOUT_MS);
   let response;
   try {
-    response = await fetch("/graphql", {
+    response = await fetch(ENDPOINT, {
       method: "POST",
       headers: { "content-type": "application/json", accept: "application/json" },
       body: JSON.stringify({ query: text, variables }),
@@ -206,8 +208,9 @@ function describeClose(event) {
   return event.message || String(event);
 }
 
-/** The graphql-transport-ws endpoint of the page's own origin. */
+/** The graphql-transport-ws endpoint next to the page (works behind a proxy that adds a path prefix). */
 export function liveUrl() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/graphql`;
+  const url = new URL(ENDPOINT, location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
 }

@@ -39,9 +39,14 @@ function baseLayout(p) {
   };
 }
 
+const NARROW = matchMedia("(max-width: 700px)");
+
 function timeAxis(p, extra = {}) {
   return {
     type: "date",
+    automargin: true,
+    nticks: NARROW.matches ? 4 : 8,
+    tickangle: 0,
     gridcolor: p.grid,
     linecolor: p.grid,
     tickcolor: p.grid,
@@ -73,10 +78,12 @@ function valueAxis(p, extra = {}) {
 /**
  * Candles (or a close-price line) with volume underneath and a line at the last price.
  * `customdata[i]` is [closed, tradeCount]: the browser test reads it to compare only final candles.
+ * Arrays are copied: live updates change the series in place, and Plotly.react keeps what it is given
+ * (a shared array would change under a drawn chart, and an unchanged reference can skip a redraw).
  */
 export function priceFigure(series, { style, p }) {
   const n = series.bucket.length;
-  const x = series.bucket;
+  const x = series.bucket.slice();
   const customdata = series.closed.map((closed, i) => [closed, series.tradeCount[i]]);
   const text = series.closed.map(
     (closed, i) => `${fmt.integer(series.tradeCount[i])} trades${closed ? "" : " · in progress"}`,
@@ -86,9 +93,9 @@ export function priceFigure(series, { style, p }) {
       ? {
           type: "scatter",
           mode: "lines",
-          name: "Close",
+          name: series.symbol,
           x,
-          y: series.close,
+          y: series.close.slice(),
           customdata,
           text,
           line: { color: p.accent, width: 1.6 },
@@ -98,10 +105,10 @@ export function priceFigure(series, { style, p }) {
           type: "candlestick",
           name: series.symbol,
           x,
-          open: series.open,
-          high: series.high,
-          low: series.low,
-          close: series.close,
+          open: series.open.slice(),
+          high: series.high.slice(),
+          low: series.low.slice(),
+          close: series.close.slice(),
           customdata,
           text,
           hoverinfo: "x+y+text",
@@ -113,7 +120,7 @@ export function priceFigure(series, { style, p }) {
     type: "bar",
     name: "Volume",
     x,
-    y: series.volume,
+    y: series.volume.slice(),
     yaxis: "y2",
     marker: { color: series.close.map((c, i) => (c >= series.open[i] ? p.upSoft : p.downSoft)) },
     hovertemplate: "volume %{y:.4~s}<extra></extra>",
@@ -121,6 +128,7 @@ export function priceFigure(series, { style, p }) {
   const layout = {
     ...baseLayout(p),
     uirevision: `${series.symbol}|${series.interval}|${style}`,
+    margin: { l: 8, r: 18, t: 8, b: 28 }, // room for the last-price label on the axis
     xaxis: timeAxis(p, { rangeslider: { visible: false } }),
     yaxis: valueAxis(p, { domain: [0.24, 1], tickformat: `,.${fmt.priceDecimals(series.close[n - 1] ?? 1)}f` }),
     yaxis2: valueAxis(p, { domain: [0, 0.18], showgrid: false, tickformat: ".2~s", nticks: 3 }),
@@ -164,7 +172,7 @@ export function volatilityFigure(vol, { p }) {
         type: "scatter",
         mode: "lines",
         name: "Volatility",
-        x: vol.bucket,
+        x: vol.bucket.slice(),
         y: vol.value.map((v) => v * 100),
         line: { color: p.accent, width: 1.4 },
         fill: "tozeroy",
@@ -208,7 +216,10 @@ export function comparisonFigure(returns, symbols, { p, selected, interval }) {
   };
 }
 
-/** One chart element. `draw(figure)` queues a redraw; bursts of updates collapse into one. */
+/**
+ * One chart element. `draw(makeFigure)` queues a redraw; bursts of updates collapse into one, and the
+ * figure is made when the redraw happens (`makeFigure` may return null: nothing to draw now).
+ */
 export class Chart {
   constructor(element) {
     this.element = element;
@@ -244,8 +255,8 @@ export class Chart {
     if (!make) return;
     this.drawing = true;
     try {
-      const { data, layout } = make();
-      await globalThis.Plotly.react(this.element, data, layout, this.config);
+      const figure = make();
+      if (figure) await globalThis.Plotly.react(this.element, figure.data, figure.layout, this.config);
     } finally {
       this.drawing = false;
       this.lastDraw = performance.now();

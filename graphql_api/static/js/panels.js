@@ -87,7 +87,7 @@ export function renderPrediction(container, prediction, symbol) {
   container.replaceChildren(
     h(
       "div",
-      { class: "prediction", dataset: { dir: up ? "up" : "down" } },
+      { class: "prediction", dataset: { dir: up ? "up" : "down", bucket: String(Date.parse(prediction.bucket)) } },
       h("span", { class: "prediction-label" }, up ? "▲ Up" : "▼ Down"),
       h("span", { class: "prediction-prob" }, `P(up) ${fmt.percent(p)}`),
     ),
@@ -106,7 +106,7 @@ export function renderPrediction(container, prediction, symbol) {
     h(
       "p",
       { class: "muted small" },
-      `Close in ${fmt.seconds(prediction.horizonSeconds)} vs ${fmt.clock(Date.parse(prediction.bucket))} UTC · model ${prediction.modelVersion}`,
+      `Will the close ${fmt.seconds(prediction.horizonSeconds)} after ${fmt.clock(Date.parse(prediction.bucket))} UTC be higher? · model ${prediction.modelVersion}`,
     ),
   );
 }
@@ -115,6 +115,10 @@ const MODELS = ["logit", "sgd", "majority", "persistence"];
 
 /** The trained model's measured metrics and verdict, exactly as its report states them. */
 export function renderModelReport(container, report) {
+  if (report === undefined) {
+    container.replaceChildren(h("p", { class: "muted" }, "Loading the model report…"));
+    return;
+  }
   if (!report) {
     container.replaceChildren(
       h("p", { class: "muted", dataset: { testid: "no-model" } }, "No model trained yet. Run ", h("code", {}, "cryptostream train"), " to train one; its measured accuracy shows here."),

@@ -3,10 +3,11 @@
 // Pure functions on plain objects (no DOM, no network), so the browser test can drive them directly.
 // A series keeps parallel arrays sorted by bucket (epoch ms) and a `closed` flag per row:
 //  * live updates (`closed: false`) replace the row of their bucket, or append a new one;
-//  * a final update (`closed: true`) replaces it for good: an in-progress version never overwrites it;
-//  * stored rows (from a query) fill gaps and complete rows the page only saw in progress.
+//  * a final update (`closed: true`) replaces it; an in-progress version never overwrites a final one;
+//  * stored rows (from a query) fill gaps and replace rows that hold fewer trades.
 // A newer version of the same candle always holds at least as many trades, which is how a stored row and
-// a live row of the same bucket are told apart without trusting arrival order.
+// a live row of the same bucket are told apart without trusting arrival order. It also repairs a final
+// the live feed sent too early (fewer trades than the processor stored) at the next merge.
 
 export const INTERVALS = Object.freeze({
   "1s": 1_000,
@@ -35,7 +36,8 @@ export function emptySeries(symbol, interval, max = WINDOW[interval] ?? 600) {
     volume: [],
     tradeCount: [],
     closed: [],
-    version: 0, // bumped on every change: charts redraw only what changed
+    storedThrough: null, // newest bucket a stored row has come for: stored rows after it may be missing
+    version: 0, // bumped on every change
   };
 }
 
@@ -125,9 +127,11 @@ export function mergeStored(series, columns) {
     const final = !(coarse && i === n - 1);
     const at = search(series.bucket, bucket);
     if (series.bucket[at] === bucket) {
-      const closed = series.closed[at];
+      // More trades stored than drawn: the drawn row is an older version, even one the live feed called
+      // final (a final that came too early is corrected here).
       const more = row.tradeCount > series.tradeCount[at];
-      if (!closed && (more || (final && row.tradeCount === series.tradeCount[at]))) {
+      const same = row.tradeCount === series.tradeCount[at];
+      if (more || (final && same && !series.closed[at])) {
         setRow(series, at, row, final);
         changed += 1;
       }
@@ -136,19 +140,12 @@ export function mergeStored(series, columns) {
       changed += 1;
     }
   }
+  if (n) series.storedThrough = Math.max(series.storedThrough ?? -Infinity, columns.bucket[n - 1]);
   if (changed) {
     trim(series);
     series.version += 1;
   }
   return changed;
-}
-
-/** The newest bucket whose candle is final (null when none is). */
-export function lastClosedBucket(series) {
-  for (let i = series.bucket.length - 1; i >= 0; i -= 1) {
-    if (series.closed[i]) return series.bucket[i];
-  }
-  return null;
 }
 
 /** Close-to-close change over the window, in percent (null with fewer than two candles). */

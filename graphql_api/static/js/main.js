@@ -1,0 +1,600 @@
+// The dashboard: loads history over HTTP, follows the live subscriptions, and keeps every panel current.
+//
+// Loading a view never leaves a gap: the live subscription starts first and its updates are held back
+// until the stored history has arrived, then applied on top of it. A few seconds later (and every 5 s)
+// the newest stored rows are merged in again, which fills the seconds the processor had closed but not
+// yet stored when the history was read. After the socket reconnects (API restarted, network back), the
+// whole view is loaded again the same way.
+
+import { GraphQLRequestError, LiveConnection, liveUrl, query } from "./api.js";
+import { Chart, comparisonFigure, palette, priceFigure, volatilityFigure } from "./charts.js";
+import * as fmt from "./format.js";
+import { renderModelReport, renderPrediction, renderQuote, renderStatus, renderTickers } from "./panels.js";
+import { INTERVALS, WINDOW, applyUpdate, fromColumns, mergeStored, normalizedReturns } from "./series.js";
+
+const STALE_MS = 6_000; // connected, but no live update (any symbol) for this long: the data is stale
+const STATUS_POLL_MS = 2_000;
+const BACKFILL_MS = 5_000; // a few small queries (only rows newer than the last stored one seen)
+const REPORT_POLL_MS = 60_000;
+const SYMBOLS_POLL_MS = 10_000; // a symbol that starts trading shows up within this
+const VOLATILITY_ROWS = 600;
+const ALIASES_PER_QUERY = 10; // well under GRAPHQL_MAX_ALIASES
+
+const COLUMNS = "symbol bucket open high low close volume tradeCount";
+const CANDLES_SUB = `subscription Candles($symbols: [String!]!, $interval: String!) {
+  candles(symbols: $symbols, interval: $interval) { symbol interval closed bucket open high low close volume tradeCount }
+}`;
+const VOLATILITY_SUB = `subscription Volatility($symbols: [String!]!) {
+  volatility(symbols: $symbols) { symbol bucket volatility windowSeconds }
+}`;
+const PREDICTION_FIELDS = "symbol bucket horizonSeconds probabilityUp label modelVersion";
+const PREDICTIONS_SUB = `subscription Predictions($symbols: [String!]!) { predictions(symbols: $symbols) { ${PREDICTION_FIELDS} } }`;
+const SYMBOL_DATA = `query SymbolData($symbol: String!, $limit: Int!) {
+  volatility(symbol: $symbol, limit: $limit) { bucket volatility windowSeconds }
+  latestPrediction(symbol: $symbol) { ${PREDICTION_FIELDS} }
+}`;
+const STATUS = `query Status { pipelineStatus {
+  live updatedAt lag tradesPerSecond candlesPerSecond trades candles late rejected
+  rejectedByReason { reason count }
+  processors { processor alive trades late rejected tradesPerSecond lastCheckpointMs }
+  partitions { partition processor lag }
+  symbols { symbol lastTradeTime behindSeconds }
+} }`;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  symbols: [],
+  symbol: null,
+  interval: "1s",
+  style: "candles",
+  series: new Map(),
+  vol: { symbol: null, bucket: [], value: [], window: null },
+  prediction: null,
+  report: undefined,
+  status: null,
+  conn: { state: "connecting" },
+  lastUpdate: null,
+  updates: 0,
+  candleGen: 0,
+  symbolGen: 0,
+};
+
+const subs = { candles: null, volatility: null, predictions: null };
+let live;
+let charts;
+
+// ------------------------------------------------------------------------------------------ settings
+function readHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const interval = params.get("interval");
+  if (interval && interval in INTERVALS) state.interval = interval;
+  const style = params.get("style");
+  if (style === "line" || style === "candles") state.style = style;
+  const symbol = params.get("symbol");
+  if (symbol) state.symbol = symbol.toUpperCase();
+}
+
+function writeHash() {
+  const params = new URLSearchParams({ symbol: state.symbol ?? "", interval: state.interval, style: state.style });
+  history.replaceState(null, "", `#${params}`);
+}
+
+// ------------------------------------------------------------------------------------------ theme
+const THEMES = ["auto", "light", "dark"];
+
+function effectiveTheme(choice) {
+  if (choice !== "auto") return choice;
+  return matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+}
+
+function applyTheme(choice) {
+  const root = document.documentElement;
+  if (choice === "auto") delete root.dataset.theme;
+  else root.dataset.theme = choice;
+  const button = $("theme-toggle");
+  const shown = effectiveTheme(choice);
+  button.dataset.choice = choice;
+  button.querySelector(".theme-label").textContent = choice === "auto" ? `Auto (${shown})` : shown === "dark" ? "Dark" : "Light";
+  button.setAttribute("aria-label", `Colour theme: ${choice === "auto" ? `automatic, now ${shown}` : shown}. Change theme`);
+  renderCharts();
+}
+
+function initTheme() {
+  let choice = "auto";
+  try {
+    choice = localStorage.getItem("cryptostream-theme") || "auto";
+  } catch {
+    // storage can be disabled; the theme then follows the system each visit
+  }
+  if (!THEMES.includes(choice)) choice = "auto";
+  $("theme-toggle").addEventListener("click", () => {
+    const next = THEMES[(THEMES.indexOf($("theme-toggle").dataset.choice) + 1) % THEMES.length];
+    try {
+      localStorage.setItem("cryptostream-theme", next);
+    } catch {
+      // see above
+    }
+    applyTheme(next);
+  });
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => applyTheme($("theme-toggle").dataset.choice));
+  applyTheme(choice);
+}
+
+// ------------------------------------------------------------------------------------------ notices
+let noticeTimer;
+
+function notice(text) {
+  const el = $("notice");
+  el.textContent = text;
+  el.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => {
+    el.hidden = true;
+  }, 8_000);
+}
+
+/** Run a query; a failure becomes a notice (or is left to the connection badge when offline). */
+async function attempt(what, fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof GraphQLRequestError) notice(`${what}: ${err.message}`);
+    else if (state.conn.state === "live") notice(`${what}: ${err.message}`);
+    return undefined;
+  }
+}
+
+// ------------------------------------------------------------------------------------------ loading
+async function loadSymbols() {
+  const data = await attempt("Symbols", () => query("query Symbols { symbols }"));
+  if (!data) return false;
+  const symbols = data.symbols;
+  const changed = symbols.join() !== state.symbols.join();
+  state.symbols = symbols;
+  if (!symbols.includes(state.symbol)) state.symbol = symbols[0] ?? null;
+  if (changed) renderSymbolPicker();
+  $("empty").hidden = symbols.length > 0;
+  return changed;
+}
+
+function columnsQuery(symbols, withFrom) {
+  const vars = symbols.map((_, i) => `$s${i}: String!`).join(", ");
+  const from = withFrom ? ", $from: DateTime" : "";
+  const fields = symbols
+    .map((_, i) => `c${i}: candleColumns(symbol: $s${i}, interval: $interval, limit: $limit${withFrom ? ", from: $from" : ""}) { ${COLUMNS} }`)
+    .join("\n");
+  return `query Columns($interval: String!, $limit: Int!${from}, ${vars}) {\n${fields}\n}`;
+}
+
+/** Candle columns of `symbols` at `interval` (several symbols per request, aliased). */
+async function fetchColumns(symbols, interval, limit, from = null) {
+  const out = [];
+  for (let at = 0; at < symbols.length; at += ALIASES_PER_QUERY) {
+    const chunk = symbols.slice(at, at + ALIASES_PER_QUERY);
+    const variables = { interval, limit };
+    if (from != null) variables.from = new Date(from).toISOString();
+    chunk.forEach((s, i) => {
+      variables[`s${i}`] = s;
+    });
+    const data = await query(columnsQuery(chunk, from != null), variables);
+    chunk.forEach((_, i) => out.push(data[`c${i}`]));
+  }
+  return out;
+}
+
+/** History of every symbol at the current interval, with the live subscription held back meanwhile. */
+async function loadCandles() {
+  const gen = ++state.candleGen;
+  const { interval } = state;
+  const symbols = state.symbols.slice();
+  subs.candles?.();
+  subs.candles = null;
+  if (!symbols.length) return;
+  const held = [];
+  let loading = true;
+  subs.candles = live.subscribe(
+    CANDLES_SUB,
+    { symbols, interval },
+    {
+      next: (data) => {
+        if (gen !== state.candleGen) return;
+        if (loading) held.push(data.candles);
+        else onCandle(data.candles);
+      },
+      error: (messages) => notice(`Live candles: ${messages.join("; ")}`),
+      resubscribed: () => setTimeout(backfill, 2_000),
+    },
+  );
+  const columns = await attempt("Candles", () => fetchColumns(symbols, interval, WINDOW[interval]));
+  if (gen !== state.candleGen) return;
+  if (!columns) {
+    // Offline: the reconnect reloads everything. Otherwise (a refused or failed query) try again soon.
+    if (state.conn.state !== "offline") setTimeout(() => gen === state.candleGen && loadCandles(), 3_000);
+    return;
+  }
+  const series = new Map();
+  for (const c of columns) series.set(c.symbol, fromColumns(c, interval, WINDOW[interval]));
+  state.series = series;
+  loading = false;
+  for (const update of held) onCandle(update, false);
+  markFresh();
+  renderAll();
+  setTimeout(() => gen === state.candleGen && backfill(), 3_000);
+}
+
+/** Merge the newest stored rows into every series (fills seconds stored after the history was read). */
+async function backfill() {
+  const gen = state.candleGen;
+  const { interval } = state;
+  const symbols = [...state.series.keys()];
+  if (!symbols.length || state.conn.state !== "live") return;
+  const step = INTERVALS[interval];
+  // From a little before the newest stored row seen: everything the store added since then comes back.
+  const anchors = symbols.map((s) => state.series.get(s).storedThrough ?? state.series.get(s).bucket[0]);
+  const known = anchors.filter((a) => a != null);
+  const from = known.length ? Math.min(...known) - 3 * step : null;
+  const columns = await attempt("Candles", () => fetchColumns(symbols, interval, WINDOW[interval], from));
+  if (!columns || gen !== state.candleGen) return;
+  let changed = 0;
+  for (const c of columns) {
+    const s = state.series.get(c.symbol);
+    if (s) changed += mergeStored(s, c);
+  }
+  if (changed) renderAll();
+}
+
+/** Volatility and the newest prediction of the selected symbol, with their subscriptions. */
+async function loadSymbolData() {
+  const gen = ++state.symbolGen;
+  const { symbol } = state;
+  subs.volatility?.();
+  subs.predictions?.();
+  subs.volatility = subs.predictions = null;
+  if (!symbol) return;
+  const held = [];
+  let loading = true;
+  subs.volatility = live.subscribe(
+    VOLATILITY_SUB,
+    { symbols: [symbol] },
+    {
+      next: (data) => {
+        if (gen !== state.symbolGen) return;
+        if (loading) held.push(data.volatility);
+        else onVolatility(data.volatility);
+      },
+      error: (messages) => notice(`Live volatility: ${messages.join("; ")}`),
+    },
+  );
+  subs.predictions = live.subscribe(
+    PREDICTIONS_SUB,
+    { symbols: [symbol] },
+    {
+      next: (data) => gen === state.symbolGen && onPrediction(data.predictions),
+      error: (messages) => notice(`Live predictions: ${messages.join("; ")}`),
+    },
+  );
+  const data = await attempt("Volatility", () => query(SYMBOL_DATA, { symbol, limit: VOLATILITY_ROWS }));
+  if (gen !== state.symbolGen) return;
+  if (!data) {
+    if (state.conn.state !== "offline") setTimeout(() => gen === state.symbolGen && loadSymbolData(), 3_000);
+    return;
+  }
+  state.vol = {
+    symbol,
+    bucket: data.volatility.map((v) => Date.parse(v.bucket)),
+    value: data.volatility.map((v) => v.volatility),
+    window: data.volatility.at(-1)?.windowSeconds ?? null,
+  };
+  loading = false;
+  for (const v of held) onVolatility(v);
+  const stored = data.latestPrediction;
+  const newer = stored && (!state.prediction || Date.parse(stored.bucket) > Date.parse(state.prediction.bucket));
+  if (newer) state.prediction = stored; // else keep the one the subscription already brought
+  renderSymbolPanels();
+}
+
+async function loadReport() {
+  // Asked on its own: an API without the field (or without a model) must not break anything else.
+  try {
+    const data = await query("query Report { modelReport }");
+    const report = data.modelReport ?? null;
+    state.report = typeof report === "string" ? JSON.parse(report) : report;
+  } catch (err) {
+    if (err instanceof GraphQLRequestError) state.report = null;
+    else return; // unreachable: keep what is shown
+  }
+  renderModelReport($("model-report"), state.report);
+}
+
+async function pollStatus() {
+  if (state.conn.state !== "live") return;
+  try {
+    state.status = (await query(STATUS)).pipelineStatus;
+  } catch {
+    return; // the connection badge tells the story; the next poll tries again
+  }
+  renderStatus($("status"), state.status);
+}
+
+async function reloadEverything() {
+  await loadSymbols();
+  await Promise.all([loadCandles(), loadSymbolData(), loadReport(), pollStatus()]);
+}
+
+// ------------------------------------------------------------------------------------------ live updates
+function markFresh() {
+  state.lastUpdate = Date.now();
+}
+
+function onCandle(update, render = true) {
+  if (update.interval !== state.interval) return;
+  const series = state.series.get(update.symbol);
+  if (!series) return;
+  if (applyUpdate(series, update) === "ignore") return;
+  state.updates += 1;
+  markFresh();
+  if (render) renderLive(update.symbol);
+}
+
+function onVolatility(v) {
+  if (v.symbol !== state.symbol) return;
+  const bucket = Date.parse(v.bucket);
+  const vol = state.vol;
+  const n = vol.bucket.length;
+  if (n && bucket <= vol.bucket[n - 1]) {
+    const at = vol.bucket.lastIndexOf(bucket);
+    if (at >= 0) vol.value[at] = v.volatility;
+  } else {
+    vol.bucket.push(bucket);
+    vol.value.push(v.volatility);
+    if (vol.bucket.length > VOLATILITY_ROWS) {
+      vol.bucket.shift();
+      vol.value.shift();
+    }
+  }
+  vol.window = v.windowSeconds;
+  markFresh();
+  charts.volatility.draw(volatilityFigureNow);
+  $("vol-window").textContent = vol.window ? `σ of 1 s log returns over ${vol.window} s` : "";
+}
+
+function onPrediction(p) {
+  if (p.symbol !== state.symbol) return;
+  if (state.prediction && Date.parse(p.bucket) < Date.parse(state.prediction.bucket)) return;
+  state.prediction = p;
+  markFresh();
+  renderPrediction($("prediction"), p, state.symbol);
+}
+
+function onConnection(change) {
+  const wasLive = state.conn.state === "live";
+  state.conn = change;
+  renderConnection();
+  if (change.state === "live" && !wasLive) {
+    if (change.reconnected) {
+      markFresh();
+      reloadEverything();
+    } else {
+      pollStatus();
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------ rendering
+const selected = () => state.series.get(state.symbol);
+
+// Figures are built when a chart redraws (not when the redraw is queued), from the state at that moment;
+// null when that state has nothing to draw (e.g. the interval just changed and its history is loading).
+function priceFigureNow() {
+  const series = selected();
+  return series ? priceFigure(series, { style: state.style, p: palette() }) : null;
+}
+
+function volatilityFigureNow() {
+  return state.vol.symbol ? volatilityFigure(state.vol, { p: palette() }) : null;
+}
+
+function comparisonFigureNow() {
+  const list = state.symbols.map((s) => state.series.get(s)).filter(Boolean);
+  if (!list.length) return null;
+  return comparisonFigure(normalizedReturns(list), state.symbols, { p: palette(), selected: state.symbol, interval: state.interval });
+}
+
+function renderCharts() {
+  if (!charts) return;
+  if (selected()) charts.price.draw(priceFigureNow);
+  if (state.vol.symbol) charts.volatility.draw(volatilityFigureNow);
+  if (state.series.size) charts.comparison.draw(comparisonFigureNow);
+}
+
+let textTimer = null;
+
+function renderText() {
+  if (textTimer) return;
+  textTimer = setTimeout(() => {
+    textTimer = null;
+    const s = selected();
+    renderQuote({ price: $("last-price"), change: $("change"), candle: $("live-candle") }, s);
+    renderTickers($("tickers"), state.symbols, state.series, state.symbol, selectSymbol);
+    describeCharts();
+    renderFooter();
+  }, 250);
+}
+
+function renderLive(symbol) {
+  if (symbol === state.symbol) charts.price.draw(priceFigureNow);
+  charts.comparison.draw(comparisonFigureNow);
+  renderText();
+}
+
+function renderAll() {
+  $("price-title").textContent = `${state.symbol ?? "–"} · ${state.interval}`;
+  renderCharts();
+  renderText();
+}
+
+function renderSymbolPanels() {
+  $("vol-title-symbol").textContent = state.symbol ?? "";
+  $("vol-window").textContent = state.vol.window ? `σ of 1 s log returns over ${state.vol.window} s` : "";
+  charts.volatility.draw(volatilityFigureNow);
+  renderPrediction($("prediction"), state.prediction, state.symbol);
+}
+
+function describeCharts() {
+  const s = selected();
+  const n = s ? s.bucket.length : 0;
+  const kind = state.style === "line" ? "Line chart of the close price" : "Candlestick chart";
+  $("price-chart").setAttribute(
+    "aria-label",
+    n
+      ? `${kind} of ${s.symbol}, ${state.interval} candles from ${fmt.dateTime(s.bucket[0])} to ${fmt.dateTime(s.bucket[n - 1])} UTC, with volume; last price ${fmt.price(s.close[n - 1])}`
+      : `${kind}: no candles yet`,
+  );
+  const vol = state.vol;
+  $("vol-chart").setAttribute(
+    "aria-label",
+    vol.value.length ? `Volatility of ${vol.symbol}, latest ${(vol.value.at(-1) * 100).toFixed(4)} % per second` : "Volatility: no values yet",
+  );
+  $("cmp-chart").setAttribute("aria-label", `Returns of ${state.symbols.join(", ")} at ${state.interval}, in percent from a common start`);
+}
+
+function renderSymbolPicker() {
+  const select = $("symbol");
+  select.replaceChildren(...state.symbols.map((s) => new Option(s, s, false, s === state.symbol)));
+  select.disabled = state.symbols.length === 0;
+}
+
+function renderConnection() {
+  const badge = $("conn");
+  const text = $("conn-text");
+  const { conn } = state;
+  const now = Date.now();
+  let shown = conn.state;
+  let label;
+  if (conn.state === "live") {
+    const quiet = state.lastUpdate == null ? 0 : now - state.lastUpdate;
+    if (quiet > STALE_MS) {
+      shown = "stale";
+      label = `Stale: no updates for ${fmt.seconds(quiet / 1000)}`;
+    } else {
+      label = "Live";
+    }
+  } else if (conn.state === "offline") {
+    const wait = conn.retryAt ? Math.ceil((conn.retryAt - now) / 1000) : 0;
+    label = wait > 0 ? `Offline: retrying in ${wait} s${conn.attempt > 1 ? ` (attempt ${conn.attempt})` : ""}` : "Offline: reconnecting…";
+  } else {
+    label = "Connecting…";
+  }
+  if (badge.dataset.state !== shown) {
+    badge.dataset.state = shown;
+    document.body.dataset.conn = shown;
+  }
+  if (text.textContent !== label) text.textContent = label;
+  const banner = $("offline-banner");
+  banner.hidden = shown !== "offline";
+  if (!banner.hidden) {
+    $("offline-since").textContent = state.lastUpdate ? `${fmt.clock(state.lastUpdate)} UTC` : "the start";
+  }
+}
+
+function renderFooter() {
+  $("updates").textContent = `${fmt.integer(state.updates)} live updates · last ${state.lastUpdate ? `${fmt.clock(state.lastUpdate)} UTC` : "–"}`;
+}
+
+// ------------------------------------------------------------------------------------------ controls
+function selectSymbol(symbol) {
+  if (symbol === state.symbol || !state.symbols.includes(symbol)) return;
+  state.symbol = symbol;
+  state.prediction = null;
+  state.vol = { symbol: null, bucket: [], value: [], window: null };
+  $("symbol").value = symbol;
+  writeHash();
+  renderAll();
+  loadSymbolData();
+}
+
+function selectInterval(interval) {
+  if (interval === state.interval || !(interval in INTERVALS)) return;
+  state.interval = interval;
+  state.series = new Map();
+  writeHash();
+  renderAll();
+  loadCandles();
+}
+
+function selectStyle(style) {
+  state.style = style;
+  writeHash();
+  renderAll();
+}
+
+function syncControls() {
+  $("symbol").value = state.symbol ?? "";
+  for (const input of document.querySelectorAll('input[name="interval"]')) input.checked = input.value === state.interval;
+  for (const input of document.querySelectorAll('input[name="style"]')) input.checked = input.value === state.style;
+}
+
+function wireControls() {
+  $("symbol").addEventListener("change", (e) => selectSymbol(e.target.value));
+  for (const input of document.querySelectorAll('input[name="interval"]')) {
+    input.addEventListener("change", (e) => e.target.checked && selectInterval(e.target.value));
+  }
+  for (const input of document.querySelectorAll('input[name="style"]')) {
+    input.addEventListener("change", (e) => e.target.checked && selectStyle(e.target.value));
+  }
+  $("retry-now").addEventListener("click", () => live.retryNow());
+  // A link or the back button changed the view in the address bar.
+  addEventListener("hashchange", () => {
+    const params = new URLSearchParams(location.hash.slice(1));
+    const style = params.get("style");
+    if ((style === "line" || style === "candles") && style !== state.style) selectStyle(style);
+    selectInterval(params.get("interval"));
+    selectSymbol((params.get("symbol") || "").toUpperCase());
+    syncControls();
+  });
+}
+
+// ------------------------------------------------------------------------------------------ start
+async function start() {
+  readHash();
+  charts = {
+    price: new Chart($("price-chart")),
+    volatility: new Chart($("vol-chart")),
+    comparison: new Chart($("cmp-chart")),
+  };
+  initTheme();
+  wireControls();
+  syncControls();
+  live = new LiveConnection(liveUrl(), onConnection);
+  renderConnection();
+  setInterval(() => {
+    renderConnection();
+    renderFooter();
+  }, 1_000);
+  setInterval(pollStatus, STATUS_POLL_MS);
+  setInterval(backfill, BACKFILL_MS);
+  setInterval(loadReport, REPORT_POLL_MS);
+  setInterval(async () => {
+    if (state.conn.state === "live" && (await loadSymbols())) {
+      loadCandles();
+      loadSymbolData();
+    }
+  }, SYMBOLS_POLL_MS);
+  renderModelReport($("model-report"), undefined);
+  renderStatus($("status"), null);
+  loadReport();
+  // No symbols yet (a pipeline that just started): ask again until the first candles are stored.
+  while (!state.symbols.length) {
+    await loadSymbols();
+    if (state.symbols.length) break;
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+  }
+  syncControls();
+  writeHash();
+  renderAll();
+  await Promise.all([loadCandles(), loadSymbolData(), pollStatus()]);
+  document.body.dataset.ready = "true";
+}
+
+start();

@@ -1,0 +1,206 @@
+"""The pipeline the dashboard tests watch: real broker, real PostgreSQL, a real processor with a trained
+model, the real API under uvicorn, and a synthetic market streaming trades (ten minutes of history first,
+then live, stamped with the wall clock).
+
+The processor and the trade stream run in a thread with their own event loop; the API runs under
+:class:`graphql_api.server.BackgroundServer` and can be stopped and started again on the same port, as a
+restart would. Tests stay synchronous (Playwright's sync API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from cryptostream.kafka import ensure_topics, start_producer
+from cryptostream.migrate import upgrade
+from cryptostream.models import Trade
+from cryptostream.settings import Settings, load_settings
+from graphql_api.app import create_app
+from graphql_api.server import BackgroundServer, free_port
+from ingest.publisher import Publisher
+from ingest.synthetic import SyntheticMarket
+from processor.model import registry
+from processor.model.dataset import build_dataset
+from processor.model.scorer import ModelScorer
+from processor.model.synthetic import synthetic_candles
+from processor.model.train import fit_and_report
+from processor.service import Processor
+from tests.integration.helpers import sinks_for
+
+__all__ = ["SYMBOLS", "DashboardPipeline"]
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+HISTORY_SECONDS = 600
+RATE = 45.0  # trades per second over the three symbols
+
+
+async def _fresh_database(server_url: str) -> str:
+    """A new database on the session's server, so no other test's candles show up on the page."""
+    name = f"dash_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _train(model_dir: Path) -> ModelScorer:
+    """A small walk-forward-trained model (its report is what the page shows), saved under MODEL_DIR."""
+    candles = {"S0": synthetic_candles(1200, seed=70, signal=0.2, gap_rate=0.1)}
+    result = fit_and_report(build_dataset(candles, 20), folds=3, candidates=("logit",))
+    registry.save(model_dir, result.model_file, result.report)
+    return ModelScorer(result.model_file)
+
+
+class DashboardPipeline:
+    """``with DashboardPipeline(bootstrap, database_url, tmp) as p: p.url`` — everything running."""
+
+    def __init__(self, kafka_bootstrap: str, database_url: str, work: Path) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.database_url = asyncio.run(_fresh_database(database_url))
+        upgrade(self.database_url)
+        self.settings: Settings = load_settings(
+            kafka_bootstrap=kafka_bootstrap,
+            database_url=self.database_url,
+            kafka_topic=f"dash-trades-{tag}",
+            kafka_candles_topic=f"dash-candles-{tag}",
+            kafka_dlq_topic=f"dash-dlq-{tag}",
+            consumer_group=f"dash-{tag}",
+            output_dir=work / "outputs",
+            state_dir=work / "state",
+            model_dir=work / "models",
+            symbols=SYMBOLS,
+            kafka_partitions=2,
+            max_buffer_seconds=0.5,
+            parquet_chunk_seconds=0.5,
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: BackgroundServer | None = None
+        self.trading = threading.Event()  # cleared: the market goes quiet (no trades), as a stalled feed
+        self.trading.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dashboard-pipeline", daemon=True)
+        self.scorer = _train(self.settings.model_dir)
+
+    # ------------------------------------------------------------------------------ processor + trades
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the test thread
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        settings = self.settings
+        await ensure_topics(settings)
+        processor = Processor(settings, sinks_for(settings), scorers=[self.scorer])
+        work = asyncio.create_task(processor.run(self._stop), name="processor")
+        producer = await start_producer(settings)
+        publisher = Publisher(producer, settings.kafka_topic, batch_size=1000, queue_size=50_000)
+        await publisher.start()
+        market = SyntheticMarket(SYMBOLS, rate=RATE, seed=11)
+        try:
+            # Ten minutes of history while the processor joins its group. Arrivals speed up and slow down
+            # with volatility: draw 5 s at a time until now, so live prices continue from the last ones.
+            now = int(time.time() * 1000)
+            history: list[Trade] = []
+            while not history or history[-1].timestamp < now:
+                start = history[-1].timestamp if history else now - HISTORY_SECONDS * 1000
+                history += market.generate(int(RATE * 5), start)
+            await publisher.put([t for t in history if t.timestamp < now])
+            await asyncio.wait_for(processor.ready.wait(), 30)
+            self._ready.set()
+            async for batch in market.stream():
+                if self._stop.is_set():
+                    break
+                if self.trading.is_set():
+                    await publisher.put(batch)
+        finally:
+            await publisher.stop()
+            await producer.stop()
+            self._stop.set()
+            await asyncio.wait_for(work, 30)
+
+    # ------------------------------------------------------------------------------ the API
+    def start_api(self) -> BackgroundServer:
+        """The API on this pipeline's port, its live feed connected."""
+        self.server = BackgroundServer(create_app(self.settings), port=self.port).start()
+        self.wait_until(lambda: httpx.get(f"{self.url}/health").json()["live_feed"] is True, 30, "live feed")
+        return self.server
+
+    def stop_api(self) -> None:
+        assert self.server is not None
+        self.server.stop()
+        self.server = None
+
+    # ------------------------------------------------------------------------------ queries
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        r = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10)
+        r.raise_for_status()
+        body = r.json()
+        assert "errors" not in body, body["errors"]
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def candles(self, symbol: str, interval: str, limit: int) -> dict[str, Any]:
+        query = """query($s: String!, $i: String!, $l: Int!) {
+            candleColumns(symbol: $s, interval: $i, limit: $l) {
+                bucket open high low close volume tradeCount
+            }
+        }"""
+        columns: dict[str, Any] = self.graphql(query, s=symbol, i=interval, l=limit)["candleColumns"]
+        return columns
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self._error is not None:
+                raise AssertionError(f"the pipeline failed: {self._error!r}")
+            try:
+                if check():
+                    return time.monotonic() - start
+            except (httpx.HTTPError, AssertionError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{what}: not within {timeout} s")
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> DashboardPipeline:
+        self._thread.start()
+        if not self._ready.wait(60) or self._error is not None:
+            raise AssertionError(f"the pipeline did not start: {self._error!r}")
+        self.start_api()
+        # History stored (ten minutes for every symbol), every symbol listed, and live seconds flowing.
+        self.wait_until(
+            lambda: (
+                all(len(self.candles(s, "1s", 1000)["bucket"]) >= 500 for s in SYMBOLS)
+                and sorted(self.graphql("{ symbols }")["symbols"]) == SYMBOLS
+                and self.graphql("{ pipelineStatus { trades } }")["pipelineStatus"]["trades"] > 0
+            ),
+            45,
+            "ten minutes of stored candles for every symbol",
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.stop_api()
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(40)
