@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,24 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 _ASSIGNED = re.compile(r"^partition (\d+): ")
 _REVOKED = re.compile(r"^partitions revoked: \[([\d, ]*)\]")
+
+
+def listen_port() -> int:
+    """A port for a role to listen on, outside the kernel's ephemeral range (32768-60999 by default).
+
+    ``free_port()`` hands out an ephemeral port, which an outgoing connection (a Kafka client, say) can
+    take before the role binds it; ports below the range are never handed out that way.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 20000-32000")
 
 
 def role_env(settings: Settings, **extra: Any) -> dict[str, str]:

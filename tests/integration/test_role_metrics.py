@@ -16,8 +16,16 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from cryptostream.procs import free_port
-from tests.integration.roles import Role, Samples, lag_by_partition, role_env, scrape, value, wait_for
+from tests.integration.roles import (
+    Role,
+    Samples,
+    lag_by_partition,
+    listen_port,
+    role_env,
+    scrape,
+    value,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -57,7 +65,7 @@ async def test_ingest_and_processor_metrics_move_and_lag_is_reported_per_partiti
     settings = make_settings(
         kafka_partitions=PARTITIONS, symbols=SYMBOLS, max_buffer_seconds=0.5, parquet_chunk_seconds=0.5
     )
-    ports = {"ingest": free_port(), "process": free_port()}
+    ports = {"ingest": listen_port(), "process": listen_port()}
     roles = [
         Role.start(
             "process", ["process"], role_env(settings, METRICS_PORT=ports["process"], BATCH_SIZE=50), tmp_path
@@ -145,7 +153,7 @@ async def test_ingest_and_processor_metrics_move_and_lag_is_reported_per_partiti
 
 async def test_api_serves_metrics_of_its_requests(make_settings, tmp_path):
     settings = make_settings()
-    port = free_port()
+    port = listen_port()
     api = Role.start("serve", ["serve", "--port", str(port)], role_env(settings), tmp_path)
     try:
 

@@ -16,11 +16,12 @@ import signal
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from cryptostream.procs import free_port
+from cryptostream.kafka import ensure_topics, start_producer
+from ingest.publisher import Publisher
 from ingest.synthetic import SyntheticMarket
 from tests.conftest import T0
 from tests.integration.helpers import db_candles, db_count, parquet_rows, read_topic
-from tests.integration.roles import Role, lag_by_partition, role_env, scrape, wait_for
+from tests.integration.roles import Role, lag_by_partition, listen_port, role_env, scrape, wait_for
 from tests.reference import assert_candles_equal, batch_candles, batch_volatility, rows_by_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -57,7 +58,7 @@ def settled(replicas: list[Role]) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_processors_join_and_leave_the_group_without_losing_or_double_counting_candles(
-    sig, make_settings, produce, db, tmp_path
+    sig, make_settings, db, tmp_path
 ):
     settings = make_settings(
         kafka_partitions=PARTITIONS,
@@ -76,7 +77,7 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
     ports: dict[str, int] = {}
 
     def start(name: str) -> Role:
-        ports[name] = free_port()
+        ports[name] = listen_port()
         role = Role.start(name, ["process"], {**env, "METRICS_PORT": str(ports[name])}, tmp_path)
         replicas.append(role)
         return role
@@ -84,10 +85,17 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
     def live() -> list[Role]:
         return [r for r in replicas if r.alive]
 
+    # One producer for the whole test, as the ingest role has: trades arrive steadily, never stalled for
+    # longer than MAX_BUFFER_SECONDS by a producer start-up (a quiet symbol's windows close on wall clock).
+    await ensure_topics(settings)
+    producer = await start_producer(settings)
+    publisher = Publisher(producer, settings.kafka_topic, batch_size=settings.batch_size, queue_size=50_000)
+    await publisher.start()
+
     async def stream(wave: list, chunks: int = 10, pause: float = 0.15) -> None:
         size = math.ceil(len(wave) / chunks)
         for i in range(0, len(wave), size):
-            await produce(settings, wave[i : i + size])
+            await publisher.put(wave[i : i + size])
             await asyncio.sleep(pause)
 
     try:
@@ -125,7 +133,14 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
                 parquet_rows(settings.output_dir)
             ) >= len(expected)
 
-        await wait_for(all_stored, 60, f"{len(expected)} candles in PostgreSQL and Parquet", survivors, 0.5)
+        try:
+            await wait_for(all_stored, 60, f"all {len(expected)} candles stored", survivors, 0.5)
+        except AssertionError as exc:
+            missing = sorted(set(expected) - set(rows_by_key(await db_candles(db))))
+            late = len(await read_topic(settings, settings.kafka_dlq_topic, expect=10**6, timeout=2))
+            raise AssertionError(
+                f"missing in the database: {missing[:10]}; {late} dead letters; {exc}"
+            ) from None
 
         async def lag_zero_where_owned() -> bool:
             """Each survivor reports the lag of every partition it owns, and has read them all."""
@@ -139,9 +154,12 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
         for role in survivors:
             assert await asyncio.to_thread(role.stop, signal.SIGTERM) == 0, role.tail()
     finally:
+        await publisher.stop()
+        await producer.stop()
         for role in replicas:
             if role.alive:
                 await asyncio.to_thread(role.stop, signal.SIGKILL, 10)
+    assert publisher.acknowledged == len(trades)
 
     assert_candles_equal(rows_by_key(await db_candles(db)), expected)
     assert_candles_equal(rows_by_key(parquet_rows(settings.output_dir)), expected)
