@@ -126,7 +126,7 @@ class Fanout:
         self.rollups: dict[str, dict[str, RollUp]] = {}  # symbol -> interval -> roll-up
         self.recent: dict[str, deque[Bar]] = {}  # symbol -> closed 1 s candles, oldest first
         self.open_seconds: dict[str, dict[int, Bar]] = {}  # symbol -> newest in-progress 1 s candles
-        self.frontier: dict[str, int] = {}  # symbol -> every 1 s window starting before this is final
+        self.frontier: dict[str, int] = {}  # symbol -> every 1 s window before this is final (closed candles)
         self.subscribers = 0
         self.malformed = 0
         self.ready = asyncio.Event()  # positioned at the log end, delivering
@@ -243,11 +243,11 @@ class Fanout:
                     del open_seconds[second]
 
     def _status(self, m: dict[str, Any]) -> None:
+        # The status message's close frontiers are NOT applied to roll-ups: status travels in its own
+        # partition (key "__status__"), so it can be read before the closed candles it covers, which sit in
+        # the symbol's partition; closing a minute on it would drop those seconds. Closed candles carry the
+        # frontier in order with the data.
         self.board.update(m)
-        for symbol, frontier in self.board.frontiers(m).items():
-            self._advance_open(symbol, frontier)
-            for interval, rollup in list(self.rollups.get(symbol, {}).items()):
-                self._deliver(symbol, interval, rollup.advance(frontier))
 
     def _deliver(self, symbol: str, interval: str, updates: list[tuple[Bar, bool]]) -> None:
         if not updates:
@@ -341,8 +341,8 @@ class Fanout:
                 seconds[bar.bucket] = bar
             if interval_ms > 1000:
                 for second in sorted(seconds):
-                    rollup.closed_second(seconds[second])
-            if symbol in self.frontier:
+                    rollup.closed_second(seconds[second], advance=False)
+            if symbol in self.frontier:  # what the live stream itself has closed
                 rollup.advance(self.frontier[symbol])
             for second in sorted(self.open_seconds.get(symbol, {})):
                 rollup.live_second(self.open_seconds[symbol][second])

@@ -4,8 +4,8 @@ The processor publishes a 1 s candle several times while its second is open (``c
 more when the watermark closes it. Because windows close by event time, several seconds are open at once:
 live updates for t+1..t+5 arrive before t is closed. A coarse candle (1m, 1h, ...) is therefore the fold
 of the closed seconds in its bucket plus the newest in-progress version of every still-open second, and it
-is final once the symbol's close frontier (every 1 s window starting before it is final; carried by closed
-candles and by the processor's status messages) reaches the bucket's end. Pure arithmetic on integer
+is final once the symbol's close frontier (every 1 s window starting before it is final, as the closed
+candles, which arrive in order per symbol, tell) reaches the bucket's end. Pure arithmetic on integer
 milliseconds, no I/O: :class:`graphql_api.fanout.Fanout` feeds it and seeds it from the store.
 """
 
@@ -101,8 +101,10 @@ class RollUp:
     def _start(self, ms: int) -> int:
         return ms - ms % self.interval_ms
 
-    def closed_second(self, bar: Bar) -> list[tuple[Bar, bool]]:
-        """A closed 1 s candle."""
+    def closed_second(self, bar: Bar, *, advance: bool = True) -> list[tuple[Bar, bool]]:
+        """A closed 1 s candle. ``advance=False`` folds it in without moving the frontier (seeding from the
+        store: stored data may be ahead of the live stream, e.g. while an older period is replayed, and a
+        frontier taken from it would keep the live stream's buckets from ever closing)."""
         start = self._start(bar.bucket)
         changed = False
         if start >= self.done_before:
@@ -113,7 +115,8 @@ class RollUp:
                 for second in [s for s in state.pending if s <= bar.bucket]:
                     del state.pending[second]
                 changed = True
-        out = self.advance(bar.bucket + SECOND_MS)  # may close this bucket (its last second) and older ones
+        # May close this bucket (at its last second) and older ones.
+        out = self.advance(bar.bucket + SECOND_MS) if advance else []
         if changed and start in self.open:
             current = self.open[start].current(start)
             if current is not None:

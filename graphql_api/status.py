@@ -142,13 +142,3 @@ class StatusBoard:
             rejected_by_reason=dict(sorted(reasons.items())),
             updated_ms=max((r.time_ms for r in reports), default=None),
         )
-
-    def frontiers(self, message: dict[str, Any]) -> dict[str, int]:
-        """Close frontier per symbol in one status message (feeds the live roll-ups)."""
-        out: dict[str, int] = {}
-        syms = message.get("symbols")
-        for name, s in syms.items() if isinstance(syms, dict) else ():
-            closed = _int(s.get("closed_through_ms")) if isinstance(s, dict) else None
-            if closed is not None:
-                out[str(name)] = closed
-        return out

@@ -124,3 +124,10 @@ def test_the_fast_path_builds_no_row_objects() -> None:
     assert fast == plain
     assert RETURNED[0]._rows is None, "the executor completed the rows from the columns"
     assert RETURNED[1]._rows is not None, "graphql-core's path iterates row objects"
+
+
+def test_sub_second_times_are_written_as_graphql_core_writes_them() -> None:
+    rows = table([(1.0, 2.0, 3), (4.0, 5.0, 6)])
+    shifted = pa.array([1_700_000_000_500, 1_700_000_001_000], pa.timestamp("ms", tz="UTC"))
+    fast, plain = run("{ candles { bucket } }", rows.set_column(1, "bucket", shifted))
+    assert fast == plain and fast[0]["candles"][0]["bucket"] == "2023-11-14T22:13:20.500000+00:00"

@@ -125,3 +125,10 @@ def test_seeding_then_streaming_equals_streaming_from_the_start() -> None:
 def test_whole_seconds_only() -> None:
     with pytest.raises(ValueError, match="whole number of seconds"):
         RollUp(1_500)
+
+
+def test_seeded_rows_ahead_of_the_live_stream_never_hold_its_buckets_open() -> None:
+    rollup = RollUp(60_000)
+    rollup.closed_second(bar(BASE + 600_000, 5.0), advance=False)  # the store holds a later period
+    out = [u for s in range(61) for u in rollup.closed_second(bar(BASE + s * 1000, 1.0 + s))]
+    assert [(b.bucket, b.close, c) for b, c in out if c] == [(BASE, 60.0, True)]
