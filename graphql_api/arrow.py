@@ -63,7 +63,7 @@ class ArrowRows(Sequence[T], Generic[T]):
         return self._rows
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -124,17 +124,17 @@ def _column_values(array: pa.Array | pa.ChunkedArray, leaf: Any, non_null: bool)
     if leaf is GraphQLFloat and pa.types.is_floating(kind):
         if len(array) and not pc.all(pc.is_finite(array)).as_py():
             return None  # graphql-core raises the proper "cannot represent" error
-        return array.to_pylist()
+        return _pylist(array)
     if leaf is GraphQLInt and pa.types.is_integer(kind):
         if len(array):
             bounds = pc.min_max(array)
             if bounds["min"].as_py() < _INT32[0] or bounds["max"].as_py() > _INT32[1]:
                 return None
-        return array.to_pylist()
+        return _pylist(array)
     if leaf.name == "Long" and pa.types.is_integer(kind):
-        return array.to_pylist()
+        return _pylist(array)
     if leaf is GraphQLFloat and pa.types.is_integer(kind):
-        return [float(v) for v in array.to_pylist()]
+        return [float(v) for v in _pylist(array)]
     if leaf.name == "DateTime" and pa.types.is_timestamp(kind) and kind.tz in ("UTC", "+00:00"):
         # What strawberry's DateTime gives (datetime.isoformat()), for whole seconds, 15x faster than
         # building 1,000 datetime objects; anything else takes the per-value path below.
@@ -145,12 +145,17 @@ def _column_values(array: pa.Array | pa.ChunkedArray, leaf: Any, non_null: bool)
     if (leaf is GraphQLString and pa.types.is_string(kind)) or (
         leaf is GraphQLBoolean and pa.types.is_boolean(kind)
     ):
-        return array.to_pylist()
+        return _pylist(array)
     serialize = leaf.serialize
-    return [serialize(v) for v in array.to_pylist()]
+    return [serialize(v) for v in _pylist(array)]
 
 
-class ArrowExecutor(StrawberryGraphQLCoreExecutionContext):  # type: ignore[misc]
+def _pylist(array: pa.Array | pa.ChunkedArray) -> list[Any]:
+    values: list[Any] = array.to_pylist()
+    return values
+
+
+class ArrowExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's executor plus the column-wise completion and per-event memo described above."""
 
     def complete_list_value(
@@ -233,7 +238,7 @@ class ArrowExecutor(StrawberryGraphQLCoreExecutionContext):  # type: ignore[misc
             if found is not None and found[0] is self.operation:
                 return _Memoized(found[1])
         executor = super().build_per_event_executor(payload)
-        executor._memo = self._memo_key() if isinstance(payload, LiveEvent) else None
+        executor._memo = self._memo_key() if isinstance(payload, LiveEvent) else None  # type: ignore[attr-defined]
         return executor
 
     def execute_operation(self, serially: bool | None = None) -> Any:
@@ -244,7 +249,7 @@ class ArrowExecutor(StrawberryGraphQLCoreExecutionContext):  # type: ignore[misc
             and isinstance(root, LiveEvent)
             and operation.operation is OperationType.SUBSCRIPTION
         ):
-            result = super().execute_operation(serially)
+            result: Any = super().execute_operation(serially)
             if not self.is_awaitable(result) and not result.errors:
                 # The operation is kept with the result so its id cannot be reused while the memo lives.
                 root.graphql_memo()[self._memo_key()] = (operation, result)
@@ -264,7 +269,7 @@ class _Memoized:
         return self.result
 
 
-class PlainExecutor(StrawberryGraphQLCoreExecutionContext):  # type: ignore[misc]
+class PlainExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's default executor, named so benchmarks can compare against it."""
 
 

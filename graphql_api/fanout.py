@@ -184,16 +184,17 @@ class Fanout:
         """Decode and deliver messages of the candles topic. Malformed ones are counted and skipped."""
         for raw in values:
             try:
-                message = orjson.loads(raw) if raw else None
-                kind = message.get("type") if isinstance(message, dict) else None
+                decoded = orjson.loads(raw) if raw else None
+                message: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+                kind = message.get("type")
                 if kind == "candle":
-                    self._candle(message)  # type: ignore[arg-type]
+                    self._candle(message)
                 elif kind == "status":
-                    self._status(message)  # type: ignore[arg-type]
+                    self._status(message)
                 elif kind == "volatility":
-                    self._publish(("volatility", message["symbol"]), Volatility.from_message, message)  # type: ignore[index]
+                    self._publish(("volatility", message["symbol"]), Volatility.from_message, message)
                 elif kind == "predictions":
-                    self._publish(("predictions", message["symbol"]), Prediction.from_message, message)  # type: ignore[index]
+                    self._publish(("predictions", message["symbol"]), Prediction.from_message, message)
                 else:
                     raise ValueError(f"unknown message type {kind!r}")
                 FEED_MESSAGES.labels(kind).inc()
@@ -275,7 +276,9 @@ class Fanout:
                 code="TOO_MANY_SUBSCRIPTIONS",
                 status=503,
             )
-        channels = [(kind, s, interval) if kind == "candles" else (kind, s) for s in symbols]
+        channels: list[tuple[str, ...]] = [
+            (kind, s, interval) if kind == "candles" else (kind, s) for s in symbols
+        ]
         sub = Subscriber(
             kind, self.settings.api_subscriber_queue, on_drop=lambda s: self._release(s, channels)
         )

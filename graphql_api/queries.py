@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
+import pyarrow as pa
 import strawberry
 from strawberry.types import Info
 
@@ -27,7 +28,7 @@ Limit = Annotated[
 
 async def _candles(
     services: Services, symbol: str, interval: str, start: datetime | None, end: datetime | None, limit: int
-) -> tuple[str, object]:
+) -> tuple[str, pa.Table]:
     check_interval(interval)
     check_limit(limit, services.settings.api_max_limit)
     start, end = check_range(start, end)
@@ -57,7 +58,7 @@ class Query:
         limit: Limit = 100,
     ) -> list[Candle]:
         _, table = await _candles(info.context.services, symbol, interval, from_, to, limit)
-        return Candle.from_table(table)  # type: ignore[arg-type]
+        return Candle.from_table(table)
 
     @strawberry.field(
         description="The same candles as `candles`, as one array per field: the cheap form for charts."
@@ -72,7 +73,7 @@ class Query:
         limit: Limit = 100,
     ) -> CandleColumns:
         name, table = await _candles(info.context.services, symbol, interval, from_, to, limit)
-        return CandleColumns.from_table(name, interval, table)  # type: ignore[arg-type]
+        return CandleColumns.from_table(name, interval, table)
 
     @strawberry.field(description="The newest stored candle of `symbol` at `interval`, if any.")
     async def latest_candle(

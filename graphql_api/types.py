@@ -40,7 +40,7 @@ LONG_SCALAR = strawberry.scalar(
     serialize=int,
     parse_value=int,
 )
-SCALARS = {Long: LONG_SCALAR}  # for StrawberryConfig(scalar_map=...)
+SCALARS: dict[object, Any] = {Long: LONG_SCALAR}  # for StrawberryConfig(scalar_map=...)
 
 
 def from_ms(ms: int) -> datetime:
@@ -253,24 +253,26 @@ class PipelineStatus:
         return cls(
             live=live,
             updated_at=from_ms(snap.updated_ms) if snap.updated_ms is not None else None,
-            lag=snap.lag,
+            lag=Long(snap.lag),
             trades_per_second=snap.trades_per_s,
             candles_per_second=snap.candles_per_s,
-            trades=snap.totals["trades"],
-            candles=snap.totals["candles"],
-            late=snap.totals["late"],
-            rejected=snap.totals["rejected"],
-            rejected_by_reason=[ReasonCount(reason=r, count=n) for r, n in snap.rejected_by_reason.items()],
+            trades=Long(snap.totals["trades"]),
+            candles=Long(snap.totals["candles"]),
+            late=Long(snap.totals["late"]),
+            rejected=Long(snap.totals["rejected"]),
+            rejected_by_reason=[
+                ReasonCount(reason=r, count=Long(n)) for r, n in snap.rejected_by_reason.items()
+            ],
             processors=[
                 ProcessorStatus(
                     processor=r.processor,
                     alive=r.alive,
                     reported_at=from_ms(r.time_ms),
-                    trades=r.count("trades"),
-                    candles=r.count("candles"),
-                    late=r.count("late"),
-                    rejected=r.count("rejected"),
-                    checkpoints=r.count("checkpoints"),
+                    trades=Long(r.count("trades")),
+                    candles=Long(r.count("candles")),
+                    late=Long(r.count("late")),
+                    rejected=Long(r.count("rejected")),
+                    checkpoints=Long(r.count("checkpoints")),
                     last_checkpoint_ms=_float(r.message.get("last_checkpoint_ms")),
                     trades_per_second=r.trades_per_s,
                 )
@@ -278,7 +280,11 @@ class PipelineStatus:
             ],
             partitions=[
                 PartitionStatus(
-                    partition=p.partition, processor=p.processor, position=p.position, end=p.end, lag=p.lag
+                    partition=p.partition,
+                    processor=p.processor,
+                    position=_long(p.position),
+                    end=_long(p.end),
+                    lag=_long(p.lag),
                 )
                 for p in snap.partitions
             ],
@@ -294,6 +300,10 @@ class PipelineStatus:
                 for s in snap.symbols
             ],
         )
+
+
+def _long(value: int | None) -> Long | None:
+    return None if value is None else Long(value)
 
 
 def _float(value: Any) -> float | None:
