@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker  # noqa: E402
 from cryptostream.migrate import upgrade  # noqa: E402
+from cryptostream.procs import free_port  # noqa: E402
 from cryptostream.settings import load_settings  # noqa: E402
-from graphql_api.server import free_port  # noqa: E402
 
 T0 = 1_700_000_000_000
 OHLCV = "bucket open high low close volume"

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import plotly
 from cross_web import HTTPException  # what strawberry's views raise for a 4xx
@@ -126,6 +127,14 @@ def create_app(
     @app.exception_handler(QueryError)
     async def query_error(_: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "code": "BAD_USER_INPUT"}, status_code=400)
+
+    async def store_failed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s: the store failed: %s", request.method, request.url.path, exc, exc_info=exc)
+        detail = "the store is unavailable or not migrated; see the server log"
+        return JSONResponse({"detail": detail, "code": "STORE_UNAVAILABLE"}, status_code=503)
+
+    for failure in (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(failure, store_failed)
 
     async def context() -> Context:
         return Context(services=app.state.services)

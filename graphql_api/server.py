@@ -7,7 +7,6 @@ bytes it saves, and with thousands of subscribers that CPU is the fan-out's budg
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from types import TracebackType
@@ -16,7 +15,9 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["BackgroundServer", "free_port", "uvicorn_config"]
+from cryptostream.procs import free_port
+
+__all__ = ["BackgroundServer", "uvicorn_config"]
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int, **overrides: Any) -> uvicorn.Config:
@@ -31,12 +32,6 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **overrides: Any) -> uvic
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class BackgroundServer:
