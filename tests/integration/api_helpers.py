@@ -151,7 +151,7 @@ async def seed_market(dsn: str, without_volatility: tuple[str, ...] = ()) -> dic
     return {"candles": candles, "volatility": volatility, "predictions": predictions}
 
 
-def api_settings(database_url: str, tmp: Path, **overrides: Any) -> Settings:
+def api_settings(database_url: str | None, tmp: Path, **overrides: Any) -> Settings:
     """Settings of an API on the test database without Kafka (no live feed)."""
     values: dict[str, Any] = {
         "kafka_bootstrap": None,

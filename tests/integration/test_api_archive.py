@@ -1,0 +1,89 @@
+"""Without a database the API reads the Parquet archive (written here by the processor's Parquet sink):
+same answers, coarser intervals rolled up from the archived seconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from graphql_api.app import create_app
+from graphql_api.server import BackgroundServer
+from ingest.synthetic import SyntheticMarket
+from processor.sinks.base import FlushBatch, Lineage
+from processor.sinks.parquet import ParquetSink
+from tests.conftest import T0
+from tests.integration.api_helpers import SYMBOLS, api_settings, candle_table, graphql, roll_up
+from tests.reference import Key, assert_candles_equal, batch_candles
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Key, dict[str, Any]]]:
+    root = tmp_path_factory.mktemp("archive") / "outputs"
+    candles = batch_candles(SyntheticMarket(SYMBOLS, rate=30, seed=4).generate(6_000, start_ms=T0))
+    sink = ParquetSink(root)
+
+    async def write() -> None:
+        await sink.start()
+        await sink.write(
+            FlushBatch(tables={0: {"ohlc": candle_table(candles)}}, lineage={0: Lineage("ab12", 1)})
+        )
+        await sink.close()
+
+    asyncio.run(write())
+    return root, candles
+
+
+@pytest.fixture(scope="module")
+def client(
+    archived: tuple[Path, dict[Key, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    root, _ = archived
+    settings = api_settings(None, tmp_path_factory.mktemp("api"), output_dir=root)
+    with (
+        BackgroundServer(create_app(settings)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        yield http
+
+
+def _rows(rows: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    return {
+        (r["symbol"], int(datetime.fromisoformat(r["bucket"]).timestamp() * 1000)): {
+            **r,
+            "trade_count": r["tradeCount"],
+            "buy_volume": r["buyVolume"],
+            "sell_volume": r["sellVolume"],
+        }
+        for r in rows
+    }
+
+
+@pytest.mark.parametrize(("interval", "ms"), [("1s", 1_000), ("1m", 60_000)])
+def test_archive_backed_candles_equal_the_reference(
+    client: httpx.Client, archived: tuple[Path, dict[Key, dict[str, Any]]], interval: str, ms: int
+) -> None:
+    _, candles = archived
+    fields = "symbol bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+    body = graphql(
+        client, f'{{ candles(symbol: "SOLUSDT", interval: "{interval}", limit: 10000) {{ {fields} }} }}'
+    )
+    assert "errors" not in body, body
+    expected = roll_up({k: v for k, v in candles.items() if k[0] == "SOLUSDT"}, ms)
+    assert_candles_equal(_rows(body["data"]["candles"]), expected)
+
+
+def test_archive_backed_rest_and_health(
+    client: httpx.Client, archived: tuple[Path, dict[Key, dict[str, Any]]]
+) -> None:
+    assert client.get("/api/symbols").json()["symbols"] == sorted(SYMBOLS)
+    assert client.get("/api/ohlc/", params={"symbol": "BTCUSDT", "limit": 5}).json()["count"] == 5
+    health = client.get("/health").json()
+    assert health["store"] == "parquet" and health["status"] == "healthy"
