@@ -87,3 +87,24 @@ def test_archive_backed_rest_and_health(
     assert client.get("/api/ohlc/", params={"symbol": "BTCUSDT", "limit": 5}).json()["count"] == 5
     health = client.get("/health").json()
     assert health["store"] == "parquet" and health["status"] == "healthy"
+
+
+def test_cors_allows_only_the_configured_origins(
+    archived: tuple[Path, dict[Key, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root, _ = archived
+    settings = api_settings(
+        None,
+        tmp_path_factory.mktemp("cors"),
+        output_dir=root,
+        cors_origins="https://dash.example,http://localhost:3000",
+    )
+    with BackgroundServer(create_app(settings)) as server:
+        for origin, allowed in (("https://dash.example", True), ("https://evil.example", False)):
+            response = httpx.options(
+                f"{server.url}/graphql",
+                headers={"origin": origin, "access-control-request-method": "POST"},
+            )
+            assert (response.headers.get("access-control-allow-origin") == origin) is allowed
+            simple = httpx.get(f"{server.url}/api/symbols", headers={"origin": origin})
+            assert (simple.headers.get("access-control-allow-origin") == origin) is allowed
