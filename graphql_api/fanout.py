@@ -168,9 +168,18 @@ class Fanout:
                             chunk = records[i : i + FEED_CHUNK]
                             self.feed((r.value for r in chunk), newest_ms=chunk[-1].timestamp)
                             await asyncio.sleep(0)  # let subscribers drain between chunks of a burst
-            except (KafkaError, OSError) as exc:
+            except Exception as exc:  # the feed must outlive any failure: broker down, or a bug
                 self.ready.clear()
-                log.warning("live feed: %s unreachable (%s); retrying in %.1fs", self.topic, exc, backoff)
+                expected = isinstance(exc, (KafkaError, OSError))
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "live feed: %s %s (%s); retrying in %.1fs",
+                    self.topic,
+                    "unreachable" if expected else "failed",
+                    exc,
+                    backoff,
+                    exc_info=None if expected else exc,
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 10.0)

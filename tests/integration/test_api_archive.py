@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cryptostream.procs import free_port
 from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
 from ingest.synthetic import SyntheticMarket
@@ -108,3 +109,19 @@ def test_cors_allows_only_the_configured_origins(
             assert (response.headers.get("access-control-allow-origin") == origin) is allowed
             simple = httpx.get(f"{server.url}/api/symbols", headers={"origin": origin})
             assert (simple.headers.get("access-control-allow-origin") == origin) is allowed
+
+
+def test_an_unreachable_broker_degrades_health_but_queries_keep_working(
+    archived: tuple[Path, dict[Key, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root, _ = archived
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    settings = api_settings(None, tmp_path_factory.mktemp("nokafka"), output_dir=root, kafka_bootstrap=dead)
+    with (
+        BackgroundServer(create_app(settings)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        health = http.get("/health").json()
+        assert health["status"] == "degraded" and health["live_feed"] is False
+        assert graphql(http, "{ pipelineStatus { live } }")["data"]["pipelineStatus"] == {"live": False}
+        assert graphql(http, "{ symbols }")["data"]["symbols"] == sorted(SYMBOLS)
