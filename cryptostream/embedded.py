@@ -207,7 +207,8 @@ class EmbeddedKafka:
 
     def stop(self) -> None:
         if self._proc is not None:
-            stop_process(self._proc, signal.SIGTERM, timeout=5)
+            # In-memory topics: nothing to save, so do not wait long for a broker with clients attached.
+            stop_process(self._proc, signal.SIGTERM, timeout=2)
             self._proc = None
 
     def __enter__(self) -> EmbeddedKafka:

@@ -64,11 +64,15 @@ async def ensure_topics(settings: Settings, bootstrap: str | None = None) -> Non
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass  # another role created it between list and create
-            for topic in missing:
-                log.info("created topic %s with %d partition(s)", topic.name, topic.num_partitions)
+                return  # another role created them between list and create
+            for name, code, message in (e[:3] for e in response.topic_errors):
+                if code == 0:
+                    log.info("created topic %s with %d partition(s)", name, wanted[name])
+                elif code != TopicAlreadyExistsError.errno:
+                    detail = f"error {code} {message or ''}".strip()
+                    raise InfraError(f"could not create Kafka topic {name}: {detail}")
     finally:
         await admin.close()
 

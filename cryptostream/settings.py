@@ -79,9 +79,9 @@ class Settings(BaseSettings):
 
     # --- exchanges (live source) ------------------------------------------------------------------
     binance_ws_url: str = Field(
-        default="wss://stream.binance.com:9443", description="Binance WebSocket base (Binance.US, testnet...)."
+        default="wss://stream.binance.com:9443", description="Binance WebSocket base (Binance.US, testnet)."
     )
-    binance_rest_url: str = Field(default="https://api.binance.com", description="Binance REST base (backfill).")
+    binance_rest_url: str = Field(default="https://api.binance.com", description="Binance REST base.")
     binance_stream: Literal["trade", "aggTrade"] = Field(default="trade", description="Binance trade stream.")
     coinbase_feed: Literal["exchange", "advanced"] = Field(
         default="exchange", description="Coinbase Exchange `matches` or Advanced Trade `market_trades`."
@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # --- processor --------------------------------------------------------------------------------
     max_poll_records: int = Field(default=500, ge=1, le=1_000_000, description="Max records per poll.")
     consumer_group: str = Field(default="crypto-consumer-group", description="Processor consumer group.")
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1_000, le=300_000, description="How long a silent processor keeps its partitions."
+    )
     output_dir: Path = Field(default=Path("./data/outputs"), description="Parquet archive root.")
     max_buffer_seconds: float = Field(
         default=5.0, ge=0.0, le=3600.0, description="Out-of-order buffer: watermark = max event time - this."
@@ -113,7 +116,7 @@ class Settings(BaseSettings):
     )
     flush_windows_on_stop: bool = Field(
         default=False,
-        description="Close open windows at shutdown (set by `up` on its in-memory broker, which cannot replay).",
+        description="Close open windows at shutdown (`up` sets it: its in-memory broker cannot replay).",
     )
     volatility_window_seconds: int = Field(
         default=60, ge=2, le=86_400, description="Rolling window of the volatility (std of 1 s log returns)."
@@ -134,7 +137,7 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(
         default=None, ge=1, description="TimescaleDB: drop 1 s rows older than this (archive keeps them)."
     )
-    compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB: compress chunks older than this.")
+    compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB: compress chunks this old.")
 
     # --- model --------------------------------------------------------------------------------------
     prediction_horizon_seconds: int = Field(
@@ -151,7 +154,7 @@ class Settings(BaseSettings):
     graphql_max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Most tokens in one query.")
     cors_origins: CommaList = Field(default_factory=lambda: ["*"], description="Allowed CORS origins.")
     api_subscriber_queue: int = Field(
-        default=1000, ge=1, le=1_000_000, description="Updates queued per live subscriber before it is dropped."
+        default=1000, ge=1, le=1_000_000, description="Updates queued per live subscriber before dropping it."
     )
     api_max_subscribers: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Live subscriptions one API process accepts."

@@ -34,6 +34,7 @@ from cryptostream.metrics import (
     REJECTED,
     SINK_ROWS,
     TRADES_IN,
+    TRADES_OUT,
 )
 from cryptostream.models import VOLATILITY_SCHEMA
 from cryptostream.settings import Settings
@@ -209,6 +210,7 @@ class Processor:
         TRADES_IN.labels("processor", "kafka").inc(len(messages))
         self.stats.trades += len(cols)
         late_offsets = part.ingest(self.interner.adopt(cols), now)
+        TRADES_OUT.labels("processor").inc(len(cols) - int(late_offsets.size))
         if late_offsets.size:
             index = {o: i for i, o in enumerate(offsets)}
             for off in late_offsets.tolist():
@@ -322,6 +324,9 @@ class Processor:
         chosen = [p for p in (partitions if partitions is not None else list(self.parts)) if p in self.parts]
         if not chosen:
             return
+        # Windows behind a frontier must be rows in `pending` before that frontier is saved: replay skips
+        # everything behind it. (Closing runs every CLOSE_EVERY_S, so some may be waiting.)
+        await self._close_and_publish(time.monotonic())
         batch = FlushBatch()
         for p in chosen:
             tables = self.pending.get(p)
@@ -377,6 +382,7 @@ class Processor:
             for p in mine:
                 self.parts.pop(p, None)
                 self.pending.pop(p, None)
+                CONSUMER_LAG.remove(self.topic, str(p))  # its next owner reports it now
             log.info("partitions revoked: %s", mine)
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:

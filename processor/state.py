@@ -227,6 +227,10 @@ class PartitionState:
         return merged
 
     def checkpoint(self, interner: Interner, offset: int) -> Checkpoint:
+        """The state to resume from ``offset``. Every window behind a frontier must have been taken."""
+        for s in self.symbols.values():
+            if s.open and min(s.open) < s.closed:
+                raise RuntimeError("checkpoint with closed windows not taken: their trades would be skipped")
         symbols = {}
         for code, s in self.symbols.items():
             recent = (
