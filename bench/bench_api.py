@@ -11,7 +11,11 @@
 The server runs in its own process (as in production) and the subscribers in two other processes, so the
 client's CPU does not count against the server's; on a 2-core machine they still compete for the cores.
 
-    .venv/bin/python bench/bench_api.py [--requests 300] [--subscribers 2000] [--events 40]
+    .venv/bin/python bench/bench_api.py [--requests 300] [--subscribers 2000] [--events 40] [--fanout arrow]
+
+BENCH_VERBOSE=1 also prints the slowest delivery of each event and the API process's CPU per delivery;
+BENCH_PROFILE=/tmp/api writes a cProfile of each API process (/tmp/api.plain, /tmp/api.arrow).
+DATABASE_URL / KAFKA_BOOTSTRAP use real services instead of the embedded ones.
 """
 
 from __future__ import annotations
