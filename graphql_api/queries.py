@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 import pyarrow as pa
 import strawberry
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from cryptostream.errors import QueryError
 from graphql_api.context import Context, Services
 from graphql_api.inputs import InputError, check_interval, check_limit, check_range
 from graphql_api.types import Candle, CandleColumns, PipelineStatus, Prediction, Volatility
+from processor.model import registry
+from processor.model.errors import ModelFileError
 
 __all__ = ["Query"]
 
@@ -137,6 +141,20 @@ class Query:
         name = await services.symbol(symbol)
         rows = Prediction.from_table(await services.store.predictions(name, limit=1))
         return rows[-1] if rows else None
+
+    @strawberry.field(
+        description="The current trend model's walk-forward report as stored under MODEL_DIR (JSON), "
+        "null when no model was trained yet."
+    )
+    async def model_report(self, info: Info[Context, None]) -> JSON | None:
+        model_dir = info.context.services.settings.model_dir
+        try:
+            report = await asyncio.to_thread(registry.load_report, model_dir)
+        except ModelFileError as exc:
+            raise InputError(
+                f"the model report cannot be read: {exc}", code="MODEL_REPORT_UNREADABLE"
+            ) from None
+        return cast("JSON | None", report)
 
     @strawberry.field(
         description="Lag, last trade time per symbol, late and invalid counts and rates, from the processors "

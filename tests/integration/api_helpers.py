@@ -158,6 +158,7 @@ def api_settings(database_url: str | None, tmp: Path, **overrides: Any) -> Setti
         "database_url": database_url,
         "symbols": SYMBOLS,
         "output_dir": tmp / "outputs",
+        "model_dir": tmp / "models",
         "api_max_limit": 10_000,
     }
     values.update(overrides)

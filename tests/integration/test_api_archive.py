@@ -16,6 +16,7 @@ from cryptostream.procs import free_port
 from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
 from ingest.synthetic import SyntheticMarket
+from processor.model import registry
 from processor.sinks.base import FlushBatch, Lineage
 from processor.sinks.parquet import ParquetSink
 from tests.conftest import T0
@@ -125,3 +126,23 @@ def test_an_unreachable_broker_degrades_health_but_queries_keep_working(
         assert health["status"] == "degraded" and health["live_feed"] is False
         assert graphql(http, "{ pipelineStatus { live } }")["data"]["pipelineStatus"] == {"live": False}
         assert graphql(http, "{ symbols }")["data"]["symbols"] == sorted(SYMBOLS)
+
+
+def test_model_report_is_the_stored_report_or_null(
+    archived: tuple[Path, dict[Key, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root, _ = archived
+    tmp = tmp_path_factory.mktemp("model")
+    settings = api_settings(None, tmp, output_dir=root)
+    with BackgroundServer(create_app(settings)) as server, httpx.Client(base_url=server.url) as http:
+        assert graphql(http, "{ modelReport }")["data"] == {"modelReport": None}
+        report = {
+            "format": registry.REPORT_FORMAT,
+            "selected_model": "logit",
+            "verdict": {"summary": "weak edge"},
+        }
+        registry.save(settings.model_dir, {"version": "v1", "format": registry.MODEL_FORMAT}, report)
+        assert graphql(http, "{ modelReport }")["data"] == {"modelReport": report}
+        (settings.model_dir / "v1.report.json").write_text("{broken")
+        body = graphql(http, "{ modelReport }")
+        assert body["errors"][0]["extensions"]["code"] == "MODEL_REPORT_UNREADABLE"
