@@ -151,3 +151,21 @@ def test_status_board_rates_partitions_and_staleness() -> None:
     assert later.totals["trades"] == 750  # counts stay in the totals
     board.update({"type": "status", "processor": "a:1", "time_ms": 4000, "trades": 10}, now=21.0)
     assert board.snapshot(now=21.0).processors[0].trades_per_s == 10.0  # a restart reset the count
+
+
+async def test_predictions_reach_their_subscribers_as_the_processor_sends_them(tmp_path: Path) -> None:
+    feed = fanout(tmp_path)
+    message = {
+        "type": "predictions",
+        "symbol": "ETHUSDT",
+        "bucket": "2023-11-14T22:14:00+00:00",
+        "horizon_seconds": 60,
+        "probability_up": 0.61,
+        "label": "up",
+        "model_version": "v7",
+    }
+    async with feed.subscribe("predictions", ["ETHUSDT"]) as sub:
+        feed.feed([orjson.dumps({**message, "symbol": "BTCUSDT"}), orjson.dumps(message)])
+        got = await sub.get()
+        assert (got.symbol, got.probability_up, got.label, got.model_version) == ("ETHUSDT", 0.61, "up", "v7")
+        assert not sub.items
