@@ -73,7 +73,7 @@ def _require_kafka(settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- roles
-def _source(settings: Settings, source: Source, path: Path | None, rate: float) -> AsyncIterator[list[Any]]:
+def _source(settings: Settings, source: Source, path: Path | None, rate: float) -> AsyncIterator[Any]:
     if source is Source.synthetic:
         from ingest.synthetic import SyntheticMarket
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import orjson
 
-from cryptostream.models import Trade
-from ingest.source import EncodedBatch
+from ingest.source import Batch, EncodedBatch
 
 __all__ = ["recorded"]
 
 
-async def recorded(source: AsyncIterator[list[Trade]], path: Path) -> AsyncIterator[list[Trade]]:
+async def recorded(source: AsyncIterator[Batch], path: Path) -> AsyncIterator[Batch]:
     """Yield what ``source`` yields, appending each batch to ``path`` (flushed per batch) first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:  # noqa: ASYNC230 - local appends of a few KB, cheaper than a thread hop

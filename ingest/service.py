@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from cryptostream.codec import Rejected, encode_dlq
 from cryptostream.kafka import ensure_topics, start_producer
 from cryptostream.metrics import REJECTED, TRADES_IN
-from cryptostream.models import Trade
 from cryptostream.settings import Settings
 from ingest.publisher import Publisher
-from ingest.source import EncodedBatch
+from ingest.source import Batch, EncodedBatch
 
 __all__ = ["IngestResult", "run_ingest"]
 
@@ -57,7 +56,7 @@ async def _dead_letter(dlq: Publisher, rejected: list[Rejected], source: str, re
 
 
 async def run_ingest(
-    settings: Settings, source: AsyncIterator[Sequence[Trade]], stop: asyncio.Event, *, name: str = "source"
+    settings: Settings, source: AsyncIterator[Batch], stop: asyncio.Event, *, name: str = "source"
 ) -> IngestResult:
     """Publish every batch ``source`` yields until it ends or ``stop`` is set; flush before returning."""
     await ensure_topics(settings)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from cryptostream.codec import Rejected
 from cryptostream.models import Trade
 
-__all__ = ["EncodedBatch", "Record", "TradeBatch"]
+__all__ = ["Batch", "EncodedBatch", "Record", "TradeBatch"]
 
 Record = tuple[bytes, bytes, int]  # key (symbol), value (JSON), timestamp ms
 
@@ -43,3 +43,6 @@ class EncodedBatch(list[Record]):
         super().__init__(records)
         self.rejected: list[Rejected] = list(rejected)
         self.source = source
+
+
+Batch = list[Trade] | EncodedBatch  # what a source yields (TradeBatch is a list[Trade])

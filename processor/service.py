@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,11 +80,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class Processor:
     """One processor replica: a member of ``CONSUMER_GROUP`` owning some partitions of the trades topic."""
 
-    def __init__(self, settings: Settings, sinks: list[Sink], *, scorers: list[Scorer] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sinks: list[Sink], *, scorers: Sequence[Scorer] | None = None
+    ) -> None:
         self.settings = settings
         self.topic = settings.kafka_topic
         self.sinks = sinks
-        self.scorers = scorers or []
+        self.scorers = list(scorers or [])
         self.parquet = next((s for s in sinks if isinstance(s, ParquetSink)), None)
         self.store = CheckpointStore(settings.output_dir, settings.consumer_group, self.topic)
         self.interner = Interner()

@@ -1,4 +1,4 @@
-"""`cryptostream up`: one command runs the whole pipeline; Ctrl+C stops it all; the next run keeps the data."""
+"""`cryptostream up`: one command runs the whole pipeline; Ctrl+C stops it all; a next run keeps the data."""
 
 from __future__ import annotations
 
@@ -21,22 +21,35 @@ CANDLES = """query($s: String!) { candles(symbol: $s, limit: 10000) {
 def _api_candles(pipeline, symbol: str) -> list[dict]:
     rows = pipeline.graphql(CANDLES, s=symbol)["candles"]
     return [
-        {"symbol": r["symbol"], "bucket": datetime.fromisoformat(r["bucket"]), "open": r["open"], "high": r["high"],
-         "low": r["low"], "close": r["close"], "volume": r["volume"], "trade_count": r["tradeCount"],
-         "vwap": r["vwap"], "buy_volume": r["buyVolume"], "sell_volume": r["sellVolume"]}
+        {
+            "symbol": r["symbol"],
+            "bucket": datetime.fromisoformat(r["bucket"]),
+            "open": r["open"],
+            "high": r["high"],
+            "low": r["low"],
+            "close": r["close"],
+            "volume": r["volume"],
+            "trade_count": r["tradeCount"],
+            "vwap": r["vwap"],
+            "buy_volume": r["buyVolume"],
+            "sell_volume": r["sellVolume"],
+        }
         for r in rows
     ]
 
 
 def _recorded(path) -> list[Trade]:
-    return [Trade(**{k: v for k, v in orjson.loads(line).items()}) for line in path.read_bytes().splitlines()]
+    return [Trade(**orjson.loads(line)) for line in path.read_bytes().splitlines()]
 
 
 def test_up_serves_exact_candles_stops_every_child_and_a_second_run_keeps_them(start_pipeline, tmp_path):
     record = tmp_path / "run1.jsonl"
     first = start_pipeline("--source", "synthetic", "--rate", "150", "--record", str(record))
-    took = first.wait_until(lambda: all(_api_candles(first, s) for s in SYMBOLS), 30,
-                            "candles for every default symbol over GraphQL")
+    took = first.wait_until(
+        lambda: all(_api_candles(first, s) for s in SYMBOLS),
+        30,
+        "candles for every default symbol over GraphQL",
+    )
     print(f"first candles served {took:.1f}s after start")
     first.wait_until(lambda: len(_api_candles(first, "BTCUSDT")) >= 5, 30, "a few seconds of candles")
     children = first.descendants()
@@ -50,7 +63,9 @@ def test_up_serves_exact_candles_stops_every_child_and_a_second_run_keeps_them(s
     assert len(trades) > 300 and {s for s, _ in expected} == set(SYMBOLS)
 
     second = start_pipeline("--source", "synthetic", "--rate", "20")
-    second.wait_until(lambda: second.graphql("{ symbols }")["symbols"] == SYMBOLS, 30, "the API of the second run")
+    second.wait_until(
+        lambda: second.graphql("{ symbols }")["symbols"] == SYMBOLS, 30, "the API of the second run"
+    )
     stored = rows_by_key(row for s in SYMBOLS for row in _api_candles(second, s))
     last_bucket = max(bucket for _, bucket in expected)
     first_run = {key: row for key, row in stored.items() if key[1] <= last_bucket}
