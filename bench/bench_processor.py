@@ -65,9 +65,13 @@ async def run_ours(settings: Settings, n: int) -> tuple[float, int]:
 
 async def run_naive(settings: Settings, n: int) -> tuple[float, int]:
     """What a straightforward consumer looks like: one message at a time, one row at a time."""
-    consumer = AIOKafkaConsumer(settings.kafka_topic, bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=settings.consumer_group, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        settings.kafka_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     conn = await asyncpg.connect(settings.database_dsn)
     await consumer.start()
     out = settings.output_dir / "naive"
@@ -89,9 +93,18 @@ async def run_naive(settings: Settings, n: int) -> tuple[float, int]:
         bucket = ts - ts % 1000
         w = windows.get((sym, bucket))
         if w is None:
-            windows[(sym, bucket)] = {"symbol": sym, "bucket": bucket, "open": t["price"], "high": t["price"],
-                                      "low": t["price"], "close": t["price"], "volume": t["quantity"], "n": 1,
-                                      "first": ts, "last": ts}
+            windows[(sym, bucket)] = {
+                "symbol": sym,
+                "bucket": bucket,
+                "open": t["price"],
+                "high": t["price"],
+                "low": t["price"],
+                "close": t["price"],
+                "volume": t["quantity"],
+                "n": 1,
+                "first": ts,
+                "last": ts,
+            }
         else:
             w["high"] = max(w["high"], t["price"])
             w["low"] = min(w["low"], t["price"])
@@ -112,7 +125,15 @@ async def run_naive(settings: Settings, n: int) -> tuple[float, int]:
                     "INSERT INTO ohlc_1s (symbol,bucket,open,high,low,close,volume,trade_count,vwap,"
                     "buy_volume,sell_volume) VALUES ($1,to_timestamp($2/1000.0),$3,$4,$5,$6,$7,$8,$6,0,0) "
                     "ON CONFLICT (symbol,bucket) DO UPDATE SET close = EXCLUDED.close",
-                    c["symbol"], c["bucket"], c["open"], c["high"], c["low"], c["close"], c["volume"], c["n"])
+                    c["symbol"],
+                    c["bucket"],
+                    c["open"],
+                    c["high"],
+                    c["low"],
+                    c["close"],
+                    c["volume"],
+                    c["n"],
+                )
             if closed:
                 pq.write_table(pa.Table.from_pylist(closed), out / f"flush-{flushes}.parquet")
             candles += len(closed)
@@ -135,10 +156,18 @@ async def main(n: int, polls: list[int]) -> None:
             topic = f"bench-{uuid.uuid4().hex[:6]}"
 
             def settings(poll: int, tag: str) -> Settings:
-                return load_settings(kafka_bootstrap=kafka.bootstrap, database_url=pg.url, kafka_topic=topic,
-                                     kafka_candles_topic=f"{topic}-c", kafka_dlq_topic=f"{topic}-d",
-                                     consumer_group=f"g-{tag}", output_dir=root / f"out-{tag}",
-                                     max_poll_records=poll, max_buffer_seconds=2, parquet_chunk_seconds=1)
+                return load_settings(
+                    kafka_bootstrap=kafka.bootstrap,
+                    database_url=pg.url,
+                    kafka_topic=topic,
+                    kafka_candles_topic=f"{topic}-c",
+                    kafka_dlq_topic=f"{topic}-d",
+                    consumer_group=f"g-{tag}",
+                    output_dir=root / f"out-{tag}",
+                    max_poll_records=poll,
+                    max_buffer_seconds=2,
+                    parquet_chunk_seconds=1,
+                )
 
             print(f"producing {n:,} trades for {len(SYMBOLS)} symbols into {topic} (4 partitions)...")
             await produce(settings(500, "produce"), n)
@@ -158,8 +187,10 @@ async def main(n: int, polls: list[int]) -> None:
     print(f"\n{'implementation':<42} {'trades/s':>12} {'seconds':>9} {'candles':>9} {'vs naive':>9}")
     for name, rate, secs, candles in results:
         print(f"{name:<42} {rate:>12,.0f} {secs:>9.2f} {candles:>9,} {rate / base:>8.1f}x")
-    print("\ntarget: >= 150,000 trades/s and >= 5x the naive implementation "
-          "(Kafka in, Parquet + PostgreSQL written, offsets committed)")
+    print(
+        "\ntarget: >= 150,000 trades/s and >= 5x the naive implementation "
+        "(Kafka in, Parquet + PostgreSQL written, offsets committed)"
+    )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,13 @@ def start_pipeline(tmp_path: Path, pipeline_env: dict[str, str]) -> Iterator[Cal
         port = free_port()
         log = tmp_path / f"up-{len(started)}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([*CLI, "up", "--port", str(port), *args], env=pipeline_env, cwd=tmp_path,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [*CLI, "up", "--port", str(port), *args],
+                env=pipeline_env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         p = Pipeline(proc, port, log)
         started.append(p)
         return p
