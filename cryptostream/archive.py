@@ -36,6 +36,7 @@ from cryptostream.errors import QueryError
 from cryptostream.models import CANDLE_SCHEMA, INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 
 __all__ = [
+    "fsync_path",
     "COMPACT_RE",
     "COMPACTED_FROM",
     "FILE_RE",
@@ -91,17 +92,24 @@ def file_schema(kind: str) -> pa.Schema:
     return schema.remove(schema.get_field_index("symbol"))
 
 
-def write_file(path: Path, table: pa.Table) -> None:
-    """Write ``table`` durably: temp file, fsync, atomic rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
-    fd = os.open(tmp, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names created in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_file(path: Path, table: pa.Table) -> None:
+    """Write ``table`` durably: temp file, fsync, atomic rename, fsync the folder (readers never see half a
+    file, and a committed checkpoint never points past a file a power cut could take back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    fsync_path(tmp)
     os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def list_symbols(root: Path, kind: str = "ohlc") -> list[str]:

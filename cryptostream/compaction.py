@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -42,6 +41,7 @@ from cryptostream.archive import (
     compacted_from,
     day_folders,
     file_schema,
+    fsync_path,
     list_symbols,
     write_file,
 )
@@ -114,14 +114,6 @@ def _finish_interrupted(folder: Path) -> list[Path]:
     return [p for p in files if p.name in names]
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def compact_folder(
     folder: Path, kind: str, floor: dict[tuple[int, str], int], report: CompactionReport | None = None
 ) -> CompactionReport:
@@ -141,11 +133,11 @@ def compact_folder(
     target = folder / f"compact-{digest}.parquet"
     table = table.replace_schema_metadata({COMPACTED_FROM: json.dumps(names).encode()})
     write_file(target, table)
-    _fsync_dir(folder)
+    fsync_path(folder)
     for path in chosen:
         if path != target:
             path.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_path(folder)
     report.folders += 1
     report.files_in += len(chosen)
     report.files_out += 1

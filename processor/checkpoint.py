@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from cryptostream.archive import fsync_path
+
 __all__ = ["Checkpoint", "CheckpointStore", "SymbolCheckpoint", "new_epoch"]
 
 KEEP = 8  # checkpoint files kept per partition (older ones can no longer be the committed one)
@@ -110,7 +112,7 @@ class CheckpointStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(folder)
+        fsync_path(folder)
         for old in sorted(folder.glob("*.json"))[:-KEEP]:
             if old != final:
                 with contextlib.suppress(FileNotFoundError):
@@ -123,11 +125,3 @@ class CheckpointStore:
             return Checkpoint.from_json(path.read_bytes())
         except FileNotFoundError:
             return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
