@@ -186,7 +186,12 @@ class Processor:
         """Read to the end of the log, then close every open window (nothing can replay them later)."""
         assert self._consumer is not None
         deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline and not all(self._caught_up(p) for p in self.parts.values()):
+        # Ask the broker for the log ends now: the high watermark of the last fetch can predate the final
+        # records the (already stopped) ingest wrote.
+        ends = await self._consumer.end_offsets([TopicPartition(self.topic, p) for p in self.parts])
+        while time.monotonic() < deadline and any(
+            part.position < ends.get(TopicPartition(self.topic, p), 0) for p, part in self.parts.items()
+        ):
             batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
             async with self._lock:
                 for tp, messages in batch.items():
