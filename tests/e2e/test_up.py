@@ -71,3 +71,37 @@ def test_up_serves_exact_candles_stops_every_child_and_a_second_run_keeps_them(s
     first_run = {key: row for key, row in stored.items() if key[1] <= last_bucket}
     assert_candles_equal(first_run, expected)  # nothing missing, nothing extra, values exact
     assert second.interrupt() == 0, second.tail()
+
+
+def test_up_restarts_a_role_that_crashes_and_the_candles_stay_exact(start_pipeline, tmp_path):
+    record = tmp_path / "trades.jsonl"
+    pipeline = start_pipeline("--source", "synthetic", "--rate", "100", "--record", str(record))
+    pipeline.wait_until(lambda: len(_api_candles(pipeline, "BTCUSDT")) >= 3, 40, "first candles")
+
+    def processor() -> psutil.Process | None:
+        for proc in pipeline.descendants():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.cmdline()[-1:] == ["process"]:
+                    return proc
+            except psutil.Error:
+                continue
+        return None
+
+    first = processor()
+    assert first is not None
+    first.kill()  # SIGKILL: no final checkpoint, no goodbye to the group
+    pipeline.wait_until(lambda: (p := processor()) is not None and p.pid != first.pid, 30, "a new processor")
+    assert "process exited with -9; restarting" in pipeline.tail(20_000)
+    count = len(_api_candles(pipeline, "BTCUSDT"))
+    pipeline.wait_until(
+        lambda: len(_api_candles(pipeline, "BTCUSDT")) > count + 2, 60, "candles after the restart"
+    )
+    assert pipeline.interrupt() == 0, pipeline.tail()
+
+    expected = batch_candles(_recorded(record))
+    second = start_pipeline("--source", "synthetic", "--rate", "5")
+    second.wait_until(lambda: bool(second.graphql("{ symbols }")["symbols"]), 30, "the API")
+    stored = rows_by_key(row for s in SYMBOLS for row in _api_candles(second, s))
+    last_bucket = max(bucket for _, bucket in expected)
+    assert_candles_equal({k: r for k, r in stored.items() if k[1] <= last_bucket}, expected)
+    assert second.interrupt() == 0
