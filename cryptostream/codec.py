@@ -7,8 +7,9 @@ A trade on ``crypto-trades`` is plain JSON any Kafka tool can read or write::
 
 :func:`decode_trades` turns a ``getmany()`` batch into :class:`~cryptostream.models.TradeColumns` in bulk
 and returns every record it could not accept as a :class:`Rejected` with a stable reason code. The fast
-path extracts fields with C-level iteration; a batch with anything odd in it falls back to an exact
-per-record check so each bad record gets its own reason and no good record is lost.
+path parses and type-checks each record in C (msgspec) and checks values on whole numpy columns; a batch
+with anything odd in it falls back to an exact per-record check, so each bad record gets its own reason
+and no good record is lost. Both paths accept exactly the same records (a property test holds them to it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -130,34 +132,67 @@ def _check_row(obj: Any) -> tuple[str, str] | tuple[Any, ...]:
 Columns = tuple[Sequence[Any], ...]  # symbol, price, quantity, timestamp, trade_id, is_buyer_maker, exchange
 
 
-def _columns_fast(dicts: list[Any]) -> Columns | None:
-    """Field columns when every record is a well-typed object; ``None`` sends the batch to the exact path."""
-    if not dicts:
-        return ((),) * 7
+class _WireTrade(msgspec.Struct, gc=False):
+    """The typed shape of a trade record: msgspec checks every field's JSON type while it parses."""
+
+    symbol: str
+    price: float  # JSON integers are accepted and converted; booleans and strings are not
+    quantity: float
+    timestamp: int
+    trade_id: int
+    is_buyer_maker: bool
+    exchange: str = "unknown"
+
+
+_decode_wire = msgspec.json.Decoder(_WireTrade).decode
+
+
+def _columns_fast(values: Sequence[bytes | None]) -> Columns | None:
+    """Field columns when every record is a well-typed trade; ``None`` sends the batch to the exact path.
+
+    msgspec parses and type-checks a record in C (about 0.35 µs; orjson plus the same checks in Python
+    took 1.1 µs), so the common all-good batch never touches a Python dict.
+    """
     try:
-        # One comprehension per field: no per-row tuples to build and transpose (3x cheaper at 5000 rows).
-        symbol = [d["symbol"] for d in dicts]
-        price = [d["price"] for d in dicts]
-        quantity = [d["quantity"] for d in dicts]
-        timestamp = [d["timestamp"] for d in dicts]
-        trade_id = [d["trade_id"] for d in dicts]
-        ibm = [d["is_buyer_maker"] for d in dicts]
-        exchanges = [d.get("exchange", "unknown") for d in dicts]
-    except (KeyError, TypeError, AttributeError):
+        if values and max(map(len, values)) > MAX_RECORD_BYTES:  # type: ignore[arg-type]
+            return None
+        trades = [_decode_wire(v) for v in values]  # type: ignore[arg-type]
+    except (TypeError, msgspec.DecodeError):  # a tombstone (None), bad JSON or a wrong type
         return None
-    if (
-        set(map(type, symbol)) <= {str}
-        and set(map(type, price)) <= {float, int}
-        and set(map(type, quantity)) <= {float, int}
-        and set(map(type, timestamp)) <= {int}
-        and set(map(type, trade_id)) <= {int}
-        and set(map(type, ibm)) <= {bool}
-        and set(map(type, exchanges)) <= {str}
-        and max(map(abs, timestamp)) < 2**63
-        and max(map(abs, trade_id)) < 2**63
-    ):
-        return symbol, price, quantity, timestamp, trade_id, ibm, exchanges
-    return None
+    return (
+        [t.symbol for t in trades],
+        [t.price for t in trades],
+        [t.quantity for t in trades],
+        [t.timestamp for t in trades],
+        [t.trade_id for t in trades],
+        [t.is_buyer_maker for t in trades],
+        [t.exchange for t in trades],
+    )
+
+
+def _fields_exact(
+    values: Sequence[bytes | None], offs: list[int], partition: int, rejected: list[Rejected]
+) -> tuple[Columns, list[int]]:
+    """Check record by record; every bad one goes to ``rejected`` with its own reason."""
+    rows, keep = [], []
+    for i, value in enumerate(values):
+        if value is None:
+            rejected.append(Rejected("malformed_json", "empty value (tombstone)", b"", partition, offs[i]))
+            continue
+        if len(value) > MAX_RECORD_BYTES:
+            rejected.append(Rejected("too_large", f"{len(value)} bytes", value, partition, offs[i]))
+            continue
+        try:
+            row = _check_row(orjson.loads(value))
+        except orjson.JSONDecodeError as exc:
+            rejected.append(Rejected("malformed_json", str(exc)[:200], value, partition, offs[i]))
+            continue
+        if len(row) == 2:
+            rejected.append(Rejected(row[0], row[1], value, partition, offs[i]))
+        else:
+            rows.append(row)
+            keep.append(i)
+    return (tuple(zip(*rows, strict=True)) if rows else ((),) * 7), keep
 
 
 def decode_trades(
@@ -169,46 +204,16 @@ def decode_trades(
     n = len(values)
     offs = list(offsets) if offsets is not None else [-1] * n
     rejected: list[Rejected] = []
-    loads = orjson.loads
-
-    parsed: list[Any]
-    keep: list[int]
-    try:
-        if any(v is None or len(v) > MAX_RECORD_BYTES for v in values):
-            raise ValueError
-        parsed = [loads(v) for v in values]  # type: ignore[arg-type]
-        keep = list(range(n))
-    except (ValueError, TypeError):
-        parsed, keep = [], []
-        for i, value in enumerate(values):
-            if value is None:
-                rejected.append(
-                    Rejected("malformed_json", "empty value (tombstone)", b"", partition, offs[i])
-                )
-                continue
-            if len(value) > MAX_RECORD_BYTES:
-                rejected.append(Rejected("too_large", f"{len(value)} bytes", value, partition, offs[i]))
-                continue
-            try:
-                parsed.append(loads(value))
-                keep.append(i)
-            except orjson.JSONDecodeError as exc:
-                rejected.append(Rejected("malformed_json", str(exc)[:200], value, partition, offs[i]))
-
-    fields = _columns_fast(parsed)
+    fields = _columns_fast(values)
+    if fields is not None:
+        try:
+            columns, bad = _columns(fields, offs)
+            keep: Sequence[int] = range(n)
+        except OverflowError:  # an integer beyond 64 bits: the exact path names it
+            fields = None
     if fields is None:
-        rows, good = [], []
-        for i, obj in zip(keep, parsed, strict=True):
-            row = _check_row(obj)
-            if len(row) == 2:
-                rejected.append(Rejected(row[0], row[1], values[i] or b"", partition, offs[i]))
-            else:
-                rows.append(row)
-                good.append(i)
-        keep = good
-        fields = tuple(zip(*rows, strict=True)) if rows else ((),) * 7
-
-    columns, bad = _columns(fields, [offs[i] for i in keep] if len(keep) != n else offs)
+        fields, keep = _fields_exact(values, offs, partition, rejected)
+        columns, bad = _columns(fields, [offs[i] for i in keep])
     for pos, reason, detail in bad:
         i = keep[pos]
         rejected.append(Rejected(reason, detail, values[i] or b"", partition, offs[i]))

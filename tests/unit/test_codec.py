@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import orjson
@@ -9,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cryptostream.codec import REASONS, Rejected, decode_trades, encode_dlq, encode_trade
+from cryptostream.codec import (
+    REASONS,
+    Rejected,
+    _check_row,
+    _columns_fast,
+    decode_trades,
+    encode_dlq,
+    encode_trade,
+)
 from cryptostream.models import Trade
 
 GOOD = Trade("coinbase", "BTCUSD", 50000.0, 0.5, 1699564800000, 12345, False)
@@ -112,3 +121,37 @@ def test_fast_and_exact_paths_agree_on_any_mix(goods, bads, rnd) -> None:
         (t.trade_id, t.price) for t in trades
     )
     assert all(math.isfinite(p) for p in cols.price.tolist())
+
+
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+field_value = {
+    "symbol": st.one_of(st.sampled_from(["BTCUSDT", "eth-usd", "??"]), json_scalar),
+    "price": st.one_of(st.floats(-1, 1e6, allow_nan=False), json_scalar),
+    "quantity": st.one_of(st.floats(-1, 10, allow_nan=False), json_scalar),
+    "timestamp": st.one_of(st.integers(0, 2**64), json_scalar),
+    "trade_id": st.one_of(st.integers(-(2**64), 2**64), json_scalar),
+    "is_buyer_maker": st.one_of(st.booleans(), json_scalar),
+    "exchange": st.one_of(st.just("binance"), json_scalar),
+}
+# stdlib json: orjson refuses integers beyond 64 bits, and those are exactly the edge worth generating
+record = st.fixed_dictionaries({}, optional=field_value).map(lambda d: json.dumps(d).encode())
+
+
+@given(record)
+def test_the_fast_path_accepts_exactly_what_the_exact_path_accepts(value) -> None:
+    """msgspec's typed parse says yes exactly where the per-record checks do, with the same fields."""
+    fast = _columns_fast([value])
+    exact = _check_row(orjson.loads(value))
+    if len(exact) == 2:  # the exact path rejects: the fast path must too, or overflow into the exact path
+        if fast is not None:
+            cols, rejected = decode_trades([value], [0])
+            assert len(cols) == 0 and [r.reason for r in rejected] == [exact[0]]
+    else:
+        assert fast is not None
+        assert tuple(column[0] for column in fast) == exact
