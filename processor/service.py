@@ -1,6 +1,7 @@
 """The consume -> window -> sink -> commit loop.
 
-Per ``getmany()`` batch: decode and validate in bulk, dead-letter what is invalid or late, add the rest to
+Per fetched batch (:func:`cryptostream.fetch.fetch_values`: ``getmany()`` without a Python object per
+record): decode and validate in bulk, dead-letter what is invalid or late, add the rest to
 open windows, close what the watermark (or a quiet symbol's wall clock) has passed, compute volatility,
 publish closed and in-progress candles to ``crypto-candles``. Every ``PARQUET_CHUNK_SECONDS``, and when
 partitions are revoked or the process stops, a checkpoint makes every closed row durable in every sink
@@ -14,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from cryptostream.codec import Rejected, decode_trades, encode_dlq
 from cryptostream.errors import SinkWriteError
+from cryptostream.fetch import Fetched, fetch_values
 from cryptostream.kafka import consumer_for, ensure_topics, start_producer
 from cryptostream.metrics import (
     CANDLES,
@@ -152,13 +155,15 @@ class Processor:
         backoff = 0.5
         last_lag = 0.0
         while not stop.is_set():
-            batch = await self._consumer.getmany(timeout_ms=100, max_records=self.settings.max_poll_records)
+            batch = await fetch_values(
+                self._consumer, timeout_ms=100, max_records=self.settings.max_poll_records
+            )
             now = time.monotonic()
             failed: SinkWriteError | None = None
             async with self._lock:
-                for tp, messages in batch.items():
-                    if messages and tp.partition in self.parts:
-                        await self._ingest(self.parts[tp.partition], messages, now)
+                for tp, fetched in batch.items():
+                    if fetched and tp.partition in self.parts:
+                        await self._ingest(self.parts[tp.partition], fetched, now)
                 due = now - self._last_checkpoint >= chunk_s
                 # Closing windows costs per call, not per trade: do it every CLOSE_EVERY_S, not per poll.
                 if due or now - self._last_close >= CLOSE_EVERY_S:
@@ -196,11 +201,13 @@ class Processor:
         while time.monotonic() < deadline and any(
             part.position < ends.get(TopicPartition(self.topic, p), 0) for p, part in self.parts.items()
         ):
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
+            batch = await fetch_values(
+                self._consumer, timeout_ms=200, max_records=self.settings.max_poll_records
+            )
             async with self._lock:
-                for tp, messages in batch.items():
-                    if messages and tp.partition in self.parts:
-                        await self._ingest(self.parts[tp.partition], messages, time.monotonic())
+                for tp, fetched in batch.items():
+                    if fetched and tp.partition in self.parts:
+                        await self._ingest(self.parts[tp.partition], fetched, time.monotonic())
         async with self._lock:
             for part in self.parts.values():
                 part.close_idle(float("inf"), 0.0)
@@ -208,17 +215,17 @@ class Processor:
         log.info("closed all open windows before stopping (FLUSH_WINDOWS_ON_STOP)")
 
     # ------------------------------------------------------------------ data path
-    async def _ingest(self, part: PartitionState, messages: list, now: float) -> None:  # type: ignore[type-arg]
-        if messages[0].offset < part.position:
+    async def _ingest(self, part: PartitionState, fetched: Fetched, now: float) -> None:
+        values, offsets = fetched.values, fetched.offsets
+        if offsets[0] < part.position:
             # Fetched before a seek (an assignment resets the position): those records were handled already.
-            messages = [m for m in messages if m.offset >= part.position]
-            if not messages:
+            cut = bisect_left(offsets, part.position)
+            values, offsets = values[cut:], offsets[cut:]
+            if not offsets:
                 return
-        values = [m.value for m in messages]
-        offsets = [m.offset for m in messages]
         cols, rejected = decode_trades(values, offsets, part.partition)
         part.position = offsets[-1] + 1
-        TRADES_IN.labels("processor", "kafka").inc(len(messages))
+        TRADES_IN.labels("processor", "kafka").inc(len(offsets))
         self.stats.trades += len(cols)
         late_offsets = part.ingest(self.interner.adopt(cols), now)
         TRADES_OUT.labels("processor").inc(len(cols) - int(late_offsets.size))
