@@ -126,6 +126,10 @@ def consumer_for(
         "max_poll_records": settings.max_poll_records,
         "fetch_max_bytes": 64 * 1024 * 1024,
         "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        # The embedded broker holds a fetch for the whole max wait when one of its partitions has nothing
+        # new, even if others do: at the default 500 ms that stalled a full-speed replay for 0.1-0.5 s at a
+        # time (bench/bench_processor.py). 50 ms costs an idle consumer 20 small requests a second.
+        "fetch_max_wait_ms": 50,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(100, min(1_000, settings.kafka_session_timeout_ms // 4)),
         "isolation_level": "read_uncommitted",
