@@ -89,8 +89,8 @@ class TradeColumns:
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
 
-    def take(self, index: npt.NDArray[Any]) -> TradeColumns:
-        """The rows at ``index`` (a boolean mask or integer positions)."""
+    def take(self, index: npt.NDArray[Any] | slice) -> TradeColumns:
+        """The rows at ``index`` (a boolean mask, integer positions, or a slice: views, no copy)."""
         return TradeColumns(
             symbols=self.symbols,
             exchanges=self.exchanges,

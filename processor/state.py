@@ -132,9 +132,12 @@ class PartitionState:
         if len(trades) == 0:
             return np.empty(0, dtype=np.int64)
         self.dirty = True
-        codes = np.unique(trades.symbol)
-        for code in codes.tolist():
-            rows = trades.take(trades.symbol == code) if codes.size > 1 else trades
+        if (trades.symbol[1:] != trades.symbol[:-1]).any():
+            # One stable sort, then a view per symbol (arrival order within a symbol is kept for late_mask)
+            trades = trades.take(np.argsort(trades.symbol, kind="stable"))
+        for a, b in _runs(trades.symbol):
+            code = int(trades.symbol[a])
+            rows = trades.take(slice(a, b))
             state = self.symbols.get(code)
             if state is None:
                 state = self.symbols[code] = SymbolState()
@@ -157,20 +160,16 @@ class PartitionState:
     @staticmethod
     def _add_open(state: SymbolState, rows: TradeColumns) -> None:
         bucket = bucket_of(rows.timestamp)
-        if bucket.size and bucket[0] == bucket[-1] and (bucket == bucket[0]).all():
-            groups = [(int(bucket[0]), rows)]
-        else:
+        if (bucket[1:] < bucket[:-1]).any():  # out of order: sort (trades mostly arrive in order)
             order = np.argsort(bucket, kind="stable")
-            sorted_b = bucket[order]
-            cut = np.flatnonzero(np.diff(sorted_b)) + 1
-            groups = [
-                (int(sorted_b[idx[0]]), rows.take(order[idx])) for idx in np.split(np.arange(len(order)), cut)
-            ]
-        for b, chunk in groups:
-            state.open.setdefault(b, []).append(chunk)
+            rows, bucket = rows.take(order), bucket[order]
+        for a, b in _runs(bucket):
+            chunk = rows.take(slice(a, b))  # views, not copies
+            key = int(bucket[a])
+            state.open.setdefault(key, []).append(chunk)
             low = int(chunk.offset.min())
-            prev = state.open_min_offset.get(b)
-            state.open_min_offset[b] = low if prev is None else min(prev, low)
+            prev = state.open_min_offset.get(key)
+            state.open_min_offset[key] = low if prev is None else min(prev, low)
 
     def close_idle(self, now: float, idle_s: float) -> None:
         """Close every open window of symbols that have been quiet for ``idle_s`` of wall-clock time."""
@@ -275,3 +274,9 @@ def closed_candles(chunks: list[TradeColumns]) -> Candles | None:
     if not chunks:
         return None
     return aggregate(dedupe(concat_trades(chunks)))
+
+
+def _runs(values: npt.NDArray[Any]) -> list[tuple[int, int]]:
+    """(start, end) of each run of equal values."""
+    cut = (np.flatnonzero(values[1:] != values[:-1]) + 1).tolist()
+    return list(zip([0, *cut], [*cut, len(values)], strict=True))
