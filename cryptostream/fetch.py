@@ -131,8 +131,9 @@ def _take(result: Any, tp: TopicPartition, max_records: int) -> Fetched | None:
             if batch.is_control_batch:
                 part.next_fetch_offset = batch.next_offset
                 continue
-            iter(batch)  # decompresses; a batch may be iterated only once, so resume through __next__
-            pending = (iter(batch.__next__, None), batch.next_offset)
+            # iter() decompresses, and may be called once per batch (the C reader asserts it): wrap the
+            # iterator's __next__ so islice can resume it where max_records stopped.
+            pending = (iter(iter(batch).__next__, None), batch.next_offset)
         start = len(offsets)
         room = max_records - start
         for record in islice(pending[0], room):  # the C reader decodes one record per step
