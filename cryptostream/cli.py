@@ -297,6 +297,9 @@ def up(
             # The embedded broker keeps topics in memory: trades in open windows at shutdown could never be
             # replayed, so the processor closes them before it stops.
             env["FLUSH_WINDOWS_ON_STOP"] = "true"
+            # The embedded broker holds every JoinGroup for half the session timeout: at the 10 s default,
+            # 5 s of the wait for the first candle. A single local processor needs no long grace period.
+            env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "3000")
         dsn = settings.database_dsn
         if not dsn:
             dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
