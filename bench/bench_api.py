@@ -48,6 +48,7 @@ from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker  #
 from cryptostream.migrate import upgrade  # noqa: E402
 from cryptostream.procs import free_port  # noqa: E402
 from cryptostream.settings import load_settings  # noqa: E402
+from tests.reference import one_trade_candle  # noqa: E402
 
 T0 = 1_700_000_000_000
 OHLCV = "bucket open high low close volume"
@@ -235,25 +236,7 @@ async def _produce(bootstrap: str, topic: str, events: int, interval: float) -> 
     sent: dict[int, float] = {}
     try:
         for i in range(1, events + 1):
-            price = float(i)
-            value = orjson.dumps(
-                {
-                    "type": "candle",
-                    "interval": "1s",
-                    "closed": False,
-                    "symbol": "BTCUSDT",
-                    "bucket": datetime.fromtimestamp((T0 + i * 1000) / 1000, tz=UTC).isoformat(),
-                    "open": price,
-                    "high": price,
-                    "low": price,
-                    "close": price,
-                    "volume": 1.0,
-                    "trade_count": 1,
-                    "vwap": price,
-                    "buy_volume": 1.0,
-                    "sell_volume": 0.0,
-                }
-            )
+            value = one_trade_candle(T0 + i * 1000, float(i), closed=False)
             sent[i] = time.time()
             await producer.send_and_wait(topic, value, key=b"BTCUSDT")
             await asyncio.sleep(interval)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from cryptostream.models import Trade
 
@@ -101,3 +104,25 @@ def rows_by_key(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
         assert key not in out, f"candle {key} stored twice"
         out[key] = row
     return out
+
+
+def one_trade_candle(bucket_ms: int, price: float, closed: bool = True, symbol: str = "BTCUSDT") -> bytes:
+    """A candles-topic message as the processor publishes it, for a window of one 1.0 buy at ``price``."""
+    return orjson.dumps(
+        {
+            "type": "candle",
+            "interval": "1s",
+            "closed": closed,
+            "symbol": symbol,
+            "bucket": datetime.fromtimestamp(bucket_ms / 1000, tz=UTC).isoformat(),
+            "open": price,
+            "high": price,
+            "low": price,
+            "close": price,
+            "volume": 1.0,
+            "trade_count": 1,
+            "vwap": price,
+            "buy_volume": 1.0,
+            "sell_volume": 0.0,
+        }
+    )

@@ -31,7 +31,7 @@ from processor.service import Processor
 from tests.conftest import T0
 from tests.integration.api_helpers import at, iso, roll_up
 from tests.integration.helpers import sinks_for
-from tests.reference import assert_candles_equal, batch_candles, batch_volatility
+from tests.reference import assert_candles_equal, batch_candles, batch_volatility, one_trade_candle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -309,7 +309,7 @@ async def test_a_stalled_client_is_dropped_and_never_holds_back_the_others(
                 for i in range(n):
                     await producer.send(
                         settings.kafka_candles_topic,
-                        _closed_candle(T0 + i * 1000, float(i + 1)),
+                        one_trade_candle(T0 + i * 1000, float(i + 1)),
                         key=b"BTCUSDT",
                     )
                 await producer.flush()
@@ -328,27 +328,6 @@ def _dropped(server: BackgroundServer) -> float:
         if line.startswith('cryptostream_api_subscribers_dropped_total{kind="candles"}'):
             return float(line.split()[-1])
     return 0.0
-
-
-def _closed_candle(bucket_ms: int, price: float) -> bytes:
-    return orjson.dumps(
-        {
-            "type": "candle",
-            "interval": "1s",
-            "closed": True,
-            "symbol": "BTCUSDT",
-            "bucket": iso(bucket_ms),
-            "open": price,
-            "high": price,
-            "low": price,
-            "close": price,
-            "volume": 1.0,
-            "trade_count": 1,
-            "vwap": price,
-            "buy_volume": 1.0,
-            "sell_volume": 0.0,
-        }
-    )
 
 
 async def _stalled_client(server: BackgroundServer, query: str) -> Any:

@@ -16,31 +16,9 @@ from graphql_api.catalog import SymbolCatalog
 from graphql_api.fanout import Fanout, SubscriberDropped
 from graphql_api.inputs import InputError
 from graphql_api.status import StatusBoard
+from tests.reference import one_trade_candle as candle
 
 T = 1_700_000_040_000
-
-
-def candle(bucket: int, price: float, closed: bool = True, symbol: str = "BTCUSDT") -> bytes:
-    from datetime import UTC, datetime
-
-    return orjson.dumps(
-        {
-            "type": "candle",
-            "interval": "1s",
-            "closed": closed,
-            "symbol": symbol,
-            "bucket": datetime.fromtimestamp(bucket / 1000, tz=UTC).isoformat(),
-            "open": price,
-            "high": price,
-            "low": price,
-            "close": price,
-            "volume": 1.0,
-            "trade_count": 1,
-            "vwap": price,
-            "buy_volume": 1.0,
-            "sell_volume": 0.0,
-        }
-    )
 
 
 def fanout(tmp_path: Path, **overrides: Any) -> Fanout:
