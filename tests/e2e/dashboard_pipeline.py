@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 from cryptostream.kafka import ensure_topics, start_producer
@@ -34,24 +33,13 @@ from processor.model.scorer import ModelScorer
 from processor.model.synthetic import synthetic_candles
 from processor.model.train import fit_and_report
 from processor.service import Processor
-from tests.integration.helpers import sinks_for
+from tests.integration.helpers import create_database, sinks_for
 
 __all__ = ["SYMBOLS", "DashboardPipeline"]
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 HISTORY_SECONDS = 600
 RATE = 45.0  # trades per second over the three symbols
-
-
-async def _fresh_database(server_url: str) -> str:
-    """A new database on the session's server, so no other test's candles show up on the page."""
-    name = f"dash_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 def _train(model_dir: Path) -> ModelScorer:
@@ -67,7 +55,7 @@ class DashboardPipeline:
 
     def __init__(self, kafka_bootstrap: str, database_url: str, work: Path) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.database_url = asyncio.run(_fresh_database(database_url))
+        self.database_url = asyncio.run(create_database(database_url))  # no other test's candles
         upgrade(self.database_url)
         self.settings: Settings = load_settings(
             kafka_bootstrap=kafka_bootstrap,

@@ -18,7 +18,6 @@ import hashlib
 import shutil
 import signal
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 
 from cryptostream.migrate import upgrade
 from cryptostream.procs import free_port, spawn, stop_process, wait_for_port
+from tests.integration.helpers import create_database
 
 HARNESS = Path(__file__).resolve().parents[1] / "tsdb"
 INSTALL_DIR = Path(__file__).resolve().parents[1] / ".tsdb"
@@ -92,17 +92,6 @@ def tsdb_url(infra_dir: Path) -> Iterator[str]:
     with timescaledb_server(infra_dir) as dsn:
         upgrade(dsn)
         yield dsn
-
-
-async def create_database(server_url: str) -> str:
-    """A new, empty database on the server of ``server_url``; returns its URL."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

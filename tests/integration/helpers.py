@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from cryptostream import archive
 from cryptostream.settings import Settings
 from processor.service import Processor
 from processor.sinks import ParquetSink, PostgresSink
+
+
+async def create_database(server_url: str) -> str:
+    """A new, empty database on the server of ``server_url``; returns its URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 def sinks_for(settings: Settings) -> list:
