@@ -17,8 +17,11 @@ from cryptostream.models import Trade
 Key = tuple[str, int]  # symbol, bucket ms
 
 
-def batch_candles(trades: Iterable[Trade]) -> dict[Key, dict[str, Any]]:
-    """1 s OHLCV per (symbol, bucket) over deduplicated trades; ties broken by (time, id, exchange)."""
+def batch_candles(trades: Iterable[Trade], interval_ms: int = 1000) -> dict[Key, dict[str, Any]]:
+    """OHLCV per (symbol, bucket) over deduplicated trades; ties broken by (time, id, exchange).
+
+    At ``interval_ms`` other than 1 s this is the roll-up the store must return, computed from the trades
+    directly rather than from 1 s candles."""
     seen: set[tuple[str, str, int]] = set()
     groups: dict[Key, list[Trade]] = {}
     for t in trades:
@@ -26,7 +29,7 @@ def batch_candles(trades: Iterable[Trade]) -> dict[Key, dict[str, Any]]:
         if ident in seen:
             continue
         seen.add(ident)
-        groups.setdefault((t.symbol, t.timestamp - t.timestamp % 1000), []).append(t)
+        groups.setdefault((t.symbol, t.timestamp - t.timestamp % interval_ms), []).append(t)
     out: dict[Key, dict[str, Any]] = {}
     for key, group in groups.items():
         group.sort(key=lambda t: (t.timestamp, t.trade_id, t.exchange))

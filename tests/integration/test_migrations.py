@@ -23,8 +23,8 @@ from cryptostream.models import INTERVALS
 from cryptostream.settings import load_settings
 from cryptostream.store import DatabaseStore
 from tests.integration.conftest import Backend, timescaledb_server
-from tests.integration.test_storage import START_MS, _trades, batch_rollup, candles_of, write_candles
-from tests.reference import assert_candles_equal, rows_by_key
+from tests.integration.test_storage import START_MS, _trades, candles_of, write_candles
+from tests.reference import assert_candles_equal, batch_candles, rows_by_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
@@ -163,7 +163,7 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
             assert fetch(dsn, f"SELECT count(*) FROM {materialized}")[0][0] > 0, view
     rolled = asyncio.run(_read_all(empty_backend, symbols[0]))
     for interval, ms in INTERVALS.items():
-        assert_candles_equal(rolled[interval], batch_rollup(trades, ms))
+        assert_candles_equal(rolled[interval], batch_candles(trades, ms))
 
     downgrade(dsn, "0001")
     assert tables(dsn) == dict.fromkeys(["ohlc_1s", "volatility_1s", "predictions"], "table")
@@ -174,7 +174,7 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
         "predictions_pkey",
     }
     assert_candles_equal(
-        asyncio.run(_read_all(empty_backend, symbols[0]))["1h"], batch_rollup(trades, 3_600_000)
+        asyncio.run(_read_all(empty_backend, symbols[0]))["1h"], batch_candles(trades, 3_600_000)
     )
 
     upgrade(dsn)

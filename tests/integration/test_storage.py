@@ -33,7 +33,7 @@ from ingest.synthetic import SyntheticMarket
 from processor.sinks import FlushBatch, Lineage, ParquetSink, PostgresSink
 from processor.windows import aggregate, dedupe
 from tests.integration.conftest import Backend
-from tests.reference import assert_candles_equal, rows_by_key
+from tests.reference import assert_candles_equal, batch_candles, rows_by_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
@@ -56,33 +56,6 @@ def _trades(symbols: list[str], n: int = 6000, start_ms: int = START_MS, seed: i
 def candles_of(trades: list[Trade]) -> pa.Table:
     """1 s candles of ``trades`` computed by the processor's own window code."""
     return aggregate(dedupe(TradeColumns.from_trades(trades))).to_table()
-
-
-def batch_rollup(trades: list[Trade], interval_ms: int) -> dict[tuple[str, int], dict[str, Any]]:
-    """Candles of ``interval_ms`` straight from trades: deliberately naive, sharing no code with the store."""
-    seen: set[tuple[str, str, int]] = set()
-    groups: dict[tuple[str, int], list[Trade]] = {}
-    for t in trades:
-        if (t.symbol, t.exchange, t.trade_id) in seen:
-            continue
-        seen.add((t.symbol, t.exchange, t.trade_id))
-        groups.setdefault((t.symbol, t.timestamp - t.timestamp % interval_ms), []).append(t)
-    out = {}
-    for key, group in groups.items():
-        group.sort(key=lambda t: (t.timestamp, t.trade_id, t.exchange))
-        volume = sum(t.quantity for t in group)
-        out[key] = {
-            "open": group[0].price,
-            "high": max(t.price for t in group),
-            "low": min(t.price for t in group),
-            "close": group[-1].price,
-            "volume": volume,
-            "trade_count": len(group),
-            "vwap": sum(t.price * t.quantity for t in group) / volume,
-            "buy_volume": sum(t.quantity for t in group if not t.is_buyer_maker),
-            "sell_volume": sum(t.quantity for t in group if t.is_buyer_maker),
-        }
-    return out
 
 
 def _select(
@@ -263,7 +236,7 @@ async def test_rollups_at_every_interval_equal_a_batch_computation_over_the_trad
         else:
             assert plans == {"1s": ("direct", "ohlc_1s"), **dict.fromkeys(ROLLUPS, ("date_bin", "ohlc_1s"))}
         for interval, ms in INTERVALS.items():
-            expected = batch_rollup(trades, ms)
+            expected = batch_candles(trades, ms)
             for symbol in symbols:
                 everything = await store.candles(symbol, limit=1_000_000, interval=interval)
                 _assert_sorted_aware(everything)
@@ -309,7 +282,7 @@ async def test_timescaledb_real_time_and_materialized_aggregates_answer_alike(ts
     try:
         for interval in ROLLUPS:
             after = await store.candles(symbols[0], limit=100_000, interval=interval)
-            expected = batch_rollup(trades, INTERVALS[interval])
+            expected = batch_candles(trades, INTERVALS[interval])
             assert_candles_equal(_by_key(before[interval]), expected)
             assert_candles_equal(_by_key(after), expected)
     finally:
@@ -396,7 +369,7 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
     symbol = symbols[0]
     start_ms = 1_710_028_800_000  # 2024-03-10 00:00 UTC, a period no other test writes
     trades = _trades(symbols, n=6000, start_ms=start_ms + 86_400_000 - 5_000_000, seed=44)
-    expected_1s = batch_rollup(trades, 1000)
+    expected_1s = batch_candles(trades, 1000)
     await write_candles(storage_backend, candles_of(trades), tmp_path)
 
     midnight = _at(start_ms + 86_400_000)
@@ -420,7 +393,7 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
     store = await open_store(storage_backend, archive_root=tmp_path)
     try:
         for interval in INTERVALS:
-            expected = batch_rollup(trades, INTERVALS[interval])
+            expected = batch_candles(trades, INTERVALS[interval])
             got = await store.candles(symbol, limit=1_000_000, interval=interval)
             assert_candles_equal(_by_key(got), _select(expected, symbol))
             window = (_at(start_ms + 86_400_000 - 3_600_000), _at(start_ms + 86_400_000 + 3_600_000))
