@@ -7,16 +7,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
 from cryptostream.procs import free_port
+from tests.e2e.polling import graphql, wait_until
 
 CLI = [sys.executable, "-m", "cryptostream"]
 
@@ -31,24 +30,18 @@ class Pipeline:
         self.log = log
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10)
-        r.raise_for_status()
-        body = r.json()
-        assert "errors" not in body, body["errors"]
-        return body["data"]
+        return graphql(self.url, query, **variables)
 
     def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"`cryptostream up` exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if check():
-                    return time.monotonic() - start
-            except (httpx.HTTPError, AssertionError, KeyError):
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"{what} not within {timeout}s:\n{self.tail()}")
+        try:
+            return wait_until(check, timeout, what, failure=self._exited, every=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.tail()}") from None
+
+    def _exited(self) -> str | None:
+        if self.proc.poll() is None:
+            return None
+        return f"`cryptostream up` exited ({self.proc.returncode})"
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]

@@ -33,6 +33,7 @@ from processor.model.scorer import ModelScorer
 from processor.model.synthetic import synthetic_candles
 from processor.model.train import fit_and_report
 from processor.service import Processor
+from tests.e2e.polling import graphql, wait_until
 from tests.integration.helpers import create_database, sinks_for
 
 __all__ = ["SYMBOLS", "DashboardPipeline"]
@@ -139,12 +140,7 @@ class DashboardPipeline:
 
     # ------------------------------------------------------------------------------ queries
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10)
-        r.raise_for_status()
-        body = r.json()
-        assert "errors" not in body, body["errors"]
-        data: dict[str, Any] = body["data"]
-        return data
+        return graphql(self.url, query, **variables)
 
     def candles(self, symbol: str, interval: str, limit: int) -> dict[str, Any]:
         query = """query($s: String!, $i: String!, $l: Int!) {
@@ -156,17 +152,10 @@ class DashboardPipeline:
         return columns
 
     def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self._error is not None:
-                raise AssertionError(f"the pipeline failed: {self._error!r}")
-            try:
-                if check():
-                    return time.monotonic() - start
-            except (httpx.HTTPError, AssertionError, KeyError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{what}: not within {timeout} s")
+        return wait_until(check, timeout, what, failure=self._failed, every=0.2)
+
+    def _failed(self) -> str | None:
+        return None if self._error is None else f"the pipeline failed: {self._error!r}"
 
     # ------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> DashboardPipeline:
