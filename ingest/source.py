@@ -10,6 +10,7 @@ building a :class:`Trade` object per row.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from cryptostream.codec import Rejected
 from cryptostream.models import Trade
@@ -17,32 +18,30 @@ from cryptostream.models import Trade
 __all__ = ["Batch", "EncodedBatch", "Record", "TradeBatch"]
 
 Record = tuple[bytes, bytes, int]  # key (symbol), value (JSON), timestamp ms
+T = TypeVar("T")
 
 
-class TradeBatch(list[Trade]):
-    """Accepted trades, plus the records ``source`` rejected (reason and raw payload kept)."""
+class _WithRejects(list[T]):
+    """Items of a batch, plus the records ``source`` rejected (reason and raw payload kept)."""
 
     __slots__ = ("rejected", "source")
 
-    def __init__(
-        self, trades: Iterable[Trade] = (), rejected: Iterable[Rejected] = (), source: str = ""
-    ) -> None:
-        super().__init__(trades)
+    def __init__(self, items: Iterable[T] = (), rejected: Iterable[Rejected] = (), source: str = "") -> None:
+        super().__init__(items)
         self.rejected: list[Rejected] = list(rejected)
         self.source = source
 
 
-class EncodedBatch(list[Record]):
+class TradeBatch(_WithRejects[Trade]):
+    """Accepted trades, plus the records ``source`` rejected."""
+
+    __slots__ = ()
+
+
+class EncodedBatch(_WithRejects[Record]):
     """Trades already encoded as Kafka records, plus the rows ``source`` rejected."""
 
-    __slots__ = ("rejected", "source")
-
-    def __init__(
-        self, records: Iterable[Record] = (), rejected: Iterable[Rejected] = (), source: str = ""
-    ) -> None:
-        super().__init__(records)
-        self.rejected: list[Rejected] = list(rejected)
-        self.source = source
+    __slots__ = ()
 
 
 Batch = list[Trade] | EncodedBatch  # what a source yields (TradeBatch is a list[Trade])
