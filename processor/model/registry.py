@@ -81,21 +81,20 @@ def load_report(model_dir: Path) -> dict[str, Any] | None:
 
     Raises :class:`ModelFileError` when the files exist but cannot be read.
     """
-    pointer = _current(model_dir)
-    if pointer is None:
-        return None
-    report = _read(model_dir / pointer["report"])
-    if report.get("format") != REPORT_FORMAT:
-        raise ModelFileError(f"{model_dir / pointer['report']} is not a {REPORT_FORMAT} report")
-    return report
+    return _load_current(model_dir, "report", REPORT_FORMAT, "report")
 
 
 def load_model_file(model_dir: Path) -> dict[str, Any] | None:
     """The current model file's JSON, or None when no model was trained."""
+    return _load_current(model_dir, "model", MODEL_FORMAT, "model file")
+
+
+def _load_current(model_dir: Path, kind: str, fmt: str, noun: str) -> dict[str, Any] | None:
     pointer = _current(model_dir)
     if pointer is None:
         return None
-    model = _read(model_dir / pointer["model"])
-    if model.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{model_dir / pointer['model']} is not a {MODEL_FORMAT} model file")
-    return model
+    path = model_dir / pointer[kind]
+    loaded = _read(path)
+    if loaded.get("format") != fmt:
+        raise ModelFileError(f"{path} is not a {fmt} {noun}")
+    return loaded
