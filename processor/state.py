@@ -160,7 +160,8 @@ class PartitionState:
     @staticmethod
     def _add_open(state: SymbolState, rows: TradeColumns) -> None:
         bucket = bucket_of(rows.timestamp)
-        if (bucket[1:] < bucket[:-1]).any():  # out of order: sort (trades mostly arrive in order)
+        # Out of order: sort, so a bucket gets one chunk rather than one per run (trades mostly come in order)
+        if (bucket[1:] < bucket[:-1]).any():
             order = np.argsort(bucket, kind="stable")
             rows, bucket = rows.take(order), bucket[order]
         for a, b in _runs(bucket):
