@@ -2,12 +2,17 @@
 
 Layout under ``OUTPUT_DIR`` (hive partitions, zstd)::
 
-    ohlc/symbol=BTCUSDT/date=2025-11-10/part-p0003-9f2c01ab-00000042.parquet
-    ohlc/symbol=BTCUSDT/date=2025-11-08/compact-5d41402abc4b2a76.parquet
-    volatility/symbol=.../date=.../...
-    predictions/symbol=.../date=.../...
+    ohlc/exchange=binance/symbol=BTCUSDT/date=2025-11-10/part-p0003-19a6b1c2d3e4f5a-00000042.parquet
+    ohlc/exchange=binance/symbol=BTCUSDT/date=2025-11-08/compact-5d41402abc4b2a76.parquet
+    volatility/exchange=.../symbol=.../date=.../...
+    predictions/exchange=.../symbol=.../date=.../...
 
-``symbol`` and ``date`` (the UTC day of ``bucket``) live in the folder names only. A ``part-`` file name
+``exchange``, ``symbol`` and ``date`` (the UTC day of ``bucket``) live in the folder names only. Folders of
+the older layout without the venue (``ohlc/symbol=BTCUSDT/date=...``, what cryptostream wrote before venues
+and what the original course project wrote) are read as the ``unknown`` venue; files there that
+cryptostream did not write are read as far as they can be (:mod:`cryptostream.foreign`), never a 500.
+
+A ``part-`` file name
 says which partition wrote it, the lineage (epoch) of that partition and the checkpoint sequence number,
 so a replay after a crash writes the same names again and never a second copy (see
 :mod:`processor.checkpoint`). A ``compact-`` file is many files of a past day merged into one by
@@ -21,8 +26,10 @@ no bucket spans two date folders.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cryptostream.errors import QueryError
-from cryptostream.models import CANDLE_SCHEMA, INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
+from cryptostream.foreign import ForeignFileError, is_ours, read_foreign
+from cryptostream.models import CANDLE_SCHEMA, INTERVALS, KIND_SCHEMAS
+from cryptostream.venues import UNKNOWN, pick_venue
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "fsync_path",
+    "list_markets",
+    "market_span",
     "COMPACT_RE",
     "COMPACTED_FROM",
     "FILE_RE",
@@ -58,11 +71,7 @@ __all__ = [
     "write_file",
 ]
 
-KINDS: dict[str, pa.Schema] = {
-    "ohlc": CANDLE_SCHEMA,
-    "volatility": VOLATILITY_SCHEMA,
-    "predictions": PREDICTION_SCHEMA,
-}
+KINDS: dict[str, pa.Schema] = KIND_SCHEMAS
 
 FILE_RE = re.compile(r"part-p(?P<partition>\d{4})-(?P<epoch>[0-9a-f]+)-(?P<seq>\d{8})\.parquet")
 COMPACT_RE = re.compile(r"compact-[0-9a-f]{16}\.parquet")
@@ -82,14 +91,14 @@ def file_name(partition: int, epoch: str, seq: int) -> str:
     return f"part-p{partition:04d}-{epoch}-{seq:08d}.parquet"
 
 
-def partition_dir(root: Path, kind: str, symbol: str, day: date | str) -> Path:
-    return root / kind / f"symbol={symbol}" / f"date={day}"
+def partition_dir(root: Path, kind: str, exchange: str, symbol: str, day: date | str) -> Path:
+    return root / kind / f"exchange={exchange}" / f"symbol={symbol}" / f"date={day}"
 
 
 def file_schema(kind: str) -> pa.Schema:
-    """Schema of the rows inside a file (the partition columns live in the folder names)."""
+    """Schema of the rows inside a file (the venue and symbol live in the folder names)."""
     schema = KINDS[kind]
-    return schema.remove(schema.get_field_index("symbol"))
+    return pa.schema([f for f in schema if f.name not in ("exchange", "symbol")])
 
 
 def fsync_path(path: Path) -> None:
@@ -112,14 +121,30 @@ def write_file(path: Path, table: pa.Table) -> None:
     fsync_path(path.parent)
 
 
-def list_symbols(root: Path, kind: str = "ohlc") -> list[str]:
-    """Symbols with at least one file in the archive."""
-    base = root / kind
-    if not base.is_dir():
+def _subfolders(folder: Path, prefix: str) -> list[str]:
+    if not folder.is_dir():
         return []
     return sorted(
-        p.name.removeprefix("symbol=") for p in base.iterdir() if p.is_dir() and p.name.startswith("symbol=")
+        p.name.removeprefix(prefix) for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix)
     )
+
+
+def list_markets(root: Path, kind: str = "ohlc") -> list[tuple[str, str]]:
+    """(exchange, symbol) of every market with at least one folder in the archive (older-layout folders
+    count as the ``unknown`` venue)."""
+    base = root / kind
+    out = {
+        (exchange, symbol)
+        for exchange in _subfolders(base, "exchange=")
+        for symbol in _subfolders(base / f"exchange={exchange}", "symbol=")
+    }
+    out.update((UNKNOWN, symbol) for symbol in _subfolders(base, "symbol="))
+    return sorted(out)
+
+
+def list_symbols(root: Path, kind: str = "ohlc") -> list[str]:
+    """Symbols with at least one folder in the archive, on any venue."""
+    return sorted({symbol for _, symbol in list_markets(root, kind)})
 
 
 def utc_day(ms: int) -> date:
@@ -169,23 +194,27 @@ def _ceil_ms(value: datetime, step_ms: int) -> int:
 
 # ------------------------------------------------------------------------------------------ files
 def day_folders(
-    root: Path, kind: str, symbol: str, first: date | None, last: date | None
-) -> list[tuple[date, Path]]:
-    """``(day, folder)`` of one symbol with ``first <= day <= last``, oldest first."""
-    base = root / kind / f"symbol={symbol}"
-    if not base.is_dir():
-        return []
-    out = []
-    for p in base.iterdir():
-        if not p.name.startswith("date=") or not p.is_dir():
+    root: Path, kind: str, exchange: str, symbol: str, first: date | None, last: date | None
+) -> list[tuple[date, list[Path]]]:
+    """``(day, folders)`` of one market with ``first <= day <= last``, oldest first. The ``unknown`` venue
+    also owns the folders of the older layout without a venue, so one day can have two folders."""
+    bases = [root / kind / f"exchange={exchange}" / f"symbol={symbol}"]
+    if exchange == UNKNOWN:
+        bases.append(root / kind / f"symbol={symbol}")
+    days: dict[date, list[Path]] = {}
+    for base in bases:
+        if not base.is_dir():
             continue
-        try:
-            day = date.fromisoformat(p.name.removeprefix("date="))
-        except ValueError:
-            continue
-        if (first is None or day >= first) and (last is None or day <= last):
-            out.append((day, p))
-    return sorted(out)
+        for p in base.iterdir():
+            if not p.name.startswith("date=") or not p.is_dir():
+                continue
+            try:
+                day = date.fromisoformat(p.name.removeprefix("date="))
+            except ValueError:
+                continue
+            if (first is None or day >= first) and (last is None or day <= last):
+                days.setdefault(day, []).append(p)
+    return sorted(days.items())
 
 
 def compacted_from(path: Path) -> list[str]:
@@ -208,22 +237,62 @@ def live_files(folder: Path) -> list[Path]:
     return [p for p in files if p.name not in replaced and p.exists()]
 
 
-def _read_folder(folder: Path, kind: str, row_filter: ds.Expression | None) -> pa.Table:
-    """Rows of one day folder (file schema, no ``symbol``), unsorted. Retries if compaction replaced a
-    file between listing and reading."""
+def _read_folder(
+    folder: Path, kind: str, row_filter: ds.Expression | None, columns: list[str] | None = None
+) -> pa.Table:
+    """Rows of one day folder (file schema, or just ``columns``), unsorted. Retries if compaction replaced
+    a file between listing and reading."""
     schema = file_schema(kind)
+    venue_layout = folder.parent.parent.name.startswith("exchange=")
     for attempt in range(_READ_ATTEMPTS):
         files = live_files(folder)
         if not files:
-            return schema.empty_table()
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
         try:
-            return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(
-                filter=row_filter
-            )
+            if venue_layout:  # only cryptostream writes here
+                return _read_ours(files, schema, row_filter, columns)
+            table = _read_mixed(files, kind, schema, row_filter)
+            return table if columns is None else table.select(columns)
         except FileNotFoundError:
             if attempt == _READ_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _read_ours(
+    files: list[Path], schema: pa.Schema, row_filter: ds.Expression | None, columns: list[str] | None = None
+) -> pa.Table:
+    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    return dataset.to_table(filter=row_filter, columns=columns)
+
+
+_SKIPPED: set[Path] = set()  # foreign files already reported as unreadable (logged once, not per request)
+
+
+def _read_mixed(
+    files: list[Path], kind: str, schema: pa.Schema, row_filter: ds.Expression | None
+) -> pa.Table:
+    """A folder of the older layout: cryptostream's own files, and files others wrote (read as far as
+    they can be, see :mod:`cryptostream.foreign`; an unreadable one is skipped with a logged reason)."""
+    ours: list[Path] = []
+    parts: list[pa.Table] = []
+    for path in files:
+        try:
+            if is_ours(pq.read_schema(path)):
+                ours.append(path)
+                continue
+            table = read_foreign(path, kind)
+        except (ForeignFileError, OSError, pa.ArrowInvalid) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            if path not in _SKIPPED:
+                _SKIPPED.add(path)
+                log.warning("archive: skipping %s: %s", path, exc)
+            continue
+        parts.append(table.filter(row_filter) if row_filter is not None else table)
+    if ours:
+        parts.insert(0, _read_ours(ours, schema, row_filter))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def _one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
@@ -243,13 +312,35 @@ def _one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     return table if last.all() else table.filter(pa.array(last))
 
 
+def market_span(root: Path, kind: str, exchange: str, symbol: str) -> tuple[int | None, int | None]:
+    """The first and last bucket (epoch ms) one market holds in the archive, (None, None) if none: only
+    the first and last day folders are read, and only their ``bucket`` column."""
+    days = day_folders(root, kind, exchange, symbol, None, None)
+    first: int | None = None
+    last: int | None = None
+    for _day, folders in days:  # oldest day with a row
+        buckets = [_read_folder(f, kind, None, ["bucket"])["bucket"] for f in folders]
+        values = [int(c.cast(pa.int64()).to_numpy().min()) for c in buckets if len(c)]
+        if values:
+            first = min(values)
+            break
+    for _day, folders in reversed(days):  # newest day with a row
+        buckets = [_read_folder(f, kind, None, ["bucket"])["bucket"] for f in folders]
+        values = [int(c.cast(pa.int64()).to_numpy().max()) for c in buckets if len(c)]
+        if values:
+            last = max(values)
+            break
+    return first, last
+
+
 # ------------------------------------------------------------------------------------------ roll-ups
 def rollup(table: pa.Table, interval_ms: int) -> pa.Table:
-    """Roll 1 s candles of ONE symbol, sorted by bucket, up to ``interval_ms`` buckets (epoch aligned).
+    """Roll 1 s candles of ONE market, sorted by bucket, up to ``interval_ms`` buckets (epoch aligned).
 
     open/close = first/last, high/low = max/min, sums of volume, trade count and buy/sell volume,
     ``vwap = sum(vwap * volume) / sum(volume)`` (the close when the volume is 0): the same definitions as
-    the continuous aggregates and the ``date_bin`` SQL of the database.
+    the continuous aggregates and the ``date_bin`` SQL of the database, nulls included (a sum skips them; a
+    bucket with no value at all is null), so candles of foreign files without trade counts roll up alike.
     """
     if interval_ms == 1000 or table.num_rows == 0:
         return table
@@ -264,12 +355,26 @@ def rollup(table: pa.Table, interval_ms: int) -> pa.Table:
     def col(name: str) -> Any:
         return table[name].to_numpy()
 
+    def total(values: Any, valid: Any) -> pa.Array:
+        sums = np.add.reduceat(np.where(valid, values, 0.0), starts)
+        return pa.array(sums, mask=np.add.reduceat(valid.astype(np.int64), starts) == 0)
+
+    def valid(name: str) -> Any:
+        return table[name].is_valid().to_numpy(zero_copy_only=False)
+
+    def floats(name: str) -> Any:
+        return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
+
     volume = np.add.reduceat(col("volume"), starts)
-    notional = np.add.reduceat(col("vwap") * col("volume"), starts)
+    has_vwap = valid("vwap")
+    notional = total(np.nan_to_num(floats("vwap")) * col("volume"), has_vwap)
     close = col("close")[ends]
     with np.errstate(invalid="ignore", divide="ignore"):
-        vwap = np.where(volume > 0, notional / np.where(volume > 0, volume, 1.0), close)
+        vwap = np.where(
+            volume > 0, notional.to_numpy(zero_copy_only=False) / np.where(volume > 0, volume, 1.0), close
+        )
     columns = {
+        "exchange": table["exchange"].take(pa.array(starts)),
         "symbol": table["symbol"].take(pa.array(starts)),
         "bucket": pa.array(bucket[starts], pa.timestamp("ms", tz="UTC")),
         "open": col("open")[starts],
@@ -277,10 +382,10 @@ def rollup(table: pa.Table, interval_ms: int) -> pa.Table:
         "low": np.minimum.reduceat(col("low"), starts),
         "close": close,
         "volume": volume,
-        "trade_count": np.add.reduceat(col("trade_count"), starts).astype(np.int64),
-        "vwap": vwap,
-        "buy_volume": np.add.reduceat(col("buy_volume"), starts),
-        "sell_volume": np.add.reduceat(col("sell_volume"), starts),
+        "trade_count": total(np.nan_to_num(floats("trade_count")), valid("trade_count")).cast(pa.int64()),
+        "vwap": pa.array(vwap, mask=notional.is_null().to_numpy(zero_copy_only=False)),
+        "buy_volume": total(np.nan_to_num(floats("buy_volume")), valid("buy_volume")),
+        "sell_volume": total(np.nan_to_num(floats("sell_volume")), valid("sell_volume")),
     }
     return pa.Table.from_pydict(columns, schema=CANDLE_SCHEMA)
 
@@ -289,6 +394,7 @@ def rollup(table: pa.Table, interval_ms: int) -> pa.Table:
 def _scan(
     root: Path,
     kind: str,
+    exchange: str,
     symbol: str,
     lo_ms: int | None,
     hi_ms: int | None,
@@ -297,7 +403,7 @@ def _scan(
     interval_ms: int,
     unique: bool,
 ) -> pa.Table:
-    """Rows with ``lo_ms <= bucket < hi_ms`` rolled up to ``interval_ms``, sorted, with ``symbol``.
+    """Rows with ``lo_ms <= bucket < hi_ms`` rolled up to ``interval_ms``, sorted, with venue and symbol.
 
     Day by day, so a chart asking for the newest ``limit`` rows reads only the newest days it needs.
     """
@@ -306,27 +412,29 @@ def _scan(
         return schema.empty_table()
     first = utc_day(lo_ms) if lo_ms is not None else None
     last = utc_day(hi_ms - 1) if hi_ms is not None else None
-    folders = day_folders(root, kind, symbol, first, last)
+    days = day_folders(root, kind, exchange, symbol, first, last)
     if newest:
-        folders.reverse()
+        days.reverse()
     ts = pa.timestamp("ms", tz="UTC")
     parts: list[pa.Table] = []
     rows = 0
-    for _day, folder in folders:
+    for _day, folders in days:
         row_filter = None
         if lo_ms is not None:
             row_filter = ds.field("bucket") >= pa.scalar(lo_ms, ts)
         if hi_ms is not None:
             upper = ds.field("bucket") < pa.scalar(hi_ms, ts)
             row_filter = upper if row_filter is None else row_filter & upper
-        table = _read_folder(folder, kind, row_filter)
+        tables = [_read_folder(folder, kind, row_filter) for folder in folders]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         if table.num_rows == 0:
             continue
-        if unique or interval_ms != 1000:
+        if unique or interval_ms != 1000 or len(tables) > 1:
             table = _one_per_key(table, KEYS[kind])
         else:
             table = table.sort_by([(k, "ascending") for k in KEYS[kind]])
         table = table.add_column(0, "symbol", pa.array([symbol] * table.num_rows, pa.string()))
+        table = table.add_column(0, "exchange", pa.array([exchange] * table.num_rows, pa.string()))
         table = table.select(schema.names).cast(schema)
         if kind == "ohlc":
             table = rollup(table, interval_ms)
@@ -347,6 +455,7 @@ def _scan(
 def load(
     root: Path,
     kind: str,
+    exchange: str,
     symbol: str,
     start: datetime | date | None = None,
     end: datetime | date | None = None,
@@ -354,7 +463,7 @@ def load(
     newest: bool = True,
     unique: bool = False,
 ) -> pa.Table:
-    """Rows of one symbol with ``start <= bucket < end``, sorted by key, with the ``symbol`` column.
+    """Rows of one market with ``start <= bucket < end``, sorted by key, with ``exchange`` and ``symbol``.
 
     ``start``/``end`` are datetimes (naive = UTC) or dates (``end`` date inclusive). With ``limit`` and
     ``newest`` the last ``limit`` rows of the range are returned (still ascending), which is what a chart
@@ -367,11 +476,12 @@ def load(
     _, lo, hi = check_query("1s", start, end, limit)
     lo_ms = _ceil_ms(lo, 1) if lo is not None else None
     hi_ms = _ceil_ms(hi, 1) if hi is not None else None
-    return _scan(root, kind, symbol, lo_ms, hi_ms, limit, newest, 1000, unique)
+    return _scan(root, kind, exchange, symbol, lo_ms, hi_ms, limit, newest, 1000, unique)
 
 
 def load_candles(
     root: Path,
+    exchange: str,
     symbol: str,
     start: datetime | date | None = None,
     end: datetime | date | None = None,
@@ -379,7 +489,7 @@ def load_candles(
     interval: str = "1s",
     newest: bool = True,
 ) -> pa.Table:
-    """Candles of one symbol at ``interval`` with ``start <= bucket < end`` (``CANDLE_SCHEMA``, sorted).
+    """Candles of one market at ``interval`` with ``start <= bucket < end`` (``CANDLE_SCHEMA``, sorted).
 
     A roll-up bucket is in the range when its start is; it always aggregates its whole interval.
     """
@@ -388,19 +498,28 @@ def load_candles(
     # start <= b < end  <=>  ceil(start) <= t < ceil(end).
     lo_ms = _ceil_ms(lo, interval_ms) if lo is not None else None
     hi_ms = _ceil_ms(hi, interval_ms) if hi is not None else None
-    return _scan(root, "ohlc", symbol, lo_ms, hi_ms, limit, newest, interval_ms, unique=True)
+    return _scan(root, "ohlc", exchange, symbol, lo_ms, hi_ms, limit, newest, interval_ms, unique=True)
 
 
 class DataLoader:
     """The original ``DataLoader`` surface over the archive: symbols, and OHLC or volatility rows of a
     symbol filtered by date range and limit, sorted and timezone-aware (Arrow tables; ``.to_pandas()``
-    gives the DataFrames the original returned)."""
+    gives the DataFrames the original returned). A symbol alone means the venue
+    :func:`cryptostream.venues.pick_venue` picks among those that have it (``exchanges``: the preferred
+    order, e.g. the ``EXCHANGES`` setting); ``exchange=`` names one."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, exchanges: Sequence[str] = ()) -> None:
         self.root = Path(root)
+        self.exchanges = list(exchanges)
 
     def get_available_symbols(self) -> list[str]:
         return list_symbols(self.root)
+
+    def _venue(self, symbol: str, exchange: str | None) -> str:
+        if exchange is not None:
+            return exchange
+        venues = [e for e, s in list_markets(self.root) if s == symbol]
+        return pick_venue(venues, self.exchanges) or UNKNOWN
 
     def load_ohlc(
         self,
@@ -409,8 +528,9 @@ class DataLoader:
         end: datetime | date | None = None,
         limit: int | None = None,
         interval: str = "1s",
+        exchange: str | None = None,
     ) -> pa.Table:
-        return load_candles(self.root, symbol, start, end, limit, interval)
+        return load_candles(self.root, self._venue(symbol, exchange), symbol, start, end, limit, interval)
 
     def load_volatility(
         self,
@@ -418,5 +538,7 @@ class DataLoader:
         start: datetime | date | None = None,
         end: datetime | date | None = None,
         limit: int | None = None,
+        exchange: str | None = None,
     ) -> pa.Table:
-        return load(self.root, "volatility", symbol, start, end, limit, unique=True)
+        venue = self._venue(symbol, exchange)
+        return load(self.root, "volatility", venue, symbol, start, end, limit, unique=True)

@@ -30,6 +30,7 @@ import typer
 from cryptostream.errors import CryptostreamError, SettingsError
 from cryptostream.logs import setup_logging
 from cryptostream.settings import Settings, load_settings
+from cryptostream.venues import DEMO
 
 __all__ = ["app", "main"]
 
@@ -73,20 +74,30 @@ def _require_kafka(settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- roles
-def _source(settings: Settings, source: Source, path: Path | None, rate: float) -> AsyncIterator[Any]:
+def _source(
+    settings: Settings,
+    source: Source,
+    path: Path | None,
+    rate: float,
+    stop: asyncio.Event,
+    exchange: str | None = None,
+) -> AsyncIterator[Any]:
+    """The trade source; it watches ``stop`` and ends with its final progress (see ``ingest.source``)."""
     if source is Source.synthetic:
         from ingest.synthetic import SyntheticMarket
 
-        return SyntheticMarket(settings.symbols, rate=rate, seed=int(time.time())).stream()
+        now = int(time.time() * 1000)
+        market = SyntheticMarket(settings.symbols, rate=rate, seed=now % 2**32, first_id=now * 1000)
+        return market.stream(stop=stop, progress_ms=settings.progress_interval_ms)
     if source is Source.live:
         from ingest.exchanges import live_trades
 
-        return live_trades(settings)
+        return live_trades(settings, stop=stop)
     if path is None:
         raise SettingsError("--source replay needs a file: cryptostream up --source replay --path FILE")
     from ingest.replay import replay_trades
 
-    return replay_trades(settings, path)
+    return replay_trades(settings, path, exchange=exchange, stop=stop)
 
 
 @app.command()
@@ -96,6 +107,9 @@ def ingest(
     symbols: str | None = typer.Option(None, help="Comma list, overrides SYMBOLS."),
     rate: float = typer.Option(50.0, help="Synthetic trades per second."),
     record: Path | None = typer.Option(None, help="Also append every trade to this JSONL file."),
+    exchange: str | None = typer.Option(
+        None, help="Venue of a replayed file that does not name one (a Binance dump is binance)."
+    ),
 ) -> None:
     """Capture trades from a source and publish them to KAFKA_TOPIC."""
     settings = _settings("ingest", symbols=symbols)
@@ -105,11 +119,14 @@ def ingest(
     from ingest.service import run_ingest
 
     serve_metrics(settings.metrics_port)
-    trades = _source(settings, source, path, rate)
     if record is not None:
         log.info("recording every trade to %s", record.resolve())
-        trades = recorded(trades, record)
-    _run(lambda stop: run_ingest(settings, trades, stop, name=source.value))
+
+    def trades(stop: asyncio.Event) -> AsyncIterator[Any]:
+        batches = _source(settings, source, path, rate, stop, exchange)
+        return recorded(batches, record) if record is not None else batches
+
+    _run(lambda stop: run_ingest(settings, trades(stop), stop, name=source.value))
 
 
 @app.command()
@@ -117,6 +134,9 @@ def replay(
     path: Path = typer.Argument(..., help="Binance dump (.csv or .zip), JSONL of trades, or Parquet."),
     speed: float | None = typer.Option(None, help="REPLAY_SPEED: 1 = real time, 0 = as fast as possible."),
     symbol: str | None = typer.Option(None, help="Symbol of a Binance dump whose file name lacks it."),
+    exchange: str | None = typer.Option(
+        None, help="Venue of a file that does not name one (a Binance dump is binance; else unknown)."
+    ),
     progress: bool = typer.Option(True, help="Progress bar with rate and ETA (on a terminal)."),
 ) -> None:
     """Replay a file of trades into KAFKA_TOPIC, paced by REPLAY_SPEED."""
@@ -127,8 +147,11 @@ def replay(
     from ingest.replay import replay_trades
     from ingest.service import run_ingest
 
-    trades = replay_trades(settings, path, symbol=symbol, progress=None if progress else False)
-    _run(lambda stop: run_ingest(settings, trades, stop, name="replay"))
+    def trades(stop: asyncio.Event) -> AsyncIterator[Any]:
+        bar = None if progress else False
+        return replay_trades(settings, path, symbol=symbol, exchange=exchange, progress=bar, stop=stop)
+
+    _run(lambda stop: run_ingest(settings, trades(stop), stop, name="replay"))
 
 
 @app.command()
@@ -150,7 +173,7 @@ def process() -> None:
 
     scorer = load_live_scorer(settings)
     if scorer is not None:
-        log.info("live predictions: model %s (%d s horizon)", scorer.base_version, scorer.horizon_s)
+        log.info("live predictions: model %s (%d s horizon)", scorer.version, scorer.horizon_s)
     else:
         log.info("live predictions: none (no model in %s; run `cryptostream train`)", settings.model_dir)
     scorers = [scorer] if scorer is not None else []
@@ -163,6 +186,11 @@ def train(
         "archive", help="archive (Parquet under OUTPUT_DIR) or database (DATABASE_URL)."
     ),
     symbols: str | None = typer.Option(None, help="Comma list (default: every symbol stored)."),
+    exchanges: str | None = typer.Option(
+        None,
+        help="Comma list of venues (default: every venue with candles but the demo, which is used only "
+        "when nothing else has any).",
+    ),
     start: datetime | None = typer.Option(None, help="First candle time, UTC (default: the oldest)."),
     end: datetime | None = typer.Option(
         None, help="End of the candles, exclusive, UTC (default: the newest)."
@@ -188,6 +216,7 @@ def train(
         output_dir=settings.output_dir,
         database_dsn=settings.database_dsn,
         symbols=load_settings(symbols=symbols).symbols if symbols else None,
+        exchanges=[e.strip().lower() for e in exchanges.split(",") if e.strip()] if exchanges else None,
         start=utc[0],
         end=utc[1],
         folds=folds,
@@ -294,8 +323,8 @@ def up(
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
         if not settings.kafka_bootstrap:
-            # The embedded broker keeps topics in memory: trades in open windows at shutdown could never be
-            # replayed, so the processor closes them before it stops.
+            # The embedded broker keeps topics in memory: windows still open at shutdown could never be read
+            # again, so ingest ends with progress that closes them and the processor reads to the end.
             env["FLUSH_WINDOWS_ON_STOP"] = "true"
             # The embedded broker holds every JoinGroup for half the session timeout: at the 10 s default,
             # 5 s of the wait for the first candle. A single local processor needs no long grace period.
@@ -310,6 +339,8 @@ def up(
             API_PORT=str(settings.api_port),
             OUTPUT_DIR=str(settings.output_dir.resolve()),
         )
+        if source is Source.synthetic:
+            env["EXCHANGES"] = DEMO  # the demo market is the venue a symbol-only request means here
         asyncio.run(wait_for_broker(bootstrap))
         upgrade(dsn)
         effective = load_settings(kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols)

@@ -1,14 +1,25 @@
-"""Kafka record codecs: trades in the seed's JSON shape, rejected records for the dead-letter topic.
+"""Kafka record codecs: trades in the seed's JSON shape, progress records, and dead letters.
 
 A trade on ``crypto-trades`` is plain JSON any Kafka tool can read or write::
 
     {"symbol":"BTCUSD","price":50000.0,"quantity":0.5,"timestamp":1699564800000,"trade_id":12345,
      "is_buyer_maker":false,"exchange":"coinbase"}
 
-:func:`decode_trades` turns a ``getmany()`` batch into :class:`~cryptostream.models.TradeColumns` in bulk
-and returns every record it could not accept as a :class:`Rejected` with a stable reason code. The fast
-path parses and type-checks each record in C (msgspec) and checks values on whole numpy columns; a batch
-with anything odd in it falls back to an exact per-record check, so each bad record gets its own reason
+Its Kafka record timestamp is when cryptostream received it (the receipt time); a trade whose event time is
+more than ``FUTURE_TOLERANCE_SECONDS`` ahead of its receipt time is rejected as ``future`` (here for the
+processor, :func:`is_future` for ingest: one rule).
+
+Sources also write **progress records** into the same partitions, in order with their trades::
+
+    {"type":"progress","exchange":"binance","symbols":["BTCUSDT","ETHUSDT"],"watermark":1699564805000}
+
+a promise that no trade of those (exchange, symbol) streams with event time before ``watermark`` follows in
+this partition. It is how event time advances for quiet symbols without the processor reading a clock.
+
+:func:`decode_records` turns a fetched batch into :class:`~cryptostream.models.TradeColumns` plus progress
+marks in bulk and returns every record it could not accept as a :class:`Rejected` with a stable reason code.
+The fast path parses and type-checks each record in C (msgspec) and checks values on whole numpy columns; a
+batch with anything odd in it falls back to an exact per-record check, so each bad record gets its own reason
 and no good record is lost. Both paths accept exactly the same records (a property test holds them to it).
 """
 
@@ -28,15 +39,22 @@ import orjson
 from cryptostream.errors import UnsupportedSymbol
 from cryptostream.models import Trade, TradeColumns
 from cryptostream.symbols import normalize_symbol
+from cryptostream.venues import UNKNOWN, normalize_exchange
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "PROGRESS_PREFIX",
     "REASONS",
+    "Decoded",
+    "Progress",
     "Rejected",
+    "decode_records",
     "decode_trades",
     "encode_dlq",
+    "encode_progress",
     "encode_trade",
     "encode_trades",
+    "is_future",
     "trade_from_dict",
 ]
 
@@ -56,8 +74,13 @@ REASONS: dict[str, str] = {
     "non_finite_quantity": "quantity is NaN or infinite",
     "negative_quantity": "quantity is negative",
     "bad_timestamp": "timestamp is not epoch milliseconds between 2000 and 2100",
+    "bad_exchange": "exchange is not a venue name (1-32 of a-z, 0-9, _ . -)",
+    "future": "event time is ahead of the record's receipt time by more than FUTURE_TOLERANCE_SECONDS",
+    "bad_progress": "a progress record without a valid exchange, symbols list or watermark",
     "late": "trade arrived after its window closed (event time older than the watermark)",
 }
+PROGRESS_PREFIX = b'{"type":"progress"'  # how our sources write them (others are found by the exact path)
+MAX_PROGRESS_SYMBOLS = 100_000
 
 _REQUIRED = ("symbol", "price", "quantity", "timestamp", "trade_id", "is_buyer_maker")
 _GET_REQUIRED = itemgetter(*_REQUIRED)
@@ -73,6 +96,38 @@ class Rejected:
     raw: bytes
     partition: int = -1
     offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A source's promise: no trade of ``exchange``'s ``symbols`` with event time before ``watermark``
+    follows this record in its partition (``offset``: where it was read, -1 before it is written)."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    watermark: int
+    offset: int = -1
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A fetched batch: valid trades, progress marks (offset order) and what was rejected."""
+
+    trades: TradeColumns
+    progress: list[Progress]
+    rejected: list[Rejected]
+
+
+def encode_progress(exchange: str, symbols: Sequence[str], watermark: int) -> bytes:
+    """The Kafka value of a progress record (starts with :data:`PROGRESS_PREFIX`)."""
+    return orjson.dumps(
+        {"type": "progress", "exchange": exchange, "symbols": list(symbols), "watermark": int(watermark)}
+    )
+
+
+def is_future(timestamp: int, received_at: int, tolerance_ms: int) -> bool:
+    """The ``future`` rule for one trade (the processor applies it to whole columns)."""
+    return timestamp > received_at + tolerance_ms
 
 
 def encode_trade(trade: Trade) -> bytes:
@@ -103,10 +158,32 @@ def encode_dlq(rejected: Rejected, *, stage: str, source_topic: str) -> bytes:
     return orjson.dumps(envelope)
 
 
-def _check_row(obj: Any) -> tuple[str, str] | tuple[Any, ...]:
-    """Validate one decoded record exactly; return the field tuple or ``(reason, detail)``."""
+def _check_progress(obj: dict[str, Any]) -> tuple[str, str] | Progress:
+    """Validate a progress record exactly; return it or ``(reason, detail)``."""
+    exchange = normalize_exchange(obj.get("exchange"))
+    symbols = obj.get("symbols")
+    watermark = obj.get("watermark")
+    if exchange is None:
+        return ("bad_progress", f"exchange {obj.get('exchange')!r:.40}")
+    if not isinstance(symbols, list) or not symbols or len(symbols) > MAX_PROGRESS_SYMBOLS:
+        return ("bad_progress", "symbols must be a non-empty list of symbols")
+    if isinstance(watermark, bool) or not isinstance(watermark, int):
+        return ("bad_progress", f"watermark is {type(watermark).__name__}: {watermark!r:.40}")
+    if not MIN_TIMESTAMP_MS <= watermark < MAX_TIMESTAMP_MS:
+        return ("bad_progress", f"watermark {watermark} is not epoch ms between 2000 and 2100")
+    try:
+        names = tuple(normalize_symbol(raw) for raw in symbols)
+    except UnsupportedSymbol as exc:
+        return ("bad_progress", str(exc)[:200])
+    return Progress(exchange, names, watermark)
+
+
+def _check_row(obj: Any) -> tuple[str, str] | tuple[Any, ...] | Progress:
+    """Validate one decoded record exactly: the field tuple, a progress mark, or ``(reason, detail)``."""
     if not isinstance(obj, dict):
         return ("not_an_object", f"got JSON {type(obj).__name__}")
+    if obj.get("type") == "progress":
+        return _check_progress(obj)
     missing = [name for name in _REQUIRED if name not in obj]
     if missing:
         return ("missing_field", f"missing {', '.join(missing)}")
@@ -121,7 +198,7 @@ def _check_row(obj: Any) -> tuple[str, str] | tuple[Any, ...]:
     ):
         if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
             return ("wrong_type", f"{name} is {type(value).__name__}: {value!r:.40}")
-    exchange = obj.get("exchange", "unknown")
+    exchange = obj.get("exchange", UNKNOWN)
     if not isinstance(exchange, str):
         return ("wrong_type", f"exchange is {type(exchange).__name__}")
     if not -(2**63) <= trade_id < 2**63 or not -(2**63) <= timestamp < 2**63:
@@ -141,7 +218,7 @@ class _WireTrade(msgspec.Struct, gc=False):
     timestamp: int
     trade_id: int
     is_buyer_maker: bool
-    exchange: str = "unknown"
+    exchange: str = UNKNOWN
 
 
 _decode_wire = msgspec.json.Decoder(_WireTrade).decode
@@ -171,7 +248,11 @@ def _columns_fast(values: Sequence[bytes | None]) -> Columns | None:
 
 
 def _fields_exact(
-    values: Sequence[bytes | None], offs: list[int], partition: int, rejected: list[Rejected]
+    values: Sequence[bytes | None],
+    offs: list[int],
+    partition: int,
+    rejected: list[Rejected],
+    progress: list[Progress],
 ) -> tuple[Columns, list[int]]:
     """Check record by record; every bad one goes to ``rejected`` with its own reason."""
     rows, keep = [], []
@@ -187,7 +268,9 @@ def _fields_exact(
         except orjson.JSONDecodeError as exc:
             rejected.append(Rejected("malformed_json", str(exc)[:200], value, partition, offs[i]))
             continue
-        if len(row) == 2:
+        if isinstance(row, Progress):
+            progress.append(Progress(row.exchange, row.symbols, row.watermark, offs[i]))
+        elif len(row) == 2:
             rejected.append(Rejected(row[0], row[1], value, partition, offs[i]))
         else:
             rows.append(row)
@@ -200,29 +283,104 @@ def decode_trades(
     offsets: Sequence[int] | None = None,
     partition: int = -1,
 ) -> tuple[TradeColumns, list[Rejected]]:
-    """Decode and validate a batch of Kafka values; return the valid trades and the rejects."""
+    """Decode and validate a batch of trade values (files, tests); a progress record is not a trade here."""
+    n = len(values)
+    decoded = decode_records(values, range(n), partition)  # positions first, then the caller's offsets
+    offs = np.asarray(list(offsets) if offsets is not None else [-1] * n, dtype=np.int64)
+    found = [(r.offset, r.reason, r.detail, r.raw) for r in decoded.rejected]
+    found += [
+        (p.offset, "missing_field", "a progress record, not a trade", values[p.offset] or b"")
+        for p in decoded.progress
+    ]
+    found.sort(key=lambda item: item[0])
+    rejected = [Rejected(reason, detail, raw, partition, int(offs[i])) for i, reason, detail, raw in found]
+    trades = decoded.trades
+    trades.offset = offs[trades.offset]
+    return trades, rejected
+
+
+def decode_records(
+    values: Sequence[bytes | None],
+    offsets: Sequence[int] | None = None,
+    partition: int = -1,
+    receipts: Sequence[int] | None = None,
+    future_ms: int | None = None,
+) -> Decoded:
+    """Decode and validate a fetched batch: trades, progress marks and rejects, each in offset order.
+
+    ``receipts`` are the records' Kafka timestamps (when ingest received each trade); with ``future_ms``
+    a trade or progress record stamped more than that ahead of its receipt is rejected as ``future``.
+    """
     n = len(values)
     offs = list(offsets) if offsets is not None else [-1] * n
+    recv = list(receipts) if receipts is not None else None
     rejected: list[Rejected] = []
+    progress: list[Progress] = []
+    index: Sequence[int] = range(n)
     fields = _columns_fast(values)
+    if fields is None:
+        # Usually a batch holding progress records: take those out and try the fast path on the rest.
+        marks = [i for i, v in enumerate(values) if v is not None and v.startswith(PROGRESS_PREFIX)]
+        if marks:
+            _fields_exact([values[i] for i in marks], [offs[i] for i in marks], partition, rejected, progress)
+            marked = set(marks)
+            index = [i for i in range(n) if i not in marked]
+            fields = _columns_fast([values[i] for i in index])
+    keep: list[int] | range = list(range(len(index)))
     if fields is not None:
         try:
-            columns, bad = _columns(fields, offs)
-            keep: Sequence[int] = range(n)
+            sub_offs = offs if isinstance(index, range) else [offs[i] for i in index]
+            columns, bad = _columns(fields, sub_offs, _pick(recv, index), future_ms)
         except OverflowError:  # an integer beyond 64 bits: the exact path names it
             fields = None
     if fields is None:
-        fields, keep = _fields_exact(values, offs, partition, rejected)
-        columns, bad = _columns(fields, [offs[i] for i in keep])
+        sub = [values[i] for i in index]
+        fields, keep = _fields_exact(sub, [offs[i] for i in index], partition, rejected, progress)
+        kept = [index[k] for k in keep]
+        columns, bad = _columns(fields, [offs[i] for i in kept], _pick(recv, kept), future_ms)
     for pos, reason, detail in bad:
-        i = keep[pos]
+        i = index[keep[pos]]
         rejected.append(Rejected(reason, detail, values[i] or b"", partition, offs[i]))
+    if recv is not None and future_ms is not None and progress:
+        progress = _progress_on_time(progress, values, offs, recv, future_ms, partition, rejected)
     if rejected:
         rejected.sort(key=lambda r: r.offset)
-    return columns, rejected
+    progress.sort(key=lambda p: p.offset)
+    return Decoded(columns, progress, rejected)
 
 
-def _columns(fields: Columns, offsets: list[int]) -> tuple[TradeColumns, list[tuple[int, str, str]]]:
+def _pick(receipts: list[int] | None, index: Sequence[int]) -> list[int] | None:
+    if receipts is None or isinstance(index, range):
+        return receipts
+    return [receipts[i] for i in index]
+
+
+def _progress_on_time(
+    progress: list[Progress],
+    values: Sequence[bytes | None],
+    offs: list[int],
+    receipts: list[int],
+    future_ms: int,
+    partition: int,
+    rejected: list[Rejected],
+) -> list[Progress]:
+    """Progress marks whose watermark is not ahead of their receipt time (the rest are ``future``)."""
+    position = {o: i for i, o in enumerate(offs)}
+    keep = []
+    for mark in progress:
+        i = position[mark.offset]
+        if receipts[i] >= 0 and is_future(mark.watermark, receipts[i], future_ms):
+            ahead = (mark.watermark - receipts[i]) / 1000
+            detail = f"watermark {mark.watermark} is {ahead:.1f}s ahead of its receipt at {receipts[i]}"
+            rejected.append(Rejected("future", detail, values[i] or b"", partition, mark.offset))
+        else:
+            keep.append(mark)
+    return keep
+
+
+def _columns(
+    fields: Columns, offsets: list[int], receipts: list[int] | None, future_ms: int | None
+) -> tuple[TradeColumns, list[tuple[int, str, str]]]:
     """Typed field columns -> arrays, then value checks done on whole columns."""
     raw_symbol, price_l, qty_l, ts_l, tid_l, ibm_l, exch_l = fields
     n = len(raw_symbol)
@@ -244,25 +402,41 @@ def _columns(fields: Columns, offsets: list[int]) -> tuple[TradeColumns, list[tu
             symbols.append(sym)
         raw_code[raw] = code_of[sym]
     symbol = np.fromiter(map(raw_code.__getitem__, raw_symbol), np.int32, n)
-    exchanges = sorted(set(exch_l))
-    e_code = {e: i for i, e in enumerate(exchanges)}
-    exchange = np.fromiter(map(e_code.__getitem__, exch_l), np.int32, n)
+    exchanges: list[str] = []
+    e_code: dict[str, int] = {}
+    raw_e_code: dict[str, int] = {}
+    for raw in set(exch_l):
+        name = normalize_exchange(raw)
+        if name is None:
+            raw_e_code[raw] = -1
+            continue
+        if name not in e_code:
+            e_code[name] = len(exchanges)
+            exchanges.append(name)
+        raw_e_code[raw] = e_code[name]
+    exchange = np.fromiter(map(raw_e_code.__getitem__, exch_l), np.int32, n)
 
-    checks = (
+    in_range = (timestamp >= MIN_TIMESTAMP_MS) & (timestamp < MAX_TIMESTAMP_MS)
+    checks = [
         ("bad_symbol", symbol < 0),
+        ("bad_exchange", exchange < 0),
         ("non_finite_price", ~np.isfinite(price)),
         ("non_positive_price", np.isfinite(price) & (price <= 0)),
         ("non_finite_quantity", ~np.isfinite(quantity)),
         ("negative_quantity", np.isfinite(quantity) & (quantity < 0)),
-        ("bad_timestamp", (timestamp < MIN_TIMESTAMP_MS) | (timestamp >= MAX_TIMESTAMP_MS)),
-    )
+        ("bad_timestamp", ~in_range),
+    ]
+    if receipts is not None and future_ms is not None:
+        received = np.array(receipts, dtype=np.int64)
+        checks.append(("future", (received >= 0) & (timestamp > received + future_ms)))
     bad: list[tuple[int, str, str]] = []
     invalid = np.zeros(n, dtype=np.bool_)
     for reason, mask in checks:
         mask = mask & ~invalid
         if mask.any():
             for pos in np.flatnonzero(mask).tolist():
-                bad.append((pos, reason, _detail(reason, tuple(f[pos] for f in fields))))
+                row = tuple(f[pos] for f in fields)
+                bad.append((pos, reason, _detail(reason, row, receipts[pos] if receipts else -1)))
             invalid |= mask
     cols = TradeColumns(
         symbols=symbols,
@@ -281,25 +455,41 @@ def _columns(fields: Columns, offsets: list[int]) -> tuple[TradeColumns, list[tu
     return cols, bad
 
 
-def _detail(reason: str, row: tuple[Any, ...]) -> str:
+def _detail(reason: str, row: tuple[Any, ...], received: int) -> str:
     symbol, price, quantity, timestamp = row[0], row[1], row[2], row[3]
     if reason == "bad_symbol":
         return f"symbol {symbol!r:.40}"
+    if reason == "bad_exchange":
+        return f"exchange {row[6]!r:.40}"
     if reason in ("non_finite_price", "non_positive_price"):
         return f"price {price!r}"
     if reason in ("non_finite_quantity", "negative_quantity"):
         return f"quantity {quantity!r}"
+    if reason == "future":
+        ahead = (timestamp - received) / 1000
+        return f"timestamp {timestamp} is {ahead:.1f}s ahead of its receipt at {received}"
     return f"timestamp {timestamp!r}"
 
 
 def trade_from_dict(obj: Any) -> Trade:
     """One record as a :class:`Trade` (strict; raises ``ValueError`` with the reason)."""
     row = _check_row(obj)
+    if isinstance(row, Progress):
+        raise ValueError("missing_field: a progress record, not a trade")
     if len(row) == 2:
         raise ValueError(f"{row[0]}: {row[1]}")
     symbol, price, quantity, timestamp, trade_id, ibm, exchange = row
+    if normalize_exchange(exchange) is None:
+        raise ValueError(f"bad_exchange: exchange {exchange!r:.40}")
     if not (math.isfinite(price) and price > 0 and math.isfinite(quantity) and quantity >= 0):
         raise ValueError(f"invalid price/quantity: {price!r}/{quantity!r}")
     return Trade(
-        exchange, normalize_symbol(symbol), price, quantity, timestamp, trade_id, ibm, obj.get("received_at")
+        str(normalize_exchange(exchange)),
+        normalize_symbol(symbol),
+        price,
+        quantity,
+        timestamp,
+        trade_id,
+        ibm,
+        obj.get("received_at"),
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -42,7 +43,7 @@ from cryptostream.archive import (
     day_folders,
     file_schema,
     fsync_path,
-    list_symbols,
+    list_markets,
     write_file,
 )
 
@@ -71,21 +72,23 @@ class CompactionReport:
 
 def committed_floor(root: Path) -> dict[tuple[int, str], int]:
     """Per lineage (partition, epoch), the lowest checkpoint seq on disk: its files up to that seq can
-    never be deleted as uncommitted."""
+    never be deleted as uncommitted. (A checkpoint is a zip whose ``header.json`` names its partition,
+    epoch and seq, see :mod:`processor.checkpoint`.)"""
     floor: dict[tuple[int, str], int] = {}
     base = root / "_checkpoints"
     if not base.is_dir():
         return floor
-    for path in base.rglob("*.json"):
+    for path in base.rglob("*.ckpt"):
         if path.name.startswith("."):
             continue
         try:
-            body = orjson.loads(path.read_bytes())
+            with zipfile.ZipFile(path) as zf:
+                body = orjson.loads(zf.read("header.json"))
             key = (int(body["partition"]), str(body["epoch"]))
             seq = int(body["seq"])
         except FileNotFoundError:
             continue  # pruned by the processor meanwhile: a newer checkpoint replaced it
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"unreadable checkpoint {path}: {exc}; compaction stops to stay safe") from exc
         floor[key] = min(seq, floor.get(key, seq))
     return floor
@@ -117,7 +120,7 @@ def _finish_interrupted(folder: Path) -> list[Path]:
 def compact_folder(
     folder: Path, kind: str, floor: dict[tuple[int, str], int], report: CompactionReport | None = None
 ) -> CompactionReport:
-    """Merge the mergeable files of one ``symbol=/date=`` folder into one ``compact-`` file."""
+    """Merge the mergeable files of one day folder into one ``compact-`` file."""
     report = report if report is not None else CompactionReport()
     files = _finish_interrupted(folder)
     chosen = [p for p in files if _mergeable(p, floor)]
@@ -147,7 +150,7 @@ def compact_folder(
 
 
 def compact(root: Path, min_age_days: int = 2, today: date | None = None) -> CompactionReport:
-    """Compact every kind/symbol/day folder of the archive at ``root`` older than ``min_age_days``."""
+    """Compact every kind/venue/symbol/day folder of the archive at ``root`` older than ``min_age_days``."""
     if min_age_days < 1:
         raise ValueError(
             f"min_age_days must be >= 1 (today's files are still being written), got {min_age_days}"
@@ -157,7 +160,8 @@ def compact(root: Path, min_age_days: int = 2, today: date | None = None) -> Com
     floor = committed_floor(root)
     report = CompactionReport()
     for kind in KINDS:
-        for symbol in list_symbols(root, kind):
-            for _day, folder in day_folders(root, kind, symbol, None, last_day):
-                compact_folder(folder, kind, floor, report)
+        for exchange, symbol in list_markets(root, kind):
+            for _day, folders in day_folders(root, kind, exchange, symbol, None, last_day):
+                for folder in folders:
+                    compact_folder(folder, kind, floor, report)
     return report

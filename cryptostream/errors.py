@@ -7,7 +7,10 @@ dead-lettered outcome. Exceptions are for things a process cannot carry on throu
     ├── SettingsError          a setting is missing or invalid (one line, names the variable)
     ├── InfraError             an embedded broker/database could not start, or a service is unreachable
     ├── UnsupportedSymbol      a symbol that cannot be normalized
+    ├── MarketListError        an exchange's market list (live answer, cache, snapshot) is not in the
+    │                          shape we read (defined in cryptostream.markets)
     ├── SinkWriteError         a sink could not make a batch durable (the checkpoint is aborted)
+    ├── MissingCheckpoint      a committed offset whose checkpoint file is gone (the processor stops)
     └── QueryError             a read was asked something it cannot answer (bad range, unknown interval)
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "CryptostreamError",
     "InfraError",
+    "MissingCheckpoint",
     "QueryError",
     "SettingsError",
     "SinkWriteError",
@@ -41,6 +45,10 @@ class UnsupportedSymbol(CryptostreamError):
 
 class SinkWriteError(CryptostreamError):
     """A sink failed to make a batch durable; the caller must not commit offsets past it."""
+
+
+class MissingCheckpoint(CryptostreamError):
+    """A committed offset whose checkpoint is gone: resuming would lose or double-count rows."""
 
 
 class QueryError(CryptostreamError):

@@ -32,7 +32,9 @@ __all__ = [
 TRADES_IN = Counter("cryptostream_trades_in", "Trades received", ["role", "source"])
 TRADES_OUT = Counter("cryptostream_trades_out", "Trades handed on (published to Kafka / windowed)", ["role"])
 REJECTED = Counter("cryptostream_rejected", "Records rejected to the dead-letter topic", ["role", "reason"])
-LATE = Counter("cryptostream_late_trades", "Trades that arrived after their window closed", ["symbol"])
+LATE = Counter(
+    "cryptostream_late_trades", "Trades that arrived after their window closed", ["exchange", "symbol"]
+)
 DUPLICATES = Counter("cryptostream_duplicate_trades", "Duplicate trades counted once", [])
 CANDLES = Counter("cryptostream_candles", "Closed 1 s candles", [])
 SINK_ROWS = Counter("cryptostream_sink_rows", "Rows made durable", ["sink", "kind"])

@@ -16,6 +16,7 @@ import pyarrow as pa
 __all__ = [
     "CANDLE_SCHEMA",
     "INTERVALS",
+    "KIND_SCHEMAS",
     "PREDICTION_SCHEMA",
     "TRADE_SCHEMA",
     "VOLATILITY_SCHEMA",
@@ -140,9 +141,11 @@ TRADE_SCHEMA = pa.schema(
     ]
 )
 
-# A 1 s (or rolled-up) candle. ``bucket`` is the window start; trades with bucket <= t < bucket + interval.
+# A 1 s (or rolled-up) candle of one venue: ``exchange`` + ``symbol`` + ``bucket`` is its key. ``bucket`` is
+# the window start; it holds the trades with bucket <= t < bucket + interval.
 CANDLE_SCHEMA = pa.schema(
     [
+        ("exchange", pa.string()),
         ("symbol", pa.string()),
         ("bucket", _TS),
         ("open", pa.float64()),
@@ -159,6 +162,7 @@ CANDLE_SCHEMA = pa.schema(
 
 VOLATILITY_SCHEMA = pa.schema(
     [
+        ("exchange", pa.string()),
         ("symbol", pa.string()),
         ("bucket", _TS),
         ("volatility", pa.float64()),
@@ -168,6 +172,7 @@ VOLATILITY_SCHEMA = pa.schema(
 
 PREDICTION_SCHEMA = pa.schema(
     [
+        ("exchange", pa.string()),
         ("symbol", pa.string()),
         ("bucket", _TS),
         ("horizon_seconds", pa.int32()),
@@ -176,3 +181,10 @@ PREDICTION_SCHEMA = pa.schema(
         ("model_version", pa.string()),
     ]
 )
+
+# What the archive and the database keep, by kind.
+KIND_SCHEMAS: dict[str, pa.Schema] = {
+    "ohlc": CANDLE_SCHEMA,
+    "volatility": VOLATILITY_SCHEMA,
+    "predictions": PREDICTION_SCHEMA,
+}

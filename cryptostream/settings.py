@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cryptostream.errors import SettingsError, UnsupportedSymbol
 from cryptostream.symbols import normalize_symbol
+from cryptostream.venues import DEMO
 
 __all__ = ["Settings", "load_settings"]
 
@@ -43,7 +44,8 @@ class Settings(BaseSettings):
     )
     exchanges: CommaList = Field(
         default_factory=lambda: ["binance", "coinbase"],
-        description="Exchanges the live source connects to.",
+        description="Exchanges the live source connects to; also the venue order readers prefer when a "
+        "request names a symbol but no exchange (`synthetic` = the demo market).",
     )
 
     # --- Kafka ------------------------------------------------------------------------------------
@@ -100,6 +102,24 @@ class Settings(BaseSettings):
     )
     reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600, description="Cap of reconnect backoff.")
     backfill: bool = Field(default=True, description="Fill trade-id gaps from the exchange's REST history.")
+    backfill_hold_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long a live source holds a symbol's progress while it backfills a gap.",
+    )
+    progress_interval_ms: int = Field(
+        default=200,
+        ge=10,
+        le=60_000,
+        description="How often sources write progress records (event time reached) to the trades topic.",
+    )
+    future_tolerance_seconds: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=86_400.0,
+        description="Trades stamped further than this ahead of their receipt time are rejected as future.",
+    )
 
     # --- processor --------------------------------------------------------------------------------
     max_poll_records: int = Field(default=500, ge=1, le=1_000_000, description="Max records per poll.")
@@ -116,7 +136,8 @@ class Settings(BaseSettings):
     )
     flush_windows_on_stop: bool = Field(
         default=False,
-        description="Close open windows at shutdown (`up` sets it: its in-memory broker cannot replay).",
+        description="At shutdown, ingest writes progress that closes the windows it fed and the processor "
+        "reads the log to its end first (`up` sets it: its in-memory broker forgets the log).",
     )
     volatility_window_seconds: int = Field(
         default=60, ge=2, le=86_400, description="Rolling window of the volatility (std of 1 s log returns)."
@@ -192,9 +213,11 @@ class Settings(BaseSettings):
     @classmethod
     def _known_exchanges(cls, value: list[str]) -> list[str]:
         names = [name.lower() for name in value]
-        unknown = [name for name in names if name not in ("binance", "coinbase")]
+        unknown = [name for name in names if name not in ("binance", "coinbase", DEMO)]
         if unknown or not names:
-            raise ValueError(f"must be a comma list of binance, coinbase; got {','.join(value) or 'nothing'}")
+            raise ValueError(
+                f"must be a comma list of binance, coinbase, {DEMO}; got {','.join(value) or 'nothing'}"
+            )
         return names
 
     @field_validator("kafka_topic", "kafka_candles_topic", "kafka_dlq_topic", "consumer_group")

@@ -1,9 +1,9 @@
-"""The read layer: candles, volatility, predictions and symbols from the database or the Parquet archive.
+"""The read layer: markets, candles, volatility and predictions from the database or the Parquet archive.
 
 The API and the model trainer read through a :class:`ReadStore`; which one is a setting (``DATABASE_URL``
 set: the database, with the archive under ``OUTPUT_DIR`` behind it; otherwise the archive alone). Every
 store returns Arrow tables with the schemas of :mod:`cryptostream.models`, sorted by bucket ascending, and
-the same rows for the same data:
+the same rows for the same data. Every read names a market: a venue (exchange) and a symbol.
 
 * 1 s rows are read as stored;
 * 1m/5m/1h/1d candles come from the continuous aggregates on TimescaleDB, 15m from ``ohlc_5m``; on plain
@@ -30,7 +30,17 @@ from cryptostream import archive
 from cryptostream.archive import check_query
 from cryptostream.models import CANDLE_SCHEMA, INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 
-__all__ = ["ArchiveStore", "DatabaseStore", "ReadStore", "open_store"]
+__all__ = ["MARKET_SCHEMA", "ArchiveStore", "DatabaseStore", "ReadStore", "open_store"]
+
+# One row per market with stored candles: its venue, symbol, and the first and last candle's bucket.
+MARKET_SCHEMA = pa.schema(
+    [
+        ("exchange", pa.string()),
+        ("symbol", pa.string()),
+        ("first", pa.timestamp("ms", tz="UTC")),
+        ("last", pa.timestamp("ms", tz="UTC")),
+    ]
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ORIGIN = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"  # date_bin origin: buckets aligned like time_bucket's
@@ -51,12 +61,17 @@ class ReadStore(ABC):
     name: str = "store"
 
     @abstractmethod
+    async def markets(self) -> pa.Table:
+        """Markets with at least one stored candle (``MARKET_SCHEMA``, sorted by exchange and symbol)."""
+
     async def symbols(self) -> list[str]:
-        """Symbols with at least one stored candle."""
+        """Symbols with at least one stored candle, on any venue."""
+        return sorted(set((await self.markets())["symbol"].to_pylist()))
 
     @abstractmethod
     async def candles(
         self,
+        exchange: str,
         symbol: str,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -65,18 +80,28 @@ class ReadStore(ABC):
     ) -> pa.Table:
         """Candles (``CANDLE_SCHEMA``) with ``start <= bucket < end``: the newest ``limit``, ascending."""
 
-    async def latest_candle(self, symbol: str, interval: str = "1s") -> pa.Table:
+    async def latest_candle(self, exchange: str, symbol: str, interval: str = "1s") -> pa.Table:
         """The newest candle (zero or one row)."""
-        return await self.candles(symbol, limit=1, interval=interval)
+        return await self.candles(exchange, symbol, limit=1, interval=interval)
 
     @abstractmethod
     async def volatility(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        exchange: str,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
     ) -> pa.Table:
         """Volatility rows (``VOLATILITY_SCHEMA``), newest ``limit`` of the range, ascending."""
 
     async def predictions(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        exchange: str,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
     ) -> pa.Table:
         """Prediction rows (``PREDICTION_SCHEMA``), newest ``limit`` of the range, ascending."""
         return PREDICTION_SCHEMA.empty_table()
@@ -90,10 +115,30 @@ class ReadStore(ABC):
 
 # ---------------------------------------------------------------------------------------------- archive
 def _unique(
-    root: Path, kind: str, symbol: str, start: datetime | None, end: datetime | None, limit: int
+    root: Path,
+    kind: str,
+    exchange: str,
+    symbol: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
 ) -> pa.Table:
     """Archive rows with one row per key, as the database holds them."""
-    return archive.load(root, kind, symbol, start, end, limit, unique=True)
+    return archive.load(root, kind, exchange, symbol, start, end, limit, unique=True)
+
+
+def _archive_markets(root: Path) -> pa.Table:
+    spans = [(e, s, archive.market_span(root, "ohlc", e, s)) for e, s in archive.list_markets(root)]
+    rows = [(e, s, first, last) for e, s, (first, last) in spans if first is not None]
+    return pa.Table.from_arrays(
+        [
+            pa.array([r[0] for r in rows], pa.string()),
+            pa.array([r[1] for r in rows], pa.string()),
+            pa.array([r[2] for r in rows], pa.int64()).cast(MARKET_SCHEMA.field("first").type),
+            pa.array([r[3] for r in rows], pa.int64()).cast(MARKET_SCHEMA.field("last").type),
+        ],
+        schema=MARKET_SCHEMA,
+    )
 
 
 class ArchiveStore(ReadStore):
@@ -104,11 +149,12 @@ class ArchiveStore(ReadStore):
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    async def symbols(self) -> list[str]:
-        return await asyncio.to_thread(archive.list_symbols, self.root)
+    async def markets(self) -> pa.Table:
+        return await asyncio.to_thread(_archive_markets, self.root)
 
     async def candles(
         self,
+        exchange: str,
         symbol: str,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -116,19 +162,31 @@ class ArchiveStore(ReadStore):
         interval: str = "1s",
     ) -> pa.Table:
         check_query(interval, start, end, limit)
-        return await asyncio.to_thread(archive.load_candles, self.root, symbol, start, end, limit, interval)
+        return await asyncio.to_thread(
+            archive.load_candles, self.root, exchange, symbol, start, end, limit, interval
+        )
 
     async def volatility(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        exchange: str,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
     ) -> pa.Table:
         check_query("1s", start, end, limit)
-        return await asyncio.to_thread(_unique, self.root, "volatility", symbol, start, end, limit)
+        return await asyncio.to_thread(_unique, self.root, "volatility", exchange, symbol, start, end, limit)
 
     async def predictions(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        exchange: str,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
     ) -> pa.Table:
         check_query("1s", start, end, limit)
-        return await asyncio.to_thread(_unique, self.root, "predictions", symbol, start, end, limit)
+        return await asyncio.to_thread(_unique, self.root, "predictions", exchange, symbol, start, end, limit)
 
 
 # ---------------------------------------------------------------------------------------------- database
@@ -171,24 +229,26 @@ def _ceil(value: datetime | None, step_ms: int) -> int | None:
 
 
 def _where(lo: datetime | None, hi: datetime | None) -> tuple[str, list[datetime]]:
-    """``symbol = $1`` plus only the bounds given, so the planner sees a plain index range."""
-    sql, args = "symbol = $1", []
+    """``exchange = $1 AND symbol = $2`` plus only the bounds given, so the planner sees an index range."""
+    sql, args = "exchange = $1 AND symbol = $2", []
     if lo is not None:
         args.append(lo)
-        sql += f" AND bucket >= ${len(args) + 1}"
+        sql += f" AND bucket >= ${len(args) + 2}"
     if hi is not None:
         args.append(hi)
-        sql += f" AND bucket < ${len(args) + 1}"
+        sql += f" AND bucket < ${len(args) + 2}"
     return sql, args
 
 
 _VWAP = "CASE WHEN volume > 0 THEN notional / volume ELSE close END AS vwap"
-_HEAD = "symbol, bucket, open, high, low, close, volume, trade_count"
-_HEAD_MS = f"symbol, {_ms_of('bucket')}, open, high, low, close, volume, trade_count"
+_HEAD = "exchange, symbol, bucket, open, high, low, close, volume, trade_count"
+_HEAD_MS = f"exchange, symbol, {_ms_of('bucket')}, open, high, low, close, volume, trade_count"
 _SIDES = "buy_volume, sell_volume"
 _CANDLE_OUT = f"{_HEAD_MS}, vwap, {_SIDES}"
 
 Select = Callable[[str, str], str]  # (WHERE clause, LIMIT placeholder) -> SQL
+Market = tuple[str, str]  # (exchange, symbol)
+_SAME_MARKET = "FROM ohlc_1s o WHERE o.exchange = m.exchange AND o.symbol = m.symbol"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,23 +275,26 @@ class _Plan:
         if self.method == "first_last":
             return (
                 f"SELECT {_HEAD_MS}, {_VWAP}, {_SIDES} FROM ("
-                f"SELECT symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, first(open, bucket), max(high), "
-                "min(low), last(close, bucket), sum(volume), sum(trade_count)::bigint, sum(notional), "
-                f"sum(buy_volume), sum(sell_volume) FROM {self.table} "
-                f"WHERE {where} GROUP BY symbol, b ORDER BY b DESC LIMIT {limit}"
-                ") g(symbol, bucket, open, high, low, close, volume, trade_count, notional, buy_volume, "
-                "sell_volume) ORDER BY bucket"
+                f"SELECT exchange, symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, first(open, bucket), "
+                "max(high), min(low), last(close, bucket), sum(volume), sum(trade_count)::bigint, "
+                f"sum(notional), sum(buy_volume), sum(sell_volume) FROM {self.table} "
+                f"WHERE {where} GROUP BY exchange, symbol, b ORDER BY b DESC LIMIT {limit}"
+                ") g(exchange, symbol, bucket, open, high, low, close, volume, trade_count, notional, "
+                "buy_volume, sell_volume) ORDER BY bucket"
             )
         return (
-            f"SELECT g.symbol, {_ms_of('g.b')}, o.open, g.high, g.low, c.close, g.volume, g.trade_count, "
-            "CASE WHEN g.volume > 0 THEN g.notional / g.volume ELSE c.close END, g.buy_volume, g.sell_volume "
-            f"FROM (SELECT symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, min(bucket) AS first_at, "
-            "max(bucket) AS last_at, max(high) AS high, min(low) AS low, sum(volume) AS volume, "
+            f"SELECT g.exchange, g.symbol, {_ms_of('g.b')}, o.open, g.high, g.low, c.close, g.volume, "
+            "g.trade_count, CASE WHEN g.volume > 0 THEN g.notional / g.volume ELSE c.close END, "
+            "g.buy_volume, g.sell_volume "
+            f"FROM (SELECT exchange, symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, "
+            "min(bucket) AS first_at, max(bucket) AS last_at, max(high) AS high, min(low) AS low, "
+            "sum(volume) AS volume, "
             "sum(trade_count)::bigint AS trade_count, sum(vwap * volume) AS notional, "
             "sum(buy_volume) AS buy_volume, sum(sell_volume) AS sell_volume "
-            f"FROM ohlc_1s WHERE {where} GROUP BY symbol, b ORDER BY b DESC LIMIT {limit}) g "
-            "JOIN ohlc_1s o ON o.symbol = g.symbol AND o.bucket = g.first_at "
-            "JOIN ohlc_1s c ON c.symbol = g.symbol AND c.bucket = g.last_at ORDER BY g.b"
+            f"FROM ohlc_1s WHERE {where} GROUP BY exchange, symbol, b ORDER BY b DESC LIMIT {limit}) g "
+            "JOIN ohlc_1s o ON o.exchange = g.exchange AND o.symbol = g.symbol AND o.bucket = g.first_at "
+            "JOIN ohlc_1s c ON c.exchange = g.exchange AND c.symbol = g.symbol AND c.bucket = g.last_at "
+            "ORDER BY g.b"
         )
 
 
@@ -291,20 +354,43 @@ class DatabaseStore(ReadStore):
             plan = (await self._detect(conn))[interval]
         return plan.method, plan.table
 
-    async def symbols(self) -> list[str]:
-        # A loose index scan over the (symbol, bucket) key: one probe per symbol, not a scan of every row.
+    async def markets(self) -> pa.Table:
+        # A loose index scan over the (exchange, symbol, bucket) key: a few probes per market, not a scan of
+        # every row.
         rows = await self.pool.fetch(
-            "WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM ohlc_1s ORDER BY symbol LIMIT 1) UNION ALL "
-            "SELECT (SELECT symbol FROM ohlc_1s WHERE symbol > s.symbol ORDER BY symbol LIMIT 1) FROM s "
-            "WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL"
+            "WITH RECURSIVE m(exchange, symbol) AS ("
+            "(SELECT exchange, symbol FROM ohlc_1s ORDER BY exchange, symbol LIMIT 1) UNION ALL "
+            "SELECT n.exchange, n.symbol FROM m, LATERAL (SELECT exchange, symbol FROM ohlc_1s "
+            "WHERE (exchange, symbol) > (m.exchange, m.symbol) ORDER BY exchange, symbol LIMIT 1) n) "
+            f"SELECT exchange, symbol, (SELECT {_ms_of('bucket')} {_SAME_MARKET} ORDER BY bucket LIMIT 1), "
+            f"(SELECT {_ms_of('bucket')} {_SAME_MARKET} ORDER BY bucket DESC LIMIT 1) FROM m"
         )
-        names = {r[0] for r in rows}
+        spans = {(r[0], r[1]): (r[2], r[3]) for r in rows}
         if self.archive_root is not None:
-            names.update(await asyncio.to_thread(archive.list_symbols, self.archive_root))
-        return sorted(names)
+            older = await asyncio.to_thread(_archive_markets, self.archive_root)
+            for e, s, f, last in zip(
+                older["exchange"].to_pylist(),
+                older["symbol"].to_pylist(),
+                older["first"].cast(pa.int64()).to_pylist(),
+                older["last"].cast(pa.int64()).to_pylist(),
+                strict=True,
+            ):
+                db = spans.get((e, s))
+                spans[(e, s)] = (f, last) if db is None else (min(f, db[0]), max(last, db[1]))
+        keys = sorted(spans)
+        return pa.Table.from_arrays(
+            [
+                pa.array([k[0] for k in keys], pa.string()),
+                pa.array([k[1] for k in keys], pa.string()),
+                pa.array([spans[k][0] for k in keys], pa.int64()).cast(MARKET_SCHEMA.field("first").type),
+                pa.array([spans[k][1] for k in keys], pa.int64()).cast(MARKET_SCHEMA.field("last").type),
+            ],
+            schema=MARKET_SCHEMA,
+        )
 
     async def candles(
         self,
+        exchange: str,
         symbol: str,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -312,31 +398,44 @@ class DatabaseStore(ReadStore):
         interval: str = "1s",
     ) -> pa.Table:
         _, lo, hi = check_query(interval, start, end, limit)
+        market = (exchange, symbol)
         async with self.pool.acquire() as conn:
             plan = (await self._detect(conn))[interval]
             if plan.method == "direct":
-                table = await _direct(conn, plan.select, CANDLE_SCHEMA, symbol, lo, hi, limit)
+                table = await _direct(conn, plan.select, CANDLE_SCHEMA, market, lo, hi, limit)
             else:
-                table = await _rolled(conn, plan, symbol, lo, hi, limit)
-            first = await self._first_bucket(conn, plan.table, symbol, table, limit)
-        return await self._older(table, "ohlc", symbol, lo, hi, limit, interval, first)
+                table = await _rolled(conn, plan, market, lo, hi, limit)
+            first = await self._first_bucket(conn, plan.table, market, table, limit)
+        return await self._older(table, "ohlc", market, lo, hi, limit, interval, first)
 
     async def volatility(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        exchange: str,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
     ) -> pa.Table:
-        return await self._rows("volatility_1s", "volatility", VOLATILITY_SCHEMA, symbol, start, end, limit)
+        market = (exchange, symbol)
+        return await self._rows("volatility_1s", "volatility", VOLATILITY_SCHEMA, market, start, end, limit)
 
     async def predictions(
-        self, symbol: str, start: datetime | None = None, end: datetime | None = None, limit: int = 100
+        self,
+        exchange: str,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
     ) -> pa.Table:
-        return await self._rows("predictions", "predictions", PREDICTION_SCHEMA, symbol, start, end, limit)
+        market = (exchange, symbol)
+        return await self._rows("predictions", "predictions", PREDICTION_SCHEMA, market, start, end, limit)
 
     async def _rows(
         self,
         table_name: str,
         kind: str,
         schema: pa.Schema,
-        symbol: str,
+        market: Market,
         start: datetime | None,
         end: datetime | None,
         limit: int,
@@ -354,18 +453,19 @@ class DatabaseStore(ReadStore):
             )
 
         async with self.pool.acquire() as conn:
-            table = await _direct(conn, select, schema, symbol, lo, hi, limit)
-            first = await self._first_bucket(conn, table_name, symbol, table, limit)
-        return await self._older(table, kind, symbol, lo, hi, limit, "1s", first)
+            table = await _direct(conn, select, schema, market, lo, hi, limit)
+            first = await self._first_bucket(conn, table_name, market, table, limit)
+        return await self._older(table, kind, market, lo, hi, limit, "1s", first)
 
     async def _first_bucket(
-        self, conn: asyncpg.Connection, table_name: str, symbol: str, table: pa.Table, limit: int
+        self, conn: asyncpg.Connection, table_name: str, market: Market, table: pa.Table, limit: int
     ) -> tuple[bool, datetime | None]:
-        """(whether the archive may have to fill in, the database's first bucket of ``symbol``)."""
+        """(whether the archive may have to fill in, the database's first bucket of ``market``)."""
         if self.archive_root is None or table.num_rows >= limit:
             return False, None
         first = await conn.fetchval(
-            f"SELECT bucket FROM {table_name} WHERE symbol = $1 ORDER BY bucket LIMIT 1", symbol
+            f"SELECT bucket FROM {table_name} WHERE exchange = $1 AND symbol = $2 ORDER BY bucket LIMIT 1",
+            *market,
         )
         return True, first
 
@@ -373,7 +473,7 @@ class DatabaseStore(ReadStore):
         self,
         table: pa.Table,
         kind: str,
-        symbol: str,
+        market: Market,
         lo: datetime | None,
         hi: datetime | None,
         limit: int,
@@ -393,15 +493,16 @@ class DatabaseStore(ReadStore):
         if lo is not None and cut is not None and lo >= cut:
             return table
         want = limit - table.num_rows
+        exchange, symbol = market
         if kind == "ohlc":
             older = await asyncio.to_thread(
-                archive.load_candles, self.archive_root, symbol, lo, cut, want, interval
+                archive.load_candles, self.archive_root, exchange, symbol, lo, cut, want, interval
             )
         else:
-            older = await asyncio.to_thread(_unique, self.archive_root, kind, symbol, lo, cut, want)
+            older = await asyncio.to_thread(_unique, self.archive_root, kind, exchange, symbol, lo, cut, want)
         if older.num_rows == 0:
             return table
-        return pa.concat_tables([older, table]).combine_chunks()
+        return pa.concat_tables([older.cast(table.schema), table]).combine_chunks()
 
     async def ping(self) -> bool:
         try:
@@ -417,17 +518,22 @@ async def _direct(
     conn: asyncpg.Connection,
     select: Select,
     schema: pa.Schema,
-    symbol: str,
+    market: Market,
     lo: datetime | None,
     hi: datetime | None,
     limit: int,
 ) -> pa.Table:
     where, args = _where(lo, hi)
-    return _table(await conn.fetch(select(where, f"${len(args) + 2}"), symbol, *args, limit), schema)
+    return _table(await conn.fetch(select(where, f"${len(args) + 3}"), *market, *args, limit), schema)
 
 
 async def _rolled(
-    conn: asyncpg.Connection, plan: _Plan, symbol: str, lo: datetime | None, hi: datetime | None, limit: int
+    conn: asyncpg.Connection,
+    plan: _Plan,
+    market: Market,
+    lo: datetime | None,
+    hi: datetime | None,
+    limit: int,
 ) -> pa.Table:
     """A roll-up computed at query time.
 
@@ -441,17 +547,17 @@ async def _rolled(
         return CANDLE_SCHEMA.empty_table()
     where, args = _where(_at(lo_ms), _at(hi_ms))
     edge = f"SELECT bucket FROM {plan.table} WHERE {where} ORDER BY bucket"
-    top = await conn.fetchval(edge + " DESC LIMIT 1", symbol, *args)
+    top = await conn.fetchval(edge + " DESC LIMIT 1", *market, *args)
     if top is None:
         return CANDLE_SCHEMA.empty_table()
-    bottom = _ms(await conn.fetchval(edge + " LIMIT 1", symbol, *args))
+    bottom = _ms(await conn.fetchval(edge + " LIMIT 1", *market, *args))
     top_bucket = _ms(top) - _ms(top) % iv
     span = limit * iv
     while True:
         lower = top_bucket - span + iv
         whole = lower <= bottom  # the window reaches the first row: no narrower one holds more buckets
         window_start = lo_ms if whole else lower
-        table = await _direct(conn, plan.select, CANDLE_SCHEMA, symbol, _at(window_start), _at(hi_ms), limit)
+        table = await _direct(conn, plan.select, CANDLE_SCHEMA, market, _at(window_start), _at(hi_ms), limit)
         if whole or table.num_rows >= limit:
             return table
         span *= 4

@@ -1,8 +1,12 @@
-"""Symbol normalization, in one place.
+"""Symbol spelling, in one place.
 
 Every exchange spells a pair its own way (``BTC-USD`` at Coinbase, ``btcusdt`` in a Binance stream name,
 ``BTC/USDT`` elsewhere). Inside cryptostream a symbol is the upper-case concatenation ``BTCUSD``/``BTCUSDT``;
 ``USDT`` pairs stay ``USDT`` pairs (a USDT price is not a USD price).
+
+This module only reads spellings. Which pairs an exchange lists, and what it calls them there, comes from
+the exchange's own metadata (:mod:`cryptostream.markets`): a concatenation such as ``DOTUSD`` cannot be
+split by looking at it (``DOT``/``USD`` or ``DO``/``TUSD``?), so nothing here tries.
 """
 
 from __future__ import annotations
@@ -12,36 +16,11 @@ from functools import lru_cache
 
 from cryptostream.errors import UnsupportedSymbol
 
-__all__ = ["QUOTE_ASSETS", "normalize_symbol", "split_symbol", "to_binance_stream", "to_coinbase_product"]
+__all__ = ["normalize_symbol", "split_pair"]
 
 _VALID = re.compile(r"[A-Z0-9]{2,24}")
 _SEPARATORS = re.compile(r"[-/_:.\s]")
-
-# Longest first, so BTCUSDT splits as BTC/USDT and not BTCUSD/T.
-QUOTE_ASSETS: tuple[str, ...] = tuple(
-    sorted(
-        (
-            "USDT",
-            "USDC",
-            "FDUSD",
-            "TUSD",
-            "BUSD",
-            "DAI",
-            "USD",
-            "EUR",
-            "GBP",
-            "JPY",
-            "TRY",
-            "BRL",
-            "BTC",
-            "ETH",
-            "BNB",
-            "SOL",
-        ),
-        key=len,
-        reverse=True,
-    )
-)
+_PART = re.compile(r"[A-Z0-9]{1,20}")
 
 
 @lru_cache(maxsize=4096)
@@ -57,23 +36,17 @@ def normalize_symbol(raw: str) -> str:
     return symbol
 
 
-def split_symbol(symbol: str) -> tuple[str, str]:
-    """``BTCUSDT`` -> (``BTC``, ``USDT``) using the known quote assets."""
-    normalized = normalize_symbol(symbol)
-    for quote in QUOTE_ASSETS:
-        if normalized.endswith(quote) and len(normalized) > len(quote):
-            return normalized[: -len(quote)], quote
-    raise UnsupportedSymbol(
-        f"cannot tell base from quote in {symbol!r}; known quotes: {', '.join(QUOTE_ASSETS)}"
-    )
+def split_pair(raw: str) -> tuple[str, str] | None:
+    """``DOT-USD`` / ``dot/usd`` / ``DOT_USD`` -> (``DOT``, ``USD``), split exactly at the separator.
 
-
-def to_coinbase_product(symbol: str) -> str:
-    """``BTCUSD`` -> ``BTC-USD`` (Coinbase product id)."""
-    base, quote = split_symbol(symbol)
-    return f"{base}-{quote}"
-
-
-def to_binance_stream(symbol: str) -> str:
-    """``BTCUSDT`` -> ``btcusdt`` (Binance stream names are lower case)."""
-    return normalize_symbol(symbol).lower()
+    A spelling without a separator (``DOTUSD``) gives ``None``: only an exchange's market list can tell
+    its base from its quote. More than one separator, or an empty side, raises :class:`UnsupportedSymbol`.
+    """
+    text = raw.strip().upper() if isinstance(raw, str) else ""
+    parts = _SEPARATORS.split(text)
+    if len(parts) == 1:
+        return None
+    if len(parts) != 2 or not all(_PART.fullmatch(part) for part in parts):
+        raise UnsupportedSymbol(f"unsupported symbol {raw!r}: expected BASE-QUOTE such as BTC-USD or ETH/BTC")
+    normalize_symbol(text)  # the concatenation must be a valid symbol too (length, characters)
+    return parts[0], parts[1]

@@ -12,6 +12,9 @@ exchange's paging:
   ``after`` cursor, page backward. Coinbase Advanced Trade shares trade ids with the Exchange API, so both
   Coinbase feeds backfill from this public endpoint.
 
+The exchange's own id in those URLs (``BTCUSDT``, ``DOT-USD``) comes from the feed's markets
+(:mod:`cryptostream.markets`), the same ones it subscribed with; it is never spelled from the symbol.
+
 Base URLs are settings (``BINANCE_REST_URL``, ``COINBASE_REST_URL``). Throttling answers (HTTP 429/418,
 ``Retry-After``) and server errors are retried a few times; then :class:`BackfillError` says why.
 """
@@ -21,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from cryptostream.errors import CryptostreamError, SettingsError
-from cryptostream.symbols import to_coinbase_product
+from cryptostream.markets import Market
 
 __all__ = ["BackfillError", "BinanceHistory", "CoinbaseHistory", "RestHistory"]
 
@@ -46,13 +50,29 @@ class RestHistory(ABC):
 
     setting: str = "REST URL"  # the setting naming base_url, for error messages
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, *, max_pages: int = MAX_PAGES) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        markets: Sequence[Market],
+        *,
+        max_pages: int = MAX_PAGES,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise SettingsError(f"{self.setting} must start with http:// or https://, got {base_url!r}")
         self.client = client
         self.base_url = base_url.rstrip("/")
+        self.natives = {m.symbol: m.native for m in markets}
         self.max_pages = max_pages
         self.requests = 0
+
+    def native(self, symbol: str) -> str:
+        """The exchange's id of ``symbol`` (``DOTUSD`` -> ``DOT-USD`` at Coinbase), from the markets."""
+        try:
+            return self.natives[symbol]
+        except KeyError:
+            known = ", ".join(self.natives) or "none"
+            raise BackfillError(f"{symbol} is not one of this feed's markets ({known})") from None
 
     @abstractmethod
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
@@ -114,8 +134,10 @@ class BinanceHistory(RestHistory):
 
     setting = "BINANCE_REST_URL"
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, stream: str, **kwargs: Any) -> None:
-        super().__init__(client, base_url, **kwargs)
+    def __init__(
+        self, client: httpx.AsyncClient, base_url: str, markets: Sequence[Market], stream: str, **kwargs: Any
+    ) -> None:
+        super().__init__(client, base_url, markets, **kwargs)
         self.aggregated = stream == "aggTrade"
         self.path = "/api/v3/aggTrades" if self.aggregated else "/api/v3/historicalTrades"
 
@@ -124,9 +146,10 @@ class BinanceHistory(RestHistory):
 
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
+        native = self.native(symbol)
         from_id = lo
         for _ in range(self.max_pages):
-            page = await self._get(self.path, {"symbol": symbol, "fromId": from_id, "limit": PAGE_LIMIT})
+            page = await self._get(self.path, {"symbol": native, "fromId": from_id, "limit": PAGE_LIMIT})
             keep, ids = self._keep(page, lo, hi)
             rows.extend(keep)
             if not ids or max(ids) >= hi or len(page) < PAGE_LIMIT:
@@ -144,7 +167,7 @@ class CoinbaseHistory(RestHistory):
         return int(row["trade_id"])
 
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
-        path = f"/products/{to_coinbase_product(symbol)}/trades"
+        path = f"/products/{self.native(symbol)}/trades"
         rows: list[dict[str, Any]] = []
         cursor = hi + 1
         for _ in range(self.max_pages):

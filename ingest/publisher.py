@@ -12,6 +12,10 @@ tool agrees where a symbol lives; computed once per key) and appends it to one r
 partition (split at the producer's byte limit). The broker's acknowledgement is awaited in the background,
 so rounds pipeline.
 
+Records are sent in the order they were accepted within a partition (one sender, one FIFO), which is what
+progress records need: :meth:`Publisher.progress_records` turns a source's progress into one record per
+partition that holds its symbols, accepted like any other record, after the trades it covers.
+
 Nothing accepted is dropped: a send that fails (broker gone, leader moving) is retried with backoff, and a
 batch the producer gives up on is sent again. ``backlog`` (accepted minus acknowledged, also the
 ``cryptostream_ingest_backlog`` gauge) shows what an outage holds; ``stop()`` returns only when every
@@ -34,9 +38,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from cryptostream.codec import Progress, encode_progress
 from cryptostream.metrics import INGEST_BACKLOG, PUBLISH_RETRIES, TRADES_OUT
 from cryptostream.models import Trade
-from ingest.source import Record
+from ingest.source import Record, now_ms
 
 __all__ = ["Publisher", "Record"]
 
@@ -76,8 +81,9 @@ class Publisher:
         self._settled = asyncio.Event()
         self._trades = trades  # False for the dead-letter publisher: not counted as trades out
         self._failure: BaseException | None = None
-        self.accepted = 0
+        self.accepted = 0  # records: trades and progress
         self.acknowledged = 0
+        self.marks = 0  # progress records among them
         self.retries = 0
 
     @property
@@ -91,9 +97,34 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name=f"publisher-{self.topic}")
 
     async def put(self, trades: Sequence[Trade]) -> None:
-        """Accept trades; waits while ``queue_size`` trades are already waiting."""
+        """Accept trades; waits while ``queue_size`` trades are already waiting. A record's timestamp is
+        when the trade was received (the processor rejects trades stamped far ahead of it as future)."""
         dumps = orjson.dumps
-        await self.put_records([(t.symbol.encode(), dumps(t.to_dict()), t.timestamp) for t in trades])
+        now = now_ms()
+        await self.put_records(
+            [(t.symbol.encode(), dumps(t.to_dict()), t.received_at or now) for t in trades]
+        )
+
+    async def put_progress(self, progress: Progress) -> None:
+        """Accept a source's progress: one record per partition holding its symbols (after the trades
+        accepted before it, which is what makes it true)."""
+        records = self.progress_records(progress)
+        self.marks += len(records)
+        await self.put_records(records)
+
+    def progress_records(self, progress: Progress, received_at: int | None = None) -> list[Record]:
+        """One progress record per partition holding some of ``progress.symbols``, keyed by one of them
+        (so it lands where their trades land), stamped ``received_at`` (default now)."""
+        if self._task is None:
+            raise RuntimeError("Publisher.start() was not called")
+        groups: dict[int, list[str]] = {}
+        for symbol in progress.symbols:
+            groups.setdefault(self._partition(symbol.encode()), []).append(symbol)
+        stamp = now_ms() if received_at is None else received_at
+        return [
+            (group[0].encode(), encode_progress(progress.exchange, group, progress.watermark), stamp)
+            for _, group in sorted(groups.items())
+        ]
 
     async def put_records(self, records: Sequence[Record]) -> None:
         """Accept already-encoded ``(key, value, timestamp_ms)`` records."""

@@ -17,9 +17,15 @@ non-finite quantity, timestamps outside 2000-2100, symbols that do not normalize
 Kafka records (:class:`~ingest.source.EncodedBatch`), no ``Trade`` object per row: that is what lets a
 replay publish well over 80,000 trades/s. Rejected rows ride along to the dead-letter topic; a CSV line
 with the wrong number of fields is rejected as ``malformed_json`` (the codec's reason for "not a record")
-with its text kept. A file replays as it is: its own symbols (SYMBOLS does not filter a replay), its ids.
+with its text kept. A file replays as it is: its own symbols (SYMBOLS does not filter a replay), its ids,
+its venue (a Binance dump is ``binance``; JSONL and Parquet name theirs per row; ``--exchange`` names it
+for a file that does not).
 
-Progress: a rich bar with trades, rate and ETA on a terminal; a log line every few seconds otherwise.
+Progress: the replay writes its own event-time progress (the highest event time replayed so far minus
+``MAX_BUFFER_SECONDS``, for the dump's small disorder), and at the end of the file progress that closes
+every window it fed: the candles of a replay are a function of the file, whatever the speed or pauses.
+
+The progress bar: a rich bar with trades, rate and ETA on a terminal; a log line every few seconds otherwise.
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Rejected, decode_trades
+from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Progress, Rejected, decode_trades
 from cryptostream.errors import CryptostreamError, UnsupportedSymbol
 from cryptostream.settings import Settings
 from cryptostream.symbols import normalize_symbol
-from ingest.source import EncodedBatch
+from cryptostream.venues import UNKNOWN, normalize_exchange
+from ingest.source import EncodedBatch, now_ms
 
 __all__ = ["Columns", "ReplayError", "ReplayProgress", "encode", "read_columns", "replay_trades"]
 
@@ -153,21 +160,30 @@ def _kind(path: Path) -> str:
 
 
 def read_columns(
-    path: Path, symbol: str | None = None, progress: ReplayProgress | None = None
+    path: Path,
+    symbol: str | None = None,
+    progress: ReplayProgress | None = None,
+    exchange: str | None = None,
 ) -> Generator[Columns, None, None]:
-    """Chunks of validated trade columns from ``path`` (any supported format)."""
+    """Chunks of validated trade columns from ``path`` (any supported format). ``exchange`` is the venue of
+    a file that does not name one (a Binance dump is ``binance``)."""
     if not path.is_file():
         raise ReplayError(f"replay file {path} does not exist")
+    if exchange is not None and normalize_exchange(exchange) is None:
+        raise ReplayError(f"--exchange {exchange!r} is not a venue name (1-32 of a-z, 0-9, _ . -)")
+    venue = normalize_exchange(exchange) if exchange is not None else None
     kind = _kind(path)
     if kind == "parquet":
-        yield from _read_parquet(path, progress)
+        yield from _read_parquet(path, progress, venue or UNKNOWN)
     elif kind == "jsonl":
-        yield from _read_jsonl(path, progress)
+        yield from _read_jsonl(path, progress, venue)
     else:
-        yield from _read_dump(path, symbol, progress)
+        yield from _read_dump(path, symbol, progress, venue or "binance")
 
 
-def _read_dump(path: Path, symbol: str | None, progress: ReplayProgress | None) -> Iterator[Columns]:
+def _read_dump(
+    path: Path, symbol: str | None, progress: ReplayProgress | None, venue: str
+) -> Iterator[Columns]:
     match = _DUMP_NAME.search(_inner_name(path))
     raw_symbol = symbol or (match["symbol"] if match else None)
     if raw_symbol is None:
@@ -246,7 +262,7 @@ def _read_dump(path: Path, symbol: str | None, progress: ReplayProgress | None) 
             for batch in reader:
                 yield _checked(
                     sym,
-                    "binance",
+                    venue,
                     batch.column(names[price_i]),
                     batch.column(names[qty_i]),
                     batch.column(names[time_i]),
@@ -258,7 +274,7 @@ def _read_dump(path: Path, symbol: str | None, progress: ReplayProgress | None) 
         except pa.ArrowInvalid as exc:
             raise ReplayError(f"{path}: {exc}; fix or drop the offending line and replay again") from None
         if bad_lines:
-            yield _empty(sym, "binance", bad_lines)
+            yield _empty(sym, venue, bad_lines)
 
 
 class _Prefixed(io.RawIOBase):
@@ -281,7 +297,7 @@ class _Prefixed(io.RawIOBase):
         return self.inner.read(size)
 
 
-def _read_jsonl(path: Path, progress: ReplayProgress | None) -> Iterator[Columns]:
+def _read_jsonl(path: Path, progress: ReplayProgress | None, venue: str | None) -> Iterator[Columns]:
     with ExitStack() as stack:
         raw, total = _open_text(path, stack)
         counting = _Counting(raw)
@@ -297,7 +313,8 @@ def _read_jsonl(path: Path, progress: ReplayProgress | None) -> Iterator[Columns
                 continue
             cols, rejected = decode_trades(values)
             symbol = np.asarray(cols.symbols, dtype=object)[cols.symbol]
-            exchange = np.asarray(cols.exchanges, dtype=object)[cols.exchange]
+            names = [venue if venue is not None and e == UNKNOWN else e for e in cols.exchanges]
+            exchange = np.asarray(names, dtype=object)[cols.exchange]
             yield Columns(
                 symbol,
                 exchange,
@@ -310,7 +327,7 @@ def _read_jsonl(path: Path, progress: ReplayProgress | None) -> Iterator[Columns
             )
 
 
-def _read_parquet(path: Path, progress: ReplayProgress | None) -> Iterator[Columns]:
+def _read_parquet(path: Path, progress: ReplayProgress | None, venue: str) -> Iterator[Columns]:
     try:
         file = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -328,7 +345,7 @@ def _read_parquet(path: Path, progress: ReplayProgress | None) -> Iterator[Colum
         ts = batch.column("timestamp")
         if pa.types.is_timestamp(ts.type):
             ts = ts.cast(pa.timestamp("ms", ts.type.tz)).cast(pa.int64())
-        exchange = batch.column("exchange") if "exchange" in columns else "replay"
+        exchange = batch.column("exchange") if "exchange" in columns else venue
         yield _checked(
             batch.column("symbol"),
             exchange,
@@ -360,6 +377,7 @@ def _objects(values: Any) -> npt.NDArray[np.object_]:
 
 _DETAIL = {
     "bad_symbol": lambda r: f"symbol {r['symbol']!r:.40}",
+    "bad_exchange": lambda r: f"exchange {r['exchange']!r:.40}",
     "non_finite_price": lambda r: f"price {r['price']!r}",
     "non_positive_price": lambda r: f"price {r['price']!r}",
     "non_finite_quantity": lambda r: f"quantity {r['quantity']!r}",
@@ -403,10 +421,20 @@ def _checked(
         sym = table[inverse]
         bad_symbol = sym == ""
     ex: Any = exchange
-    if not isinstance(exchange, str):
-        ex = _objects(exchange)
+    bad_exchange = np.zeros(n, dtype=np.bool_)
+    if isinstance(exchange, str):
+        ex = normalize_exchange(exchange) or exchange
+        bad_exchange[:] = normalize_exchange(exchange) is None
+    else:
+        given_ex = _objects(exchange)
+        uniques, inverse = np.unique(given_ex.astype(str), return_inverse=True)
+        table = np.asarray([normalize_exchange(u) or "" for u in uniques], dtype=object)
+        ex = table[inverse]
+        bad_exchange = ex == ""
+        ex = np.where(bad_exchange, given_ex, ex)
     checks = (
         ("bad_symbol", bad_symbol),
+        ("bad_exchange", bad_exchange),
         ("non_finite_price", ~np.isfinite(p)),
         ("non_positive_price", np.isfinite(p) & (p <= 0)),
         ("non_finite_quantity", ~np.isfinite(q)),
@@ -460,7 +488,8 @@ def _b(text: str | bytes) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- encoding
 def encode(cols: Columns, received_at: int) -> EncodedBatch:
-    """Columns -> Kafka records in the trade JSON shape (one ``orjson`` call for the whole chunk)."""
+    """Columns -> Kafka records in the trade JSON shape (one ``orjson`` call for the whole chunk), stamped
+    with the receipt time ``received_at``."""
     n = len(cols)
     tl = cols.timestamp.tolist()
     symbols = [cols.symbol] * n if isinstance(cols.symbol, str) else cols.symbol.tolist()
@@ -496,8 +525,8 @@ def encode(cols: Columns, received_at: int) -> EncodedBatch:
         values = [orjson.dumps(row) for row in rows]
     keys: dict[str, bytes] = {}
     records = [
-        (keys.get(s) or keys.setdefault(s, s.encode()), v, t)
-        for s, v, t in zip(symbols, values, tl, strict=True)
+        (keys.get(s) or keys.setdefault(s, s.encode()), v, received_at)  # record time = receipt time
+        for s, v in zip(symbols, values, strict=True)
     ]
     return EncodedBatch(records, cols.rejected, source="replay")
 
@@ -580,35 +609,94 @@ class ReplayProgress:
 
 
 # ---------------------------------------------------------------------------------------------- replay
+class _Reached:
+    """How far a replay has come: per venue the symbols replayed so far, and the highest event time
+    published."""
+
+    def __init__(self, buffer_ms: int) -> None:
+        self.buffer_ms = buffer_ms
+        self.symbols: dict[str, set[str]] = {}
+        self.high: int | None = None
+
+    def add(self, cols: Columns) -> None:
+        """Note the venues and symbols of a chunk about to be published."""
+        n = len(cols)
+        if not n:
+            return
+        ex = np.full(n, cols.exchange, dtype=object) if isinstance(cols.exchange, str) else cols.exchange
+        sy = np.full(n, cols.symbol, dtype=object) if isinstance(cols.symbol, str) else cols.symbol
+        for exchange, symbol in set(zip(ex.tolist(), sy.tolist(), strict=True)):
+            self.symbols.setdefault(exchange, set()).add(symbol)
+
+    def published(self, high: int) -> None:
+        self.high = high if self.high is None else max(self.high, high)
+
+    def progress(self, *, complete: bool = False) -> list[Progress]:
+        """Progress up to what was published: ``complete`` promises no earlier trade follows (the end of the
+        file), otherwise the dump's disorder buffer is kept."""
+        if self.high is None:
+            return []
+        # complete: through the end of the last trade's second, so its window closes too
+        watermark = self.high - self.high % 1000 + 1000 if complete else self.high - self.buffer_ms
+        return [Progress(e, tuple(sorted(s)), watermark) for e, s in sorted(self.symbols.items())]
+
+
 async def replay_trades(
-    settings: Settings, path: Path, *, symbol: str | None = None, progress: bool | None = None
+    settings: Settings,
+    path: Path,
+    *,
+    symbol: str | None = None,
+    exchange: str | None = None,
+    progress: bool | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[EncodedBatch]:
-    """Batches of encoded trades from ``path``, paced by ``REPLAY_SPEED`` (0 = as fast as possible)."""
+    """Batches of encoded trades from ``path``, paced by ``REPLAY_SPEED`` (0 = as fast as possible), with
+    the replay's progress; the last batch closes every window the file fed (see the module docstring).
+    A ``stop`` ends it early, with progress that closes everything only under ``FLUSH_WINDOWS_ON_STOP``."""
     path = Path(path)
     speed = settings.replay_speed
     bar = ReplayProgress(path.name, progress)
-    reader = read_columns(path, symbol, bar)
+    reader = read_columns(path, symbol, bar, exchange)
     sentinel = object()
+    reached = _Reached(int(settings.max_buffer_seconds * 1000))
+    every_ms = settings.progress_interval_ms
+    said = [0]
 
     def next_encoded() -> Any:
         # reading (Arrow releases the GIL) and encoding run off the event loop, so the publisher keeps sending
         cols = next(reader, sentinel)
         if cols is sentinel:
             return None
-        return cols, encode(cols, time.time_ns() // 1_000_000)  # type: ignore[arg-type]
+        return cols, encode(cols, now_ms())  # type: ignore[arg-type]
+
+    def with_progress(batch: EncodedBatch, high: int) -> EncodedBatch:
+        reached.published(high)
+        now = now_ms()
+        if now - said[0] >= every_ms:
+            said[0] = now
+            batch.progress = reached.progress()
+        return batch
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
 
     t0: int | None = None
     w0 = 0.0
     high: int | None = None
     try:
-        while True:
+        while not stopped():
             item = await asyncio.to_thread(next_encoded)
             if item is None:
-                break
+                yield EncodedBatch(source="replay", progress=reached.progress(complete=True))
+                return
             cols, batch = item
             bar.update(len(batch), len(batch.rejected))
-            if speed <= 0 or not len(batch):
+            reached.add(cols)
+            if not len(batch):
                 yield batch
+                continue
+            if speed <= 0:
+                yield with_progress(batch, int(cols.timestamp.max()))
                 continue
             ts = np.maximum.accumulate(cols.timestamp)  # pace by the running maximum: disorder never waits
             if high is not None:
@@ -622,8 +710,19 @@ async def replay_trades(
             for a, b in zip(cuts[:-1], cuts[1:], strict=True):
                 wait = w0 + float(due[a]) - time.monotonic()
                 if wait > 0:
-                    await asyncio.sleep(wait)
-                yield EncodedBatch(batch[a:b], batch.rejected if a == 0 else (), source="replay")
+                    if stop is None:
+                        await asyncio.sleep(wait)
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), wait)
+                if stopped():
+                    break
+                part = EncodedBatch(batch[a:b], batch.rejected if a == 0 else (), source="replay")
+                yield with_progress(part, int(ts[b - 1]))
+        if stopped():
+            yield EncodedBatch(
+                source="replay", progress=reached.progress(complete=settings.flush_windows_on_stop)
+            )
     finally:
         with contextlib.suppress(ValueError):  # still running in its thread after a cancel: it ends there
             reader.close()

@@ -3,8 +3,11 @@
 A source yields lists of trades (see :mod:`ingest.source`). Records it rejected ride along in the batch;
 here they are counted per reason (``cryptostream_rejected{role="ingest"}``) and written to the dead-letter
 topic with their raw payload, through a publisher of their own, so a bad record is kept, never lost and
-never in the way of good ones. On ``stop`` (SIGINT/SIGTERM) the source is closed and both publishers flush:
-every trade accepted is acknowledged by Kafka before this returns.
+never in the way of good ones. A batch's progress goes to the trades topic after its trades.
+
+On ``stop`` (SIGINT/SIGTERM) the source, which watches the same event, yields its final progress and ends
+(a source that does not end by itself within :data:`STOP_GRACE_SECONDS` is closed); then both publishers
+flush: every trade accepted is acknowledged by Kafka before this returns.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from cryptostream.settings import Settings
 from ingest.publisher import Publisher
 from ingest.source import Batch, EncodedBatch
 
-__all__ = ["IngestResult", "run_ingest"]
+__all__ = ["STOP_GRACE_SECONDS", "IngestResult", "run_ingest"]
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 5.0
 
 
 class IngestResult:
@@ -34,14 +39,15 @@ class IngestResult:
         self.dead_letters = dead_letters
         self.rejected: dict[str, int] = {}
 
-    # the publisher's counters, for callers that only care about trades
+    # the publisher's counters without its progress records, for callers that only care about trades
     @property
     def accepted(self) -> int:
-        return self.trades.accepted
+        return self.trades.accepted - self.trades.marks
 
     @property
     def acknowledged(self) -> int:
-        return self.trades.acknowledged
+        """Trades acknowledged (exact once the run is over: progress records are acknowledged too)."""
+        return self.trades.acknowledged - self.trades.marks
 
 
 async def _dead_letter(dlq: Publisher, rejected: list[Rejected], source: str, result: IngestResult) -> None:
@@ -78,32 +84,18 @@ async def run_ingest(
     counter = TRADES_IN.labels("ingest", name)
     try:
         async with contextlib.aclosing(source) as batches:  # type: ignore[type-var]
-            stop_wait = asyncio.ensure_future(stop.wait())
-            try:
-                while not stop.is_set():
-                    nxt = asyncio.ensure_future(anext(batches))
-                    done, _ = await asyncio.wait({nxt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                    if nxt not in done:
-                        nxt.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                            await nxt
-                        break
-                    try:
-                        batch = nxt.result()
-                    except StopAsyncIteration:
-                        break
-                    rejected = getattr(batch, "rejected", None)
-                    if rejected:
-                        await _dead_letter(dlq, rejected, getattr(batch, "source", "") or name, result)
-                    if not batch:
-                        continue
+            async for batch in _until_stopped(batches, stop):
+                rejected = getattr(batch, "rejected", None)
+                if rejected:
+                    await _dead_letter(dlq, rejected, getattr(batch, "source", "") or name, result)
+                if batch:
                     counter.inc(len(batch))
                     if isinstance(batch, EncodedBatch):
                         await trades.put_records(batch)
                     else:
                         await trades.put(batch)
-            finally:
-                stop_wait.cancel()
+                for progress in getattr(batch, "progress", ()):
+                    await trades.put_progress(progress)
     finally:
         await trades.stop()
         await dlq.stop()
@@ -111,3 +103,36 @@ async def run_ingest(
     if result.rejected:
         log.info("rejected at ingest (in %s): %s", settings.kafka_dlq_topic, result.rejected)
     return result
+
+
+async def _until_stopped(batches: AsyncIterator[Batch], stop: asyncio.Event) -> AsyncIterator[Batch]:
+    """The source's batches until it ends; once ``stop`` is set, only for :data:`STOP_GRACE_SECONDS` more
+    (the source sees ``stop`` too and should end with its final progress well within that)."""
+    loop = asyncio.get_running_loop()
+    deadline: float | None = None
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            nxt = asyncio.ensure_future(anext(batches))
+            while not nxt.done():
+                if deadline is None:
+                    await asyncio.wait({nxt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    if stop.is_set():
+                        deadline = loop.time() + STOP_GRACE_SECONDS
+                    continue
+                await asyncio.wait({nxt}, timeout=max(0.0, deadline - loop.time()))
+                if not nxt.done():
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    log.warning(
+                        "the source did not end within %.0fs of the stop; closed it", STOP_GRACE_SECONDS
+                    )
+                    return
+            try:
+                batch = nxt.result()
+            except StopAsyncIteration:
+                return
+            yield batch
+    finally:
+        stop_wait.cancel()

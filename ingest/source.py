@@ -9,27 +9,40 @@ building a :class:`Trade` object per row.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TypeVar
 
-from cryptostream.codec import Rejected
+from cryptostream.codec import Progress, Rejected
 from cryptostream.models import Trade
 
-__all__ = ["Batch", "EncodedBatch", "Record", "TradeBatch"]
+__all__ = ["Batch", "EncodedBatch", "Record", "TradeBatch", "now_ms"]
 
 Record = tuple[bytes, bytes, int]  # key (symbol), value (JSON), timestamp ms
 T = TypeVar("T")
 
 
+def now_ms() -> int:
+    """The receipt clock: wall-clock epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
 class _WithRejects(list[T]):
-    """Items of a batch, plus the records ``source`` rejected (reason and raw payload kept)."""
+    """Items of a batch, the records ``source`` rejected (reason and raw payload kept), its progress."""
 
-    __slots__ = ("rejected", "source")
+    __slots__ = ("progress", "rejected", "source")
 
-    def __init__(self, items: Iterable[T] = (), rejected: Iterable[Rejected] = (), source: str = "") -> None:
+    def __init__(
+        self,
+        items: Iterable[T] = (),
+        rejected: Iterable[Rejected] = (),
+        source: str = "",
+        progress: Iterable[Progress] = (),
+    ) -> None:
         super().__init__(items)
         self.rejected: list[Rejected] = list(rejected)
         self.source = source
+        self.progress: list[Progress] = list(progress)
 
 
 class TradeBatch(_WithRejects[Trade]):

@@ -11,6 +11,10 @@
 * **Sides**: the taker's side leans with the shock (buyers lift the offer when the price goes up).
 * **Test aids**: ``disorder_ms`` delivers trades out of event-time order within that bound;
   ``duplicate_rate`` resends that fraction of trades (as exchanges do on reconnect). Same seed, same trades.
+* **Venue**: ``synthetic``, a venue of its own (demo data never poses as an exchange's market). Live, it
+  starts on the next whole second with trade ids that never repeat an earlier run's, writes progress (its
+  event time, exact: it generates in order) every ``PROGRESS_INTERVAL_MS``, and at stop writes progress
+  that closes every window it fed.
 
 All random numbers of a call are drawn at once with NumPy; the per-trade loop is plain float arithmetic.
 """
@@ -18,6 +22,7 @@ All random numbers of a call are drawn at once with NumPy; the per-trade loop is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from cryptostream.codec import Progress
 from cryptostream.models import Trade
+from cryptostream.venues import DEMO
+from ingest.source import TradeBatch
 
 __all__ = ["SyntheticMarket"]
 
@@ -71,7 +79,8 @@ class SyntheticMarket:
     seed: int = 7
     disorder_ms: int = 0
     duplicate_rate: float = 0.0
-    exchange: str = "synthetic"
+    exchange: str = DEMO
+    first_id: int = 1  # trade ids of symbol i start at first_id + 1_000_000 * i
     base_vol: float = 2e-4  # per-trade log-return scale
     market_beta: float = 0.7  # share of a symbol's moves that come from the common market factor
     _rng: np.random.Generator = field(init=False, repr=False)
@@ -87,7 +96,7 @@ class SyntheticMarket:
             raise ValueError("SyntheticMarket needs at least one symbol")
         self._rng = np.random.default_rng(self.seed)
         self._paths = {
-            s: _Path(_start_price(s), self.base_vol**2, 1 + 1_000_000 * i, _tick(_start_price(s)))
+            s: _Path(_start_price(s), self.base_vol**2, self.first_id + 1_000_000 * i, _tick(_start_price(s)))
             for i, s in enumerate(self.symbols)
         }
         weights = 1.0 / np.arange(1, len(self.symbols) + 1)
@@ -190,21 +199,49 @@ class SyntheticMarket:
         keyed.sort(key=lambda kv: kv[0])
         return [t for _, t in keyed]
 
-    async def stream(self, tick_s: float = 0.05) -> AsyncIterator[list[Trade]]:
-        """Trades stamped with the wall clock, delivered every ``tick_s`` seconds, forever."""
+    async def stream(
+        self,
+        tick_s: float = 0.05,
+        *,
+        stop: asyncio.Event | None = None,
+        progress_ms: int = 200,
+    ) -> AsyncIterator[TradeBatch]:
+        """Trades stamped with the wall clock, delivered every ``tick_s`` seconds, until ``stop``.
+
+        Each batch holds every trade with event time before its end; about every ``progress_ms`` a batch
+        also carries that end as progress, and the last batch (after ``stop``) carries it for sure."""
         rng = self._rng
-        last = time.time()
+        first = math.ceil(time.time())  # a whole second: an earlier run's last second is never shared
+        await asyncio.sleep(max(0.0, first - time.time()))
+        last_ms = first * 1000
+        said = 0.0
         while True:
-            await asyncio.sleep(tick_s)
+            stopping = stop is not None and stop.is_set()
+            if not stopping:
+                if stop is None:
+                    await asyncio.sleep(tick_s)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), tick_s)
             now = time.time()
-            n = int(rng.poisson(self.rate * (now - last) * self._burst()))
-            start_ms = int(last * 1000)
-            span = max(1, int(now * 1000) - start_ms)
-            times = np.sort(start_ms + rng.integers(0, span, size=n)).tolist()
-            batch = self._trades(self._picks(n), times, start_ms)
-            last = now
-            if batch:
-                yield self._deliver(batch)
+            end_ms = max(last_ms, int(now * 1000))
+            n = int(rng.poisson(self.rate * (end_ms - last_ms) / 1000 * self._burst()))
+            times = np.sort(last_ms + rng.integers(0, max(1, end_ms - last_ms), size=n)).tolist()
+            batch = TradeBatch(self._deliver(self._trades(self._picks(n), times, last_ms)) if n else [])
+            batch.source = self.exchange
+            last_ms = end_ms
+            final = stopping or (stop is not None and stop.is_set())
+            if final:
+                # Nothing more will come: through the end of this second (the next run starts after it).
+                closing = end_ms - 1 - (end_ms - 1) % 1000 + 1000
+                batch.progress.append(Progress(self.exchange, tuple(self.symbols), closing))
+            elif now - said >= progress_ms / 1000:
+                said = now
+                batch.progress.append(Progress(self.exchange, tuple(self.symbols), end_ms))
+            if batch or batch.progress:
+                yield batch
+            if final:
+                return
 
     def _burst(self) -> float:
         """Trading intensity rises with volatility, as real markets do."""

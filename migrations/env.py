@@ -44,6 +44,10 @@ def _run(connection: Connection) -> None:
 
 async def _run_async() -> None:
     url, connect_args = _engine_args()
+    # No cached prepared statements: TimescaleDB rewrites a DDL statement's parse tree while running it, so
+    # the same DROP MATERIALIZED VIEW run twice in one session (0003 down, then 0002 down) came back from
+    # the cache as a DROP VIEW it refuses. Migrations run each statement once anyway.
+    connect_args.setdefault("prepared_statement_cache_size", 0)
     engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:

@@ -1,16 +1,21 @@
-"""The consume -> window -> sink -> commit loop.
+"""The consume -> window -> sink -> commit loop: the processor's I/O around :mod:`processor.state`.
 
 Per fetched batch (:func:`cryptostream.fetch.fetch_values`: ``getmany()`` without a Python object per
-record): decode and validate in bulk, dead-letter what is invalid or late, add the rest to
-open windows, close what the watermark (or a quiet symbol's wall clock) has passed, compute volatility,
-publish closed and in-progress candles to ``crypto-candles``. Every ``PARQUET_CHUNK_SECONDS``, and when
-partitions are revoked or the process stops, a checkpoint makes every closed row durable in every sink
-and only then commits offsets (see :mod:`processor.checkpoint` for why that is exactly-once).
+record): decode and validate in bulk (trades and progress records), dead-letter what is invalid, future or
+late, apply the rest to the partition's streams, close what their frontiers passed, compute volatility and
+predictions, publish closed and in-progress candles to ``crypto-candles``. Every ``PARQUET_CHUNK_SECONDS``,
+and when partitions are revoked or the process stops, a checkpoint makes every closed row durable in every
+sink and only then commits offsets (see :mod:`processor.checkpoint` for why that is exactly-once, how
+lineages, fencing and dead-letter read-back work).
+
+No clock decides anything stored: windows close when the records say so (progress records or trade times,
+see :mod:`processor.state`). The clock only paces checkpoints and live (in-progress) candle updates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -25,11 +30,11 @@ import numpy as np
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 
-from cryptostream.codec import Rejected, decode_trades, encode_dlq
-from cryptostream.errors import SinkWriteError
+from cryptostream.codec import Rejected, decode_records, encode_dlq
+from cryptostream.errors import MissingCheckpoint, SinkWriteError
 from cryptostream.fetch import Fetched, batch_reading_supported, fetch_values
 from cryptostream.kafka import consumer_for, ensure_topics, start_producer
 from cryptostream.metrics import (
@@ -42,23 +47,23 @@ from cryptostream.metrics import (
     TRADES_IN,
     TRADES_OUT,
 )
-from cryptostream.models import VOLATILITY_SCHEMA
 from cryptostream.settings import Settings
-from processor.checkpoint import CheckpointStore, new_epoch
+from processor.checkpoint import Checkpoint, CheckpointStore, new_epoch
+from processor.model.features import LOOKBACK_SECONDS
 from processor.sinks.base import FlushBatch, Lineage, Sink
 from processor.sinks.parquet import ParquetSink
-from processor.state import Interner, PartitionState, closed_candles
-from processor.volatility import rolling_volatility
-from processor.windows import Candles
+from processor.state import Closed, Interner, PartitionState, closed_candles
 
-__all__ = ["Processor", "ProcessorStats"]
+__all__ = ["Processor", "ProcessorStats", "Scorer"]
 
 log = logging.getLogger(__name__)
 
-CLOSE_EVERY_S = 0.05  # windows close at most this late after the watermark passes them
+CLOSE_EVERY_S = 0.05  # windows close at most this late after their frontier passes them
+SETUP_RETRY_S = 1.0  # a partition whose assignment failed is set up again this often
 
-# A hook turning a symbol's history (ending with its n newly closed candles) into extra tables (predictions).
-Scorer = Callable[[str, dict[str, np.ndarray], int], dict[str, pa.Table]]
+# A hook turning a stream's history (ending with its n newly closed candles) into extra tables (predictions):
+# scorer(exchange, symbol, history, n_new).
+Scorer = Callable[[str, str, dict[str, np.ndarray], int], dict[str, pa.Table]]
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ProcessorStats:
     late: int = 0
     candles: int = 0
     checkpoints: int = 0
+    fenced: int = 0
     last_checkpoint_s: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -87,20 +93,31 @@ class Processor:
     """One processor replica: a member of ``CONSUMER_GROUP`` owning some partitions of the trades topic."""
 
     def __init__(
-        self, settings: Settings, sinks: list[Sink], *, scorers: Sequence[Scorer] | None = None
+        self,
+        settings: Settings,
+        sinks: list[Sink],
+        *,
+        scorers: Sequence[Scorer] | None = None,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.settings = settings
         self.topic = settings.kafka_topic
         self.sinks = sinks
         self.scorers = list(scorers or [])
         self.parquet = next((s for s in sinks if isinstance(s, ParquetSink)), None)
-        self.store = CheckpointStore(settings.output_dir, settings.consumer_group, self.topic)
+        self.store = store or CheckpointStore(settings.output_dir, settings.consumer_group, self.topic)
         self.interner = Interner()
         self.parts: dict[int, PartitionState] = {}
+        self.tokens: dict[int, str] = {}  # fence token per owned partition (see processor.checkpoint)
         self.pending: dict[int, dict[str, list[pa.Table]]] = {}
+        self.suppress: dict[int, set[int]] = {}  # offsets a crashed attempt already dead-lettered
+        self.unsure: dict[int, float] = {}  # assigned partitions whose setup failed -> next retry (monotonic)
         self.stats = ProcessorStats()
         self.buffer_ms = int(settings.max_buffer_seconds * 1000)
-        self.history_ms = (settings.volatility_window_seconds + 1) * 1000
+        self.future_ms = int(settings.future_tolerance_seconds * 1000)
+        # Closed candles kept per stream: the volatility window or the model's lookback, whichever is longer
+        # (predictions must come from the stream's own history alone, see processor.model.scorer).
+        self.history_ms = (max(settings.volatility_window_seconds, LOOKBACK_SECONDS) + 1) * 1000
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -108,6 +125,8 @@ class Processor:
         self._last_close = 0.0
         self._partitioner = DefaultPartitioner()  # Kafka's murmur2: the same partition any client picks
         self._candle_partitions: list[int] = []
+        self._dlq_partitions: list[int] = []
+        self._fatal: BaseException | None = None
         self.ready = asyncio.Event()
         self.member = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -119,6 +138,7 @@ class Processor:
         for sink in self.sinks:
             await sink.start()
         self._producer = await start_producer(settings)
+        self._dlq_partitions = sorted(await self._producer.partitions_for(settings.kafka_dlq_topic))
         self._consumer = consumer_for(settings)
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self._consumer.start()
@@ -139,7 +159,7 @@ class Processor:
         try:
             await self._loop(stop)
             if settings.flush_windows_on_stop:
-                await self._drain_and_close()
+                await self._drain()
             async with self._lock:
                 await self._checkpoint(final=True)
         finally:
@@ -156,21 +176,30 @@ class Processor:
                 self.stats.checkpoints,
             )
 
+    def _check_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
     async def _loop(self, stop: asyncio.Event) -> None:
         assert self._consumer is not None
         chunk_s = self.settings.parquet_chunk_seconds
         backoff = 0.5
         last_lag = 0.0
         while not stop.is_set():
+            self._check_fatal()
             batch = await fetch_values(
                 self._consumer, timeout_ms=100, max_records=self.settings.max_poll_records
             )
             now = time.monotonic()
             failed: SinkWriteError | None = None
             async with self._lock:
+                self._check_fatal()
+                if self.unsure:
+                    await self._retry_setup(now)
                 for tp, fetched in batch.items():
-                    if fetched and tp.partition in self.parts:
-                        await self._ingest(self.parts[tp.partition], fetched, now)
+                    part = self.parts.get(tp.partition)
+                    if fetched and part is not None:
+                        await self._ingest(part, fetched)
                 due = now - self._last_checkpoint >= chunk_s
                 # Closing windows costs per call, not per trade: do it every CLOSE_EVERY_S, not per poll.
                 if due or now - self._last_close >= CLOSE_EVERY_S:
@@ -182,7 +211,8 @@ class Processor:
                     except SinkWriteError as exc:
                         failed = exc
             if failed is not None:
-                # Keep the rows and retry; stop reading meanwhile so memory stays bounded.
+                # Keep the rows and retry; stop reading meanwhile so memory stays bounded. Nothing closes
+                # meanwhile either: windows close only on what is read.
                 log.error("checkpoint aborted, retrying in %.1fs: %s", backoff, failed)
                 self._consumer.pause(*self._consumer.assignment())
                 await asyncio.sleep(backoff)
@@ -191,15 +221,18 @@ class Processor:
                 continue
             if backoff > 0.5:
                 backoff = 0.5
-                self._consumer.resume(*self._consumer.assignment())
+                self._consumer.resume(
+                    *[tp for tp in self._consumer.assignment() if tp.partition in self.parts]
+                )
                 log.info("sinks writable again; resumed reading")
             if now - last_lag >= 1.0:
                 last_lag = now
                 self._report_lag()
                 await self._publish([("__status__", self._status())])
 
-    async def _drain_and_close(self, limit_s: float = 15.0) -> None:
-        """Read to the end of the log, then close every open window (nothing can replay them later)."""
+    async def _drain(self, limit_s: float = 15.0) -> None:
+        """Read to the end of the log before the final checkpoint (``up``: its in-memory broker forgets the
+        log, so what the stopped ingest wrote last, its final progress included, is read now or never)."""
         assert self._consumer is not None
         deadline = time.monotonic() + limit_s
         # Ask the broker for the log ends now: the high watermark of the last fetch can predate the final
@@ -213,127 +246,101 @@ class Processor:
             )
             async with self._lock:
                 for tp, fetched in batch.items():
-                    if fetched and tp.partition in self.parts:
-                        await self._ingest(self.parts[tp.partition], fetched, time.monotonic())
+                    part = self.parts.get(tp.partition)
+                    if fetched and part is not None:
+                        await self._ingest(part, fetched)
         async with self._lock:
-            for part in self.parts.values():
-                part.close_idle(float("inf"), 0.0)
             await self._close_and_publish(time.monotonic())
-        log.info("closed all open windows before stopping (FLUSH_WINDOWS_ON_STOP)")
+        log.info("read the log to its end before stopping (FLUSH_WINDOWS_ON_STOP)")
 
     # ------------------------------------------------------------------ data path
-    async def _ingest(self, part: PartitionState, fetched: Fetched, now: float) -> None:
-        values, offsets = fetched.values, fetched.offsets
+    async def _ingest(self, part: PartitionState, fetched: Fetched) -> None:
+        values, offsets, stamps = fetched.values, fetched.offsets, fetched.timestamps
         if offsets[0] < part.position:
             # Fetched before a seek (an assignment resets the position): those records were handled already.
             cut = bisect_left(offsets, part.position)
-            values, offsets = values[cut:], offsets[cut:]
+            values, offsets, stamps = values[cut:], offsets[cut:], stamps[cut:]
             if not offsets:
                 return
-        cols, rejected = decode_trades(values, offsets, part.partition)
+        decoded = decode_records(values, offsets, part.partition, stamps, self.future_ms)
         part.position = offsets[-1] + 1
         TRADES_IN.labels("processor", "kafka").inc(len(offsets))
-        self.stats.trades += len(cols)
-        late_offsets = part.ingest(self.interner.adopt(cols), now)
-        TRADES_OUT.labels("processor").inc(len(cols) - int(late_offsets.size))
-        if late_offsets.size:
+        self.stats.trades += len(decoded.trades)
+        late = part.apply(self.interner.adopt(decoded.trades), decoded.progress, self.interner)
+        TRADES_OUT.labels("processor").inc(len(decoded.trades) - int(late.size))
+        rejected = decoded.rejected
+        if late.size:
             index = {o: i for i, o in enumerate(offsets)}
-            for off in late_offsets.tolist():
+            for off in late.tolist():
                 rejected.append(
                     Rejected("late", "window already closed", values[index[off]] or b"", part.partition, off)
                 )
-            self.stats.late += int(late_offsets.size)
-        rejected = [r for r in rejected if r.offset >= part.replay_until]
+        done = self.suppress.get(part.partition)
+        if done:
+            rejected = [r for r in rejected if r.offset not in done]
+            if max(done) < part.position:
+                del self.suppress[part.partition]
         if rejected:
-            await self._dead_letter(rejected)
+            await self._dead_letter(rejected, part.partition)
 
-    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+    async def _dead_letter(self, rejected: list[Rejected], partition: int) -> None:
+        """Dead letters of source partition ``partition`` go to one dead-letter partition, in offset order,
+        so a restart can read back what a crashed attempt already wrote (see :meth:`_read_back`)."""
         assert self._producer is not None
-        for r in rejected:
+        target = self._dlq_partitions[partition % len(self._dlq_partitions)]
+        for r in sorted(rejected, key=lambda r: r.offset):
             self.stats.reasons[r.reason] = self.stats.reasons.get(r.reason, 0) + 1
             REJECTED.labels("processor", r.reason).inc()
             if r.reason == "late":
-                LATE.labels(self._symbol_of(r.raw)).inc()
+                self.stats.late += 1
+                LATE.labels(*self._stream_of(r.raw)).inc()
             else:
                 self.stats.rejected += 1
             await self._producer.send(
                 self.settings.kafka_dlq_topic,
                 encode_dlq(r, stage="processor", source_topic=self.topic),
+                partition=target,
                 headers=[("reason", r.reason.encode())],
             )
 
     @staticmethod
-    def _symbol_of(raw: bytes) -> str:
+    def _stream_of(raw: bytes) -> tuple[str, str]:
         try:
-            return str(orjson.loads(raw).get("symbol", "?"))[:24]
+            record = orjson.loads(raw)
+            return str(record.get("exchange", "unknown"))[:24], str(record.get("symbol", "?"))[:24]
         except (orjson.JSONDecodeError, AttributeError):
-            return "?"
+            return "?", "?"
 
     async def _close_and_publish(self, now: float) -> None:
-        idle_s = self.settings.max_buffer_seconds
         live_s = self.settings.live_candle_interval_ms / 1000
         messages: list[tuple[str, bytes]] = []
         for part in self.parts.values():
-            if self._caught_up(part):  # quiet means quiet in the log, not just unread yet
-                part.close_idle(now, idle_s)
-            candles = closed_candles(part.take_closed())
-            if candles is not None:
-                self._closed(part, candles, messages)
+            closed = part.close(self.interner, self.settings.volatility_window_seconds)
+            if closed is not None:
+                self._closed(part, closed, messages)
             live = closed_candles(part.live_candles(now, live_s))
             if live is not None:
                 messages.extend(_rows_messages("candle", live.to_table(), interval="1s", closed=False))
         if messages:
             await self._publish(messages)
 
-    def _closed(self, part: PartitionState, candles: Candles, messages: list[tuple[str, bytes]]) -> None:
-        """Newly closed candles of one partition: volatility, scorers, pending rows, fan-out messages."""
-        table = candles.to_table()
-        self.stats.candles += table.num_rows
-        CANDLES.inc(table.num_rows)
+    def _closed(self, part: PartitionState, closed: Closed, messages: list[tuple[str, bytes]]) -> None:
+        """Newly closed rows of one partition: pending for the next checkpoint, fan-out messages, scorers."""
+        self.stats.candles += closed.ohlc.num_rows
+        CANDLES.inc(closed.ohlc.num_rows)
         pending = self.pending.setdefault(part.partition, {})
-        pending.setdefault("ohlc", []).append(table)
-        messages.extend(_rows_messages("candle", table, interval="1s", closed=True))
-        window = self.settings.volatility_window_seconds
-        vol_symbol, vol_bucket, vol_value = [], [], []
-        for code, rows in candles.segments():
-            state = part.symbols[code]
-            new = {name: values[rows] for name, values in candles.columns.items()}
-            history = state.recent.get("bucket")
-            first = state.first_bucket if state.first_bucket is not None else int(new["bucket"][0])
-            if history is not None and history.size:
-                vol = rolling_volatility(
-                    np.concatenate([history, new["bucket"]]),
-                    np.concatenate([state.recent["close"], new["close"]]),
-                    first,
-                    window,
-                    start=history.size,
-                )
-            else:
-                vol = rolling_volatility(new["bucket"], new["close"], first, window)
-            merged = part.remember(code, new)
-            ok = ~np.isnan(vol)
-            if ok.any():
-                vol_symbol.extend([candles.symbols[code]] * int(ok.sum()))
-                vol_bucket.append(new["bucket"][ok])
-                vol_value.append(vol[ok])
-            n_new = rows.stop - rows.start
+        for kind, table in (("ohlc", closed.ohlc), ("volatility", closed.volatility)):
+            if table.num_rows:
+                pending.setdefault(kind, []).append(table)
+        messages.extend(_rows_messages("candle", closed.ohlc, interval="1s", closed=True))
+        if closed.volatility.num_rows:
+            messages.extend(_rows_messages("volatility", closed.volatility))
+        for exchange, symbol, history, n_new in closed.histories:
             for scorer in self.scorers:
-                for kind, extra in scorer(candles.symbols[code], merged, n_new).items():
+                for kind, extra in scorer(exchange, symbol, history, n_new).items():
                     if extra.num_rows:
                         pending.setdefault(kind, []).append(extra)
                         messages.extend(_rows_messages(kind, extra))
-        if vol_symbol:
-            vol_table = pa.table(
-                {
-                    "symbol": pa.array(vol_symbol, pa.string()),
-                    "bucket": pa.array(np.concatenate(vol_bucket), pa.timestamp("ms", tz="UTC")),
-                    "volatility": np.concatenate(vol_value),
-                    "window_seconds": pa.array(np.full(len(vol_symbol), window, np.int32)),
-                },
-                schema=VOLATILITY_SCHEMA,
-            )
-            pending.setdefault("volatility", []).append(vol_table)
-            messages.extend(_rows_messages("volatility", vol_table))
 
     async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         """Hand messages to the producer as one record batch per partition (not one send() per message);
@@ -372,9 +379,10 @@ class Processor:
         chosen = [p for p in (partitions if partitions is not None else list(self.parts)) if p in self.parts]
         if not chosen:
             return
-        # Windows behind a frontier must be rows in `pending` before that frontier is saved: replay skips
-        # everything behind it. (Closing runs every CLOSE_EVERY_S, so some may be waiting.)
+        # Windows behind a frontier must be rows in `pending` before that frontier is saved: a checkpoint
+        # keeps only open windows. (Closing runs every CLOSE_EVERY_S, so some may be waiting.)
         await self._close_and_publish(time.monotonic())
+        chosen = [p for p in chosen if self._still_owned(p)]
         batch = FlushBatch()
         for p in chosen:
             tables = self.pending.get(p)
@@ -385,6 +393,7 @@ class Processor:
             self._last_checkpoint = time.monotonic()
             return
         await self._producer.flush()  # dead letters and published candles are acknowledged first
+        dlq_ends = await self._dlq_ends()
         results = await asyncio.gather(*(sink.write(batch) for sink in self.sinks), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -395,20 +404,29 @@ class Processor:
                 if rows:
                     SINK_ROWS.labels(sink.name, kind).inc(rows)
         offsets: dict[TopicPartition, int] = {}
+        epochs: dict[int, str] = {}
         for p in chosen:
-            part = self.parts[p]
+            part = self.parts.get(p)
+            if part is None:
+                continue
             if p in batch.tables:
                 part.seq += 1
-            offset = part.commit_offset()
-            self.store.save(part.checkpoint(self.interner, offset))
-            offsets[TopicPartition(self.topic, p)] = offset
-            part.dirty = False
             self.pending.pop(p, None)
+            if not self._still_owned(p):
+                continue
+            ckpt = Checkpoint(self.topic, p, part.position, part.epoch, part.seq, dlq_ends, None)
+            await asyncio.to_thread(self._save, ckpt, part)
+            offsets[TopicPartition(self.topic, p)] = part.position
+            epochs[p] = part.epoch
+            part.dirty = False
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group is rebalancing; the next owner resumes from the previous commit (and its checkpoint).
             log.warning("offset commit skipped (%s); rows are durable and will be rewritten identically", exc)
+        else:
+            for tp, offset in offsets.items():  # only now can the previous checkpoints go
+                await asyncio.to_thread(self.store.prune, tp.partition, epochs[tp.partition], offset)
         elapsed = time.perf_counter() - started
         CHECKPOINT_SECONDS.observe(elapsed)
         self.stats.checkpoints += 1
@@ -416,97 +434,224 @@ class Processor:
         self._last_checkpoint = time.monotonic()
         log.debug("checkpoint of %s in %.1f ms%s", offsets, elapsed * 1000, " (final)" if final else "")
 
+    def _save(self, ckpt: Checkpoint, part: PartitionState) -> None:
+        """Snapshot the partition and write its checkpoint (in a thread; the lock keeps the state still)."""
+        ckpt.tables = part.snapshot(self.interner)
+        self.store.save(ckpt)
+
+    def _still_owned(self, partition: int) -> bool:
+        """Whether this process still holds ``partition``'s fence; if not, drop it (another owner has it)."""
+        token = self.tokens.get(partition)
+        if token is not None and self.store.owns(partition, token):
+            return True
+        self.stats.fenced += 1
+        log.warning(
+            "partition %d: another processor owns it now (fence under %s); dropping its state without "
+            "writing files or a checkpoint",
+            partition,
+            self.store.folder(partition),
+        )
+        self._forget(partition)
+        return False
+
+    def _forget(self, partition: int) -> None:
+        self.parts.pop(partition, None)
+        self.pending.pop(partition, None)
+        self.tokens.pop(partition, None)
+        self.suppress.pop(partition, None)
+        self.unsure.pop(partition, None)
+        with contextlib.suppress(KeyError):  # its next owner reports its lag now
+            CONSUMER_LAG.remove(self.topic, str(partition))
+
+    async def _dlq_ends(self) -> dict[int, int]:
+        assert self._consumer is not None
+        tps = [TopicPartition(self.settings.kafka_dlq_topic, q) for q in self._dlq_partitions]
+        ends = await self._consumer.end_offsets(tps)
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    # ------------------------------------------------------------------ rebalancing
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:
-            mine = [tp.partition for tp in revoked if tp.topic == self.topic and tp.partition in self.parts]
-            if not mine:
-                return
+            mine = [tp.partition for tp in revoked if tp.topic == self.topic]
+            owned = [p for p in mine if p in self.parts]
             try:
-                await self._checkpoint(mine)
-            except (SinkWriteError, KafkaError) as exc:
+                if owned:
+                    await self._checkpoint(owned)
+            except Exception as exc:  # aiokafka swallows callback errors: never leave half a state behind
                 log.error(
-                    "could not checkpoint revoked partitions %s (%s); the next owner replays them", mine, exc
+                    "could not checkpoint revoked partitions %s (%s); the next owner re-reads them from "
+                    "their last commit",
+                    owned,
+                    exc,
                 )
-            for p in mine:
-                self.parts.pop(p, None)
-                self.pending.pop(p, None)
-                CONSUMER_LAG.remove(self.topic, str(p))  # its next owner reports it now
-            log.info("partitions revoked: %s", mine)
+            finally:
+                for p in mine:
+                    self._forget(p)
+            if mine:
+                log.info("partitions revoked: %s", mine)
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self._consumer is not None
         async with self._lock:
-            mine = [tp for tp in assigned if tp.topic == self.topic]
-            fresh: dict[TopicPartition, int] = {}
-            for tp in mine:
-                committed = await self._consumer.committed(tp)
-                if committed is None:
-                    begin = (await self._consumer.beginning_offsets([tp]))[tp]
-                    part = self._new_partition(tp.partition, begin)
-                    self.store.save(part.checkpoint(self.interner, begin))
-                    fresh[tp] = begin
-                    log.info(
-                        "partition %d: no commit yet, new lineage %s from offset %d",
-                        tp.partition,
-                        part.epoch,
-                        begin,
-                    )
-                else:
-                    ckpt = self.store.load(tp.partition, committed)
-                    if ckpt is None:
-                        log.warning(
-                            "partition %d: committed offset %d has no checkpoint under %s; "
-                            "starting a new lineage there without window state",
-                            tp.partition,
-                            committed,
-                            self.store.root,
-                        )
-                        part = self._new_partition(tp.partition, committed)
-                        self.store.save(part.checkpoint(self.interner, committed))
-                    else:
-                        part = PartitionState.restore(ckpt, self.interner, self.buffer_ms, self.history_ms)
-                        if self.parquet is not None:
-                            self.parquet.remove_uncommitted(tp.partition, ckpt.epoch, ckpt.seq)
-                        log.info(
-                            "partition %d: resuming at offset %d (lineage %s seq %d, %d symbol(s), "
-                            "replaying to %d)",
-                            tp.partition,
-                            committed,
-                            ckpt.epoch,
-                            ckpt.seq,
-                            len(ckpt.symbols),
-                            ckpt.read_until,
-                        )
-                self._consumer.seek(tp, part.position)
-                self.parts[tp.partition] = part
-                self.pending.pop(tp.partition, None)
-            if fresh:
-                # The first commit pins the lineage: a crash before any flush finds it again.
-                await self._consumer.commit(fresh)
+            for tp in assigned:
+                if tp.topic != self.topic:
+                    continue
+                await self._setup(tp)
             self.ready.set()
 
-    def _new_partition(self, partition: int, offset: int) -> PartitionState:
+    async def _setup(self, tp: TopicPartition) -> None:
+        """Take over one partition: fence, lineage, checkpoint, leftovers of a crash, read position.
+
+        A failure leaves no half state: the partition is paused and set up again from its commit later
+        (a missing checkpoint is the exception: that stops the processor, see MissingCheckpoint)."""
+        assert self._consumer is not None
+        p = tp.partition
+        self._forget(p)
+        try:
+            part = await self._restore(tp)
+        except MissingCheckpoint as exc:
+            self._fatal = exc
+            return
+        except Exception as exc:
+            self._forget(p)
+            self.unsure[p] = time.monotonic() + SETUP_RETRY_S
+            self._consumer.pause(tp)
+            log.warning(
+                "partition %d: taking it over failed (%s: %s); it stays paused and is set up again from "
+                "its commit in %.0fs",
+                p,
+                type(exc).__name__,
+                exc,
+                SETUP_RETRY_S,
+            )
+            return
+        self._consumer.seek(tp, part.position)
+        self._consumer.resume(tp)
+        self.parts[p] = part
+
+    async def _retry_setup(self, now: float) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        for p, when in list(self.unsure.items()):
+            tp = TopicPartition(self.topic, p)
+            if tp not in assignment:
+                self.unsure.pop(p, None)
+            elif when <= now:
+                await self._setup(tp)
+
+    async def _restore(self, tp: TopicPartition) -> PartitionState:
+        assert self._consumer is not None
+        p = tp.partition
+        self.tokens[p] = await asyncio.to_thread(self.store.claim, p, self.member)
+        committed = await self._consumer.committed(tp)
+        if committed is None:
+            begin = (await self._consumer.beginning_offsets([tp]))[tp]
+            epoch = new_epoch()
+            removed = await asyncio.to_thread(self.store.start_lineage, p, epoch, begin)
+            part = self._new_partition(p, epoch, begin)
+            dlq = await self._dlq_ends()
+            await asyncio.to_thread(self._save, Checkpoint(self.topic, p, begin, epoch, 0, dlq, None), part)
+            await self._consumer.commit({tp: begin})  # the first commit pins the lineage
+            log.info(
+                "partition %d: no commit yet, new lineage %s from offset %d%s",
+                p,
+                epoch,
+                begin,
+                f" (removed {removed} checkpoint(s) of an earlier lineage)" if removed else "",
+            )
+            return part
+        lineage = await asyncio.to_thread(self.store.lineage, p)
+        ckpt = await asyncio.to_thread(self.store.load, p, lineage, committed) if lineage else None
+        if ckpt is None or ckpt.tables is None:
+            raise MissingCheckpoint(
+                f"partition {p} of {self.topic}: the committed offset {committed} of group "
+                f"{self.settings.consumer_group} has no checkpoint under {self.store.folder(p)} (lineage "
+                f"{lineage or 'none'}): OUTPUT_DIR was changed or cleaned. To resume, restore that folder; "
+                "to reprocess the topic from its start, use a new CONSUMER_GROUP or reset this group's "
+                "offsets to the earliest"
+            )
+        part = PartitionState.restore(
+            ckpt.header(), ckpt.tables, self.interner, self.buffer_ms, self.history_ms
+        )
+        removed = 0
+        if self.parquet is not None:
+            removed = await asyncio.to_thread(self.parquet.remove_uncommitted, p, ckpt.epoch, ckpt.seq)
+        done = await self._read_back(p, ckpt)
+        if done:
+            self.suppress[p] = done
+        log.info(
+            "partition %d: resuming at offset %d (lineage %s seq %d, %d stream(s)%s%s)",
+            p,
+            committed,
+            ckpt.epoch,
+            ckpt.seq,
+            len(part.streams),
+            f", {removed} uncommitted file(s) removed" if removed else "",
+            f", {len(done)} dead letter(s) already written" if done else "",
+        )
+        return part
+
+    async def _read_back(self, partition: int, ckpt: Checkpoint) -> set[int]:
+        """Offsets of ``partition`` a crashed attempt dead-lettered after ``ckpt`` (so they are not again)."""
+        topic = self.settings.kafka_dlq_topic
+        target = self._dlq_partitions[partition % len(self._dlq_partitions)]
+        start = ckpt.dlq.get(target)
+        ends = await self._dlq_ends()
+        end = ends.get(target, 0)
+        if start is None or start >= end:
+            return set()
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        await reader.start()
+        done: set[int] = set()
+        try:
+            dtp = TopicPartition(topic, target)
+            reader.assign([dtp])
+            reader.seek(dtp, start)
+            position = start
+            while position < end:
+                batch = await reader.getmany(dtp, timeout_ms=1000)
+                for record in batch.get(dtp, []):
+                    position = record.offset + 1
+                    try:
+                        env = orjson.loads(record.value)
+                        source = env["source"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        continue
+                    if (
+                        env.get("stage") == "processor"
+                        and source.get("topic") == self.topic
+                        and source.get("partition") == partition
+                        and source.get("offset", -1) >= ckpt.offset
+                    ):
+                        done.add(int(source["offset"]))
+                if not batch:
+                    position = max(position, await reader.position(dtp))
+        finally:
+            await reader.stop()
+        return done
+
+    def _new_partition(self, partition: int, epoch: str, offset: int) -> PartitionState:
         return PartitionState(
             topic=self.topic,
             partition=partition,
-            epoch=new_epoch(),
+            epoch=epoch,
             seq=0,
             position=offset,
-            replay_until=offset,
             buffer_ms=self.buffer_ms,
             history_ms=self.history_ms,
         )
 
-    def _caught_up(self, part: PartitionState) -> bool:
-        assert self._consumer is not None
-        end = self._consumer.highwater(TopicPartition(self.topic, part.partition))
-        return end is None or part.position >= end
-
+    # ------------------------------------------------------------------ reporting
     def _status(self) -> bytes:
-        """A status message for the API's ``pipelineStatus``: lag, last event time per symbol, counts."""
+        """A status message for the API's ``pipelineStatus``: lag, event time per stream, counts."""
         assert self._consumer is not None
         partitions = {}
-        symbols = {}
+        streams = []
         for p, part in self.parts.items():
             end = self._consumer.highwater(TopicPartition(self.topic, p))
             partitions[str(p)] = {
@@ -514,19 +659,24 @@ class Processor:
                 "end": end,
                 "lag": None if end is None else max(0, end - part.position),
             }
-            for code, state in part.symbols.items():
+            for code, state in part.streams.items():
                 if state.max_event > 0:
-                    symbols[self.interner.symbols[code]] = {
-                        "last_event_ms": state.max_event,
-                        "closed_through_ms": state.closed,
-                    }
+                    exchange, symbol = self.interner.name(code)
+                    streams.append(
+                        {
+                            "exchange": exchange,
+                            "symbol": symbol,
+                            "last_event_ms": state.max_event,
+                            "closed_through_ms": state.closed,
+                        }
+                    )
         return orjson.dumps(
             {
                 "type": "status",
                 "processor": self.member,
                 "time_ms": int(time.time() * 1000),
                 "partitions": partitions,
-                "symbols": symbols,
+                "streams": streams,
                 "trades": self.stats.trades,
                 "candles": self.stats.candles,
                 "late": self.stats.late,

@@ -5,7 +5,8 @@ a zero return and the move across a gap is the return of the second that ends it
 bucket ``b`` the window is the grid seconds ``(b - window, b]`` after the symbol's first candle; the
 standard deviation is the sample one (ddof = 1) and needs at least two returns. Because returns are zero
 everywhere but at candle seconds, the sums only need the candles themselves: no grid is materialized,
-and gaps of any length cost nothing.
+and gaps of any length cost nothing. Each window is summed on its own (:func:`processor.windows.window_sums`),
+so a value never depends on how much history happened to be kept before it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from processor.windows import WINDOW_MS
+from processor.windows import WINDOW_MS, window_sums
 
 __all__ = ["rolling_volatility"]
 
@@ -38,15 +39,12 @@ def rolling_volatility(
     returns[1:] = np.log(closes[1:] / closes[:-1])
     if buckets[0] == first_bucket:
         returns[0] = 0.0  # the first candle ever has no previous close: it starts the series
-    csum = np.concatenate(([0.0], np.cumsum(returns)))
-    csq = np.concatenate(([0.0], np.cumsum(returns * returns)))
-
     target = buckets[start:]
     window_ms = window_s * WINDOW_MS
-    lo = np.searchsorted(buckets, target - window_ms, side="right")
-    hi = np.arange(start, n) + 1
-    total = csum[hi] - csum[lo]
-    total_sq = csq[hi] - csq[lo]
+    lo = np.searchsorted(buckets, target - window_ms, side="right").astype(np.int64)
+    hi = np.arange(start, n, dtype=np.int64) + 1
+    total = window_sums(returns, lo, hi)
+    total_sq = window_sums(returns * returns, lo, hi)
     count = np.minimum(window_s, (target - first_bucket) // WINDOW_MS).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count

@@ -3,9 +3,10 @@
 Nothing here knows about Kafka or sinks, so every rule can be property-tested on its own:
 
 * a trade at ``t`` ms belongs to the 1 s window starting at ``t - t % 1000``;
+* candles are per venue: trades of (exchange, symbol) make that market's candles, never another's;
 * duplicates (same symbol, exchange, trade id) count once, whatever order they arrive in;
-* open/close are the first/last trade by (event time, trade id, exchange), never by arrival;
-* a window closes when the symbol's watermark (max event time seen minus the buffer) reaches its end.
+* open/close are the first/last trade by (event time, trade id), never by arrival;
+* a window closes when its stream's frontier passes its end (see :mod:`processor.state`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, TradeColumns
 
-__all__ = ["WINDOW_MS", "Candles", "aggregate", "bucket_of", "closed_through", "dedupe", "late_mask"]
+__all__ = [
+    "WINDOW_MS",
+    "Candles",
+    "aggregate",
+    "bucket_of",
+    "closed_through",
+    "dedupe",
+    "late_mask",
+    "window_sums",
+]
 
 WINDOW_MS = 1_000
 
@@ -58,6 +68,24 @@ def late_mask(
     return late, new_max, max(closed, closed_through(new_max - buffer_ms))
 
 
+def window_sums(values: npt.NDArray[np.float64], lo: I64, hi: I64) -> npt.NDArray[np.float64]:
+    """``values[lo[i]:hi[i]].sum()`` for every i, each added left to right.
+
+    Exact in the sense that matters here: a sum depends only on the values in its window, never on where
+    the array starts (a running prefix sum would carry the rounding of everything before the window, so
+    the same candle's volatility or features would differ in the last bits after a restart)."""
+    lengths = np.maximum(hi - lo, 0)
+    total = int(lengths.sum())
+    out = np.zeros(lo.shape[0], dtype=np.float64)
+    if total == 0:
+        return out
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    index = np.repeat(lo - starts, lengths) + np.arange(total)
+    nonempty = lengths > 0
+    out[nonempty] = np.add.reduceat(values[index], starts[nonempty])
+    return out
+
+
 def dedupe(trades: TradeColumns) -> TradeColumns:
     """Keep one trade per (symbol, exchange, trade id): the first to arrive."""
     n = len(trades)
@@ -75,21 +103,27 @@ def dedupe(trades: TradeColumns) -> TradeColumns:
 
 @dataclass(slots=True)
 class Candles:
-    """1 s candles as NumPy columns, sorted by symbol code then bucket (codes index ``symbols``)."""
+    """1 s candles as NumPy columns, sorted by (symbol code, exchange code, bucket).
+
+    ``symbol``/``exchange`` are codes into ``symbols``/``exchanges``; after
+    :meth:`processor.state.Interner.adopt` both hold the stream code."""
 
     symbols: list[str]
+    exchanges: list[str]
     symbol: npt.NDArray[np.int32]
+    exchange: npt.NDArray[np.int32]
     columns: dict[str, npt.NDArray[Any]]  # bucket (int64 ms), open .. sell_volume, in CANDLE_SCHEMA order
 
     def __len__(self) -> int:
         return int(self.symbol.shape[0])
 
     def segments(self) -> list[tuple[int, slice]]:
-        """(symbol code, row slice) of each symbol's run of candles."""
+        """(symbol code, row slice) of each stream's run of candles."""
         n = len(self)
         if n == 0:
             return []
-        cut = np.flatnonzero(self.symbol[1:] != self.symbol[:-1]) + 1
+        change = (self.symbol[1:] != self.symbol[:-1]) | (self.exchange[1:] != self.exchange[:-1])
+        cut = np.flatnonzero(change) + 1
         starts = np.concatenate(([0], cut))
         ends = np.concatenate((cut, [n]))
         return [(int(self.symbol[a]), slice(int(a), int(b))) for a, b in zip(starts, ends, strict=True)]
@@ -98,32 +132,35 @@ class Candles:
         """The ``CANDLE_SCHEMA`` table the sinks store."""
         if len(self) == 0:
             return CANDLE_SCHEMA.empty_table()
-        names = np.asarray(self.symbols, dtype=object)
-        arrays: dict[str, Any] = {"symbol": pa.array(names[self.symbol], pa.string())}
+        arrays: dict[str, Any] = {
+            "exchange": pa.array(np.asarray(self.exchanges, dtype=object)[self.exchange], pa.string()),
+            "symbol": pa.array(np.asarray(self.symbols, dtype=object)[self.symbol], pa.string()),
+        }
         for name, values in self.columns.items():
             arrays[name] = pa.array(values, CANDLE_SCHEMA.field(name).type)
         return pa.Table.from_pydict(arrays, schema=CANDLE_SCHEMA)
 
 
 def aggregate(trades: TradeColumns) -> Candles:
-    """1 s OHLCV candles of deduplicated trades, sorted by symbol then bucket."""
+    """1 s OHLCV candles of deduplicated trades per (exchange, symbol), sorted by symbol, exchange, bucket.
+
+    Within a window, open/close are the first/last trade by (event time, trade id): trade ids are unique
+    within a venue's market, so the order never depends on arrival."""
     n = len(trades)
     if n == 0:
         empty = {
             f.name: np.empty(0, np.int64 if f.name in ("bucket", "trade_count") else np.float64)
             for f in CANDLE_SCHEMA
-            if f.name != "symbol"
+            if f.name not in ("exchange", "symbol")
         }
-        return Candles(trades.symbols, np.empty(0, np.int32), empty)
+        none = np.empty(0, np.int32)
+        return Candles(trades.symbols, trades.exchanges, none, none, empty)
     bucket = bucket_of(trades.timestamp)
-    # Ties break by trade id, then exchange *name* (codes depend on arrival order, names do not).
-    rank = np.empty(len(trades.exchanges), dtype=np.int64)
-    rank[np.argsort(np.asarray(trades.exchanges, dtype=object))] = np.arange(len(trades.exchanges))
-    order = np.lexsort((rank[trades.exchange], trades.trade_id, trades.timestamp, trades.symbol))
-    sym, bkt = trades.symbol[order], bucket[order]
+    order = np.lexsort((trades.trade_id, trades.timestamp, trades.exchange, trades.symbol))
+    sym, exch, bkt = trades.symbol[order], trades.exchange[order], bucket[order]
     price, qty = trades.price[order], trades.quantity[order]
     starts_mask = np.ones(n, dtype=np.bool_)
-    starts_mask[1:] = (sym[1:] != sym[:-1]) | (bkt[1:] != bkt[:-1])
+    starts_mask[1:] = (sym[1:] != sym[:-1]) | (exch[1:] != exch[:-1]) | (bkt[1:] != bkt[:-1])
     starts = np.flatnonzero(starts_mask)
     ends = np.append(starts[1:], n) - 1
     volume = np.add.reduceat(qty, starts)
@@ -146,4 +183,4 @@ def aggregate(trades: TradeColumns) -> Candles:
         "buy_volume": buy_volume,
         "sell_volume": sell_volume,
     }
-    return Candles(trades.symbols, sym[starts], columns)
+    return Candles(trades.symbols, trades.exchanges, sym[starts], exch[starts], columns)

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from cryptostream.codec import Progress
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
 from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker
 from cryptostream.models import Trade
@@ -89,23 +90,41 @@ def make_settings(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> Ca
     return make
 
 
-@pytest.fixture
-def produce() -> Callable[[Settings, list[Trade]], Any]:
-    """Publish trades through the real publisher and wait until Kafka acknowledged all of them."""
+def closing_progress(trades: list[Trade], watermark: int | None = None) -> list[Progress]:
+    """What a source that ends after ``trades`` writes: per venue, progress through the end of the second
+    of its last trade (or up to ``watermark``), so every window they fed closes."""
+    by_venue: dict[str, set[str]] = {}
+    for t in trades:
+        by_venue.setdefault(t.exchange, set()).add(t.symbol)
+    last = max((t.timestamp for t in trades), default=0)
+    end = watermark if watermark is not None else last - last % 1000 + 1000
+    return [Progress(e, tuple(sorted(s)), end) for e, s in sorted(by_venue.items())]
 
-    async def publish(settings: Settings, trades: list[Trade]) -> None:
+
+@pytest.fixture
+def produce() -> Callable[..., Any]:
+    """Publish trades through the real publisher, as a source does: then, unless ``close=False``, progress
+    that closes every window they fed (``progress``: other progress records to write after them). Waits
+    until Kafka acknowledged everything."""
+
+    async def publish(
+        settings: Settings, trades: list[Trade], *, close: bool = True, progress: list[Progress] | None = None
+    ) -> None:
         await ensure_topics(settings)
         producer = await start_producer(settings)
         publisher = Publisher(
             producer, settings.kafka_topic, batch_size=settings.batch_size, queue_size=50_000
         )
         await publisher.start()
+        marks = list(progress or []) + (closing_progress(trades) if close and trades else [])
         try:
             await publisher.put(trades)
+            for mark in marks:
+                await publisher.put_progress(mark)
         finally:
             await publisher.stop()
             await producer.stop()
-        assert publisher.acknowledged == len(trades)
+        assert publisher.acknowledged - publisher.marks == len(trades)
 
     return publish
 

@@ -14,11 +14,11 @@ import orjson
 
 from cryptostream.models import Trade
 
-Key = tuple[str, int]  # symbol, bucket ms
+Key = tuple[str, str, int]  # exchange, symbol, bucket ms
 
 
 def batch_candles(trades: Iterable[Trade], interval_ms: int = 1000) -> dict[Key, dict[str, Any]]:
-    """OHLCV per (symbol, bucket) over deduplicated trades; ties broken by (time, id, exchange).
+    """OHLCV per (exchange, symbol, bucket) over deduplicated trades; ties broken by (time, id).
 
     At ``interval_ms`` other than 1 s this is the roll-up the store must return, computed from the trades
     directly rather than from 1 s candles."""
@@ -29,10 +29,10 @@ def batch_candles(trades: Iterable[Trade], interval_ms: int = 1000) -> dict[Key,
         if ident in seen:
             continue
         seen.add(ident)
-        groups.setdefault((t.symbol, t.timestamp - t.timestamp % interval_ms), []).append(t)
+        groups.setdefault((t.exchange, t.symbol, t.timestamp - t.timestamp % interval_ms), []).append(t)
     out: dict[Key, dict[str, Any]] = {}
     for key, group in groups.items():
-        group.sort(key=lambda t: (t.timestamp, t.trade_id, t.exchange))
+        group.sort(key=lambda t: (t.timestamp, t.trade_id))
         volume = sum(t.quantity for t in group)
         notional = sum(t.price * t.quantity for t in group)
         out[key] = {
@@ -52,10 +52,10 @@ def batch_candles(trades: Iterable[Trade], interval_ms: int = 1000) -> dict[Key,
 def batch_volatility(candles: dict[Key, dict[str, Any]], window_s: int) -> dict[Key, float]:
     """Std (ddof=1) of 1 s log returns of forward-filled closes over (b - window, b], per candle."""
     out: dict[Key, float] = {}
-    by_symbol: dict[str, list[tuple[int, float]]] = {}
-    for (symbol, bucket), c in candles.items():
-        by_symbol.setdefault(symbol, []).append((bucket, c["close"]))
-    for symbol, rows in by_symbol.items():
+    by_market: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for (exchange, symbol, bucket), c in candles.items():
+        by_market.setdefault((exchange, symbol), []).append((bucket, c["close"]))
+    for (exchange, symbol), rows in by_market.items():
         rows.sort()
         closes = dict(rows)
         first = rows[0][0]
@@ -72,7 +72,9 @@ def batch_volatility(candles: dict[Key, dict[str, Any]], window_s: int) -> dict[
             if len(window) < 2:
                 continue
             mean = sum(window) / len(window)
-            out[(symbol, bucket)] = math.sqrt(sum((r - mean) ** 2 for r in window) / (len(window) - 1))
+            out[(exchange, symbol, bucket)] = math.sqrt(
+                sum((r - mean) ** 2 for r in window) / (len(window) - 1)
+            )
     return out
 
 
@@ -98,24 +100,27 @@ def assert_candles_equal(got: dict[Key, dict[str, Any]], expected: dict[Key, dic
 
 
 def rows_by_key(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
-    """Index candle rows (with ``symbol`` and a datetime or ms ``bucket``) by (symbol, bucket ms)."""
+    """Index candle rows (``exchange``, ``symbol``, a datetime or ms ``bucket``) by (exchange, symbol, ms)."""
     out: dict[Key, dict[str, Any]] = {}
     for row in rows:
         bucket = row["bucket"]
         ms = bucket if isinstance(bucket, int) else int(round(bucket.timestamp() * 1000))
-        key = (row["symbol"], ms)
+        key = (row["exchange"], row["symbol"], ms)
         assert key not in out, f"candle {key} stored twice"
         out[key] = row
     return out
 
 
-def one_trade_candle(bucket_ms: int, price: float, closed: bool = True, symbol: str = "BTCUSDT") -> bytes:
+def one_trade_candle(
+    bucket_ms: int, price: float, closed: bool = True, symbol: str = "BTCUSDT", exchange: str = "binance"
+) -> bytes:
     """A candles-topic message as the processor publishes it, for a window of one 1.0 buy at ``price``."""
     return orjson.dumps(
         {
             "type": "candle",
             "interval": "1s",
             "closed": closed,
+            "exchange": exchange,
             "symbol": symbol,
             "bucket": datetime.fromtimestamp(bucket_ms / 1000, tz=UTC).isoformat(),
             "open": price,

@@ -3,7 +3,16 @@
 Each exchange is one small module (:mod:`~ingest.exchanges.binance`, :mod:`~ingest.exchanges.coinbase`);
 the reconnect/heartbeat/stall/gap loop they share is :mod:`~ingest.exchanges.base`. ``EXCHANGES`` maps the
 names ``EXCHANGES=binance,coinbase`` accepts to a factory that builds the feed (and its REST history for
-gap backfill) from the settings.
+gap backfill) from the settings and the markets it serves.
+
+Which markets those are is decided once at start-up by :func:`load_markets`: each exchange's market list
+(live from its REST API, else the last cached copy under ``STATE_DIR/markets``, else the snapshot shipped
+with cryptostream) is matched against SYMBOLS by :func:`cryptostream.markets.resolve`. A feed subscribes
+with the exchange's own ids from that list; a symbol no configured exchange trades stops start-up.
+
+:func:`live_trades` also writes each feed's progress (see :mod:`ingest.exchanges.watermark`) every
+``PROGRESS_INTERVAL_MS``, keeps what a restart needs to find the gap across it in
+``STATE_DIR/ingest/<exchange>.json``, and on stop ends with each feed's final progress.
 """
 
 from __future__ import annotations
@@ -11,18 +20,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 
 import httpx
+import orjson
 
+from cryptostream.errors import SettingsError
+from cryptostream.markets import Market, listed_on, refresh, resolve
 from cryptostream.settings import Settings
 from ingest.backfill import BinanceHistory, CoinbaseHistory
 from ingest.exchanges.base import Exchange
 from ingest.exchanges.binance import Binance
 from ingest.exchanges.coinbase import CoinbaseAdvanced, CoinbaseExchange
-from ingest.source import TradeBatch
+from ingest.source import TradeBatch, now_ms
 
-__all__ = ["EXCHANGES", "Binance", "CoinbaseAdvanced", "CoinbaseExchange", "Exchange", "build", "live_trades"]
+__all__ = [
+    "EXCHANGES",
+    "Binance",
+    "CoinbaseAdvanced",
+    "CoinbaseExchange",
+    "Exchange",
+    "build",
+    "live_trades",
+    "load_markets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +53,62 @@ RESTART_SECONDS = 5.0
 QUEUE_BATCHES = 4096  # frames waiting for the publisher; beyond this the readers wait (back-pressure)
 
 
-def _binance(settings: Settings, http: httpx.AsyncClient) -> Exchange:
-    return Binance(settings, BinanceHistory(http, settings.binance_rest_url, settings.binance_stream))
+def _binance(settings: Settings, http: httpx.AsyncClient, markets: Sequence[Market]) -> Exchange:
+    history = BinanceHistory(http, settings.binance_rest_url, markets, settings.binance_stream)
+    return Binance(settings, markets, history)
 
 
-def _coinbase(settings: Settings, http: httpx.AsyncClient) -> Exchange:
-    history = CoinbaseHistory(http, settings.coinbase_rest_url)
+def _coinbase(settings: Settings, http: httpx.AsyncClient, markets: Sequence[Market]) -> Exchange:
+    history = CoinbaseHistory(http, settings.coinbase_rest_url, markets)
     if settings.coinbase_feed == "advanced":
-        return CoinbaseAdvanced(settings, history)
-    return CoinbaseExchange(settings, history)
+        return CoinbaseAdvanced(settings, markets, history)
+    return CoinbaseExchange(settings, markets, history)
 
 
-EXCHANGES: dict[str, Callable[[Settings, httpx.AsyncClient], Exchange]] = {
+EXCHANGES: dict[str, Callable[[Settings, httpx.AsyncClient, Sequence[Market]], Exchange]] = {
     "binance": _binance,
     "coinbase": _coinbase,
 }
 
 
-def build(settings: Settings, http: httpx.AsyncClient) -> list[Exchange]:
-    """The feeds ``EXCHANGES`` names (settings validation already refused unknown names)."""
-    return [EXCHANGES[name](settings, http) for name in settings.exchanges]
+def _live_exchanges(settings: Settings) -> list[str]:
+    names = [name for name in settings.exchanges if name in EXCHANGES]
+    if not names:
+        raise SettingsError(
+            f"EXCHANGES names no live exchange ({', '.join(EXCHANGES)}), got {','.join(settings.exchanges)}"
+        )
+    return names
+
+
+def _rest_url(settings: Settings, exchange: str) -> str:
+    return settings.binance_rest_url if exchange == "binance" else settings.coinbase_rest_url
+
+
+async def load_markets(settings: Settings, http: httpx.AsyncClient) -> dict[str, list[Market]]:
+    """Exchange -> the markets of SYMBOLS it trades, from fresh market lists; logs what each streams."""
+    names = _live_exchanges(settings)
+    folder = settings.state_dir / "markets"
+    lists = await asyncio.gather(*(refresh(name, http, _rest_url(settings, name), folder) for name in names))
+    catalogs = dict(zip(names, lists, strict=True))
+    resolved = resolve(settings.symbols, names, catalogs)
+    for name in names:
+        streamed = ", ".join(m.native for m in resolved[name]) or "nothing (it lists none of SYMBOLS)"
+        log.info("%s streams %s; market list: %s", name, streamed, catalogs[name].describe())
+    for symbol, venues in listed_on(resolved).items():
+        if len(venues) < len(names):
+            log.info("%s: %s only (the other exchanges do not trade it)", symbol, " and ".join(venues))
+    return resolved
+
+
+def build(
+    settings: Settings, http: httpx.AsyncClient, markets: Mapping[str, Sequence[Market]]
+) -> list[Exchange]:
+    """One feed per configured exchange that trades at least one of SYMBOLS (``markets`` says which)."""
+    return [
+        EXCHANGES[name](settings, http, markets[name])
+        for name in _live_exchanges(settings)
+        if markets.get(name)
+    ]
 
 
 async def _supervise(feed: Exchange, queue: asyncio.Queue[TradeBatch]) -> None:
@@ -62,19 +121,119 @@ async def _supervise(feed: Exchange, queue: asyncio.Queue[TradeBatch]) -> None:
             await asyncio.sleep(RESTART_SECONDS)
 
 
-async def live_trades(settings: Settings, feeds: list[Exchange] | None = None) -> AsyncIterator[TradeBatch]:
-    """Batches of new (deduplicated, validated) trades from every configured exchange, concurrently."""
+class ResumeFile:
+    """``STATE_DIR/ingest/<exchange>.json``: per symbol the last trade id the written progress covers."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def load(self, exchange: str) -> dict[str, dict[str, int]]:
+        path = self.folder / f"{exchange}.json"
+        try:
+            saved = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except orjson.JSONDecodeError as exc:
+            log.warning(
+                "%s: ignoring unreadable %s (%s); gaps across the restart are not looked for",
+                exchange,
+                path,
+                exc,
+            )
+            return {}
+        return {k: v for k, v in saved.items() if isinstance(v, dict) and {"id", "watermark"} <= v.keys()}
+
+    def save(self, exchange: str, state: dict[str, dict[str, int]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{exchange}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(orjson.dumps(state))
+        os.replace(tmp, path)
+
+
+def _resume(feed: Exchange, saved: dict[str, dict[str, int]]) -> None:
+    """Start ``feed`` where an earlier run's progress left off: the first trade shows any gap across it."""
+    for symbol, last_id in feed.watermark.restore(saved, now_ms()).items():
+        feed.ids[symbol].high = last_id
+    if saved:
+        log.info("%s: resuming after the trades an earlier run covered (%d symbol(s))", feed.name, len(saved))
+
+
+async def _progress(
+    feeds: list[Exchange], queue: asyncio.Queue[TradeBatch], every_s: float, resume: ResumeFile
+) -> None:
+    """Every ``every_s``: each feed's progress, in order with its trades (one queue), and its resume file."""
+    saved_at = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        now = now_ms()
+        for feed in feeds:
+            progress = feed.watermark.progress(now)
+            if progress:
+                await queue.put(TradeBatch(source=feed.name, progress=progress))
+        if loop.time() - saved_at >= 1.0:
+            saved_at = loop.time()
+            for feed in feeds:
+                try:
+                    await asyncio.to_thread(resume.save, feed.name, feed.watermark.resume())
+                except OSError as exc:  # progress matters more than the file: keep going, say why
+                    log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
+
+
+async def live_trades(
+    settings: Settings, feeds: list[Exchange] | None = None, *, stop: asyncio.Event | None = None
+) -> AsyncIterator[TradeBatch]:
+    """Batches of new (deduplicated, validated) trades from every configured exchange, concurrently, with
+    each feed's progress; after ``stop``, what the feeds delivered and their final progress, then the end."""
     queue: asyncio.Queue[TradeBatch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+    resume = ResumeFile(settings.state_dir / "ingest")
     async with httpx.AsyncClient(timeout=10.0, headers={"User-Agent": "cryptostream"}) as http:
-        feeds = feeds if feeds is not None else build(settings, http)
+        feeds = feeds if feeds is not None else build(settings, http, await load_markets(settings, http))
+        for feed in feeds:
+            _resume(feed, resume.load(feed.name))
         tasks = [asyncio.create_task(_supervise(feed, queue), name=f"feed-{feed.name}") for feed in feeds]
+        tasks.append(
+            asyncio.create_task(_progress(feeds, queue, settings.progress_interval_ms / 1000, resume))
+        )
         log.info("live feeds: %s", ", ".join(f"{f.name} ({f.url()})" for f in feeds))
+        stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
         try:
             while True:
-                yield await queue.get()
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait(
+                    {get} if stopped is None else {get, stopped}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not get.done():
+                    get.cancel()
+                    break
+                yield get.result()
+            # Stopping: the feeds end, what they queued goes out, then each feed's final progress.
+            await _cancel(tasks)
+            while not queue.empty():
+                yield queue.get_nowait()
+            now = now_ms()
+            final = [
+                p
+                for feed in feeds
+                for p in feed.watermark.progress(now, final=True, complete=settings.flush_windows_on_stop)
+            ]
+            for feed in feeds:
+                try:
+                    resume.save(feed.name, feed.watermark.resume())
+                except OSError as exc:
+                    log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
+            if final:
+                yield TradeBatch(source="live", progress=final)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if stopped is not None:
+                stopped.cancel()
+            await _cancel(tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -18,6 +18,9 @@ connected lives here, once:
   resent trades and reports missing id ranges; a background task fills those from the exchange's REST
   history (:mod:`ingest.backfill`) after a short delay, so late WebSocket frames and REST indexing catch up
   first. Whatever the backfill cannot find is counted as lost, never silently.
+* **Progress**: :class:`~ingest.exchanges.watermark.FeedWatermark` follows what the loop sees (connected,
+  trades, gaps, heartbeats, backfills ending) and says how far each symbol's event time is complete; while a
+  gap is backfilled the symbol's progress holds, so the backfilled trades land in their candles.
 
 Trades and rejected records leave through ``emit`` as :class:`~ingest.source.TradeBatch` objects.
 """
@@ -28,10 +31,9 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -41,6 +43,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from cryptostream.codec import Rejected
 from cryptostream.errors import SettingsError
+from cryptostream.markets import Market
 from cryptostream.metrics import (
     BACKFILLED,
     FEED_ERRORS,
@@ -54,7 +57,8 @@ from cryptostream.models import Trade
 from cryptostream.settings import Settings
 from ingest.backfill import BackfillError, RestHistory
 from ingest.exchanges.tracker import TradeIds
-from ingest.source import TradeBatch
+from ingest.exchanges.watermark import FeedWatermark
+from ingest.source import TradeBatch, now_ms
 from ingest.validation import FieldError, rejected
 
 __all__ = ["Emit", "Exchange", "FeedStats", "Parsed", "now_ms", "reject_frame"]
@@ -66,10 +70,6 @@ Emit = Callable[[TradeBatch], Awaitable[None]]
 BACKOFF_BASE_SECONDS = 0.25
 BACKFILL_DELAY_SECONDS = 1.0  # let late frames arrive and REST history index the trades first
 BACKFILL_ROUNDS = 3
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -100,6 +100,7 @@ class FeedStats:
     missing: int = 0
     backfilled: int = 0
     lost: int = 0
+    backfilled_late: int = 0  # backfilled trades older than the progress already written (dead-lettered late)
 
 
 def reject_frame(raw: str | bytes) -> Parsed | dict[str, Any]:
@@ -126,8 +127,16 @@ class Exchange(ABC):
     name: ClassVar[str]
     url_setting: ClassVar[str]  # the setting that names the WebSocket URL, for error messages
 
-    def __init__(self, settings: Settings, history: RestHistory | None = None) -> None:
-        self.symbols = frozenset(settings.symbols)
+    def __init__(
+        self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
+    ) -> None:
+        strangers = [f"{m.native} ({m.exchange})" for m in markets if m.exchange != self.name]
+        if not markets or strangers:
+            raise SettingsError(
+                f"the {self.name} feed needs markets {self.name} lists, got {', '.join(strangers) or 'none'}"
+            )
+        self.markets = tuple(markets)  # what the exchange lists for SYMBOLS (cryptostream.markets.resolve)
+        self.symbols = frozenset(m.symbol for m in self.markets)
         self.stall_seconds = settings.ws_stall_seconds
         self.reconnect_max = settings.reconnect_max_seconds
         self.history = history if settings.backfill else None
@@ -137,6 +146,13 @@ class Exchange(ABC):
         self._gaps: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
         self._emit: Emit | None = None
         self._draining: set[asyncio.Task[_SessionEnd]] = set()
+        self._delivering = 0  # sessions that delivered data and are still open
+        self.watermark = FeedWatermark(
+            self.name,
+            tuple(sorted(self.symbols)),
+            int(settings.max_buffer_seconds * 1000),
+            int(settings.backfill_hold_seconds * 1000),
+        )
         url = self.url()
         if not url.startswith(("ws://", "wss://")):
             raise SettingsError(f"{self.url_setting} must start with ws:// or wss://, got {url!r}")
@@ -222,6 +238,11 @@ class Exchange(ABC):
             state.reason = f"connection closed ({exc})"
         except (OSError, TimeoutError, WebSocketException) as exc:
             state.reason = f"cannot connect ({type(exc).__name__}: {exc})"
+        finally:
+            if state.healthy:
+                self._delivering -= 1
+                if not self._delivering:
+                    self.watermark.disconnected()  # no progress until a session delivers again
         return state
 
     async def _read(self, ws: ClientConnection, handover: asyncio.Event, state: _SessionEnd) -> None:
@@ -238,6 +259,9 @@ class Exchange(ABC):
             parsed = self.parse(raw, now_ms())
             if (parsed.trades or parsed.alive) and not state.healthy:
                 state.healthy = True
+                self._delivering += 1
+                if self._delivering == 1:
+                    self.watermark.connected(now_ms())
                 for old in list(self._draining):  # the new connection delivers: retire the old one
                     old.cancel()
             if parsed.trades or parsed.rejected or parsed.last_ids:
@@ -265,12 +289,17 @@ class Exchange(ABC):
         if len(trades) > 1:
             trades = sorted(trades, key=lambda t: (t.symbol, t.trade_id))
         fresh: list[Trade] = []
+        now = now_ms()
+        mark = self.watermark
         for trade in trades:
             if within is not None and not within[0] <= trade.trade_id <= within[1]:
                 continue
             admission = self.ids[trade.symbol].admit(trade.trade_id)
             if admission.new:
                 fresh.append(trade)
+                if within is not None and mark.behind(trade.symbol, trade.timestamp):
+                    self.stats.backfilled_late += 1
+                mark.trade(trade.symbol, trade.trade_id, trade.timestamp, admission.gap, now)
             else:
                 self.stats.duplicates += 1
             if admission.gap is not None:
@@ -279,6 +308,7 @@ class Exchange(ABC):
                 self._lost(trade.symbol, admission.dropped, "too many open gaps")
         for symbol, last in (last_ids or {}).items():
             admission = self.ids[symbol].observe_last(last)
+            mark.heartbeat(symbol, admission.gap, now)
             if admission.gap is not None:
                 self._gap(symbol, *admission.gap)
         dup = len(trades) - len(fresh)
@@ -309,6 +339,7 @@ class Exchange(ABC):
         """Fill reported gaps from REST history, one at a time (exchanges rate-limit REST)."""
         while True:
             symbol, lo, hi = await self._gaps.get()
+            late_before = self.stats.backfilled_late
             await asyncio.sleep(self.backfill_delay)
             why = "backfill is off"
             if self.history is not None:
@@ -336,6 +367,19 @@ class Exchange(ABC):
             lost = self.ids[symbol].give_up(lo, hi)
             if lost:
                 self._lost(symbol, lost, why)
+            self.watermark.settled(symbol, lo, hi)  # the symbol's progress may move on
+            late = self.stats.backfilled_late - late_before
+            if late:
+                log.warning(
+                    "%s %s: %d backfilled trades of %d-%d were older than the progress already written (the "
+                    "gap outlasted MAX_BUFFER_SECONDS on a connection that looked healthy, or "
+                    "BACKFILL_HOLD_SECONDS ran out); the processor dead-letters them as late",
+                    self.name,
+                    symbol,
+                    late,
+                    lo,
+                    hi,
+                )
 
     # ------------------------------------------------------------------------ parsing helpers
     def trade_or_reject(self, build: Callable[[], Trade], raw: Any, out: Parsed) -> None:

@@ -1,21 +1,23 @@
 """Binance spot: the combined ``/stream?streams=`` endpoint, ``trade`` or ``aggTrade`` (``BINANCE_STREAM``).
 
-Streams are named in the URL (``btcusdt@trade/ethusdt@trade``, lower case), so a reconnect resubscribes
-by itself. ``m`` true means the buyer's order was resting on the book: the buyer is the maker, the taker
-sold, which is exactly :attr:`Trade.is_buyer_maker`. Trade times ``T`` are ms (µs if the URL asks for
+Streams are named in the URL (``btcusdt@trade/ethusdt@trade``: the lower-case Binance symbol of each
+market the feed serves, from :mod:`cryptostream.markets`), so a reconnect resubscribes by itself. ``m``
+true means the buyer's order was resting on the book: the buyer is the maker, the taker sold, which is
+exactly :attr:`Trade.is_buyer_maker`. Trade times ``T`` are ms (µs if the URL asks for
 ``timeUnit=MICROSECOND``; both are read exactly).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from cryptostream.codec import Rejected
 from cryptostream.errors import SettingsError
+from cryptostream.markets import Market
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
-from cryptostream.symbols import to_binance_stream
 from ingest.backfill import RestHistory
 from ingest.exchanges.base import Exchange, Parsed, reject_frame
 from ingest.validation import FieldError, epoch_to_ms, make_trade
@@ -37,18 +39,20 @@ class Binance(Exchange):
     name = "binance"
     url_setting = "BINANCE_WS_URL"
 
-    def __init__(self, settings: Settings, history: RestHistory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
+    ) -> None:
         self.base_url = settings.binance_ws_url.rstrip("/")
         self.stream = settings.binance_stream
-        if len(settings.symbols) > MAX_STREAMS:
+        if len(markets) > MAX_STREAMS:
             raise SettingsError(
-                f"SYMBOLS names {len(settings.symbols)} pairs; Binance allows {MAX_STREAMS} per connection"
+                f"SYMBOLS names {len(markets)} Binance pairs; Binance allows {MAX_STREAMS} per connection"
             )
-        super().__init__(settings, history)
+        self.streams = "/".join(sorted(f"{m.native.lower()}@{self.stream}" for m in markets))
+        super().__init__(settings, markets, history)
 
     def url(self) -> str:
-        streams = "/".join(f"{to_binance_stream(s)}@{self.stream}" for s in sorted(self.symbols))
-        return f"{self.base_url}/stream?streams={streams}"
+        return f"{self.base_url}/stream?streams={self.streams}"
 
     def parse(self, raw: str | bytes, received_at: int) -> Parsed:
         """One frame of the combined stream.

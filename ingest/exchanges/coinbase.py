@@ -19,14 +19,16 @@ should have arrived: the feed opens a gap (and backfills it) when we are behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from cryptostream.codec import Rejected
 from cryptostream.errors import UnsupportedSymbol
+from cryptostream.markets import Market
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
-from cryptostream.symbols import normalize_symbol, to_coinbase_product
+from cryptostream.symbols import normalize_symbol
 from ingest.backfill import RestHistory
 from ingest.exchanges.base import Exchange, Parsed, reject_frame
 from ingest.validation import FieldError, iso_to_ms, make_trade
@@ -56,13 +58,15 @@ def advanced_is_buyer_maker(side: Any) -> bool:
 
 
 class _Coinbase(Exchange):
-    """What both Coinbase feeds share: product ids and the REST history rows."""
+    """What both Coinbase feeds share: product ids (Coinbase's own, from its market list) and REST rows."""
 
     name = "coinbase"
 
-    def __init__(self, settings: Settings, history: RestHistory | None = None) -> None:
-        self.products = [to_coinbase_product(s) for s in settings.symbols]
-        super().__init__(settings, history)
+    def __init__(
+        self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
+    ) -> None:
+        self.products = [m.native for m in markets]
+        super().__init__(settings, markets, history)
 
     def parse_history(
         self, symbol: str, rows: list[dict[str, Any]], received_at: int
@@ -96,9 +100,11 @@ class CoinbaseExchange(_Coinbase):
 
     url_setting = "COINBASE_WS_URL"
 
-    def __init__(self, settings: Settings, history: RestHistory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
+    ) -> None:
         self.ws_url = settings.coinbase_ws_url
-        super().__init__(settings, history)
+        super().__init__(settings, markets, history)
 
     def url(self) -> str:
         return self.ws_url
@@ -161,11 +167,13 @@ class CoinbaseAdvanced(_Coinbase):
 
     url_setting = "COINBASE_ADVANCED_WS_URL"
 
-    def __init__(self, settings: Settings, history: RestHistory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
+    ) -> None:
         self.ws_url = settings.coinbase_advanced_ws_url
         self.sequence: int | None = None
         self.sequence_gaps = 0
-        super().__init__(settings, history)
+        super().__init__(settings, markets, history)
 
     def url(self) -> str:
         return self.ws_url

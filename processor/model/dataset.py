@@ -1,8 +1,13 @@
 """Training data: 1 s candles from the Parquet archive or the database, turned into labelled rows.
 
-Each symbol's candles become features and labels on its own grid (symbols never mix inside a row); the
-rows of all symbols are then pooled and ordered by time, which is the order walk-forward evaluation
-needs. One pooled model serves every symbol: the features are returns and ratios, free of price scale.
+Each market's candles (one venue's symbol, keyed ``exchange:symbol``) become features and labels on their
+own grid (markets never mix inside a row, venues never mix in a market); the rows of all markets are then
+pooled and ordered by time, which is the order walk-forward evaluation needs. One pooled model serves every
+market: the features are returns and ratios, free of price scale.
+
+Which venues: those asked for; by default every real venue that has candles, and the demo venue only when
+nothing else has any (so `make demo` then `cryptostream train` works, and live data is never mixed with the
+demo's).
 """
 
 from __future__ import annotations
@@ -20,17 +25,26 @@ import pyarrow as pa
 
 from cryptostream import archive
 from cryptostream.models import CANDLE_SCHEMA
+from cryptostream.venues import DEMO
 from processor.model.errors import NotEnoughData
 from processor.model.features import FEATURES, LOOKBACK_SECONDS, grid_features, to_grid
 from processor.model.labels import last_direction, up_labels
 
-__all__ = ["Candles", "Dataset", "build_dataset", "load_candles", "table_to_candles"]
+__all__ = [
+    "Candles",
+    "Dataset",
+    "build_dataset",
+    "choose_markets",
+    "load_candles",
+    "market_key",
+    "table_to_candles",
+]
 
 Candles = dict[
     str, npt.NDArray[Any]
 ]  # the processor's `recent` shape: bucket (int64 ms), open, ... sell_volume
 Source = Literal["archive", "database"]
-FIELDS = CANDLE_SCHEMA.names[1:]
+FIELDS = CANDLE_SCHEMA.names[2:]  # bucket .. sell_volume
 _ALL_ROWS = 2**62  # "no limit" for the read store's newest-N query
 
 
@@ -102,23 +116,44 @@ def min_history_seconds(horizon_s: int) -> int:
     return max(LOOKBACK_SECONDS, horizon_s) + horizon_s
 
 
+def market_key(exchange: str, symbol: str) -> str:
+    return f"{exchange}:{symbol}"
+
+
+def choose_markets(
+    stored: Iterable[tuple[str, str]], exchanges: Iterable[str] | None, symbols: Iterable[str] | None
+) -> list[tuple[str, str]]:
+    """The (exchange, symbol) markets to train on (see the module docstring for the default)."""
+    markets = sorted(set(stored))
+    if symbols is not None:
+        wanted = set(symbols)
+        markets = [m for m in markets if m[1] in wanted]
+    if exchanges is not None:
+        venues = set(exchanges)
+        return [m for m in markets if m[0] in venues]
+    real = [m for m in markets if m[0] != DEMO]
+    return real or markets
+
+
 def _load_archive(
     root: Path,
-    symbols: Iterable[str] | None,
+    markets: list[tuple[str, str]],
     start: datetime | None,
     end: datetime | None,
     step: Callable[[str], None],
 ) -> dict[str, Candles]:
     out = {}
-    for symbol in symbols if symbols is not None else archive.list_symbols(root):
-        out[symbol] = table_to_candles(archive.load(root, "ohlc", symbol, start, end))
-        step(symbol)
+    for exchange, symbol in markets:
+        key = market_key(exchange, symbol)
+        out[key] = table_to_candles(archive.load(root, "ohlc", exchange, symbol, start, end, unique=True))
+        step(key)
     return out
 
 
 async def _load_database(
     dsn: str,
-    symbols: Iterable[str] | None,
+    exchanges: list[str] | None,
+    symbols: list[str] | None,
     start: datetime | None,
     end: datetime | None,
     step: Callable[[str], None],
@@ -127,12 +162,14 @@ async def _load_database(
 
     store = await DatabaseStore.connect(dsn)
     try:
-        names = list(symbols) if symbols is not None else await store.symbols()
+        stored = await store.markets()
+        pairs = zip(stored["exchange"].to_pylist(), stored["symbol"].to_pylist(), strict=True)
         out = {}
-        for symbol in names:
-            table = await store.candles(symbol, start, end, limit=_ALL_ROWS, interval="1s")
-            out[symbol] = table_to_candles(table)
-            step(symbol)
+        for exchange, symbol in choose_markets(pairs, exchanges, symbols):
+            key = market_key(exchange, symbol)
+            table = await store.candles(exchange, symbol, start, end, limit=_ALL_ROWS, interval="1s")
+            out[key] = table_to_candles(table)
+            step(key)
         return out
     finally:
         await store.close()
@@ -144,18 +181,20 @@ def load_candles(
     output_dir: Path,
     database_dsn: str | None,
     symbols: list[str] | None = None,
+    exchanges: list[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
-    step: Callable[[str], None] = lambda _symbol: None,
+    step: Callable[[str], None] = lambda _market: None,
 ) -> dict[str, Candles]:
-    """Every symbol's 1 s candles with ``start <= bucket < end`` (all symbols stored when ``symbols`` is
-    None), from the Parquet archive or the database. ``step`` is called after each symbol (progress)."""
+    """Each market's 1 s candles with ``start <= bucket < end``, keyed ``exchange:symbol``, from the Parquet
+    archive or the database (markets: :func:`choose_markets`). ``step`` is called after each market."""
     if source == "archive":
-        return _load_archive(output_dir, symbols, start, end, step)
+        markets = choose_markets(archive.list_markets(output_dir), exchanges, symbols)
+        return _load_archive(output_dir, markets, start, end, step)
     if not database_dsn:
         from cryptostream.errors import SettingsError
 
         raise SettingsError(
             "DATABASE_URL is not set: training from the database needs one (or use the archive)"
         )
-    return asyncio.run(_load_database(database_dsn, symbols, start, end, step))
+    return asyncio.run(_load_database(database_dsn, exchanges, symbols, start, end, step))

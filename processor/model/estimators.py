@@ -74,7 +74,13 @@ class LinearModel:
     sgd_t: float | None = None  # SGD's update counter (its learning-rate schedule continues from it)
 
     def decision(self, x: F64) -> F64:
-        return self.scaler.transform(x) @ self.coef + self.intercept
+        """``z @ coef + intercept``, added feature by feature: a BLAS product may sum a row in a different
+        order depending on how many rows come with it, and a prediction must not depend on that."""
+        z = self.scaler.transform(x)
+        out = np.full(z.shape[0], float(self.intercept))
+        for j, weight in enumerate(self.coef.tolist()):
+            out += z[:, j] * weight
+        return out
 
     def predict_proba(self, x: F64) -> F64:
         """P(up) for each row of raw features."""

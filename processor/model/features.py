@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from processor.windows import window_sums
+
 __all__ = ["FEATURES", "LOOKBACK_SECONDS", "Grid", "candle_features", "to_grid"]
 
 SECOND_MS = 1000
@@ -97,13 +99,10 @@ def to_grid(candles: Mapping[str, npt.NDArray[Any]]) -> Grid:
     )
 
 
-def _window_sum(prefix: F64, at: npt.NDArray[np.int64], width: int) -> F64:
-    """Sum of the ``width`` grid values ending at ``at`` (inclusive); ``prefix`` is [0, cumsum...]."""
-    return prefix[at + 1] - prefix[at + 1 - width]
-
-
-def _prefix(values: F64) -> F64:
-    return np.concatenate(([0.0], np.cumsum(values)))
+def _window_sum(values: F64, at: npt.NDArray[np.int64], width: int) -> F64:
+    """Sum of the ``width`` grid values ending at ``at`` (inclusive), each window summed on its own, so a
+    feature never depends on how much history came before it (see :func:`processor.windows.window_sums`)."""
+    return window_sums(values, at + 1 - width, at + 1)
 
 
 def _imbalance(buy: F64, sell: F64) -> F64:
@@ -127,24 +126,24 @@ def grid_features(grid: Grid, at: npt.NDArray[np.int64]) -> F64:
     def ret(k: int) -> F64:
         return log_close[p] - log_close[p - k]
 
-    closes = _prefix(grid.close)
+    closes = grid.close
     ma5 = _window_sum(closes, p, 5) / 5.0
     ma10 = _window_sum(closes, p, 10) / 10.0
 
     n = 30.0
-    r_sum = _window_sum(_prefix(returns), p, 30)
-    r_sq = _window_sum(_prefix(returns * returns), p, 30)
+    r_sum = _window_sum(returns, p, 30)
+    r_sq = _window_sum(returns * returns, p, 30)
     vol = np.sqrt(np.maximum((r_sq - r_sum * r_sum / n) / (n - 1.0), 0.0))
 
-    ranges = _prefix(grid.range)
-    volumes = _prefix(grid.volume)
+    ranges = grid.range
+    volumes = grid.volume
     vol5 = _window_sum(volumes, p, 5)
     vol10 = _window_sum(volumes, p, 10)
     vol30 = _window_sum(volumes, p, 30)
     with np.errstate(invalid="ignore", divide="ignore"):
         volume_ratio = np.where(vol30 > 0, vol5 / (vol30 / 6.0), 1.0)
-    buys = _prefix(grid.buy)
-    sells = _prefix(grid.sell)
+    buys = grid.buy
+    sells = grid.sell
 
     columns = (
         ret(1),

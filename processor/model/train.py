@@ -252,6 +252,7 @@ def train(
     output_dir: Path,
     database_dsn: str | None = None,
     symbols: list[str] | None = None,
+    exchanges: list[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
     folds: int = 5,
@@ -263,17 +264,16 @@ def train(
     """Load candles, evaluate, save the model and its report under ``model_dir`` (made current)."""
     started = time.perf_counter()
     with _progress(show_progress, console) as progress:
-        task = progress.add_task(
-            f"loading candles from the {source}", total=len(symbols) if symbols else None
-        )
+        task = progress.add_task(f"loading candles from the {source}", total=None)
         candles = load_candles(
             source,
             output_dir=output_dir,
             database_dsn=database_dsn,
             symbols=symbols,
+            exchanges=exchanges,
             start=start,
             end=end,
-            step=lambda symbol: progress.update(task, advance=1, description=f"loaded {symbol}"),
+            step=lambda market: progress.update(task, advance=1, description=f"loaded {market}"),
         )
         progress.update(task, total=len(candles), completed=len(candles), description="candles loaded")
         ds = build_dataset(candles, horizon_s)

@@ -1,9 +1,10 @@
-"""Parquet archive sink: one zstd file per (kind, symbol, day) per checkpoint, named by lineage.
+"""Parquet archive sink: one zstd file per (kind, venue, symbol, day) per checkpoint, named by lineage.
 
-A checkpoint's rows for partition ``p`` go to ``part-p<p>-<epoch>-<seq>.parquet`` in each symbol/day folder
-they touch. Rewriting a checkpoint after a crash produces the same names, so the archive never holds a
-candle twice; :meth:`ParquetSink.remove_uncommitted` deletes files a crashed attempt wrote past the last
-commit. Many small files are merged later by compaction, never by this hot path.
+A checkpoint's rows for partition ``p`` go to ``part-p<p>-<epoch>-<seq>.parquet`` in each
+``exchange=/symbol=/date=`` folder they touch. Rewriting a checkpoint after a crash produces the same names,
+so the archive never holds a candle twice; :meth:`ParquetSink.remove_uncommitted` deletes files a crashed
+attempt wrote past the last commit. Many small files are merged later by compaction, never by this hot
+path.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class ParquetSink(Sink):
             for kind, table in tables.items():
                 if table.num_rows == 0:
                     continue
-                for (symbol, day), part in _split_symbol_day(table):
-                    path = partition_dir(self.root, kind, symbol, day) / name
+                for (exchange, symbol, day), part in _split_market_day(table):
+                    path = partition_dir(self.root, kind, exchange, symbol, day) / name
                     jobs.append((path, part.select(file_schema(kind).names).sort_by("bucket")))
         # Each file is small and ends in an fsync: write them side by side (the GIL is released in both).
         list(self._pool.map(lambda job: write_file(*job), jobs))
@@ -62,7 +63,7 @@ class ParquetSink(Sink):
         removed = 0
         prefix = f"part-p{partition:04d}-{epoch}-"
         for kind in KINDS:
-            for path in (self.root / kind).glob(f"symbol=*/date=*/{prefix}*.parquet"):
+            for path in (self.root / kind).glob(f"exchange=*/symbol=*/date=*/{prefix}*.parquet"):
                 match = FILE_RE.fullmatch(path.name)
                 if match and int(match["seq"]) > committed_seq:
                     with contextlib.suppress(FileNotFoundError):
@@ -75,15 +76,19 @@ class ParquetSink(Sink):
         return removed
 
 
-def _split_symbol_day(table: pa.Table) -> list[tuple[tuple[str, str], pa.Table]]:
-    """Split rows by (symbol, UTC day) without a per-row loop."""
+def _split_market_day(table: pa.Table) -> list[tuple[tuple[str, str, str], pa.Table]]:
+    """Split rows by (exchange, symbol, UTC day) without a per-row loop."""
     days = pc.strftime(table["bucket"], format="%Y-%m-%d", locale="C")
     keyed = table.append_column("_day", days)
+    keys = np.stack(
+        [keyed[name].to_numpy(zero_copy_only=False).astype(str) for name in ("exchange", "symbol", "_day")],
+        axis=1,
+    )
     out = []
-    symbols = keyed["symbol"].to_numpy(zero_copy_only=False)
-    day_arr = keyed["_day"].to_numpy(zero_copy_only=False)
-    pairs = np.unique(np.stack([symbols.astype(str), day_arr.astype(str)], axis=1), axis=0)
-    for symbol, day in pairs:
-        mask = pc.and_(pc.equal(keyed["symbol"], symbol), pc.equal(keyed["_day"], day))
-        out.append(((str(symbol), str(day)), keyed.filter(mask).drop_columns(["_day"])))
+    for exchange, symbol, day in np.unique(keys, axis=0):
+        mask = pc.and_(
+            pc.and_(pc.equal(keyed["exchange"], exchange), pc.equal(keyed["symbol"], symbol)),
+            pc.equal(keyed["_day"], day),
+        )
+        out.append(((str(exchange), str(symbol), str(day)), keyed.filter(mask).drop_columns(["_day"])))
     return out

@@ -1,6 +1,6 @@
 """PostgreSQL/TimescaleDB sink: binary COPY into a staging table, then one upsert per table.
 
-COPY is the fast way in; the upsert keyed by (symbol, bucket) makes a replayed checkpoint overwrite
+COPY is the fast way in; the upsert keyed by (exchange, symbol, bucket) makes a replayed checkpoint overwrite
 identical values instead of adding rows, which is what exactly-once needs (a row whose values did not
 change is left alone, so a replay writes no new row versions). The COPY stream is PostgreSQL's binary
 format built with NumPy (:mod:`processor.sinks.pgbinary`): exact float bytes, and neither side spends time
@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 # kind -> (table, key columns)
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ohlc": ("ohlc_1s", ("symbol", "bucket")),
-    "volatility": ("volatility_1s", ("symbol", "bucket")),
-    "predictions": ("predictions", ("symbol", "bucket", "horizon_seconds")),
+    "ohlc": ("ohlc_1s", ("exchange", "symbol", "bucket")),
+    "volatility": ("volatility_1s", ("exchange", "symbol", "bucket")),
+    "predictions": ("predictions", ("exchange", "symbol", "bucket", "horizon_seconds")),
 }
 
 

@@ -1,7 +1,8 @@
-"""Local stand-ins for Binance and Coinbase: one port serving the WebSocket feed and the REST trade history.
+"""Local stand-ins for Binance and Coinbase: one port serving the WebSocket feed and the REST API.
 
-Each server keeps the exchange's full trade history per symbol (the truth a test compares Kafka with) and
-speaks the exact wire format of its exchange (the same shapes as tests/data/exchanges). What happens on
+Each server lists its pairs the way the exchange does (Binance ``/api/v3/exchangeInfo``, Coinbase
+``/products``, in the shapes of tests/data/exchanges), keeps the exchange's full trade history per symbol
+(the truth a test compares Kafka with) and speaks the exact wire format of its exchange. What happens on
 each WebSocket connection is a script: an async function of (server, connection), the n-th connection
 running the n-th script, so a test can write "send 20 trades, drop 3, send garbage, hang up" in order.
 Trades a script creates but does not send over the WebSocket (``drop``, :meth:`FakeExchange.offline`)
@@ -51,20 +52,26 @@ class FakeExchange:
     """A fake exchange of ``kind`` binance, coinbase (Exchange feed) or advanced (Advanced Trade)."""
 
     kind: str
-    symbols: list[str]  # normalized, e.g. BTCUSDT / BTCUSD
+    pairs: list[str]  # BASE-QUOTE, as the exchange lists them: BTC-USDT, DOT-USD
     scripts: list[Script | str]  # "reject" = answer the handshake with HTTP 503
-    rest_throttle_first: bool = True  # the first REST call gets 429 + Retry-After (clients must retry)
+    rest_throttle_first: bool = True  # the first trade-history call gets 429 + Retry-After (clients retry)
     ping_interval: float = 20.0  # the server pings this often and drops clients that do not pong in time
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     truth: dict[tuple[str, int], Truth] = field(default_factory=dict)
     connections: list[dict[str, Any]] = field(default_factory=list)
     rest_calls: list[str] = field(default_factory=list)
+    history_calls: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _server: Server | None = None
     _next_id: dict[str, int] = field(default_factory=dict)
     _attempts: itertools.count = field(default_factory=itertools.count)
     _records: dict[int, dict[str, Any]] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=lambda: random.Random(5))
+
+    @property
+    def symbols(self) -> list[str]:
+        """The pairs in cryptostream's spelling (BTCUSDT, DOTUSD): what tests and trades are keyed by."""
+        return [pair.replace("-", "") for pair in self.pairs]
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self) -> FakeExchange:
@@ -118,7 +125,8 @@ class FakeExchange:
         return [self._new_trade(symbol) for _ in range(n)]
 
     def product(self, symbol: str) -> str:
-        return f"{symbol[:-3]}-{symbol[-3:]}" if symbol.endswith("USD") else f"{symbol[:-4]}-{symbol[-4:]}"
+        """The exchange's id of ``symbol``: Coinbase's BASE-QUOTE (Binance uses the symbol itself)."""
+        return self.pairs[self.symbols.index(symbol)]
 
     def frame(self, rows: list[dict[str, Any]], *, snapshot: bool = False) -> bytes:
         """Rows in this exchange's WebSocket shape (Advanced Trade batches them in one message)."""
@@ -276,10 +284,51 @@ class FakeExchange:
             except TimeoutError:
                 continue
 
+    def markets(self) -> Any:
+        """The market list, as Binance ``exchangeInfo`` or Coinbase Exchange ``/products`` answer it."""
+        if self.kind == "binance":
+            return {
+                "timezone": "UTC",
+                "serverTime": int(datetime.now(UTC).timestamp() * 1000),
+                "rateLimits": [],
+                "exchangeFilters": [],
+                "symbols": [
+                    {
+                        "symbol": pair.replace("-", ""),
+                        "status": "TRADING",
+                        "baseAsset": pair.split("-")[0],
+                        "baseAssetPrecision": 8,
+                        "quoteAsset": pair.split("-")[1],
+                        "quotePrecision": 8,
+                        "quoteAssetPrecision": 8,
+                        "isSpotTradingAllowed": True,
+                        "permissionSets": [["SPOT"]],
+                    }
+                    for pair in self.pairs
+                ],
+            }
+        return [
+            {
+                "id": pair,
+                "base_currency": pair.split("-")[0],
+                "quote_currency": pair.split("-")[1],
+                "display_name": pair,
+                "status": "online",
+                "status_message": "",
+                "trading_disabled": False,
+            }
+            for pair in self.pairs
+        ]
+
     def _rest(self, connection: ServerConnection, request: Request) -> Response:
         url = urlsplit(request.path)
         self.rest_calls.append(request.path)
-        if self.rest_throttle_first and len(self.rest_calls) == 1:
+        if url.path in ("/api/v3/exchangeInfo", "/products"):
+            if (url.path == "/products") == (self.kind == "binance"):
+                return connection.respond(404, f'{{"message":"NotFound {url.path}"}}')
+            return connection.respond(200, orjson.dumps(self.markets()).decode())
+        self.history_calls += 1
+        if self.rest_throttle_first and self.history_calls == 1:
             response = connection.respond(429, "too many requests\n")
             response.headers["Retry-After"] = "0"
             return response

@@ -64,7 +64,7 @@ async def run_processor_until(
 
 
 async def db_candles(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch("SELECT * FROM ohlc_1s ORDER BY symbol, bucket")]
+    return [dict(r) for r in await conn.fetch("SELECT * FROM ohlc_1s ORDER BY exchange, symbol, bucket")]
 
 
 async def db_count(dsn: str, table: str = "ohlc_1s") -> int:
@@ -76,7 +76,8 @@ async def db_count(dsn: str, table: str = "ohlc_1s") -> int:
 
 
 def parquet_rows(root: Path, kind: str = "ohlc") -> list[dict[str, Any]]:
-    tables = [archive.load(root, kind, s) for s in archive.list_symbols(root, kind)]
+    """Every row the archive holds (duplicates included: a check for rows written twice sees them)."""
+    tables = [archive.load(root, kind, e, s) for e, s in archive.list_markets(root, kind)]
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from cryptostream.codec import decode_trades
+from cryptostream.codec import PROGRESS_PREFIX, decode_records
 from cryptostream.settings import Settings
 
 
@@ -39,18 +39,23 @@ async def topic_records(settings: Settings, topic: str, timeout: float = 30.0) -
         out: list[Any] = []
         quiet = 0
         deadline = time.monotonic() + timeout
-        while quiet < 3 and time.monotonic() < deadline:  # three empty polls in a row, at the end offsets
+        # three polls in a row at the end offsets with nothing but progress (a live source writes that
+        # every PROGRESS_INTERVAL_MS, so a trades topic is never entirely quiet)
+        while quiet < 3 and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
+            news = False
             for records in batch.values():
                 out.extend(records)
-            quiet = 0 if batch or await behind() else quiet + 1
+                news = news or any(not (r.value or b"").startswith(PROGRESS_PREFIX) for r in records)
+            quiet = 0 if news or await behind() else quiet + 1
         return out
     finally:
         await consumer.stop()
 
 
 async def topic_arrays(settings: Settings, topic: str, expect: int, timeout: float = 120.0) -> dict[str, Any]:
-    """The numeric columns of every trade in ``topic``, decoded in bulk (for topics too big for lists)."""
+    """The numeric columns of every trade in ``topic``, decoded in bulk (for topics too big for lists);
+    the sources' progress records are not trades."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -69,11 +74,11 @@ async def topic_arrays(settings: Settings, topic: str, expect: int, timeout: flo
         while seen < expect and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=200_000)
             for records in batch.values():
-                columns, rejected = decode_trades([r.value for r in records])
-                assert not rejected, rejected[:3]
+                decoded = decode_records([r.value for r in records], [r.offset for r in records])
+                assert not decoded.rejected, decoded.rejected[:3]
                 for name in names:
-                    parts[name].append(getattr(columns, name))
-                seen += len(records)
+                    parts[name].append(getattr(decoded.trades, name))
+                seen += len(decoded.trades)
     finally:
         await consumer.stop()
     return {name: np.concatenate(chunks) if chunks else np.empty(0) for name, chunks in parts.items()}

@@ -50,9 +50,10 @@ async def _read_all(consumer, want: int, max_records: int) -> dict[int, Fetched]
         assert batch, f"no records after {seen} of {want}"
         for tp, fetched in batch.items():
             assert 0 < len(fetched) <= max_records
-            acc = got.setdefault(tp.partition, Fetched([], []))
+            acc = got.setdefault(tp.partition, Fetched([], [], []))
             acc.values += fetched.values
             acc.offsets += fetched.offsets
+            acc.timestamps += fetched.timestamps
             seen += len(fetched)
         assert sum(len(f) for f in batch.values()) <= max_records
     return got

@@ -1,5 +1,9 @@
 """Live feeds against local exchange servers, into the real broker: every trade lands exactly once.
 
+The feeds are built the way ``cryptostream ingest`` builds them: the market lists come from the servers'
+own REST endpoints (``exchangeInfo``, ``/products``), SYMBOLS are resolved against them, and the feeds
+subscribe with the ids the exchange listed.
+
 Each scenario is what a day on a real exchange looks like, compressed: the subscribe handshake, normal
 trades, garbage frames, resent trades, trades the WebSocket skipped, server-side disconnects mid-stream,
 silent stalls, refused handshakes, exchange error messages, Binance's planned ``serverShutdown``. The
@@ -21,7 +25,7 @@ import orjson
 import pytest
 
 from cryptostream.settings import Settings
-from ingest.exchanges import build, live_trades
+from ingest.exchanges import build, live_trades, load_markets
 from ingest.exchanges.base import Exchange
 from ingest.service import IngestResult, run_ingest
 from tests.integration.exchange_servers import FakeExchange
@@ -37,10 +41,11 @@ async def run_live(
     """Ingest from the live feeds until ``done()``, then a little longer (any duplicate would land), stop."""
     stop = asyncio.Event()
     async with httpx.AsyncClient(timeout=5.0) as http:
-        feeds = build(settings, http)
+        feeds = build(settings, http, await load_markets(settings, http))
         for feed in feeds:
             feed.backfill_delay = 0.3
-        task = asyncio.create_task(run_ingest(settings, live_trades(settings, feeds), stop, name="live"))
+        source = live_trades(settings, feeds, stop=stop)
+        task = asyncio.create_task(run_ingest(settings, source, stop, name="live"))
         deadline = time.monotonic() + timeout
         try:
             while not await done():
@@ -63,8 +68,34 @@ def live_settings(make_settings: Callable[..., Settings], **overrides: Any) -> S
     return make_settings(**values)
 
 
+def assert_progress_honest(records: list[Any]) -> None:
+    """No trade follows, in its partition, a progress record of its venue and symbol whose watermark is
+    past its window: everything backfilled or resent landed where its candle can still take it."""
+    reached: dict[tuple[int, str, str], int] = {}
+    marks = 0
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        value = orjson.loads(record.value)
+        if value.get("type") == "progress":
+            marks += 1
+            for symbol in value["symbols"]:
+                key = (record.partition, value["exchange"], symbol)
+                reached[key] = max(reached.get(key, 0), value["watermark"])
+            continue
+        floor = reached.get((record.partition, value["exchange"], value["symbol"]), 0)
+        second = value["timestamp"] - value["timestamp"] % 1000
+        assert second >= floor - floor % 1000, f"{value} after progress {floor}: it would be late"
+    assert marks > 0, "the feed wrote no progress"
+
+
+def trades_of(records: list[Any]) -> list[Any]:
+    return [r for r in records if not r.value.startswith(b'{"type":"progress"')]
+
+
 def assert_exactly_once(records: list[Any], server: FakeExchange) -> None:
-    """Kafka holds each trade the server made exactly once, field for field, keyed by symbol."""
+    """Kafka holds each trade the server made exactly once, field for field, keyed by symbol, and the
+    feed's progress never ran ahead of a trade it published later."""
+    assert_progress_honest(records)
+    records = trades_of(records)
     values = [orjson.loads(r.value) for r in records]
     counts = Counter((v["symbol"], v["trade_id"]) for v in values)
     duplicated = {k: n for k, n in counts.items() if n > 1}
@@ -87,7 +118,8 @@ def done_when_all_landed(settings: Settings, *servers: FakeExchange) -> Callable
     async def done() -> bool:
         if not all(s.done.is_set() for s in servers):
             return False
-        return len(await topic_records(settings, settings.kafka_topic)) >= sum(len(s.truth) for s in servers)
+        landed = trades_of(await topic_records(settings, settings.kafka_topic))
+        return len(landed) >= sum(len(s.truth) for s in servers)
 
     return done
 
@@ -130,7 +162,7 @@ async def test_binance_reconnects_backfills_and_publishes_every_trade_once(make_
         await ex.send_trades(ws, "ETHUSDT", 5)
 
     server = await FakeExchange(
-        "binance", ["BTCUSDT", "ETHUSDT"], [first, second, third, "reject", last]
+        "binance", ["BTC-USDT", "ETH-USDT"], [first, second, third, "reject", last]
     ).start()
     settings = live_settings(
         make_settings,
@@ -153,6 +185,8 @@ async def test_binance_reconnects_backfills_and_publishes_every_trade_once(make_
     assert any(
         call.startswith("/api/v3/historicalTrades?symbol=BTCUSDT&fromId=") for call in server.rest_calls
     )
+    assert server.rest_calls[0] == "/api/v3/exchangeInfo"  # the market list, read before subscribing
+    assert (settings.state_dir / "markets" / "binance.json.gz").is_file()  # and cached for offline starts
     assert result.accepted == result.acknowledged == len(server.truth)
     dlq = await dead_letters(settings)
     assert [d["reason"] for d in dlq] == ["malformed_json"]
@@ -168,7 +202,7 @@ async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_tr
         last_match = orjson.loads(ex.frame([row]))
         await ws.send(orjson.dumps({**last_match, "type": "last_match"}).decode())
         await ex.send_trades(ws, "BTCUSD", 20)
-        await ex.send_trades(ws, "ETHUSD", 10)
+        await ex.send_trades(ws, "DOTUSD", 10)
         await ws.send("{garbage")
         await ws.send("[1,2,3]")
         corrupted = orjson.loads(ex.frame([ex.history["BTCUSD"][-1]]))  # a resend, mangled in transit
@@ -180,7 +214,7 @@ async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_tr
 
     async def second(ex: FakeExchange, ws) -> None:
         ex.offline("BTCUSD", 15)
-        ex.offline("ETHUSD", 5)
+        ex.offline("DOTUSD", 5)
         await ex.ack(ws)
         await ex.resend(ws, ex.history["BTCUSD"][-30:-25])
         await ex.send_trades(ws, "BTCUSD", 10)
@@ -196,13 +230,13 @@ async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_tr
     async def last(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
         await ex.send_trades(ws, "BTCUSD", 10)
-        await ex.send_trades(ws, "ETHUSD", 10)
+        await ex.send_trades(ws, "DOTUSD", 10)
 
-    server = await FakeExchange("coinbase", ["BTCUSD", "ETHUSD"], [first, second, refuses, last]).start()
+    server = await FakeExchange("coinbase", ["BTC-USD", "DOT-USD"], [first, second, refuses, last]).start()
     settings = live_settings(
         make_settings,
         exchanges="coinbase",
-        symbols="BTCUSD,ETHUSD",
+        symbols="BTC-USD,DOT-USD",
         coinbase_ws_url=server.ws_url,
         coinbase_rest_url=server.rest_url,
     )
@@ -214,7 +248,7 @@ async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_tr
     assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
     subscribe = {
         "type": "subscribe",
-        "product_ids": ["BTC-USD", "ETH-USD"],
+        "product_ids": ["BTC-USD", "DOT-USD"],  # not DO-TUSD (issue #14)
         "channels": ["matches", "heartbeat"],
     }
     assert all(c["subscribed"][:1] == [subscribe] for c in server.connections)
@@ -222,6 +256,7 @@ async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_tr
     assert stats.backfilled >= 3 + 15 + 5 + 3 and stats.lost == 0
     assert stats.stalls >= 1 and stats.errors >= 1 and stats.duplicates >= 5
     assert any(c.startswith("/products/BTC-USD/trades?after=") for c in server.rest_calls)
+    assert any(c.startswith("/products/DOT-USD/trades?after=") for c in server.rest_calls)
     dlq = await dead_letters(settings)
     assert sorted(d["reason"] for d in dlq) == sorted(
         ["malformed_json", "not_an_object", "non_positive_price", "unknown_symbol"]
@@ -255,7 +290,7 @@ async def test_coinbase_advanced_trade_feed_dedupes_snapshots_and_fills_gaps(mak
         await ws.send(snapshot(ex, 5))  # all already delivered
         await ex.send_trades(ws, "BTCUSD", 6)
 
-    server = await FakeExchange("advanced", ["BTCUSD"], [first, second, "reject", last]).start()
+    server = await FakeExchange("advanced", ["BTC-USD"], [first, second, "reject", last]).start()
     settings = live_settings(
         make_settings,
         exchanges="coinbase",
@@ -283,13 +318,13 @@ async def test_coinbase_advanced_trade_feed_dedupes_snapshots_and_fills_gaps(mak
 async def test_one_dead_exchange_never_stops_the_other(make_settings, unused_tcp_port):
     async def only(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
-        await ex.send_trades(ws, "BTCUSD", 30)
+        await ex.send_trades(ws, "BTCUSDT", 30)
 
-    server = await FakeExchange("coinbase", ["BTCUSD"], [only]).start()
+    server = await FakeExchange("coinbase", ["BTC-USDT"], [only]).start()
     settings = live_settings(
         make_settings,
         exchanges="binance,coinbase",
-        symbols="BTCUSD",
+        symbols="BTCUSDT",  # listed on both; Binance's list is the shipped snapshot (its REST is down too)
         binance_ws_url=f"ws://127.0.0.1:{unused_tcp_port}",  # nothing listens there: refused, forever
         binance_rest_url=f"http://127.0.0.1:{unused_tcp_port}",
         coinbase_ws_url=server.ws_url,
@@ -312,7 +347,7 @@ async def test_server_pings_are_answered_so_a_quiet_connection_stays_up(make_set
             await ex.send_trades(ws, "BTCUSDT", 1)
             await asyncio.sleep(0.25)  # 2 s of trickle, 20 pings
 
-    server = await FakeExchange("binance", ["BTCUSDT"], [slow], ping_interval=0.1).start()
+    server = await FakeExchange("binance", ["BTC-USDT"], [slow], ping_interval=0.1).start()
     settings = live_settings(
         make_settings, exchanges="binance", symbols="BTCUSDT", binance_ws_url=server.ws_url,
         binance_rest_url=server.rest_url, ws_stall_seconds=5.0,

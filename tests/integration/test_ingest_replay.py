@@ -115,8 +115,13 @@ def test_replay_command_publishes_a_zipped_dump_and_dead_letters_bad_rows(make_s
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    trades = asyncio.run(topic_records(settings, settings.kafka_topic))
-    assert sorted(json.loads(r.value)["trade_id"] for r in trades) == list(range(1, 1001))
+    records = [json.loads(r.value) for r in asyncio.run(topic_records(settings, settings.kafka_topic))]
+    trades = [r for r in records if r.get("type") != "progress"]
+    assert sorted(t["trade_id"] for t in trades) == list(range(1, 1001))
+    assert {t["exchange"] for t in trades} == {"binance"}  # the venue of a Binance dump
+    # the replay's last progress closes every window it fed: through the end of its last trade's second
+    last = max(p["watermark"] for p in records if p.get("type") == "progress")
+    assert last == 1717200001000 + 1000 - 1717200001000 % 1000
     (dead,) = [json.loads(r.value) for r in asyncio.run(topic_records(settings, settings.kafka_dlq_topic))]
     assert dead["reason"] == "non_positive_price" and dead["stage"] == "ingest"
     assert json.loads(dead["raw"])["trade_id"] == 1001

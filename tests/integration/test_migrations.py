@@ -7,6 +7,7 @@ TimescaleDB harness server, so the other tests' schema is never touched.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pyarrow as pa
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -22,6 +24,7 @@ from cryptostream.migrate import ALEMBIC_INI, downgrade, upgrade
 from cryptostream.models import INTERVALS
 from cryptostream.settings import load_settings
 from cryptostream.store import DatabaseStore
+from cryptostream.venues import UNKNOWN
 from tests.integration.conftest import Backend, timescaledb_server
 from tests.integration.test_storage import START_MS, _trades, candles_of, write_candles
 from tests.reference import assert_candles_equal, batch_candles, rows_by_key
@@ -30,6 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
 REPO = Path(__file__).resolve().parents[2]
 CAGGS = ["ohlc_1d", "ohlc_1h", "ohlc_1m", "ohlc_5m"]
+HEAD = "0003"
 
 
 @pytest.fixture(params=["postgresql", "timescaledb"])
@@ -112,18 +116,37 @@ def test_alembic_command_line_upgrade_downgrade_upgrade(empty_backend: Backend):
         if args == ["downgrade", "base"]:
             assert tables(empty_backend.dsn) == {}
     assert tables(empty_backend.dsn) == expected_schema(empty_backend.kind)
-    assert version(empty_backend.dsn) == "0002"
+    assert version(empty_backend.dsn) == HEAD
 
 
-async def _read_all(backend: Backend, symbol: str) -> dict[str, dict]:
+async def _read_all(backend: Backend, exchange: str, symbol: str) -> dict[str, dict]:
     store = await DatabaseStore.connect(backend.dsn, max_size=backend.pool_size)
     try:
         return {
-            i: rows_by_key((await store.candles(symbol, limit=10**6, interval=i)).to_pylist())
+            i: rows_by_key((await store.candles(exchange, symbol, limit=10**6, interval=i)).to_pylist())
             for i in INTERVALS
         }
     finally:
         await store.close()
+
+
+def write_legacy(dsn: str, candles: pa.Table) -> None:
+    """Candles as revisions 0001/0002 stored them: no venue column."""
+    table = candles.drop_columns(["exchange"])
+
+    async def copy() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            records = list(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
+            await conn.copy_records_to_table("ohlc_1s", records=records, columns=table.column_names)
+        finally:
+            await conn.close()
+
+    asyncio.run(copy())
+
+
+def as_venue(trades: list, exchange: str) -> list:
+    return [dataclasses.replace(t, exchange=exchange) for t in trades]
 
 
 def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_backend: Backend):
@@ -131,7 +154,7 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
     command.upgrade(_config(dsn), "0001")
     symbols = ["MIGBTC"]
     trades = _trades(symbols, n=6000, start_ms=START_MS, seed=3)  # ~2.8 h across midnight
-    asyncio.run(write_candles(empty_backend, candles_of(trades)))
+    write_legacy(dsn, candles_of(trades))
     count = fetch(dsn, "SELECT count(*) FROM ohlc_1s")[0][0]
     assert count > 1000
 
@@ -161,9 +184,11 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
                 view,
             )[0][0]
             assert fetch(dsn, f"SELECT count(*) FROM {materialized}")[0][0] > 0, view
-    rolled = asyncio.run(_read_all(empty_backend, symbols[0]))
+    # rows stored before venues existed are the "unknown" venue's
+    legacy = as_venue(trades, UNKNOWN)
+    rolled = asyncio.run(_read_all(empty_backend, UNKNOWN, symbols[0]))
     for interval, ms in INTERVALS.items():
-        assert_candles_equal(rolled[interval], batch_candles(trades, ms))
+        assert_candles_equal(rolled[interval], batch_candles(legacy, ms))
 
     downgrade(dsn, "0001")
     assert tables(dsn) == dict.fromkeys(["ohlc_1s", "volatility_1s", "predictions"], "table")
@@ -173,13 +198,64 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
         "volatility_1s_pkey",
         "predictions_pkey",
     }
-    assert_candles_equal(
-        asyncio.run(_read_all(empty_backend, symbols[0]))["1h"], batch_candles(trades, 3_600_000)
-    )
+    legacy_1h = fetch(dsn, "SELECT count(*) FROM ohlc_1s WHERE symbol = $1", symbols[0])[0][0]
+    assert legacy_1h == count
 
     upgrade(dsn)
     assert tables(dsn) == expected_schema(empty_backend.kind)
     assert fetch(dsn, "SELECT count(*) FROM ohlc_1s")[0][0] == count
+    assert_candles_equal(
+        asyncio.run(_read_all(empty_backend, UNKNOWN, symbols[0]))["1h"], batch_candles(legacy, 3_600_000)
+    )
+
+
+def test_venues_migrate_up_down_and_up_again_with_rows_of_several_venues(empty_backend: Backend):
+    """At head two venues hold the same symbol apart; down to the venue-less schema one row per key is
+    kept (the old key has no venue: the migration says how many it dropped) and fields the old schema
+    requires are filled; up again, what was kept is the unknown venue's, every interval consistent."""
+    dsn = empty_backend.dsn
+    command.upgrade(_config(dsn), "head")
+    binance = as_venue(_trades(["VENBTC"], n=3000, start_ms=START_MS, seed=8), "binance")
+    coinbase = [  # ids of their own: merged into one venue below, they must not look like resends
+        dataclasses.replace(t, trade_id=t.trade_id + 10**9)
+        for t in as_venue(_trades(["VENBTC"], n=3000, start_ms=START_MS, seed=9), "coinbase")
+    ]
+    asyncio.run(write_candles(empty_backend, candles_of(binance + coinbase)))
+    both = {e: asyncio.run(_read_all(empty_backend, e, "VENBTC")) for e in ("binance", "coinbase")}
+    for exchange, trades in (("binance", binance), ("coinbase", coinbase)):
+        for interval, ms in INTERVALS.items():
+            assert_candles_equal(both[exchange][interval], batch_candles(trades, ms))
+    keys = {k[2] for k in both["binance"]["1s"]} | {k[2] for k in both["coinbase"]["1s"]}
+    shared = {k[2] for k in both["binance"]["1s"]} & {k[2] for k in both["coinbase"]["1s"]}
+    assert shared, "the test needs seconds both venues traded in"
+    # a candle of a foreign archive: no trade count, VWAP or side volumes
+    fetch(
+        dsn,
+        "INSERT INTO ohlc_1s (exchange, symbol, bucket, open, high, low, close, volume) "
+        "VALUES ('unknown', 'OLDBTC', to_timestamp($1 / 1000.0), 1, 2, 0.5, 1.5, 3)",
+        START_MS,
+    )
+
+    command.downgrade(_config(dsn), "0002")
+    rows = fetch(dsn, "SELECT symbol, bucket, close, trade_count, vwap FROM ohlc_1s")
+    assert len(rows) == len(keys) + 1  # one row per (symbol, bucket): binance's where both had one
+    kept = {(r["symbol"], int(r["bucket"].timestamp() * 1000)): r for r in rows}
+    for ms in shared:
+        assert kept[("VENBTC", ms)]["close"] == both["binance"]["1s"][("binance", "VENBTC", ms)]["close"]
+    old = kept[("OLDBTC", START_MS)]
+    assert old["trade_count"] == 0 and old["vwap"] == 1.5
+
+    command.upgrade(_config(dsn), "head")
+    assert tables(dsn) == expected_schema(empty_backend.kind)
+    after = asyncio.run(_read_all(empty_backend, UNKNOWN, "VENBTC"))
+    assert len(after["1s"]) == len(keys)
+    assert asyncio.run(_read_all(empty_backend, "binance", "VENBTC"))["1s"] == {}
+    kept_trades = as_venue(
+        list(binance) + [t for t in coinbase if t.timestamp - t.timestamp % 1000 not in shared],
+        UNKNOWN,
+    )
+    for interval, ms in INTERVALS.items():
+        assert_candles_equal(after[interval], batch_candles(kept_trades, ms))
 
 
 def test_an_upgrade_that_fails_midway_is_finished_by_running_it_again(tmp_path: Path):
@@ -196,7 +272,7 @@ def test_an_upgrade_that_fails_midway_is_finished_by_running_it_again(tmp_path: 
 
         fetch(dsn, "DROP TABLE ohlc_5m")
         command.upgrade(_config(dsn), "head")
-        assert version(dsn) == "0002"
+        assert version(dsn) == HEAD
         assert tables(dsn) == expected_schema("timescaledb")
         command.downgrade(_config(dsn), "base")
         assert tables(dsn) == {}

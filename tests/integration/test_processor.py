@@ -42,8 +42,8 @@ async def test_disordered_duplicated_stream_lands_exactly_in_parquet_and_databas
 
     vol_expected = batch_volatility(expected, 20)
     vol_db = {
-        (r["symbol"], int(r["bucket"].timestamp() * 1000)): r["volatility"]
-        for r in await db.fetch("SELECT symbol, bucket, volatility FROM volatility_1s")
+        (r["exchange"], r["symbol"], int(r["bucket"].timestamp() * 1000)): r["volatility"]
+        for r in await db.fetch("SELECT exchange, symbol, bucket, volatility FROM volatility_1s")
     }
     assert vol_db.keys() == vol_expected.keys()
     assert all(math.isclose(vol_db[k], v, rel_tol=1e-7, abs_tol=1e-15) for k, v in vol_expected.items())
@@ -130,4 +130,5 @@ async def test_late_trades_go_to_the_dead_letter_topic_and_leave_closed_candles_
     assert dlq_reasons(dlq) == ["late"]
     assert orjson.loads(orjson.loads(dlq[0].value)["raw"])["trade_id"] == 100
     rows = rows_by_key(await db_candles(db))
-    assert rows[("ETHUSDT", T0 + 1000)]["high"] == 11.0 and rows[("ETHUSDT", T0 + 1000)]["trade_count"] == 1
+    second = rows[("binance", "ETHUSDT", T0 + 1000)]
+    assert second["high"] == 11.0 and second["trade_count"] == 1

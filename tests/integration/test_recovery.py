@@ -40,7 +40,7 @@ async def test_parquet_files_of_an_aborted_checkpoint_are_removed_and_rewritten_
     settings = make_settings(max_buffer_seconds=0.5, parquet_chunk_seconds=0.5)
     trades = SyntheticMarket(["BTCUSDT", "ETHUSDT"], rate=300, seed=3).generate(6_000, start_ms=T0)
     expected = batch_candles(trades)
-    await produce(settings, trades[:3_000])
+    await produce(settings, trades[:3_000], close=False)  # the source goes on later
 
     failing = FailingDatabase(settings.database_dsn)
     first = Processor(settings, [ParquetSink(settings.output_dir), failing])
@@ -52,7 +52,7 @@ async def test_parquet_files_of_an_aborted_checkpoint_are_removed_and_rewritten_
         await task
 
     # Parquet of the aborted checkpoint is on disk, beyond what Kafka has committed.
-    written = sorted(p.name for p in settings.output_dir.glob("ohlc/*/*/*.parquet"))
+    written = sorted(p.name for p in settings.output_dir.glob("ohlc/*/*/*/*.parquet"))
     seqs = {int(FILE_RE.fullmatch(n)["seq"]) for n in written}
     assert max(seqs) >= 2, written
 

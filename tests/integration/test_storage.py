@@ -33,7 +33,7 @@ from ingest.synthetic import SyntheticMarket
 from processor.sinks import FlushBatch, Lineage, ParquetSink, PostgresSink
 from processor.windows import aggregate, dedupe
 from tests.integration.conftest import Backend
-from tests.reference import assert_candles_equal, batch_candles, rows_by_key
+from tests.reference import Key, assert_candles_equal, batch_candles, rows_by_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 START_MS = 1_700_001_600_000
 ROLLUPS = [name for name in INTERVALS if name != "1s"]
 CAGGS = ["ohlc_1d", "ohlc_1h", "ohlc_1m", "ohlc_5m"]
+V = "synthetic"  # the venue of SyntheticMarket's trades
 
 
 def _symbols(n: int = 2) -> list[str]:
@@ -59,15 +60,15 @@ def candles_of(trades: list[Trade]) -> pa.Table:
 
 
 def _select(
-    expected: dict[tuple[str, int], dict[str, Any]],
+    expected: dict[Key, dict[str, Any]],
     symbol: str,
     start: datetime | None = None,
     end: datetime | None = None,
     limit: int | None = None,
-) -> dict[tuple[str, int], dict[str, Any]]:
+) -> dict[Key, dict[str, Any]]:
     lo = start.timestamp() * 1000 if start else float("-inf")
     hi = end.timestamp() * 1000 if end else float("inf")
-    keys = sorted(k for k in expected if k[0] == symbol and lo <= k[1] < hi)
+    keys = sorted(k for k in expected if k[1] == symbol and lo <= k[2] < hi)
     if limit is not None:
         keys = keys[-limit:]
     return {k: expected[k] for k in keys}
@@ -153,7 +154,7 @@ async def open_store(backend: Backend, archive_root: Path | None = None) -> Data
     return await DatabaseStore.connect(backend.dsn, archive_root, max_size=backend.pool_size)
 
 
-def _by_key(table: pa.Table) -> dict[tuple[str, int], dict[str, Any]]:
+def _by_key(table: pa.Table) -> dict[Key, dict[str, Any]]:
     return rows_by_key(table.to_pylist())
 
 
@@ -208,7 +209,7 @@ async def test_schema_is_timescaledb_where_available_and_plain_tables_elsewhere(
         await conn.close()
     store = await open_store(storage_backend)
     try:
-        await store.candles("NOSUCHSYMBOL")
+        await store.candles(V, "NOSUCHSYMBOL")
         assert store.backend == storage_backend.kind
     finally:
         await store.close()
@@ -238,18 +239,18 @@ async def test_rollups_at_every_interval_equal_a_batch_computation_over_the_trad
         for interval, ms in INTERVALS.items():
             expected = batch_candles(trades, ms)
             for symbol in symbols:
-                everything = await store.candles(symbol, limit=1_000_000, interval=interval)
+                everything = await store.candles(V, symbol, limit=1_000_000, interval=interval)
                 _assert_sorted_aware(everything)
                 assert_candles_equal(_by_key(everything), _select(expected, symbol))
                 # A range that starts and ends inside buckets, and a limit that keeps the newest rows.
                 start = _at(first + 1_234_567 + 500)
                 end = _at(last - 2_345_678)
                 for limit in (1, 7, 100_000):
-                    got = await store.candles(symbol, start, end, limit=limit, interval=interval)
+                    got = await store.candles(V, symbol, start, end, limit=limit, interval=interval)
                     assert_candles_equal(_by_key(got), _select(expected, symbol, start, end, limit))
-                newest = await store.candles(symbol, limit=5, interval=interval)
+                newest = await store.candles(V, symbol, limit=5, interval=interval)
                 assert_candles_equal(_by_key(newest), _select(expected, symbol, limit=5))
-                latest = await store.latest_candle(symbol, interval)
+                latest = await store.latest_candle(V, symbol, interval)
                 assert_candles_equal(_by_key(latest), _select(expected, symbol, limit=1))
     finally:
         await store.close()
@@ -265,7 +266,7 @@ async def test_timescaledb_real_time_and_materialized_aggregates_answer_alike(ts
     await write_candles(storage_backend, candles_of(trades))
     store = await open_store(storage_backend)
     try:
-        before = {i: await store.candles(symbols[0], limit=100_000, interval=i) for i in ROLLUPS}
+        before = {i: await store.candles(V, symbols[0], limit=100_000, interval=i) for i in ROLLUPS}
     finally:
         await store.close()
     assert await materialized_rows(storage_backend, symbols[0]) == dict.fromkeys(CAGGS, 0)
@@ -281,7 +282,7 @@ async def test_timescaledb_real_time_and_materialized_aggregates_answer_alike(ts
     store = await open_store(storage_backend)
     try:
         for interval in ROLLUPS:
-            after = await store.candles(symbols[0], limit=100_000, interval=interval)
+            after = await store.candles(V, symbols[0], limit=100_000, interval=interval)
             expected = batch_candles(trades, INTERVALS[interval])
             assert_candles_equal(_by_key(before[interval]), expected)
             assert_candles_equal(_by_key(after), expected)
@@ -302,7 +303,7 @@ async def test_postgresql_and_timescaledb_return_identical_rollups(postgres_stor
         store = await open_store(backend)
         try:
             results[backend.kind] = {
-                f"{s}/{i}": await store.candles(s, limit=100_000, interval=i)
+                f"{s}/{i}": await store.candles(V, s, limit=100_000, interval=i)
                 for s in symbols
                 for i in INTERVALS
             }
@@ -341,8 +342,8 @@ async def test_parquet_archive_returns_the_same_candles_as_the_database(
         for symbol in symbols:
             for interval in INTERVALS:
                 for args in ({"limit": 100_000}, {"start": start, "end": end, "limit": 50}, {"limit": 3}):
-                    from_db = await db.candles(symbol, interval=interval, **args)
-                    from_parquet = await files.candles(symbol, interval=interval, **args)
+                    from_db = await db.candles(V, symbol, interval=interval, **args)
+                    from_parquet = await files.candles(V, symbol, interval=interval, **args)
                     assert from_parquet.num_rows > 0
                     assert from_parquet.schema == from_db.schema
                     for name in ("bucket", "open", "high", "low", "close", "trade_count"):
@@ -355,7 +356,7 @@ async def test_parquet_archive_returns_the_same_candles_as_the_database(
         _assert_sorted_aware(rows)
         assert rows.num_rows > 0 and all(b.date() == day for b in rows["bucket"].to_pylist())
         assert loader.load_ohlc(symbols[0], limit=10)["bucket"].to_pylist() == (
-            (await db.candles(symbols[0], limit=10))["bucket"].to_pylist()
+            (await db.candles(V, symbols[0], limit=10))["bucket"].to_pylist()
         )
     finally:
         await db.close()
@@ -394,16 +395,16 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
     try:
         for interval in INTERVALS:
             expected = batch_candles(trades, INTERVALS[interval])
-            got = await store.candles(symbol, limit=1_000_000, interval=interval)
+            got = await store.candles(V, symbol, limit=1_000_000, interval=interval)
             assert_candles_equal(_by_key(got), _select(expected, symbol))
             window = (_at(start_ms + 86_400_000 - 3_600_000), _at(start_ms + 86_400_000 + 3_600_000))
-            got = await store.candles(symbol, *window, limit=1_000_000, interval=interval)
+            got = await store.candles(V, symbol, *window, limit=1_000_000, interval=interval)
             assert_candles_equal(_by_key(got), _select(expected, symbol, *window))
     finally:
         await store.close()
     bare = await open_store(storage_backend)  # one at a time: the TimescaleDB harness takes one connection
     try:
-        only_db = await bare.candles(symbol, limit=1_000_000)
+        only_db = await bare.candles(V, symbol, limit=1_000_000)
         assert only_db.num_rows == left  # without the archive the dropped day is simply absent
     finally:
         await bare.close()
@@ -414,6 +415,7 @@ async def test_volatility_predictions_and_symbols_read_back(storage_backend: Bac
     buckets = [_at(START_MS + i * 1000) for i in range(300)]
     vol = pa.table(
         {
+            "exchange": [V] * 300,
             "symbol": [symbols[0]] * 300,
             "bucket": buckets,
             "volatility": [i * 1e-5 for i in range(300)],
@@ -423,6 +425,7 @@ async def test_volatility_predictions_and_symbols_read_back(storage_backend: Bac
     )
     preds = pa.table(
         {
+            "exchange": [V] * 20,
             "symbol": [symbols[1]] * 20,
             "bucket": [buckets[i // 2] for i in range(20)],
             "horizon_seconds": [60 if i % 2 else 300 for i in range(20)],
@@ -438,14 +441,14 @@ async def test_volatility_predictions_and_symbols_read_back(storage_backend: Bac
     store = await open_store(storage_backend)
     try:
         assert set(symbols) <= set(await store.symbols())
-        got = await store.volatility(symbols[0], start=buckets[10], end=buckets[60], limit=20)
+        got = await store.volatility(V, symbols[0], start=buckets[10], end=buckets[60], limit=20)
         assert got.equals(vol.slice(40, 20))
-        assert (await store.volatility(symbols[0], limit=1_000)).equals(vol)
-        got = await store.predictions(symbols[1], limit=5)
+        assert (await store.volatility(V, symbols[0], limit=1_000)).equals(vol)
+        got = await store.predictions(V, symbols[1], limit=5)
         assert got.schema == PREDICTION_SCHEMA
         ordered = sorted(preds.to_pylist(), key=lambda r: (r["bucket"], r["horizon_seconds"]))
         assert got.to_pylist() == ordered[-5:]
-        assert (await store.volatility("NOSUCHSYMBOL")).num_rows == 0
+        assert (await store.volatility(V, "NOSUCHSYMBOL")).num_rows == 0
     finally:
         await store.close()
 
@@ -460,6 +463,7 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
     n = len(awkward)
     candles = pa.table(
         {
+            "exchange": [V] * n,
             "symbol": [symbol] * n,
             "bucket": [_at(START_MS + i * 1000) for i in range(n)],
             "open": awkward,
@@ -474,9 +478,10 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
         },
         schema=CANDLE_SCHEMA,
     )
-    stale = candles.slice(0, 2).set_column(2, "open", pa.array([7.0, 8.0]))
+    stale = candles.slice(0, 2).set_column(3, "open", pa.array([7.0, 8.0]))
     preds = pa.table(
         {
+            "exchange": [V, V],
             "symbol": [symbol, symbol],
             "bucket": [_at(START_MS), _at(START_MS)],
             "horizon_seconds": pa.array([60, 300], pa.int32()),
@@ -497,7 +502,7 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
         first = await conn.fetch(select, symbol)
     finally:
         await conn.close()
-    changed = candles.set_column(4, "low", pa.array([-1.0] + [-x for x in awkward[1:]]))
+    changed = candles.set_column(5, "low", pa.array([-1.0] + [-x for x in awkward[1:]]))
     replay = FlushBatch()
     replay.tables[1] = {"ohlc": changed}
     replay.lineage = {1: Lineage("0a1b2c3d", 1)}
@@ -541,11 +546,11 @@ async def test_timescaledb_replay_into_compressed_chunks_still_upserts(tsdb_url:
         assert compressed
     finally:
         await conn.close()
-    replayed = candles.set_column(5, "close", pa.array([x * 2 for x in candles["close"].to_pylist()]))
+    replayed = candles.set_column(6, "close", pa.array([x * 2 for x in candles["close"].to_pylist()]))
     await write_candles(backend, replayed)
     store = await open_store(backend)
     try:
-        got = await store.candles(symbols[0], limit=100_000)
+        got = await store.candles(V, symbols[0], limit=100_000)
     finally:
         await store.close()
     assert got.num_rows == candles.num_rows
@@ -559,11 +564,11 @@ async def test_bad_queries_raise_query_error(storage_backend: Backend, tmp_path:
     try:
         for s in (store, files):
             with pytest.raises(QueryError, match="unknown interval '2m'"):
-                await s.candles("BTCUSDT", interval="2m")
+                await s.candles(V, "BTCUSDT", interval="2m")
             with pytest.raises(QueryError, match="is after end"):
-                await s.candles("BTCUSDT", start=t, end=t - timedelta(seconds=1))
+                await s.candles(V, "BTCUSDT", start=t, end=t - timedelta(seconds=1))
             with pytest.raises(QueryError, match="limit must be >= 1"):
-                await s.volatility("BTCUSDT", limit=0)
-            assert (await s.candles("BTCUSDT", start=t, end=t, interval="1h")).num_rows == 0
+                await s.volatility(V, "BTCUSDT", limit=0)
+            assert (await s.candles(V, "BTCUSDT", start=t, end=t, interval="1h")).num_rows == 0
     finally:
         await store.close()

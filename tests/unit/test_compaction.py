@@ -25,6 +25,7 @@ TODAY = date(2024, 1, 20)
 OLD = date(2024, 1, 10)
 RECENT = date(2024, 1, 19)
 SYMBOL = "BTCUSDT"
+EXCHANGE = "binance"
 
 
 def candles(day: date, first_second: int, n: int, price: float = 100.0) -> pa.Table:
@@ -33,6 +34,7 @@ def candles(day: date, first_second: int, n: int, price: float = 100.0) -> pa.Ta
     prices = [price + i * 0.25 for i in range(n)]
     return pa.table(
         {
+            "exchange": [EXCHANGE] * n,
             "symbol": [SYMBOL] * n,
             "bucket": buckets,
             "open": prices,
@@ -57,16 +59,17 @@ async def write(root: Path, partition: int, epoch: str, seq: int, table: pa.Tabl
 
 
 def checkpoint(root: Path, partition: int, epoch: str, seq: int, offset: int) -> None:
-    CheckpointStore(root, "group", "trades").save(Checkpoint("trades", partition, offset, offset, epoch, seq))
+    CheckpointStore(root, "group", "trades").save(Checkpoint("trades", partition, offset, epoch, seq))
 
 
 def files(root: Path, day: date) -> list[str]:
-    return sorted(p.name for p in archive.partition_dir(root, "ohlc", SYMBOL, day).glob("*.parquet"))
+    folder = archive.partition_dir(root, "ohlc", EXCHANGE, SYMBOL, day)
+    return sorted(p.name for p in folder.glob("*.parquet"))
 
 
 def everything(root: Path) -> pa.Table:
     """What readers see: one row per bucket."""
-    return archive.load(root, "ohlc", SYMBOL, unique=True)
+    return archive.load(root, "ohlc", EXCHANGE, SYMBOL, unique=True)
 
 
 async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path: Path):
@@ -98,11 +101,12 @@ async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path:
     ]
     assert files(tmp_path, RECENT) == recent_before  # too young
     assert everything(tmp_path).equals(before)  # the same rows, in the same order
-    folder = archive.partition_dir(tmp_path, "ohlc", SYMBOL, OLD)
+    folder = archive.partition_dir(tmp_path, "ohlc", EXCHANGE, SYMBOL, OLD)
     stored = sum(archive.pq.read_metadata(folder / name).num_rows for name in old_files)
     assert stored == 7 * 40 + 2 * 10 + 5  # nothing dropped from the files, duplicates included
     assert before.num_rows == 7 * 40 + 2 * 10 + 3 * 30  # readers see each bucket once
-    assert archive.load(tmp_path, "ohlc", SYMBOL).num_rows == stored + 3 * 30  # all stored rows, if asked
+    everything_stored = archive.load(tmp_path, "ohlc", EXCHANGE, SYMBOL)
+    assert everything_stored.num_rows == stored + 3 * 30  # all stored rows, if asked
 
     # A restart of lineage e1 from seq 3 deletes exactly what it will write again; the merge is untouched.
     removed = ParquetSink(tmp_path).remove_uncommitted(0, "e1", 3)
@@ -124,7 +128,7 @@ async def test_a_compaction_cut_short_reads_the_same_and_is_finished_by_the_next
     for seq in (1, 2, 3):
         await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 20, price=seq))
     before = everything(tmp_path)
-    folder = archive.partition_dir(tmp_path, "ohlc", SYMBOL, OLD)
+    folder = archive.partition_dir(tmp_path, "ohlc", EXCHANGE, SYMBOL, OLD)
     sources = files(tmp_path, OLD)
     # The state a crash leaves between writing the merged file and deleting its sources.
     merged = pa.concat_tables(
@@ -153,17 +157,17 @@ async def test_rollups_and_limits_read_the_same_after_compaction(tmp_path: Path)
     queries = [
         {"interval": i, "limit": limit} for i in ("1s", "1m", "15m", "1h", "1d") for limit in (1, 50, 10_000)
     ]
-    before = [archive.load_candles(tmp_path, SYMBOL, **q) for q in queries]
+    before = [archive.load_candles(tmp_path, EXCHANGE, SYMBOL, **q) for q in queries]
     compact(tmp_path, min_age_days=1, today=TODAY)
     assert len(files(tmp_path, OLD)) == 1
     for q, table in zip(queries, before, strict=True):
-        assert archive.load_candles(tmp_path, SYMBOL, **q).equals(table), q
+        assert archive.load_candles(tmp_path, EXCHANGE, SYMBOL, **q).equals(table), q
 
 
 def test_unreadable_checkpoint_stops_compaction(tmp_path: Path):
-    folder = tmp_path / "_checkpoints" / "g" / "t" / "p0000"
+    folder = tmp_path / "_checkpoints" / "g" / "t" / "p0000" / "e1"
     folder.mkdir(parents=True)
-    (folder / "00000000000000000001.json").write_text("{not json")
+    (folder / "00000000000000000001.ckpt").write_text("not a zip")
     with pytest.raises(ValueError, match="unreadable checkpoint"):
         compact(tmp_path, today=TODAY)
 

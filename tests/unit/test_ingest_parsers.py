@@ -1,4 +1,7 @@
-"""Raw exchange messages (tests/data/exchanges, as pasted in the parsers' docstrings) through the parsers."""
+"""Raw exchange messages (tests/data/exchanges, as pasted in the parsers' docstrings) through the parsers.
+
+Feeds are built with explicit markets from the shipped market lists (cryptostream/data/markets), no network.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import orjson
 import pytest
 
 from cryptostream.errors import SettingsError
+from cryptostream.markets import Market, snapshot
 from cryptostream.settings import load_settings
+from ingest.backfill import BackfillError, BinanceHistory, CoinbaseHistory
 from ingest.exchanges import Binance, CoinbaseAdvanced, CoinbaseExchange, build
 from ingest.exchanges import coinbase as coinbase_module
 from ingest.exchanges.coinbase import advanced_is_buyer_maker, maker_side_is_buyer_maker
@@ -29,9 +34,22 @@ def settings(**overrides):
     return load_settings(**values)
 
 
+LISTS = {"binance": snapshot("binance"), "coinbase": snapshot("coinbase")}
+
+
+def markets(exchange: str, *spellings: str) -> list[Market]:
+    found = [LISTS[exchange].lookup(spelling) for spelling in spellings]
+    assert None not in found, f"{spellings} not all listed on {exchange}"
+    return found
+
+
+BINANCE = markets("binance", "BNBBTC", "BTCUSDT", "NKNUSDT")
+COINBASE = markets("coinbase", "BTC-USD", "DOT-USD", "ARB-USD", "USDT-USD")
+
+
 # ------------------------------------------------------------------------------------------------ Binance
 def test_binance_trade_maps_every_field_and_keeps_both_times():
-    (trade,) = Binance(settings()).parse(raw("binance_trade.json"), RECEIVED).trades
+    (trade,) = Binance(settings(), BINANCE).parse(raw("binance_trade.json"), RECEIVED).trades
     assert trade.exchange == "binance"
     assert trade.symbol == "BNBBTC"
     assert trade.price == 0.001 and trade.quantity == 100.0
@@ -42,23 +60,39 @@ def test_binance_trade_maps_every_field_and_keeps_both_times():
 
 
 def test_binance_microsecond_trade_time_is_cut_to_the_exact_millisecond():
-    (trade,) = Binance(settings()).parse(raw("binance_trade_us.json"), RECEIVED).trades
+    (trade,) = Binance(settings(), BINANCE).parse(raw("binance_trade_us.json"), RECEIVED).trades
     assert trade.timestamp == 1735689600123
     assert trade.is_buyer_maker is False and trade.trade_id == 4370000000
 
 
 def test_binance_aggtrade_uses_the_aggregate_id():
-    feed = Binance(settings(binance_stream="aggTrade"))
+    feed = Binance(settings(binance_stream="aggTrade"), BINANCE)
     (trade,) = feed.parse(raw("binance_aggtrade.json"), RECEIVED).trades
     assert (trade.symbol, trade.trade_id, trade.price, trade.quantity) == ("NKNUSDT", 15683430, 0.3528, 58.0)
     assert trade.timestamp == 1633998523963 and trade.is_buyer_maker is False
-    assert feed.url().endswith(
-        "/stream?streams=bnbbtc@aggTrade/btcusd@aggTrade/btcusdt@aggTrade/nknusdt@aggTrade"
+    assert feed.url().endswith("/stream?streams=bnbbtc@aggTrade/btcusdt@aggTrade/nknusdt@aggTrade")
+
+
+def test_binance_streams_are_named_by_binance_symbols_of_the_markets():
+    feed = Binance(settings(), markets("binance", "1INCH-USDT", "ETH-BTC", "USDT-TRY"))
+    assert (
+        feed.url()
+        == "wss://stream.binance.com:9443/stream?streams=1inchusdt@trade/ethbtc@trade/usdttry@trade"
     )
+    assert feed.symbols == {"1INCHUSDT", "ETHBTC", "USDTTRY"}
+
+
+def test_a_feed_takes_only_markets_of_its_own_exchange():
+    with pytest.raises(
+        SettingsError, match="the binance feed needs markets binance lists, got DOT-USD .coinbase."
+    ):
+        Binance(settings(), markets("coinbase", "DOT-USD"))
+    with pytest.raises(SettingsError, match="the coinbase feed needs markets coinbase lists, got none"):
+        CoinbaseExchange(settings(), [])
 
 
 def test_binance_control_frames():
-    feed = Binance(settings())
+    feed = Binance(settings(), BINANCE)
     assert feed.parse(raw("binance_server_shutdown.json"), RECEIVED).shutdown
     wrapped = b'{"stream":"btcusdt@trade","data":{"e":"serverShutdown","E":1770123456789}}'
     assert feed.parse(wrapped, RECEIVED).shutdown
@@ -69,14 +103,14 @@ def test_binance_control_frames():
 
 
 def test_binance_rest_rows_parse_like_the_stream():
-    trades, rejects = Binance(settings(binance_stream="aggTrade")).parse_history(
+    trades, rejects = Binance(settings(binance_stream="aggTrade"), BINANCE).parse_history(
         "BTCUSDT", orjson.loads(raw("binance_rest_aggtrades.json")), RECEIVED
     )
     assert not rejects
     assert [(t.trade_id, t.price, t.quantity, t.timestamp, t.is_buyer_maker) for t in trades] == [
         (26129, 0.01633102, 4.70443515, 1498793709153, True)
     ]
-    trades, rejects = Binance(settings()).parse_history(
+    trades, rejects = Binance(settings(), BINANCE).parse_history(
         "BTCUSDT", orjson.loads(raw("binance_rest_historical_trades.json")), RECEIVED
     )
     assert not rejects
@@ -129,7 +163,7 @@ def test_binance_rest_rows_parse_like_the_stream():
     ],
 )
 def test_bad_binance_frames_are_rejected_with_a_reason_and_the_raw_payload(frame, reason):
-    parsed = Binance(settings()).parse(frame, RECEIVED)
+    parsed = Binance(settings(), BINANCE).parse(frame, RECEIVED)
     assert not parsed.trades
     (rejected,) = parsed.rejected
     assert rejected.reason == reason
@@ -138,7 +172,7 @@ def test_bad_binance_frames_are_rejected_with_a_reason_and_the_raw_payload(frame
 
 # ------------------------------------------------------------------------------------------------ Coinbase
 def test_coinbase_match_side_is_the_makers_side():
-    feed = CoinbaseExchange(settings())
+    feed = CoinbaseExchange(settings(), COINBASE)
     (trade,) = feed.parse(raw("coinbase_match.json"), RECEIVED).trades
     assert (trade.exchange, trade.symbol, trade.trade_id) == ("coinbase", "BTCUSD", 10)
     assert (trade.price, trade.quantity) == (400.23, 5.23512)
@@ -150,11 +184,11 @@ def test_coinbase_match_side_is_the_makers_side():
 
 
 def test_coinbase_control_frames():
-    feed = CoinbaseExchange(settings())
+    feed = CoinbaseExchange(settings(), COINBASE)
     assert feed.subscriptions() == [
         {
             "type": "subscribe",
-            "product_ids": ["BNB-BTC", "BTC-USDT", "NKN-USDT", "BTC-USD"],
+            "product_ids": ["BTC-USD", "DOT-USD", "ARB-USD", "USDT-USD"],  # not DO-TUSD, AR-BUSD, USD-TUSD
             "channels": ["matches", "heartbeat"],
         }
     ]
@@ -167,7 +201,7 @@ def test_coinbase_control_frames():
 
 
 def test_coinbase_rest_rows_use_the_same_side_mapping():
-    trades, rejects = CoinbaseExchange(settings()).parse_history(
+    trades, rejects = CoinbaseExchange(settings(), COINBASE).parse_history(
         "BTCUSD", orjson.loads(raw("coinbase_rest_trades.json")), RECEIVED
     )
     assert not rejects
@@ -178,11 +212,11 @@ def test_coinbase_rest_rows_use_the_same_side_mapping():
 
 
 def test_coinbase_advanced_batches_snapshot_and_update_with_nanosecond_times():
-    feed = CoinbaseAdvanced(settings())
+    feed = CoinbaseAdvanced(settings(), COINBASE)
     assert feed.subscriptions() == [
         {
             "type": "subscribe",
-            "product_ids": ["BNB-BTC", "BTC-USDT", "NKN-USDT", "BTC-USD"],
+            "product_ids": ["BTC-USD", "DOT-USD", "ARB-USD", "USDT-USD"],
             "channel": "market_trades",
         },
         {"type": "subscribe", "channel": "heartbeats"},
@@ -223,7 +257,7 @@ def test_one_bad_trade_in_an_advanced_batch_does_not_spoil_the_others():
     good = frame["events"][0]["trades"][0]
     bad = {**good, "trade_id": "1068572092", "price": "-1"}
     frame["events"][0]["trades"].append(bad)
-    parsed = CoinbaseAdvanced(settings()).parse(orjson.dumps(frame), RECEIVED)
+    parsed = CoinbaseAdvanced(settings(), COINBASE).parse(orjson.dumps(frame), RECEIVED)
     assert [t.trade_id for t in parsed.trades] == [1068572091]
     (rejected,) = parsed.rejected
     assert rejected.reason == "non_positive_price" and orjson.loads(rejected.raw) == bad
@@ -268,5 +302,46 @@ def test_bad_times_raise_a_field_error(bad):
     ],
 )
 def test_bad_endpoint_settings_fail_in_one_line_naming_the_setting(overrides, message):
+    both = {"binance": BINANCE, "coinbase": COINBASE}
     with pytest.raises(SettingsError, match=message):
-        build(settings(exchanges="binance,coinbase", backfill=True, **overrides), httpx.AsyncClient())
+        build(settings(exchanges="binance,coinbase", backfill=True, **overrides), httpx.AsyncClient(), both)
+
+
+def test_build_makes_a_feed_only_for_exchanges_that_list_a_symbol():
+    feeds = build(
+        settings(exchanges="binance,coinbase"), httpx.AsyncClient(), {"binance": [], "coinbase": COINBASE}
+    )
+    assert [type(feed) for feed in feeds] == [CoinbaseExchange]
+    # the demo venue is no live exchange: refused by the settings or by build, naming it either way
+    with pytest.raises(SettingsError, match="EXCHANGES .*synthetic"):
+        build(settings(exchanges="synthetic"), httpx.AsyncClient(), {})
+
+
+# -------------------------------------------------------------------------------------------- REST history
+def history_client(rows: bytes, seen: list[httpx.URL]) -> httpx.AsyncClient:
+    """An HTTP client whose transport answers every request with ``rows`` (an injected test double)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, content=rows, headers={"Content-Type": "application/json"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+
+async def test_coinbase_history_asks_for_the_product_id_of_the_market():
+    seen: list[httpx.URL] = []
+    async with history_client(raw("coinbase_rest_trades.json"), seen) as http:
+        history = CoinbaseHistory(http, "https://api.exchange.coinbase.com", COINBASE)
+        rows = await history.fetch("DOTUSD", 73, 74)
+        with pytest.raises(BackfillError, match="ETHUSD is not one of this feed's markets .BTCUSD, DOTUSD"):
+            await history.fetch("ETHUSD", 1, 2)
+    assert [row["trade_id"] for row in rows] == [74, 73]
+    assert seen[0].path == "/products/DOT-USD/trades"  # the heuristic asked for /products/DO-TUSD/trades
+
+
+async def test_binance_history_asks_for_the_binance_symbol_of_the_market():
+    seen: list[httpx.URL] = []
+    async with history_client(raw("binance_rest_historical_trades.json"), seen) as http:
+        history = BinanceHistory(http, "https://api.binance.com", markets("binance", "1INCH-USDT"), "trade")
+        await history.fetch("1INCHUSDT", 28457, 28457)
+    assert (seen[0].path, seen[0].params["symbol"]) == ("/api/v3/historicalTrades", "1INCHUSDT")

@@ -148,7 +148,7 @@ def test_encoded_records_are_the_plain_json_the_codec_reads(tmp_path):
     (cols,) = list(read_columns(path))
     batch = encode(cols, received_at=1_800_000_000_000)
     assert [k for k, _, _ in batch] == [b"BTCUSDT", b"BTCUSDT"]
-    assert [t for _, _, t in batch] == [1735689600123, 1735689600124]
+    assert [t for _, _, t in batch] == [1_800_000_000_000] * 2  # the record time is the receipt time
     decoded, rejected = decode_trades([v for _, v, _ in batch])
     assert not rejected
     assert decoded.trade_id.tolist() == cols.trade_id.tolist()
@@ -185,12 +185,37 @@ async def test_replay_speed_paces_by_event_time(tmp_path):
     async def replay(speed: float) -> tuple[float, int, int]:
         started = time.monotonic()
         batches = [b async for b in replay_trades(load_settings(replay_speed=speed), path, progress=False)]
-        return time.monotonic() - started, sum(map(len, batches)), len(batches)
+        return time.monotonic() - started, sum(map(len, batches)), sum(1 for b in batches if b)
 
     elapsed, count, slices = await replay(10.0)
     assert count == 21 and 0.18 <= elapsed < 1.0 and slices > 1
     elapsed, count, slices = await replay(0.0)
     assert count == 21 and elapsed < 0.5 and slices == 1
+
+
+async def test_a_replay_writes_its_own_progress_and_ends_closing_every_window_it_fed(tmp_path):
+    """Progress is the file's event time (minus the buffer for the dump's disorder) and, at the end of the
+    file, the end of its last trade's second: a replay's candles depend on the file, not on the clock."""
+    lines = [f"{i},10.0,1.0,10.0,{1735689600000000 + i * 100_000},True,True" for i in range(21)]
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", lines)
+    settings = load_settings(replay_speed=10, progress_interval_ms=10, max_buffer_seconds=0.5)
+    batches = [b async for b in replay_trades(settings, path, progress=False)]
+    marks = [(p.exchange, p.symbols, p.watermark) for b in batches for p in b.progress]
+    last_ms = 1735689600000 + 20 * 100
+    assert marks[-1] == ("binance", ("BTCUSDT",), last_ms - last_ms % 1000 + 1000)  # its second closes too
+    assert len(marks) > 2 and all(w <= last_ms - 500 for _, _, w in marks[:-1])
+    assert [w for _, _, w in marks] == sorted(w for _, _, w in marks)
+    # a file that names no venue is the one --exchange says
+    jsonl = tmp_path / "trades.jsonl"
+    jsonl.write_bytes(
+        b'{"symbol":"ETHUSDT","price":1.0,"quantity":1.0,"timestamp":1735689600000,"trade_id":1,"is_buyer_maker":false}\n'
+    )
+    batches = [
+        b
+        async for b in replay_trades(load_settings(replay_speed=0), jsonl, exchange="Kraken", progress=False)
+    ]
+    assert {p.exchange for b in batches for p in b.progress} == {"kraken"}
+    assert orjson.loads(batches[0][0][1])["exchange"] == "kraken"
 
 
 async def test_progress_bar_shows_trades_rate_and_eta(tmp_path, capsys):

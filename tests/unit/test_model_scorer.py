@@ -13,19 +13,18 @@ from cryptostream.settings import load_settings
 from processor.model import registry
 from processor.model.dataset import build_dataset
 from processor.model.errors import ModelFileError
-from processor.model.features import candle_features
-from processor.model.labels import up_labels
+from processor.model.features import LOOKBACK_SECONDS, candle_features
 from processor.model.scorer import ModelScorer, load_live_scorer
 from processor.model.synthetic import synthetic_candles
 from processor.model.train import fit_and_report
-from processor.state import PartitionState, SymbolState
+from processor.state import PartitionState, StreamState
 
 HORIZON = 20
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """One trained result per kind (logit and the online sgd)."""
+    """One trained result per kind (logit and sgd)."""
     candles = {f"S{i}": synthetic_candles(2 * 3600, seed=70 + i, signal=0.2, gap_rate=0.1) for i in range(2)}
     ds = build_dataset(candles, HORIZON)
     return {kind: fit_and_report(ds, folds=3, candidates=(kind,)) for kind in ("logit", "sgd")}
@@ -35,14 +34,14 @@ def _stream(
     scorer, symbol: str, candles: dict[str, np.ndarray], seed: int, history_s: int = 61, max_chunk: int = 5
 ) -> pa.Table:
     """Feed candles in random chunks through the processor's own history keeping, as the processor does."""
-    part = PartitionState("t", 0, "e", 0, 0, 0, buffer_ms=1000, history_ms=history_s * 1000)
-    part.symbols[0] = SymbolState()
+    part = PartitionState("t", 0, "e", 0, 0, buffer_ms=1000, history_ms=history_s * 1000)
+    part.streams[0] = StreamState()
     rng = np.random.default_rng(seed)
     out, lo, n = [], 0, candles["bucket"].size
     while lo < n:
         hi = min(n, lo + int(rng.integers(1, max_chunk + 1)))
-        part.remember(0, {k: v[lo:hi] for k, v in candles.items()})
-        tables = scorer(symbol, part.symbols[0].recent, hi - lo)
+        merged = part.remember(0, {k: v[lo:hi] for k, v in candles.items()})
+        tables = scorer("binance", symbol, merged, hi - lo)
         if "predictions" in tables:
             out.append(tables["predictions"])
         lo = hi
@@ -68,63 +67,40 @@ def test_live_predictions_equal_batch_predictions_for_every_candle_with_lookback
     assert set(live["symbol"].to_pylist()) == {"BTCUSDT"}
 
 
-def test_the_online_model_learns_exactly_the_labels_batch_training_would_use(trained):
-    result = trained["sgd"]
-    scorer = ModelScorer(result.model_file, update_batch=10**9)  # hold rows back to inspect them
+def test_predictions_depend_on_the_candles_alone_not_on_how_they_arrive(trained):
+    """No state between calls, no online learning: any chunking of the same candles (a replay, a crash, a
+    partition moving) gives the same probabilities, for either kind of model."""
     candles = synthetic_candles(600, seed=9, signal=0.2, gap_rate=0.2, start_ms=1_800_000_000_000)
-    live = _stream(scorer, "ETHUSDT", candles, seed=2)
-    learned_y = np.concatenate(scorer._learn_y)
-    learned_x = np.concatenate(scorer._learn_x)
-    from processor.model.features import to_grid
-
-    grid = to_grid(candles)
-    x = candle_features(candles)
-    y, known = up_labels(grid, grid.index, HORIZON)
-    rows = np.isfinite(x).all(axis=1) & known
-    assert learned_y.tolist() == y[rows].tolist()
-    np.testing.assert_allclose(learned_x, x[rows], rtol=1e-9, atol=1e-12)
-    # every prediction still waiting is one whose horizon the data has not reached
-    assert (scorer.pending["ETHUSDT"].time + HORIZON * 1000 > candles["bucket"][-1]).all()
-    assert set(live["model_version"].to_pylist()) == {result.model_file["version"]}  # nothing learned yet
+    for kind in ("logit", "sgd"):
+        model_file = trained[kind].model_file
+        one = _stream(ModelScorer(model_file), "ETHUSDT", candles, seed=2, max_chunk=1)
+        many = _stream(ModelScorer(model_file), "ETHUSDT", candles, seed=3, max_chunk=90)
+        assert one.equals(many), kind
+        assert set(one["model_version"].to_pylist()) == {model_file["version"]}
 
 
-def test_the_online_model_changes_after_learning_and_says_so_in_its_version(trained):
-    result = trained["sgd"]
-    scorer = ModelScorer(result.model_file, update_batch=16)
-    before = scorer.model.coef.copy()
-    candles = synthetic_candles(400, seed=11, signal=0.2, start_ms=1_800_000_000_000)
-    live = _stream(scorer, "SOLUSDT", candles, seed=3)
-    versions = live["model_version"].to_pylist()
-    base = result.model_file["version"]
-    assert versions[0] == base and versions[-1] == base + "+online"
-    assert scorer.online.updates > 300
-    assert not np.array_equal(before, scorer.model.coef)
-    # the logit model never changes live
-    static = ModelScorer(trained["logit"].model_file)
-    _stream(static, "SOLUSDT", candles, seed=3)
-    assert static.online is None and static.version == trained["logit"].model_file["version"]
-
-
-def test_a_short_processor_history_is_extended_by_the_scorer_and_never_gives_wrong_values(trained):
+def test_the_history_the_processor_keeps_covers_the_lookback_of_every_new_candle(trained):
+    """With the processor's history (>= the lookback) every candle with a lookback is scored."""
     result = trained["logit"]
     candles = synthetic_candles(300, seed=4, gap_rate=0.2, start_ms=1_800_000_000_000)
     x = candle_features(candles)
     has_lookback = np.isfinite(x).all(axis=1)
     p = result.model.predict_proba(x[has_lookback])
     batch = dict(zip(candles["bucket"][has_lookback].tolist(), p, strict=True))
-    # the processor keeps 10 s of candles; the scorer keeps its own 31 s: every candle is scored
-    scorer = ModelScorer(result.model_file)
-    live = _stream(scorer, "BTCUSDT", candles, seed=4, history_s=10)
+    live = _stream(
+        ModelScorer(result.model_file),
+        "BTCUSDT",
+        candles,
+        seed=4,
+        history_s=LOOKBACK_SECONDS + 1,
+        max_chunk=90,
+    )
     assert live["bucket"].cast(pa.int64()).to_pylist() == sorted(batch)
-    assert scorer.unscored == 0
-    # batches closing more candles than the processor's history (45 s) holds: the oldest are not scored
-    scorer = ModelScorer(result.model_file)
-    live = _stream(scorer, "BTCUSDT", candles, seed=4, history_s=45, max_chunk=90)
-    assert scorer.unscored > 0 and 0 < live.num_rows < len(batch)
-    for bucket, p in zip(
+    for bucket, q in zip(
         live["bucket"].cast(pa.int64()).to_pylist(), live["probability_up"].to_pylist(), strict=True
     ):
-        assert p == pytest.approx(batch[bucket], rel=1e-9)  # what is scored is right
+        assert q == pytest.approx(batch[bucket], rel=1e-9)
+    assert set(live["exchange"].to_pylist()) == {"binance"}
 
 
 def test_no_model_means_no_scorer_and_a_foreign_model_is_refused(trained, tmp_path, caplog):
@@ -139,4 +115,4 @@ def test_no_model_means_no_scorer_and_a_foreign_model_is_refused(trained, tmp_pa
     assert "other features" in caplog.text
     registry.save(tmp_path, trained["logit"].model_file, trained["logit"].report)
     scorer = load_live_scorer(settings)
-    assert scorer is not None and scorer.base_version == trained["logit"].model_file["version"]
+    assert scorer is not None and scorer.version == trained["logit"].model_file["version"]

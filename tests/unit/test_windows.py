@@ -1,4 +1,7 @@
-"""Event-time windows: the streaming state equals a batch computation, however the stream arrives."""
+"""Event-time windows: the streaming state equals a batch computation, however the stream arrives.
+
+(The whole processor state, with progress records, crashes and dead letters, is held to a reference in
+``test_determinism.py``; here are the window rules themselves.)"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cryptostream.codec import Progress
 from cryptostream.models import CANDLE_SCHEMA, Trade, TradeColumns
 from processor.state import Interner, PartitionState, closed_candles
 from processor.windows import aggregate, bucket_of, dedupe, late_mask
@@ -54,14 +58,7 @@ def streams(draw: st.DrawFn) -> tuple[list[Trade], list[Trade], list[int]]:
 
 def _new_state() -> PartitionState:
     return PartitionState(
-        topic="t",
-        partition=0,
-        epoch="e",
-        seq=0,
-        position=0,
-        replay_until=0,
-        buffer_ms=BUFFER_MS,
-        history_ms=61_000,
+        topic="t", partition=0, epoch="e", seq=0, position=0, buffer_ms=BUFFER_MS, history_ms=61_000
     )
 
 
@@ -74,7 +71,7 @@ def _drive(
         if a == b:
             continue
         cols = interner.adopt(TradeColumns.from_trades(delivery[a:b], list(range(offset0 + a, offset0 + b))))
-        late.extend(state.ingest(cols, now=0.0).tolist())
+        late.extend(state.ingest(cols).tolist())
         state.position = offset0 + b
         candles = closed_candles(state.take_closed())
         if candles is not None:
@@ -82,8 +79,10 @@ def _drive(
     return tables, late
 
 
-def _finish(state: PartitionState) -> pa.Table:
-    state.close_idle(now=1e9, idle_s=0)
+def _finish(state: PartitionState, interner: Interner) -> pa.Table:
+    """The sources stop: progress that closes every window of every stream."""
+    for exchange, symbol in {interner.name(code) for code in state.streams}:
+        state.advance(Progress(exchange, (symbol,), 2**60), interner)
     candles = closed_candles(state.take_closed())
     return candles.to_table() if candles is not None else CANDLE_SCHEMA.empty_table()
 
@@ -98,15 +97,16 @@ def test_any_delivery_within_the_buffer_gives_the_batch_candles(stream) -> None:
     trades, delivery, cuts = stream
     state, interner = _new_state(), Interner()
     tables, late = _drive(state, interner, delivery, cuts)
-    tables.append(_finish(state))
+    tables.append(_finish(state, interner))
     assert late == []
     assert_candles_equal(_as_rows(tables), batch_candles(trades))
 
 
 @settings(max_examples=150, deadline=None)
 @given(streams(), st.integers(0, 2**32 - 1))
-def test_restoring_a_checkpoint_and_replaying_from_its_offset_gives_the_same_candles(stream, seed) -> None:
-    """A crash at any point: everything closed before the checkpoint was flushed; the rest is replayed."""
+def test_restoring_a_snapshot_and_reading_on_from_its_offset_gives_the_same_candles(stream, seed) -> None:
+    """A crash at any point: everything closed before the checkpoint was flushed, open windows are in the
+    snapshot, and reading goes on from the snapshot's offset in a new process."""
     trades, delivery, cuts = stream
     rng = random.Random(seed)
     crash_at = rng.randrange(0, len(cuts) + 1)
@@ -114,14 +114,15 @@ def test_restoring_a_checkpoint_and_replaying_from_its_offset_gives_the_same_can
     upto = pre_cuts[-1] if pre_cuts else 0
     state, interner = _new_state(), Interner()
     flushed, _ = _drive(state, interner, delivery[:upto], pre_cuts[:-1] if pre_cuts else [])
-    ckpt = state.checkpoint(interner, state.commit_offset())
-    # ... the process dies here; a new one restores the checkpoint and replays from its offset
+    tables = state.snapshot(interner)
+    # ... the process dies here; a new one restores the snapshot and reads on from its offset
     interner2 = Interner()
-    restored = PartitionState.restore(ckpt, interner2, BUFFER_MS, 61_000)
-    start = ckpt.offset
+    head = {"topic": "t", "partition": 0, "epoch": "e", "seq": 0, "offset": state.position}
+    restored = PartitionState.restore(head, tables, interner2, BUFFER_MS, 61_000)
+    start = restored.position
     rest_cuts = [c - start for c in cuts if c > start]
     replayed, late = _drive(restored, interner2, delivery[start:], rest_cuts, offset0=start)
-    replayed.append(_finish(restored))
+    replayed.append(_finish(restored, interner2))
     assert late == []
     assert_candles_equal(_as_rows(flushed + replayed), batch_candles(trades))
 
@@ -152,10 +153,10 @@ def test_a_trade_older_than_the_watermark_is_late_and_not_counted() -> None:
     on_time = [_trade(1, "BTCUSDT", T0, 100.0, 1.0), _trade(2, "BTCUSDT", T0 + 10_000, 101.0, 1.0)]
     late_trade = _trade(3, "BTCUSDT", T0 + 500, 50.0, 9.0)  # window [T0, T0+1000) closed by the watermark
     tables, late = _drive(state, interner, [*on_time, late_trade], [2])
-    tables.append(_finish(state))
+    tables.append(_finish(state, interner))
     assert late == [2]
     rows = _as_rows(tables)
-    assert rows[("BTCUSDT", T0)]["trade_count"] == 1 and rows[("BTCUSDT", T0)]["low"] == 100.0
+    assert rows[("x", "BTCUSDT", T0)]["trade_count"] == 1 and rows[("x", "BTCUSDT", T0)]["low"] == 100.0
 
 
 def test_late_mask_does_not_depend_on_how_the_batch_is_cut() -> None:
@@ -167,14 +168,48 @@ def test_late_mask_does_not_depend_on_how_the_batch_is_cut() -> None:
     assert (np.concatenate([first, second]) == whole).all() and (m1, c1) == (m2, c2)
 
 
-def test_quiet_symbol_closes_by_wall_clock_but_busy_one_waits_for_its_watermark() -> None:
+def test_a_quiet_stream_closes_by_its_progress_and_never_by_another_venue() -> None:
+    """Progress of one venue closes that venue's windows only; its own trades no longer move its frontier."""
     state, interner = _new_state(), Interner()
-    cols = interner.adopt(TradeColumns.from_trades([_trade(1, "BTCUSDT", T0, 100.0, 1.0)], [0]))
-    state.ingest(cols, now=100.0)
-    state.close_idle(now=101.0, idle_s=2.0)
+    trades = [
+        _trade(1, "BTCUSDT", T0, 100.0, 1.0, "binance"),
+        _trade(2, "BTCUSDT", T0, 200.0, 1.0, "coinbase"),
+    ]
+    state.ingest(interner.adopt(TradeColumns.from_trades(trades, [0, 1])))
+    state.advance(Progress("coinbase", ("BTCUSDT",), T0 + 1000), interner)
+    candles = closed_candles(state.take_closed()).to_table().to_pylist()
+    assert [(c["exchange"], c["close"]) for c in candles] == [("coinbase", 200.0)]
+    # coinbase is governed by progress now: a trade 30 s later does not close its next window by itself
+    later = [
+        _trade(3, "BTCUSDT", T0 + 1500, 201.0, 1.0, "coinbase"),
+        _trade(4, "BTCUSDT", T0 + 30_000, 202.0, 1.0, "coinbase"),
+    ]
+    state.ingest(interner.adopt(TradeColumns.from_trades(later, [2, 3])))
     assert closed_candles(state.take_closed()) is None
-    state.close_idle(now=102.5, idle_s=2.0)
-    assert len(closed_candles(state.take_closed())) == 1
+    # binance never carried progress: its trade watermark (max time - buffer) closes its windows
+    state.ingest(
+        interner.adopt(
+            TradeColumns.from_trades([_trade(5, "BTCUSDT", T0 + 9_000, 99.0, 1.0, "binance")], [4])
+        )
+    )
+    closed = closed_candles(state.take_closed()).to_table().to_pylist()
+    assert [(c["exchange"], c["bucket"].timestamp() * 1000) for c in closed] == [("binance", T0)]
+
+
+def test_a_progress_watermark_closes_exactly_the_windows_that_end_by_it() -> None:
+    state, interner = _new_state(), Interner()
+    trades = [_trade(i, "ETHUSDT", T0 + 500 * i, 10.0 + i, 1.0, "binance") for i in range(6)]  # T0 .. T0+2500
+    state.ingest(interner.adopt(TradeColumns.from_trades(trades, list(range(6)))))
+    state.advance(Progress("binance", ("ETHUSDT",), T0 + 1999), interner)
+    assert [c["trade_count"] for c in closed_candles(state.take_closed()).to_table().to_pylist()] == [2]
+    state.advance(Progress("binance", ("ETHUSDT",), T0 + 2000), interner)
+    assert [c["trade_count"] for c in closed_candles(state.take_closed()).to_table().to_pylist()] == [2]
+    state.advance(Progress("binance", ("ETHUSDT",), T0 + 1000), interner)  # an older watermark: no effect
+    assert closed_candles(state.take_closed()) is None
+    late = state.ingest(
+        interner.adopt(TradeColumns.from_trades([_trade(9, "ETHUSDT", T0 + 1999, 1.0, 1.0, "binance")], [9]))
+    )
+    assert late.tolist() == [9]
 
 
 def test_bucket_is_the_floor_of_the_second() -> None:

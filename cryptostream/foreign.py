@@ -1,0 +1,118 @@
+"""Parquet files cryptostream did not write, read as far as they can be: the original project's archive.
+
+The course project this grew from wrote ``OUTPUT_DIR/ohlc/symbol=BTCUSD/date=2025-11-10/*.parquet`` with the
+columns ``timestamp, open, high, low, close, volume, symbol`` and ``volatility/...`` with ``timestamp,
+volatility, symbol``. It emitted partial candles as trades came in, so one second often has several rows,
+each over different trades of that second; its volatility has NaN where it was undefined.
+
+:func:`normalize` turns such a table into the archive's file schema (``bucket`` + cryptostream's columns):
+
+* ohlc rows of one second become one candle: first open, last close (in file order), max high, min low,
+  summed volume; the fields the file lacks (trade count, VWAP, buy and sell volume) are null, never made up;
+* volatility keeps the last row of each second, NaN included (readers treat it as "no value");
+* a file that cannot be read this way raises :class:`ForeignFileError` with the reason, so a reader can
+  skip it with a logged reason instead of failing the whole request.
+
+``cryptostream import`` uses the same function to copy such an archive into the database and the current
+layout, so what the API shows for a foreign file and what import writes are the same rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cryptostream.errors import CryptostreamError
+from cryptostream.models import KIND_SCHEMAS
+
+__all__ = ["ForeignFileError", "is_ours", "normalize", "read_foreign"]
+
+_TIME_NAMES = ("bucket", "timestamp", "time", "datetime", "date")
+
+
+class ForeignFileError(CryptostreamError):
+    """A Parquet file in the archive that cannot be read as candles or volatility (the message says why)."""
+
+
+def is_ours(schema: pa.Schema) -> bool:
+    """Whether a file has cryptostream's own layout (a ``bucket`` column, venue and symbol in folders)."""
+    return "bucket" in schema.names and "timestamp" not in schema.names
+
+
+def read_foreign(path: Path, kind: str) -> pa.Table:
+    """A foreign file's rows in the archive's file schema for ``kind`` (one row per second)."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ForeignFileError(f"{path}: not a readable Parquet file ({exc})") from None
+    return normalize(table, kind, str(path))
+
+
+def _bucket(table: pa.Table, where: str) -> pa.Array:
+    name = next((n for n in _TIME_NAMES if n in table.column_names), None)
+    if name is None:
+        raise ForeignFileError(f"{where}: no time column (expected one of {', '.join(_TIME_NAMES)})")
+    column = table[name].combine_chunks()
+    if pa.types.is_timestamp(column.type):
+        ms = pc.cast(pc.cast(column, pa.timestamp("ms", tz="UTC")), pa.int64())
+    elif pa.types.is_integer(column.type):  # epoch numbers: ms, or s/us/ns told apart by magnitude
+        values = column.to_numpy(zero_copy_only=False).astype(np.int64)
+        big = int(np.abs(values).max(initial=0))
+        if big < 10**11:
+            values = values * 1000  # seconds
+        elif big >= 10**17:
+            values = values // 1_000_000  # nanoseconds
+        elif big >= 10**14:
+            values = values // 1000  # microseconds
+        ms = pa.array(values, pa.int64())
+    else:
+        raise ForeignFileError(f"{where}: time column {name!r} is {column.type}, not a timestamp")
+    if ms.null_count:
+        raise ForeignFileError(f"{where}: {ms.null_count} rows without a time")
+    values = ms.to_numpy(zero_copy_only=False)
+    return pa.array(values - np.mod(values, 1000), pa.int64())
+
+
+def _floats(table: pa.Table, name: str, where: str) -> np.ndarray:
+    if name not in table.column_names:
+        raise ForeignFileError(f"{where}: no {name!r} column")
+    column = table[name]
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        raise ForeignFileError(f"{where}: column {name!r} is {column.type}, not a number")
+    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def normalize(table: pa.Table, kind: str, where: str = "file") -> pa.Table:
+    """``table`` (a foreign file's rows) in the archive's file schema for ``kind``, sorted by bucket."""
+    schema = KIND_SCHEMAS[kind]
+    file_schema = pa.schema([f for f in schema if f.name not in ("exchange", "symbol")])
+    if table.num_rows == 0:
+        return file_schema.empty_table()
+    bucket = _bucket(table, where).to_numpy()
+    order = np.argsort(bucket, kind="stable")  # rows of one second keep their file order
+    bucket = bucket[order]
+    starts = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
+    ends = np.append(starts[1:], bucket.shape[0]) - 1
+    ts = pa.array(bucket[starts], pa.timestamp("ms", tz="UTC"))
+    rows = starts.shape[0]
+    if kind == "ohlc":
+        o, h, lo, c, v = (_floats(table, n, where)[order] for n in ("open", "high", "low", "close", "volume"))
+        columns: dict[str, pa.Array] = {
+            "bucket": ts,
+            "open": pa.array(o[starts]),
+            "high": pa.array(np.maximum.reduceat(h, starts)),
+            "low": pa.array(np.minimum.reduceat(lo, starts)),
+            "close": pa.array(c[ends]),
+            "volume": pa.array(np.add.reduceat(v, starts)),
+        }
+    elif kind == "volatility":
+        vol = _floats(table, "volatility", where)[order]
+        columns = {"bucket": ts, "volatility": pa.array(vol[ends])}
+    else:
+        raise ForeignFileError(f"{where}: only candles and volatility can be read from foreign files")
+    out = [columns[f.name] if f.name in columns else pa.nulls(rows, f.type) for f in file_schema]
+    return pa.Table.from_arrays(out, schema=file_schema)

@@ -1,0 +1,154 @@
+"""How far a live feed's event time is complete, per symbol, and what holds it back. No clock, no I/O.
+
+A live feed writes progress records (:class:`~cryptostream.codec.Progress`) so the processor can close the
+windows of quiet symbols from the log alone. For a feed that is connected and has nothing missing, a symbol's
+watermark is its receipt clock minus ``MAX_BUFFER_SECONDS`` (trades reach us within that, out of order at
+worst). It is held back, per symbol, while trades may still come for earlier windows:
+
+* **disconnected**: no progress at all (we cannot know what we miss);
+* **after a reconnect, or a restart**: each symbol stays where it was until it shows it lost nothing (a trade
+  right after the last one we had, a Coinbase heartbeat naming an id we have) or shows a gap;
+* **a gap** (ids missing, found by :class:`~ingest.exchanges.tracker.TradeIds`): the symbol stays before
+  the last trade preceding the hole until the backfill of that hole ends, filled or given up.
+
+Every hold lasts at most ``BACKFILL_HOLD_SECONDS``; a hold that runs out is counted and reported (trades a
+backfill brings after that arrive late and are dead-lettered as such, never folded in silently). Watermarks
+never go back.
+
+:meth:`FeedWatermark.resume` is what a restart needs to find the gap across it: per symbol the last id whose
+window the written progress closes, and that progress. Trades after that id are fetched again (the
+processor counts duplicates once), so an in-memory broker that forgot the open windows loses nothing either.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptostream.codec import Progress
+
+__all__ = ["FeedWatermark", "Hold"]
+
+FAR_PAST = -(2**62)
+RECENT_LIMIT = 100_000  # (id, time) pairs kept per symbol beyond the written progress (bounds memory)
+
+
+@dataclass(slots=True)
+class Hold:
+    """One reason to hold a symbol: the watermark it may not pass, and until when (ms) at most."""
+
+    watermark: int
+    until: int
+
+
+@dataclass(slots=True)
+class _Symbol:
+    last_id: int | None = None  # highest trade id delivered
+    last_ts: int = FAR_PAST  # its event time
+    emitted: int = FAR_PAST  # the watermark last written
+    holds: dict[Any, Hold] = field(default_factory=dict)  # "reconnect" or ("gap", lo, hi) -> hold
+    recent: deque[tuple[int, int]] = field(default_factory=deque)  # (id, ts) not yet behind `emitted`
+
+
+@dataclass
+class FeedWatermark:
+    """Progress of one live feed (see the module docstring). Times are epoch ms passed in by the caller."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    buffer_ms: int
+    hold_ms: int
+    up: bool = False
+    expired: int = 0  # holds that ran out
+    state: dict[str, _Symbol] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for symbol in self.symbols:
+            self.state.setdefault(symbol, _Symbol())
+
+    # ------------------------------------------------------------------ what happened
+    def connected(self, now: int) -> None:
+        """A session delivers again: every symbol that wrote progress before waits to show it lost nothing."""
+        self.up = True
+        for s in self.state.values():
+            if s.emitted > FAR_PAST:
+                s.holds["reconnect"] = Hold(s.emitted, now + self.hold_ms)
+
+    def disconnected(self) -> None:
+        self.up = False
+
+    def trade(self, symbol: str, trade_id: int, ts: int, gap: tuple[int, int] | None, now: int) -> None:
+        """A new trade was delivered (``gap``: the ids it showed missing, if any)."""
+        s = self.state.setdefault(symbol, _Symbol())
+        if gap is not None:
+            s.holds[("gap", *gap)] = Hold(min(s.last_ts, ts), now + self.hold_ms)
+        if s.last_id is None or trade_id > s.last_id:
+            # The next trade after the last one we had: either nothing was lost, or what was is the gap.
+            s.holds.pop("reconnect", None)
+            s.last_id, s.last_ts = trade_id, ts
+        if ts >= s.emitted and len(s.recent) < RECENT_LIMIT:
+            s.recent.append((trade_id, ts))
+
+    def heartbeat(self, symbol: str, gap: tuple[int, int] | None, now: int) -> None:
+        """The exchange said which id is its latest (Coinbase): a gap, or proof that nothing is missing."""
+        s = self.state.setdefault(symbol, _Symbol())
+        if gap is not None:
+            s.holds[("gap", *gap)] = Hold(s.last_ts, now + self.hold_ms)
+        s.holds.pop("reconnect", None)
+
+    def settled(self, symbol: str, lo: int, hi: int) -> None:
+        """The backfill of ``[lo, hi]`` ended (filled, or given up and counted as lost)."""
+        s = self.state.get(symbol)
+        if s is not None:
+            s.holds.pop(("gap", lo, hi), None)
+
+    def behind(self, symbol: str, ts: int) -> bool:
+        """Whether a (backfilled) trade at ``ts`` is before the progress already written: it will be late."""
+        s = self.state.get(symbol)
+        return s is not None and ts - ts % 1000 < s.emitted - s.emitted % 1000
+
+    # ------------------------------------------------------------------ what to write
+    def progress(self, now: int, *, final: bool = False, complete: bool = False) -> list[Progress]:
+        """Progress records to write now (only symbols whose watermark moved). ``final``: the feed stops;
+        ``complete`` then closes up to the current second (nothing more will come from this run)."""
+        if not self.up and not final:
+            return []
+        base = (now - now % 1000) if complete else now - self.buffer_ms
+        groups: dict[int, list[str]] = {}
+        for symbol, s in self.state.items():
+            for key in [k for k, h in s.holds.items() if h.until <= now]:
+                del s.holds[key]
+                self.expired += 1
+            watermark = min([base, *(h.watermark for h in s.holds.values())])
+            if watermark <= s.emitted:
+                continue
+            s.emitted = watermark
+            while s.recent and s.recent[0][1] < watermark:
+                s.recent.popleft()
+            groups.setdefault(watermark, []).append(symbol)
+        return [Progress(self.exchange, tuple(sorted(g)), w) for w, g in sorted(groups.items())]
+
+    # ------------------------------------------------------------------ across restarts
+    def resume(self) -> dict[str, dict[str, int]]:
+        """Per symbol: the last id the written progress covers, and that progress (see the module doc)."""
+        out = {}
+        for symbol, s in self.state.items():
+            if s.last_id is None or s.emitted == FAR_PAST:
+                continue
+            after = [i for i, ts in s.recent if ts >= s.emitted]
+            out[symbol] = {"id": (min(after) - 1) if after else s.last_id, "watermark": s.emitted}
+        return out
+
+    def restore(self, saved: dict[str, dict[str, int]], now: int) -> dict[str, int]:
+        """Start from a :meth:`resume` of an earlier run; returns the id each symbol resumes after."""
+        ids = {}
+        for symbol, entry in saved.items():
+            if symbol not in self.state:
+                continue
+            s = self.state[symbol]
+            s.last_id, s.emitted = int(entry["id"]), int(entry["watermark"])
+            s.last_ts = s.emitted
+            s.holds["reconnect"] = Hold(s.emitted, now + self.hold_ms)
+            ids[symbol] = s.last_id
+        return ids
