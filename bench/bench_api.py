@@ -51,6 +51,20 @@ from cryptostream.settings import load_settings  # noqa: E402
 from tests.reference import one_trade_candle  # noqa: E402
 
 T0 = 1_700_000_000_000
+COLUMNS = [
+    "exchange",
+    "symbol",
+    "bucket",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trade_count",
+    "vwap",
+    "buy_volume",
+    "sell_volume",
+]
 OHLCV = "bucket open high low close volume"
 QUERIES = {
     "objects": f'{{ candles(symbol: "BTCUSDT", limit: 1000) {{ {OHLCV} }} }}',
@@ -127,7 +141,8 @@ def api_process(
 
 # ------------------------------------------------------------------------------------------ data
 async def seed(dsn: str, n: int = 5_000) -> None:
-    """``n`` 1 s candles of BTCUSDT (a random walk), straight into the table the processor writes."""
+    """``n`` 1 s candles of binance's BTCUSDT (a random walk), straight into the table the processor writes
+    (BTCUSDT alone means binance: the first of the default EXCHANGES)."""
     rng = np.random.default_rng(7)
     close = 65_000 * np.exp(np.cumsum(rng.normal(0, 2e-4, n)))
     open_ = np.concatenate([[65_000.0], close[:-1]])
@@ -135,6 +150,7 @@ async def seed(dsn: str, n: int = 5_000) -> None:
     volume = rng.lognormal(0, 1, n)
     rows = [
         (
+            "binance",
             "BTCUSDT",
             datetime.fromtimestamp((T0 + i * 1000) / 1000, tz=UTC),
             float(open_[i]),
@@ -152,7 +168,7 @@ async def seed(dsn: str, n: int = 5_000) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("TRUNCATE ohlc_1s")
-        await conn.copy_records_to_table("ohlc_1s", records=rows)
+        await conn.copy_records_to_table("ohlc_1s", records=rows, columns=COLUMNS)
     finally:
         await conn.close()
 

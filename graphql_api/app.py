@@ -32,7 +32,7 @@ from cryptostream.settings import Settings
 from cryptostream.store import ReadStore, open_store
 from graphql_api import rest, viz
 from graphql_api.arrow import ArrowExecutor
-from graphql_api.catalog import SymbolCatalog
+from graphql_api.catalog import MarketCatalog, configured_markets
 from graphql_api.context import Context, Services
 from graphql_api.fanout import Fanout
 from graphql_api.inputs import InputError
@@ -100,7 +100,8 @@ def create_app(
         own = store is None
         read = store or await open_store(settings.database_dsn, settings.output_dir)
         board = StatusBoard()
-        catalog = SymbolCatalog(read, settings.symbols)
+        configured = configured_markets(settings.exchanges, settings.symbols, settings.state_dir)
+        catalog = MarketCatalog(read, configured, settings.exchanges)
         fanout = Fanout(settings, read, board, catalog) if settings.kafka_bootstrap else None
         app.state.services = Services(
             settings=settings, store=read, catalog=catalog, board=board, fanout=fanout

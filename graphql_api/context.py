@@ -1,4 +1,4 @@
-"""What resolvers and REST routes share: settings, the read store, the symbol catalog, the live feed."""
+"""What resolvers and REST routes share: settings, the read store, the market catalog, the live feed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from strawberry.fastapi import BaseContext
 
 from cryptostream.settings import Settings
 from cryptostream.store import ReadStore
-from graphql_api.catalog import SymbolCatalog
+from graphql_api.catalog import MarketCatalog, MarketKey
 from graphql_api.fanout import Fanout
-from graphql_api.inputs import InputError, check_symbol_format, check_symbols
+from graphql_api.inputs import InputError, check_exchange_format, check_symbols
 from graphql_api.status import StatusBoard
 
 __all__ = ["Context", "Services"]
@@ -22,17 +22,31 @@ class Services:
 
     settings: Settings
     store: ReadStore
-    catalog: SymbolCatalog
+    catalog: MarketCatalog
     board: StatusBoard
     fanout: Fanout | None = None
 
-    async def symbols(self, raws: list[str]) -> list[str]:
-        """Normalize and check ``raws`` against the known symbols (see :mod:`graphql_api.catalog`)."""
-        wanted = [check_symbol_format(raw) for raw in raws]
-        return check_symbols(wanted, await self.catalog.known(wanted))
+    async def markets(self, symbols: list[str], exchange: str | None = None) -> list[MarketKey]:
+        """The markets ``symbols`` name on ``exchange``, or each on the venue the rule picks when no exchange
+        is named (see :mod:`graphql_api.catalog`); an error naming where a symbol trades otherwise."""
+        venue = None if exchange is None else check_exchange_format(exchange)
+        return await self.catalog.resolve(check_symbols(symbols), venue)
 
-    async def symbol(self, raw: str) -> str:
-        return (await self.symbols([raw]))[0]
+    async def market(self, symbol: str, exchange: str | None = None) -> MarketKey:
+        return (await self.markets([symbol], exchange))[0]
+
+    async def venue(self, exchange: str) -> str:
+        """``exchange`` checked against the known venues (a REST listing filtered by venue)."""
+        name = check_exchange_format(exchange)
+        venues = await self.catalog.venues()
+        if name not in venues:
+            raise InputError(
+                f"unknown exchange {name!r}; venues: {', '.join(venues) or 'none yet'}",
+                code="UNKNOWN_MARKET",
+                status=404,
+                venues=venues,
+            )
+        return name
 
     def live(self) -> Fanout:
         if self.fanout is None:

@@ -9,7 +9,11 @@ Slow clients: each subscriber has a bounded queue (``API_SUBSCRIBER_QUEUE``). De
 subscriber; one whose queue is full is dropped (its subscription ends with an error telling the client
 to resubscribe), so a stalled socket can hold back nobody but itself and memory stays bounded.
 
-Candles coarser than 1 s are rolled up here (:mod:`graphql_api.rollup`), one roll-up per symbol and
+Everything is kept per market, (exchange, symbol): channels, roll-ups, recent seconds and close frontiers.
+Binance's BTCUSDT and Coinbase's BTCUSDT are two candle series, and a subscriber of one never sees the other.
+A message without an ``exchange`` (a processor from before venues) belongs to the ``unknown`` venue.
+
+Candles coarser than 1 s are rolled up here (:mod:`graphql_api.rollup`), one roll-up per market and
 interval shared by all its subscribers, seeded when the first subscriber arrives from the store plus the
 closed seconds this process has seen recently (the store only has what the processor checkpointed).
 """
@@ -23,9 +27,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
+from functools import reduce
 from typing import Any
 
 import orjson
+import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -33,7 +39,8 @@ from cryptostream.kafka import ensure_topics
 from cryptostream.models import INTERVALS
 from cryptostream.settings import Settings
 from cryptostream.store import ReadStore
-from graphql_api.catalog import SymbolCatalog
+from cryptostream.venues import UNKNOWN, normalize_exchange
+from graphql_api.catalog import MarketCatalog, MarketKey
 from graphql_api.inputs import InputError
 from graphql_api.metrics import FEED_DELAY, FEED_MESSAGES, SUBSCRIBERS, SUBSCRIBERS_DROPPED
 from graphql_api.rollup import Bar, RollUp
@@ -44,11 +51,13 @@ __all__ = ["Fanout", "Subscriber", "SubscriberDropped"]
 
 log = logging.getLogger(__name__)
 
-RECENT_SECONDS = 900  # closed 1 s candles kept per symbol to seed roll-ups (>> the checkpoint interval)
+RECENT_SECONDS = 900  # closed 1 s candles kept per market to seed roll-ups (>> the checkpoint interval)
 KINDS = ("candles", "volatility", "predictions")
 # Messages delivered before subscribers get a turn: a burst (a consumer catching up) must not overflow the
 # queue of a client that keeps up; keep this below API_SUBSCRIBER_QUEUE.
 FEED_CHUNK = 64
+# Candle fields the store may hold as null (archives of the original project) but a live roll-up needs.
+_ROLLUP_FIELDS = ("trade_count", "vwap", "buy_volume", "sell_volume")
 
 
 class SubscriberDropped(Exception):
@@ -113,24 +122,39 @@ def _ms(iso: str) -> int:
     return int(round(datetime.fromisoformat(iso).timestamp() * 1000))
 
 
+def _market(m: dict[str, Any]) -> MarketKey:
+    """The market a message is about; no ``exchange`` means the ``unknown`` venue."""
+    raw = m.get("exchange", UNKNOWN)
+    exchange = normalize_exchange(raw)
+    if exchange is None:
+        raise ValueError(f"exchange {raw!r} is not a venue name")
+    symbol = m["symbol"]
+    if not isinstance(symbol, str):
+        raise TypeError(f"symbol {symbol!r} is not a string")
+    return exchange, symbol
+
+
+Channel = tuple[str, str, str, str]  # (kind, exchange, symbol, interval; "" for kinds without one)
+
+
 class Fanout:
     def __init__(
-        self, settings: Settings, store: ReadStore, board: StatusBoard, catalog: SymbolCatalog | None = None
+        self, settings: Settings, store: ReadStore, board: StatusBoard, catalog: MarketCatalog | None = None
     ) -> None:
         self.settings = settings
         self.store = store
         self.board = board
         self.catalog = catalog
         self.topic = settings.kafka_candles_topic
-        self.channels: dict[tuple[str, ...], set[Subscriber]] = {}
-        self.rollups: dict[str, dict[str, RollUp]] = {}  # symbol -> interval -> roll-up
-        self.recent: dict[str, deque[Bar]] = {}  # symbol -> closed 1 s candles, oldest first
-        self.open_seconds: dict[str, dict[int, Bar]] = {}  # symbol -> newest in-progress 1 s candles
-        self.frontier: dict[str, int] = {}  # symbol -> every 1 s window before this is final (closed candles)
+        self.channels: dict[Channel, set[Subscriber]] = {}
+        self.rollups: dict[MarketKey, dict[str, RollUp]] = {}  # market -> interval -> roll-up
+        self.recent: dict[MarketKey, deque[Bar]] = {}  # market -> closed 1 s candles, oldest first
+        self.open_seconds: dict[MarketKey, dict[int, Bar]] = {}  # market -> newest in-progress 1 s candles
+        self.frontier: dict[MarketKey, int] = {}  # market -> every 1 s window before this is final
         self.subscribers = 0
         self.malformed = 0
         self.ready = asyncio.Event()  # positioned at the log end, delivering
-        self._seed_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._seed_locks: dict[tuple[MarketKey, str], asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ Kafka
     async def run(self, stop: asyncio.Event) -> None:
@@ -200,10 +224,12 @@ class Fanout:
                     self._candle(message)
                 elif kind == "status":
                     self._status(message)
+                elif kind == "frontier":
+                    self._frontier(message)
                 elif kind == "volatility":
-                    self._publish(("volatility", message["symbol"]), Volatility.from_message, message)
+                    self._publish(kind, message, Volatility.from_message)
                 elif kind == "predictions":
-                    self._publish(("predictions", message["symbol"]), Prediction.from_message, message)
+                    self._publish(kind, message, Prediction.from_message)
                 else:
                     raise ValueError(f"unknown message type {kind!r}")
                 FEED_MESSAGES.labels(kind).inc()
@@ -215,42 +241,53 @@ class Fanout:
         if newest_ms is not None:
             FEED_DELAY.observe(max(0.0, time.time() - newest_ms / 1000))
 
-    def _publish(self, channel: tuple[str, ...], build: Any, message: dict[str, Any]) -> None:
-        subs = self.channels.get(channel)
+    def _publish(self, kind: str, message: dict[str, Any], build: Any) -> None:
+        exchange, symbol = _market(message)
+        subs = self.channels.get((kind, exchange, symbol, ""))
         if subs:
-            item = build(message)
+            item = build({**message, "exchange": exchange})
             for sub in tuple(subs):
                 sub.offer(item)
 
     def _candle(self, m: dict[str, Any]) -> None:
         if m.get("interval", "1s") != "1s":
             raise ValueError(f"expected 1s candles on the feed, got interval {m.get('interval')!r}")
-        symbol = str(m["symbol"])
+        market = _market(m)
         bar = Bar.from_message(m, _ms(m["bucket"]))
         closed = bool(m.get("closed"))
         if self.catalog is not None:
-            self.catalog.live.add(symbol)
-        open_seconds = self.open_seconds.setdefault(symbol, {})
+            self.catalog.live.add(market)
+        open_seconds = self.open_seconds.setdefault(market, {})
         if closed:
-            recent = self.recent.get(symbol)
+            recent = self.recent.get(market)
             if recent is None:
-                recent = self.recent[symbol] = deque(maxlen=RECENT_SECONDS)
+                recent = self.recent[market] = deque(maxlen=RECENT_SECONDS)
             if not recent or bar.bucket > recent[-1].bucket:
                 recent.append(bar)
-            self._advance_open(symbol, bar.bucket + 1000)
-        elif bar.bucket >= self.frontier.get(symbol, -(2**62)):
+            self._advance_open(market, bar.bucket + 1000)
+        elif bar.bucket >= self.frontier.get(market, -(2**62)):
             open_seconds[bar.bucket] = bar
-        for interval, rollup in list(self.rollups.get(symbol, {}).items()):  # a drop may forget one
+        for interval, rollup in list(self.rollups.get(market, {}).items()):  # a drop may forget one
             updates = rollup.closed_second(bar) if closed else rollup.live_second(bar)
-            self._deliver(symbol, interval, updates)
+            self._deliver(market, interval, updates)
 
-    def _advance_open(self, symbol: str, frontier: int) -> None:
-        if frontier > self.frontier.get(symbol, -(2**62)):
-            self.frontier[symbol] = frontier
-            open_seconds = self.open_seconds.get(symbol)
+    def _advance_open(self, market: MarketKey, frontier: int) -> None:
+        if frontier > self.frontier.get(market, -(2**62)):
+            self.frontier[market] = frontier
+            open_seconds = self.open_seconds.get(market)
             if open_seconds:
                 for second in [s for s in open_seconds if s < frontier]:
                     del open_seconds[second]
+
+    def _frontier(self, m: dict[str, Any]) -> None:
+        """Every 1 s window of the market before this is final (the processor says so about once a second
+        when progress moved it, in the market's partition, after its closed candles): a quiet market's
+        minute or hour closes on it."""
+        market = _market(m)
+        frontier = int(m["closed_through_ms"])
+        self._advance_open(market, frontier)
+        for interval, rollup in list(self.rollups.get(market, {}).items()):
+            self._deliver(market, interval, rollup.advance(frontier))
 
     def _status(self, m: dict[str, Any]) -> None:
         # The status message's close frontiers are NOT applied to roll-ups: status travels in its own
@@ -259,23 +296,23 @@ class Fanout:
         # frontier in order with the data.
         self.board.update(m)
 
-    def _deliver(self, symbol: str, interval: str, updates: list[tuple[Bar, bool]]) -> None:
+    def _deliver(self, market: MarketKey, interval: str, updates: list[tuple[Bar, bool]]) -> None:
         if not updates:
             return
-        subs = self.channels.get(("candles", symbol, interval))
+        subs = self.channels.get(("candles", *market, interval))
         if not subs:
             return
         for bar, closed in updates:
-            item = CandleUpdate.from_bar(symbol, interval, bar, closed)
+            item = CandleUpdate.from_bar(*market, interval, bar, closed)
             for sub in tuple(subs):
                 sub.offer(item)
 
     # ------------------------------------------------------------------ subscriptions
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, kind: str, symbols: list[str], interval: str = "1s"
+        self, kind: str, markets: list[MarketKey], interval: str = "1s"
     ) -> AsyncIterator[Subscriber]:
-        """Register a subscriber for ``kind`` updates of ``symbols`` until the block exits."""
+        """Register a subscriber for ``kind`` updates of ``markets`` until the block exits."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if self.subscribers >= self.settings.api_max_subscribers:
@@ -285,8 +322,8 @@ class Fanout:
                 code="TOO_MANY_SUBSCRIPTIONS",
                 status=503,
             )
-        channels: list[tuple[str, ...]] = [
-            (kind, s, interval) if kind == "candles" else (kind, s) for s in symbols
+        channels: list[Channel] = [
+            (kind, exchange, symbol, interval if kind == "candles" else "") for exchange, symbol in markets
         ]
         sub = Subscriber(
             kind, self.settings.api_subscriber_queue, on_drop=lambda s: self._release(s, channels)
@@ -294,18 +331,18 @@ class Fanout:
         self.subscribers += 1
         SUBSCRIBERS.labels(kind).inc()
         try:
-            for symbol, channel in zip(symbols, channels, strict=True):
+            for market, channel in zip(markets, channels, strict=True):
                 if kind == "candles":
-                    latest = (await self._rollup(symbol, interval)).latest()
+                    latest = (await self._rollup(market, interval)).latest()
                     if latest is not None:  # show the open candle right away, not at the next trade
-                        sub.offer(CandleUpdate.from_bar(symbol, interval, latest, False))
+                        sub.offer(CandleUpdate.from_bar(*market, interval, latest, False))
                 if not sub.released:
                     self.channels.setdefault(channel, set()).add(sub)
             yield sub
         finally:
             self._release(sub, channels)
 
-    def _release(self, sub: Subscriber, channels: list[tuple[str, ...]]) -> None:
+    def _release(self, sub: Subscriber, channels: list[Channel]) -> None:
         """Unregister ``sub`` (when its subscription ends, or at once when it is dropped); idempotent."""
         if sub.released:
             return
@@ -319,76 +356,81 @@ class Fanout:
                 if not subs:
                     del self.channels[channel]
             if sub.kind == "candles" and channel not in self.channels:
-                self._forget_rollup(channel[1], channel[2])  # nobody else watches it
+                self._forget_rollup((channel[1], channel[2]), channel[3])  # nobody else watches it
 
-    def _forget_rollup(self, symbol: str, interval: str) -> None:
-        by_interval = self.rollups.get(symbol)
+    def _forget_rollup(self, market: MarketKey, interval: str) -> None:
+        by_interval = self.rollups.get(market)
         if by_interval is not None:
             by_interval.pop(interval, None)
             if not by_interval:
-                del self.rollups[symbol]
+                del self.rollups[market]
 
-    async def _rollup(self, symbol: str, interval: str) -> RollUp:
-        """The shared roll-up of ``symbol`` at ``interval``, seeded on first use."""
-        existing = self.rollups.get(symbol, {}).get(interval)
+    async def _rollup(self, market: MarketKey, interval: str) -> RollUp:
+        """The shared roll-up of ``market`` at ``interval``, seeded on first use."""
+        existing = self.rollups.get(market, {}).get(interval)
         if existing is not None:
             return existing
-        lock = self._seed_locks.setdefault((symbol, interval), asyncio.Lock())
+        lock = self._seed_locks.setdefault((market, interval), asyncio.Lock())
         async with lock:
-            existing = self.rollups.get(symbol, {}).get(interval)
+            existing = self.rollups.get(market, {}).get(interval)
             if existing is not None:
                 return existing
             interval_ms = INTERVALS[interval]
             rollup = RollUp(interval_ms)
             stored: list[Bar] = []
             if interval_ms > 1000:
-                start = self._reference_ms(symbol)
+                start = self._reference_ms(market)
                 if start is None:
-                    start = await self._stored_reference_ms(symbol)
+                    start = await self._stored_reference_ms(market)
                 start -= start % interval_ms
-                stored = await self._stored_seconds(symbol, start, interval_ms)
+                stored = await self._stored_seconds(market, start, interval_ms)
             # No await from here on: what arrived meanwhile is in recent/open_seconds, so nothing is missed.
             seconds = {bar.bucket: bar for bar in stored}
-            for bar in self.recent.get(symbol, ()):
+            for bar in self.recent.get(market, ()):
                 seconds[bar.bucket] = bar
             if interval_ms > 1000:
                 for second in sorted(seconds):
                     rollup.closed_second(seconds[second], advance=False)
-            if symbol in self.frontier:  # what the live stream itself has closed
-                rollup.advance(self.frontier[symbol])
-            for second in sorted(self.open_seconds.get(symbol, {})):
-                rollup.live_second(self.open_seconds[symbol][second])
-            self.rollups.setdefault(symbol, {})[interval] = rollup
+            if market in self.frontier:  # what the live stream itself has closed
+                rollup.advance(self.frontier[market])
+            for second in sorted(self.open_seconds.get(market, {})):
+                rollup.live_second(self.open_seconds[market][second])
+            self.rollups.setdefault(market, {})[interval] = rollup
             return rollup
 
-    def _reference_ms(self, symbol: str) -> int | None:
-        """The newest event time this process has seen for ``symbol`` (event time, not the wall clock)."""
-        candidates = list(self.open_seconds.get(symbol, {}))
-        recent = self.recent.get(symbol)
+    def _reference_ms(self, market: MarketKey) -> int | None:
+        """The newest event time this process has seen for ``market`` (event time, not the wall clock)."""
+        candidates = list(self.open_seconds.get(market, {}))
+        recent = self.recent.get(market)
         if recent:
             candidates.append(recent[-1].bucket)
         return max(candidates) if candidates else None
 
-    async def _stored_reference_ms(self, symbol: str) -> int:
+    async def _stored_reference_ms(self, market: MarketKey) -> int:
         try:
-            table = await self.store.latest_candle(symbol)
+            table = await self.store.latest_candle(*market)
         except Exception as exc:  # the store being down must not stop live updates
-            log.warning("live feed: no latest candle of %s from the store (%s)", symbol, exc)
+            log.warning("live feed: no latest candle of %s from the store (%s)", "/".join(market), exc)
             table = None
         if table is not None and table.num_rows:
             return int(table["bucket"][0].value)
         return int(time.time() * 1000)
 
-    async def _stored_seconds(self, symbol: str, start: int, interval_ms: int) -> list[Bar]:
+    async def _stored_seconds(self, market: MarketKey, start: int, interval_ms: int) -> list[Bar]:
         try:
             table = await self.store.candles(
-                symbol, start=from_ms(start), end=from_ms(start + interval_ms), limit=interval_ms // 1000
+                *market, start=from_ms(start), end=from_ms(start + interval_ms), limit=interval_ms // 1000
             )
         except Exception as exc:  # the store being down must not stop live updates
             log.warning(
-                "live feed: seeding %s from the store failed (%s); using recent seconds only", symbol, exc
+                "live feed: seeding %s from the store failed (%s); using recent seconds only",
+                "/".join(market),
+                exc,
             )
             return []
+        # Seconds without a trade count or VWAP (an archive of the original project) cannot be folded into
+        # a live candle without making those up; the live seconds of the bucket still are.
+        table = table.filter(reduce(pc.and_, (pc.is_valid(table[name]) for name in _ROLLUP_FIELDS)))
         buckets = table["bucket"].cast("int64").to_pylist()
         rows = table.to_pylist()
         out = []

@@ -1,8 +1,9 @@
 """Checks of what API users send, shared by GraphQL and REST, with messages that name the fix.
 
 A failed check raises :class:`InputError`: GraphQL shows its message with ``extensions.code`` (e.g.
-``BAD_USER_INPUT``, ``UNKNOWN_SYMBOL``), REST answers with its HTTP ``status`` (400 or 404). Neither path
-ever turns bad input into a 500.
+``BAD_USER_INPUT``, ``UNKNOWN_SYMBOL``, ``UNKNOWN_MARKET``), REST answers with its HTTP ``status`` (400 or
+404). Neither path ever turns bad input into a 500. Whether a symbol or market exists is the catalog's
+question (:mod:`graphql_api.catalog`); the messages for both answers are built here.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from datetime import UTC, date, datetime, timedelta
 from cryptostream.errors import UnsupportedSymbol
 from cryptostream.models import INTERVALS
 from cryptostream.symbols import normalize_symbol
+from cryptostream.venues import DEMO, UNKNOWN, normalize_exchange
 
 __all__ = [
     "InputError",
+    "check_exchange_format",
     "check_interval",
     "check_limit",
     "check_range",
     "check_symbol_format",
     "check_symbols",
     "parse_date",
+    "unknown_market",
+    "unknown_symbol",
     "utc",
 ]
 
@@ -28,11 +33,13 @@ __all__ = [
 class InputError(ValueError):
     """A request the API cannot answer as asked; the message says what to send instead."""
 
-    def __init__(self, message: str, code: str = "BAD_USER_INPUT", status: int = 400) -> None:
+    def __init__(
+        self, message: str, code: str = "BAD_USER_INPUT", status: int = 400, **extensions: object
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.extensions = {"code": code}
+        self.extensions: dict[str, object] = {"code": code, **extensions}
 
 
 def check_symbol_format(raw: str) -> str:
@@ -43,8 +50,19 @@ def check_symbol_format(raw: str) -> str:
         raise InputError(f"{exc}; symbols look like BTCUSDT or BTC-USD") from None
 
 
-def check_symbols(raws: list[str], known: set[str], *, most: int = 100) -> list[str]:
-    """Normalize and check every symbol is ``known``; duplicates are kept once, order preserved."""
+def check_exchange_format(raw: str) -> str:
+    """``raw`` as a venue name (``Binance`` -> ``binance``), or an error saying what one looks like."""
+    name = normalize_exchange(raw)
+    if name is None:
+        raise InputError(
+            f"exchange must be a venue name such as binance, coinbase or {DEMO} (1-32 of a-z 0-9 _ . -), "
+            f"got {raw!r}"
+        )
+    return name
+
+
+def check_symbols(raws: list[str], *, most: int = 100) -> list[str]:
+    """Normalize every symbol; duplicates are kept once, order preserved."""
     if not raws:
         raise InputError('symbols must name at least one symbol, e.g. ["BTCUSDT"]')
     if len(raws) > most:
@@ -52,14 +70,36 @@ def check_symbols(raws: list[str], known: set[str], *, most: int = 100) -> list[
     out: list[str] = []
     for raw in raws:
         symbol = check_symbol_format(raw)
-        if symbol not in known:
-            shown = ", ".join(sorted(known)[:20]) or "none yet"
-            raise InputError(
-                f"unknown symbol {symbol!r}; known symbols: {shown}", code="UNKNOWN_SYMBOL", status=404
-            )
         if symbol not in out:
             out.append(symbol)
     return out
+
+
+def _names(values: list[str], what: str) -> str:
+    return ", ".join(values[:20]) + (f" and {len(values) - 20} more" if len(values) > 20 else "") or what
+
+
+def unknown_symbol(symbol: str, known: list[str]) -> InputError:
+    """No venue has ``symbol`` (``known``: the symbols some venue has)."""
+    return InputError(
+        f"unknown symbol {symbol!r}; known symbols: {_names(known, 'none yet')}",
+        code="UNKNOWN_SYMBOL",
+        status=404,
+    )
+
+
+def unknown_market(exchange: str, symbol: str, venues: list[str], all_venues: list[str]) -> InputError:
+    """``symbol`` is not a market of ``exchange``; it trades on ``venues`` (``all_venues``: every venue)."""
+    where = (
+        f"{symbol} trades on {', '.join(venues)}: pass one of those as exchange, or leave exchange out"
+        if venues
+        else f"no venue has {symbol}"
+    )
+    if exchange in all_venues or exchange in (DEMO, UNKNOWN):
+        head = f"no market {symbol} on {exchange}"
+    else:
+        head = f"unknown exchange {exchange!r} (venues: {_names(all_venues, 'none yet')})"
+    return InputError(f"{head}; {where}", code="UNKNOWN_MARKET", status=404, venues=venues)
 
 
 def check_interval(interval: str) -> str:

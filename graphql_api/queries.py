@@ -1,4 +1,8 @@
-"""Query resolvers: check the arguments, read through the store, convert at the edge."""
+"""Query resolvers: check the arguments, read through the store, convert at the edge.
+
+Every query that names a symbol takes an optional ``exchange``; without it the venue rule of
+:mod:`graphql_api.catalog` picks the market.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from cryptostream.errors import QueryError
+from graphql_api.catalog import MarketKey
 from graphql_api.context import Context, Services
 from graphql_api.inputs import InputError, check_interval, check_limit, check_range
-from graphql_api.types import Candle, CandleColumns, PipelineStatus, Prediction, Volatility
+from graphql_api.types import Candle, CandleColumns, Market, PipelineStatus, Prediction, Volatility
 from processor.model import registry
 from processor.model.errors import ModelFileError
 
@@ -28,26 +33,52 @@ Interval = Annotated[str, strawberry.argument(description="1s, 1m, 5m, 15m, 1h o
 Limit = Annotated[
     int, strawberry.argument(description="Newest rows of the range to return (at most API_MAX_LIMIT).")
 ]
+VENUE_RULE = (
+    "Without it: the only venue that has the symbol; if several do, the first of the EXCHANGES setting "
+    "that has it; else the first real venue by name (demo `synthetic` and `unknown` data last). "
+    "`markets` lists the venues."
+)
+Exchange = Annotated[
+    str | None,
+    strawberry.argument(
+        description="The venue, e.g. binance, coinbase, synthetic (demo data), unknown. " + VENUE_RULE
+    ),
+]
 
 
 async def _candles(
-    services: Services, symbol: str, interval: str, start: datetime | None, end: datetime | None, limit: int
-) -> tuple[str, pa.Table]:
+    services: Services,
+    symbol: str,
+    exchange: str | None,
+    interval: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> tuple[MarketKey, pa.Table]:
     check_interval(interval)
     check_limit(limit, services.settings.api_max_limit)
     start, end = check_range(start, end)
-    name = await services.symbol(symbol)
+    market = await services.market(symbol, exchange)
     try:
-        return name, await services.store.candles(name, start=start, end=end, limit=limit, interval=interval)
+        table = await services.store.candles(*market, start=start, end=end, limit=limit, interval=interval)
     except QueryError as exc:
         raise InputError(str(exc)) from None
+    return market, table
 
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="Symbols with stored candles.")
+    @strawberry.field(description="Symbols with stored candles, on any venue.")
     async def symbols(self, info: Info[Context, None]) -> list[str]:
-        return list(await info.context.services.catalog.stored())
+        return await info.context.services.catalog.symbols()
+
+    @strawberry.field(
+        description="Every market the API knows (stored, seen live, or configured as EXCHANGES x SYMBOLS), "
+        "by exchange and symbol, with the span of its stored candles; `preferred` marks the venue a request "
+        "naming only the symbol gets."
+    )
+    async def markets(self, info: Info[Context, None]) -> list[Market]:
+        return Market.from_table(await info.context.services.catalog.listing())
 
     @strawberry.field(
         description="Candles of `symbol` at `interval` in [from, to): the newest `limit`, oldest first."
@@ -56,12 +87,13 @@ class Query:
         self,
         info: Info[Context, None],
         symbol: str,
+        exchange: Exchange = None,
         interval: Interval = "1s",
         from_: From = None,
         to: To = None,
         limit: Limit = 100,
     ) -> list[Candle]:
-        _, table = await _candles(info.context.services, symbol, interval, from_, to, limit)
+        _, table = await _candles(info.context.services, symbol, exchange, interval, from_, to, limit)
         return Candle.from_table(table)
 
     @strawberry.field(
@@ -71,23 +103,24 @@ class Query:
         self,
         info: Info[Context, None],
         symbol: str,
+        exchange: Exchange = None,
         interval: Interval = "1s",
         from_: From = None,
         to: To = None,
         limit: Limit = 100,
     ) -> CandleColumns:
-        name, table = await _candles(info.context.services, symbol, interval, from_, to, limit)
-        return CandleColumns.from_table(name, interval, table)
+        market, table = await _candles(info.context.services, symbol, exchange, interval, from_, to, limit)
+        return CandleColumns.from_table(*market, interval, table)
 
     @strawberry.field(description="The newest stored candle of `symbol` at `interval`, if any.")
     async def latest_candle(
-        self, info: Info[Context, None], symbol: str, interval: Interval = "1s"
+        self, info: Info[Context, None], symbol: str, exchange: Exchange = None, interval: Interval = "1s"
     ) -> Candle | None:
         services = info.context.services
         check_interval(interval)
-        name = await services.symbol(symbol)
+        market = await services.market(symbol, exchange)
         try:
-            table = await services.store.latest_candle(name, interval=interval)
+            table = await services.store.latest_candle(*market, interval=interval)
         except QueryError as exc:
             raise InputError(str(exc)) from None
         rows = Candle.from_table(table)
@@ -100,6 +133,7 @@ class Query:
         self,
         info: Info[Context, None],
         symbol: str,
+        exchange: Exchange = None,
         from_: From = None,
         to: To = None,
         limit: Limit = 100,
@@ -107,9 +141,9 @@ class Query:
         services = info.context.services
         check_limit(limit, services.settings.api_max_limit)
         start, end = check_range(from_, to)
-        name = await services.symbol(symbol)
+        market = await services.market(symbol, exchange)
         try:
-            table = await services.store.volatility(name, start=start, end=end, limit=limit)
+            table = await services.store.volatility(*market, start=start, end=end, limit=limit)
         except QueryError as exc:
             raise InputError(str(exc)) from None
         return Volatility.from_table(table)
@@ -121,6 +155,7 @@ class Query:
         self,
         info: Info[Context, None],
         symbol: str,
+        exchange: Exchange = None,
         limit: Limit = 100,
         from_: From = None,
         to: To = None,
@@ -128,18 +163,20 @@ class Query:
         services = info.context.services
         check_limit(limit, services.settings.api_max_limit)
         start, end = check_range(from_, to)
-        name = await services.symbol(symbol)
+        market = await services.market(symbol, exchange)
         try:
-            table = await services.store.predictions(name, start=start, end=end, limit=limit)
+            table = await services.store.predictions(*market, start=start, end=end, limit=limit)
         except QueryError as exc:
             raise InputError(str(exc)) from None
         return Prediction.from_table(table)
 
     @strawberry.field(description="The newest trend prediction of `symbol`, if any.")
-    async def latest_prediction(self, info: Info[Context, None], symbol: str) -> Prediction | None:
+    async def latest_prediction(
+        self, info: Info[Context, None], symbol: str, exchange: Exchange = None
+    ) -> Prediction | None:
         services = info.context.services
-        name = await services.symbol(symbol)
-        rows = Prediction.from_table(await services.store.predictions(name, limit=1))
+        market = await services.market(symbol, exchange)
+        rows = Prediction.from_table(await services.store.predictions(*market, limit=1))
         return rows[-1] if rows else None
 
     @strawberry.field(
@@ -157,7 +194,7 @@ class Query:
         return cast("JSON | None", report)
 
     @strawberry.field(
-        description="Lag, last trade time per symbol, late and invalid counts and rates, from the processors "
+        description="Lag, last trade time per market, late and invalid counts and rates, from the processors "
         "status messages (empty with `live: false` when this API process does not read the live feed)."
     )
     async def pipeline_status(self, info: Info[Context, None]) -> PipelineStatus:

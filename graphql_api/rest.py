@@ -1,10 +1,13 @@
 """The original README's REST routes, same paths and parameters, so its users keep working.
 
 ``/api/ohlc/``, ``/api/ohlc/latest``, ``/api/volatility/``, ``/api/symbols`` and ``/health`` answer in the
-seed's shapes (``{"data": [...], "count": n, "symbol": s}``), with a few added fields (``trade_count``,
-``vwap``, buy/sell volume; ``source`` of volatility). Dates are ``YYYY-MM-DD`` (whole UTC days, the end day
-included) or ISO 8601 times. Bad parameters are a 4xx with a message: 422 for a malformed or out-of-range
-parameter, 400 for a bad date or range, 404 for an unknown symbol.
+seed's shapes (``{"data": [...], "count": n, "symbol": s}``), with a few added fields (``exchange`` of every
+row and of the answer, ``trade_count``, ``vwap``, buy/sell volume; ``source`` of volatility), and
+``/api/markets`` lists the markets. A row belongs to a market, a venue and a symbol: ``symbol`` alone means
+the venue :mod:`graphql_api.catalog`'s rule picks, ``exchange=`` names one. Fields an archive of the original
+project did not record are null. Dates are ``YYYY-MM-DD`` (whole UTC days, the end day included) or ISO 8601
+times. Bad parameters are a 4xx with a message: 422 for a malformed or out-of-range parameter, 400 for a bad
+date, range or name, 404 for an unknown symbol, exchange or market.
 
 ``/api/volatility/`` keeps the seed's fallback: when no stored volatility exists for the range (or all of
 it is zero), it is computed from the candles' closes, as the seed did: rolling standard deviation of 1 s
@@ -24,12 +27,26 @@ from fastapi.responses import Response
 from cryptostream.errors import QueryError
 from cryptostream.models import VOLATILITY_SCHEMA
 from cryptostream.settings import Settings
+from graphql_api.catalog import MarketKey
 from graphql_api.context import Services
 from graphql_api.inputs import InputError, check_range, parse_date
 
-__all__ = ["FALLBACK_WINDOW", "build_router", "fallback_volatility", "load_ohlc", "load_volatility"]
+__all__ = [
+    "FALLBACK_WINDOW",
+    "VENUE_RULE",
+    "build_router",
+    "fallback_volatility",
+    "load_ohlc",
+    "load_volatility",
+]
 
 FALLBACK_WINDOW = 10
+VENUE_RULE = (
+    "A market is a venue (`exchange`) and a `symbol`: Binance's BTCUSDT and Coinbase's BTCUSDT are two "
+    "candle series. `symbol` alone means the only venue that has it; if several do, the first of the "
+    "`EXCHANGES` setting that has it; else the first real venue by name (`synthetic` demo data and "
+    "`unknown` data last). `exchange=` names the venue; `/api/markets` lists them all."
+)
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -41,10 +58,22 @@ def services_of(request: Request) -> Services:
     return services
 
 
-async def _symbols(services: Services, symbol: str | None) -> list[str]:
-    if symbol is None or symbol == "":
-        return list(await services.catalog.stored())
-    return [await services.symbol(symbol)]
+async def _markets(services: Services, symbol: str | None, exchange: str | None) -> list[MarketKey]:
+    """The market ``symbol`` (and ``exchange``) names; without a symbol, every stored market (of
+    ``exchange``)."""
+    exchange = exchange or None
+    if symbol:
+        return [await services.market(symbol, exchange)]
+    venue = None if exchange is None else await services.venue(exchange)
+    stored = await services.catalog.stored()
+    pairs = zip(stored["exchange"].to_pylist(), stored["symbol"].to_pylist(), strict=True)
+    return [(e, s) for e, s in pairs if venue is None or e == venue]
+
+
+def _answer(symbol: str | None, markets: list[MarketKey], **fields: Any) -> dict[str, Any]:
+    """The seed's envelope, plus ``exchange``: the market of a one-symbol request, else null."""
+    exchange, name = markets[0] if symbol and markets else (None, None)
+    return {**fields, "symbol": name, "exchange": exchange}
 
 
 def _range(start_date: str | None, end_date: str | None) -> tuple[datetime | None, datetime | None]:
@@ -52,20 +81,21 @@ def _range(start_date: str | None, end_date: str | None) -> tuple[datetime | Non
 
 
 async def load_ohlc(
-    services: Services, symbol: str, start: datetime | None, end: datetime | None, limit: int
+    services: Services, market: MarketKey, start: datetime | None, end: datetime | None, limit: int
 ) -> pa.Table:
     try:
-        return await services.store.candles(symbol, start=start, end=end, limit=limit)
+        return await services.store.candles(*market, start=start, end=end, limit=limit)
     except QueryError as exc:
         raise InputError(str(exc)) from None
 
 
 async def load_volatility(
-    services: Services, symbol: str, start: datetime | None, end: datetime | None, limit: int
+    services: Services, market: MarketKey, start: datetime | None, end: datetime | None, limit: int
 ) -> tuple[pa.Table, str]:
-    """Stored volatility, or (seed behaviour) volatility computed from candles when none is stored."""
+    """Stored volatility, or (seed behaviour) volatility computed from candles when none is stored.
+    Stored rows without a value (NaN in archives of the original project) are left out."""
     try:
-        table = await services.store.volatility(symbol, start=start, end=end, limit=limit)
+        table = await services.store.volatility(*market, start=start, end=end, limit=limit)
     except QueryError as exc:
         raise InputError(str(exc)) from None
     values = table["volatility"]
@@ -73,7 +103,7 @@ async def load_volatility(
     if usable:
         finite = pc.is_finite(values)
         return table.filter(pc.fill_null(finite, False)), "stored"
-    ohlc = await load_ohlc(services, symbol, start, end, limit)
+    ohlc = await load_ohlc(services, market, start, end, limit)
     return fallback_volatility(ohlc), "ohlc"
 
 
@@ -98,6 +128,7 @@ def fallback_volatility(ohlc: pa.Table, window: int = FALLBACK_WINDOW) -> pa.Tab
     vol = np.nan_to_num(vol, nan=0.0, posinf=0.0, neginf=0.0)
     return pa.table(
         {
+            "exchange": ohlc["exchange"],
             "symbol": ohlc["symbol"],
             "bucket": ohlc["bucket"],
             "volatility": pa.array(vol, pa.float64()),
@@ -107,24 +138,22 @@ def fallback_volatility(ohlc: pa.Table, window: int = FALLBACK_WINDOW) -> pa.Tab
     )
 
 
-def _iso(column: pa.ChunkedArray) -> list[str]:
-    return [t.isoformat() for t in column.to_pylist()]
+def _iso(column: pa.ChunkedArray) -> list[str | None]:
+    return [None if t is None else t.isoformat() for t in column.to_pylist()]
 
 
 def _rows(table: pa.Table, names: list[str]) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts, built column-wise (``timestamp`` = ``bucket`` in ISO 8601)."""
+    """Rows as JSON-ready dicts, built column-wise (``timestamp`` = ``bucket``, times in ISO 8601; NaN and
+    missing values are JSON null)."""
     columns: list[list[Any]] = []
-    keys: list[str] = []
     for name in names:
-        if name == "timestamp":
-            columns.append(_iso(table["bucket"]))
-        else:
-            columns.append(table[name].to_pylist())
-        keys.append(name)
-    return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+        column = table["bucket" if name == "timestamp" else name]
+        columns.append(_iso(column) if pa.types.is_timestamp(column.type) else column.to_pylist())
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 OHLC_FIELDS = [
+    "exchange",
     "timestamp",
     "open",
     "high",
@@ -139,10 +168,15 @@ OHLC_FIELDS = [
 ]
 
 
+VOLATILITY_FIELDS = ["exchange", "timestamp", "volatility", "symbol", "window_seconds"]
+MARKET_FIELDS = ["exchange", "symbol", "demo", "preferred", "first_candle", "last_candle"]
+
+
 def _newest(tables: list[pa.Table], limit: int, empty: pa.Table) -> pa.Table:
     if not tables:
         return empty
-    table = pa.concat_tables(tables).sort_by([("bucket", "ascending"), ("symbol", "ascending")])
+    order = [("bucket", "ascending"), ("exchange", "ascending"), ("symbol", "ascending")]
+    table = pa.concat_tables(tables).sort_by(order)
     return table.slice(max(0, table.num_rows - limit))
 
 
@@ -151,7 +185,15 @@ def build_router(settings: Settings) -> APIRouter:
     most = settings.api_max_limit
 
     Symbol = Annotated[
-        str | None, Query(description="Symbol, e.g. BTCUSDT (BTC-USD works too); all if omitted.")
+        str | None,
+        Query(description="Symbol, e.g. BTCUSDT (BTC-USD works too); every stored market if omitted."),
+    ]
+    Exchange = Annotated[
+        str | None,
+        Query(
+            description="Venue, e.g. binance, coinbase, synthetic (demo data), unknown. Without it, the "
+            "venue rule picks (see the route's description); without symbol, every stored market of it."
+        ),
     ]
     StartDate = Annotated[str | None, Query(description="Start date (YYYY-MM-DD) or ISO 8601 time, UTC.")]
     EndDate = Annotated[
@@ -159,36 +201,45 @@ def build_router(settings: Settings) -> APIRouter:
     ]
     Limit = Annotated[int, Query(ge=1, le=most, description=f"Newest rows to return (1..{most}).")]
 
-    @router.get("/api/ohlc/", tags=["OHLC"], summary="OHLC candles (1 s)")
+    @router.get("/api/ohlc/", tags=["OHLC"], summary="OHLC candles (1 s)", description=VENUE_RULE)
     async def ohlc(
         request: Request,
         symbol: Symbol = None,
+        exchange: Exchange = None,
         start_date: StartDate = None,
         end_date: EndDate = None,
         limit: Limit = 1000,
     ) -> Response:
         services = services_of(request)
         start, end = _range(start_date, end_date)
-        names = await _symbols(services, symbol)
-        tables = [await load_ohlc(services, name, start, end, limit) for name in names]
+        markets = await _markets(services, symbol, exchange)
+        tables = [await load_ohlc(services, market, start, end, limit) for market in markets]
         table = _newest(tables, limit, pa.table({"bucket": pa.array([], pa.timestamp("ms", tz="UTC"))}))
         data = _rows(table, OHLC_FIELDS) if table.num_rows else []
-        return json_response({"data": data, "count": len(data), "symbol": names[0] if symbol else None})
+        return json_response(_answer(symbol, markets, data=data, count=len(data)))
 
-    @router.get("/api/ohlc/latest", tags=["OHLC"], summary="Newest candle of each symbol")
-    async def ohlc_latest(request: Request, symbol: Symbol = None) -> Response:
+    @router.get(
+        "/api/ohlc/latest", tags=["OHLC"], summary="Newest candle of each market", description=VENUE_RULE
+    )
+    async def ohlc_latest(request: Request, symbol: Symbol = None, exchange: Exchange = None) -> Response:
         services = services_of(request)
         data: list[dict[str, Any]] = []
-        for name in await _symbols(services, symbol):
-            table = await services.store.latest_candle(name)
+        for market in await _markets(services, symbol, exchange):
+            table = await services.store.latest_candle(*market)
             if table.num_rows:
                 data.extend(_rows(table.slice(table.num_rows - 1), OHLC_FIELDS))
         return json_response({"data": data})
 
-    @router.get("/api/volatility/", tags=["Volatility"], summary="Volatility (stored, or computed from OHLC)")
+    @router.get(
+        "/api/volatility/",
+        tags=["Volatility"],
+        summary="Volatility (stored, or computed from OHLC)",
+        description=VENUE_RULE,
+    )
     async def volatility(
         request: Request,
         symbol: Symbol = None,
+        exchange: Exchange = None,
         start_date: StartDate = None,
         end_date: EndDate = None,
         limit: Limit = 1000,
@@ -197,27 +248,35 @@ def build_router(settings: Settings) -> APIRouter:
         start, end = _range(start_date, end_date)
         tables: list[pa.Table] = []
         sources: set[str] = set()
-        names = await _symbols(services, symbol)
-        for name in names:
-            table, source = await load_volatility(services, name, start, end, limit)
+        markets = await _markets(services, symbol, exchange)
+        for market in markets:
+            table, source = await load_volatility(services, market, start, end, limit)
             if table.num_rows:
                 tables.append(table)
                 sources.add(source)
         table = _newest(tables, limit, VOLATILITY_SCHEMA.empty_table())
-        data = _rows(table, ["timestamp", "volatility", "symbol", "window_seconds"]) if table.num_rows else []
-        return json_response(
-            {
-                "data": data,
-                "count": len(data),
-                "symbol": names[0] if symbol else None,
-                "source": "+".join(sorted(sources)) or None,
-            }
-        )
+        data = _rows(table, VOLATILITY_FIELDS) if table.num_rows else []
+        origin = "+".join(sorted(sources)) or None
+        return json_response(_answer(symbol, markets, data=data, count=len(data), source=origin))
 
-    @router.get("/api/symbols", tags=["Utility"], summary="Symbols with stored candles")
+    @router.get("/api/symbols", tags=["Utility"], summary="Symbols with stored candles, on any venue")
     async def symbols(request: Request) -> Response:
-        names = list(await services_of(request).catalog.stored(fresh_within=1.0))
+        names = await services_of(request).catalog.symbols(fresh_within=1.0)
         return json_response({"symbols": names, "count": len(names)})
+
+    @router.get(
+        "/api/markets",
+        tags=["Utility"],
+        summary="Markets: venue and symbol, demo flag, span of stored candles",
+        description="Every market the API knows (stored, seen live, or configured as EXCHANGES x SYMBOLS), "
+        "by exchange and symbol. `demo` is true for the synthetic venue (demo data, not a real market); "
+        "`preferred` marks the venue a request naming only the symbol gets; `first_candle` / `last_candle` "
+        "are null while nothing is stored. " + VENUE_RULE,
+    )
+    async def markets(request: Request) -> Response:
+        table = await services_of(request).catalog.listing(fresh_within=1.0)
+        data = _rows(table, MARKET_FIELDS) if table.num_rows else []
+        return json_response({"markets": data, "count": len(data)})
 
     @router.get("/health", tags=["Utility"], summary="Liveness of the API, its store and its live feed")
     async def health(request: Request) -> Response:

@@ -1,8 +1,9 @@
-"""The pipeline's health as the processors report it: lag, last trade time per symbol, counts and rates.
+"""The pipeline's health as the processors report it: lag, last trade time per market, counts and rates.
 
 Every processor replica publishes a status message to the candles topic each second (key ``__status__``,
-see ``processor/service.py``): its partitions with position, log end and lag; per symbol the newest event
-time and the close frontier; cumulative counts since that process started. The board keeps the newest
+see ``processor/service.py``): its partitions with position, log end and lag; its ``streams``, one per
+market (exchange and symbol) with the newest event time and the close frontier; cumulative counts since
+that process started. The board keeps the newest
 report of each replica and derives rates from consecutive reports. A replica silent for ``stale_after``
 seconds is shown as not alive and leaves the rates and the partition table (its partitions have moved
 or are unowned); its counts stay in the totals for an hour, so a crash does not make the late count drop.
@@ -46,6 +47,7 @@ class PartitionReport:
 
 @dataclass(slots=True)
 class SymbolReport:
+    exchange: str
     symbol: str
     last_event_ms: int
     closed_through_ms: int | None
@@ -100,7 +102,7 @@ class StatusBoard:
             r.alive = now - r.received <= self.stale_after
         alive = [r for r in reports if r.alive]
         partitions: dict[int, tuple[int, PartitionReport]] = {}
-        symbols: dict[str, SymbolReport] = {}
+        symbols: dict[tuple[str, str], SymbolReport] = {}
         for r in alive:
             parts = r.message.get("partitions")
             for key, p in parts.items() if isinstance(parts, dict) else ():
@@ -114,15 +116,18 @@ class StatusBoard:
                     )
                     partitions[number] = (r.time_ms, report)
         for r in reports:
-            syms = r.message.get("symbols")
-            for name, s in syms.items() if isinstance(syms, dict) else ():
-                last = _int(s.get("last_event_ms")) if isinstance(s, dict) else None
-                if last is None:
+            streams = r.message.get("streams")
+            for s in streams if isinstance(streams, list) else ():
+                if not isinstance(s, dict):
                     continue
-                closed = _int(s.get("closed_through_ms"))
-                known = symbols.get(name)
-                if known is None or last > known.last_event_ms:
-                    symbols[name] = SymbolReport(str(name), last, closed)
+                last = _int(s.get("last_event_ms"))
+                exchange, symbol = s.get("exchange"), s.get("symbol")
+                if last is None or not isinstance(exchange, str) or not isinstance(symbol, str):
+                    continue
+                key = (exchange[:32], symbol[:32])
+                known = symbols.get(key)
+                if known is None or last > known.last_event_ms:  # after a rebalance the newest report wins
+                    symbols[key] = SymbolReport(*key, last, _int(s.get("closed_through_ms")))
         totals = {key: sum(r.count(key) for r in reports) for key in COUNTS}
         reasons: dict[str, int] = {}
         for r in reports:
@@ -134,7 +139,7 @@ class StatusBoard:
         return StatusSnapshot(
             processors=reports,
             partitions=[p for _, p in sorted(partitions.values(), key=lambda item: item[1].partition)],
-            symbols=sorted(symbols.values(), key=lambda s: s.symbol),
+            symbols=[symbols[key] for key in sorted(symbols)],
             lag=sum(lags),
             trades_per_s=sum(r.trades_per_s for r in alive),
             candles_per_s=sum(r.candles_per_s for r in alive),

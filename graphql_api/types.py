@@ -3,6 +3,10 @@
 Times are ``DateTime`` (ISO 8601, UTC) on objects; the columnar form carries epoch milliseconds as
 ``Long`` so a chart can use them directly. ``Long`` exists because GraphQL's ``Int`` is 32-bit and
 cumulative counts and epoch milliseconds are not.
+
+Every object belongs to a market: a venue (``exchange``) and a symbol. A candle's trade count, VWAP and
+buy/sell volume are nullable: archives of the original course project did not record them, and they are
+shown as unknown rather than made up.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, NewType, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import strawberry
 
 from graphql_api.arrow import ArrowColumn, ArrowRows, LiveEvent
@@ -22,6 +27,7 @@ __all__ = [
     "CandleColumns",
     "CandleUpdate",
     "Long",
+    "Market",
     "SCALARS",
     "PartitionStatus",
     "PipelineStatus",
@@ -47,8 +53,41 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-@strawberry.type(description="One OHLCV candle. `bucket` is the window start (UTC).")
+VENUE = (
+    "The venue: an exchange (binance, coinbase), `synthetic` (demo data of `cryptostream up --source "
+    "synthetic`, not a real market) or `unknown` (trades without an exchange, candles stored before venues "
+    "were kept apart)."
+)
+UNRECORDED = " Null where the source did not record it (archives of the original project)."
+
+
+@strawberry.type(
+    description="A market: one venue's trading in one symbol, with the span of its stored candles."
+)
+class Market:
+    exchange: str = strawberry.field(description=VENUE)
+    symbol: str
+    demo: bool = strawberry.field(description="True for the synthetic venue: demo data, not a real market.")
+    preferred: bool = strawberry.field(
+        description="True for the venue a request naming only this symbol gets: the only venue with the "
+        "symbol, else the first of EXCHANGES that has it, else the first real venue by name."
+    )
+    first_candle: datetime | None = strawberry.field(
+        description="The oldest stored candle's bucket; null when nothing is stored yet."
+    )
+    last_candle: datetime | None = strawberry.field(
+        description="The newest stored candle's bucket (as of the API's last look at the store, at most "
+        "5 s ago); null when nothing is stored yet."
+    )
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[Market]:
+        return cast("list[Market]", ArrowRows(table, cls))
+
+
+@strawberry.type(description="One OHLCV candle of one market. `bucket` is the window start (UTC).")
 class Candle:
+    exchange: str = strawberry.field(description=VENUE)
     symbol: str
     bucket: datetime
     open: float
@@ -56,10 +95,14 @@ class Candle:
     low: float
     close: float
     volume: float
-    trade_count: int
-    vwap: float = strawberry.field(description="Volume-weighted average price.")
-    buy_volume: float = strawberry.field(description="Volume bought by takers (aggressive buys).")
-    sell_volume: float = strawberry.field(description="Volume sold by takers (aggressive sells).")
+    trade_count: int | None = strawberry.field(description="Trades in the window." + UNRECORDED)
+    vwap: float | None = strawberry.field(description="Volume-weighted average price." + UNRECORDED)
+    buy_volume: float | None = strawberry.field(
+        description="Volume bought by takers (aggressive buys)." + UNRECORDED
+    )
+    sell_volume: float | None = strawberry.field(
+        description="Volume sold by takers (aggressive sells)." + UNRECORDED
+    )
 
     @classmethod
     def from_table(cls, table: pa.Table) -> list[Candle]:
@@ -71,6 +114,7 @@ class Candle:
     "`bucket[i]` is the window start of row i in epoch milliseconds, UTC."
 )
 class CandleColumns:
+    exchange: str = strawberry.field(description=VENUE)
     symbol: str
     interval: str
     count: int
@@ -80,13 +124,13 @@ class CandleColumns:
     low: list[float]
     close: list[float]
     volume: list[float]
-    trade_count: list[int]
-    vwap: list[float]
-    buy_volume: list[float]
-    sell_volume: list[float]
+    trade_count: list[int | None] = strawberry.field(description="Trades per window." + UNRECORDED)
+    vwap: list[float | None] = strawberry.field(description="Volume-weighted average prices." + UNRECORDED)
+    buy_volume: list[float | None] = strawberry.field(description="Taker buy volumes." + UNRECORDED)
+    sell_volume: list[float | None] = strawberry.field(description="Taker sell volumes." + UNRECORDED)
 
     @classmethod
-    def from_table(cls, symbol: str, interval: str, table: pa.Table) -> CandleColumns:
+    def from_table(cls, exchange: str, symbol: str, interval: str, table: pa.Table) -> CandleColumns:
         columns: dict[str, Any] = {
             name: ArrowColumn(table[name])
             for name in (
@@ -102,6 +146,7 @@ class CandleColumns:
             )
         }
         return cls(
+            exchange=exchange,
             symbol=symbol,
             interval=interval,
             count=table.num_rows,
@@ -112,6 +157,7 @@ class CandleColumns:
 
 @strawberry.type(description="A live candle: the current state of an open window, or its final state.")
 class CandleUpdate(LiveEvent):
+    exchange: str = strawberry.field(description=VENUE)
     symbol: str
     interval: str
     closed: bool = strawberry.field(
@@ -129,8 +175,9 @@ class CandleUpdate(LiveEvent):
     sell_volume: float
 
     @classmethod
-    def from_bar(cls, symbol: str, interval: str, bar: Bar, closed: bool) -> CandleUpdate:
+    def from_bar(cls, exchange: str, symbol: str, interval: str, bar: Bar, closed: bool) -> CandleUpdate:
         return cls(
+            exchange=exchange,
             symbol=symbol,
             interval=interval,
             closed=closed,
@@ -149,18 +196,25 @@ class CandleUpdate(LiveEvent):
 
 @strawberry.type(description="Standard deviation of 1 s log returns over the trailing window, per second.")
 class Volatility(LiveEvent):
+    exchange: str = strawberry.field(description=VENUE)
     symbol: str
     bucket: datetime
-    volatility: float
-    window_seconds: int
+    volatility: float | None = strawberry.field(
+        description="Null where it is undefined (archives of the original project stored NaN there)."
+    )
+    window_seconds: int | None = strawberry.field(description="The trailing window." + UNRECORDED)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> list[Volatility]:
-        return cast("list[Volatility]", ArrowRows(table, cls))
+        values = table["volatility"]
+        defined = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+        at = table.schema.get_field_index("volatility")
+        return cast("list[Volatility]", ArrowRows(table.set_column(at, "volatility", defined), cls))
 
     @classmethod
     def from_message(cls, m: dict[str, Any]) -> Volatility:
         return cls(
+            exchange=m["exchange"],
             symbol=m["symbol"],
             bucket=datetime.fromisoformat(m["bucket"]),
             volatility=float(m["volatility"]),
@@ -170,6 +224,7 @@ class Volatility(LiveEvent):
 
 @strawberry.type(description="The trend model's probability that the close rises over the horizon.")
 class Prediction(LiveEvent):
+    exchange: str = strawberry.field(description=VENUE)
     symbol: str
     bucket: datetime
     horizon_seconds: int
@@ -184,6 +239,7 @@ class Prediction(LiveEvent):
     @classmethod
     def from_message(cls, m: dict[str, Any]) -> Prediction:
         return cls(
+            exchange=m["exchange"],
             symbol=m["symbol"],
             bucket=datetime.fromisoformat(m["bucket"]),
             horizon_seconds=int(m["horizon_seconds"]),
@@ -222,8 +278,9 @@ class ProcessorStatus:
     trades_per_second: float
 
 
-@strawberry.type
+@strawberry.type(description="One market as the processor that owns it last reported it.")
 class SymbolStatus:
+    exchange: str = strawberry.field(description=VENUE)
     symbol: str
     last_trade_time: datetime = strawberry.field(description="Event time of the newest trade processed.")
     closed_through: datetime | None = strawberry.field(
@@ -246,7 +303,7 @@ class PipelineStatus:
     rejected_by_reason: list[ReasonCount]
     processors: list[ProcessorStatus]
     partitions: list[PartitionStatus]
-    symbols: list[SymbolStatus]
+    symbols: list[SymbolStatus] = strawberry.field(description="One entry per market (venue and symbol).")
 
     @classmethod
     def from_snapshot(cls, snap: StatusSnapshot, live: bool) -> PipelineStatus:
@@ -290,6 +347,7 @@ class PipelineStatus:
             ],
             symbols=[
                 SymbolStatus(
+                    exchange=s.exchange,
                     symbol=s.symbol,
                     last_trade_time=from_ms(s.last_event_ms),
                     closed_through=from_ms(s.closed_through_ms)

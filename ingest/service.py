@@ -111,6 +111,7 @@ async def _until_stopped(batches: AsyncIterator[Batch], stop: asyncio.Event) -> 
     loop = asyncio.get_running_loop()
     deadline: float | None = None
     stop_wait = asyncio.ensure_future(stop.wait())
+    nxt: asyncio.Future[Batch] | None = None
     try:
         while True:
             nxt = asyncio.ensure_future(anext(batches))
@@ -122,17 +123,19 @@ async def _until_stopped(batches: AsyncIterator[Batch], stop: asyncio.Event) -> 
                     continue
                 await asyncio.wait({nxt}, timeout=max(0.0, deadline - loop.time()))
                 if not nxt.done():
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
                     log.warning(
-                        "the source did not end within %.0fs of the stop; closed it", STOP_GRACE_SECONDS
+                        "the source did not end within %.0fs of the stop; closing it", STOP_GRACE_SECONDS
                     )
                     return
             try:
                 batch = nxt.result()
             except StopAsyncIteration:
                 return
+            nxt = None
             yield batch
     finally:
         stop_wait.cancel()
+        if nxt is not None and not nxt.done():  # the source must not be running when it is closed
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await nxt

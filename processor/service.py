@@ -59,6 +59,7 @@ __all__ = ["Processor", "ProcessorStats", "Scorer"]
 log = logging.getLogger(__name__)
 
 CLOSE_EVERY_S = 0.05  # windows close at most this late after their frontier passes them
+FRONTIER_EVERY_S = 1.0  # how often moved frontiers are told to the live feed
 SETUP_RETRY_S = 1.0  # a partition whose assignment failed is set up again this often
 
 # A hook turning a stream's history (ending with its n newly closed candles) into extra tables (predictions):
@@ -123,6 +124,7 @@ class Processor:
         self._producer: AIOKafkaProducer | None = None
         self._last_checkpoint = time.monotonic()
         self._last_close = 0.0
+        self._last_frontiers = 0.0
         self._partitioner = DefaultPartitioner()  # Kafka's murmur2: the same partition any client picks
         self._candle_partitions: list[int] = []
         self._dlq_partitions: list[int] = []
@@ -313,6 +315,9 @@ class Processor:
 
     async def _close_and_publish(self, now: float) -> None:
         live_s = self.settings.live_candle_interval_ms / 1000
+        announce = now - self._last_frontiers >= FRONTIER_EVERY_S
+        if announce:
+            self._last_frontiers = now
         messages: list[tuple[str, bytes]] = []
         for part in self.parts.values():
             closed = part.close(self.interner, self.settings.volatility_window_seconds)
@@ -321,6 +326,16 @@ class Processor:
             live = closed_candles(part.live_candles(now, live_s))
             if live is not None:
                 messages.extend(_rows_messages("candle", live.to_table(), interval="1s", closed=False))
+            if announce:  # after the partition's closed candles, in the same partition of the feed
+                for code, frontier in part.frontiers():
+                    exchange, symbol = self.interner.name(code)
+                    message = {
+                        "type": "frontier",
+                        "exchange": exchange,
+                        "symbol": symbol,
+                        "closed_through_ms": frontier,
+                    }
+                    messages.append((symbol, orjson.dumps(message)))
         if messages:
             await self._publish(messages)
 
@@ -435,9 +450,15 @@ class Processor:
         log.debug("checkpoint of %s in %.1f ms%s", offsets, elapsed * 1000, " (final)" if final else "")
 
     def _save(self, ckpt: Checkpoint, part: PartitionState) -> None:
-        """Snapshot the partition and write its checkpoint (in a thread; the lock keeps the state still)."""
+        """Snapshot the partition and write its checkpoint (in a thread; the lock keeps the state still).
+        A disk that refuses is a failed checkpoint like a sink that does: retried, never half done."""
         ckpt.tables = part.snapshot(self.interner)
-        self.store.save(ckpt)
+        try:
+            self.store.save(ckpt)
+        except OSError as exc:
+            raise SinkWriteError(
+                f"cannot write a checkpoint under {self.store.folder(ckpt.partition)}: {exc}"
+            ) from exc
 
     def _still_owned(self, partition: int) -> bool:
         """Whether this process still holds ``partition``'s fence; if not, drop it (another owner has it)."""

@@ -129,6 +129,7 @@ class StreamState:
     recent: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
     last_live: float = float("-inf")  # live (in-progress) updates only; never on the stored path
     touched: bool = False
+    announced: int = FAR_PAST  # the frontier last told to the live feed (fan-out only, not stored)
 
     @property
     def governed(self) -> bool:
@@ -282,6 +283,16 @@ class PartitionState:
             state.touched = False
             state.last_live = now
             out.extend(state.open[max(state.open)])
+        return out
+
+    def frontiers(self) -> list[tuple[int, int]]:
+        """(stream code, frontier) of each stream whose frontier moved since it was last announced: the
+        live feed closes a quiet market's minute or hour on it (closed candles only say so when they come)."""
+        out = []
+        for code, state in self.streams.items():
+            if state.closed > state.announced and state.closed > FAR_PAST:
+                state.announced = state.closed
+                out.append((code, state.closed))
         return out
 
     def remember(self, code: int, new: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:

@@ -1,6 +1,8 @@
 """The pipeline the dashboard tests watch: real broker, real PostgreSQL, a real processor with a trained
-model, the real API under uvicorn, and a synthetic market streaming trades (ten minutes of history first,
-then live, stamped with the wall clock).
+model, the real API under uvicorn, and synthetic markets streaming trades (ten minutes of history first,
+then live, stamped with the wall clock): the demo venue's SYMBOLS, and a second venue trading BTCUSDT
+(``binance`` here, generated too) so the page has a venue to switch to. ``EXCHANGES=synthetic``, as
+``cryptostream up --source synthetic`` sets it: a symbol alone means the demo market.
 
 The processor and the trade stream run in a thread with their own event loop; the API runs under
 :class:`graphql_api.server.BackgroundServer` and can be stopped and started again on the same port, as a
@@ -22,9 +24,10 @@ import httpx
 from cryptostream.kafka import ensure_topics, start_producer
 from cryptostream.migrate import upgrade
 from cryptostream.models import Trade
+from cryptostream.procs import free_port
 from cryptostream.settings import Settings, load_settings
 from graphql_api.app import create_app
-from graphql_api.server import BackgroundServer, free_port
+from graphql_api.server import BackgroundServer
 from ingest.publisher import Publisher
 from ingest.synthetic import SyntheticMarket
 from processor.model import registry
@@ -36,11 +39,14 @@ from processor.service import Processor
 from tests.e2e.polling import graphql, wait_until
 from tests.integration.helpers import create_database, sinks_for
 
-__all__ = ["SYMBOLS", "DashboardPipeline"]
+__all__ = ["DEMO", "OTHER", "SYMBOLS", "DashboardPipeline"]
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+DEMO = "synthetic"
+OTHER = ("binance", ["BTCUSDT"])  # the second venue and what it trades
 HISTORY_SECONDS = 600
-RATE = 45.0  # trades per second over the three symbols
+RATE = 45.0  # trades per second over the three symbols (the demo venue)
+OTHER_RATE = 8.0
 
 
 def _train(model_dir: Path) -> ModelScorer:
@@ -69,6 +75,7 @@ class DashboardPipeline:
             state_dir=work / "state",
             model_dir=work / "models",
             symbols=SYMBOLS,
+            exchanges=[DEMO],
             kafka_partitions=2,
             max_buffer_seconds=0.5,
             parquet_chunk_seconds=0.5,
@@ -103,28 +110,39 @@ class DashboardPipeline:
         producer = await start_producer(settings)
         publisher = Publisher(producer, settings.kafka_topic, batch_size=1000, queue_size=50_000)
         await publisher.start()
-        market = SyntheticMarket(SYMBOLS, rate=RATE, seed=11)
+        markets = [
+            (SyntheticMarket(SYMBOLS, rate=RATE, seed=11), RATE),
+            (SyntheticMarket(OTHER[1], rate=OTHER_RATE, seed=12, exchange=OTHER[0]), OTHER_RATE),
+        ]
         try:
             # Ten minutes of history while the processor joins its group. Arrivals speed up and slow down
             # with volatility: draw 5 s at a time until now, so live prices continue from the last ones.
             now = int(time.time() * 1000)
-            history: list[Trade] = []
-            while not history or history[-1].timestamp < now:
-                start = history[-1].timestamp if history else now - HISTORY_SECONDS * 1000
-                history += market.generate(int(RATE * 5), start)
-            await publisher.put([t for t in history if t.timestamp < now])
+            for market, rate in markets:
+                history: list[Trade] = []
+                while not history or history[-1].timestamp < now:
+                    start = history[-1].timestamp if history else now - HISTORY_SECONDS * 1000
+                    history += market.generate(int(rate * 5), start)
+                await publisher.put([t for t in history if t.timestamp < now])
             await asyncio.wait_for(processor.ready.wait(), 30)
             self._ready.set()
-            async for batch in market.stream():
-                if self._stop.is_set():
-                    break
-                if self.trading.is_set():
-                    await publisher.put(batch)
+            await asyncio.gather(*(self._trade(market, publisher) for market, _ in markets))
         finally:
             await publisher.stop()
             await producer.stop()
             self._stop.set()
             await asyncio.wait_for(work, 30)
+
+    async def _trade(self, market: SyntheticMarket, publisher: Publisher) -> None:
+        """Stream ``market`` live, with the progress it writes (as ingest does), until the pipeline stops."""
+        assert self._stop is not None
+        async for batch in market.stream():
+            if self._stop.is_set():
+                return
+            if self.trading.is_set():
+                await publisher.put(batch)
+                for progress in batch.progress:
+                    await publisher.put_records(publisher.progress_records(progress))
 
     # ------------------------------------------------------------------------------ the API
     def start_api(self) -> BackgroundServer:
@@ -142,13 +160,16 @@ class DashboardPipeline:
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         return graphql(self.url, query, **variables)
 
-    def candles(self, symbol: str, interval: str, limit: int) -> dict[str, Any]:
-        query = """query($s: String!, $i: String!, $l: Int!) {
-            candleColumns(symbol: $s, interval: $i, limit: $l) {
-                bucket open high low close volume tradeCount
+    def candles(self, symbol: str, interval: str, limit: int, exchange: str | None = None) -> dict[str, Any]:
+        """Stored candles as the API serves them (``exchange`` None: the venue a symbol alone means)."""
+        query = """query($s: String!, $e: String, $i: String!, $l: Int!) {
+            candleColumns(symbol: $s, exchange: $e, interval: $i, limit: $l) {
+                exchange bucket open high low close volume tradeCount
             }
         }"""
-        columns: dict[str, Any] = self.graphql(query, s=symbol, i=interval, l=limit)["candleColumns"]
+        columns: dict[str, Any] = self.graphql(query, s=symbol, e=exchange, i=interval, l=limit)[
+            "candleColumns"
+        ]
         return columns
 
     def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -163,10 +184,11 @@ class DashboardPipeline:
         if not self._ready.wait(60) or self._error is not None:
             raise AssertionError(f"the pipeline did not start: {self._error!r}")
         self.start_api()
-        # History stored (ten minutes for every symbol), every symbol listed, and live seconds flowing.
+        # History stored (ten minutes for every market), every symbol listed, and live seconds flowing.
         self.wait_until(
             lambda: (
                 all(len(self.candles(s, "1s", 1000)["bucket"]) >= 500 for s in SYMBOLS)
+                and all(len(self.candles(s, "1s", 1000, OTHER[0])["bucket"]) >= 400 for s in OTHER[1])
                 and sorted(self.graphql("{ symbols }")["symbols"]) == SYMBOLS
                 and self.graphql("{ pipelineStatus { trades } }")["pipelineStatus"]["trades"] > 0
             ),

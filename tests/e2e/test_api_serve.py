@@ -21,6 +21,7 @@ import websockets
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
+from cryptostream.codec import encode_progress
 from cryptostream.kafka import ensure_topics, start_producer
 from cryptostream.models import Trade
 from cryptostream.procs import free_port
@@ -104,6 +105,8 @@ def roles(kafka_bootstrap: str, database_url: str, tmp_path: Path, db: Any) -> I
 
 
 async def _send(env: dict[str, str], trade: Trade) -> None:
+    """The trade, then progress past its second (as a source writes it): the processor closes windows on
+    what the log says, never on its clock."""
     settings = load_settings(
         kafka_bootstrap=env["KAFKA_BOOTSTRAP"],
         kafka_topic=env["KAFKA_TOPIC"],
@@ -113,8 +116,11 @@ async def _send(env: dict[str, str], trade: Trade) -> None:
     await ensure_topics(settings)
     producer = await start_producer(settings)
     try:
+        key = trade.symbol.encode()
+        await producer.send_and_wait(settings.kafka_topic, orjson.dumps(trade.to_dict()), key=key)
+        end = trade.timestamp - trade.timestamp % 1000 + 1000
         await producer.send_and_wait(
-            settings.kafka_topic, orjson.dumps(trade.to_dict()), key=trade.symbol.encode()
+            settings.kafka_topic, encode_progress(trade.exchange, [trade.symbol], end), key=key
         )
     finally:
         await producer.stop()
@@ -169,7 +175,14 @@ async def test_serve_and_process_as_separate_processes(roles: Roles) -> None:
         30,
         "the candle in the database",
     )
-    assert [(r["close"], r["volume"]) for r in stored] == [(42_000.5, 0.5)]
+    assert [(r["exchange"], r["close"], r["volume"]) for r in stored] == [("binance", 42_000.5, 0.5)]
+    markets = httpx.get(f"{roles.url}/api/markets").json()["markets"]
+    assert {"exchange": "binance", "symbol": "BTCUSDT", "demo": False, "preferred": True} | {
+        "first_candle": stored[0]["timestamp"],
+        "last_candle": stored[0]["timestamp"],
+    } in markets
+    other = httpx.get(f"{roles.url}/api/ohlc/", params={"symbol": "BTCUSDT", "exchange": "coinbase"})
+    assert other.status_code == 200 and other.json()["data"] == []  # configured, nothing traded there
     assert roles.graphql('{ latestCandle(symbol: "btc-usdt") { close tradeCount } }')["latestCandle"] == {
         "close": 42_000.5,
         "tradeCount": 1,

@@ -3,8 +3,9 @@ real broker, real PostgreSQL, a real processor serving a trained model, the real
 synthetic market trading live.
 
 What a user relies on: the page loads with no console errors and plots exactly the candles the API stores;
-a new candle appears (and the open one moves) without reloading; switching symbol, interval and chart style
-shows the right data; after the API restarts the page says it is offline, then comes back live by itself.
+a new candle appears (and the open one moves) without reloading; switching venue, symbol, interval and chart
+style shows the right data, and demo data is marked DEMO DATA; after the API restarts the page says it is
+offline, then comes back live by itself.
 Screenshots (laptop and phone, dark and light) go to $TEST_ARTIFACTS/dashboard/.
 """
 
@@ -23,7 +24,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from processor.model import registry
-from tests.e2e.dashboard_pipeline import SYMBOLS, DashboardPipeline
+from tests.e2e.dashboard_pipeline import DEMO, OTHER, SYMBOLS, DashboardPipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -170,7 +171,12 @@ def mismatches(plot: dict[str, Any], api: dict[str, Any]) -> tuple[int, list[str
 
 
 def wait_plot_matches_api(
-    dash: Dashboard, pipeline: DashboardPipeline, symbol: str, interval: str, at_least: int
+    dash: Dashboard,
+    pipeline: DashboardPipeline,
+    symbol: str,
+    interval: str,
+    at_least: int,
+    exchange: str | None = None,
 ) -> dict[str, Any]:
     """The drawn candles equal the API's, retrying for a while: a candle closing right now may be drawn
     final an instant before the processor's next checkpoint stores it, and the page merges the newest
@@ -178,7 +184,7 @@ def wait_plot_matches_api(
     deadline = time.monotonic() + 15
     while True:
         plot = dash.price()
-        api = pipeline.candles(symbol, interval, len(plot["bucket"]) + 10)
+        api = pipeline.candles(symbol, interval, len(plot["bucket"]) + 10, exchange)
         compared, problems = mismatches(plot, api)
         if not problems and compared >= at_least:
             return plot
@@ -199,7 +205,11 @@ def test_the_page_loads_clean_and_draws_the_stored_candles_volatility_and_predic
         assert plot["type"] == "candlestick" and plot["name"] == "BTCUSDT"
         assert plot["bucket"] == sorted(set(plot["bucket"])) and all(b % 1000 == 0 for b in plot["bucket"])
         assert (
-            page.get_by_role("img", name=re.compile("^Candlestick chart of BTCUSDT, 1s candles")).count() == 1
+            page.get_by_role(
+                "img",
+                name=re.compile(r"^Candlestick chart of BTCUSDT on synthetic \(demo data\), 1s candles"),
+            ).count()
+            == 1
         )
 
         # Volatility: the API's values, drawn in percent.
@@ -250,6 +260,59 @@ def test_the_page_loads_clean_and_draws_the_stored_candles_volatility_and_predic
         dash.assert_clean()
     finally:
         dash.close()
+
+
+def test_the_venue_selector_switches_markets_and_demo_data_is_marked(
+    pipeline: DashboardPipeline, browser: Browser, artifacts: Path
+) -> None:
+    """EXCHANGES=synthetic: BTCUSDT alone means the demo market, shown with a DEMO DATA badge. The venue
+    selector (from the `markets` query) switches to binance's BTCUSDT: its own candles, no badge."""
+    dash = Dashboard(browser, pipeline.url, "#symbol=BTCUSDT&interval=1s")
+    try:
+        page = dash.page
+        venue = page.get_by_label("Venue", exact=True)
+        assert venue.input_value() == DEMO
+        options = page.eval_on_selector_all("#exchange option", "os => os.map((o) => [o.value, o.text])")
+        assert options == [[OTHER[0], OTHER[0]], [DEMO, f"{DEMO} (demo data)"]]
+        assert page.is_visible("#demo-badge") and page.inner_text("#demo-badge") == "DEMO DATA"
+        assert page.inner_text("#price-venue") == f"{DEMO} · demo data"
+        wait_plot_matches_api(dash, pipeline, "BTCUSDT", "1s", at_least=300, exchange=DEMO)
+        page.screenshot(path=artifacts / "demo-badge-laptop-dark.png")
+
+        venue.select_option(OTHER[0])
+        page.wait_for_selector("#demo-badge", state="hidden")
+        assert "exchange=binance" in page.url and page.inner_text("#price-venue") == OTHER[0]
+        symbols = page.eval_on_selector_all("#symbol option", "os => os.map((o) => o.value)")
+        assert symbols == OTHER[1]
+        page.wait_for_function(f"document.querySelectorAll('.ticker').length === {len(OTHER[1])}")
+        page.wait_for_function(
+            "(document.getElementById('price-chart').getAttribute('aria-label') || '')"
+            ".startsWith('Candlestick chart of BTCUSDT on binance, 1s candles')"
+        )
+        wait_plot_matches_api(dash, pipeline, "BTCUSDT", "1s", at_least=300, exchange=OTHER[0])
+        assert [t["name"] for t in dash.plot("cmp-chart")] == OTHER[1]
+        # Live updates of this venue keep coming (the demo venue's BTCUSDT never lands here).
+        newest = dash.price()["bucket"][-1]
+        page.wait_for_function(
+            f"document.getElementById('price-chart').data[0].x.at(-1) > {newest}", timeout=15_000
+        )
+        wait_plot_matches_api(dash, pipeline, "BTCUSDT", "1s", at_least=300, exchange=OTHER[0])
+
+        venue.select_option(DEMO)
+        page.wait_for_selector("#demo-badge", state="visible")
+        wait_plot_matches_api(dash, pipeline, "BTCUSDT", "1s", at_least=300, exchange=DEMO)
+        dash.assert_clean()
+    finally:
+        dash.close()
+
+    linked = Dashboard(browser, pipeline.url, "#exchange=binance&symbol=BTCUSDT&interval=1s")
+    try:
+        assert linked.page.get_by_label("Venue", exact=True).input_value() == OTHER[0]
+        assert not linked.page.is_visible("#demo-badge")
+        wait_plot_matches_api(linked, pipeline, "BTCUSDT", "1s", at_least=300, exchange=OTHER[0])
+        linked.assert_clean()
+    finally:
+        linked.close()
 
 
 def test_a_new_candle_appears_and_the_open_one_moves_without_a_reload(

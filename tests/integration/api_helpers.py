@@ -1,9 +1,9 @@
 """Helpers of the API tests: store reference rows through the real database sink, talk GraphQL over HTTP,
-and a naive roll-up of 1 s candles to compare coarser intervals against."""
+and a naive roll-up of 1 s candles to compare coarser intervals against. Rows are keyed by market and
+bucket, ``(exchange, symbol, bucket ms)``, as :mod:`tests.reference` keys them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ def iso(ms: int) -> str:
 def candle_table(candles: dict[Key, dict[str, Any]]) -> pa.Table:
     keys = sorted(candles)
     columns: dict[str, Any] = {
-        "symbol": [k[0] for k in keys],
-        "bucket": pa.array([k[1] for k in keys], pa.timestamp("ms", tz="UTC")),
+        "exchange": [k[0] for k in keys],
+        "symbol": [k[1] for k in keys],
+        "bucket": pa.array([k[2] for k in keys], pa.timestamp("ms", tz="UTC")),
     }
     for name in FIELDS:
         columns[name] = [candles[k][name] for k in keys]
@@ -46,8 +47,9 @@ def volatility_table(values: dict[Key, float], window: int) -> pa.Table:
     keys = sorted(values)
     return pa.table(
         {
-            "symbol": [k[0] for k in keys],
-            "bucket": pa.array([k[1] for k in keys], pa.timestamp("ms", tz="UTC")),
+            "exchange": [k[0] for k in keys],
+            "symbol": [k[1] for k in keys],
+            "bucket": pa.array([k[2] for k in keys], pa.timestamp("ms", tz="UTC")),
             "volatility": [values[k] for k in keys],
             "window_seconds": pa.array([window] * len(keys), pa.int32()),
         },
@@ -56,15 +58,17 @@ def volatility_table(values: dict[Key, float], window: int) -> pa.Table:
 
 
 def prediction_table(
-    rows: list[tuple[str, int, float]], horizon: int = 60, version: str = "test-1"
+    rows: list[tuple[str, str, int, float]], horizon: int = 60, version: str = "test-1"
 ) -> pa.Table:
+    """Predictions of ``(exchange, symbol, bucket ms, probability up)`` rows."""
     return pa.table(
         {
-            "symbol": [r[0] for r in rows],
-            "bucket": pa.array([r[1] for r in rows], pa.timestamp("ms", tz="UTC")),
+            "exchange": [r[0] for r in rows],
+            "symbol": [r[1] for r in rows],
+            "bucket": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
             "horizon_seconds": pa.array([horizon] * len(rows), pa.int32()),
-            "probability_up": [r[2] for r in rows],
-            "label": ["up" if r[2] >= 0.5 else "down" for r in rows],
+            "probability_up": [r[3] for r in rows],
+            "label": ["up" if r[3] >= 0.5 else "down" for r in rows],
             "model_version": [version] * len(rows),
         },
         schema=PREDICTION_SCHEMA,
@@ -92,8 +96,8 @@ async def store(dsn: str, **tables: pa.Table) -> None:
 def roll_up(candles: dict[Key, dict[str, Any]], interval_ms: int) -> dict[Key, dict[str, Any]]:
     """Naive roll-up of 1 s candles into ``interval_ms`` buckets (plain Python, for comparison)."""
     groups: dict[Key, list[tuple[int, dict[str, Any]]]] = {}
-    for (symbol, bucket), c in candles.items():
-        groups.setdefault((symbol, bucket - bucket % interval_ms), []).append((bucket, c))
+    for (exchange, symbol, bucket), c in candles.items():
+        groups.setdefault((exchange, symbol, bucket - bucket % interval_ms), []).append((bucket, c))
     out: dict[Key, dict[str, Any]] = {}
     for key, rows in groups.items():
         rows.sort(key=lambda r: r[0])
@@ -126,21 +130,38 @@ def error_messages(body: dict[str, Any]) -> list[str]:
     return [e["message"] for e in body.get("errors") or []]
 
 
-def only(rows: Iterable[dict[str, Any]], symbol: str) -> list[dict[str, Any]]:
-    return [r for r in rows if r["symbol"] == symbol]
+def of_market(rows: dict[Key, Any], exchange: str, symbol: str) -> dict[Key, Any]:
+    """The rows of one market."""
+    return {k: v for k, v in rows.items() if k[:2] == (exchange, symbol)}
 
 
-SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+def buckets(rows: dict[Key, Any], exchange: str, symbol: str) -> list[int]:
+    """Sorted buckets (ms) of one market's rows."""
+    return sorted(k[2] for k in of_market(rows, exchange, symbol))
+
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]  # on binance, the first of EXCHANGES (binance,coinbase)
+# The other markets seed_market stores, each for a rule of pick_venue (cryptostream.venues):
+SECOND = ("coinbase", "BTCUSDT")  # BTCUSDT on two venues: symbol-only means the first of EXCHANGES
+DEMO_ONLY = ("synthetic", "DOGEUSDT")  # the only venue of DOGEUSDT, demo or not
+DEMO_LAST = [("synthetic", "ADAUSDT"), ("upbit", "ADAUSDT")]  # no preferred venue: real before demo
 
 
 async def seed_market(dsn: str, without_volatility: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Empty the tables, then store ~5.5 minutes of a synthetic market of SYMBOLS (+ ``without_volatility``
-    symbols, which get candles but no stored volatility): candles and volatility computed by the naive
-    reference, 30 predictions of BTCUSDT. Returns what was stored."""
-    trades = SyntheticMarket([*SYMBOLS, *without_volatility], rate=60, seed=5).generate(20_000, start_ms=T0)
+    """Empty the tables, then store ~5.5 minutes of a synthetic market of SYMBOLS on binance
+    (+ ``without_volatility`` symbols, which get candles but no stored volatility) and shorter ones of
+    the other markets above: candles and volatility computed by the naive reference, 30 predictions of
+    binance's BTCUSDT and 10 of coinbase's. Returns what was stored."""
+    trades = SyntheticMarket([*SYMBOLS, *without_volatility], rate=60, seed=5, exchange="binance").generate(
+        20_000, start_ms=T0
+    )
+    for i, (exchange, symbol) in enumerate([SECOND, DEMO_ONLY, *DEMO_LAST]):
+        market = SyntheticMarket([symbol], rate=10, seed=20 + i, exchange=exchange)
+        trades += market.generate(1_500, start_ms=T0 + 500)
     candles = batch_candles(trades)
-    volatility = {k: v for k, v in batch_volatility(candles, 20).items() if k[0] not in without_volatility}
-    predictions = [("BTCUSDT", T0 + i * 1000, 0.25 + i / 100) for i in range(30)]
+    volatility = {k: v for k, v in batch_volatility(candles, 20).items() if k[1] not in without_volatility}
+    predictions = [("binance", "BTCUSDT", T0 + i * 1000, 0.25 + i / 100) for i in range(30)]
+    predictions += [("coinbase", "BTCUSDT", T0 + i * 1000, 0.9 - i / 100) for i in range(10)]
     await truncate(dsn)
     await store(
         dsn,
@@ -159,6 +180,7 @@ def api_settings(database_url: str | None, tmp: Path, **overrides: Any) -> Setti
         "symbols": SYMBOLS,
         "output_dir": tmp / "outputs",
         "model_dir": tmp / "models",
+        "state_dir": tmp / "state",
         "api_max_limit": 10_000,
     }
     values.update(overrides)

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SDL = sdl()
 INTERNAL = "Internal error; see the server log"
-USER_CODES = {"BAD_USER_INPUT", "UNKNOWN_SYMBOL", "LIVE_UNAVAILABLE"}
+USER_CODES = {"BAD_USER_INPUT", "UNKNOWN_SYMBOL", "UNKNOWN_MARKET", "LIVE_UNAVAILABLE"}
 
 DATETIMES = st.datetimes(timezones=st.sampled_from([UTC, None])).map(lambda d: nodes.String(d.isoformat()))
 SCALARS = {"DateTime": DATETIMES, "Long": st.integers(-(2**53), 2**53).map(nodes.Int)}
@@ -96,9 +96,14 @@ def test_arbitrary_request_bodies_never_cause_a_500(client: httpx.Client, payloa
 
 
 VARIABLES_QUERY = (
-    "query($s: String!, $i: String!, $f: DateTime, $t: DateTime, $l: Int!) "
-    "{ candles(symbol: $s, interval: $i, from: $f, to: $t, limit: $l) { bucket close } "
-    "candleColumns(symbol: $s, interval: $i, from: $f, to: $t, limit: $l) { count close } }"
+    "query($s: String!, $e: String, $i: String!, $f: DateTime, $t: DateTime, $l: Int!) "
+    "{ candles(symbol: $s, exchange: $e, interval: $i, from: $f, to: $t, limit: $l) { bucket close } "
+    "candleColumns(symbol: $s, exchange: $e, interval: $i, from: $f, to: $t, limit: $l) { count close } }"
+)
+VENUES = (
+    st.none()
+    | st.sampled_from(["binance", "Coinbase", "synthetic", "unknown", "kraken", ""])
+    | st.text(max_size=40)
 )
 
 
@@ -106,7 +111,8 @@ VARIABLES_QUERY = (
 @given(
     variables=st.fixed_dictionaries(
         {
-            "s": st.sampled_from(["BTCUSDT", "btc-usdt", "DOGEUSDT", ""]) | st.text(max_size=20),
+            "s": st.sampled_from(["BTCUSDT", "btc-usdt", "DOGEUSDT", "PEPEUSDT", ""]) | st.text(max_size=20),
+            "e": VENUES,
             "i": st.sampled_from(["1s", "1m", "5m", "15m", "1h", "1d"]) | st.text(max_size=5),
             "f": st.none() | st.datetimes().map(lambda d: d.isoformat()) | st.text(max_size=30),
             "t": st.none() | st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
@@ -120,13 +126,33 @@ def test_arbitrary_variables_get_data_or_a_clear_error(
     _handled(client.post("/graphql", json={"query": VARIABLES_QUERY, "variables": variables}))
 
 
-REST = ["/api/ohlc/", "/api/ohlc/latest", "/api/volatility/", "/api/viz/candlestick", "/api/viz/multi-symbol"]
+REST = [
+    "/api/ohlc/",
+    "/api/ohlc/latest",
+    "/api/volatility/",
+    "/api/viz/candlestick",
+    "/api/viz/multi-symbol",
+    "/api/markets",
+]
 PARAM = st.one_of(
     st.none(),
     st.text(max_size=30),
     st.integers(-(10**12), 10**12).map(str),
     st.sampled_from(
-        ["BTCUSDT", "2023-11-14", "2023-11-14T22:14:00Z", "0", "500", "BTCUSDT,ETHUSDT", "nan", "1e309"]
+        [
+            "BTCUSDT",
+            "2023-11-14",
+            "2023-11-14T22:14:00Z",
+            "0",
+            "500",
+            "BTCUSDT,ETHUSDT",
+            "nan",
+            "1e309",
+            "binance",
+            "coinbase",
+            "synthetic",
+            "DOGEUSDT",
+        ]
     ),
 )
 
@@ -136,7 +162,7 @@ PARAM = st.one_of(
     path=st.sampled_from(REST),
     params=st.fixed_dictionaries(
         {},
-        optional=dict.fromkeys(("symbol", "symbols", "limit", "start_date", "end_date"), PARAM),
+        optional=dict.fromkeys(("symbol", "symbols", "exchange", "limit", "start_date", "end_date"), PARAM),
     ),
 )
 def test_arbitrary_rest_parameters_never_cause_a_500(

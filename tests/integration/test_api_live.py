@@ -1,7 +1,8 @@
 """Live subscriptions end to end: real broker, real processor, real API over real WebSockets (gql).
 
 trade -> Kafka -> processor (live + closed 1 s candles, volatility, status) -> candles topic -> the API's
-one consumer -> fan-out -> graphql-transport-ws / graphql-ws -> client.
+one consumer -> fan-out -> graphql-transport-ws / graphql-ws -> client. Markets stay apart by venue all the
+way: a subscriber of Binance's BTCUSDT never receives Coinbase's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import websockets
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
+from cryptostream.codec import encode_progress
 from cryptostream.kafka import ensure_topics, start_producer
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
@@ -29,13 +31,15 @@ from graphql_api.server import BackgroundServer
 from ingest.synthetic import SyntheticMarket
 from processor.service import Processor
 from tests.conftest import T0
-from tests.integration.api_helpers import at, iso, roll_up
+from tests.integration.api_helpers import at, iso, of_market, roll_up
 from tests.integration.helpers import sinks_for
 from tests.reference import assert_candles_equal, batch_candles, batch_volatility, one_trade_candle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CANDLE = "symbol interval closed bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+CANDLE = (
+    "exchange symbol interval closed bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+)
 
 
 def _ms(text: str) -> int:
@@ -115,6 +119,18 @@ class Subscription:
             await asyncio.sleep(0.02)
 
 
+async def send_progress(settings: Settings, exchange: str, symbol: str, watermark: int) -> None:
+    """A progress record as sources write them: no trade of the market before ``watermark`` follows, so the
+    processor closes the windows that end by then (it reads no clock to close them)."""
+    producer = await start_producer(settings)
+    try:
+        await producer.send_and_wait(
+            settings.kafka_topic, encode_progress(exchange, [symbol], watermark), key=symbol.encode()
+        )
+    finally:
+        await producer.stop()
+
+
 async def subscribers(server: BackgroundServer, n: int, timeout: float = 20) -> None:
     """Wait until the API serves ``n`` live subscriptions (they are registered, so nothing is missed)."""
     deadline = time.monotonic() + timeout
@@ -161,7 +177,9 @@ async def test_a_trade_reaches_a_subscriber_as_a_live_candle_within_a_second(
                 assert arrived - sent < 1.0, f"live candle took {arrived - sent:.3f}s"
                 assert first["bucket"] == iso(now - now % 1000) and first["tradeCount"] == 1
                 assert first["buyVolume"] == 0.25 and first["sellVolume"] == 0.0 and first["interval"] == "1s"
-                # Once the watermark (or the quiet-symbol clock) passes, the final version follows.
+                assert first["exchange"] == "binance"
+                # Once the source's progress passes the window's end, the final version follows.
+                await send_progress(settings, "binance", "BTCUSDT", now - now % 1000 + 1000)
                 await sub.until(lambda rs: any(r["candles"]["closed"] for r in rs), timeout=10)
                 final = next(r["candles"] for _, r in sub.received if r["candles"]["closed"])
                 assert {k: final[k] for k in ("open", "high", "low", "close", "tradeCount")} == {
@@ -180,7 +198,7 @@ async def test_a_trade_reaches_a_subscriber_as_a_live_candle_within_a_second(
                             "/graphql",
                             json={
                                 "query": "{ pipelineStatus { live lag trades late rejected "
-                                "processors { processor alive } symbols { symbol lastTradeTime } } }"
+                                "processors { processor alive } symbols { exchange symbol lastTradeTime } } }"
                             },
                         )
                     ).json()["data"]["pipelineStatus"]
@@ -192,15 +210,19 @@ async def test_a_trade_reaches_a_subscriber_as_a_live_candle_within_a_second(
                     body["live"] is True and body["lag"] == 0 and body["late"] == 0 and body["rejected"] == 0
                 )
                 assert body["processors"] == [{"processor": proc.member, "alive": True}]
-                assert body["symbols"] == [{"symbol": "BTCUSDT", "lastTradeTime": iso(now)}]
+                assert body["symbols"] == [
+                    {"exchange": "binance", "symbol": "BTCUSDT", "lastTradeTime": iso(now)}
+                ]
 
 
 MINUTE = T0 - T0 % 60_000 + 60_000  # 2023-11-14T22:14:00Z, a minute boundary
+END = MINUTE + 601_000  # progress past the sentinel's second
 
 
 def with_sentinel(trades: list[Trade]) -> list[Trade]:
-    """``trades`` plus one trade ten minutes later: its arrival moves the close frontier past every
-    earlier minute, so each of them is published as final (by event time, nothing else can close them)."""
+    """``trades`` plus one trade ten minutes later: its arrival moves the close frontier past every earlier
+    minute, and once it is closed too (by :data:`END` progress), each of them is published as final: the
+    API learns that a minute is final from the closed seconds after it, by event time."""
     last = trades[-1]
     return [*trades, Trade(last.exchange, last.symbol, last.price, 1.0, MINUTE + 600_000, 10**9, False)]
 
@@ -209,16 +231,26 @@ def with_sentinel(trades: list[Trade]) -> list[Trade]:
 async def test_minute_candles_rolled_up_live_equal_the_batch_result(
     make_settings: Callable[..., Settings], protocol: str, db: Any
 ) -> None:
-    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5, volatility_window_seconds=10)
+    # The demo venue, configured after binance and named explicitly (ETHUSDT alone means binance).
+    settings = make_settings(
+        max_buffer_seconds=1.0,
+        parquet_chunk_seconds=0.5,
+        volatility_window_seconds=10,
+        exchanges=["binance", "synthetic"],
+    )
     trades = SyntheticMarket(["ETHUSDT"], rate=25, seed=3).generate(3_000, start_ms=MINUTE)  # two minutes
     expected_seconds = batch_candles(trades)
     minutes = roll_up(expected_seconds, 60_000)
     volatility = batch_volatility(expected_seconds, 10)
     with api(settings) as server:
         async with processor(settings):
-            candles_q = f'subscription {{ candles(symbols: ["ETHUSDT"], interval: "1m") {{ {CANDLE} }} }}'
+            candles_q = (
+                'subscription { candles(symbols: ["ETHUSDT"], interval: "1m", exchange: "synthetic") '
+                f"{{ {CANDLE} }} }}"
+            )
             vol_q = (
-                'subscription { volatility(symbols: ["ETHUSDT"]) { symbol bucket volatility windowSeconds } }'
+                'subscription { volatility(symbols: ["ETHUSDT"], exchange: "synthetic") '
+                "{ exchange symbol bucket volatility windowSeconds } }"
             )
             async with (
                 Subscription(server.ws_url, candles_q, {}, protocol) as minute_sub,
@@ -226,14 +258,16 @@ async def test_minute_candles_rolled_up_live_equal_the_batch_result(
             ):
                 await subscribers(server, 2)
                 await send_trades(settings, with_sentinel(trades))
+                await send_progress(settings, "synthetic", "ETHUSDT", END)
 
                 def all_closed(results: list[dict[str, Any]]) -> bool:
-                    return sum(r["candles"]["closed"] for r in results) >= len(minutes)
+                    return sum(bool(r["candles"]["closed"]) for r in results) >= len(minutes)
 
                 await minute_sub.until(all_closed, timeout=30)
                 await vol_sub.count(len(volatility), timeout=30)
     updates = [r["candles"] for _, r in minute_sub.received]
-    closed = {("ETHUSDT", _ms(u["bucket"])): _as_row(u) for u in updates if u["closed"]}
+    assert {u["exchange"] for u in updates} == {"synthetic"}
+    closed = {("synthetic", "ETHUSDT", _ms(u["bucket"])): _as_row(u) for u in updates if u["closed"]}
     assert closed.keys() == minutes.keys(), [(u["bucket"], u["closed"], u["tradeCount"]) for u in updates]
     assert_candles_equal(closed, minutes)
     for bucket in {u["bucket"] for u in updates if _ms(u["bucket"]) < MINUTE + 600_000}:
@@ -241,12 +275,65 @@ async def test_minute_candles_rolled_up_live_equal_the_batch_result(
         assert counts == sorted(counts), "an open minute's trade count never goes back"
         assert [u["closed"] for u in updates if u["bucket"] == bucket][-1] is True
     got = {
-        ("ETHUSDT", _ms(r["volatility"]["bucket"])): r["volatility"]["volatility"]
+        (r["volatility"]["exchange"], "ETHUSDT", _ms(r["volatility"]["bucket"])): r["volatility"][
+            "volatility"
+        ]
         for _, r in vol_sub.received
         if _ms(r["volatility"]["bucket"]) < MINUTE + 600_000
     }
     assert got.keys() == volatility.keys()
     assert all(abs(got[k] - v) <= 1e-12 + 1e-7 * abs(v) for k, v in volatility.items())
+
+
+async def test_subscriptions_to_one_symbol_on_two_venues_are_kept_apart(
+    make_settings: Callable[..., Settings], db: Any
+) -> None:
+    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5)
+    venues = ("binance", "coinbase")
+    trades = []
+    for i, exchange in enumerate(venues):  # the same symbol, two markets with their own prices
+        market = SyntheticMarket(["BTCUSDT"], rate=15, seed=30 + i, exchange=exchange)
+        trades += with_sentinel(market.generate(1_800, start_ms=MINUTE))  # two minutes
+    trades.sort(key=lambda t: t.timestamp)
+    minutes = roll_up(batch_candles(trades), 60_000)
+    expected = {
+        e: {k: v for k, v in of_market(minutes, e, "BTCUSDT").items() if k[2] < MINUTE + 600_000}
+        for e in venues
+    }
+    query = 'subscription($e: String) { candles(symbols: ["BTCUSDT"], interval: "1m", exchange: $e) { %s } }'
+    with api(settings) as server:
+        async with processor(settings):
+            async with (
+                Subscription(server.ws_url, query % CANDLE, {"e": "binance"}, "graphql-transport-ws") as b,
+                Subscription(server.ws_url, query % CANDLE, {"e": "coinbase"}, "graphql-transport-ws") as c,
+                Subscription(server.ws_url, query % CANDLE, {}, "graphql-transport-ws") as alone,
+            ):
+                await subscribers(server, 3)
+                await send_trades(settings, trades)
+                for exchange in venues:
+                    await send_progress(settings, exchange, "BTCUSDT", END)
+                for sub, exchange in ((b, "binance"), (c, "coinbase"), (alone, "binance")):
+                    await sub.until(closed_at_least(len(expected[exchange])), timeout=30)
+    for sub, exchange in ((b, "binance"), (c, "coinbase"), (alone, "binance")):
+        updates = [r["candles"] for r in sub.results()]
+        assert {u["exchange"] for u in updates} == {exchange}, "another venue's candles reached it"
+        closed = {
+            (exchange, "BTCUSDT", _ms(u["bucket"])): _as_row(u)
+            for u in updates
+            if u["closed"] and _ms(u["bucket"]) < MINUTE + 600_000
+        }
+        assert closed.keys() == expected[exchange].keys()
+        assert_candles_equal(closed, expected[exchange])
+    assert expected["binance"] != expected["coinbase"]
+
+
+def closed_at_least(n: int) -> Callable[[list[dict[str, Any]]], bool]:
+    """A condition for :meth:`Subscription.until`: ``n`` final candles received."""
+
+    def done(results: list[dict[str, Any]]) -> bool:
+        return sum(bool(r["candles"]["closed"]) for r in results) >= n
+
+    return done
 
 
 def _as_row(update: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +349,9 @@ async def test_a_late_subscriber_gets_the_open_minute_seeded_from_the_store(
     make_settings: Callable[..., Settings], db: Any
 ) -> None:
     settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5)
-    trades = SyntheticMarket(["SOLUSDT"], rate=20, seed=9).generate(2_400, start_ms=MINUTE)  # two minutes
+    trades = SyntheticMarket(["SOLUSDT"], rate=20, seed=9, exchange="binance").generate(
+        2_400, start_ms=MINUTE
+    )
     cut = MINUTE + 90_000  # subscribe half way through the second minute
     first = [t for t in trades if t.timestamp < cut]
     seconds = batch_candles(trades)
@@ -270,7 +359,8 @@ async def test_a_late_subscriber_gets_the_open_minute_seeded_from_the_store(
     with api(settings) as server:
         async with processor(settings):
             await send_trades(settings, first)
-            stored = sum(1 for _, b in seconds if b < cut)
+            await send_progress(settings, "binance", "SOLUSDT", cut)  # the first part is complete
+            stored = sum(1 for _, _, b in seconds if b < cut)
             deadline = time.monotonic() + 20  # every second of the first part is closed and checkpointed
             while await db.fetchval("SELECT count(*) FROM ohlc_1s WHERE bucket < $1", at(cut)) < stored:
                 assert time.monotonic() < deadline
@@ -282,10 +372,11 @@ async def test_a_late_subscriber_gets_the_open_minute_seeded_from_the_store(
                 assert seeded["bucket"] == iso(MINUTE + 60_000) and not seeded["closed"]
                 assert seeded["tradeCount"] == sum(1 for t in first if t.timestamp >= MINUTE + 60_000)
                 await send_trades(settings, with_sentinel(trades)[len(first) :])
-                later = {k for k in minutes if k[1] >= MINUTE + 60_000}
+                await send_progress(settings, "binance", "SOLUSDT", END)
+                later = {k for k in minutes if k[2] >= MINUTE + 60_000}
                 await sub.until(lambda rs: sum(r["candles"]["closed"] for r in rs) >= len(later), timeout=30)
     closed = {
-        ("SOLUSDT", _ms(r["candles"]["bucket"])): _as_row(r["candles"])
+        ("binance", "SOLUSDT", _ms(r["candles"]["bucket"])): _as_row(r["candles"])
         for _, r in sub.received
         if r["candles"]["closed"]
     }

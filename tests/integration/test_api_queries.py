@@ -1,5 +1,6 @@
 """GraphQL queries over real HTTP (uvicorn on a free port) against the real database, seeded through the
-processor's database sink with candles a naive batch computation made from a synthetic market."""
+processor's database sink with candles a naive batch computation made from synthetic markets on several
+venues (one symbol on two of them)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,28 @@ from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
 from tests.conftest import T0
 from tests.integration.api_helpers import (
+    DEMO_LAST,
+    DEMO_ONLY,
+    SECOND,
     SYMBOLS,
     api_settings,
+    buckets,
     error_messages,
     graphql,
     iso,
+    of_market,
     roll_up,
     seed_market,
 )
-from tests.reference import Key, assert_candles_equal
+from tests.reference import Key, assert_candles_equal, rows_by_key
 
 pytestmark = pytest.mark.integration
 
-CANDLE_FIELDS = "symbol bucket open high low close volume tradeCount vwap buyVolume sellVolume"
-COLUMN_FIELDS = "symbol interval count bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+CANDLE_FIELDS = "exchange symbol bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+COLUMN_FIELDS = (
+    "exchange symbol interval count bucket open high low close volume tradeCount vwap buyVolume sellVolume"
+)
+BINANCE = "binance"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -48,25 +57,24 @@ def client(
 
 
 def _by_key(rows: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
-    out = {}
-    for r in rows:
-        key = (r["symbol"], int(datetime.fromisoformat(r["bucket"]).timestamp() * 1000))
-        assert key not in out
-        out[key] = {
+    return rows_by_key(
+        {
             **r,
+            "bucket": datetime.fromisoformat(r["bucket"]),
             "trade_count": r["tradeCount"],
             "buy_volume": r["buyVolume"],
             "sell_volume": r["sellVolume"],
         }
-    return out
+        for r in rows
+    )
 
 
 def _candles(client: httpx.Client, **args: Any) -> list[dict[str, Any]]:
     body = graphql(
         client,
-        "query($symbol: String!, $interval: String!, $from: DateTime, $to: DateTime, $limit: Int!) "
-        "{ candles(symbol: $symbol, interval: $interval, from: $from, to: $to, limit: $limit) "
-        f"{{ {CANDLE_FIELDS} }} }}",
+        "query($symbol: String!, $exchange: String, $interval: String!, $from: DateTime, $to: DateTime, "
+        "$limit: Int!) { candles(symbol: $symbol, exchange: $exchange, interval: $interval, from: $from, "
+        f"to: $to, limit: $limit) {{ {CANDLE_FIELDS} }} }}",
         {"interval": "1s", "limit": 10_000, **args},
     )
     assert "errors" not in body, body["errors"]
@@ -78,24 +86,98 @@ def test_candles_equal_a_batch_computation_over_the_same_trades(
     client: httpx.Client, seeded: dict[str, Any]
 ) -> None:
     for symbol in SYMBOLS:
-        expected = {k: v for k, v in seeded["candles"].items() if k[0] == symbol}
-        rows = _candles(client, symbol=symbol)
+        expected = of_market(seeded["candles"], BINANCE, symbol)
+        rows = _candles(client, symbol=symbol, exchange=BINANCE)
         assert [r["bucket"] for r in rows] == sorted(r["bucket"] for r in rows)
         assert_candles_equal(_by_key(rows), expected)
+
+
+def test_one_symbol_on_two_venues_is_two_candle_series_each_its_own_batch_result(
+    client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    series = {}
+    for exchange in ("binance", "coinbase"):
+        rows = _candles(client, symbol="BTCUSDT", exchange=exchange)
+        assert {r["exchange"] for r in rows} == {exchange}
+        assert_candles_equal(_by_key(rows), of_market(seeded["candles"], exchange, "BTCUSDT"))
+        series[exchange] = {r["bucket"]: r["close"] for r in rows}
+    shared = series["binance"].keys() & series["coinbase"].keys()
+    assert len(shared) > 100 and any(series["binance"][b] != series["coinbase"][b] for b in shared)
+    # Minutes roll up each venue's own seconds.
+    for exchange in ("binance", "coinbase"):
+        minutes = _candles(client, symbol="BTCUSDT", exchange=exchange, interval="1m")
+        expected = roll_up(of_market(seeded["candles"], exchange, "BTCUSDT"), 60_000)
+        assert_candles_equal(_by_key(minutes), expected)
+
+
+def test_a_symbol_alone_follows_the_venue_rule(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    """BTCUSDT trades on binance and coinbase: the first of EXCHANGES (binance,coinbase). DOGEUSDT only on the
+    demo venue: that one. ADAUSDT on the demo venue and upbit, neither preferred: the real venue first."""
+    picked = {}
+    for symbol in ("BTCUSDT", DEMO_ONLY[1], DEMO_LAST[0][1]):
+        body = graphql(
+            client,
+            "query($s: String!) { candleColumns(symbol: $s, limit: 10000) { exchange symbol count bucket } "
+            "latestCandle(symbol: $s) { exchange } volatility(symbol: $s, limit: 1) { exchange } }",
+            {"s": symbol},
+        )
+        assert "errors" not in body, body["errors"]
+        data = body["data"]
+        cols = data["candleColumns"]
+        picked[symbol] = cols["exchange"]
+        assert cols["bucket"] == buckets(seeded["candles"], cols["exchange"], symbol)
+        assert data["latestCandle"]["exchange"] == cols["exchange"]
+        assert [v["exchange"] for v in data["volatility"]] == [cols["exchange"]]
+    assert picked == {"BTCUSDT": "binance", "DOGEUSDT": "synthetic", "ADAUSDT": "upbit"}
+
+
+def test_with_coinbase_first_in_exchanges_a_symbol_alone_means_coinbase(
+    seeded: dict[str, Any], database_url: str, tmp_path: Any
+) -> None:
+    app = create_app(api_settings(database_url, tmp_path, exchanges=["coinbase", "binance"]))
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        rows = _candles(http, symbol="BTCUSDT")
+        body = graphql(http, '{ predictions(symbol: "BTCUSDT", limit: 100) { exchange probabilityUp } }')
+    assert {r["exchange"] for r in rows} == {"coinbase"}
+    assert_candles_equal(_by_key(rows), of_market(seeded["candles"], *SECOND))
+    predictions = body["data"]["predictions"]
+    assert len(predictions) == 10 and {p["exchange"] for p in predictions} == {"coinbase"}
+
+
+def test_markets_lists_venue_symbol_demo_flag_and_stored_span(
+    client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    body = graphql(client, "{ markets { exchange symbol demo preferred firstCandle lastCandle } }")
+    assert "errors" not in body, body["errors"]
+    listed = {(m["exchange"], m["symbol"]): m for m in body["data"]["markets"]}
+    stored = {k[:2] for k in seeded["candles"]}
+    for market in stored:
+        span = buckets(seeded["candles"], *market)
+        assert (listed[market]["firstCandle"], listed[market]["lastCandle"]) == (iso(span[0]), iso(span[-1]))
+        assert listed[market]["demo"] is (market[0] == "synthetic")
+    # Configured (EXCHANGES x SYMBOLS, as each exchange lists them) but nothing stored yet.
+    configured = {("coinbase", "ETHUSDT"), ("coinbase", "SOLUSDT")}
+    assert set(listed) == stored | configured
+    assert all(listed[m]["firstCandle"] is None and listed[m]["lastCandle"] is None for m in configured)
+    preferred = sorted(m for m, row in listed.items() if row["preferred"])
+    assert preferred == sorted([("binance", s) for s in SYMBOLS] + [DEMO_ONLY, ("upbit", "ADAUSDT")])
+    assert [(m["exchange"], m["symbol"]) for m in body["data"]["markets"]] == sorted(listed)
 
 
 def test_limit_keeps_the_newest_rows_oldest_first_and_lowercase_symbols_work(
     client: httpx.Client, seeded: dict[str, Any]
 ) -> None:
-    newest = sorted(k for k in seeded["candles"] if k[0] == "ETHUSDT")[-25:]
-    rows = _candles(client, symbol="eth-usdt", limit=25)
-    assert [(r["symbol"], r["bucket"]) for r in rows] == [(s, iso(b)) for s, b in newest]
+    newest = buckets(seeded["candles"], BINANCE, "ETHUSDT")[-25:]
+    rows = _candles(client, symbol="eth-usdt", exchange="Binance", limit=25)
+    assert [(r["exchange"], r["symbol"], r["bucket"]) for r in rows] == [
+        (BINANCE, "ETHUSDT", iso(b)) for b in newest
+    ]
 
 
 def test_from_to_selects_a_half_open_window(client: httpx.Client, seeded: dict[str, Any]) -> None:
     start, end = T0 + 30_000, T0 + 90_000
     rows = _candles(client, symbol="SOLUSDT", **{"from": iso(start), "to": iso(end)})
-    expected = sorted(b for s, b in seeded["candles"] if s == "SOLUSDT" and start <= b < end)
+    expected = [b for b in buckets(seeded["candles"], BINANCE, "SOLUSDT") if start <= b < end]
     assert [r["bucket"] for r in rows] == [iso(b) for b in expected] and expected
 
 
@@ -107,7 +189,8 @@ def test_columnar_form_carries_the_same_values_as_the_object_form(client: httpx.
     )
     assert "errors" not in body, body.get("errors")
     cols, rows = body["data"]["candleColumns"], body["data"]["candles"]
-    assert cols["symbol"] == "BTCUSDT" and cols["interval"] == "1s" and cols["count"] == len(rows) > 300
+    assert cols["exchange"] == BINANCE and cols["symbol"] == "BTCUSDT" and cols["interval"] == "1s"
+    assert cols["count"] == len(rows) > 300
     assert [iso(ms) for ms in cols["bucket"]] == [r["bucket"] for r in rows]
     for column, field in (
         ("open", "open"),
@@ -122,7 +205,7 @@ def test_columnar_form_carries_the_same_values_as_the_object_form(client: httpx.
 def test_coarser_intervals_roll_up_the_1s_candles_exactly(
     client: httpx.Client, seeded: dict[str, Any], interval: str, ms: int
 ) -> None:
-    expected = roll_up({k: v for k, v in seeded["candles"].items() if k[0] == "BTCUSDT"}, ms)
+    expected = roll_up(of_market(seeded["candles"], BINANCE, "BTCUSDT"), ms)
     rows = _candles(client, symbol="BTCUSDT", interval=interval)
     assert_candles_equal(_by_key(rows), expected)
 
@@ -134,48 +217,69 @@ def test_latest_candle_is_the_newest_stored_one(client: httpx.Client, seeded: di
         f'minute: latestCandle(symbol: "BTCUSDT", interval: "1m") {{ bucket close tradeCount }} }}',
     )
     assert "errors" not in body, body.get("errors")
-    newest = max(k for k in seeded["candles"] if k[0] == "BTCUSDT")
+    newest = max(of_market(seeded["candles"], BINANCE, "BTCUSDT"))
     latest = body["data"]["latestCandle"]
-    assert latest["bucket"] == iso(newest[1]) and latest["close"] == seeded["candles"][newest]["close"]
-    minute = roll_up({k: v for k, v in seeded["candles"].items() if k[0] == "BTCUSDT"}, 60_000)
+    assert latest["bucket"] == iso(newest[2]) and latest["close"] == seeded["candles"][newest]["close"]
+    minute = roll_up(of_market(seeded["candles"], BINANCE, "BTCUSDT"), 60_000)
     last = max(minute)
-    assert body["data"]["minute"]["bucket"] == iso(last[1])
+    assert body["data"]["minute"]["bucket"] == iso(last[2])
     assert body["data"]["minute"]["tradeCount"] == minute[last]["trade_count"]
 
 
 def test_volatility_and_predictions_come_back_as_stored(client: httpx.Client, seeded: dict[str, Any]) -> None:
     body = graphql(
         client,
-        '{ volatility(symbol: "ETHUSDT", limit: 10000) { symbol bucket volatility windowSeconds } '
-        'predictions(symbol: "BTCUSDT", limit: 5) { bucket horizonSeconds probabilityUp label modelVersion } '
+        '{ volatility(symbol: "ETHUSDT", limit: 10000) { exchange symbol bucket volatility windowSeconds } '
+        'predictions(symbol: "BTCUSDT", limit: 5) { exchange bucket horizonSeconds probabilityUp label '
+        "modelVersion } "
         'latestPrediction(symbol: "BTCUSDT") { bucket probabilityUp } '
+        'coinbase: latestPrediction(symbol: "BTCUSDT", exchange: "coinbase") { exchange probabilityUp } '
         'none: latestPrediction(symbol: "SOLUSDT") { bucket } }',
     )
     assert "errors" not in body, body.get("errors")
-    expected = {k: v for k, v in seeded["volatility"].items() if k[0] == "ETHUSDT"}
+    expected = of_market(seeded["volatility"], BINANCE, "ETHUSDT")
     got = body["data"]["volatility"]
     assert len(got) == len(expected) > 100
     for row in got:
-        key = ("ETHUSDT", int(datetime.fromisoformat(row["bucket"]).timestamp() * 1000))
+        key = (row["exchange"], row["symbol"], int(datetime.fromisoformat(row["bucket"]).timestamp() * 1000))
         assert math.isclose(row["volatility"], expected[key], rel_tol=1e-12) and row["windowSeconds"] == 20
-    preds = seeded["predictions"]
-    assert [p["bucket"] for p in body["data"]["predictions"]] == [iso(b) for _, b, _ in preds[-5:]]
+    preds = [p for p in seeded["predictions"] if p[0] == BINANCE]
+    assert [p["bucket"] for p in body["data"]["predictions"]] == [iso(p[2]) for p in preds[-5:]]
+    assert {p["exchange"] for p in body["data"]["predictions"]} == {BINANCE}
     assert (
         body["data"]["predictions"][-1]["label"] == "up"
         and body["data"]["predictions"][0]["horizonSeconds"] == 60
     )
-    assert body["data"]["latestPrediction"]["probabilityUp"] == preds[-1][2]
+    assert body["data"]["latestPrediction"]["probabilityUp"] == preds[-1][3]
+    coinbase = [p for p in seeded["predictions"] if p[0] == "coinbase"]
+    assert body["data"]["coinbase"] == {"exchange": "coinbase", "probabilityUp": coinbase[-1][3]}
     assert body["data"]["none"] is None
 
 
-def test_symbols_lists_what_is_stored(client: httpx.Client) -> None:
-    assert graphql(client, "{ symbols }")["data"]["symbols"] == sorted(SYMBOLS)
+def test_symbols_lists_what_is_stored_on_any_venue(client: httpx.Client) -> None:
+    assert graphql(client, "{ symbols }")["data"]["symbols"] == sorted([*SYMBOLS, "ADAUSDT", "DOGEUSDT"])
 
 
 @pytest.mark.parametrize(
     ("query", "message", "code"),
     [
-        ('{ candles(symbol: "DOGEUSDT") { close } }', "unknown symbol 'DOGEUSDT'", "UNKNOWN_SYMBOL"),
+        ('{ candles(symbol: "PEPEUSDT") { close } }', "unknown symbol 'PEPEUSDT'", "UNKNOWN_SYMBOL"),
+        (
+            '{ candles(symbol: "ETHUSDT", exchange: "kraken") { close } }',
+            "unknown exchange 'kraken' (venues: binance, coinbase, synthetic, upbit); ETHUSDT trades on "
+            "binance, coinbase",
+            "UNKNOWN_MARKET",
+        ),
+        (
+            '{ candleColumns(symbol: "DOGEUSDT", exchange: "binance") { count } }',
+            "no market DOGEUSDT on binance; DOGEUSDT trades on synthetic: pass one of those as exchange",
+            "UNKNOWN_MARKET",
+        ),
+        (
+            '{ latestPrediction(symbol: "BTCUSDT", exchange: "bin ance") { bucket } }',
+            "exchange must be a venue name such as binance",
+            "BAD_USER_INPUT",
+        ),
         ('{ candles(symbol: "$$$") { close } }', "symbols look like BTCUSDT", "BAD_USER_INPUT"),
         (
             '{ candles(symbol: "BTCUSDT", limit: 0) { close } }',

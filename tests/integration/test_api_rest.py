@@ -1,10 +1,11 @@
 """The original README's REST routes, Plotly figures, OpenAPI docs and Prometheus metrics, over real HTTP
-against the real database."""
+against the real database, with one symbol on two venues."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,11 +14,24 @@ import pytest_asyncio
 
 from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
-from tests.integration.api_helpers import SYMBOLS, api_settings, iso, seed_market
+from tests.integration.api_helpers import (
+    DEMO_LAST,
+    DEMO_ONLY,
+    SECOND,
+    SYMBOLS,
+    api_settings,
+    buckets,
+    iso,
+    of_market,
+    seed_market,
+)
+from tests.reference import assert_candles_equal, rows_by_key
 
 pytestmark = pytest.mark.integration
 
 NO_VOL = "XRPUSDT"  # has candles, no stored volatility: /api/volatility/ computes it (seed behaviour)
+BINANCE = "binance"
+STORED = {(BINANCE, s) for s in [*SYMBOLS, NO_VOL]} | {SECOND, DEMO_ONLY, *DEMO_LAST}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -37,37 +51,90 @@ def client(
         yield http
 
 
-def _newest(seeded: dict[str, Any], symbol: str, n: int) -> list[int]:
-    return sorted(b for s, b in seeded["candles"] if s == symbol)[-n:]
+def _newest(seeded: dict[str, Any], symbol: str, n: int, exchange: str = BINANCE) -> list[int]:
+    return buckets(seeded["candles"], exchange, symbol)[-n:]
+
+
+def _keyed(rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    return rows_by_key({**r, "bucket": datetime.fromisoformat(r["timestamp"])} for r in rows)
 
 
 def test_ohlc_returns_the_seed_shape_newest_rows_oldest_first(
     client: httpx.Client, seeded: dict[str, Any]
 ) -> None:
     body = client.get("/api/ohlc/", params={"symbol": "BTCUSDT", "limit": 100}).json()
-    assert body["count"] == 100 and body["symbol"] == "BTCUSDT"
-    buckets = _newest(seeded, "BTCUSDT", 100)
-    assert [row["timestamp"] for row in body["data"]] == [iso(b) for b in buckets]
+    assert body["count"] == 100 and body["symbol"] == "BTCUSDT" and body["exchange"] == BINANCE
+    newest = _newest(seeded, "BTCUSDT", 100)
+    assert [row["timestamp"] for row in body["data"]] == [iso(b) for b in newest]
     first = body["data"][0]
-    expected = seeded["candles"][("BTCUSDT", buckets[0])]
-    assert {k: first[k] for k in ("open", "high", "low", "close", "volume", "symbol")} == {
+    expected = seeded["candles"][(BINANCE, "BTCUSDT", newest[0])]
+    assert {k: first[k] for k in ("open", "high", "low", "close", "volume", "symbol", "exchange")} == {
         **{k: expected[k] for k in ("open", "high", "low", "close", "volume")},
         "symbol": "BTCUSDT",
+        "exchange": BINANCE,
     }
     assert first["trade_count"] == expected["trade_count"]
+
+
+def test_each_venue_of_one_symbol_is_its_own_series_and_a_symbol_alone_follows_the_rule(
+    client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    for exchange in (BINANCE, "coinbase"):
+        body = client.get(
+            "/api/ohlc/", params={"symbol": "BTCUSDT", "exchange": exchange, "limit": 10_000}
+        ).json()
+        assert body["exchange"] == exchange and body["symbol"] == "BTCUSDT"
+        assert_candles_equal(_keyed(body["data"]), of_market(seeded["candles"], exchange, "BTCUSDT"))
+    picked = {
+        symbol: client.get("/api/ohlc/latest", params={"symbol": symbol}).json()["data"][0]["exchange"]
+        for symbol in ("BTCUSDT", DEMO_ONLY[1], DEMO_LAST[0][1])
+    }
+    assert picked == {"BTCUSDT": BINANCE, "DOGEUSDT": "synthetic", "ADAUSDT": "upbit"}
+    (coinbase,) = client.get("/api/ohlc/latest", params={"symbol": "BTCUSDT", "exchange": "coinbase"}).json()[
+        "data"
+    ]
+    assert coinbase["timestamp"] == iso(_newest(seeded, "BTCUSDT", 1, "coinbase")[0])
+    vol = client.get("/api/volatility/", params={"symbol": "BTCUSDT", "exchange": "coinbase"}).json()
+    assert vol["source"] == "stored" and {r["exchange"] for r in vol["data"]} == {"coinbase"}
+    stored = of_market(seeded["volatility"], *SECOND)
+    assert [r["volatility"] for r in vol["data"]] == [stored[k] for k in sorted(stored)][-1000:]
+    figure = client.get("/api/viz/price-line", params={"symbol": "BTCUSDT", "exchange": "coinbase"}).json()
+    closes = [seeded["candles"][(*SECOND, b)]["close"] for b in _newest(seeded, "BTCUSDT", 500, "coinbase")]
+    assert figure["data"][0]["y"] == closes and "BTCUSDT · coinbase" in figure["layout"]["title"]["text"]
+
+
+def test_demo_data_is_marked_in_figure_titles(client: httpx.Client) -> None:
+    figure = client.get("/api/viz/candlestick", params={"symbol": "DOGEUSDT"}).json()
+    assert figure["layout"]["title"]["text"] == "DOGEUSDT · synthetic (DEMO DATA) Price Chart (Candlestick)"
+
+
+def test_markets_route_lists_venue_symbol_demo_flag_and_span(
+    client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    body = client.get("/api/markets").json()
+    rows = {(m["exchange"], m["symbol"]): m for m in body["markets"]}
+    assert body["count"] == len(body["markets"]) and STORED <= set(rows)
+    for market in STORED:
+        span = buckets(seeded["candles"], *market)
+        row = rows[market]
+        assert (row["first_candle"], row["last_candle"]) == (iso(span[0]), iso(span[-1]))
+        assert row["demo"] is (market[0] == "synthetic")
+    unstored = set(rows) - STORED
+    assert unstored and all(rows[m]["first_candle"] is None for m in unstored)
+    assert rows[(BINANCE, "BTCUSDT")]["preferred"] and not rows[SECOND]["preferred"]
 
 
 def test_ohlc_dates_are_whole_utc_days_with_the_end_day_included(
     client: httpx.Client, seeded: dict[str, Any]
 ) -> None:
-    everything = sum(1 for s, _ in seeded["candles"] if s == "ETHUSDT")
+    everything = len(of_market(seeded["candles"], BINANCE, "ETHUSDT"))
     same_day = client.get(
         "/api/ohlc/",
         params={"symbol": "ETHUSDT", "start_date": "2023-11-14", "end_date": "2023-11-14", "limit": 10000},
     ).json()
     assert same_day["count"] == everything
     later = client.get("/api/ohlc/", params={"symbol": "ETHUSDT", "start_date": "2023-11-15"}).json()
-    assert later == {"data": [], "count": 0, "symbol": "ETHUSDT"}
+    assert later == {"data": [], "count": 0, "symbol": "ETHUSDT", "exchange": BINANCE}
     window = client.get(
         "/api/ohlc/",
         params={
@@ -79,24 +146,28 @@ def test_ohlc_dates_are_whole_utc_days_with_the_end_day_included(
     assert window["data"] and all("22:14:" in row["timestamp"] for row in window["data"])
 
 
-def test_ohlc_without_a_symbol_mixes_all_symbols_newest_first_cut(client: httpx.Client) -> None:
+def test_ohlc_without_a_symbol_mixes_all_markets_newest_first_cut(client: httpx.Client) -> None:
     body = client.get("/api/ohlc/", params={"limit": 40}).json()
-    assert body["count"] == 40 and body["symbol"] is None
-    assert {row["symbol"] for row in body["data"]} == {*SYMBOLS, NO_VOL}
+    assert body["count"] == 40 and body["symbol"] is None and body["exchange"] is None
+    assert {(row["exchange"], row["symbol"]) for row in body["data"]} <= STORED
     assert [r["timestamp"] for r in body["data"]] == sorted(r["timestamp"] for r in body["data"])
+    coinbase = client.get("/api/ohlc/", params={"exchange": "coinbase", "limit": 40}).json()
+    assert coinbase["count"] == 40 and {r["exchange"] for r in coinbase["data"]} == {"coinbase"}
 
 
-def test_latest_ohlc_per_symbol(client: httpx.Client, seeded: dict[str, Any]) -> None:
+def test_latest_ohlc_per_market(client: httpx.Client, seeded: dict[str, Any]) -> None:
     every = client.get("/api/ohlc/latest").json()["data"]
-    assert sorted(row["symbol"] for row in every) == sorted([*SYMBOLS, NO_VOL])
+    assert sorted((row["exchange"], row["symbol"]) for row in every) == sorted(STORED)
     (sol,) = client.get("/api/ohlc/latest", params={"symbol": "SOLUSDT"}).json()["data"]
     assert sol["timestamp"] == iso(_newest(seeded, "SOLUSDT", 1)[0])
+    demo = client.get("/api/ohlc/latest", params={"exchange": "synthetic"}).json()["data"]
+    assert sorted(row["symbol"] for row in demo) == ["ADAUSDT", "DOGEUSDT"]
 
 
 def test_volatility_comes_from_the_store_when_stored(client: httpx.Client, seeded: dict[str, Any]) -> None:
     body = client.get("/api/volatility/", params={"symbol": "ETHUSDT", "limit": 5}).json()
-    assert body["source"] == "stored" and body["count"] == 5
-    stored = sorted((b, v) for (s, b), v in seeded["volatility"].items() if s == "ETHUSDT")[-5:]
+    assert body["source"] == "stored" and body["count"] == 5 and body["exchange"] == BINANCE
+    stored = sorted((k[2], v) for k, v in of_market(seeded["volatility"], BINANCE, "ETHUSDT").items())[-5:]
     assert [(r["timestamp"], r["volatility"]) for r in body["data"]] == [(iso(b), v) for b, v in stored]
 
 
@@ -105,7 +176,7 @@ def test_volatility_falls_back_to_a_calculation_from_ohlc(
 ) -> None:
     body = client.get("/api/volatility/", params={"symbol": NO_VOL, "limit": 50}).json()
     assert body["source"] == "ohlc" and body["count"] == 50
-    closes = [seeded["candles"][(NO_VOL, b)]["close"] for b in _newest(seeded, NO_VOL, 50)]
+    closes = [seeded["candles"][(BINANCE, NO_VOL, b)]["close"] for b in _newest(seeded, NO_VOL, 50)]
     assert [r["volatility"] for r in body["data"]] == pytest.approx(
         _seed_fallback(closes), rel=1e-9, abs=1e-15
     )
@@ -130,7 +201,8 @@ def _seed_fallback(closes: list[float]) -> list[float]:
 
 
 def test_symbols_and_health(client: httpx.Client) -> None:
-    assert client.get("/api/symbols").json() == {"symbols": sorted([*SYMBOLS, NO_VOL]), "count": 4}
+    names = sorted({s for _, s in STORED})
+    assert client.get("/api/symbols").json() == {"symbols": names, "count": len(names)}
     health = client.get("/health").json()
     assert health["status"] == "healthy" and health["database"] is True and health["live_feed"] is None
 
@@ -149,14 +221,31 @@ def test_viz_routes_return_plotly_figures(client: httpx.Client, route: str, trac
 
 def test_multi_symbol_figure_has_one_line_per_symbol(client: httpx.Client) -> None:
     figure = client.get("/api/viz/multi-symbol", params={"symbols": "BTCUSDT, eth-usdt", "limit": 30}).json()
-    assert [t["name"] for t in figure["data"]] == ["BTCUSDT", "ETHUSDT"]
+    assert [t["name"] for t in figure["data"]] == ["BTCUSDT · binance", "ETHUSDT · binance"]
     assert all(len(t["y"]) == 30 for t in figure["data"])
+    venues = client.get("/api/viz/multi-symbol", params={"symbols": "BTCUSDT,DOGEUSDT", "limit": 5}).json()
+    assert [t["name"] for t in venues["data"]] == ["BTCUSDT · binance", "DOGEUSDT · synthetic (DEMO DATA)"]
 
 
 @pytest.mark.parametrize(
     ("path", "params", "status", "detail"),
     [
-        ("/api/ohlc/", {"symbol": "DOGEUSDT"}, 404, "unknown symbol 'DOGEUSDT'"),
+        ("/api/ohlc/", {"symbol": "PEPEUSDT"}, 404, "unknown symbol 'PEPEUSDT'"),
+        ("/api/ohlc/", {"symbol": "ETHUSDT", "exchange": "kraken"}, 404, "unknown exchange 'kraken'"),
+        ("/api/ohlc/", {"exchange": "kraken"}, 404, "unknown exchange 'kraken'; venues: binance, coinbase"),
+        ("/api/ohlc/", {"symbol": "BTCUSDT", "exchange": "$$"}, 400, "exchange must be a venue name"),
+        (
+            "/api/volatility/",
+            {"symbol": "DOGEUSDT", "exchange": "binance"},
+            404,
+            "no market DOGEUSDT on binance; DOGEUSDT trades on synthetic",
+        ),
+        (
+            "/api/ohlc/latest",
+            {"symbol": "ADAUSDT", "exchange": "coinbase"},
+            404,
+            "trades on synthetic, upbit",
+        ),
         ("/api/ohlc/", {"symbol": "$$$"}, 400, "symbols look like BTCUSDT"),
         ("/api/ohlc/", {"symbol": "BTCUSDT", "limit": 0}, 422, None),
         ("/api/ohlc/", {"symbol": "BTCUSDT", "limit": 10_001}, 422, None),
@@ -171,10 +260,11 @@ def test_multi_symbol_figure_has_one_line_per_symbol(client: httpx.Client) -> No
         ("/api/volatility/", {"symbol": "BTCUSDT", "end_date": "2023-13-01"}, 400, "end_date must be a date"),
         ("/api/ohlc/latest", {"symbol": "NOPEUSDT"}, 404, "unknown symbol"),
         ("/api/viz/candlestick", {}, 422, None),
-        ("/api/viz/candlestick", {"symbol": "DOGEUSDT"}, 404, "unknown symbol"),
+        ("/api/viz/candlestick", {"symbol": "PEPEUSDT"}, 404, "unknown symbol"),
+        ("/api/viz/volume", {"symbol": "BTCUSDT", "exchange": "upbit"}, 404, "no market BTCUSDT on upbit"),
         ("/api/viz/price-line", {"symbol": "BTCUSDT", "limit": -5}, 422, None),
         ("/api/viz/multi-symbol", {"symbols": ","}, 400, "at least one symbol"),
-        ("/api/viz/multi-symbol", {"symbols": "BTCUSDT,DOGEUSDT"}, 404, "unknown symbol 'DOGEUSDT'"),
+        ("/api/viz/multi-symbol", {"symbols": "BTCUSDT,PEPEUSDT"}, 404, "unknown symbol 'PEPEUSDT'"),
     ],
 )
 def test_bad_parameters_are_a_4xx_with_a_message(
@@ -191,8 +281,18 @@ def test_bad_parameters_are_a_4xx_with_a_message(
 def test_openapi_docs_list_the_seed_routes(client: httpx.Client) -> None:
     assert "swagger" in client.get("/docs").text.lower()
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/ohlc/", "/api/ohlc/latest", "/api/volatility/", "/api/symbols", "/health"):
+    for path in (
+        "/api/ohlc/",
+        "/api/ohlc/latest",
+        "/api/volatility/",
+        "/api/symbols",
+        "/api/markets",
+        "/health",
+    ):
         assert path in paths
+    ohlc = paths["/api/ohlc/"]["get"]
+    assert "first of the `EXCHANGES` setting that has it" in ohlc["description"]
+    assert "exchange" in {p["name"] for p in ohlc["parameters"]}
     for route in ("candlestick", "price-line", "volatility", "volume", "multi-symbol"):
         assert f"/api/viz/{route}" in paths
 

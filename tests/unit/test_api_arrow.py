@@ -29,7 +29,7 @@ class Query:
 
     @strawberry.field
     def columns(self) -> CandleColumns:
-        return CandleColumns.from_table("BTCUSDT", "1s", TABLE["t"])
+        return CandleColumns.from_table("binance", "BTCUSDT", "1s", TABLE["t"])
 
 
 def schema(executor: type[Any]) -> strawberry.Schema:
@@ -47,6 +47,7 @@ def table(rows: list[tuple[float, float, int]]) -> pa.Table:
     n = len(rows)
     return pa.table(
         {
+            "exchange": ["binance"] * n,
             "symbol": ["BTCUSDT"] * n,
             "bucket": pa.array(
                 [1_700_000_000_000 + i * 1000 for i in range(n)], pa.timestamp("ms", tz="UTC")
@@ -76,10 +77,11 @@ def run(query: str, rows: pa.Table) -> tuple[Any, Any]:
 
 
 QUERIES = [
-    "{ candles { symbol bucket open high low close volume tradeCount vwap buyVolume sellVolume } }",
+    "{ candles { exchange symbol bucket open high low close volume tradeCount vwap buyVolume sellVolume } }",
     "{ candles { __typename c: close close t: tradeCount ...F x: bucket @include(if: true) "
     "y: open @skip(if: true) } } fragment F on Candle { vwap bucket }",
-    "{ candles { ... on Candle { symbol } } columns { symbol count bucket close tradeCount c: volume } }",
+    "{ candles { ... on Candle { symbol } } "
+    "columns { exchange symbol count bucket close tradeCount c: volume } }",
     "{ a: candles { close } b: candles { open } }",
 ]
 
@@ -113,9 +115,26 @@ def test_values_graphql_cannot_represent_fall_back_to_the_same_errors(
 
 
 def test_nulls_fall_back_to_graphql_cores_error() -> None:
-    rows = table([(1.0, 2.0, 3)]).set_column(5, "close", pa.array([None], pa.float64()))
+    rows = table([(1.0, 2.0, 3)]).set_column(6, "close", pa.array([None], pa.float64()))
     fast, plain = run("{ candles { close } }", rows)
     assert fast == plain and "Cannot return null for non-nullable field" in fast[1][0]
+
+
+def test_nulls_of_nullable_fields_stay_null_on_the_fast_path() -> None:
+    """Archives of the original project have no trade count, VWAP or sides: null, never made up."""
+    rows = table([(1.0, 2.0, 3), (4.0, 5.0, 6), (7.0, 8.0, 9)])
+    for name, kind in (("trade_count", pa.int64()), ("vwap", pa.float64()), ("sell_volume", pa.float64())):
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pa.array([None, None, None], kind))
+    rows = rows.set_column(
+        rows.schema.get_field_index("buy_volume"), "buy_volume", pa.array([1.5, None, 2.5])
+    )
+    RETURNED.clear()
+    query = "{ candles { close tradeCount vwap buyVolume sellVolume } columns { tradeCount buyVolume } }"
+    fast, plain = run(query, rows)
+    assert fast == plain and fast[1] == []
+    assert [c["buyVolume"] for c in fast[0]["candles"]] == [1.5, None, 2.5]
+    assert fast[0]["columns"] == {"tradeCount": [None, None, None], "buyVolume": [1.5, None, 2.5]}
+    assert RETURNED[0]._rows is None, "nulls of nullable fields keep the column-wise path"
 
 
 def test_the_fast_path_builds_no_row_objects() -> None:
@@ -129,5 +148,5 @@ def test_the_fast_path_builds_no_row_objects() -> None:
 def test_sub_second_times_are_written_as_graphql_core_writes_them() -> None:
     rows = table([(1.0, 2.0, 3), (4.0, 5.0, 6)])
     shifted = pa.array([1_700_000_000_500, 1_700_000_001_000], pa.timestamp("ms", tz="UTC"))
-    fast, plain = run("{ candles { bucket } }", rows.set_column(1, "bucket", shifted))
+    fast, plain = run("{ candles { bucket } }", rows.set_column(2, "bucket", shifted))
     assert fast == plain and fast[0]["candles"][0]["bucket"] == "2023-11-14T22:13:20.500000+00:00"

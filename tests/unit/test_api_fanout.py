@@ -1,5 +1,5 @@
-"""The fan-out's delivery policy and the status board, fed the candles topic's messages directly (the
-Kafka side is covered by tests/integration/test_api_live.py)."""
+"""The fan-out's delivery policy, its markets kept apart by venue, and the status board, fed the candles
+topic's messages directly (the Kafka side is covered by tests/integration/test_api_live.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import pytest
 
 from cryptostream.settings import load_settings
 from cryptostream.store import ArchiveStore
-from graphql_api.catalog import SymbolCatalog
+from graphql_api.catalog import MarketCatalog
 from graphql_api.fanout import Fanout, SubscriberDropped
 from graphql_api.inputs import InputError
 from graphql_api.status import StatusBoard
 from tests.reference import one_trade_candle as candle
 
 T = 1_700_000_040_000
+BTC = [("binance", "BTCUSDT")]
+ETH = [("binance", "ETHUSDT")]
 
 
 def fanout(tmp_path: Path, **overrides: Any) -> Fanout:
@@ -26,12 +28,12 @@ def fanout(tmp_path: Path, **overrides: Any) -> Fanout:
         kafka_bootstrap="127.0.0.1:1", database_url=None, output_dir=tmp_path, **overrides
     )
     store = ArchiveStore(tmp_path)
-    return Fanout(settings, store, StatusBoard(), SymbolCatalog(store, settings.symbols))
+    return Fanout(settings, store, StatusBoard(), MarketCatalog(store, set(), settings.exchanges))
 
 
 async def test_a_full_queue_drops_that_subscriber_only(tmp_path: Path) -> None:
     feed = fanout(tmp_path, api_subscriber_queue=5)
-    async with feed.subscribe("candles", ["BTCUSDT"]) as slow, feed.subscribe("candles", ["BTCUSDT"]) as fast:
+    async with feed.subscribe("candles", BTC) as slow, feed.subscribe("candles", BTC) as fast:
         got = []
         for i in range(20):
             feed.feed([candle(T + i * 1000, float(i))])
@@ -47,10 +49,16 @@ async def test_a_full_queue_drops_that_subscriber_only(tmp_path: Path) -> None:
 
 async def test_a_dropped_subscriber_waiting_for_updates_is_woken(tmp_path: Path) -> None:
     feed = fanout(tmp_path, api_subscriber_queue=1)
-    async with feed.subscribe("volatility", ["ETHUSDT"]) as sub:
+    async with feed.subscribe("volatility", ETH) as sub:
         waiting = asyncio.create_task(sub.get())
         await asyncio.sleep(0)
-        message = {"type": "volatility", "symbol": "ETHUSDT", "volatility": 0.1, "window_seconds": 60}
+        message = {
+            "type": "volatility",
+            "exchange": "binance",
+            "symbol": "ETHUSDT",
+            "volatility": 0.1,
+            "window_seconds": 60,
+        }
         feed.feed([orjson.dumps({**message, "bucket": "2023-11-14T22:14:00+00:00"})])
         assert (await waiting).volatility == 0.1
         feed.feed([orjson.dumps({**message, "bucket": f"2023-11-14T22:14:0{i}+00:00"}) for i in range(1, 4)])
@@ -60,7 +68,7 @@ async def test_a_dropped_subscriber_waiting_for_updates_is_woken(tmp_path: Path)
 
 async def test_malformed_messages_are_counted_and_skipped(tmp_path: Path) -> None:
     feed = fanout(tmp_path)
-    async with feed.subscribe("candles", ["BTCUSDT"]) as sub:
+    async with feed.subscribe("candles", BTC) as sub:
         feed.feed([b"{nope", b"", None, b"[1]", b'{"type": "candle"}', b'{"type": "weird"}', candle(T, 7.0)])
         assert feed.malformed == 6
         assert (await sub.get()).close == 7.0
@@ -68,9 +76,9 @@ async def test_malformed_messages_are_counted_and_skipped(tmp_path: Path) -> Non
 
 async def test_subscriptions_are_capped_per_process(tmp_path: Path) -> None:
     feed = fanout(tmp_path, api_max_subscribers=1)
-    async with feed.subscribe("predictions", ["BTCUSDT"]):
+    async with feed.subscribe("predictions", BTC):
         with pytest.raises(InputError, match="API_MAX_SUBSCRIBERS"):
-            async with feed.subscribe("predictions", ["BTCUSDT"]):
+            async with feed.subscribe("predictions", BTC):
                 pass
 
 
@@ -78,10 +86,10 @@ async def test_one_roll_up_per_symbol_and_interval_shared_by_its_subscribers(tmp
     feed = fanout(tmp_path)
     feed.feed([candle(T + 1000, 1.0), candle(T + 2000, 2.0, closed=False)])
     async with (
-        feed.subscribe("candles", ["BTCUSDT"], "1m") as a,
-        feed.subscribe("candles", ["BTCUSDT"], "1m") as b,
+        feed.subscribe("candles", BTC, "1m") as a,
+        feed.subscribe("candles", BTC, "1m") as b,
     ):
-        assert len(feed.rollups["BTCUSDT"]) == 1
+        assert len(feed.rollups[BTC[0]]) == 1
         first_a, first_b = await a.get(), await b.get()  # the open minute, seeded from what the feed saw
         assert first_a == first_b and (first_a.open, first_a.close, first_a.trade_count) == (1.0, 2.0, 2)
         feed.feed([candle(T + 2000, 2.5)])
@@ -113,7 +121,21 @@ def test_status_board_rates_partitions_and_staleness() -> None:
             late=3,
             rejected=1,
             rejected_by_reason={"bad_symbol": 1},
-            symbols={"BTCUSDT": {"last_event_ms": 2500, "closed_through_ms": 2000}},
+            streams=[
+                {
+                    "exchange": "binance",
+                    "symbol": "BTCUSDT",
+                    "last_event_ms": 2500,
+                    "closed_through_ms": 2000,
+                },
+                {
+                    "exchange": "coinbase",
+                    "symbol": "BTCUSDT",
+                    "last_event_ms": 2400,
+                    "closed_through_ms": None,
+                },
+                {"exchange": "coinbase", "symbol": 7, "last_event_ms": 1},  # malformed: ignored
+            ],
         ),
         now=2.0,
     )
@@ -121,8 +143,9 @@ def test_status_board_rates_partitions_and_staleness() -> None:
     snap = board.snapshot(now=3.0)
     assert snap.trades_per_s == 300.0 and snap.lag == 2 and [p.partition for p in snap.partitions] == [0, 1]
     assert snap.totals["late"] == 3 and snap.rejected_by_reason == {"bad_symbol": 1}
-    assert [(s.symbol, s.last_event_ms, s.closed_through_ms) for s in snap.symbols] == [
-        ("BTCUSDT", 2500, 2000)
+    assert [(s.exchange, s.symbol, s.last_event_ms, s.closed_through_ms) for s in snap.symbols] == [
+        ("binance", "BTCUSDT", 2500, 2000),
+        ("coinbase", "BTCUSDT", 2400, None),
     ]
     later = board.snapshot(now=20.0)  # both silent for 18 s: not alive, no rate, no partitions
     assert not any(p.alive for p in later.processors) and later.trades_per_s == 0 and later.partitions == []
@@ -135,6 +158,7 @@ async def test_predictions_reach_their_subscribers_as_the_processor_sends_them(t
     feed = fanout(tmp_path)
     message = {
         "type": "predictions",
+        "exchange": "binance",
         "symbol": "ETHUSDT",
         "bucket": "2023-11-14T22:14:00+00:00",
         "horizon_seconds": 60,
@@ -142,8 +166,97 @@ async def test_predictions_reach_their_subscribers_as_the_processor_sends_them(t
         "label": "up",
         "model_version": "v7",
     }
-    async with feed.subscribe("predictions", ["ETHUSDT"]) as sub:
-        feed.feed([orjson.dumps({**message, "symbol": "BTCUSDT"}), orjson.dumps(message)])
+    async with feed.subscribe("predictions", ETH) as sub:
+        feed.feed(
+            [
+                orjson.dumps({**message, "symbol": "BTCUSDT"}),
+                orjson.dumps({**message, "exchange": "coinbase", "probability_up": 0.1}),
+                orjson.dumps(message),
+            ]
+        )
         got = await sub.get()
-        assert (got.symbol, got.probability_up, got.label, got.model_version) == ("ETHUSDT", 0.61, "up", "v7")
+        assert (got.exchange, got.symbol, got.probability_up, got.label, got.model_version) == (
+            "binance",
+            "ETHUSDT",
+            0.61,
+            "up",
+            "v7",
+        )
         assert not sub.items
+
+
+async def test_one_symbol_on_two_venues_is_two_markets_live(tmp_path: Path) -> None:
+    feed = fanout(tmp_path)
+    binance, coinbase = ("binance", "BTCUSDT"), ("coinbase", "BTCUSDT")
+    async with (
+        feed.subscribe("candles", [binance]) as b_sec,
+        feed.subscribe("candles", [coinbase]) as c_sec,
+        feed.subscribe("candles", [binance], "1m") as b_min,
+        feed.subscribe("candles", [coinbase], "1m") as c_min,
+        feed.subscribe("candles", [binance, coinbase]) as both,
+    ):
+        for i in range(3):  # interleaved, as the candles topic carries them
+            feed.feed(
+                [
+                    candle(T + i * 1000, 100.0 + i, exchange="binance"),
+                    candle(T + i * 1000, 200.0 + i, exchange="coinbase"),
+                ]
+            )
+        assert [(u.exchange, u.close) for u in b_sec.items] == [("binance", 100.0 + i) for i in range(3)]
+        assert [(u.exchange, u.close) for u in c_sec.items] == [("coinbase", 200.0 + i) for i in range(3)]
+        assert len(both.items) == 6
+        # Each minute rolls up its own venue's seconds only.
+        *_, b_last = b_min.items
+        *_, c_last = c_min.items
+        assert (b_last.exchange, b_last.open, b_last.close, b_last.high, b_last.trade_count) == (
+            "binance",
+            100.0,
+            102.0,
+            102.0,
+            3,
+        )
+        assert (c_last.exchange, c_last.open, c_last.close, c_last.low, c_last.trade_count) == (
+            "coinbase",
+            200.0,
+            202.0,
+            200.0,
+            3,
+        )
+        assert set(feed.rollups) == {binance, coinbase} and feed.frontier == {
+            binance: T + 3000,
+            coinbase: T + 3000,
+        }
+    assert feed.catalog is not None and feed.catalog.live == {binance, coinbase}
+
+
+async def test_a_message_without_an_exchange_belongs_to_the_unknown_venue(tmp_path: Path) -> None:
+    feed = fanout(tmp_path)
+    legacy = orjson.loads(candle(T, 5.0))
+    del legacy["exchange"]
+    async with (
+        feed.subscribe("candles", [("unknown", "BTCUSDT")]) as unknown,
+        feed.subscribe("candles", BTC) as binance,
+    ):
+        feed.feed([orjson.dumps(legacy), orjson.dumps({**legacy, "exchange": "Not A Venue!"})])
+        assert [(u.exchange, u.close) for u in unknown.items] == [("unknown", 5.0)]
+        assert not binance.items and feed.malformed == 1
+
+
+async def test_a_quiet_market_closes_its_minute_on_the_processors_frontier(tmp_path: Path) -> None:
+    """No later second comes to say the minute is over; the frontier message the processor sends when
+    progress moves it does, in order with the market's candles."""
+    feed = fanout(tmp_path)
+    minute = T - T % 60_000
+    async with feed.subscribe("candles", BTC, "1m") as sub:
+        feed.feed([candle(minute + 5_000, 10.0, closed=True), candle(minute + 6_000, 12.0, closed=True)])
+        updates = [await sub.get() for _ in range(2)]
+        assert [u.closed for u in updates] == [False, False]
+        frontier = {"type": "frontier", "exchange": "binance", "symbol": "BTCUSDT"}
+        feed.feed([orjson.dumps({**frontier, "closed_through_ms": minute + 30_000})])  # not past the minute
+        feed.feed([orjson.dumps({**frontier, "symbol": "ETHUSDT", "closed_through_ms": minute + 60_000})])
+        await asyncio.sleep(0)
+        assert not sub.items
+        feed.feed([orjson.dumps({**frontier, "closed_through_ms": minute + 61_000})])
+        final = await sub.get()
+        assert final.closed and (final.open, final.close, final.trade_count) == (10.0, 12.0, 2)
+        assert final.bucket.timestamp() * 1000 == minute

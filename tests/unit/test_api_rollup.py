@@ -77,10 +77,10 @@ def test_closed_roll_ups_equal_a_naive_roll_up(
     seconds = sorted((bar(BASE + s * 1000, p, q, b) for s, p, q, b in rows), key=lambda b: b.bucket)
     out = feed_like_the_processor(RollUp(interval), seconds, lag)
     closed = [b for b, c in out if c]
-    expected = roll_up({("X", s.bucket): as_row(s) for s in seconds}, interval)
-    assert [b.bucket for b in closed] == sorted(k[1] for k in expected), "each bucket closes once, in order"
+    expected = roll_up({("x", "X", s.bucket): as_row(s) for s in seconds}, interval)
+    assert [b.bucket for b in closed] == sorted(k[2] for k in expected), "each bucket closes once, in order"
     for b in closed:
-        exp = expected[("X", b.bucket)]
+        exp = expected[("x", "X", b.bucket)]
         got = as_row(b)
         for name in ("open", "high", "low", "close", "trade_count"):
             assert got[name] == exp[name]

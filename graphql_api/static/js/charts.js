@@ -127,7 +127,7 @@ export function priceFigure(series, { style, p }) {
   };
   const layout = {
     ...baseLayout(p),
-    uirevision: `${series.symbol}|${series.interval}|${style}`,
+    uirevision: `${series.exchange}|${series.symbol}|${series.interval}|${style}`,
     margin: { l: 8, r: 18, t: 8, b: 28 }, // room for the last-price label on the axis
     xaxis: timeAxis(p, { rangeslider: { visible: false } }),
     yaxis: valueAxis(p, { domain: [0.24, 1], tickformat: `,.${fmt.priceDecimals(series.close[n - 1] ?? 1)}f` }),

@@ -1,5 +1,10 @@
 // The dashboard: loads history over HTTP, follows the live subscriptions, and keeps every panel current.
 //
+// It shows one venue at a time (the venue selector, from the `markets` query): the symbols that venue
+// trades, their candles, and the selected symbol's volatility and prediction. Every query and subscription
+// names the venue, so Binance's BTCUSDT and Coinbase's BTCUSDT never mix. The demo venue (`synthetic`) is
+// marked DEMO DATA wherever it is shown.
+//
 // Loading a view never leaves a gap: the live subscription starts first and its updates are held back
 // until the stored history has arrived, then applied on top of it. A few seconds later (and every 5 s)
 // the newest stored rows are merged in again, which fills the seconds the processor had closed but not
@@ -16,35 +21,41 @@ const STALE_MS = 6_000; // connected, but no live update (any symbol) for this l
 const STATUS_POLL_MS = 2_000;
 const BACKFILL_MS = 5_000; // a few small queries (only rows newer than the last stored one seen)
 const REPORT_POLL_MS = 60_000;
-const SYMBOLS_POLL_MS = 10_000; // a symbol that starts trading shows up within this
+const MARKETS_POLL_MS = 10_000; // a market that starts trading shows up within this
 const VOLATILITY_ROWS = 600;
 const ALIASES_PER_QUERY = 10; // well under GRAPHQL_MAX_ALIASES
 
-const COLUMNS = "symbol bucket open high low close volume tradeCount";
-const CANDLES_SUB = `subscription Candles($symbols: [String!]!, $interval: String!) {
-  candles(symbols: $symbols, interval: $interval) { symbol interval closed bucket open high low close volume tradeCount }
+const COLUMNS = "exchange symbol bucket open high low close volume tradeCount";
+const MARKETS = "query Markets { markets { exchange symbol demo preferred lastCandle } }";
+const CANDLES_SUB = `subscription Candles($symbols: [String!]!, $interval: String!, $exchange: String!) {
+  candles(symbols: $symbols, interval: $interval, exchange: $exchange) { exchange symbol interval closed bucket open high low close volume tradeCount }
 }`;
-const VOLATILITY_SUB = `subscription Volatility($symbols: [String!]!) {
-  volatility(symbols: $symbols) { symbol bucket volatility windowSeconds }
+const VOLATILITY_SUB = `subscription Volatility($symbols: [String!]!, $exchange: String!) {
+  volatility(symbols: $symbols, exchange: $exchange) { exchange symbol bucket volatility windowSeconds }
 }`;
-const PREDICTION_FIELDS = "symbol bucket horizonSeconds probabilityUp label modelVersion";
-const PREDICTIONS_SUB = `subscription Predictions($symbols: [String!]!) { predictions(symbols: $symbols) { ${PREDICTION_FIELDS} } }`;
-const SYMBOL_DATA = `query SymbolData($symbol: String!, $limit: Int!) {
-  volatility(symbol: $symbol, limit: $limit) { bucket volatility windowSeconds }
-  latestPrediction(symbol: $symbol) { ${PREDICTION_FIELDS} }
+const PREDICTION_FIELDS = "exchange symbol bucket horizonSeconds probabilityUp label modelVersion";
+const PREDICTIONS_SUB = `subscription Predictions($symbols: [String!]!, $exchange: String!) {
+  predictions(symbols: $symbols, exchange: $exchange) { ${PREDICTION_FIELDS} }
+}`;
+const SYMBOL_DATA = `query SymbolData($symbol: String!, $exchange: String!, $limit: Int!) {
+  volatility(symbol: $symbol, exchange: $exchange, limit: $limit) { bucket volatility windowSeconds }
+  latestPrediction(symbol: $symbol, exchange: $exchange) { ${PREDICTION_FIELDS} }
 }`;
 const STATUS = `query Status { pipelineStatus {
   live updatedAt lag tradesPerSecond candlesPerSecond trades candles late rejected
   rejectedByReason { reason count }
   processors { processor alive trades late rejected tradesPerSecond lastCheckpointMs }
   partitions { partition processor lag }
-  symbols { symbol lastTradeTime behindSeconds }
+  symbols { exchange symbol lastTradeTime behindSeconds }
 } }`;
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  symbols: [],
+  markets: [], // markets with stored candles: {exchange, symbol, demo, preferred}
+  venues: [], // their exchanges, in the API's order
+  venue: null, // the selected exchange
+  symbols: [], // the selected venue's symbols
   symbol: null,
   interval: "1s",
   style: "candles",
@@ -73,10 +84,17 @@ function readHash() {
   if (style === "line" || style === "candles") state.style = style;
   const symbol = params.get("symbol");
   if (symbol) state.symbol = symbol.toUpperCase();
+  const venue = params.get("exchange");
+  if (venue) state.venue = venue.toLowerCase();
 }
 
 function writeHash() {
-  const params = new URLSearchParams({ symbol: state.symbol ?? "", interval: state.interval, style: state.style });
+  const params = new URLSearchParams({
+    exchange: state.venue ?? "",
+    symbol: state.symbol ?? "",
+    interval: state.interval,
+    style: state.style,
+  });
   history.replaceState(null, "", `#${params}`);
 }
 
@@ -146,33 +164,56 @@ async function attempt(what, fn) {
 }
 
 // ------------------------------------------------------------------------------------------ loading
-async function loadSymbols() {
-  const data = await attempt("Symbols", () => query("query Symbols { symbols }"));
+/**
+ * The venue a view without one shows: the venue the API itself picks for the symbol (`preferred`), else
+ * the venue it picks for most symbols, else the first one.
+ */
+function defaultVenue(markets, symbol) {
+  const mine = markets.find((m) => m.symbol === symbol && m.preferred);
+  if (mine) return mine.exchange;
+  const votes = new Map();
+  for (const m of markets) if (m.preferred) votes.set(m.exchange, (votes.get(m.exchange) ?? 0) + 1);
+  const best = [...votes].sort((a, b) => b[1] - a[1])[0];
+  return best ? best[0] : (markets[0]?.exchange ?? null);
+}
+
+/** Markets with stored candles; picks the venue and symbol to show. True when the choice changed. */
+async function loadMarkets() {
+  const data = await attempt("Markets", () => query(MARKETS));
   if (!data) return false;
-  const symbols = data.symbols;
-  const changed = symbols.join() !== state.symbols.join();
-  state.symbols = symbols;
-  if (!symbols.includes(state.symbol)) state.symbol = symbols[0] ?? null;
-  if (changed) renderSymbolPicker();
-  $("empty").hidden = symbols.length > 0;
+  const markets = data.markets.filter((m) => m.lastCandle != null);
+  const before = `${state.venue}|${state.symbols.join()}|${state.venues.join()}`;
+  state.markets = markets;
+  state.venues = [...new Set(markets.map((m) => m.exchange))];
+  if (!state.venues.includes(state.venue)) state.venue = defaultVenue(markets, state.symbol);
+  state.symbols = markets.filter((m) => m.exchange === state.venue).map((m) => m.symbol);
+  if (!state.symbols.includes(state.symbol)) state.symbol = state.symbols[0] ?? null;
+  const changed = `${state.venue}|${state.symbols.join()}|${state.venues.join()}` !== before;
+  if (changed) renderPickers();
+  $("empty").hidden = markets.length > 0;
   return changed;
 }
+
+const isDemo = (venue) => state.markets.some((m) => m.exchange === venue && m.demo);
 
 function columnsQuery(symbols, withFrom) {
   const vars = symbols.map((_, i) => `$s${i}: String!`).join(", ");
   const from = withFrom ? ", $from: DateTime" : "";
   const fields = symbols
-    .map((_, i) => `c${i}: candleColumns(symbol: $s${i}, interval: $interval, limit: $limit${withFrom ? ", from: $from" : ""}) { ${COLUMNS} }`)
+    .map(
+      (_, i) =>
+        `c${i}: candleColumns(symbol: $s${i}, exchange: $exchange, interval: $interval, limit: $limit${withFrom ? ", from: $from" : ""}) { ${COLUMNS} }`,
+    )
     .join("\n");
-  return `query Columns($interval: String!, $limit: Int!${from}, ${vars}) {\n${fields}\n}`;
+  return `query Columns($exchange: String!, $interval: String!, $limit: Int!${from}, ${vars}) {\n${fields}\n}`;
 }
 
-/** Candle columns of `symbols` at `interval` (several symbols per request, aliased). */
-async function fetchColumns(symbols, interval, limit, from = null) {
+/** Candle columns of `symbols` on `venue` at `interval` (several symbols per request, aliased). */
+async function fetchColumns(venue, symbols, interval, limit, from = null) {
   const out = [];
   for (let at = 0; at < symbols.length; at += ALIASES_PER_QUERY) {
     const chunk = symbols.slice(at, at + ALIASES_PER_QUERY);
-    const variables = { interval, limit };
+    const variables = { exchange: venue, interval, limit };
     if (from != null) variables.from = new Date(from).toISOString();
     chunk.forEach((s, i) => {
       variables[`s${i}`] = s;
@@ -183,10 +224,11 @@ async function fetchColumns(symbols, interval, limit, from = null) {
   return out;
 }
 
-/** History of every symbol at the current interval, with the live subscription held back meanwhile. */
+/** History of every symbol of the venue at the current interval, with the live subscription held back
+ * meanwhile. */
 async function loadCandles() {
   const gen = ++state.candleGen;
-  const { interval } = state;
+  const { interval, venue } = state;
   const symbols = state.symbols.slice();
   subs.candles?.();
   subs.candles = null;
@@ -195,7 +237,7 @@ async function loadCandles() {
   let loading = true;
   subs.candles = live.subscribe(
     CANDLES_SUB,
-    { symbols, interval },
+    { symbols, interval, exchange: venue },
     {
       next: (data) => {
         if (gen !== state.candleGen) return;
@@ -206,7 +248,7 @@ async function loadCandles() {
       resubscribed: () => setTimeout(backfill, 2_000),
     },
   );
-  const columns = await attempt("Candles", () => fetchColumns(symbols, interval, WINDOW[interval]));
+  const columns = await attempt("Candles", () => fetchColumns(venue, symbols, interval, WINDOW[interval]));
   if (gen !== state.candleGen) return;
   if (!columns) {
     // Offline: the reconnect reloads everything. Otherwise (a refused or failed query) try again soon.
@@ -226,7 +268,7 @@ async function loadCandles() {
 /** Merge the newest stored rows into every series (fills seconds stored after the history was read). */
 async function backfill() {
   const gen = state.candleGen;
-  const { interval } = state;
+  const { interval, venue } = state;
   const symbols = [...state.series.keys()];
   if (!symbols.length || state.conn.state !== "live") return;
   const step = INTERVALS[interval];
@@ -234,7 +276,7 @@ async function backfill() {
   const anchors = symbols.map((s) => state.series.get(s).storedThrough ?? state.series.get(s).bucket[0]);
   const known = anchors.filter((a) => a != null);
   const from = known.length ? Math.min(...known) - 3 * step : null;
-  const columns = await attempt("Candles", () => fetchColumns(symbols, interval, WINDOW[interval], from));
+  const columns = await attempt("Candles", () => fetchColumns(venue, symbols, interval, WINDOW[interval], from));
   if (!columns || gen !== state.candleGen) return;
   let changed = 0;
   for (const c of columns) {
@@ -244,10 +286,10 @@ async function backfill() {
   if (changed) renderAll();
 }
 
-/** Volatility and the newest prediction of the selected symbol, with their subscriptions. */
+/** Volatility and the newest prediction of the selected market, with their subscriptions. */
 async function loadSymbolData() {
   const gen = ++state.symbolGen;
-  const { symbol } = state;
+  const { symbol, venue } = state;
   subs.volatility?.();
   subs.predictions?.();
   subs.volatility = subs.predictions = null;
@@ -256,7 +298,7 @@ async function loadSymbolData() {
   let loading = true;
   subs.volatility = live.subscribe(
     VOLATILITY_SUB,
-    { symbols: [symbol] },
+    { symbols: [symbol], exchange: venue },
     {
       next: (data) => {
         if (gen !== state.symbolGen) return;
@@ -268,13 +310,13 @@ async function loadSymbolData() {
   );
   subs.predictions = live.subscribe(
     PREDICTIONS_SUB,
-    { symbols: [symbol] },
+    { symbols: [symbol], exchange: venue },
     {
       next: (data) => gen === state.symbolGen && onPrediction(data.predictions),
       error: (messages) => notice(`Live predictions: ${messages.join("; ")}`),
     },
   );
-  const data = await attempt("Volatility", () => query(SYMBOL_DATA, { symbol, limit: VOLATILITY_ROWS }));
+  const data = await attempt("Volatility", () => query(SYMBOL_DATA, { symbol, exchange: venue, limit: VOLATILITY_ROWS }));
   if (gen !== state.symbolGen) return;
   if (!data) {
     if (state.conn.state !== "offline") setTimeout(() => gen === state.symbolGen && loadSymbolData(), 3_000);
@@ -318,7 +360,7 @@ async function pollStatus() {
 }
 
 async function reloadEverything() {
-  await loadSymbols();
+  await loadMarkets();
   await Promise.all([loadCandles(), loadSymbolData(), loadReport(), pollStatus()]);
 }
 
@@ -328,7 +370,7 @@ function markFresh() {
 }
 
 function onCandle(update, render = true) {
-  if (update.interval !== state.interval) return;
+  if (update.interval !== state.interval || update.exchange !== state.venue) return;
   const series = state.series.get(update.symbol);
   if (!series) return;
   if (applyUpdate(series, update) === "ignore") return;
@@ -338,7 +380,7 @@ function onCandle(update, render = true) {
 }
 
 function onVolatility(v) {
-  if (v.symbol !== state.symbol) return;
+  if (v.symbol !== state.symbol || v.exchange !== state.venue) return;
   const bucket = Date.parse(v.bucket);
   const vol = state.vol;
   const n = vol.bucket.length;
@@ -360,7 +402,7 @@ function onVolatility(v) {
 }
 
 function onPrediction(p) {
-  if (p.symbol !== state.symbol) return;
+  if (p.symbol !== state.symbol || p.exchange !== state.venue) return;
   if (state.prediction && Date.parse(p.bucket) < Date.parse(state.prediction.bucket)) return;
   state.prediction = p;
   markFresh();
@@ -430,8 +472,19 @@ function renderLive(symbol) {
 
 function renderAll() {
   $("price-title").textContent = `${state.symbol ?? "–"} · ${state.interval}`;
+  renderVenue();
   renderCharts();
   renderText();
+}
+
+/** The selected venue next to the price title, and the DEMO DATA badge whenever it is the demo venue. */
+function renderVenue() {
+  const demo = isDemo(state.venue);
+  const tag = $("price-venue");
+  tag.textContent = state.venue ? (demo ? `${state.venue} · demo data` : state.venue) : "";
+  tag.dataset.demo = String(demo);
+  $("demo-badge").hidden = !demo;
+  document.body.dataset.demo = String(demo);
 }
 
 function renderSymbolPanels() {
@@ -445,10 +498,11 @@ function describeCharts() {
   const s = selected();
   const n = s ? s.bucket.length : 0;
   const kind = state.style === "line" ? "Line chart of the close price" : "Candlestick chart";
+  const venue = `${state.venue}${isDemo(state.venue) ? " (demo data)" : ""}`;
   $("price-chart").setAttribute(
     "aria-label",
     n
-      ? `${kind} of ${s.symbol}, ${state.interval} candles from ${fmt.dateTime(s.bucket[0])} to ${fmt.dateTime(s.bucket[n - 1])} UTC, with volume; last price ${fmt.price(s.close[n - 1])}`
+      ? `${kind} of ${s.symbol} on ${venue}, ${state.interval} candles from ${fmt.dateTime(s.bucket[0])} to ${fmt.dateTime(s.bucket[n - 1])} UTC, with volume; last price ${fmt.price(s.close[n - 1])}`
       : `${kind}: no candles yet`,
   );
   const vol = state.vol;
@@ -459,10 +513,16 @@ function describeCharts() {
   $("cmp-chart").setAttribute("aria-label", `Returns of ${state.symbols.join(", ")} at ${state.interval}, in percent from a common start`);
 }
 
-function renderSymbolPicker() {
+function renderPickers() {
+  const venues = $("exchange");
+  venues.replaceChildren(
+    ...state.venues.map((v) => new Option(isDemo(v) ? `${v} (demo data)` : v, v, false, v === state.venue)),
+  );
+  venues.disabled = state.venues.length === 0;
   const select = $("symbol");
   select.replaceChildren(...state.symbols.map((s) => new Option(s, s, false, s === state.symbol)));
   select.disabled = state.symbols.length === 0;
+  renderVenue();
 }
 
 function renderConnection() {
@@ -503,6 +563,21 @@ function renderFooter() {
 }
 
 // ------------------------------------------------------------------------------------------ controls
+function selectVenue(venue) {
+  if (venue === state.venue || !state.venues.includes(venue)) return;
+  state.venue = venue;
+  state.symbols = state.markets.filter((m) => m.exchange === venue).map((m) => m.symbol);
+  if (!state.symbols.includes(state.symbol)) state.symbol = state.symbols[0] ?? null;
+  state.series = new Map();
+  state.prediction = null;
+  state.vol = { symbol: null, bucket: [], value: [], window: null };
+  renderPickers();
+  writeHash();
+  renderAll();
+  loadCandles();
+  loadSymbolData();
+}
+
 function selectSymbol(symbol) {
   if (symbol === state.symbol || !state.symbols.includes(symbol)) return;
   state.symbol = symbol;
@@ -530,12 +605,14 @@ function selectStyle(style) {
 }
 
 function syncControls() {
+  $("exchange").value = state.venue ?? "";
   $("symbol").value = state.symbol ?? "";
   for (const input of document.querySelectorAll('input[name="interval"]')) input.checked = input.value === state.interval;
   for (const input of document.querySelectorAll('input[name="style"]')) input.checked = input.value === state.style;
 }
 
 function wireControls() {
+  $("exchange").addEventListener("change", (e) => selectVenue(e.target.value));
   $("symbol").addEventListener("change", (e) => selectSymbol(e.target.value));
   for (const input of document.querySelectorAll('input[name="interval"]')) {
     input.addEventListener("change", (e) => e.target.checked && selectInterval(e.target.value));
@@ -550,6 +627,7 @@ function wireControls() {
     const style = params.get("style");
     if ((style === "line" || style === "candles") && style !== state.style) selectStyle(style);
     selectInterval(params.get("interval"));
+    selectVenue((params.get("exchange") || "").toLowerCase());
     selectSymbol((params.get("symbol") || "").toUpperCase());
     syncControls();
   });
@@ -576,17 +654,17 @@ async function start() {
   setInterval(backfill, BACKFILL_MS);
   setInterval(loadReport, REPORT_POLL_MS);
   setInterval(async () => {
-    if (state.conn.state === "live" && (await loadSymbols())) {
+    if (state.conn.state === "live" && (await loadMarkets())) {
       loadCandles();
       loadSymbolData();
     }
-  }, SYMBOLS_POLL_MS);
+  }, MARKETS_POLL_MS);
   renderModelReport($("model-report"), undefined);
   renderStatus($("status"), null);
   loadReport();
-  // No symbols yet (a pipeline that just started): ask again until the first candles are stored.
+  // No markets yet (a pipeline that just started): ask again until the first candles are stored.
   while (!state.symbols.length) {
-    await loadSymbols();
+    await loadMarkets();
     if (state.symbols.length) break;
     await new Promise((resolve) => setTimeout(resolve, 2_000));
   }

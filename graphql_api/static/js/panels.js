@@ -227,10 +227,10 @@ export function renderStatus(container, status, now = Date.now()) {
       ? h(
           "details",
           { class: "detail" },
-          h("summary", {}, `Symbols (${status.symbols.length})`),
+          h("summary", {}, `Markets (${status.symbols.length})`),
           table(
-            ["Symbol", "Last trade", "Behind"],
-            status.symbols.map((s) => [s.symbol, `${fmt.clock(Date.parse(s.lastTradeTime))} UTC`, fmt.seconds(s.behindSeconds)]),
+            ["Venue", "Symbol", "Last trade", "Behind"],
+            status.symbols.map((s) => [s.exchange, s.symbol, `${fmt.clock(Date.parse(s.lastTradeTime))} UTC`, fmt.seconds(s.behindSeconds)]),
           ),
         )
       : null,

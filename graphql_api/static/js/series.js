@@ -25,6 +25,7 @@ const FIELDS = ["open", "high", "low", "close", "volume", "tradeCount"];
 
 export function emptySeries(symbol, interval, max = WINDOW[interval] ?? 600) {
   return {
+    exchange: null, // the venue, when the columns name it
     symbol,
     interval,
     max,
@@ -48,6 +49,7 @@ export function emptySeries(symbol, interval, max = WINDOW[interval] ?? 600) {
  */
 export function fromColumns(columns, interval, max) {
   const series = emptySeries(columns.symbol, interval, max);
+  series.exchange = columns.exchange ?? null;
   mergeStored(series, columns);
   return series;
 }
