@@ -25,19 +25,22 @@ from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker
 from cryptostream.migrate import upgrade
 from cryptostream.settings import Settings, load_settings
 from ingest.publisher import Publisher
-from tests.integration.crash import make_trades, run_crash_scenario
+from tests.integration.crash import closing_progress, make_trades, run_crash_scenario
 from tests.integration.helpers import parquet_rows
 from tests.reference import assert_candles_equal, batch_candles, rows_by_key
 
 T0 = 1_700_000_000_000
 
 
-async def produce(settings: Settings, trades) -> None:
+async def produce(settings: Settings, trades, *, close: bool = True, progress=None) -> None:
+    """Publish a wave of trades, then ``progress`` (and, with ``close``, what closes their windows)."""
     await ensure_topics(settings)
     producer = await start_producer(settings)
     publisher = Publisher(producer, settings.kafka_topic, batch_size=2000, queue_size=100_000)
     await publisher.start()
     await publisher.put(trades)
+    for mark in [*(progress or []), *(closing_progress(trades) if close else [])]:
+        await publisher.put_progress(mark)
     await publisher.stop()
     await producer.stop()
 

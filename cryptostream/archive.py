@@ -40,7 +40,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cryptostream.errors import QueryError
-from cryptostream.foreign import ForeignFileError, is_ours, read_foreign
+from cryptostream.foreign import ForeignFileError, is_ours, normalize, read_raw
 from cryptostream.models import CANDLE_SCHEMA, INTERVALS, KIND_SCHEMAS
 from cryptostream.venues import UNKNOWN, pick_venue
 
@@ -66,6 +66,7 @@ __all__ = [
     "load",
     "load_candles",
     "partition_dir",
+    "read_day_folder",
     "rollup",
     "utc_day",
     "write_file",
@@ -259,6 +260,13 @@ def _read_folder(
     raise AssertionError("unreachable")
 
 
+def read_day_folder(folder: Path, kind: str) -> pa.Table:
+    """Every row of one day folder (file schema), as readers see them: foreign files merged per second,
+    unreadable ones skipped with a logged reason (``cryptostream import`` copies what this returns)."""
+    table = _read_folder(folder, kind, None)
+    return _one_per_key(table, KEYS[kind])
+
+
 def _read_ours(
     files: list[Path], schema: pa.Schema, row_filter: ds.Expression | None, columns: list[str] | None = None
 ) -> pa.Table:
@@ -272,27 +280,40 @@ _SKIPPED: set[Path] = set()  # foreign files already reported as unreadable (log
 def _read_mixed(
     files: list[Path], kind: str, schema: pa.Schema, row_filter: ds.Expression | None
 ) -> pa.Table:
-    """A folder of the older layout: cryptostream's own files, and files others wrote (read as far as
-    they can be, see :mod:`cryptostream.foreign`; an unreadable one is skipped with a logged reason)."""
+    """A folder of the older layout: cryptostream's own files, and files others wrote, read together
+    (their rows of one second merged across files) as far as they can be (:mod:`cryptostream.foreign`;
+    an unreadable file is skipped with a logged reason)."""
     ours: list[Path] = []
-    parts: list[pa.Table] = []
+    raws: list[pa.Table] = []
     for path in files:
         try:
             if is_ours(pq.read_schema(path)):
                 ours.append(path)
-                continue
-            table = read_foreign(path, kind)
+            else:
+                raws.append(read_raw(path))
+        except FileNotFoundError:
+            raise
         except (ForeignFileError, OSError, pa.ArrowInvalid) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            if path not in _SKIPPED:
-                _SKIPPED.add(path)
-                log.warning("archive: skipping %s: %s", path, exc)
-            continue
-        parts.append(table.filter(row_filter) if row_filter is not None else table)
+            _skip(path, exc)
+    parts: list[pa.Table] = []
     if ours:
-        parts.insert(0, _read_ours(ours, schema, row_filter))
+        parts.append(_read_ours(ours, schema, row_filter))
+    if raws:
+        try:
+            table = normalize(
+                pa.concat_tables(raws, promote_options="permissive"), kind, str(files[0].parent)
+            )
+        except (ForeignFileError, pa.ArrowInvalid) as exc:
+            _skip(files[0].parent, exc)
+        else:
+            parts.append(table.filter(row_filter) if row_filter is not None else table)
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _skip(path: Path, exc: Exception) -> None:
+    if path not in _SKIPPED:  # logged once, not per request
+        _SKIPPED.add(path)
+        log.warning("archive: skipping %s: %s", path, exc)
 
 
 def _one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:

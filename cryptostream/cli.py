@@ -275,6 +275,28 @@ def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> 
     log.info("database %s is at revision %s", settings.describe_database(), revision)
 
 
+@app.command("import")
+def import_(
+    path: Path = typer.Argument(
+        ..., help="Archive of the older layout (the original project's OUTPUT_DIR: ohlc/symbol=X/date=D)."
+    ),
+    exchange: str = typer.Option("unknown", help="Venue of those candles (the original did not record one)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Copy an archive of the older layout into the database (DATABASE_URL) and the archive (OUTPUT_DIR)."""
+    settings = _settings("import")
+    if not path.is_dir():
+        raise SettingsError(f"import needs a folder, {path} is not one")
+    from processor.importer import import_archive
+
+    if not settings.database_dsn:
+        log.info("DATABASE_URL not set: importing into the Parquet archive only")
+    report = asyncio.run(
+        import_archive(path, settings.output_dir, settings.database_dsn, exchange, show_progress=progress)
+    )
+    log.info("imported %s into %s", report, settings.output_dir.resolve())
+
+
 @app.command()
 def compact(
     min_age_days: int = typer.Option(2, min=1, help="Only merge days at least this many days old."),

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from cryptostream.errors import CryptostreamError
 from cryptostream.models import KIND_SCHEMAS
 
-__all__ = ["ForeignFileError", "is_ours", "normalize", "read_foreign"]
+__all__ = ["ForeignFileError", "is_ours", "normalize", "read_raw"]
 
 _TIME_NAMES = ("bucket", "timestamp", "time", "datetime", "date")
 
@@ -43,13 +43,18 @@ def is_ours(schema: pa.Schema) -> bool:
     return "bucket" in schema.names and "timestamp" not in schema.names
 
 
-def read_foreign(path: Path, kind: str) -> pa.Table:
-    """A foreign file's rows in the archive's file schema for ``kind`` (one row per second)."""
+def read_raw(path: Path) -> pa.Table:
+    """A foreign file's rows as written. The rows of one second can be spread over several files (one
+    per flush), so a day folder's files are read first and :func:`normalize`-d together."""
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
         raise ForeignFileError(f"{path}: not a readable Parquet file ({exc})") from None
-    return normalize(table, kind, str(path))
+    if not any(name in table.column_names for name in _TIME_NAMES):
+        raise ForeignFileError(f"{path}: no time column (expected one of {', '.join(_TIME_NAMES)})")
+    return table
 
 
 def _bucket(table: pa.Table, where: str) -> pa.Array:

@@ -214,7 +214,7 @@ class SyntheticMarket:
         first = math.ceil(time.time())  # a whole second: an earlier run's last second is never shared
         await asyncio.sleep(max(0.0, first - time.time()))
         last_ms = first * 1000
-        said = 0.0
+        said = time.time()  # the first progress one interval in
         while True:
             stopping = stop is not None and stop.is_set()
             if not stopping:

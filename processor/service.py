@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 CLOSE_EVERY_S = 0.05  # windows close at most this late after their frontier passes them
 FRONTIER_EVERY_S = 1.0  # how often moved frontiers are told to the live feed
 SETUP_RETRY_S = 1.0  # a partition whose assignment failed is set up again this often
+READ_BACK_S = 15.0  # at most this long reading back the dead letters of a crashed attempt
 
 # A hook turning a stream's history (ending with its n newly closed candles) into extra tables (predictions):
 # scorer(exchange, symbol, history, n_new).
@@ -629,13 +630,14 @@ class Processor:
         )
         await reader.start()
         done: set[int] = set()
+        deadline = time.monotonic() + READ_BACK_S
         try:
             dtp = TopicPartition(topic, target)
             reader.assign([dtp])
             reader.seek(dtp, start)
             position = start
-            while position < end:
-                batch = await reader.getmany(dtp, timeout_ms=1000)
+            while position < end and time.monotonic() < deadline:
+                batch = await reader.getmany(dtp, timeout_ms=500)
                 for record in batch.get(dtp, []):
                     position = record.offset + 1
                     try:
@@ -652,6 +654,17 @@ class Processor:
                         done.add(int(source["offset"]))
                 if not batch:
                     position = max(position, await reader.position(dtp))
+            if position < end:
+                log.warning(
+                    "partition %d: read back dead letters %d-%d of %s only up to %d in %.0fs; some may be "
+                    "written again",
+                    partition,
+                    start,
+                    end,
+                    topic,
+                    position,
+                    READ_BACK_S,
+                )
         finally:
             await reader.stop()
         return done

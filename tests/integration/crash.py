@@ -1,8 +1,10 @@
 """The crash scenario shared by the integration test (CI size) and bench/bench_crash.py (full size).
 
 Trades flow into Kafka while ``cryptostream process`` runs as a real subprocess and is killed with SIGKILL
-at random moments, then restarted. At the end the Parquet archive and the database must each hold exactly
-the batch result of the trades: no candle missing, no volume counted twice.
+at random moments, then restarted. Each wave also carries trades that must be dead-lettered (one too late
+for its window, one with a negative price). At the end the Parquet archive and the database must each hold
+exactly the batch result of the trades, no candle missing, no volume counted twice, and the dead-letter
+topic each rejected record exactly once.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptostream.models import Trade
 from cryptostream.settings import Settings
 from ingest.synthetic import SyntheticMarket
+from tests.conftest import closing_progress
 from tests.integration.helpers import db_count
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
@@ -30,6 +34,7 @@ class CrashReport:
     kills: int
     seconds: float
     kill_times: list[float] = field(default_factory=list)
+    rejects: int = 0  # records that must be dead-lettered, once each
 
 
 def processor_env(settings: Settings) -> dict[str, str]:
@@ -70,6 +75,15 @@ def make_trades(n: int, seed: int, start_ms: int):
     return market.generate(n, start_ms=start_ms)
 
 
+def rejects_for(wave: list[Trade], k: int) -> list[Trade]:
+    """Two records of ``wave``'s market that must be dead-lettered: one as late (its second ended long
+    before the wave's last trade), one for its negative price."""
+    first, last = wave[0], wave[-1]
+    late = Trade(first.exchange, first.symbol, 1.0, 1.0, first.timestamp - 3_000, 10**12 + 2 * k, False)
+    invalid = Trade(last.exchange, last.symbol, -1.0, 1.0, last.timestamp, 10**12 + 2 * k + 1, False)
+    return [late, invalid]
+
+
 async def run_crash_scenario(
     settings: Settings,
     trades,
@@ -87,13 +101,21 @@ async def run_crash_scenario(
     started = time.monotonic()
     chunk = max(1, len(trades) // waves)
 
+    report = CrashReport(trades=len(trades), kills=0, seconds=0.0)
+
     async def producer() -> None:
-        for i in range(0, len(trades), chunk):
-            await produce(settings, trades[i : i + chunk])
+        for k, i in enumerate(range(0, len(trades), chunk)):
+            wave = trades[i : i + chunk]
+            last = i + chunk >= len(trades)
+            extra = [] if last else rejects_for(wave, k)
+            report.rejects += len(extra)
+            # The source writes no progress until it ends (the trade watermark closes windows until then),
+            # then progress that closes every window of every symbol it ever sent.
+            closing = closing_progress(trades) if last else []
+            await produce(settings, [*wave, *extra], close=False, progress=closing)
             await asyncio.sleep(rng.uniform(0.2, 1.0))
 
     feeding = asyncio.create_task(producer())
-    report = CrashReport(trades=len(trades), kills=0, seconds=0.0)
     for _ in range(kills):
         seen = _assignments(log)
         proc = spawn_processor(settings, log)
@@ -113,7 +135,10 @@ async def run_crash_scenario(
             if proc.poll() is not None:
                 raise AssertionError(f"processor exited {proc.returncode}: {log.read_text()[-3000:]}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"not all candles stored in {timeout}s: {log.read_text()[-3000:]}")
+                stored = await db_count(settings.database_dsn)
+                raise AssertionError(
+                    f"{stored} of {expected_candles} candles stored in {timeout}s: {log.read_text()[-3000:]}"
+                )
             await asyncio.sleep(0.5)
         await asyncio.sleep(settings.parquet_chunk_seconds + 0.5)  # the archive checkpoint of the same rows
     finally:

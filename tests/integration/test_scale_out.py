@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from cryptostream.kafka import ensure_topics, start_producer
 from ingest.publisher import Publisher
 from ingest.synthetic import SyntheticMarket
-from tests.conftest import T0
+from tests.conftest import T0, closing_progress
 from tests.integration.helpers import db_candles, db_count, parquet_rows, read_topic
 from tests.integration.roles import Role, lag_by_partition, listen_port, role_env, scrape, wait_for
 from tests.reference import assert_candles_equal, batch_candles, batch_volatility, rows_by_key
@@ -85,8 +85,8 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
     def live() -> list[Role]:
         return [r for r in replicas if r.alive]
 
-    # One producer for the whole test, as the ingest role has: trades arrive steadily, never stalled for
-    # longer than MAX_BUFFER_SECONDS by a producer start-up (a quiet symbol's windows close on wall clock).
+    # One producer for the whole test, as the ingest role has. It writes no progress until the end, when it
+    # closes every window it fed, as a source that stops does.
     await ensure_topics(settings)
     producer = await start_producer(settings)
     publisher = Publisher(producer, settings.kafka_topic, batch_size=settings.batch_size, queue_size=50_000)
@@ -124,9 +124,11 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
         assert len(survivors) == 2
         await wait_for(lambda: settled(survivors), REBALANCE_S, "two survivors own all partitions", survivors)
 
-        # more trades after the hand-over
+        # more trades after the hand-over, then the source ends
         await stream(batches[3])
         await stream(batches[4])
+        for mark in closing_progress(trades):
+            await publisher.put_progress(mark)
 
         async def all_stored() -> bool:
             return await db_count(settings.database_dsn) >= len(expected) and len(
@@ -159,13 +161,13 @@ async def test_processors_join_and_leave_the_group_without_losing_or_double_coun
         for role in replicas:
             if role.alive:
                 await asyncio.to_thread(role.stop, signal.SIGKILL, 10)
-    assert publisher.acknowledged == len(trades)
+    assert publisher.acknowledged - publisher.marks == len(trades)
 
     assert_candles_equal(rows_by_key(await db_candles(db)), expected)
     assert_candles_equal(rows_by_key(parquet_rows(settings.output_dir)), expected)
     vol_db = {
-        (r["symbol"], int(r["bucket"].timestamp() * 1000)): r["volatility"]
-        for r in await db.fetch("SELECT symbol, bucket, volatility FROM volatility_1s")
+        (r["exchange"], r["symbol"], int(r["bucket"].timestamp() * 1000)): r["volatility"]
+        for r in await db.fetch("SELECT exchange, symbol, bucket, volatility FROM volatility_1s")
     }
     vol_expected = batch_volatility(expected, 20)
     assert vol_db.keys() == vol_expected.keys()

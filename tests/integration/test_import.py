@@ -1,0 +1,153 @@
+"""``cryptostream import``: the original project's archive, with its split rows, into the database and the
+current archive, served with the merged values; twice is the same as once."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cryptostream.store import ArchiveStore, DatabaseStore
+
+pytestmark = pytest.mark.integration
+
+SECOND = datetime(2025, 11, 10, 2, 18, 8, tzinfo=UTC)
+MS = int(SECOND.timestamp() * 1000)
+
+
+def original_file(path: Path, rows: list[tuple[int, float, float, float, float, float]]) -> None:
+    """A file as the course project's processor wrote it: pandas' ns timestamps, its seven columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "timestamp": pa.array([r[0] * 1_000_000 for r in rows], pa.timestamp("ns", tz="UTC")),
+            "open": [r[1] for r in rows],
+            "high": [r[2] for r in rows],
+            "low": [r[3] for r in rows],
+            "close": [r[4] for r in rows],
+            "volume": [r[5] for r in rows],
+            "symbol": ["BTCUSD"] * len(rows),
+        }
+    )
+    pq.write_table(table, path)
+
+
+@pytest.fixture
+def original(tmp_path: Path) -> Path:
+    root = tmp_path / "original-outputs"
+    day = root / "ohlc" / "symbol=BTCUSD" / "date=2025-11-10"
+    # 02:18:08 emitted twice as trades came in; 02:18:09 split across two flushes (two files)
+    original_file(day / "part-1.parquet", [
+        (MS, 105828.33, 105828.33, 105828.33, 105828.33, 0.000091),
+        (MS + 400, 105828.33, 105830.00, 105820.00, 105825.00, 0.5),
+        (MS + 1000, 105799.00, 105801.00, 105797.67, 105800.00, 0.2),
+    ])  # fmt: skip
+    original_file(day / "part-2.parquet", [
+        (MS + 1500, 105800.50, 105805.00, 105799.00, 105799.75, 0.039019),
+        (MS + 2000, 105799.75, 105799.75, 105799.75, 105799.75, 1.0),
+    ])  # fmt: skip
+    (day / "notes.parquet").write_bytes(b"not parquet at all")  # skipped with a reason, never a failure
+    vol = root / "volatility" / "symbol=BTCUSD" / "date=2025-11-10" / "v.parquet"
+    vol.parent.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "timestamp": pa.array(
+                    [MS * 1_000_000, (MS + 1000) * 1_000_000], pa.timestamp("ns", tz="UTC")
+                ),
+                "volatility": [float("nan"), 0.000012],
+                "symbol": ["BTCUSD", "BTCUSD"],
+            }
+        ),
+        vol,
+    )
+    return root
+
+
+MERGED = {  # bucket offset -> (open, high, low, close, volume)
+    0: (105828.33, 105830.00, 105820.00, 105825.00, 0.000091 + 0.5),
+    1000: (105799.00, 105805.00, 105797.67, 105799.75, 0.2 + 0.039019),
+    2000: (105799.75, 105799.75, 105799.75, 105799.75, 1.0),
+}
+
+
+def run_import(original: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "cryptostream",
+        "import",
+        str(original),
+        "--exchange",
+        "Coinbase",
+        "--no-progress",
+    ]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def assert_merged(table: pa.Table) -> None:
+    rows = table.to_pylist()
+    assert [int(r["bucket"].timestamp() * 1000) - MS for r in rows] == sorted(MERGED)
+    for row in rows:
+        o, h, lo, c, v = MERGED[int(row["bucket"].timestamp() * 1000) - MS]
+        assert (row["exchange"], row["symbol"]) == ("coinbase", "BTCUSD")
+        assert (row["open"], row["high"], row["low"], row["close"]) == (o, h, lo, c)
+        assert math.isclose(row["volume"], v, rel_tol=1e-12)
+        assert row["trade_count"] is None and row["vwap"] is None  # never made up
+
+
+async def test_the_original_archive_is_imported_merged_and_served(
+    original: Path, tmp_path: Path, fresh_postgres: str
+):
+    from cryptostream.migrate import upgrade
+
+    await asyncio.to_thread(upgrade, fresh_postgres)
+    output = tmp_path / "outputs"
+    env = {**os.environ, "DATABASE_URL": fresh_postgres, "OUTPUT_DIR": str(output)}
+    for _ in range(2):  # importing again rewrites the same rows and files
+        done = await asyncio.to_thread(run_import, original, env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping" in done.stderr and "notes.parquet" in done.stderr
+    assert "3 ohlc rows" in done.stderr and "2 volatility rows" in done.stderr
+
+    conn = await asyncpg.connect(fresh_postgres)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ohlc_1s") == 3
+        assert await conn.fetchval("SELECT count(*) FROM volatility_1s") == 2
+    finally:
+        await conn.close()
+    files = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.parquet"))
+    assert len(files) == 2 and all(f.split("/")[1:3] == ["exchange=coinbase", "symbol=BTCUSD"] for f in files)
+
+    db = await DatabaseStore.connect(fresh_postgres)
+    try:
+        assert_merged(await db.candles("coinbase", "BTCUSD", limit=10))
+        minute = (await db.candles("coinbase", "BTCUSD", interval="1m", limit=1)).to_pylist()[0]
+        assert (minute["open"], minute["close"], minute["trade_count"]) == (105828.33, 105799.75, None)
+        vol = (await db.volatility("coinbase", "BTCUSD", limit=10)).to_pylist()
+        assert math.isnan(vol[0]["volatility"]) and vol[1]["volatility"] == 0.000012
+    finally:
+        await db.close()
+    assert_merged(await ArchiveStore(output).candles("coinbase", "BTCUSD", limit=10))
+    # and the folder it came from reads the same in place, as the unknown venue
+    in_place = await ArchiveStore(original).candles("unknown", "BTCUSD", limit=10)
+    assert_merged(in_place.set_column(0, "exchange", pa.array(["coinbase"] * in_place.num_rows)))
+
+
+def test_a_folder_without_the_older_layout_is_one_clear_line(tmp_path: Path):
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "out")}
+    done = run_import(tmp_path, env)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("cryptostream: ")
+        and "older archive layout" in done.stderr
+    )
