@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer
 
+from cryptostream.codec import Progress
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
 from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker
 from cryptostream.migrate import upgrade
@@ -39,13 +40,22 @@ T0 = 1_700_000_000_000
 
 
 async def produce(settings: Settings, n: int) -> None:
+    """The trades, as a replay writes them: its progress after every 10,000 (minus the buffer), and at the
+    end progress that closes every window."""
     market = SyntheticMarket(SYMBOLS, rate=200, seed=1)  # ~33 trades per 1 s candle per symbol
     trades = market.generate(n, start_ms=T0)
     await ensure_topics(settings)
     producer = await start_producer(settings)
     publisher = Publisher(producer, settings.kafka_topic, batch_size=5000, queue_size=100_000)
     await publisher.start()
-    await publisher.put(trades)
+    buffer_ms = int(settings.max_buffer_seconds * 1000)
+    for i in range(0, n, 10_000):
+        chunk = trades[i : i + 10_000]
+        await publisher.put(chunk)
+        high = max(t.timestamp for t in chunk)
+        last = i + 10_000 >= n
+        watermark = high - high % 1000 + 1000 if last else high - buffer_ms
+        await publisher.put_progress(Progress(chunk[0].exchange, tuple(SYMBOLS), watermark))
     await publisher.stop()
     await producer.stop()
 
@@ -90,7 +100,7 @@ async def run_naive(settings: Settings, n: int) -> tuple[float, int]:
         msg = await consumer.getone()
         started = started or time.perf_counter()
         t = json.loads(msg.value)
-        if not (t["price"] > 0 and t["quantity"] >= 0):
+        if t.get("type") == "progress" or not (t["price"] > 0 and t["quantity"] >= 0):
             continue
         sym, ts = t["symbol"], t["timestamp"]
         bucket = ts - ts % 1000
@@ -125,9 +135,9 @@ async def run_naive(settings: Settings, n: int) -> tuple[float, int]:
             closed.extend(windows.values()) if count == n else None
             for c in closed:
                 await conn.execute(
-                    "INSERT INTO ohlc_1s (symbol,bucket,open,high,low,close,volume,trade_count,vwap,"
-                    "buy_volume,sell_volume) VALUES ($1,to_timestamp($2/1000.0),$3,$4,$5,$6,$7,$8,$6,0,0) "
-                    "ON CONFLICT (symbol,bucket) DO UPDATE SET close = EXCLUDED.close",
+                    "INSERT INTO ohlc_1s (exchange,symbol,bucket,open,high,low,close,volume,trade_count,"
+                    "vwap,buy_volume,sell_volume) VALUES ('synthetic',$1,to_timestamp($2/1000.0),$3,$4,$5,$6,"
+                    "$7,$8,$6,0,0) ON CONFLICT (exchange,symbol,bucket) DO UPDATE SET close = EXCLUDED.close",
                     c["symbol"],
                     c["bucket"],
                     c["open"],
