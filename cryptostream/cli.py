@@ -197,7 +197,7 @@ def train(
     ),
     horizon: int | None = typer.Option(None, help="Seconds ahead (PREDICTION_HORIZON_SECONDS)."),
     folds: int = typer.Option(5, min=1, max=50, help="Walk-forward folds."),
-    model: str = typer.Option("auto", help="auto (best walk-forward log loss), logit or sgd (online)."),
+    model: str = typer.Option("auto", help="auto (best walk-forward log loss), logit or sgd."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the up/down model walk-forward; write a versioned model and its report to MODEL_DIR."""

@@ -2,7 +2,7 @@
 
 * :mod:`~processor.model.features` / :mod:`~processor.model.labels`: what the model sees and predicts.
 * :mod:`~processor.model.dataset`: candles from the archive or the database -> labelled rows.
-* :mod:`~processor.model.estimators`: logistic regression (statsmodels) and online SGD (scikit-learn).
+* :mod:`~processor.model.estimators`: logistic regression (statsmodels) and SGD (scikit-learn).
 * :mod:`~processor.model.walkforward` / :mod:`~processor.model.metrics`: honest out-of-sample scores.
 * :mod:`~processor.model.train`: ``cryptostream train``; :mod:`~processor.model.registry`: files on disk.
 * :mod:`~processor.model.scorer`: the processor's live scorer.

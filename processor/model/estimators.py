@@ -3,8 +3,9 @@
 * ``logit``: logistic regression by maximum likelihood (statsmodels), refit from scratch each fold; its
   final fit reports coefficients with cluster-robust p-values (clusters = time blocks, because labels of
   overlapping horizons are strongly autocorrelated and naive p-values would be far too small).
-* ``sgd``: scikit-learn's ``SGDClassifier(loss="log_loss")`` trained with ``partial_fit``, the online
-  learner of the original notebook; it keeps learning from labels as they become known.
+* ``sgd``: scikit-learn's ``SGDClassifier(loss="log_loss")`` trained with ``partial_fit``, the learner of
+  the original notebook. It is served as trained: learning live from labels as they settle would make
+  stored predictions depend on where a processor last restarted (see :mod:`processor.model.scorer`).
 
 Both reduce to ``P(up) = sigmoid(((x - mean) / scale) . coef + intercept)``, so a model file is plain
 JSON (no pickle: loading a model never runs code) and live scoring is one matrix product. The scaler is
@@ -24,7 +25,7 @@ from scipy.special import expit
 
 from processor.model.errors import ModelFileError
 
-__all__ = ["LinearModel", "LogitFit", "OnlineSGD", "Scaler", "fit_logit", "fit_sgd"]
+__all__ = ["LinearModel", "LogitFit", "SGDFit", "Scaler", "fit_logit", "fit_sgd"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -71,7 +72,7 @@ class LinearModel:
     scaler: Scaler
     coef: F64  # one per feature, on standardized features (0 for inactive ones)
     intercept: float
-    sgd_t: float | None = None  # SGD's update counter (its learning-rate schedule continues from it)
+    sgd_t: float | None = None  # SGD's update counter at the end of training (reported, not resumed)
 
     def decision(self, x: F64) -> F64:
         """``z @ coef + intercept``, added feature by feature: a BLAS product may sum a row in a different
@@ -183,7 +184,7 @@ def _new_sgd(seed: int) -> Any:
     return SGDClassifier(**SGD_PARAMS, random_state=seed)
 
 
-def fit_sgd(x: F64, y: npt.NDArray[np.int8], seed: int = 0) -> OnlineSGD:
+def fit_sgd(x: F64, y: npt.NDArray[np.int8], seed: int = 0) -> SGDFit:
     """SGD logistic regression by ``partial_fit`` over a few shuffled passes of the training rows
     (all their labels are known before any test row, so the order within them leaks nothing)."""
     scaler = Scaler.fit(x)
@@ -195,32 +196,15 @@ def fit_sgd(x: F64, y: npt.NDArray[np.int8], seed: int = 0) -> OnlineSGD:
         for lo in range(0, order.shape[0], SGD_CHUNK):
             rows = order[lo : lo + SGD_CHUNK]
             clf.partial_fit(z[rows], y[rows], classes=np.array([0, 1]))
-    return OnlineSGD(scaler, clf)
+    return SGDFit(scaler, clf)
 
 
-class OnlineSGD:
-    """An SGD model that keeps learning: ``update`` with rows whose labels just became known."""
+class SGDFit:
+    """A fitted SGD classifier and the scaler of its training rows."""
 
     def __init__(self, scaler: Scaler, clf: Any) -> None:
         self.scaler = scaler
         self.clf = clf
-        self.updates = 0  # labelled rows learned since construction
-
-    @classmethod
-    def resume(cls, model: LinearModel, seed: int = 0) -> OnlineSGD:
-        """Continue from a saved SGD model: its weights and its learning-rate schedule."""
-        clf = _new_sgd(seed)
-        # partial_fit starts from coef_/intercept_/t_ when they are set before its first call.
-        clf.coef_ = model.coef.reshape(1, -1).copy()
-        clf.intercept_ = np.array([model.intercept])
-        clf.t_ = model.sgd_t if model.sgd_t is not None else 1.0
-        return cls(model.scaler, clf)
-
-    def update(self, x: F64, y: npt.NDArray[np.int8]) -> None:
-        if x.shape[0]:
-            z = self.scaler.transform(x)
-            self.clf.partial_fit(z, y, classes=np.array([0, 1]))
-            self.updates += int(x.shape[0])
 
     @property
     def model(self) -> LinearModel:

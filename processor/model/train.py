@@ -1,7 +1,7 @@
 """``cryptostream train``: walk-forward evaluation, model selection, an honest verdict, a versioned model.
 
 Steps: load 1 s candles (archive or database) -> features and labels per symbol -> walk-forward folds
-(logit and online SGD against the always-majority and last-direction baselines) -> pick the model with
+(logit and SGD against the always-majority and last-direction baselines) -> pick the model with
 the lowest out-of-sample log loss -> decide whether it *significantly* beats both baselines -> refit it
 on every row -> write model file + report under ``MODEL_DIR`` and make it current.
 
@@ -48,10 +48,9 @@ CRITERIA = (
     "evidence; at least {min_blocks} blocks). beats_baselines is true only when it beats every baseline."
 )
 
-ONLINE_NOTE = (
-    "The sgd model keeps learning live from labels as they become known (one horizon later); that learned "
-    "state is not checkpointed: a restarted processor starts again from this file, and its predictions "
-    "carry the model_version suffix '+online' once it has learned anything."
+SERVING_NOTE = (
+    "The processor serves this file as trained, learning nothing live: each stored prediction is a function "
+    "of the candles and this file, so a replay or a restart reproduces it exactly. Retrain to adapt."
 )
 
 
@@ -223,7 +222,7 @@ def fit_and_report(
         },
         "features": list(FEATURES),
         "lookback_seconds": LOOKBACK_SECONDS,
-        "notes": [ONLINE_NOTE] if selected == "sgd" else [],
+        "notes": [SERVING_NOTE],
         "training_seconds": round(time.perf_counter() - started, 3),
         "model_file": f"{version}.model.json",
     }

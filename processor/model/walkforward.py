@@ -5,8 +5,8 @@ trains on every row whose *label* was settled before that block began: ``t + hor
 Without that purge the last training labels would read closes inside the test block. Scalers, class
 rates and baseline hit rates are learned from the training rows of the fold too.
 
-The online SGD model is scored "prequentially", as it runs live: it predicts a block of one horizon,
-then learns from the test rows whose labels became known by the end of that block, and goes on.
+Both models are scored as the processor serves them: fitted on the training rows, then frozen for the
+whole test block (nothing learns live, so a replay scores exactly what the live run scored).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from processor.model.dataset import Dataset
 from processor.model.errors import NotEnoughData
-from processor.model.estimators import OnlineSGD, fit_logit, fit_sgd
+from processor.model.estimators import fit_logit, fit_sgd
 from processor.model.features import FEATURES
 from processor.model.metrics import scores
 
@@ -97,44 +97,17 @@ def _check(ds: Dataset, fold_list: list[Fold], folds: int) -> None:
             raise NotEnoughData(f"fold {fold.number} of {folds} has no test rows; have {have}")
 
 
-def _prequential(
-    online: OnlineSGD,
-    x: npt.NDArray[np.float64],
-    y: npt.NDArray[np.int8],
-    time: npt.NDArray[np.int64],
-    horizon_s: int,
-) -> npt.NDArray[np.float64]:
-    """Predict test rows one horizon-long block at a time, learning labels as soon as they are settled."""
-    horizon_ms = horizon_s * 1000
-    step = max(horizon_ms, 10_000)
-    p = np.empty(time.shape[0], dtype=np.float64)
-    learned = 0
-    start = int(time[0]) if time.size else 0
-    lo = 0
-    while lo < time.shape[0]:
-        block_end = start + step * ((int(time[lo]) - start) // step + 1)
-        hi = int(np.searchsorted(time, block_end, side="left"))
-        p[lo:hi] = online.predict_proba(x[lo:hi])
-        settled = int(np.searchsorted(time, block_end - horizon_ms, side="left"))
-        if settled > learned:
-            online.update(x[learned:settled], y[learned:settled])
-            learned = settled
-        lo = hi
-    return p
-
-
 def _fold(ds: Dataset, fold: Fold, seed: int, step: Callable[[str], None]) -> FoldResult:
     result = FoldResult(fold)
     x_tr, y_tr = ds.x[fold.train], ds.y[fold.train]
-    x_te, y_te, t_te = ds.x[fold.test], ds.y[fold.test], ds.time[fold.test]
+    x_te, y_te = ds.x[fold.test], ds.y[fold.test]
 
     logit, _ = fit_logit(x_tr, y_tr, FEATURES)
     p = logit.predict_proba(x_te)
     result.predictions["logit"] = (p, (p > 0.5).astype(np.int8))
     step("logit")
 
-    online = fit_sgd(x_tr, y_tr, seed)
-    p = _prequential(online, x_te, y_te, t_te, ds.horizon_s)
+    p = fit_sgd(x_tr, y_tr, seed).predict_proba(x_te)
     result.predictions["sgd"] = (p, (p > 0.5).astype(np.int8))
     step("sgd")
 

@@ -128,7 +128,7 @@ async def test_training_from_the_database_gives_the_model_the_archive_gives(tmp_
 async def test_live_predictions_are_stored_in_both_sinks_and_published(
     kind, make_settings, produce, db, tmp_path
 ):
-    # a model trained on an archive of planted-signal candles, horizon 10 s so online labels come fast
+    # a model trained on an archive of planted-signal candles, horizon 10 s
     _write_archive(tmp_path / "history", _planted(hours=1.0))
     trained = train(
         tmp_path / "models",

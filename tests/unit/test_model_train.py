@@ -103,9 +103,9 @@ def test_a_damaged_report_is_a_clear_error(planted, tmp_path):
         load_report(tmp_path)
 
 
-def test_selection_can_be_narrowed_to_the_online_model():
+def test_selection_can_be_narrowed_to_the_sgd_model():
     result = _train(signal=0.15, seed=5, hours=1.5, candidates=("sgd",))
     assert result.report["selected_model"] == "sgd" and result.model.kind == "sgd"
     assert result.model.sgd_t is not None and result.model.sgd_t > 1
-    assert result.report["notes"] and "not checkpointed" in result.report["notes"][0]
+    assert result.report["notes"] and "learning nothing live" in result.report["notes"][0]
     assert result.model_file["version"].split("-")[1] == "sgd"
