@@ -36,10 +36,11 @@ from processor.sinks import FlushBatch, Lineage, PostgresSink
 T0 = 1_700_000_000_000
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(10)]
 _VALUES = ["open", "high", "low", "close", "volume", "trade_count", "vwap", "buy_volume", "sell_volume"]
+VENUE = "binance"
 UPSERT = (
-    f"INSERT INTO ohlc_1s (symbol, bucket, {', '.join(_VALUES)}) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (symbol, bucket) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUES)
+    f"INSERT INTO ohlc_1s (exchange, symbol, bucket, {', '.join(_VALUES)}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (exchange, symbol, bucket) "
+    "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUES)
 )
 
 
@@ -56,6 +57,7 @@ def make_candles(rows: int, seed: int = 1) -> pa.Table:
     buy = volume * rng.random(n)
     return pa.table(
         {
+            "exchange": pa.array([VENUE] * n, pa.string()),
             "symbol": pa.array(np.asarray(SYMBOLS, dtype=object)[symbol], pa.string()),
             "bucket": pa.array(bucket, pa.timestamp("ms", tz="UTC")),
             "open": close * (1 + rng.normal(0, 1e-4, n)),
@@ -130,12 +132,13 @@ async def read_latency(dsn: str, per_symbol_seconds: int, reads: int) -> dict[st
         for name, interval, span_s in (("read layer 1s", "1s", 1000), ("read layer 1m", "1m", 60_000)):
             span_s = min(span_s, per_symbol_seconds)
             times = []
-            await store.candles(SYMBOLS[0], base, base + timedelta(seconds=span_s), 1000, interval)  # warm-up
+            await store.candles(VENUE, SYMBOLS[0], base, base + timedelta(seconds=span_s), 1000, interval)
             for _ in range(reads):
                 symbol = rng.choice(SYMBOLS)
                 start = base + timedelta(seconds=rng.randrange(0, max(1, per_symbol_seconds - span_s)))
                 started = time.perf_counter()
-                table = await store.candles(symbol, start, start + timedelta(seconds=span_s), 1000, interval)
+                end = start + timedelta(seconds=span_s)
+                table = await store.candles(VENUE, symbol, start, end, 1000, interval)
                 times.append(time.perf_counter() - started)
                 assert table.num_rows == min(1000, span_s // (60 if interval == "1m" else 1))
             out[name] = percentiles(times)
@@ -145,7 +148,9 @@ async def read_latency(dsn: str, per_symbol_seconds: int, reads: int) -> dict[st
             start = base + timedelta(seconds=rng.randrange(0, per_symbol_seconds - 1000))
             started = time.perf_counter()
             rows = await conn.fetch(
-                "SELECT * FROM ohlc_1s WHERE symbol = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket",
+                "SELECT * FROM ohlc_1s WHERE exchange = $1 AND symbol = $2 AND bucket >= $3 AND bucket < $4 "
+                "ORDER BY bucket",
+                VENUE,
                 symbol,
                 start,
                 start + timedelta(seconds=1000),

@@ -94,7 +94,7 @@ def main() -> None:
     calls = 5_000
     t = time.perf_counter()
     for _ in range(calls):
-        scorer("SYM0USDT", hist, 1)
+        scorer("binance", "SYM0USDT", hist, 1)
     per_call = (time.perf_counter() - t) / calls
     print(f"live scoring: {per_call * 1e6:,.0f} us per call (one new candle, 61 s history)")
     print(

@@ -156,7 +156,15 @@ class Settings(BaseSettings):
     )
 
     retention_days: int | None = Field(
-        default=None, ge=1, description="TimescaleDB: drop 1 s rows older than this (archive keeps them)."
+        default=None,
+        ge=4,
+        description="TimescaleDB: drop 1 s candles, volatility and predictions older than this (roll-ups and "
+        "the archive keep theirs; at least 4: roll-ups are refreshed from the last 3 days of 1 s rows).",
+    )
+    rollup_retention_days: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="TimescaleDB: days each roll-up level keeps, e.g. `1m=30,5m=180` (levels 1m, 5m, 1h, 1d; "
+        "unset levels keep everything; at least 4).",
     )
     compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB: compress chunks this old.")
 
@@ -193,6 +201,22 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("rollup_retention_days", mode="before")
+    @classmethod
+    def _level_days(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, int] = {}
+        for part in _split_commas(value):
+            level, _, days = part.partition("=")
+            level = level.strip()
+            if level not in ("1m", "5m", "1h", "1d") or not days.strip().isdigit():
+                raise ValueError(f"must be a comma list of LEVEL=DAYS, LEVEL 1m, 5m, 1h or 1d, got {part!r}")
+            if int(days) < 4:
+                raise ValueError(f"must keep each level 4 days or more (refreshed over 3), got {part!r}")
+            out[level] = int(days)
+        return out
 
     @field_validator("symbols")
     @classmethod

@@ -29,7 +29,8 @@ from rich.progress import Progress
 from cryptostream.archive import KINDS, partition_dir, read_day_folder, write_file
 from cryptostream.errors import SettingsError
 from cryptostream.venues import UNKNOWN, normalize_exchange
-from processor.sinks.postgres import TABLES, upsert
+from processor.sinks.postgres import TABLES, bucket_span, upsert
+from processor.sinks.rollups import RollupRefresh
 
 __all__ = ["ImportReport", "import_archive", "legacy_days"]
 
@@ -84,6 +85,7 @@ async def import_archive(
         )
     report = ImportReport()
     conn = await asyncpg.connect(database_dsn) if database_dsn else None
+    rollups = await RollupRefresh.detect(conn) if conn is not None else None
     try:
         with Progress(disable=not show_progress, transient=False) as progress:
             task = progress.add_task(f"importing {source}", total=len(days))
@@ -98,6 +100,8 @@ async def import_archive(
                         table_name, keys = TABLES[kind]
                         async with conn.transaction():
                             await upsert(conn, table_name, keys, rows)
+                        if rollups is not None and kind == "ohlc":
+                            await rollups.after_write(conn, *bucket_span(rows))
                     report.rows[kind] = report.rows.get(kind, 0) + rows.num_rows
                     report.markets.add((venue, symbol))
                 report.folders += 1

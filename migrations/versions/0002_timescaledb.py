@@ -1,18 +1,19 @@
-"""TimescaleDB: hypertables, continuous aggregates 1m/5m/1h/1d, refresh, compression and retention policies.
+"""TimescaleDB: hypertables, continuous aggregates 1m/5m/1h/1d, refresh and compression policies.
 
 Only where the ``timescaledb`` extension is available. On plain PostgreSQL this revision creates nothing:
 the read layer (:mod:`cryptostream.store`) rolls 1 s candles up with ``date_bin`` at query time into the
 same columns, so both kinds of server answer alike.
 
 How it avoids failing half-way: everything transactional (extension, hypertables with their existing
-rows, compression and retention) comes first in one transaction; continuous aggregates cannot be created
+rows, compression) comes first in one transaction; continuous aggregates cannot be created
 or refreshed inside a transaction, so they follow in autocommit, each statement idempotent
 (``IF NOT EXISTS``, ``if_not_exists``). If anything in that second part fails, the revision is not
 recorded and running the upgrade again finishes the job; the downgrade copes with any partial state.
 
-Policies that depend on settings are fixed here, at migration time: ``COMPRESS_AFTER_DAYS`` and
-``RETENTION_DAYS`` (unset = keep every row; the Parquet archive keeps them anyway and the read layer serves
-older ranges from it). Each aggregate is built directly on ``ohlc_1s`` rather than stacked on a finer one:
+``COMPRESS_AFTER_DAYS`` is read here; retention is not set here: a retention job started before the
+aggregates below were materialized dropped raw rows no roll-up had yet (and revision 0004 bounds the
+refresh windows it would otherwise recompute from nothing). ``cryptostream migrate`` sets retention from
+the settings once every revision ran (:mod:`cryptostream.policies`). Each aggregate is built directly on ``ohlc_1s`` rather than stacked on a finer one:
 stacked real-time aggregates slow planning and refresh (timescaledb #4662, #4699), and buckets stay UTC.
 
 The aggregates store ``notional = sum(vwap * volume)``; readers derive ``vwap = notional / volume`` (the
@@ -49,14 +50,14 @@ AGGREGATES: dict[str, tuple[str, str]] = {
 }
 
 
-def _settings() -> tuple[int, int | None]:
-    """(compress_after_days, retention_days) of the settings this migration runs with."""
+def _compress_after_days() -> int:
+    """COMPRESS_AFTER_DAYS of the settings this migration runs with."""
     settings = context.config.attributes.get("settings")
     if settings is None:
         from cryptostream.settings import load_settings
 
         settings = load_settings()
-    return settings.compress_after_days, settings.retention_days
+    return int(settings.compress_after_days)
 
 
 def _scalar(sql: str) -> object:
@@ -127,9 +128,9 @@ def _aggregate_sql(view: str, width: str) -> str:
 def upgrade() -> None:
     if not _ensure_extension():
         return
-    compress_after_days, retention_days = _settings()
+    compress_after_days = _compress_after_days()
 
-    # Part 1, one transaction: hypertables (existing rows move into chunks), compression, retention.
+    # Part 1, one transaction: hypertables (existing rows move into chunks), compression.
     for table in TABLES:
         op.execute(
             # No default index on bucket: the (symbol, bucket) key serves every read, and one index less
@@ -146,11 +147,6 @@ def upgrade() -> None:
             f"SELECT add_compression_policy('{table}', compress_after => INTERVAL '{compress_after_days} days', "
             "if_not_exists => true)"
         )
-        if retention_days is not None:
-            op.execute(
-                f"SELECT add_retention_policy('{table}', drop_after => INTERVAL '{retention_days} days', "
-                "if_not_exists => true)"
-            )
 
     # Part 2, autocommit: continuous aggregates, their refresh policies, and materializing existing rows.
     with op.get_context().autocommit_block():

@@ -66,6 +66,8 @@ def role_env(settings: Settings, **extra: Any) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, list):
             value = ",".join(value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, bool):
             value = "true" if value else "false"
         env[name.upper()] = str(value)

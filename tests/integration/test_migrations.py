@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
 REPO = Path(__file__).resolve().parents[2]
 CAGGS = ["ohlc_1d", "ohlc_1h", "ohlc_1m", "ohlc_5m"]
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["postgresql", "timescaledb"])
@@ -158,7 +158,9 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
     count = fetch(dsn, "SELECT count(*) FROM ohlc_1s")[0][0]
     assert count > 1000
 
-    command.upgrade(_config(dsn, compress_after_days=3, retention_days=30), "head")
+    # No retention here: on a real server its job would drop these 2023 rows whenever it ran (see
+    # test_rollup_history.py for retention, with the jobs driven explicitly).
+    upgrade(dsn, settings=load_settings(compress_after_days=3))
     assert tables(dsn) == expected_schema(empty_backend.kind)
     assert fetch(dsn, "SELECT count(*) FROM ohlc_1s")[0][0] == count
     if empty_backend.kind == "timescaledb":
@@ -169,12 +171,13 @@ def test_existing_rows_move_into_hypertables_and_back_out_on_downgrade(empty_bac
             for r in fetch(
                 dsn,
                 "SELECT proc_name, hypertable_name, config::text FROM timescaledb_information.jobs "
-                "WHERE proc_name IN ('policy_compression', 'policy_retention')",
+                "WHERE proc_name IN ('policy_compression', 'policy_refresh_continuous_aggregate')",
             )
         }
         for table in ("ohlc_1s", "volatility_1s", "predictions"):
             assert '"compress_after": "3 days"' in jobs[("policy_compression", table)]
-            assert '"drop_after": "30 days"' in jobs[("policy_retention", table)]
+        for view in CAGGS:  # bounded refresh windows (revision 0004)
+            assert '"start_offset": "3 days"' in jobs[("policy_refresh_continuous_aggregate", view)]
         # The existing rows were materialized by the migration itself.
         for view in CAGGS:
             materialized = fetch(

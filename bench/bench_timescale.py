@@ -1,0 +1,203 @@
+"""A year of history on TimescaleDB: what reads cost with 366 daily chunks, most of them compressed.
+
+Builds one market with a year of 1 s candles in ``ohlc_1s`` (1-day chunks, as the migrations make them):
+one candle a minute for 366 days and one a second for the newest hour (531,000 rows), chunks older than
+7 days compressed as the compression policy would, every roll-up materialized. Then, through the read layer
+(``DatabaseStore``, as the API reads), with a baseline in the same run:
+
+  * latest 1,000 1 s candles: the read layer (a recent, time-bounded window first, so only its chunks are
+    planned) against the same query without a time bound (what the read layer ran before);
+  * 1 d candles over the year, and 1 h candles over the last 30 days (continuous aggregates).
+
+Runs against DATABASE_URL when it names a TimescaleDB server; otherwise starts the suite's WASM TimescaleDB
+(PGlite + TimescaleDB 2.23 from npm, see tests/tsdb), which is many times slower than a native server:
+compare the ratios, not the milliseconds, with the targets.
+
+    .venv/bin/python -m bench.bench_timescale [--reads 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from cryptostream.migrate import upgrade
+from cryptostream.settings import load_settings
+from cryptostream.store import DatabaseStore
+
+EXCHANGE, SYMBOL = "binance", "BENCHUSDT"
+DAYS = 366
+VIEWS = (("ohlc_1m", "1 minute"), ("ohlc_5m", "5 minutes"), ("ohlc_1h", "1 hour"), ("ohlc_1d", "1 day"))
+UNBOUNDED = (
+    "SELECT bucket, open, high, low, close, volume FROM ohlc_1s WHERE exchange = $1 AND symbol = $2 "
+    "ORDER BY bucket DESC LIMIT 1000"
+)
+
+
+@contextlib.contextmanager
+def server() -> Iterator[tuple[str, str]]:
+    """(DSN, description): DATABASE_URL, or the WASM TimescaleDB of the test suite."""
+    settings = load_settings()
+    if settings.database_dsn:
+        yield settings.database_dsn, settings.describe_database()
+        return
+    from tests.integration.conftest import timescaledb_server
+
+    with tempfile.TemporaryDirectory() as tmp, timescaledb_server(Path(tmp)) as dsn:
+        yield dsn, "the suite's WASM TimescaleDB 2.23 (PGlite, one connection)"
+
+
+async def build(dsn: str) -> int:
+    """The year of candles, compressed and rolled up; returns the number of 1 s rows."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DELETE FROM ohlc_1s WHERE exchange = $1 AND symbol = $2", EXCHANGE, SYMBOL)
+        values = "$1, $2, g, 100 + sin(extract(epoch FROM g) / 3600), 101, 99, 100, 1, 1, 100, 0.5, 0.5"
+        columns = (
+            "exchange, symbol, bucket, open, high, low, close, volume, trade_count, vwap, "
+            "buy_volume, sell_volume"
+        )
+        await conn.execute(
+            f"INSERT INTO ohlc_1s ({columns}) SELECT {values} FROM generate_series("
+            f"date_trunc('minute', now()) - INTERVAL '{DAYS} days', now() - INTERVAL '1 hour', "
+            "INTERVAL '1 minute') g",
+            EXCHANGE,
+            SYMBOL,
+        )
+        await conn.execute(
+            f"INSERT INTO ohlc_1s ({columns}) SELECT {values} FROM generate_series("
+            "date_trunc('minute', now()) - INTERVAL '1 hour' + INTERVAL '1 second', now(), "
+            "INTERVAL '1 second') g ON CONFLICT DO NOTHING",
+            EXCHANGE,
+            SYMBOL,
+        )
+        await conn.execute(
+            "SELECT compress_chunk(c, true) FROM show_chunks('ohlc_1s', older_than => INTERVAL '7 days') c"
+        )
+        for view, width in VIEWS:
+            await conn.execute(
+                f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')"
+            )
+        return int(await conn.fetchval("SELECT count(*) FROM ohlc_1s WHERE symbol = $1", SYMBOL))
+    finally:
+        await conn.close()
+
+
+async def timed(reads: int, call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+    await call()  # warm-up
+    samples = []
+    for _ in range(reads):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    samples.sort()
+    return statistics.median(samples) * 1000, samples[
+        min(len(samples) - 1, round(0.99 * (len(samples) - 1)))
+    ] * 1000
+
+
+async def server_side(dsn: str) -> dict[str, tuple[float, float]]:
+    """Planning and execution time on the server (EXPLAIN ANALYZE) of the newest 1,000 1 s candles, with
+    and without the read layer's time bound: what the client's round trip hides on the WASM server."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        since = await conn.fetchval("SELECT (now() - INTERVAL '2000 seconds')::text")
+        market = f"exchange = '{EXCHANGE}' AND symbol = '{SYMBOL}'"
+        out = {}
+        for name, where in (
+            ("time-bounded (read layer)", f"{market} AND bucket >= TIMESTAMPTZ '{since}'"),
+            ("no time bound (baseline)", market),
+        ):
+            sql = f"SELECT * FROM ohlc_1s WHERE {where} ORDER BY bucket DESC LIMIT 1000"
+            await conn.fetch("EXPLAIN (ANALYZE, SUMMARY) " + sql)  # warm caches
+            lines = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, SUMMARY) " + sql)]
+            times = {
+                line.split(":")[0]: float(line.split(":")[1].split()[0]) for line in lines if " Time:" in line
+            }
+            out[name] = (times["Planning Time"], times["Execution Time"])
+        return out
+    finally:
+        await conn.close()
+
+
+async def run(dsn: str, reads: int) -> None:
+    started = time.perf_counter()
+    rows = await build(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        chunks = await conn.fetchval("SELECT count(*) FROM show_chunks('ohlc_1s')")
+        compressed = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks "
+            "WHERE hypertable_name = 'ohlc_1s' AND is_compressed"
+        )
+    finally:
+        await conn.close()
+    print(
+        f"built {rows:,} 1 s rows of {EXCHANGE} {SYMBOL} over {DAYS} days (one a minute, one a second in the "
+        f"newest hour): {chunks} chunks, {compressed} compressed, roll-ups materialized, in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    store = await DatabaseStore.connect(dsn, max_size=1)
+    now = datetime.now(UTC)
+    try:
+        latest = await store.candles(EXCHANGE, SYMBOL, limit=1000)
+        assert latest.num_rows == 1000
+        results = {
+            "latest 1,000 1 s candles (read layer)": await timed(
+                reads, lambda: store.candles(EXCHANGE, SYMBOL, limit=1000)
+            ),
+            "1 d candles over the year (read layer)": await timed(
+                reads, lambda: store.candles(EXCHANGE, SYMBOL, limit=400, interval="1d")
+            ),
+            "1 h candles over the last 30 days (read layer)": await timed(
+                reads, lambda: store.candles(EXCHANGE, SYMBOL, now - timedelta(days=30), None, 1000, "1h")
+            ),
+        }
+        async with store.pool.acquire() as conn:
+            results["latest 1,000 1 s candles, no time bound (baseline)"] = await timed(
+                reads, lambda: conn.fetch(UNBOUNDED, EXCHANGE, SYMBOL)
+            )
+    finally:
+        await store.close()
+    print(f"\n{'query':<54} {'p50 ms':>9} {'p99 ms':>9}")
+    for name, (p50, p99) in results.items():
+        print(f"{name:<54} {p50:>9.2f} {p99:>9.2f}")
+    ours = results["latest 1,000 1 s candles (read layer)"][0]
+    base = results["latest 1,000 1 s candles, no time bound (baseline)"][0]
+    print(
+        f"\nlatest 1,000 over the wire: time-bounded read layer {base / ours:.1f}x the unbounded query (p50)"
+    )
+    print("latest 1,000 on the server (EXPLAIN ANALYZE, planned afresh as a new statement is):")
+    plans = await server_side(dsn)
+    for name, (plan, execute) in plans.items():
+        print(f"  {name:<28} planning {plan:8.2f} ms   execution {execute:7.2f} ms")
+    bounded, unbounded = (sum(plans[k]) for k in ("time-bounded (read layer)", "no time bound (baseline)"))
+    print(f"  ratio unbounded / bounded: {unbounded / bounded:.0f}x")
+    print(
+        "targets (issue 15, native TimescaleDB): latest 1,000 p50 <= 3 ms, p99 <= 10 ms; 1 d over the year "
+        "<= 100 ms; 1 h over 30 days <= 20 ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reads", type=int, default=50)
+    args = parser.parse_args()
+    with server() as (dsn, description):
+        print(f"database: {description}")
+        upgrade(dsn)
+        asyncio.run(run(dsn, args.reads))
+
+
+if __name__ == "__main__":
+    main()

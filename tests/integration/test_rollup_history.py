@@ -1,0 +1,212 @@
+"""TimescaleDB roll-ups in production terms: history that outlives raw retention, late rows that show at once.
+
+The suite's TimescaleDB is a WASM build whose background jobs never run on their own. Here they are driven
+explicitly (``CALL run_job``), and every test holds both ways: with the refresh policies run after the
+writes (as a real server does whenever it likes) and without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pyarrow as pa
+import pytest
+
+from cryptostream.migrate import upgrade
+from cryptostream.models import INTERVALS, Trade
+from cryptostream.settings import load_settings
+from cryptostream.store import DatabaseStore
+from ingest.synthetic import SyntheticMarket
+from processor.sinks import FlushBatch, Lineage, PostgresSink
+from tests.integration.conftest import timescaledb_server
+from tests.integration.test_storage import candles_of
+from tests.reference import Key, assert_candles_equal, batch_candles, rows_by_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.timescale]
+
+DAY = 86_400_000
+ROLLUPS = ["1m", "5m", "15m", "1h", "1d"]
+REFRESH_JOB = "policy_refresh_continuous_aggregate"
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[str]:
+    """A TimescaleDB of this test's own (retention drops chunks of every market), not migrated yet."""
+    with timescaledb_server(tmp_path) as dsn:
+        yield dsn
+
+
+def market(n: int, start_ms: int, rate: float, seed: int) -> list[Trade]:
+    tag = uuid.uuid4().hex[:6].upper()
+    return SyntheticMarket([f"BTC{tag}"], rate=rate, seed=seed, exchange="binance").generate(n, start_ms)
+
+
+async def write_like_the_processor(dsn: str, candles: pa.Table, checkpoints: int) -> None:
+    """The candles in time order, ``checkpoints`` writes through the real sink, as a replay writes them."""
+    candles = candles.sort_by("bucket")
+    sink = PostgresSink(dsn)
+    await sink.start()
+    try:
+        step = -(-candles.num_rows // checkpoints)
+        for seq, a in enumerate(range(0, candles.num_rows, step), start=1):
+            batch = FlushBatch()
+            batch.tables[0] = {"ohlc": candles.slice(a, step)}
+            batch.lineage[0] = Lineage("0a1b2c3d", seq)
+            await sink.write(batch)
+    finally:
+        await sink.close()
+
+
+async def run_jobs(dsn: str, proc: str, relation: str | None = None) -> int:
+    """Run every job of ``proc`` (on ``relation``) now, as the server's scheduler would; how many ran."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        jobs = await conn.fetch(
+            "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = $1 "
+            "AND ($2::text IS NULL OR hypertable_name = $2) ORDER BY job_id",
+            proc,
+            relation,
+        )
+        for job in jobs:
+            await conn.execute(f"CALL run_job({job[0]})")
+        return len(jobs)
+    finally:
+        await conn.close()
+
+
+async def read(dsn: str, trade: Trade, intervals: list[str]) -> dict[str, dict[Key, dict[str, Any]]]:
+    store = await DatabaseStore.connect(dsn, max_size=1)
+    try:
+        return {
+            i: rows_by_key(
+                (await store.candles(trade.exchange, trade.symbol, limit=1_000_000, interval=i)).to_pylist()
+            )
+            for i in intervals
+        }
+    finally:
+        await store.close()
+
+
+async def scalar(dsn: str, sql: str, *args: object) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("policies_run", [True, False], ids=["refresh-jobs-run", "refresh-jobs-idle"])
+async def test_after_retention_then_refresh_the_rollup_history_of_the_dropped_range_is_intact(
+    own_server: str, policies_run: bool
+):
+    """Ten days of candles written as a replay writes them; the retention job drops the 1 s rows older
+    than 5 days; the refresh policies run (or not). Every roll-up still covers all ten days exactly, except
+    1 m, which keeps at least its last 7 days (its own retention drops whole chunks, 10 days wide)."""
+    retained = own_server  # 1 s rows kept 5 days, 1 m buckets 7 days
+    settings = load_settings(retention_days=5, rollup_retention_days="1m=7")
+    await asyncio.to_thread(upgrade, retained, settings=settings)
+    now = int(time.time() * 1000)
+    trades = market(4000, now - 10 * DAY, rate=4000 / (10 * 86_400), seed=7)
+    trades = [t for t in trades if t.timestamp < now - 60_000]
+    await write_like_the_processor(retained, candles_of(trades), checkpoints=25)
+    raw_before = await scalar(retained, "SELECT count(*) FROM ohlc_1s")
+
+    assert await run_jobs(retained, "policy_retention", "ohlc_1s") == 1
+    assert await run_jobs(retained, "policy_retention", "ohlc_1m") == 1
+    if policies_run:
+        assert await run_jobs(retained, REFRESH_JOB) == 4
+    oldest_raw = await scalar(retained, "SELECT min(bucket) FROM ohlc_1s")
+    assert await scalar(retained, "SELECT count(*) FROM ohlc_1s") < raw_before
+    assert oldest_raw.timestamp() * 1000 > now - 6 * DAY  # the older chunks are gone
+
+    got = await read(retained, trades[0], ROLLUPS)
+    for interval in ROLLUPS:
+        expected = batch_candles(trades, INTERVALS[interval])
+        if interval == "1m":
+            kept = {k for k in expected if k[2] >= now - 7 * DAY}
+            missing = sorted(kept - set(got[interval]))
+            assert not missing, f"{len(missing)} 1 m buckets of the last 7 days missing, from {missing[0]}"
+            expected = {k: v for k, v in expected.items() if k in got[interval]}
+        assert_candles_equal(got[interval], expected)
+
+
+@pytest.mark.parametrize("policies_run", [True, False], ids=["refresh-jobs-run", "refresh-jobs-idle"])
+async def test_a_late_row_in_a_materialized_minute_shows_in_the_next_query_at_every_interval(
+    tsdb_url: str, policies_run: bool
+):
+    """Two hours of candles, materialized; then a checkpoint carries a trade of a minute an hour ago (a
+    processor catching up): the next query at every interval includes it."""
+    now = int(time.time() * 1000)
+    start = now - 2 * 3_600_000 - now % 60_000
+    trades = [t for t in market(3000, start, rate=0.4, seed=11) if t.timestamp < now - 120_000]
+    await write_like_the_processor(tsdb_url, candles_of(trades), checkpoints=6)
+    if policies_run:
+        await run_jobs(tsdb_url, REFRESH_JOB)
+    minute = start + 60 * 60_000
+    table = await scalar(
+        tsdb_url,
+        "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
+        "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'ohlc_1m'",
+    )
+    stored = f"SELECT count(*) FROM {table} WHERE symbol = $1 AND bucket = to_timestamp($2 / 1000.0)"
+    assert await scalar(tsdb_url, stored, trades[0].symbol, minute) == 1  # materialized, not real time
+    first = trades[0]
+    late = Trade(first.exchange, first.symbol, 10 * first.price, 5.0, minute + 30_500, 10**9, False)
+    await write_like_the_processor(tsdb_url, candles_of([late]), checkpoints=1)
+
+    got = await read(tsdb_url, first, ["1s", *ROLLUPS])
+    for interval, rows in got.items():
+        expected = batch_candles([*trades, late], INTERVALS[interval])
+        assert_candles_equal(rows, expected)
+        bucket = minute + 30_000 - (minute + 30_000) % INTERVALS[interval]
+        assert rows[(first.exchange, first.symbol, bucket)]["high"] == late.price, interval
+
+
+def test_policies_follow_the_settings_on_every_migrate(own_server: str):
+    """Changing RETENTION_DAYS or ROLLUP_RETENTION_DAYS and migrating again changes the policies in place
+    (and only those); unsetting them removes them."""
+    dsn = own_server
+
+    def policies() -> dict[tuple[str, str], str]:
+        """(job, relation) -> job id and config: a policy replaced gets a new id."""
+
+        async def fetch() -> dict[tuple[str, str], str]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                rows = await conn.fetch(
+                    "SELECT proc_name, hypertable_name, job_id, config::text "
+                    "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
+                )
+            finally:
+                await conn.close()
+            return {(r[0], r[1]): f"{r[2]} {r[3]}" for r in rows}
+
+        return asyncio.run(fetch())
+
+    upgrade(dsn, settings=load_settings())
+    first = policies()
+    assert not [k for k in first if k[0] == "policy_retention"]
+    assert all('"start_offset": "3 days"' in first[(REFRESH_JOB, v)] for v in ("ohlc_1m", "ohlc_1d"))
+
+    upgrade(dsn, settings=load_settings(retention_days=30, rollup_retention_days="1m=14,5m=60"))
+    second = policies()
+    for table in ("ohlc_1s", "volatility_1s", "predictions"):
+        assert '"drop_after": "30 days"' in second[("policy_retention", table)]
+    assert '"drop_after": "14 days"' in second[("policy_retention", "ohlc_1m")]
+    assert '"drop_after": "60 days"' in second[("policy_retention", "ohlc_5m")]
+    assert ("policy_retention", "ohlc_1h") not in second
+    assert {k: v for k, v in second.items() if k[0] != "policy_retention"} == {
+        k: v for k, v in first.items() if k[0] != "policy_retention"
+    }
+
+    upgrade(dsn, settings=load_settings(retention_days=30, rollup_retention_days="1m=14,5m=60"))
+    assert policies() == second  # nothing to change: nothing changed
+
+    upgrade(dsn, settings=load_settings())
+    assert policies() == first
