@@ -5,13 +5,16 @@ This module is the composition root: the one core module that wires the roles (`
 imports upward.
 
 ``cryptostream up`` runs everything on one machine: an embedded broker and database unless the settings
-name real ones, migrations, then ingest, processor and API as supervised child processes.
+name real ones, migrations, then ingest, processor and API as supervised child processes. Before it
+starts anything it checks the ports it will listen on and waits for the services the settings name, so a
+conflict or an unreachable service is one line and a non-zero exit, not a traceback or a restart loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -27,24 +30,57 @@ from typing import Any
 
 import typer
 
-from cryptostream.errors import CryptostreamError, SettingsError
+from cryptostream import __version__
+from cryptostream.errors import CryptostreamError, InfraError, SettingsError
 from cryptostream.logs import setup_logging
-from cryptostream.settings import Settings, load_settings
+from cryptostream.settings import Settings, load_settings, mask_url
 from cryptostream.venues import DEMO
 
 __all__ = ["app", "main"]
 
 log = logging.getLogger("cryptostream")
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0] if __doc__ else None
-)
+HELP = """Real-time crypto market data: exchange trades -> Kafka -> 1 s candles, volatility and up/down
+predictions -> PostgreSQL and a Parquet archive -> GraphQL API and live dashboard.
+
+Start with `cryptostream up`: the whole pipeline on this machine, with an embedded Kafka broker and
+PostgreSQL unless KAFKA_BOOTSTRAP / DATABASE_URL name real ones. The other commands run one role each, as
+the distributed shape (docker compose) does. Settings come from environment variables or a .env file."""
+
+# Plain click help: Typer's rich panels print a type after every option, even `--help <bool>`.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help=HELP)
 
 
 class Source(StrEnum):
     live = "live"
     synthetic = "synthetic"
     replay = "replay"
+
+
+class TrainSource(StrEnum):
+    archive = "archive"
+    database = "database"
+
+
+class ModelChoice(StrEnum):
+    auto = "auto"
+    logit = "logit"
+    sgd = "sgd"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cryptostream {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _cryptostream(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    pass
 
 
 def _settings(role: str, **overrides: Any) -> Settings:
@@ -66,11 +102,238 @@ def _run(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> N
     asyncio.run(runner())
 
 
-def _require_kafka(settings: Settings) -> None:
+def _require_kafka(settings: Settings) -> str:
     if not settings.kafka_bootstrap:
         raise SettingsError(
             "KAFKA_BOOTSTRAP is not set: point it at a Kafka broker, or use `cryptostream up`"
         )
+    return settings.kafka_bootstrap
+
+
+async def _wait_for_database(dsn: str, timeout: float) -> None:  # noqa: ASYNC109 - a budget over retries
+    """Wait until PostgreSQL at ``dsn`` accepts a connection (see :func:`wait_for_service`)."""
+    import asyncpg
+
+    from cryptostream.procs import wait_for_service
+
+    async def probe() -> None:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except asyncpg.CannotConnectNowError:
+            raise  # "the database system is starting up": retried
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # it answered, and said no
+            raise InfraError(f"DATABASE_URL {mask_url(dsn)} refused the connection: {exc}") from None
+        conn.terminate()  # nothing to say to it; no round trip to wait for
+
+    await wait_for_service(
+        probe,
+        setting="DATABASE_URL",
+        address=mask_url(dsn),
+        timeout=timeout,
+        retry_on=(OSError, asyncpg.CannotConnectNowError),
+    )
+
+
+def _wait_for_services(settings: Settings, *, kafka: bool = False, database: bool = False) -> None:
+    """Wait for the broker (``kafka``) and the database (``database``, if DATABASE_URL is set) to answer,
+    retrying with backoff for up to SERVICE_WAIT_SECONDS; raise a one-line :class:`InfraError` if not."""
+    if kafka:
+        from cryptostream.kafka import wait_for_broker
+
+        asyncio.run(wait_for_broker(_require_kafka(settings), settings.service_wait_seconds))
+    if database and settings.database_dsn:
+        asyncio.run(_wait_for_database(settings.database_dsn, settings.service_wait_seconds))
+
+
+def _require_free_port(host: str, port: int, setting: str) -> None:
+    """Raise a one-line :class:`InfraError` when a server could not listen on ``host:port``."""
+    from cryptostream.procs import bind_error, describe_os_error
+
+    error = bind_error(host, port)
+    if error is None:
+        return
+    if error.errno == errno.EADDRINUSE:
+        raise InfraError(
+            f"port {port} ({setting}) is already in use on {host}: stop what listens there, or choose "
+            "another port"
+        )
+    raise InfraError(f"cannot listen on {host}:{port} ({setting}): {describe_os_error(error)}")
+
+
+# ---------------------------------------------------------------------------------------------- up
+@app.command()
+def up(
+    source: Source = typer.Option(
+        Source.synthetic, help="live exchanges, synthetic market, or a file replay."
+    ),
+    symbols: str | None = typer.Option(None, metavar="LIST", help="Comma list, overrides SYMBOLS."),
+    port: int | None = typer.Option(None, metavar="PORT", help="API port (API_PORT, default 8000)."),
+    path: Path | None = typer.Option(None, metavar="FILE", help="File to replay (with --source replay)."),
+    rate: float = typer.Option(50.0, metavar="N", help="Synthetic trades per second."),
+    record: Path | None = typer.Option(
+        None, metavar="FILE", help="Also append every ingested trade to this JSONL file."
+    ),
+) -> None:
+    """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
+    settings = _settings("up", symbols=symbols, api_port=port)
+    from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
+    from cryptostream.kafka import ensure_topics, wait_for_broker
+    from cryptostream.migrate import upgrade
+
+    # Every port is checked before anything starts: a busy one is a one-line error, not a restart loop.
+    _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT")
+    role_env: dict[str, dict[str, str]] = {}
+    if settings.metrics_port:  # ingest and processor each serve /metrics: the processor takes the next port
+        if settings.metrics_port == 65_535:
+            raise SettingsError("METRICS_PORT must be < 65535 for `up` (the processor uses the next port)")
+        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT, ingest's /metrics")
+        _require_free_port("0.0.0.0", settings.metrics_port + 1, "METRICS_PORT + 1, the processor's /metrics")
+        role_env["process"] = {"METRICS_PORT": str(settings.metrics_port + 1)}
+    state = settings.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    # SIGINT too, explicitly: a shell starts a background job with SIGINT ignored, and Python leaves an
+    # ignored SIGINT ignored, so Ctrl+C (or kill -INT) would not stop the pipeline.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with stack:
+        # real services named in the settings first: nothing is started for a run that cannot reach them
+        _wait_for_services(settings, kafka=bool(settings.kafka_bootstrap), database=True)
+        env = dict(os.environ)
+        bootstrap = settings.kafka_bootstrap
+        if not bootstrap:
+            bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
+            asyncio.run(wait_for_broker(bootstrap, settings.service_wait_seconds))
+            # The embedded broker keeps topics in memory: windows still open at shutdown could never be read
+            # again, so ingest ends with progress that closes them and the processor reads to the end.
+            env["FLUSH_WINDOWS_ON_STOP"] = "true"
+            # The embedded broker holds every JoinGroup for half the session timeout: at the 10 s default,
+            # 5 s of the wait for the first candle. A single local processor needs no long grace period.
+            env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "3000")
+            if settings.kafka_idempotence == "auto":
+                # Tansu has no idempotent producer: known here, so no role asks it and logs the refusal.
+                env["KAFKA_IDEMPOTENCE"] = "off"
+        dsn = settings.database_dsn
+        if not dsn:
+            dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
+        env.update(
+            KAFKA_BOOTSTRAP=bootstrap,
+            DATABASE_URL=dsn,
+            SYMBOLS=",".join(settings.symbols),
+            API_PORT=str(settings.api_port),
+            OUTPUT_DIR=str(settings.output_dir.resolve()),
+        )
+        if source is Source.synthetic:
+            env["EXCHANGES"] = DEMO  # the demo market is the venue a symbol-only request means here
+        upgrade(dsn)
+        effective = load_settings(kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols)
+        asyncio.run(ensure_topics(effective))
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        (state / "endpoints.json").write_text(
+            json.dumps(
+                {
+                    "kafka_bootstrap": bootstrap,
+                    "database_url": dsn,
+                    "api_url": api_url,
+                    "output_dir": str(settings.output_dir.resolve()),
+                    "pid": os.getpid(),
+                },
+                indent=2,
+            )
+        )
+        log.info(
+            "Kafka %s | database %s | archive %s",
+            bootstrap,
+            effective.describe_database(),
+            settings.output_dir.resolve(),
+        )
+        ingest_args = ["ingest", "--source", source.value, "--rate", str(rate)]
+        if path is not None:
+            ingest_args += ["--path", str(path.resolve())]
+        if record is not None:
+            ingest_args += ["--record", str(record.resolve())]
+        roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
+        supervisor = _Supervisor(roles, env, role_env)
+        try:
+            supervisor.start()
+            log.info("pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url)
+            supervisor.watch()
+        except KeyboardInterrupt:
+            log.info(
+                "stopping: ingest first (flushes accepted trades), then processor (final checkpoint), API"
+            )
+        finally:
+            supervisor.stop(["ingest", "process", "serve"])
+    log.info("stopped; state kept in %s", state)
+
+
+class _Supervisor:
+    """Keeps the role processes of ``up`` running; restarts one that crashes (a few times, with backoff)."""
+
+    MAX_RESTARTS = 5
+
+    def __init__(
+        self,
+        roles: dict[str, list[str]],
+        env: dict[str, str],
+        role_env: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        self.roles = roles
+        self.env = env
+        self.role_env = role_env or {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(roles, 0)
+
+    def _spawn(self, role: str) -> None:
+        from cryptostream.procs import spawn
+
+        argv = [sys.executable, "-m", "cryptostream", *self.roles[role]]
+        env = {**self.env, **self.role_env.get(role, {})}
+        self.procs[role] = spawn(argv, env=env, inherit_output=True)
+
+    def start(self) -> None:
+        for role in self.roles:  # in the order given
+            self._spawn(role)
+
+    def watch(self) -> None:
+        """Until interrupted; raise :class:`InfraError` when a role keeps failing (``up`` then stops)."""
+        while True:
+            time.sleep(0.5)
+            for role, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                self.restarts[role] += 1
+                if self.restarts[role] > self.MAX_RESTARTS:
+                    raise InfraError(
+                        f"{role} failed {self.restarts[role]} times (last exit code {code}): stopping the "
+                        "pipeline; its log above says why"
+                    )
+                delay = min(30, 2 ** self.restarts[role])
+                log.warning("%s exited with %s; restarting in %ds", role, code, delay)
+                time.sleep(delay)
+                self._spawn(role)
+
+    def stop(self, order: list[str]) -> None:
+        from cryptostream.procs import stop_process
+
+        for role in order:
+            proc = self.procs.get(role)
+            if proc is not None:
+                code = stop_process(proc, signal.SIGTERM, timeout=30)
+                # -SIGTERM is a clean stop too: uvicorn re-raises the signal after its graceful shutdown
+                if code in (0, -signal.SIGTERM):
+                    log.info("%s stopped", role)
+                else:
+                    log.warning("%s stopped with exit code %s", role, code)
 
 
 # ---------------------------------------------------------------------------------------------- roles
@@ -103,17 +366,23 @@ def _source(
 @app.command()
 def ingest(
     source: Source = typer.Option(Source.live, help="Where trades come from."),
-    path: Path | None = typer.Option(None, help="File to replay (with --source replay)."),
-    symbols: str | None = typer.Option(None, help="Comma list, overrides SYMBOLS."),
-    rate: float = typer.Option(50.0, help="Synthetic trades per second."),
-    record: Path | None = typer.Option(None, help="Also append every trade to this JSONL file."),
+    path: Path | None = typer.Option(None, metavar="FILE", help="File to replay (with --source replay)."),
+    symbols: str | None = typer.Option(None, metavar="LIST", help="Comma list, overrides SYMBOLS."),
+    rate: float = typer.Option(50.0, metavar="N", help="Synthetic trades per second."),
+    record: Path | None = typer.Option(
+        None, metavar="FILE", help="Also append every trade to this JSONL file."
+    ),
     exchange: str | None = typer.Option(
-        None, help="Venue of a replayed file that does not name one (a Binance dump is binance)."
+        None,
+        metavar="NAME",
+        help="Venue of a replayed file that does not name one (a Binance dump is binance).",
     ),
 ) -> None:
     """Capture trades from a source and publish them to KAFKA_TOPIC."""
     settings = _settings("ingest", symbols=symbols)
-    _require_kafka(settings)
+    if settings.metrics_port:
+        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+    _wait_for_services(settings, kafka=True)
     from cryptostream.metrics import serve_metrics
     from ingest.record import recorded
     from ingest.service import run_ingest
@@ -131,19 +400,27 @@ def ingest(
 
 @app.command()
 def replay(
-    path: Path = typer.Argument(..., help="Binance dump (.csv or .zip), JSONL of trades, or Parquet."),
-    speed: float | None = typer.Option(None, help="REPLAY_SPEED: 1 = real time, 0 = as fast as possible."),
-    symbol: str | None = typer.Option(None, help="Symbol of a Binance dump whose file name lacks it."),
+    path: Path = typer.Argument(
+        ..., metavar="FILE", help="Binance dump (.csv or .zip), JSONL of trades, or Parquet."
+    ),
+    speed: float | None = typer.Option(
+        None, metavar="X", help="REPLAY_SPEED: 1 = real time, 0 = as fast as possible."
+    ),
+    symbol: str | None = typer.Option(
+        None, metavar="SYMBOL", help="Symbol of a Binance dump whose file name lacks it."
+    ),
     exchange: str | None = typer.Option(
-        None, help="Venue of a file that does not name one (a Binance dump is binance; else unknown)."
+        None,
+        metavar="NAME",
+        help="Venue of a file that does not name one (a Binance dump is binance; else unknown).",
     ),
     progress: bool = typer.Option(True, help="Progress bar with rate and ETA (on a terminal)."),
 ) -> None:
     """Replay a file of trades into KAFKA_TOPIC, paced by REPLAY_SPEED."""
     settings = _settings("replay", replay_speed=speed)
-    _require_kafka(settings)
     if not path.is_file():
         raise SettingsError(f"replay file {path} does not exist")
+    _wait_for_services(settings, kafka=True)
     from ingest.replay import replay_trades
     from ingest.service import run_ingest
 
@@ -158,7 +435,9 @@ def replay(
 def process() -> None:
     """Consume trades, build candles and volatility, write Parquet (+ database), commit offsets."""
     settings = _settings("process")
-    _require_kafka(settings)
+    if settings.metrics_port:
+        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+    _wait_for_services(settings, kafka=True, database=True)
     from cryptostream.metrics import serve_metrics
     from processor.service import Processor
     from processor.sinks import ParquetSink, PostgresSink, Sink
@@ -182,37 +461,44 @@ def process() -> None:
 
 @app.command()
 def train(
-    source: str = typer.Option(
-        "archive", help="archive (Parquet under OUTPUT_DIR) or database (DATABASE_URL)."
+    source: TrainSource = typer.Option(
+        TrainSource.archive, help="The Parquet archive under OUTPUT_DIR, or the database at DATABASE_URL."
     ),
-    symbols: str | None = typer.Option(None, help="Comma list (default: every symbol stored)."),
+    symbols: str | None = typer.Option(
+        None, metavar="LIST", help="Comma list (default: every symbol stored)."
+    ),
     exchanges: str | None = typer.Option(
         None,
+        metavar="LIST",
         help="Comma list of venues (default: every venue with candles but the demo, which is used only "
         "when nothing else has any).",
     ),
-    start: datetime | None = typer.Option(None, help="First candle time, UTC (default: the oldest)."),
-    end: datetime | None = typer.Option(
-        None, help="End of the candles, exclusive, UTC (default: the newest)."
+    start: datetime | None = typer.Option(
+        None, metavar="TIME", help="First candle time, UTC, e.g. 2026-01-31T12:00:00 (default: the oldest)."
     ),
-    horizon: int | None = typer.Option(None, help="Seconds ahead (PREDICTION_HORIZON_SECONDS)."),
-    folds: int = typer.Option(5, min=1, max=50, help="Walk-forward folds."),
-    model: str = typer.Option("auto", help="auto (best walk-forward log loss), logit or sgd."),
+    end: datetime | None = typer.Option(
+        None, metavar="TIME", help="End of the candles, exclusive, UTC (default: the newest)."
+    ),
+    horizon: int | None = typer.Option(
+        None, metavar="SECONDS", help="Seconds ahead (PREDICTION_HORIZON_SECONDS)."
+    ),
+    folds: int = typer.Option(5, min=1, max=50, metavar="N", help="Walk-forward folds."),
+    model: ModelChoice = typer.Option(
+        ModelChoice.auto, help="auto picks the lower walk-forward log loss of logit and sgd."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the up/down model walk-forward; write a versioned model and its report to MODEL_DIR."""
     settings = _settings("train", prediction_horizon_seconds=horizon)
-    if source not in ("archive", "database"):
-        raise SettingsError(f"--source must be archive or database, got {source!r}")
-    if model not in ("auto", "logit", "sgd"):
-        raise SettingsError(f"--model must be auto, logit or sgd, got {model!r}")
+    if source is TrainSource.database:
+        _wait_for_services(settings, database=True)
     from processor.model.train import train as run_training
 
     utc = [t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t for t in (start, end)]
     result = run_training(
         settings.model_dir,
         settings.prediction_horizon_seconds,
-        source="archive" if source == "archive" else "database",
+        source="archive" if source is TrainSource.archive else "database",
         output_dir=settings.output_dir,
         database_dsn=settings.database_dsn,
         symbols=load_settings(symbols=symbols).symbols if symbols else None,
@@ -220,7 +506,7 @@ def train(
         start=utc[0],
         end=utc[1],
         folds=folds,
-        candidates=("logit", "sgd") if model == "auto" else (model,),
+        candidates=("logit", "sgd") if model is ModelChoice.auto else (model.value,),
         show_progress=progress,
     )
     report = result.report
@@ -236,11 +522,13 @@ def train(
 
 @app.command()
 def serve(
-    host: str | None = typer.Option(None, help="Interface to bind (API_HOST)."),
-    port: int | None = typer.Option(None, help="Port (API_PORT)."),
+    host: str | None = typer.Option(None, metavar="ADDRESS", help="Interface to bind (API_HOST)."),
+    port: int | None = typer.Option(None, metavar="PORT", help="Port (API_PORT)."),
 ) -> None:
     """Serve GraphQL, the REST routes and the dashboard."""
     settings = _settings("serve", api_host=host, api_port=port)
+    _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT")
+    _wait_for_services(settings, database=True)
     import uvicorn
 
     from graphql_api import create_app
@@ -264,11 +552,14 @@ def serve(
 
 
 @app.command()
-def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+def migrate(
+    revision: str = typer.Argument("head", metavar="REVISION", help="Target alembic revision."),
+) -> None:
     """Bring the database schema at DATABASE_URL up to date."""
     settings = _settings("migrate")
     if not settings.database_dsn:
         raise SettingsError("DATABASE_URL is not set: migrations need a database (postgresql://...)")
+    _wait_for_services(settings, database=True)
     from cryptostream.migrate import upgrade
 
     upgrade(settings.database_dsn, revision)
@@ -278,15 +569,20 @@ def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> 
 @app.command("import")
 def import_(
     path: Path = typer.Argument(
-        ..., help="Archive of the older layout (the original project's OUTPUT_DIR: ohlc/symbol=X/date=D)."
+        ...,
+        metavar="FOLDER",
+        help="Archive of the older layout (the original project's OUTPUT_DIR: ohlc/symbol=X/date=D).",
     ),
-    exchange: str = typer.Option("unknown", help="Venue of those candles (the original did not record one)."),
+    exchange: str = typer.Option(
+        "unknown", metavar="NAME", help="Venue of those candles (the original did not record one)."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Copy an archive of the older layout into the database (DATABASE_URL) and the archive (OUTPUT_DIR)."""
     settings = _settings("import")
     if not path.is_dir():
         raise SettingsError(f"import needs a folder, {path} is not one")
+    _wait_for_services(settings, database=True)
     from processor.importer import import_archive
 
     if not settings.database_dsn:
@@ -299,7 +595,9 @@ def import_(
 
 @app.command()
 def compact(
-    min_age_days: int = typer.Option(2, min=1, help="Only merge days at least this many days old."),
+    min_age_days: int = typer.Option(
+        2, min=1, metavar="DAYS", help="Only merge days at least this many days old."
+    ),
 ) -> None:
     """Merge the small Parquet files of past days under OUTPUT_DIR into one file per day (rows unchanged)."""
     settings = _settings("compact")
@@ -309,154 +607,11 @@ def compact(
     log.info("compaction of %s: %s", settings.output_dir.resolve(), report)
 
 
-# ---------------------------------------------------------------------------------------------- up
-@app.command()
-def up(
-    source: Source = typer.Option(
-        Source.synthetic, help="live exchanges, synthetic market, or a file replay."
-    ),
-    symbols: str | None = typer.Option(None, help="Comma list, overrides SYMBOLS."),
-    port: int | None = typer.Option(None, help="API port (API_PORT, default 8000)."),
-    path: Path | None = typer.Option(None, help="File to replay (with --source replay)."),
-    rate: float = typer.Option(50.0, help="Synthetic trades per second."),
-    record: Path | None = typer.Option(None, help="Also append every ingested trade to this JSONL file."),
-) -> None:
-    """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
-    settings = _settings("up", symbols=symbols, api_port=port)
-    from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
-    from cryptostream.kafka import ensure_topics, wait_for_broker
-    from cryptostream.migrate import upgrade
-
-    state = settings.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    stack = contextlib.ExitStack()
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    with stack:
-        env = dict(os.environ)
-        bootstrap = settings.kafka_bootstrap
-        if not bootstrap:
-            bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
-        if not settings.kafka_bootstrap:
-            # The embedded broker keeps topics in memory: windows still open at shutdown could never be read
-            # again, so ingest ends with progress that closes them and the processor reads to the end.
-            env["FLUSH_WINDOWS_ON_STOP"] = "true"
-            # The embedded broker holds every JoinGroup for half the session timeout: at the 10 s default,
-            # 5 s of the wait for the first candle. A single local processor needs no long grace period.
-            env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "3000")
-        dsn = settings.database_dsn
-        if not dsn:
-            dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
-        env.update(
-            KAFKA_BOOTSTRAP=bootstrap,
-            DATABASE_URL=dsn,
-            SYMBOLS=",".join(settings.symbols),
-            API_PORT=str(settings.api_port),
-            OUTPUT_DIR=str(settings.output_dir.resolve()),
-        )
-        if source is Source.synthetic:
-            env["EXCHANGES"] = DEMO  # the demo market is the venue a symbol-only request means here
-        asyncio.run(wait_for_broker(bootstrap))
-        upgrade(dsn)
-        effective = load_settings(kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols)
-        asyncio.run(ensure_topics(effective))
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
-        (state / "endpoints.json").write_text(
-            json.dumps(
-                {
-                    "kafka_bootstrap": bootstrap,
-                    "database_url": dsn,
-                    "api_url": api_url,
-                    "output_dir": str(settings.output_dir.resolve()),
-                    "pid": os.getpid(),
-                },
-                indent=2,
-            )
-        )
-        log.info(
-            "Kafka %s | database %s | archive %s",
-            bootstrap,
-            effective.describe_database(),
-            settings.output_dir.resolve(),
-        )
-        ingest_args = ["ingest", "--source", source.value, "--rate", str(rate)]
-        if path is not None:
-            ingest_args += ["--path", str(path.resolve())]
-        if record is not None:
-            ingest_args += ["--record", str(record.resolve())]
-        roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
-        supervisor = _Supervisor(roles, env)
-        try:
-            supervisor.start()
-            log.info("pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url)
-            supervisor.watch()
-        except KeyboardInterrupt:
-            log.info(
-                "stopping: ingest first (flushes accepted trades), then processor (final checkpoint), API"
-            )
-        finally:
-            supervisor.stop(["ingest", "process", "serve"])
-    log.info("stopped; state kept in %s", state)
-
-
-class _Supervisor:
-    """Keeps the role processes of ``up`` running; restarts one that crashes (a few times, with backoff)."""
-
-    MAX_RESTARTS = 5
-
-    def __init__(self, roles: dict[str, list[str]], env: dict[str, str]) -> None:
-        self.roles = roles
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.restarts: dict[str, int] = dict.fromkeys(roles, 0)
-
-    def _spawn(self, role: str) -> None:
-        from cryptostream.procs import spawn
-
-        argv = [sys.executable, "-m", "cryptostream", *self.roles[role]]
-        self.procs[role] = spawn(argv, env=self.env, inherit_output=True)
-
-    def start(self) -> None:
-        for role in ("process", "serve", "ingest"):
-            self._spawn(role)
-
-    def watch(self) -> None:
-        while True:
-            time.sleep(0.5)
-            for role, proc in list(self.procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                self.restarts[role] += 1
-                if self.restarts[role] > self.MAX_RESTARTS:
-                    log.error(
-                        "%s exited with %s %d times; stopping the pipeline", role, code, self.MAX_RESTARTS
-                    )
-                    raise KeyboardInterrupt
-                delay = min(30, 2 ** self.restarts[role])
-                log.warning("%s exited with %s; restarting in %ds", role, code, delay)
-                time.sleep(delay)
-                self._spawn(role)
-
-    def stop(self, order: list[str]) -> None:
-        from cryptostream.procs import stop_process
-
-        for role in order:
-            proc = self.procs.get(role)
-            if proc is not None:
-                code = stop_process(proc, signal.SIGTERM, timeout=30)
-                log.info("%s stopped (exit %s)", role, code)
-
-
 def main() -> None:
-    """Console entry point: settings errors are one line on stderr and exit code 2."""
+    """Console entry point: settings errors and unreachable services are one line on stderr, exit code 2."""
+    # A shell starts a background job with SIGINT ignored and Python keeps it ignored: every command stops
+    # on Ctrl+C / kill -INT all the same (`up` and the roles install their own handlers on top of this).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except CryptostreamError as exc:

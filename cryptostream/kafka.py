@@ -2,7 +2,7 @@
 
 Everything here speaks the plain Kafka protocol through aiokafka, so it works the same against Apache
 Kafka (the distributed shape) and the embedded Tansu broker. Where the broker lacks a feature (Tansu has no
-idempotent producer), :func:`start_producer` falls back and logs it once.
+idempotent producer), :func:`start_producer` falls back and logs it once per process.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from cryptostream.errors import InfraError
+from cryptostream.procs import describe_os_error, wait_for_service
 from cryptostream.settings import Settings
 
 __all__ = ["consumer_for", "ensure_topics", "start_producer", "wait_for_broker"]
@@ -23,23 +24,60 @@ __all__ = ["consumer_for", "ensure_topics", "start_producer", "wait_for_broker"]
 log = logging.getLogger(__name__)
 
 
-async def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-    """Return once the broker answers metadata requests; raise :class:`InfraError` after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Exception | None = None
-    while asyncio.get_running_loop().time() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+def _servers(bootstrap: str) -> list[tuple[str, int]]:
+    out = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            host, port = server.strip(), "9092"
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+async def _metadata(bootstrap: str) -> None:
+    """One metadata round trip. A plain TCP connect first gives a clear reason (refused, unknown host) and
+    spares the log aiokafka's own error lines for a broker that is not there yet."""
+    last: OSError | None = None
+    for host, port in _servers(bootstrap):
         try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except (KafkaError, OSError) as exc:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+        except OSError as exc:
             last = exc
-            await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
-    raise InfraError(
-        f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({last}); check KAFKA_BOOTSTRAP"
+            continue
+        writer.close()
+        await writer.wait_closed()
+        break
+    else:
+        assert last is not None
+        raise last
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # a broker still starting is retried, not an error
+    try:
+        await admin.start()
+        await admin.list_topics()
+    finally:
+        client_log.setLevel(level)
+        await admin.close()
+
+
+def _kafka_reason(exc: BaseException) -> str:
+    if isinstance(exc, KafkaError):
+        return f"it does not answer as a Kafka broker ({type(exc).__name__})"
+    return describe_os_error(exc)
+
+
+async def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Return once the broker answers metadata requests, retrying with backoff (each retry logged); raise
+    :class:`InfraError`, one line naming KAFKA_BOOTSTRAP and ``bootstrap``, after ``timeout`` seconds."""
+    await wait_for_service(
+        lambda: _metadata(bootstrap),
+        setting="KAFKA_BOOTSTRAP",
+        address=bootstrap,
+        timeout=timeout,
+        retry_on=(KafkaError, OSError),
+        reason=_kafka_reason,
     )
 
 
@@ -77,10 +115,14 @@ async def ensure_topics(settings: Settings, bootstrap: str | None = None) -> Non
         await admin.close()
 
 
+_REFUSED_IDEMPOTENCE: set[str] = set()  # bootstrap servers that refused an idempotent producer
+
+
 async def start_producer(
     settings: Settings, bootstrap: str | None = None, **overrides: Any
 ) -> AIOKafkaProducer:
-    """A started producer: acks=all, idempotent where the broker supports it."""
+    """A started producer: acks=all, idempotent where the broker supports it (with ``auto`` the broker is
+    asked once per process, and a refusal is logged once)."""
     servers = bootstrap or settings.kafka_bootstrap
     options: dict[str, Any] = {
         "bootstrap_servers": servers,
@@ -91,7 +133,8 @@ async def start_producer(
         "retry_backoff_ms": 200,
     }
     options.update(overrides)
-    if settings.kafka_idempotence != "off":
+    auto_refused = settings.kafka_idempotence == "auto" and servers in _REFUSED_IDEMPOTENCE
+    if settings.kafka_idempotence != "off" and not auto_refused:
         producer = AIOKafkaProducer(enable_idempotence=True, **options)
         sender_log = logging.getLogger("aiokafka.producer.sender")
         level = sender_log.level
@@ -106,7 +149,12 @@ async def start_producer(
                 raise InfraError(
                     f"KAFKA_IDEMPOTENCE=on but the broker refused an idempotent producer: {exc}"
                 ) from exc
-            log.info("broker does not support idempotent producers (%s); using acks=all with retries", exc)
+            _REFUSED_IDEMPOTENCE.add(str(servers))
+            log.info(
+                "Kafka at %s does not support idempotent producers: producing with acks=all and retries "
+                "(KAFKA_IDEMPOTENCE=off skips the question)",
+                servers,
+            )
         finally:
             sender_log.setLevel(level)
     producer = AIOKafkaProducer(**options)

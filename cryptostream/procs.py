@@ -4,10 +4,15 @@ Every service cryptostream starts (the embedded broker and database, the roles o
 started here with ``PR_SET_PDEATHSIG``: if the parent dies, even by SIGKILL, the kernel signals the child,
 so a crash never leaves an orphan holding a port or a data folder. Children get their own session, so a
 Ctrl+C in the terminal reaches only the parent, which then stops them in order.
+
+The services they provide are waited for here too: a port that must be free before anything starts, and a
+service that must answer before a command goes on (:func:`wait_for_service`, with backoff, because in the
+distributed shape a broker or database may come up after the command that needs it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -18,11 +23,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["free_port", "spawn", "stop_process", "wait_for_port"]
+from cryptostream.errors import InfraError
+
+__all__ = [
+    "bind_error",
+    "describe_os_error",
+    "free_port",
+    "spawn",
+    "stop_process",
+    "wait_for_port",
+    "wait_for_service",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +136,81 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host:port`` right now (in use, not an address here), or None."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as exc:
+        return exc
+    with socket.socket(family, kind, proto) as sock:
+        # as uvicorn and prometheus_client bind: a closed connection in TIME_WAIT does not block the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short reason for a failed connection: "connection refused", "name lookup failed: ...", ..."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"name lookup failed: {str(exc.strerror).lower()}"
+    if isinstance(exc, TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+async def wait_for_service(
+    probe: Callable[[], Awaitable[None]],
+    *,
+    setting: str,
+    address: str,
+    timeout: float,  # noqa: ASYNC109 - a total budget over many probes, not one call's timeout
+    retry_on: tuple[type[BaseException], ...] = (OSError,),
+    reason: Callable[[BaseException], str] = describe_os_error,
+    first_delay: float = 0.5,
+) -> None:
+    """Return once ``probe()`` succeeds. While it raises one of ``retry_on``, log the retry and try again
+    with doubling delays (at most 10 s) for up to ``timeout`` seconds (0 = once); then raise
+    :class:`InfraError` in one line naming ``setting`` and ``address`` (give it with passwords masked).
+    Anything else ``probe`` raises is final and propagates at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = first_delay
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await probe()
+            if attempt > 1:
+                log.info("%s %s answered (attempt %d)", setting, address, attempt)
+            return
+        except retry_on as exc:
+            why = reason(exc)
+            left = deadline - loop.time()
+            if left <= 0:
+                tried = f"{attempt} attempts over {timeout:.0f} s" if attempt > 1 else "1 attempt"
+                raise InfraError(
+                    f"{setting} {address} is unreachable: {why} ({tried}; SERVICE_WAIT_SECONDS={timeout:g})"
+                ) from exc
+            pause = min(delay, 10.0, left)
+            log.warning(
+                "%s %s is unreachable (%s); retry %d in %.1f s (giving up in %.1f s)",
+                setting,
+                address,
+                why,
+                attempt,
+                pause,
+                left,
+            )
+            await asyncio.sleep(pause)
+            delay *= 2

@@ -19,9 +19,23 @@ from cryptostream.errors import SettingsError, UnsupportedSymbol
 from cryptostream.symbols import normalize_symbol
 from cryptostream.venues import DEMO
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "mask_url"]
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (``user:password@``, or ``password=`` in the query) replaced by ``***``.
+
+    The user part runs to the *last* ``@``, so an unencoded ``@`` in a password leaves no piece of it visible.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", scheme + sep + rest)
 
 
 def _split_commas(value: Any) -> Any:
@@ -154,6 +168,13 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         default=Path("./.cryptostream"), description="Embedded broker/database state (kept between runs)."
     )
+    service_wait_seconds: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long a command waits at start for Kafka and the database to answer, retrying with "
+        "backoff (a service may start after it); 0 = try once.",
+    )
 
     retention_days: int | None = Field(
         default=None,
@@ -258,7 +279,10 @@ class Settings(BaseSettings):
             return None
         url = value.get_secret_value()
         if not re.match(r"postgres(ql)?(\+asyncpg)?://", url):
-            raise ValueError("must start with postgresql:// (e.g. postgresql://user:pass@localhost:5432/db)")
+            raise ValueError(
+                "must start with postgresql:// (postgresql://user:password@host:5432/database), "
+                f"got {mask_url(url)!r}"
+            )
         return value
 
     @property
@@ -272,7 +296,7 @@ class Settings(BaseSettings):
         """The database URL with any password masked, for logs."""
         if self.database_dsn is None:
             return "none (Parquet archive only)"
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.database_dsn)
+        return mask_url(self.database_dsn)
 
 
 _PHRASES = (
@@ -291,8 +315,10 @@ def _one_line(error: ValidationError) -> str:
     for verbose, short in _PHRASES:
         message = message.replace(verbose, short)
     value = first.get("input")
-    if isinstance(value, SecretStr) or name == "DATABASE_URL":
-        value = "***"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if name == "DATABASE_URL" and isinstance(value, str):
+        value = mask_url(value)  # what is wrong stays visible; the password does not
     shown = f", got {value!r}" if value is not None and "got" not in message else ""
     more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
     return f"{name} {message}{shown}{more}"

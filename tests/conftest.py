@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from cryptostream.codec import Progress
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
@@ -24,6 +26,14 @@ from cryptostream.settings import Settings, load_settings
 from ingest.publisher import Publisher
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+
+# Property tests check what is generated, not how fast: on a loaded machine (2 shared cores, a browser test
+# next door) generation and each example slow down, and neither may fail the suite. Tests that set their own
+# @settings inherit these; a few that need a time limit can still ask for one.
+hypothesis_settings.register_profile(
+    "cryptostream", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("cryptostream")
 
 
 @pytest.fixture(scope="session")

@@ -148,8 +148,15 @@ def fit_logit(
     z = scaler.transform(x)[:, scaler.active]
     design = np.column_stack([np.ones(z.shape[0]), z])
     cov: dict[str, Any] = {"cov_type": "nonrobust"}
-    if clusters is not None:
+    covariance = "nonrobust"
+    # One cluster leaves nothing to estimate a robust covariance from (statsmodels divides by
+    # clusters - 1): the coefficients still stand, their errors are reported as unknown.
+    blocks = 0 if clusters is None else int(np.unique(clusters).size)
+    if blocks >= 2:
         cov = {"cov_type": "cluster", "cov_kwds": {"groups": clusters}}
+        covariance = "cluster-robust by time block"
+    elif clusters is not None:
+        covariance = "none: the rows span a single time block, too few for cluster-robust errors"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # Rank checks cost an SVD per fit; constant features are already switched off above.
@@ -163,6 +170,9 @@ def fit_logit(
     with np.errstate(invalid="ignore"):
         bse = np.asarray(result.bse, dtype=np.float64)
         pvalues = np.asarray(result.pvalues, dtype=np.float64)
+    if clusters is not None and blocks < 2:
+        bse = np.full_like(params, np.nan)  # naive errors would claim far too much (see module docstring)
+        pvalues = np.full_like(params, np.nan)
     coef = np.zeros(len(names), dtype=np.float64)
     coef[scaler.active] = params[1:]
     active_names = [n for n, a in zip(names, scaler.active, strict=True) if a]
@@ -173,7 +183,7 @@ def fit_logit(
         p_value=_finite(pvalues),
         converged=bool(result.mle_retvals.get("converged", True)),
         warnings=sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
-        covariance="cluster-robust by time block" if clusters is not None else "nonrobust",
+        covariance=covariance,
     )
     return LinearModel("logit", scaler, coef, float(params[0])), fit
 

@@ -72,9 +72,11 @@ def pipeline_env(tmp_path: Path) -> dict[str, str]:
 def start_pipeline(tmp_path: Path, pipeline_env: dict[str, str]) -> Iterator[Callable[..., Pipeline]]:
     started: list[Pipeline] = []
 
-    def start(*args: str) -> Pipeline:
+    def start(*args: str, sigint_ignored: bool = False) -> Pipeline:
+        """``sigint_ignored``: start it as a shell starts a background job, with SIGINT ignored."""
         port = free_port()
         log = tmp_path / f"up-{len(started)}.log"
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [*CLI, "up", "--port", str(port), *args],
@@ -82,6 +84,7 @@ def start_pipeline(tmp_path: Path, pipeline_env: dict[str, str]) -> Iterator[Cal
                 cwd=tmp_path,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=ignore,
             )
         p = Pipeline(proc, port, log)
         started.append(p)
@@ -95,6 +98,7 @@ def start_pipeline(tmp_path: Path, pipeline_env: dict[str, str]) -> Iterator[Cal
                 p.proc.wait(60)
             except subprocess.TimeoutExpired:
                 p.proc.kill()
+                p.proc.wait()  # reaped here, not left for a later test's child watcher to trip over
     artifacts = Path(os.environ.get("TEST_ARTIFACTS", "test-artifacts"))
     if artifacts.parent.exists():
         artifacts.mkdir(exist_ok=True)

@@ -111,3 +111,19 @@ def test_up_restarts_a_role_that_crashes_and_the_candles_stay_exact(start_pipeli
     last_bucket = max(bucket for _, _, bucket in expected)
     assert_candles_equal({k: r for k, r in stored.items() if k[2] <= last_bucket}, expected)
     assert second.interrupt() == 0
+
+
+def test_up_started_with_sigint_ignored_still_stops_cleanly_on_sigint(start_pipeline):
+    """A script's background job (`make test &`) inherits SIGINT ignored; Ctrl+C / kill -INT must work."""
+    pipeline = start_pipeline("--source", "synthetic", "--rate", "20", sigint_ignored=True)
+    pipeline.wait_until(
+        lambda: pipeline.graphql("{ symbols }")["symbols"] == SYMBOLS, 60, "the API of the pipeline"
+    )
+    children = pipeline.descendants()
+    assert pipeline.interrupt(timeout=60) == 0, pipeline.tail()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphans after SIGINT: {[p.cmdline() for p in alive]}"
+    log = pipeline.tail(200_000)
+    # a clean stop reads as one (no exit codes); the broker's lack of idempotence is said once at most
+    assert "serve stopped\n" in log and "stopped (exit" not in log and "stopped with exit" not in log, log
+    assert log.count("idempotent producer") <= 1, log

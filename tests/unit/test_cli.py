@@ -1,0 +1,123 @@
+"""The command line as a newcomer meets it: help that reads naturally, a version, and a busy port that is one
+line and a non-zero exit before anything starts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from cryptostream import __version__
+from cryptostream.cli import _Supervisor, app
+from cryptostream.errors import InfraError
+
+COMMANDS = list(get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def _help(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_top_level_help_says_what_it_is_and_lists_up_first() -> None:
+    text = _help()
+    assert "The ``cryptostream`` command" not in text
+    assert "Real-time crypto market data" in text and "cryptostream up" in text
+    listed = [line.split()[0] for line in text.split("Commands:", 1)[1].splitlines() if line.strip()]
+    assert listed[0] == "up" and sorted(listed) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_options_show_a_value_name_or_their_choices_never_a_python_type(command: str) -> None:
+    options = _help(command).split("Options:", 1)[1]
+    for python_type in ("<bool>", "<str>"):
+        assert python_type not in options, options
+
+
+def test_choices_are_listed() -> None:
+    assert "--source <live|synthetic|replay>" in _help("up")
+    train = _help("train")
+    assert "--source <archive|database>" in train and "--model <auto|logit|sgd>" in train
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"cryptostream {__version__}"
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something listens on, as another program's would."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "METRICS_PORT")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cryptostream", *args],
+        cwd=tmp_path,
+        env={**base, "STATE_DIR": str(tmp_path / "state"), "OUTPUT_DIR": str(tmp_path / "out"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_up_on_a_busy_port_is_one_line_and_a_failure_before_anything_starts(busy_port, tmp_path) -> None:
+    done = _run(["up", "--port", str(busy_port)], tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"cryptostream: port {busy_port} (--port / API_PORT) is already in use on 127.0.0.1: stop what "
+        "listens there, or choose another port"
+    ]
+    assert not (tmp_path / "state").exists()  # no broker, no database, no roles were started
+
+
+def test_up_checks_the_metrics_ports_of_its_roles_too(busy_port, tmp_path) -> None:
+    with socket.socket() as sock:  # a free port for the API
+        sock.bind(("127.0.0.1", 0))
+        api_port = sock.getsockname()[1]
+    done = _run(["up", "--port", str(api_port)], tmp_path, METRICS_PORT=str(busy_port))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"cryptostream: port {busy_port} (METRICS_PORT, ingest's /metrics) is already in use on 0.0.0.0: "
+        "stop what listens there, or choose another port"
+    )
+
+
+def test_serve_on_a_busy_port_is_one_line(busy_port, tmp_path) -> None:
+    done = _run(["serve", "--port", str(busy_port)], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(
+        f"cryptostream: port {busy_port} (--port / API_PORT) is already in use"
+    )
+    assert "Traceback" not in done.stderr and "Uvicorn" not in done.stderr
+
+
+def test_a_role_that_keeps_failing_stops_up_with_an_error_not_a_success(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    supervisor = _Supervisor(
+        {"migrate": ["migrate"]}, {**env, "OUTPUT_DIR": str(tmp_path)}
+    )  # exits 2 at once
+    supervisor.MAX_RESTARTS = 1  # one restart (after 2 s) instead of five (after a minute of backoff)
+    supervisor.start()
+    try:
+        with pytest.raises(
+            InfraError, match=r"^migrate failed 2 times \(last exit code 2\): stopping the pipeline"
+        ):
+            supervisor.watch()
+    finally:
+        supervisor.stop(["migrate"])
