@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,11 +35,18 @@ from graphql_api import rest, viz
 from graphql_api.arrow import ArrowExecutor
 from graphql_api.catalog import MarketCatalog, configured_markets
 from graphql_api.context import Context, Services
+from graphql_api.docs import add_docs
 from graphql_api.fanout import Fanout
 from graphql_api.inputs import InputError
 from graphql_api.metrics import RequestMetrics
 from graphql_api.schema import build_schema
 from graphql_api.status import StatusBoard
+from graphql_api.websocket import (
+    LegacyWSHandler,
+    TransportWSHandler,
+    check_strawberry,
+    quiet_connection_logs,
+)
 
 __all__ = ["create_app"]
 
@@ -60,7 +68,50 @@ _IDE_ASSETS = {
 }
 
 
+def graphiql_example(symbol: str) -> str:
+    """What GraphiQL opens with: a query of this API on ``symbol`` that runs as it is (one operation, so the
+    run button runs it), and a subscription to try."""
+    return f"""# cryptostream: stored and live crypto candles,
+# volatility and trend predictions.
+#
+# Run it with the run button (or Ctrl-Enter). The
+# Docs panel (book icon, top left) describes every
+# field; markets lists what is stored, by venue
+# (exchange) and symbol. Dashboard: /, REST: /docs.
+
+query Recent {{
+  markets {{
+    exchange symbol demo firstCandle lastCandle
+  }}
+  candles(symbol: "{symbol}", interval: "1m") {{
+    exchange bucket open high low close volume
+  }}
+  latestPrediction(symbol: "{symbol}") {{
+    bucket probabilityUp label
+  }}
+}}
+
+# Live 1 s candles as they change: replace the
+# query with this subscription (it needs the
+# processor, and KAFKA_BOOTSTRAP set for the API).
+#
+# subscription Live {{
+#   candles(symbols: ["{symbol}"]) {{
+#     exchange symbol bucket close volume closed
+#   }}
+# }}
+"""
+
+
+# strawberry's GraphiQL page opens with GraphiQL's generic welcome text, a JavaScript template literal.
+_EXAMPLE = re.compile(r"const EXAMPLE_QUERY = `.*?`;", re.DOTALL)
+
+
 class _Router(GraphQLRouter[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+    example = graphiql_example("BTCUSDT")
+
     @property
     def graphql_ide_html(self) -> str:
         html = super().graphql_ide_html
@@ -68,6 +119,11 @@ class _Router(GraphQLRouter[Context, None]):
             html = html.replace(_UNPKG + remote, "/vendor/graphiql/" + local)
         if _UNPKG in html:  # a strawberry upgrade changed its asset list (tests/e2e/test_graphiql.py fails)
             log.warning("GraphiQL names files not vendored in static/vendor/graphiql: it needs internet")
+        # A JSON string is a JavaScript string; "</" escaped so the text cannot end the <script> element.
+        literal = orjson.dumps(self.example).decode().replace("</", "<\\/")
+        html, found = _EXAMPLE.subn(lambda _: f"const EXAMPLE_QUERY = {literal};", html, count=1)
+        if not found:  # tests/integration/test_api_queries.py fails too
+            log.warning("GraphiQL's page has no EXAMPLE_QUERY any more: it opens without this API's example")
         return html
 
     # orjson: ~5x faster than json.dumps on a 1,000-candle result. A str, not bytes: WebSocket messages
@@ -114,8 +170,10 @@ def create_app(
             settings.describe_database() if settings.database_dsn else settings.output_dir.resolve(),
             f"from {settings.kafka_candles_topic}" if fanout is not None else "off (no KAFKA_BOOTSTRAP)",
         )
+        check_strawberry()
         try:
-            yield
+            with quiet_connection_logs():
+                yield
         finally:
             stop.set()
             if feed is not None:
@@ -134,7 +192,10 @@ def create_app(
         version="0.1.0",
         description="Live and stored crypto candles: GraphQL at /graphql, the original REST routes at /api.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: graphql_api.docs, with files served here instead of a CDN's
+        redoc_url=None,
     )
+    add_docs(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -163,11 +224,9 @@ def create_app(
     async def context() -> Context:
         return Context(services=app.state.services)
 
-    app.include_router(
-        _Router(build_schema(settings, executor), context_getter=context, graphql_ide="graphiql"),
-        prefix="/graphql",
-        include_in_schema=False,
-    )
+    graphql = _Router(build_schema(settings, executor), context_getter=context, graphql_ide="graphiql")
+    graphql.example = graphiql_example(settings.symbols[0] if settings.symbols else "BTCUSDT")
+    app.include_router(graphql, prefix="/graphql", include_in_schema=False)
     for router in (rest.build_router(settings), viz.build_router(settings)):
         app.include_router(router)
         routes.update(route.path for route in router.routes if isinstance(route, APIRoute))

@@ -17,6 +17,7 @@ from cryptostream.venues import DEMO, UNKNOWN, normalize_exchange
 
 __all__ = [
     "InputError",
+    "check_dates",
     "check_exchange_format",
     "check_interval",
     "check_limit",
@@ -114,20 +115,29 @@ def check_limit(limit: int, most: int) -> int:
     return limit
 
 
-def utc(moment: datetime | None) -> datetime | None:
-    """``moment`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+def utc(moment: datetime | None, name: str = "time") -> datetime | None:
+    """``moment`` as an aware UTC datetime; a naive one is taken to be UTC already. ``name`` is what the
+    error calls it when UTC cannot hold it (``0001-01-01T00:00:00+05:00``)."""
     if moment is None:
         return None
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InputError(f"{name} is out of range in UTC, got {moment.isoformat()}") from None
 
 
 def check_range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
-    start, end = utc(start), utc(end)
+    """GraphQL's ``from`` / ``to`` in UTC; ``from`` after ``to`` is an error."""
+    start, end = utc(start, "from"), utc(end, "to")
     if start is not None and end is not None and start > end:
         raise InputError(f"from must not be after to, got from={start.isoformat()} to={end.isoformat()}")
     return start, end
+
+
+def _whole_day(text: str) -> bool:
+    return len(text) == 10  # YYYY-MM-DD; anything else is an ISO 8601 time
 
 
 def parse_date(text: str | None, name: str, *, end: bool = False) -> datetime | None:
@@ -135,10 +145,28 @@ def parse_date(text: str | None, name: str, *, end: bool = False) -> datetime | 
     if text is None or text == "":
         return None
     try:
-        if len(text) == 10:
+        if _whole_day(text):
             day = date.fromisoformat(text)
             moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return moment + timedelta(days=1) if end else moment
-        return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InputError(f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time, got {text!r}") from None
+    except OverflowError:  # the day after 9999-12-31
+        raise InputError(f"{name} is out of range, got {text!r}") from None
+    return utc(moment, name)
+
+
+def check_dates(start_date: str | None, end_date: str | None) -> tuple[datetime | None, datetime | None]:
+    """REST's ``start_date`` / ``end_date`` as a UTC range [start, end). A ``YYYY-MM-DD`` end includes its
+    day, so the range ends at the next midnight; errors name the parameters and repeat what was sent, not
+    that midnight."""
+    start = parse_date(start_date, "start_date")
+    end = parse_date(end_date, "end_date", end=True)
+    if start is not None and end is not None and end_date is not None:
+        # a start at the end day's next midnight is after the whole end day
+        if start > end or (start == end and _whole_day(end_date)):
+            raise InputError(
+                f"start_date must not be after end_date, got start_date={start_date!r} end_date={end_date!r}"
+            )
+    return start, end

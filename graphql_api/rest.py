@@ -29,7 +29,7 @@ from cryptostream.models import VOLATILITY_SCHEMA
 from cryptostream.settings import Settings
 from graphql_api.catalog import MarketKey
 from graphql_api.context import Services
-from graphql_api.inputs import InputError, check_range, parse_date
+from graphql_api.inputs import InputError, check_dates
 
 __all__ = [
     "FALLBACK_WINDOW",
@@ -74,10 +74,6 @@ def _answer(symbol: str | None, markets: list[MarketKey], **fields: Any) -> dict
     """The seed's envelope, plus ``exchange``: the market of a one-symbol request, else null."""
     exchange, name = markets[0] if symbol and markets else (None, None)
     return {**fields, "symbol": name, "exchange": exchange}
-
-
-def _range(start_date: str | None, end_date: str | None) -> tuple[datetime | None, datetime | None]:
-    return check_range(parse_date(start_date, "start_date"), parse_date(end_date, "end_date", end=True))
 
 
 async def load_ohlc(
@@ -211,7 +207,7 @@ def build_router(settings: Settings) -> APIRouter:
         limit: Limit = 1000,
     ) -> Response:
         services = services_of(request)
-        start, end = _range(start_date, end_date)
+        start, end = check_dates(start_date, end_date)
         markets = await _markets(services, symbol, exchange)
         tables = [await load_ohlc(services, market, start, end, limit) for market in markets]
         table = _newest(tables, limit, pa.table({"bucket": pa.array([], pa.timestamp("ms", tz="UTC"))}))
@@ -245,7 +241,7 @@ def build_router(settings: Settings) -> APIRouter:
         limit: Limit = 1000,
     ) -> Response:
         services = services_of(request)
-        start, end = _range(start_date, end_date)
+        start, end = check_dates(start_date, end_date)
         tables: list[pa.Table] = []
         sources: set[str] = set()
         markets = await _markets(services, symbol, exchange)

@@ -1,30 +1,46 @@
 """The GraphQL schema: queries and subscriptions, with the limits and caches of the settings.
 
 ``python -m graphql_api > schema.graphql`` writes the SDL kept in the repository (a test fails when
-it is stale). Limits: query depth, aliases and tokens (``GRAPHQL_MAX_*``) are checked while validating,
-before any resolver runs; parsing and validation results are cached per query text, so the 2,000th
-client sending the same subscription costs a dictionary lookup. Errors a user caused (bad arguments,
-unknown symbol, refused query) are shown as they are; anything unexpected is logged with its traceback
-and shown as "Internal error" without internals.
+it is stale). Limits: tokens (``GRAPHQL_MAX_TOKENS``) while parsing; query depth, aliases
+(``GRAPHQL_MAX_DEPTH``, ``GRAPHQL_MAX_ALIASES``) and fields (:data:`MAX_FIELDS`) while validating, before
+any resolver runs. Parsing and validation results are cached per query text, so the 2,000th client sending
+the same subscription costs a dictionary lookup. Errors a user caused (bad arguments, unknown symbol,
+refused query) are shown as they are; anything unexpected is logged with its traceback and shown as
+"Internal error" without internals.
+
+Which operation runs follows the GraphQL spec's GetOperation: a document with several operations needs
+``operationName`` (strawberry alone would run the first). A subscription sent as a plain HTTP request
+(one result, not a stream) is refused with a message saying to use a WebSocket.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
 import strawberry
-from graphql import ASTValidationRule, GraphQLError
-from strawberry.extensions import (
-    MaxAliasesLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    SchemaExtension,
-    ValidationCache,
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    Node,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
 )
+from graphql.validation.validate import ValidationAbortedError
+from strawberry.exceptions import MissingQueryError
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension, ValidationCache
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.schema.schema import StreamResult
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType as StrawberryOperationType
 
 from cryptostream.errors import QueryError
 from cryptostream.settings import Settings
@@ -39,8 +55,21 @@ __all__ = ["build_schema", "sdl"]
 
 log = logging.getLogger(__name__)
 
-SHOWN = (InputError, QueryError, SubscriberDropped)
+# Errors of the request, not of the server: their messages are the answer. strawberry's own name a missing
+# query, an operationName the document does not have, or an operation type the transport does not run.
+SHOWN = (
+    InputError,
+    QueryError,
+    SubscriberDropped,
+    MissingQueryError,
+    CannotGetOperationTypeError,
+    InvalidOperationTypeError,
+)
 CACHE_SIZE = 1024
+# Fields one document may select, each repetition counted. graphql-core's overlapping-fields check compares
+# fields pairwise within a fixed budget and answers a bare "Validation aborted." past it (~750 identical
+# fields); every document within this limit and GRAPHQL_MAX_TOKENS stays well inside that budget.
+MAX_FIELDS = 500
 
 
 def _internal(error: GraphQLError) -> bool:
@@ -52,11 +81,52 @@ def _internal(error: GraphQLError) -> bool:
 INTERNAL = "Internal error; see the server log"
 
 
-class Limits(SchemaExtension):
-    """Token, depth and alias limits in one extension (fewer extensions = less work per streamed result)."""
+def _fields(document: DocumentNode) -> int:
+    """Field selections written in ``document`` (fragments counted once, where they are defined)."""
+    count = 0
+    stack: list[Node] = list(document.definitions)
+    while stack:  # no recursion: nesting is bounded by the tokens only
+        node = stack.pop()
+        count += isinstance(node, FieldNode)
+        selections = getattr(node, "selection_set", None)
+        if selections is not None:
+            stack.extend(selections.selections)
+    return count
 
-    def __init__(self, max_tokens: int, rules: tuple[type[ASTValidationRule], ...]) -> None:
+
+class FieldLimit(ASTValidationRule):
+    """At most :data:`MAX_FIELDS` fields per document. Checked on entering the document, before any other
+    rule looks at a selection, and it ends validation there (as graphql-core's own budget does)."""
+
+    def enter_document(self, node: DocumentNode, *_: object) -> None:
+        found = _fields(node)
+        if found > MAX_FIELDS:
+            raise ValidationAbortedError(
+                f"{found} fields found. Allowed: {MAX_FIELDS} per request (each repeated field counts); "
+                "select fewer fields or split the request"
+            )
+
+
+Parse = Callable[[str], DocumentNode]
+
+
+def cached_parser(max_tokens: int) -> Parse:
+    """``graphql.parse`` with the token limit, its documents cached per query text (errors are not cached)."""
+    return functools.lru_cache(maxsize=CACHE_SIZE)(functools.partial(parse, max_tokens=max_tokens))
+
+
+class Limits(SchemaExtension):
+    """Token, depth, alias and field limits and the parse cache in one extension (fewer extensions = less
+    work per streamed result).
+
+    Parsing here instead of with strawberry's ParserCache: that one parses outside strawberry's error
+    handling, so a syntax error escaped as an exception (a WebSocket operation died with a traceback and
+    the client got a bare ``complete`` or nothing). A document that does not parse is left to strawberry,
+    which parses it again and reports the error to the client."""
+
+    def __init__(self, max_tokens: int, parse: Parse, rules: tuple[type[ASTValidationRule], ...]) -> None:
         self.max_tokens = max_tokens
+        self.parse = parse
         self.rules = rules
 
     def on_operation(self) -> Iterator[None]:
@@ -65,8 +135,113 @@ class Limits(SchemaExtension):
         context.validation_rules = context.validation_rules + self.rules
         yield
 
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query and context.graphql_document is None:
+            with contextlib.suppress(GraphQLError):
+                context.graphql_document = self.parse(context.query)
+        yield
+
+
+def _operation_refused(
+    document: DocumentNode, operation_name: str | None, *, streamed: bool
+) -> GraphQLError | None:
+    """Why the operation of ``document`` that ``operation_name`` picks cannot run here, if it cannot.
+
+    ``streamed`` is False for a request answered with one result (HTTP), where a subscription cannot run."""
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is None and len(operations) > 1:
+        names = ", ".join(op.name.value if op.name else "(anonymous)" for op in operations)
+        return GraphQLError(
+            f"The document has {len(operations)} operations ({names}): send operationName to say which "
+            "one to run",
+            extensions={"code": "OPERATION_NAME_REQUIRED"},
+        )
+    if not streamed:
+        for op in operations:
+            named = operation_name is None or (op.name is not None and op.name.value == operation_name)
+            if named and op.operation is OperationType.SUBSCRIPTION:
+                return GraphQLError(
+                    "Subscriptions stream over a WebSocket: connect to /graphql with the "
+                    "graphql-transport-ws (or legacy graphql-ws) protocol. A plain HTTP request runs "
+                    'queries only, e.g. { latestCandle(symbol: "BTCUSDT") { close } }',
+                    extensions={"code": "SUBSCRIPTION_NEEDS_WEBSOCKET"},
+                )
+    return None
+
+
+async def _refusal(error: GraphQLError) -> AsyncGenerator[PreExecutionError, None]:
+    yield PreExecutionError(data=None, errors=[error])
+
 
 class ApiSchema(strawberry.Schema):
+    """The schema with its request checks (see the module docstring) and error masking.
+
+    ``execute`` (HTTP) and ``stream`` (WebSocket; ``subscribe`` calls it) check which operation a request
+    runs before strawberry does, with the same cached parse the :class:`Limits` extension then reuses."""
+
+    def __init__(self, *args: Any, parse: Parse | None = None, **kwargs: Any) -> None:
+        """``parse``: the cached parse of the :class:`Limits` extension (None: no checks, as for the SDL)."""
+        super().__init__(*args, **kwargs)
+        self.parse = parse
+
+    def _refused(
+        self, query: str | None, operation_name: str | None, *, streamed: bool
+    ) -> GraphQLError | None:
+        if self.parse is None or not query:
+            return None
+        try:
+            document = self.parse(query)
+        except GraphQLError:
+            return None  # strawberry reports it
+        return _operation_refused(document, operation_name, streamed=streamed)
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        refused = self._refused(query, operation_name, streamed=False)
+        if refused is not None:
+            return ExecutionResult(data=None, errors=[refused])
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
+
+    async def stream(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+        allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
+    ) -> StreamResult:
+        refused = self._refused(query, operation_name, streamed=True)
+        if refused is not None:
+            return _refusal(refused)
+        return await super().stream(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            operation_extensions,
+            allowed_operation_types,
+        )
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -85,16 +260,19 @@ class ApiSchema(strawberry.Schema):
 def build_schema(settings: Settings | None = None, executor: type[Any] = ArrowExecutor) -> strawberry.Schema:
     """The schema with the limits of ``settings`` (none when ``settings`` is None, as for the SDL)."""
     extensions: list[Any] = []
+    parser: Parse | None = None
     if settings is not None:
         # The limiters build a validation rule class per instance; the validation cache keys on those
         # classes, so build them once here and hand every request the same ones (else it never hits).
-        rules = (
+        rules: tuple[type[ASTValidationRule], ...] = (
+            FieldLimit,
             *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
             *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
         )
+        max_tokens = settings.graphql_max_tokens
+        parser = cached = cached_parser(max_tokens)
         extensions = [
-            lambda: Limits(settings.graphql_max_tokens, rules),
-            lambda: ParserCache(maxsize=CACHE_SIZE),
+            lambda: Limits(max_tokens, cached, rules),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
         ]
     return ApiSchema(
@@ -103,6 +281,7 @@ def build_schema(settings: Settings | None = None, executor: type[Any] = ArrowEx
         extensions=extensions,
         execution_context_class=executor,
         config=StrawberryConfig(scalar_map=SCALARS),
+        parse=parser,
     )
 
 

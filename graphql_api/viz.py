@@ -223,6 +223,8 @@ def build_router(settings: Settings) -> APIRouter:
     ) -> Response:
         services = services_of(request)
         wanted = [s for s in (p.strip() for p in symbols.split(",")) if s]
+        if not wanted:
+            raise InputError(f"symbols must name at least one symbol, e.g. BTCUSDT,ETHUSDT; got {symbols!r}")
         markets = await services.markets(wanted, exchange or None)
         series = {market_label(m): await load_ohlc(services, m, None, None, limit) for m in markets}
         return figure_response(multi_symbol_figure(series))

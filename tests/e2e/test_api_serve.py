@@ -194,3 +194,7 @@ async def test_serve_and_process_as_separate_processes(roles: Roles) -> None:
     )
     assert status["trades"] >= 1 and status["processors"][0]["alive"] is True
     assert "cryptostream_api_subscribers" in httpx.get(f"{roles.url}/metrics").text
+    # WebSocket clients came and went: none of them is an INFO line (or an error) of its own in the log
+    serve_log = (roles.tmp / "serve.log").read_text(errors="replace")
+    for routine in ('"WebSocket /graphql" [accepted]', "connection open", "connection closed", "Traceback"):
+        assert routine not in serve_log, serve_log[-3000:]

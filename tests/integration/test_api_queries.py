@@ -4,7 +4,10 @@ venues (one symbol on two of them)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -303,6 +306,11 @@ def test_symbols_lists_what_is_stored_on_any_venue(client: httpx.Client) -> None
             "BAD_USER_INPUT",
         ),
         ('{ latestCandle(symbol: "XRPUSDT") { close } }', "unknown symbol 'XRPUSDT'", "UNKNOWN_SYMBOL"),
+        (
+            '{ candles(symbol: "BTCUSDT", from: "0001-01-01T00:00:00+05:00") { close } }',
+            "from is out of range in UTC",
+            "BAD_USER_INPUT",
+        ),
     ],
 )
 def test_bad_arguments_get_a_clear_graphql_error_not_a_500(
@@ -338,6 +346,51 @@ def test_oversized_and_too_deep_queries_are_refused_before_running(client: httpx
     assert "errors" not in body and body["data"]["__schema"]["queryType"]["name"] == "Query"
 
 
+def test_several_operations_need_an_operation_name_as_the_spec_says(client: httpx.Client) -> None:
+    document = 'query A { symbols } query B { latestCandle(symbol: "BTCUSDT") { exchange } }'
+    assert graphql(client, document) == {
+        "data": None,
+        "errors": [
+            {
+                "message": "The document has 2 operations (A, B): send operationName to say which one to run",
+                "extensions": {"code": "OPERATION_NAME_REQUIRED"},
+            }
+        ],
+    }
+    named = client.post("/graphql", json={"query": document, "operationName": "B"}).json()
+    assert named == {"data": {"latestCandle": {"exchange": BINANCE}}}
+    assert graphql(client, "query A { symbols }")["data"]["symbols"]  # one operation needs no name
+
+
+def test_too_many_fields_are_refused_with_the_limit_named(client: httpx.Client) -> None:
+    repeated = "{ " + " ".join(["symbols"] * 999) + " }"
+    assert error_messages(graphql(client, repeated)) == [
+        "999 fields found. Allowed: 500 per request (each repeated field counts); "
+        "select fewer fields or split the request"
+    ]
+    assert "errors" not in graphql(client, "{ " + " ".join(["symbols"] * 500) + " }")
+
+
+def _graphiql_example(client: httpx.Client) -> str:
+    page = client.get("/graphql", headers={"accept": "text/html"}).text
+    (literal,) = re.findall(r"const EXAMPLE_QUERY = (\".*?[^\\]\");", page)
+    example: str = json.loads(literal)
+    return example
+
+
+def test_graphiql_opens_with_an_example_of_this_api_that_runs(client: httpx.Client) -> None:
+    example = _graphiql_example(client)
+    assert "Welcome to GraphiQL" not in example and example.startswith("# cryptostream")
+    recent = graphql(client, example)  # as the run button sends it: one operation, no operationName
+    assert "errors" not in recent, recent
+    assert recent["data"]["candles"] and recent["data"]["latestPrediction"]["label"] in ("up", "down")
+    # the subscription in its comments is valid too; over plain HTTP it gets the pointer to WebSockets
+    subscription = "\n".join(line[2:] for line in example.splitlines() if line.startswith("# "))
+    subscription = subscription[subscription.index("subscription Live") :]
+    live = graphql(client, subscription)
+    assert [e["extensions"]["code"] for e in live["errors"]] == ["SUBSCRIPTION_NEEDS_WEBSOCKET"]
+
+
 def test_graphiql_is_served_to_browsers_and_cors_follows_the_settings(client: httpx.Client) -> None:
     page = client.get("/graphql", headers={"accept": "text/html"})
     assert page.status_code == 200 and "graphiql" in page.text.lower()
@@ -352,10 +405,14 @@ def test_pipeline_status_says_the_feed_is_off_without_kafka(client: httpx.Client
     assert body["data"]["pipelineStatus"] == {"live": False, "lag": 0, "processors": [], "symbols": []}
 
 
-def test_subscriptions_without_kafka_explain_why_over_http(client: httpx.Client) -> None:
-    body = client.post(
-        "/graphql",
-        json={"query": 'subscription { candles(symbols: ["BTCUSDT"]) { close } }'},
-        headers={"accept": "application/json"},
+def test_a_subscription_over_plain_http_is_told_to_use_a_websocket(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        body = graphql(client, 'subscription { candles(symbols: ["BTCUSDT"]) { close } }')
+    (error,) = body["errors"]
+    assert body["data"] is None and error["extensions"] == {"code": "SUBSCRIPTION_NEEDS_WEBSOCKET"}
+    assert error["message"].startswith(
+        "Subscriptions stream over a WebSocket: connect to /graphql with the graphql-transport-ws"
     )
-    assert body.status_code < 500
+    assert caplog.records == []  # a user's mistake, not the server's: no "Internal error" logged

@@ -4,6 +4,7 @@ against the real database, with one symbol on two venues."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -255,7 +256,14 @@ def test_multi_symbol_figure_has_one_line_per_symbol(client: httpx.Client) -> No
             "/api/ohlc/",
             {"symbol": "BTCUSDT", "start_date": "2023-11-15", "end_date": "2023-11-13"},
             400,
-            "from must not be after to",
+            "start_date must not be after end_date",
+        ),
+        ("/api/ohlc/", {"symbol": "BTCUSDT", "end_date": "9999-12-31"}, 400, "end_date is out of range"),
+        (
+            "/api/volatility/",
+            {"symbol": "BTCUSDT", "start_date": "0001-01-01T00:00:00+05:00"},
+            400,
+            "start_date is out of range in UTC",
         ),
         ("/api/volatility/", {"symbol": "BTCUSDT", "end_date": "2023-13-01"}, 400, "end_date must be a date"),
         ("/api/ohlc/latest", {"symbol": "NOPEUSDT"}, 404, "unknown symbol"),
@@ -263,7 +271,7 @@ def test_multi_symbol_figure_has_one_line_per_symbol(client: httpx.Client) -> No
         ("/api/viz/candlestick", {"symbol": "PEPEUSDT"}, 404, "unknown symbol"),
         ("/api/viz/volume", {"symbol": "BTCUSDT", "exchange": "upbit"}, 404, "no market BTCUSDT on upbit"),
         ("/api/viz/price-line", {"symbol": "BTCUSDT", "limit": -5}, 422, None),
-        ("/api/viz/multi-symbol", {"symbols": ","}, 400, "at least one symbol"),
+        ("/api/viz/multi-symbol", {"symbols": ","}, 400, "at least one symbol, e.g. BTCUSDT,ETHUSDT"),
         ("/api/viz/multi-symbol", {"symbols": "BTCUSDT,PEPEUSDT"}, 404, "unknown symbol 'PEPEUSDT'"),
     ],
 )
@@ -276,6 +284,59 @@ def test_bad_parameters_are_a_4xx_with_a_message(
     assert body["detail"]
     if detail is not None:
         assert detail in body["detail"]
+
+
+@pytest.mark.parametrize("path", ["/api/ohlc/", "/api/volatility/"])
+@pytest.mark.parametrize(
+    ("start_date", "end_date"),
+    [
+        ("2026-12-03", "2026-12-01"),
+        ("2026-12-02", "2026-12-01"),  # the day after the (included) end day: still after it
+        ("2026-12-01T12:00:00Z", "2026-12-01T11:59:59Z"),
+        ("2026-12-02", "2026-12-01T23:00:00+00:00"),
+    ],
+)
+def test_a_reversed_range_is_refused_in_rest_terms_with_the_dates_as_sent(
+    client: httpx.Client, path: str, start_date: str, end_date: str
+) -> None:
+    response = client.get(path, params={"symbol": "BTCUSDT", "start_date": start_date, "end_date": end_date})
+    assert response.status_code == 400, response.text
+    sent = f"start_date={start_date!r} end_date={end_date!r}"
+    assert response.json() == {
+        "detail": f"start_date must not be after end_date, got {sent}",
+        "code": "BAD_USER_INPUT",
+    }
+
+
+@pytest.mark.parametrize(
+    ("start_date", "end_date"),
+    [("2023-11-14", "2023-11-14"), ("2023-11-14T22:14:00Z", "2023-11-14"), ("2023-11-14T22:14:00Z",) * 2],
+)
+def test_a_range_within_one_day_is_not_reversed(client: httpx.Client, start_date: str, end_date: str) -> None:
+    params = {"symbol": "BTCUSDT", "start_date": start_date, "end_date": end_date}
+    assert client.get("/api/ohlc/", params=params).status_code == 200
+
+
+def _asset_urls(html: str) -> list[str]:
+    return re.findall(r'(?:src|href)="([^"]+)"', html)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_only_files_the_app_serves(client: httpx.Client, page: str) -> None:
+    html = client.get(page).text
+    urls = _asset_urls(html)
+    assert len(re.findall(r"<script src=", html)) == 1  # Swagger UI's or ReDoc's bundle
+    assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+    assert "cdn." not in html and "googleapis" not in html and "https://" not in html
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        kind = asset.headers["content-type"]
+        if url.endswith(".js"):
+            assert "javascript" in kind and len(asset.content) > 500_000, (url, kind)
+        elif url.endswith(".css"):
+            assert kind.startswith("text/css"), (url, kind)
+    assert client.get("/openapi.json").status_code == 200
 
 
 def test_openapi_docs_list_the_seed_routes(client: httpx.Client) -> None:

@@ -1,0 +1,127 @@
+"""GraphQL over WebSockets: strawberry's protocol handlers, adjusted where their defaults hurt users, and
+quieter connection logs.
+
+- **A refused operation is an ``error`` message, not a closed connection.** On graphql-transport-ws,
+  strawberry closes the whole socket (4400) when a document has a syntax error or names no runnable
+  operation. One socket carries every subscription of a page (the dashboard's, GraphiQL's), so one bad
+  document would end them all; the protocol's ``error`` message ("operation execution error(s) ... before
+  execution starts") ends just that operation and tells the client why.
+- **A client that goes away is routine.** Its operation may be sending when the socket closes. strawberry
+  logs that as an ERROR with a traceback (graphql-transport-ws), or leaves it as "Task exception was never
+  retrieved" (graphql-ws). Here it is a DEBUG line.
+- **Connections are not news.** uvicorn logs every WebSocket at INFO three times (``[accepted]``,
+  ``connection open``, ``connection closed``); with a dashboard per viewer that is most of the log. Those
+  lines become DEBUG lines, and so do asyncio's "socket.send() raised exception." warnings that a client
+  vanishing mid-stream causes; the subscriber count is in ``/health`` and ``/metrics``.
+
+The first point overrides ``_get_pre_execution_close_reason``, a private method of strawberry's handler
+(strawberry 0.341). If a strawberry upgrade renames it, the override does nothing, a warning says so at
+start-up, and ``tests/integration/test_api_websocket.py`` fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from graphql import GraphQLError
+from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnected as StarletteDisconnected
+from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+
+from graphql_api.context import Context
+
+__all__ = ["LegacyWSHandler", "TransportWSHandler", "check_strawberry", "quiet_connection_logs"]
+
+log = logging.getLogger(__name__)
+
+# What sending to a client that has gone raises, depending on who notices first: strawberry's adapter,
+# starlette (a close already sent), or the ASGI server's disconnect seen by starlette.
+DISCONNECTED = (WebSocketDisconnected, StarletteDisconnected, WebSocketDisconnect)
+
+
+def check_strawberry() -> None:
+    """Warn when the method :class:`TransportWSHandler` overrides is gone from strawberry."""
+    if not hasattr(BaseGraphQLTransportWSHandler, "_get_pre_execution_close_reason"):
+        log.warning(
+            "strawberry no longer has BaseGraphQLTransportWSHandler._get_pre_execution_close_reason: a "
+            "subscription with a bad document now closes the client's whole WebSocket (graphql_api.websocket)"
+        )
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, the dashboard's and GraphiQL's protocol."""
+
+    @staticmethod
+    def _get_pre_execution_close_reason(error: GraphQLError) -> str | None:
+        return None  # never close the socket for one operation's error: send it an ``error`` message
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if isinstance(error, DISCONNECTED):
+            log.debug("subscription ended: the client went away (%r)", error)
+        else:
+            await super().handle_task_exception(error)
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy graphql-ws protocol (Apollo's subscriptions-transport-ws)."""
+
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        try:
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+        except DISCONNECTED as exc:
+            log.debug("subscription %s ended: the client went away (%r)", operation_id, exc)
+
+
+def _uvicorn_connection_line(message: str) -> bool:
+    """uvicorn's ``[accepted]`` and the ``websockets`` library's ``connection open`` / ``connection closed``
+    (uvicorn hands it its ``uvicorn.error`` logger)."""
+    return message in ("connection open", "connection closed") or (
+        '"WebSocket ' in message and message.endswith("[accepted]")
+    )
+
+
+def _asyncio_closed_socket_line(message: str) -> bool:
+    """asyncio's warning for each write to a socket the peer has reset, past the fifth: a subscription
+    whose client vanished sends what it had queued before the server notices the loss."""
+    return message == "socket.send() raised exception."
+
+
+# logger -> which of its lines are routine
+_ROUTINE = {"uvicorn.error": _uvicorn_connection_line, "asyncio": _asyncio_closed_socket_line}
+
+
+class _Routine(logging.Filter):
+    """Turns the routine INFO and WARNING lines of one logger into DEBUG lines."""
+
+    def __init__(self, routine: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.routine = routine
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno in (logging.INFO, logging.WARNING) and self.routine(str(record.msg)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def quiet_connection_logs() -> Iterator[None]:
+    """While the app runs (its lifespan), WebSocket connections and disconnections log at DEBUG."""
+    filters = {name: _Routine(routine) for name, routine in _ROUTINE.items()}
+    for name, quiet in filters.items():
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        yield
+    finally:
+        for name, quiet in filters.items():
+            logging.getLogger(name).removeFilter(quiet)
