@@ -224,6 +224,8 @@ class Fanout:
                     self._candle(message)
                 elif kind == "status":
                     self._status(message)
+                elif kind == "feed":
+                    self.board.update_feed(message)
                 elif kind == "frontier":
                     self._frontier(message)
                 elif kind == "volatility":

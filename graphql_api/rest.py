@@ -30,6 +30,7 @@ from cryptostream.settings import Settings
 from graphql_api.catalog import MarketKey
 from graphql_api.context import Services
 from graphql_api.inputs import InputError, check_dates
+from graphql_api.status import FeedReport
 
 __all__ = [
     "FALLBACK_WINDOW",
@@ -176,6 +177,35 @@ def _newest(tables: list[pa.Table], limit: int, empty: pa.Table) -> pa.Table:
     return table.slice(max(0, table.num_rows - limit))
 
 
+def _iso_ms(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def _feed(f: FeedReport) -> dict[str, Any]:
+    return {
+        "source": f.source,
+        "state": f.state,
+        "since": _iso_ms(f.since_ms),
+        "last_trade_at": _iso_ms(f.last_trade_ms),
+        "trades": f.trades,
+        "reconnects": f.reconnects,
+        "error": f.error,
+        "alive": f.alive,
+        "delivering": f.delivering,
+    }
+
+
+def _undelivered(feeds: list[FeedReport]) -> str:
+    if not feeds:
+        return "no trade source reports: is ingest running?"
+    parts = []
+    for f in feeds:
+        since = f" since {_iso_ms(f.since_ms)}" if f.since_ms is not None else ""
+        why = f" ({f.error})" if f.error else ""
+        parts.append(f"{f.source} {f.state if f.alive else 'silent'}{since}{why}")
+    return "no trade source delivers: " + "; ".join(parts)
+
+
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter()
     most = settings.api_max_limit
@@ -274,18 +304,35 @@ def build_router(settings: Settings) -> APIRouter:
         data = _rows(table, MARKET_FIELDS) if table.num_rows else []
         return json_response({"markets": data, "count": len(data)})
 
-    @router.get("/health", tags=["Utility"], summary="Liveness of the API, its store and its live feed")
+    @router.get(
+        "/health",
+        tags=["Utility"],
+        summary="Liveness of the API, its store, its live feed and the trade sources",
+        description="Always HTTP 200 while the API runs; `status` is `degraded` with `problems` saying why "
+        "when the store does not answer, the live feed is unreachable, or (with a live feed) no trade "
+        "source delivers: no ingest runs, or every exchange is unreachable. `feeds` lists each source as "
+        "ingest last reported it (null without a live feed).",
+    )
     async def health(request: Request) -> Response:
         services = services_of(request)
         ok = await services.store.ping()
-        feed = None if services.fanout is None else services.fanout.ready.is_set()
-        healthy = ok and feed is not False
+        live = None if services.fanout is None else services.fanout.ready.is_set()
+        problems = [] if ok else [f"the store ({services.store.name}) does not answer"]
+        feeds = None
+        if live is False:
+            problems.append("the live feed (KAFKA_BOOTSTRAP) is unreachable")
+        elif live:
+            feeds = services.board.snapshot().feeds
+            if not any(f.delivering for f in feeds):
+                problems.append(_undelivered(feeds))
         return json_response(
             {
-                "status": "healthy" if healthy else "degraded",
+                "status": "degraded" if problems else "healthy",
+                "problems": problems,
                 "store": services.store.name,
                 "database": ok,
-                "live_feed": feed,
+                "live_feed": live,
+                "feeds": None if feeds is None else [_feed(f) for f in feeds],
                 "subscribers": 0 if services.fanout is None else services.fanout.subscribers,
                 "timestamp": datetime.now(UTC).isoformat(),
             }

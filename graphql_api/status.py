@@ -7,6 +7,11 @@ that process started. The board keeps the newest
 report of each replica and derives rates from consecutive reports. A replica silent for ``stale_after``
 seconds is shown as not alive and leaves the rates and the partition table (its partitions have moved
 or are unowned); its counts stay in the totals for an hour, so a crash does not make the late count drop.
+
+Ingest reports each source's connection the same way (``type: feed``, key ``__feed__``, see
+:mod:`cryptostream.feeds`). A source *delivers* while its newest report, at most ``stale_after`` seconds old,
+says connected. The pipeline is fed when some source delivers: ``/health`` is degraded when the API reads
+the live feed and none does (no ingest running, or every exchange unreachable).
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PartitionReport", "ProcessorReport", "StatusBoard", "StatusSnapshot", "SymbolReport"]
+from cryptostream.feeds import CONNECTED, STATES
+
+__all__ = [
+    "FeedReport",
+    "PartitionReport",
+    "ProcessorReport",
+    "StatusBoard",
+    "StatusSnapshot",
+    "SymbolReport",
+]
 
 FORGET_AFTER_S = 3600.0
 COUNTS = ("trades", "candles", "late", "rejected", "checkpoints")
@@ -54,6 +68,27 @@ class SymbolReport:
 
 
 @dataclass(slots=True)
+class FeedReport:
+    """The newest report of one source (see :mod:`cryptostream.feeds`)."""
+
+    source: str
+    state: str
+    since_ms: int | None
+    last_trade_ms: int | None
+    trades: int
+    reconnects: int
+    error: str | None
+    ingest: str
+    time_ms: int
+    received: float  # monotonic seconds
+    alive: bool = True  # reported within ``stale_after``
+
+    @property
+    def delivering(self) -> bool:
+        return self.alive and self.state == CONNECTED
+
+
+@dataclass(slots=True)
 class StatusSnapshot:
     processors: list[ProcessorReport]
     partitions: list[PartitionReport]
@@ -64,6 +99,7 @@ class StatusSnapshot:
     totals: dict[str, int]
     rejected_by_reason: dict[str, int]
     updated_ms: int | None
+    feeds: list[FeedReport] = field(default_factory=list)
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
@@ -71,10 +107,34 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _text(value: Any, most: int = 200) -> str | None:
+    return value[:most] if isinstance(value, str) else None
+
+
 class StatusBoard:
     def __init__(self, stale_after: float = 10.0) -> None:
         self.stale_after = stale_after
         self.reports: dict[str, ProcessorReport] = {}
+        self.feeds: dict[str, FeedReport] = {}
+
+    def update_feed(self, message: dict[str, Any], now: float | None = None) -> None:
+        """Take one feed status message (malformed fields are ignored, never raised)."""
+        source = _text(message.get("source"), 32)
+        state = _text(message.get("state"), 32)
+        if source is None or state not in STATES:
+            raise ValueError(f"feed status needs a source and a state among {STATES}")
+        self.feeds[source] = FeedReport(
+            source=source,
+            state=state,
+            since_ms=_int(message.get("since_ms")),
+            last_trade_ms=_int(message.get("last_trade_ms")),
+            trades=_int(message.get("trades")) or 0,
+            reconnects=_int(message.get("reconnects")) or 0,
+            error=_text(message.get("error"), 500),
+            ingest=_text(message.get("ingest")) or "?",
+            time_ms=_int(message.get("time_ms")) or int(time.time() * 1000),
+            received=time.monotonic() if now is None else now,
+        )
 
     def update(self, message: dict[str, Any], now: float | None = None) -> None:
         """Take one status message (malformed fields are ignored, never raised)."""
@@ -97,6 +157,11 @@ class StatusBoard:
         now = time.monotonic() if now is None else now
         for name in [n for n, r in self.reports.items() if now - r.received > FORGET_AFTER_S]:
             del self.reports[name]
+        for source in [n for n, f in self.feeds.items() if now - f.received > FORGET_AFTER_S]:
+            del self.feeds[source]
+        feeds = [self.feeds[source] for source in sorted(self.feeds)]
+        for f in feeds:
+            f.alive = now - f.received <= self.stale_after
         reports = sorted(self.reports.values(), key=lambda r: r.processor)
         for r in reports:
             r.alive = now - r.received <= self.stale_after
@@ -146,4 +211,5 @@ class StatusBoard:
             totals=totals,
             rejected_by_reason=dict(sorted(reasons.items())),
             updated_ms=max((r.time_ms for r in reports), default=None),
+            feeds=feeds,
         )

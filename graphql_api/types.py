@@ -20,7 +20,7 @@ import strawberry
 
 from graphql_api.arrow import ArrowColumn, ArrowRows, LiveEvent
 from graphql_api.rollup import Bar
-from graphql_api.status import StatusSnapshot
+from graphql_api.status import FeedReport, StatusSnapshot
 
 __all__ = [
     "Candle",
@@ -289,6 +289,35 @@ class SymbolStatus:
     behind_seconds: float = strawberry.field(description="Now minus the newest trade's event time.")
 
 
+@strawberry.type(description="A trade source (an exchange feed, the demo market) as ingest last reported it.")
+class FeedStatus:
+    source: str = strawberry.field(description="The venue: binance, coinbase, demo, ...")
+    state: str = strawberry.field(description="connecting, connected, reconnecting or ended.")
+    since: datetime | None = strawberry.field(description="When it entered that state.")
+    last_trade_at: datetime | None = strawberry.field(description="When its newest trade was received.")
+    trades: Long = strawberry.field(description="Trades delivered since that ingest process started.")
+    reconnects: Long
+    error: str | None = strawberry.field(description="Why the last connection ended, while not connected.")
+    ingest: str = strawberry.field(description="The ingest process reporting it, host:pid.")
+    alive: bool = strawberry.field(description="Reported within the last 10 seconds.")
+    delivering: bool = strawberry.field(description="Alive and connected.")
+
+    @classmethod
+    def from_report(cls, f: FeedReport) -> FeedStatus:
+        return cls(
+            source=f.source,
+            state=f.state,
+            since=from_ms(f.since_ms) if f.since_ms is not None else None,
+            last_trade_at=from_ms(f.last_trade_ms) if f.last_trade_ms is not None else None,
+            trades=Long(f.trades),
+            reconnects=Long(f.reconnects),
+            error=f.error,
+            ingest=f.ingest,
+            alive=f.alive,
+            delivering=f.delivering,
+        )
+
+
 @strawberry.type(description="The pipeline as the processors report it each second over the candles topic.")
 class PipelineStatus:
     live: bool = strawberry.field(description="This API process receives the processors' live feed.")
@@ -304,6 +333,12 @@ class PipelineStatus:
     processors: list[ProcessorStatus]
     partitions: list[PartitionStatus]
     symbols: list[SymbolStatus] = strawberry.field(description="One entry per market (venue and symbol).")
+    feeds: list[FeedStatus] = strawberry.field(
+        description="One entry per trade source, as ingest reports it each second."
+    )
+    fed: bool | None = strawberry.field(
+        description="Some source delivers trades; null when this API does not read the live feed."
+    )
 
     @classmethod
     def from_snapshot(cls, snap: StatusSnapshot, live: bool) -> PipelineStatus:
@@ -357,6 +392,8 @@ class PipelineStatus:
                 )
                 for s in snap.symbols
             ],
+            feeds=[FeedStatus.from_report(f) for f in snap.feeds],
+            fed=any(f.delivering for f in snap.feeds) if live else None,
         )
 
 

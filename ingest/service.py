@@ -3,7 +3,8 @@
 A source yields lists of trades (see :mod:`ingest.source`). Records it rejected ride along in the batch;
 here they are counted per reason (``cryptostream_rejected{role="ingest"}``) and written to the dead-letter
 topic with their raw payload, through a publisher of their own, so a bad record is kept, never lost and
-never in the way of good ones. A batch's progress goes to the trades topic after its trades.
+never in the way of good ones. A batch's progress goes to the trades topic after its trades; the sources'
+connection states (:mod:`cryptostream.feeds`) go to the candles topic, for the API, about once a second.
 
 On ``stop`` (SIGINT/SIGTERM) the source, which watches the same event, yields its final progress and ends
 (a source that does not end by itself within :data:`STOP_GRACE_SECONDS` is closed); then both publishers
@@ -15,18 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
 
 from cryptostream.codec import Rejected, encode_dlq
+from cryptostream.feeds import FEED_KEY, FeedStatus
 from cryptostream.kafka import ensure_topics, start_producer
 from cryptostream.metrics import REJECTED, TRADES_IN
 from cryptostream.settings import Settings
 from ingest.publisher import Publisher
-from ingest.source import Batch, EncodedBatch
+from ingest.source import Batch, EncodedBatch, now_ms
 
 __all__ = ["STOP_GRACE_SECONDS", "IngestResult", "run_ingest"]
 
 log = logging.getLogger(__name__)
+
+INGEST_ID = f"{socket.gethostname()}:{os.getpid()}"  # which ingest process a feed status comes from
 
 STOP_GRACE_SECONDS = 5.0
 
@@ -59,6 +69,20 @@ async def _dead_letter(dlq: Publisher, rejected: list[Rejected], source: str, re
         records.append((source.encode(), value, 0))
     log.debug("dead-lettered %d records from %s", len(records), source)
     await dlq.put_records(records)
+
+
+def _reported(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.debug("feed status not sent: %s", sent.exception())
+
+
+async def _report(producer: AIOKafkaProducer, topic: str, feeds: list[FeedStatus]) -> None:
+    """The sources' connection states to the API (candles topic, key ``__feed__``), best effort: a lost
+    status is replaced a second later, so nothing waits for the broker's answer."""
+    now = now_ms()
+    for feed in feeds:
+        sent = await producer.send(topic, orjson.dumps(feed.message(now, INGEST_ID)), key=FEED_KEY)
+        sent.add_done_callback(_reported)
 
 
 async def run_ingest(
@@ -96,6 +120,9 @@ async def run_ingest(
                         await trades.put(batch)
                 for progress in getattr(batch, "progress", ()):
                     await trades.put_progress(progress)
+                feeds = getattr(batch, "feeds", ())
+                if feeds:
+                    await _report(producer, settings.kafka_candles_topic, feeds)
     finally:
         await trades.stop()
         await dlq.stop()

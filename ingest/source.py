@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from cryptostream.codec import Progress, Rejected
+from cryptostream.feeds import FeedStatus
 from cryptostream.models import Trade
 
 __all__ = ["Batch", "EncodedBatch", "Record", "TradeBatch", "now_ms"]
@@ -28,9 +29,10 @@ def now_ms() -> int:
 
 
 class _WithRejects(list[T]):
-    """Items of a batch, the records ``source`` rejected (reason and raw payload kept), its progress."""
+    """Items of a batch, the records ``source`` rejected (reason and raw payload kept), its progress, and
+    the connection state of sources (about once a second)."""
 
-    __slots__ = ("progress", "rejected", "source")
+    __slots__ = ("feeds", "progress", "rejected", "source")
 
     def __init__(
         self,
@@ -38,11 +40,13 @@ class _WithRejects(list[T]):
         rejected: Iterable[Rejected] = (),
         source: str = "",
         progress: Iterable[Progress] = (),
+        feeds: Iterable[FeedStatus] = (),
     ) -> None:
         super().__init__(items)
         self.rejected: list[Rejected] = list(rejected)
         self.source = source
         self.progress: list[Progress] = list(progress)
+        self.feeds: list[FeedStatus] = list(feeds)  # sources' connection states, for the API
 
 
 class TradeBatch(_WithRejects[Trade]):

@@ -26,12 +26,13 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from cryptostream.codec import Progress
+from cryptostream.feeds import CONNECTED, ENDED, FeedStatus
 from cryptostream.models import Trade
 from cryptostream.venues import DEMO
 from ingest.source import TradeBatch
@@ -214,7 +215,8 @@ class SyntheticMarket:
         first = math.ceil(time.time())  # a whole second: an earlier run's last second is never shared
         await asyncio.sleep(max(0.0, first - time.time()))
         last_ms = first * 1000
-        said = time.time()  # the first progress one interval in
+        said = reported = time.time()  # the first progress one interval in
+        feed = FeedStatus(self.exchange, CONNECTED, last_ms)
         while True:
             stopping = stop is not None and stop.is_set()
             if not stopping:
@@ -229,16 +231,22 @@ class SyntheticMarket:
             times = np.sort(last_ms + rng.integers(0, max(1, end_ms - last_ms), size=n)).tolist()
             batch = TradeBatch(self._deliver(self._trades(self._picks(n), times, last_ms)) if n else [])
             batch.source = self.exchange
+            feed.traded(len(batch), int(now * 1000))
             last_ms = end_ms
             final = stopping or (stop is not None and stop.is_set())
             if final:
                 # Nothing more will come: through the end of this second (the next run starts after it).
                 closing = end_ms - 1 - (end_ms - 1) % 1000 + 1000
                 batch.progress.append(Progress(self.exchange, tuple(self.symbols), closing))
+                feed.enter(ENDED, int(now * 1000))
+                batch.feeds.append(feed)
             elif now - said >= progress_ms / 1000:
                 said = now
                 batch.progress.append(Progress(self.exchange, tuple(self.symbols), end_ms))
-            if batch or batch.progress:
+            if not final and now - reported >= 1.0:
+                reported = now
+                batch.feeds.append(replace(feed))
+            if batch or batch.progress or batch.feeds:
                 yield batch
             if final:
                 return

@@ -22,12 +22,14 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import orjson
 
 from cryptostream.errors import SettingsError
+from cryptostream.feeds import ENDED
 from cryptostream.markets import Market, listed_on, refresh, resolve
 from cryptostream.settings import Settings
 from ingest.backfill import BinanceHistory, CoinbaseHistory
@@ -162,7 +164,8 @@ def _resume(feed: Exchange, saved: dict[str, dict[str, int]]) -> None:
 async def _progress(
     feeds: list[Exchange], queue: asyncio.Queue[TradeBatch], every_s: float, resume: ResumeFile
 ) -> None:
-    """Every ``every_s``: each feed's progress, in order with its trades (one queue), and its resume file."""
+    """Every ``every_s``: each feed's progress, in order with its trades (one queue); every second its
+    resume file and its connection state (for the API)."""
     saved_at = 0.0
     loop = asyncio.get_running_loop()
     while True:
@@ -174,6 +177,7 @@ async def _progress(
                 await queue.put(TradeBatch(source=feed.name, progress=progress))
         if loop.time() - saved_at >= 1.0:
             saved_at = loop.time()
+            await queue.put(TradeBatch(source="live", feeds=[replace(feed.feed) for feed in feeds]))
             for feed in feeds:
                 try:
                     await asyncio.to_thread(resume.save, feed.name, feed.watermark.resume())
@@ -223,8 +227,9 @@ async def live_trades(
                     resume.save(feed.name, feed.watermark.resume())
                 except OSError as exc:
                     log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
-            if final:
-                yield TradeBatch(source="live", progress=final)
+            for feed in feeds:
+                feed.feed.enter(ENDED, now)
+            yield TradeBatch(source="live", progress=final, feeds=[feed.feed for feed in feeds])
         finally:
             if stopped is not None:
                 stopped.cancel()

@@ -43,6 +43,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from cryptostream.codec import Rejected
 from cryptostream.errors import SettingsError
+from cryptostream.feeds import CONNECTED, CONNECTING, RECONNECTING, FeedStatus
 from cryptostream.markets import Market
 from cryptostream.metrics import (
     BACKFILLED,
@@ -142,6 +143,7 @@ class Exchange(ABC):
         self.history = history if settings.backfill else None
         self.ids: dict[str, TradeIds] = defaultdict(TradeIds)
         self.stats = FeedStats()
+        self.feed = FeedStatus(self.name, CONNECTING, now_ms())  # what /health and the dashboard show
         self.backfill_delay = BACKFILL_DELAY_SECONDS
         self._gaps: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
         self._emit: Emit | None = None
@@ -203,6 +205,9 @@ class Exchange(ABC):
                     log.info("%s: server announced shutdown; opening the next connection now", self.name)
                     continue
                 end = session.result()
+                self.feed.reconnects = self.stats.reconnects
+                if not self._delivering:
+                    self.feed.enter(RECONNECTING, now_ms(), end.reason)
                 attempt = 0 if end.healthy else attempt + 1
                 delay = min(self.reconnect_max, BACKOFF_BASE_SECONDS * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("%s: %s; reconnecting in %.2fs", self.name, end.reason, delay)
@@ -262,6 +267,7 @@ class Exchange(ABC):
                 self._delivering += 1
                 if self._delivering == 1:
                     self.watermark.connected(now_ms())
+                    self.feed.enter(CONNECTED, now_ms())
                 for old in list(self._draining):  # the new connection delivers: retire the old one
                     old.cancel()
             if parsed.trades or parsed.rejected or parsed.last_ids:
@@ -315,6 +321,7 @@ class Exchange(ABC):
         if dup:
             INGEST_DUPLICATES.labels(self.name).inc(dup)
         self.stats.trades += len(fresh)
+        self.feed.traded(len(fresh), now)
         rejects = rejects or []
         self.stats.rejected += len(rejects)
         if (fresh or rejects) and self._emit is not None:
