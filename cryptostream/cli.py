@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
@@ -208,6 +209,10 @@ def up(
         # real services named in the settings first: nothing is started for a run that cannot reach them
         _wait_for_services(settings, kafka=bool(settings.kafka_bootstrap), database=True)
         env = dict(os.environ)
+        demo_model: threading.Thread | None = None
+        if source is Source.synthetic:  # trained (first start only) while the services start
+            model_dir, demo_model = _demo_model(settings, state)
+            env["MODEL_DIR"] = str(model_dir)
         bootstrap = settings.kafka_bootstrap
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
@@ -261,6 +266,8 @@ def up(
         if record is not None:
             ingest_args += ["--record", str(record.resolve())]
         roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
+        if demo_model is not None:
+            demo_model.join()
         supervisor = _Supervisor(roles, env, role_env)
         try:
             supervisor.start()
@@ -273,6 +280,57 @@ def up(
         finally:
             supervisor.stop(["ingest", "process", "serve"])
     log.info("stopped; state kept in %s", state)
+
+
+DEMO_HISTORY_SECONDS = 1800  # of generated trades the demo model learns from (~5 s to make and train)
+DEMO_RATE = 50.0
+DEMO_SEED = 20_240_101
+DEMO_SYMBOLS = 10  # the model is pooled over symbols: a few are enough, whatever SYMBOLS lists
+
+
+def _demo_model(settings: Settings, state: Path) -> tuple[Path, threading.Thread | None]:
+    """The model folder the demo serves: MODEL_DIR when it holds a model, else ``STATE_DIR/demo-model``,
+    where a model trained on generated history is made on first start (and again when
+    PREDICTION_HORIZON_SECONDS changes), in the thread returned. A live run never uses that folder."""
+    from processor.model import registry
+    from processor.model.errors import ModelError
+
+    try:
+        if registry.load_model_file(settings.model_dir) is not None:
+            return settings.model_dir.resolve(), None
+    except ModelError as exc:
+        log.warning("MODEL_DIR %s: %s; the demo uses its own model", settings.model_dir.resolve(), exc)
+    folder = state / "demo-model"
+    try:
+        current = registry.load_model_file(folder)
+    except ModelError:
+        current = None
+    horizon = settings.prediction_horizon_seconds
+    if current is not None and current.get("horizon_seconds") == horizon:
+        return folder, None
+
+    def work() -> None:
+        from ingest.synthetic import SyntheticMarket
+        from processor.model.demo import train_demo_model
+
+        try:
+            market = SyntheticMarket(list(settings.symbols[:DEMO_SYMBOLS]), rate=DEMO_RATE, seed=DEMO_SEED)
+            start_ms = (int(time.time()) - DEMO_HISTORY_SECONDS) * 1000
+            trades = market.generate(int(DEMO_RATE * DEMO_HISTORY_SECONDS), start_ms)
+            result = train_demo_model(trades, folder, horizon, seed=DEMO_SEED)
+        except Exception as exc:  # the demo runs without predictions rather than not at all
+            log.warning("no demo model (%s: %s): the prediction panel stays empty", type(exc).__name__, exc)
+            return
+        log.info("demo model ready: %s", result.report["verdict"]["summary"].split(":")[0])
+
+    log.info(
+        "training a demo model on %d min of generated history into %s (first start only)",
+        DEMO_HISTORY_SECONDS // 60,
+        folder,
+    )
+    thread = threading.Thread(target=work, name="demo-model", daemon=True)
+    thread.start()
+    return folder, thread
 
 
 class _Supervisor:
