@@ -90,6 +90,7 @@ def serve(args: argparse.Namespace) -> None:
         kafka_bootstrap=args.kafka or None,
         kafka_candles_topic=args.topic,
         api_max_subscribers=100_000,
+        api_max_subscriptions_per_client=100_000,  # every subscriber of the bench comes from 127.0.0.1
         log_level="WARNING",
     )
     executor = PlainExecutor if args.executor == "plain" else ArrowExecutor

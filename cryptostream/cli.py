@@ -242,17 +242,15 @@ def up(
         effective = load_settings(kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols)
         asyncio.run(ensure_topics(effective))
         api_url = f"http://{settings.api_host}:{settings.api_port}"
-        (state / "endpoints.json").write_text(
-            json.dumps(
-                {
-                    "kafka_bootstrap": bootstrap,
-                    "database_url": dsn,
-                    "api_url": api_url,
-                    "output_dir": str(settings.output_dir.resolve()),
-                    "pid": os.getpid(),
-                },
-                indent=2,
-            )
+        _write_private(
+            state / "endpoints.json",
+            {
+                "kafka_bootstrap": bootstrap,
+                "database_url": mask_url(dsn),  # where, not how to log in
+                "api_url": api_url,
+                "output_dir": str(settings.output_dir.resolve()),
+                "pid": os.getpid(),
+            },
         )
         log.info(
             "Kafka %s | database %s | archive %s",
@@ -280,6 +278,14 @@ def up(
         finally:
             supervisor.stop(["ingest", "process", "serve"])
     log.info("stopped; state kept in %s", state)
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as JSON in ``path``, readable by this user only (0600 from its first byte)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC: set it
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
 
 
 DEMO_HISTORY_SECONDS = 1800  # of generated trades the demo model learns from (~5 s to make and train)
@@ -586,17 +592,26 @@ def serve(
     """Serve GraphQL, the REST routes and the dashboard."""
     settings = _settings("serve", api_host=host, api_port=port)
     _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT")
+    internal_metrics = settings.api_production and settings.metrics_port is not None
+    if internal_metrics:
+        assert settings.metrics_port is not None
+        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, database=True)
     import uvicorn
 
     from graphql_api import create_app
 
+    if internal_metrics:  # API_PRODUCTION: /metrics is not on the public port, only on this one
+        from cryptostream.metrics import serve_metrics
+
+        serve_metrics(settings.metrics_port)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
         ws="websockets-sansio",
+        ws_max_size=settings.api_max_body_bytes,
         ws_per_message_deflate=False,
         lifespan="on",
     )

@@ -202,7 +202,31 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=10, ge=2, le=100, description="Deepest GraphQL query accepted.")
     graphql_max_aliases: int = Field(default=30, ge=1, le=1000, description="Most aliases in one query.")
     graphql_max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Most tokens in one query.")
-    cors_origins: CommaList = Field(default_factory=lambda: ["*"], description="Allowed CORS origins.")
+    cors_origins: CommaList = Field(
+        default_factory=lambda: ["*"],
+        description="Allowed CORS origins (default `*`; with API_PRODUCTION none unless named here).",
+    )
+    api_production: bool = Field(
+        default=False,
+        description="Expose the API safely: no GraphiQL, no introspection, no /metrics on the API port, CORS "
+        "only to the origins CORS_ORIGINS names (never `*`).",
+    )
+    api_max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        le=100_000_000,
+        description="Largest request body (and WebSocket message) the API accepts; larger ones get HTTP 413.",
+    )
+    api_max_subscriptions_per_connection: int = Field(
+        default=100, ge=1, le=1_000_000, description="Live subscriptions one WebSocket may hold at once."
+    )
+    api_max_subscriptions_per_client: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000_000,
+        description="Live subscriptions one client address may hold at once, over all its WebSockets (behind "
+        "a proxy every client has the proxy's address: raise it).",
+    )
     api_subscriber_queue: int = Field(
         default=1000, ge=1, le=1_000_000, description="Updates queued per live subscriber before dropping it."
     )
@@ -327,6 +351,14 @@ def _one_line(error: ValidationError) -> str:
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment (and ``.env``); raise :class:`SettingsError` in one line."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
+    if settings.api_production:
+        if "cors_origins" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"cors_origins": []})  # same origin only, unless named
+        elif "*" in settings.cors_origins:
+            raise SettingsError(
+                "CORS_ORIGINS must name the sites allowed to call the API when API_PRODUCTION is on, got '*'"
+            )
+    return settings

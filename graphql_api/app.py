@@ -38,6 +38,7 @@ from graphql_api.context import Context, Services
 from graphql_api.docs import add_docs
 from graphql_api.fanout import Fanout
 from graphql_api.inputs import InputError
+from graphql_api.limits import BodyLimit
 from graphql_api.metrics import RequestMetrics
 from graphql_api.schema import build_schema
 from graphql_api.status import StatusBoard
@@ -204,6 +205,7 @@ def create_app(
     )
     routes: set[str] = set()  # filled below, once every route is registered
     app.add_middleware(RequestMetrics, routes=routes)
+    app.add_middleware(BodyLimit, most=settings.api_max_body_bytes)  # outermost: before anything reads
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -224,16 +226,22 @@ def create_app(
     async def context() -> Context:
         return Context(services=app.state.services)
 
-    graphql = _Router(build_schema(settings, executor), context_getter=context, graphql_ide="graphiql")
+    graphql = _Router(
+        build_schema(settings, executor),
+        context_getter=context,
+        graphql_ide=None if settings.api_production else "graphiql",  # API_PRODUCTION: no GraphiQL page
+    )
     graphql.example = graphiql_example(settings.symbols[0] if settings.symbols else "BTCUSDT")
     app.include_router(graphql, prefix="/graphql", include_in_schema=False)
     for router in (rest.build_router(settings), viz.build_router(settings)):
         app.include_router(router)
         routes.update(route.path for route in router.routes if isinstance(route, APIRoute))
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    if not settings.api_production:  # API_PRODUCTION: /metrics only on `serve`'s METRICS_PORT, not public
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     # The dashboard's Plotly bundle ships inside the plotly Python package (package_data): served from
     # there, so the page works offline with nothing copied into the repository or fetched from a CDN.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from strawberry.fastapi import BaseContext
 
@@ -11,6 +11,7 @@ from cryptostream.store import ReadStore
 from graphql_api.catalog import MarketCatalog, MarketKey
 from graphql_api.fanout import Fanout
 from graphql_api.inputs import InputError, check_exchange_format, check_symbols
+from graphql_api.limits import SubscriptionLimits
 from graphql_api.status import StatusBoard
 
 __all__ = ["Context", "Services"]
@@ -25,6 +26,12 @@ class Services:
     catalog: MarketCatalog
     board: StatusBoard
     fanout: Fanout | None = None
+    limits: SubscriptionLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = SubscriptionLimits(
+            self.settings.api_max_subscriptions_per_connection, self.settings.api_max_subscriptions_per_client
+        )
 
     async def markets(self, symbols: list[str], exchange: str | None = None) -> list[MarketKey]:
         """The markets ``symbols`` name on ``exchange``, or each on the venue the rule picks when no exchange

@@ -15,7 +15,8 @@ A message without an ``exchange`` (a processor from before venues) belongs to th
 
 Candles coarser than 1 s are rolled up here (:mod:`graphql_api.rollup`), one roll-up per market and
 interval shared by all its subscribers, seeded when the first subscriber arrives from the store plus the
-closed seconds this process has seen recently (the store only has what the processor checkpointed).
+closed seconds this process has seen recently (the store only has what the processor checkpointed), and
+seeded again from the store after the feed was interrupted (:meth:`Fanout.resync`).
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ class Fanout:
     async def run(self, stop: asyncio.Event) -> None:
         """Read the candles topic from its end until ``stop``; reconnect with backoff on broker errors."""
         backoff = 0.5
+        interrupted = False
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
@@ -182,6 +184,9 @@ class Fanout:
                 await consumer.seek_to_end(*assigned)
                 for tp in assigned:
                     await consumer.position(tp)
+                if interrupted:  # what was missed meanwhile is in the store, not in the recent seconds
+                    await self.resync()
+                    interrupted = False
                 self.ready.set()
                 backoff = 0.5
                 log.info("live feed: reading %s (%d partitions) from its end", self.topic, len(assigned))
@@ -194,6 +199,7 @@ class Fanout:
                             await asyncio.sleep(0)  # let subscribers drain between chunks of a burst
             except Exception as exc:  # the feed must outlive any failure: broker down, or a bug
                 self.ready.clear()
+                interrupted = True
                 expected = isinstance(exc, (KafkaError, OSError))
                 log.log(
                     logging.WARNING if expected else logging.ERROR,
@@ -359,6 +365,20 @@ class Fanout:
                     del self.channels[channel]
             if sub.kind == "candles" and channel not in self.channels:
                 self._forget_rollup((channel[1], channel[2]), channel[3])  # nobody else watches it
+
+    async def resync(self) -> None:
+        """After the feed was interrupted (it resumes at the log end): the seconds it missed are in the store
+        (once checkpointed), not in the recent and open seconds kept here. Forget those and re-seed every
+        roll-up in use from the store, before anything more is delivered, so a minute or hour closed after
+        the gap holds the gap's seconds instead of leaving them out."""
+        in_use = [(market, interval) for market, by in self.rollups.items() for interval in by]
+        self.recent.clear()
+        self.open_seconds.clear()
+        self.rollups.clear()
+        for market, interval in in_use:
+            await self._rollup(market, interval)
+        if in_use:
+            log.info("live feed: re-seeded %d roll-up(s) from the store after the interruption", len(in_use))
 
     def _forget_rollup(self, market: MarketKey, interval: str) -> None:
         by_interval = self.rollups.get(market)

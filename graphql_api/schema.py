@@ -32,6 +32,7 @@ from graphql import (
     OperationType,
     parse,
 )
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from graphql.validation.validate import ValidationAbortedError
 from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension, ValidationCache
@@ -269,6 +270,8 @@ def build_schema(settings: Settings | None = None, executor: type[Any] = ArrowEx
             *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
             *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
         )
+        if settings.api_production:  # the schema is in the repository (schema.graphql), not served
+            rules = (*rules, NoSchemaIntrospectionCustomRule)
         max_tokens = settings.graphql_max_tokens
         parser = cached = cached_parser(max_tokens)
         extensions = [

@@ -33,7 +33,10 @@ class Subscription:
         services = info.context.services
         check_interval(interval)
         markets = await services.markets(symbols, exchange)
-        async with services.live().subscribe("candles", markets, interval) as sub:
+        async with (
+            services.limits.hold(info.context.request),
+            services.live().subscribe("candles", markets, interval) as sub,
+        ):
             while True:
                 yield await sub.get()
 
@@ -43,7 +46,10 @@ class Subscription:
     ) -> AsyncGenerator[Volatility, None]:
         services = info.context.services
         markets = await services.markets(symbols, exchange)
-        async with services.live().subscribe("volatility", markets) as sub:
+        async with (
+            services.limits.hold(info.context.request),
+            services.live().subscribe("volatility", markets) as sub,
+        ):
             while True:
                 yield await sub.get()
 
@@ -53,6 +59,9 @@ class Subscription:
     ) -> AsyncGenerator[Prediction, None]:
         services = info.context.services
         markets = await services.markets(symbols, exchange)
-        async with services.live().subscribe("predictions", markets) as sub:
+        async with (
+            services.limits.hold(info.context.request),
+            services.live().subscribe("predictions", markets) as sub,
+        ):
             while True:
                 yield await sub.get()

@@ -42,6 +42,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
 # Interpolated by Compose for the infrastructure containers only; documented in the file's header.
 COMPOSE_KNOBS = {
+    "PUBLISH_ADDRESS",
     "KAFKA_NUM_THREADS",
     "KAFKA_IO_THREADS",
     "POSTGRES_USER",
@@ -228,6 +229,17 @@ def test_images_are_pinned_and_the_app_image_is_built_here():
         assert (ROOT / service["build"].get("dockerfile", "Dockerfile")).is_file()
 
 
+def test_published_ports_are_this_machine_only_unless_the_operator_opts_in():
+    published = {name: svc["ports"] for name, svc in compose()["services"].items() if svc.get("ports")}
+    assert set(published) == {"kafka", "timescaledb", "api"}
+    for name, ports in published.items():
+        assert all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+    opened = compose({"PUBLISH_ADDRESS": "0.0.0.0"})["services"]
+    assert opened["kafka"]["ports"] == ["0.0.0.0:29092:29092"] and opened["api"]["ports"] == [
+        "0.0.0.0:8000:8000"
+    ]
+
+
 def test_kafka_runs_kraft_with_the_original_ports_and_broker_knobs():
     doc = compose()
     text = COMPOSE.read_text().lower()
@@ -237,7 +249,7 @@ def test_kafka_runs_kraft_with_the_original_ports_and_broker_knobs():
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert "INTERNAL://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert "EXTERNAL://localhost:29092" in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert kafka["ports"] == ["29092:29092"]
+    assert kafka["ports"] == ["127.0.0.1:29092:29092"]
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     raw = env_of(raw_compose()["services"]["kafka"])
     assert raw["KAFKA_NUM_NETWORK_THREADS"] == "${KAFKA_NUM_THREADS:-3}"
@@ -245,7 +257,7 @@ def test_kafka_runs_kraft_with_the_original_ports_and_broker_knobs():
     assert raw["KAFKA_NUM_PARTITIONS"] == "${KAFKA_PARTITIONS:-4}"
     for name, service in app_services(doc).items():
         assert env_of(service)["KAFKA_BOOTSTRAP"] == "kafka:9092", name
-    assert doc["services"]["api"]["ports"] == ["8000:8000"]
+    assert doc["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]
     assert env_of(doc["services"]["api"])["API_PORT"] == "8000"
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 
+from cryptostream import archive
+from cryptostream.models import CANDLE_SCHEMA
 from cryptostream.settings import load_settings
 from cryptostream.store import ArchiveStore
 from graphql_api.catalog import MarketCatalog
@@ -260,3 +263,42 @@ async def test_a_quiet_market_closes_its_minute_on_the_processors_frontier(tmp_p
         final = await sub.get()
         assert final.closed and (final.open, final.close, final.trade_count) == (10.0, 12.0, 2)
         assert final.bucket.timestamp() * 1000 == minute
+
+
+def _store_seconds(root: Path, seconds: dict[int, float]) -> None:
+    """1 s candles of binance BTCUSDT in the archive, as the processor's checkpoint writes them."""
+    rows = [orjson.loads(candle(ms, price)) for ms, price in sorted(seconds.items())]
+    table = pa.table(
+        {
+            "bucket": pa.array(sorted(seconds), pa.timestamp("ms", tz="UTC")),
+            **{
+                f: pa.array([r[f] for r in rows], CANDLE_SCHEMA.field(f).type)
+                for f in CANDLE_SCHEMA.names[3:]
+            },
+        }
+    )
+    first = min(seconds)
+    folder = archive.partition_dir(root, "ohlc", "binance", "BTCUSDT", archive.utc_day(first))
+    archive.write_file(folder / archive.file_name(0, "feedbeef", 0), table)
+
+
+async def test_after_an_interruption_roll_ups_are_seeded_again_so_a_closed_minute_holds_the_gap(
+    tmp_path: Path,
+) -> None:
+    """The feed resumes at the log end: the seconds it missed reach subscribers only through the store."""
+    feed = fanout(tmp_path)
+    minute = T - T % 60_000
+    async with feed.subscribe("candles", BTC, "1m") as sub:
+        feed.feed([candle(minute + 1_000, 10.0)])
+        assert (await sub.get()).trade_count == 1
+        # the feed is cut; meanwhile the processor closes and stores seconds 2-4 (one of them the high)
+        _store_seconds(tmp_path, {minute + 1_000: 10.0, minute + 2_000: 15.0, minute + 3_000: 9.0})
+        await feed.resync()
+        feed.feed([candle(minute + 5_000, 11.0)])
+        live = await sub.get()
+        assert (live.high, live.low, live.trade_count) == (15.0, 9.0, 4)
+        frontier = {"type": "frontier", "exchange": "binance", "symbol": "BTCUSDT"}
+        feed.feed([orjson.dumps({**frontier, "closed_through_ms": minute + 60_000})])
+        final = await sub.get()
+        assert final.closed and (final.open, final.high, final.low, final.close) == (10.0, 15.0, 9.0, 11.0)
+        assert final.trade_count == 4 and final.volume == 4.0

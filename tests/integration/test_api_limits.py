@@ -1,0 +1,144 @@
+"""Limits of an API exposed to others, each a clear 4xx or GraphQL error while the server keeps serving:
+request body size, live subscriptions per WebSocket and per client, and API_PRODUCTION (no GraphiQL, no
+introspection, no public /metrics, CORS only to named origins)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from cryptostream.errors import SettingsError
+from cryptostream.settings import Settings, load_settings
+from graphql_api.app import create_app
+from graphql_api.server import BackgroundServer
+from tests.integration.api_helpers import api_settings
+from tests.integration.test_api_live import api
+from tests.integration.test_api_websocket import TRANSPORT_WS, connection, receive, start
+
+pytestmark = pytest.mark.integration
+
+LIVE = 'subscription { candles(symbols: ["BTCUSDT"]) { bucket close } }'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    tmp: Path = tmp_path_factory.mktemp("limits")
+    with BackgroundServer(create_app(api_settings(None, tmp, api_max_body_bytes=10_000))) as running:
+        yield running
+
+
+def _still_serving(url: str) -> None:
+    body = httpx.post(f"{url}/graphql", json={"query": "{ symbols }"}).json()
+    assert "errors" not in body, body
+
+
+def test_a_body_over_the_limit_is_refused_with_413_announced_or_streamed(server: BackgroundServer) -> None:
+    big = orjson.dumps({"query": "{ symbols }", "variables": {"pad": "x" * 20_000}})
+    announced = httpx.post(f"{server.url}/graphql", content=big, headers={"content-type": "application/json"})
+    assert announced.status_code == 413
+    expected = {
+        "detail": "the request body is larger than 10,000 bytes (API_MAX_BODY_BYTES)",
+        "code": "BODY_TOO_LARGE",
+    }
+    assert announced.json() == expected
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size shows only while reading
+        for i in range(0, len(big), 4096):
+            yield big[i : i + 4096]
+
+    streamed = httpx.post(
+        f"{server.url}/graphql", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413 and streamed.json() == expected
+    # a body within the limit, streamed the same way, goes through whole
+    small = orjson.dumps({"query": "{ symbols }", "variables": {"pad": "x" * 5_000}})
+    ok = httpx.post(
+        f"{server.url}/graphql",
+        content=iter([small[:100], small[100:]]),
+        headers={"content-type": "application/json"},
+    )
+    assert ok.status_code == 200 and "errors" not in ok.json(), ok.text
+    _still_serving(server.url)
+
+
+async def test_live_subscriptions_are_capped_per_websocket_and_per_client(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(api_max_subscriptions_per_connection=2, api_max_subscriptions_per_client=3)
+    with api(settings) as running:
+        async with connection(running, TRANSPORT_WS) as first, connection(running, TRANSPORT_WS) as second:
+            for op in ("a", "b", "c"):
+                await start(first, TRANSPORT_WS, op, LIVE)
+            refused = await receive(first, "c")
+            (error,) = refused["payload"]["errors"]
+            assert error["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS", refused
+            assert "API_MAX_SUBSCRIPTIONS_PER_CONNECTION" in error["message"]
+            # the other socket of the same client: one more fits (3 per client), the next does not
+            await start(second, TRANSPORT_WS, "d", LIVE)
+            await start(second, TRANSPORT_WS, "e", LIVE)
+            (error,) = (await receive(second, "e"))["payload"]["errors"]
+            assert "API_MAX_SUBSCRIPTIONS_PER_CLIENT" in error["message"], error
+
+            async def held() -> int:
+                count: int = httpx.get(f"{running.url}/health").json()["subscribers"]
+                return count
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while await held() != 3:  # a, b and d run on
+                assert asyncio.get_running_loop().time() < deadline, await held()
+                await asyncio.sleep(0.05)
+            # ending one frees its slot on that socket
+            await first.send(orjson.dumps({"id": "a", "type": "complete"}).decode())
+            while await held() != 2:
+                assert asyncio.get_running_loop().time() < deadline, await held()
+                await asyncio.sleep(0.05)
+            await start(first, TRANSPORT_WS, "f", LIVE)
+            while await held() != 3:
+                assert asyncio.get_running_loop().time() < deadline, await held()
+                await asyncio.sleep(0.05)
+        _still_serving(running.url)
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    tmp: Path = tmp_path_factory.mktemp("production")
+    settings = api_settings(None, tmp, api_production=True, cors_origins="https://dash.example")
+    with BackgroundServer(create_app(settings)) as running:
+        yield running
+
+
+def test_production_serves_no_ide_no_introspection_no_public_metrics(production: BackgroundServer) -> None:
+    url = production.url
+    page = httpx.get(f"{url}/graphql", headers={"accept": "text/html"})
+    assert "graphiql" not in page.text.lower() and page.status_code < 500
+    body = httpx.post(f"{url}/graphql", json={"query": "{ __schema { queryType { name } } }"}).json()
+    assert body["data"] is None and "introspection" in body["errors"][0]["message"].lower(), body
+    assert httpx.get(f"{url}/metrics").status_code == 404
+    _still_serving(url)  # ordinary queries run as before
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"), [("https://dash.example", True), ("https://evil.example", False)]
+)
+def test_production_cors_answers_only_the_named_origins(
+    production: BackgroundServer, origin: str, allowed: bool
+) -> None:
+    preflight = httpx.options(
+        f"{production.url}/graphql",
+        headers={"origin": origin, "access-control-request-method": "POST"},
+    )
+    assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed
+
+
+def test_production_refuses_cors_for_every_site_and_defaults_to_none(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="CORS_ORIGINS must name the sites allowed"):
+        load_settings(api_production=True, cors_origins="*")
+    assert load_settings(api_production=True, output_dir=tmp_path).cors_origins == []
+    settings: Any = load_settings(output_dir=tmp_path)
+    assert settings.cors_origins == ["*"]  # a local, non-production run keeps the open default
