@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=10, ge=2, le=100, description="Deepest GraphQL query accepted.")
     graphql_max_aliases: int = Field(default=30, ge=1, le=1000, description="Most aliases in one query.")
     graphql_max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Most tokens in one query.")
+    graphql_max_cost: int = Field(
+        default=500_000,
+        ge=1_000,
+        le=100_000_000,
+        description="Most values (rows x fields, each alias counted) one query may return.",
+    )
     cors_origins: CommaList = Field(
         default_factory=lambda: ["*"],
         description="Allowed CORS origins (default `*`; with API_PRODUCTION none unless named here).",

@@ -46,6 +46,7 @@ from strawberry.types.graphql import OperationType as StrawberryOperationType
 from cryptostream.errors import QueryError
 from cryptostream.settings import Settings
 from graphql_api.arrow import ArrowExecutor
+from graphql_api.cost import query_cost, too_costly
 from graphql_api.fanout import SubscriberDropped
 from graphql_api.inputs import InputError
 from graphql_api.queries import Query
@@ -181,10 +182,25 @@ class ApiSchema(strawberry.Schema):
     ``execute`` (HTTP) and ``stream`` (WebSocket; ``subscribe`` calls it) check which operation a request
     runs before strawberry does, with the same cached parse the :class:`Limits` extension then reuses."""
 
-    def __init__(self, *args: Any, parse: Parse | None = None, **kwargs: Any) -> None:
-        """``parse``: the cached parse of the :class:`Limits` extension (None: no checks, as for the SDL)."""
+    def __init__(
+        self, *args: Any, parse: Parse | None = None, max_cost: int | None = None, **kwargs: Any
+    ) -> None:
+        """``parse``: the cached parse of the :class:`Limits` extension (None: no checks, as for the SDL);
+        ``max_cost``: GRAPHQL_MAX_COST (see :mod:`graphql_api.cost`)."""
         super().__init__(*args, **kwargs)
         self.parse = parse
+        self.max_cost = max_cost
+
+    def _too_costly(
+        self, query: str | None, operation_name: str | None, variables: dict[str, Any] | None
+    ) -> GraphQLError | None:
+        if self.parse is None or self.max_cost is None or not query:
+            return None
+        try:
+            document = self.parse(query)
+        except GraphQLError:
+            return None  # strawberry reports it
+        return too_costly(query_cost(document, operation_name, self._schema, variables), self.max_cost)
 
     def _refused(
         self, query: str | None, operation_name: str | None, *, streamed: bool
@@ -207,7 +223,9 @@ class ApiSchema(strawberry.Schema):
         allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
     ) -> ExecutionResult:
-        refused = self._refused(query, operation_name, streamed=False)
+        refused = self._refused(query, operation_name, streamed=False) or self._too_costly(
+            query, operation_name, variable_values
+        )
         if refused is not None:
             return ExecutionResult(data=None, errors=[refused])
         return await super().execute(
@@ -285,6 +303,7 @@ def build_schema(settings: Settings | None = None, executor: type[Any] = ArrowEx
         execution_context_class=executor,
         config=StrawberryConfig(scalar_map=SCALARS),
         parse=parser,
+        max_cost=None if settings is None else settings.graphql_max_cost,
     )
 
 

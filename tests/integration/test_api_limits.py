@@ -142,3 +142,27 @@ def test_production_refuses_cors_for_every_site_and_defaults_to_none(tmp_path: P
     assert load_settings(api_production=True, output_dir=tmp_path).cors_origins == []
     settings: Any = load_settings(output_dir=tmp_path)
     assert settings.cors_origins == ["*"]  # a local, non-production run keeps the open default
+
+
+def test_a_query_over_the_cost_limit_is_refused_before_it_runs(tmp_path: Path) -> None:
+    settings = api_settings(None, tmp_path, graphql_max_cost=20_000)
+    fields = "bucket open high low close"  # 5 fields
+    with BackgroundServer(create_app(settings)) as running:
+
+        def ask(query: str, **variables: Any) -> dict[str, Any]:
+            answer: dict[str, Any] = httpx.post(
+                f"{running.url}/graphql", json={"query": query, "variables": variables}
+            ).json()
+            return answer
+
+        # 3 aliases x 2,000 rows x 5 fields = 30,000 values: refused, with the figure
+        aliased = " ".join(f'a{i}: candles(symbol: "BTCUSDT", limit: 2000) {{ {fields} }}' for i in range(3))
+        (error,) = ask("{ " + aliased + " }")["errors"]
+        assert error["extensions"] == {"code": "QUERY_TOO_COSTLY", "cost": 30_000, "limit": 20_000}
+        assert "GRAPHQL_MAX_COST" in error["message"]
+        # the same through a variable, and through the schema's default limit (100 rows) it fits
+        by_variable = f'query Q($n: Int!) {{ candles(symbol: "BTCUSDT", limit: $n) {{ {fields} }} }}'
+        assert ask(by_variable, n=5000)["errors"][0]["extensions"]["cost"] == 25_000
+        assert "errors" not in ask(by_variable, n=3000)  # 15,000: runs (no candles stored: empty)
+        assert "errors" not in ask("{ " + aliased.replace("2000", "1000") + " }")  # 15,000
+        _still_serving(running.url)
