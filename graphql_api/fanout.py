@@ -53,6 +53,9 @@ __all__ = ["Fanout", "Subscriber", "SubscriberDropped"]
 log = logging.getLogger(__name__)
 
 RECENT_SECONDS = 900  # closed 1 s candles kept per market to seed roll-ups (>> the checkpoint interval)
+# A roll-up nobody watches any more is kept (and kept current) this long: a client that resubscribes, or a
+# subscribe/unsubscribe loop, reuses it instead of seeding it from the store again (a day of 1 s rows).
+KEEP_IDLE_SECONDS = 300.0
 KINDS = ("candles", "volatility", "predictions")
 # Messages delivered before subscribers get a turn: a burst (a consumer catching up) must not overflow the
 # queue of a client that keeps up; keep this below API_SUBSCRIBER_QUEUE.
@@ -156,6 +159,7 @@ class Fanout:
         self.malformed = 0
         self.ready = asyncio.Event()  # positioned at the log end, delivering
         self._seed_locks: dict[tuple[MarketKey, str], asyncio.Lock] = {}
+        self.idle: dict[tuple[MarketKey, str], float] = {}  # unwatched roll-up -> when its last viewer left
 
     # ------------------------------------------------------------------ Kafka
     async def run(self, stop: asyncio.Event) -> None:
@@ -221,6 +225,8 @@ class Fanout:
     # ------------------------------------------------------------------ delivery
     def feed(self, values: Iterable[bytes | None], newest_ms: int | None = None) -> None:
         """Decode and deliver messages of the candles topic. Malformed ones are counted and skipped."""
+        if self.idle:
+            self.sweep()
         for raw in values:
             try:
                 decoded = orjson.loads(raw) if raw else None
@@ -341,6 +347,7 @@ class Fanout:
         try:
             for market, channel in zip(markets, channels, strict=True):
                 if kind == "candles":
+                    self.idle.pop((market, interval), None)
                     latest = (await self._rollup(market, interval)).latest()
                     if latest is not None:  # show the open candle right away, not at the next trade
                         sub.offer(CandleUpdate.from_bar(*market, interval, latest, False))
@@ -363,15 +370,25 @@ class Fanout:
                 subs.discard(sub)
                 if not subs:
                     del self.channels[channel]
-            if sub.kind == "candles" and channel not in self.channels:
-                self._forget_rollup((channel[1], channel[2]), channel[3])  # nobody else watches it
+            if sub.kind == "candles" and channel not in self.channels:  # nobody else watches it: kept a while
+                self.idle[((channel[1], channel[2]), channel[3])] = time.monotonic()
+        self.sweep()
+
+    def sweep(self, now: float | None = None) -> None:
+        """Forget the roll-ups nobody has watched for :data:`KEEP_IDLE_SECONDS`."""
+        now = time.monotonic() if now is None else now
+        for key, since in list(self.idle.items()):
+            if now - since >= KEEP_IDLE_SECONDS:
+                del self.idle[key]
+                self._forget_rollup(*key)
 
     async def resync(self) -> None:
         """After the feed was interrupted (it resumes at the log end): the seconds it missed are in the store
         (once checkpointed), not in the recent and open seconds kept here. Forget those and re-seed every
         roll-up in use from the store, before anything more is delivered, so a minute or hour closed after
         the gap holds the gap's seconds instead of leaving them out."""
-        in_use = [(market, interval) for market, by in self.rollups.items() for interval in by]
+        in_use = [(m, i) for m, by in self.rollups.items() for i in by if (m, i) not in self.idle]
+        self.idle.clear()  # unwatched ones are not worth a store read: seeded again if someone comes back
         self.recent.clear()
         self.open_seconds.clear()
         self.rollups.clear()

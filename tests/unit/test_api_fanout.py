@@ -4,6 +4,7 @@ topic's messages directly (the Kafka side is covered by tests/integration/test_a
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from cryptostream.models import CANDLE_SCHEMA
 from cryptostream.settings import load_settings
 from cryptostream.store import ArchiveStore
 from graphql_api.catalog import MarketCatalog
-from graphql_api.fanout import Fanout, SubscriberDropped
+from graphql_api.fanout import KEEP_IDLE_SECONDS, Fanout, SubscriberDropped
 from graphql_api.inputs import InputError
 from graphql_api.status import StatusBoard
 from tests.reference import one_trade_candle as candle
@@ -47,7 +48,9 @@ async def test_a_full_queue_drops_that_subscriber_only(tmp_path: Path) -> None:
             await slow.get()
         feed.feed([candle(T + 99_000, 99.0)])
         assert (await fast.get()).close == 99.0
-    assert feed.subscribers == 0 and not feed.channels and not feed.rollups
+    assert feed.subscribers == 0 and not feed.channels and set(feed.idle) == {(BTC[0], "1s")}
+    feed.sweep(now=time.monotonic() + KEEP_IDLE_SECONDS)
+    assert not feed.rollups and not feed.idle
 
 
 async def test_a_dropped_subscriber_waiting_for_updates_is_woken(tmp_path: Path) -> None:
@@ -98,7 +101,34 @@ async def test_one_roll_up_per_symbol_and_interval_shared_by_its_subscribers(tmp
         feed.feed([candle(T + 2000, 2.5)])
         update = await a.get()
         assert update is await b.get() and update.close == 2.5 and not update.closed
+    assert set(feed.idle) == {(BTC[0], "1m")}  # kept a while for whoever comes back
+    feed.sweep(now=time.monotonic() + KEEP_IDLE_SECONDS)
     assert not feed.rollups
+
+
+async def test_a_roll_up_left_by_its_last_viewer_is_kept_current_and_reused_without_a_store_read(
+    tmp_path: Path,
+) -> None:
+    """Subscribe/unsubscribe loops on a day of candles must not read a day of 1 s rows each time."""
+    feed = fanout(tmp_path)
+    reads = 0
+    candles = feed.store.candles
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await candles(*args, **kwargs)
+
+    feed.store.candles = counted  # type: ignore[method-assign]
+    minute = T - T % 60_000
+    feed.feed([candle(minute + 1_000, 1.0)])
+    for round_ in range(5):
+        async with feed.subscribe("candles", BTC, "1d") as sub:
+            opening = await sub.get()
+            assert opening.trade_count == 1 + round_  # every second fed meanwhile is in it
+        feed.feed([candle(minute + 2_000 + round_ * 1_000, 2.0)])  # nobody watches: still rolled up
+    assert reads == 1
+    assert set(feed.idle) == {(BTC[0], "1d")}
 
 
 def test_status_board_rates_partitions_and_staleness() -> None:
