@@ -38,9 +38,9 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 
 from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Progress, Rejected, decode_trades
 from cryptostream.errors import CryptostreamError, UnsupportedSymbol
+from cryptostream.feeds import CONNECTED, ENDED, FeedStatus
 from cryptostream.settings import Settings
 from cryptostream.symbols import normalize_symbol
 from cryptostream.venues import UNKNOWN, normalize_exchange
@@ -652,7 +653,32 @@ async def replay_trades(
 ) -> AsyncIterator[EncodedBatch]:
     """Batches of encoded trades from ``path``, paced by ``REPLAY_SPEED`` (0 = as fast as possible), with
     the replay's progress; the last batch closes every window the file fed (see the module docstring).
-    A ``stop`` ends it early, with progress that closes everything only under ``FLUSH_WINDOWS_ON_STOP``."""
+    A ``stop`` ends it early, with progress that closes everything only under ``FLUSH_WINDOWS_ON_STOP``.
+    About once a second a batch also carries the replay's feed status (source ``replay``), for the API."""
+    feed = FeedStatus("replay", CONNECTED, now_ms())
+    reported = 0
+    batches = _replay(settings, path, symbol=symbol, exchange=exchange, progress=progress, stop=stop)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            now = now_ms()
+            feed.traded(len(batch), now)
+            if now - reported >= 1000:
+                reported = now
+                batch.feeds.append(replace(feed))
+            yield batch
+    feed.enter(ENDED, now_ms())
+    yield EncodedBatch(source="replay", feeds=[feed])
+
+
+async def _replay(
+    settings: Settings,
+    path: Path,
+    *,
+    symbol: str | None,
+    exchange: str | None,
+    progress: bool | None,
+    stop: asyncio.Event | None,
+) -> AsyncGenerator[EncodedBatch, None]:
     path = Path(path)
     speed = settings.replay_speed
     bar = ReplayProgress(path.name, progress)

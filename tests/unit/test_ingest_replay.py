@@ -225,3 +225,13 @@ async def test_progress_bar_shows_trades_rate_and_eta(tmp_path, capsys):
     shown = capsys.readouterr().err
     assert "BTCUSDT-trades-2025-01-01.csv" in shown and "6 trades" in shown
     assert "trades/s" in shown and "ETA" in shown
+
+
+async def test_a_replay_reports_its_feed_status_and_ends_with_it(tmp_path):
+    lines = [f"{i},10.0,1.0,10.0,{1735689600000000 + i * 100_000},True,True" for i in range(21)]
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", lines)
+    batches = [b async for b in replay_trades(load_settings(replay_speed=0), path, progress=False)]
+    reports = [f for b in batches for f in b.feeds]
+    assert reports[0].source == "replay" and reports[0].state == "connected"
+    assert (reports[-1].state, reports[-1].trades) == ("ended", 21)
+    assert batches[-1].feeds == [reports[-1]] and len(batches[-1]) == 0
