@@ -14,8 +14,10 @@ it is zero), it is computed from the candles' closes, as the seed did: rolling s
 log returns over min(10, n) candles, at least two returns, zero where undefined.
 """
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import orjson
@@ -35,12 +37,17 @@ from graphql_api.status import FeedReport
 __all__ = [
     "FALLBACK_WINDOW",
     "VENUE_RULE",
+    "array_json",
     "build_router",
+    "encode_rows",
     "fallback_volatility",
     "load_ohlc",
     "load_volatility",
+    "off_loop",
+    "rows_json",
 ]
 
+T = TypeVar("T")
 FALLBACK_WINDOW = 10
 VENUE_RULE = (
     "A market is a venue (`exchange`) and a `symbol`: Binance's BTCUSDT and Coinbase's BTCUSDT are two "
@@ -135,18 +142,132 @@ def fallback_volatility(ohlc: pa.Table, window: int = FALLBACK_WINDOW) -> pa.Tab
     )
 
 
-def _iso(column: pa.ChunkedArray) -> list[str | None]:
-    return [None if t is None else t.isoformat() for t in column.to_pylist()]
+# JSON text is built from columns: a row is a sequence of segments, each a constant (keys, punctuation, a
+# value every row shares) or a list with one JSON value per row, and all rows are joined in one call.
+Segment = bytes | list[bytes]
+
+# Times as ``datetime.isoformat()`` writes them, for the units and zones it can write without a datetime
+# per row; year 1..9999 is datetime's range (outside it the per-row path raises, as before).
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
+_ZONE_SUFFIX = {"UTC": b'+00:00"', "+00:00": b'+00:00"', None: b'"'}
+_YEARS = (-62_135_596_800, 253_402_300_800)  # epoch seconds of 0001-01-01 and 10000-01-01
+_JSON_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _rows(table: pa.Table, names: list[str]) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts, built column-wise (``timestamp`` = ``bucket``, times in ISO 8601; NaN and
-    missing values are JSON null)."""
-    columns: list[list[Any]] = []
-    for name in names:
-        column = table["bucket" if name == "timestamp" else name]
-        columns.append(_iso(column) if pa.types.is_timestamp(column.type) else column.to_pylist())
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+def _iso_segments(column: pa.Array) -> list[Segment] | None:
+    """``"2023-11-14T22:13:20.123000+00:00"`` per time, from digits computed on NumPy arrays (dates once
+    per distinct day, fractions once per distinct value); None where the per-row path is needed."""
+    kind: pa.TimestampType = column.type
+    per_second, suffix = _PER_SECOND.get(kind.unit), _ZONE_SUFFIX.get(kind.tz)
+    if per_second is None or suffix is None or column.null_count:
+        return None
+    values = column.cast(pa.int64()).to_numpy()
+    seconds = values // per_second
+    if seconds.min() < _YEARS[0] or seconds.max() >= _YEARS[1]:
+        return None
+    days, clock = np.divmod(seconds, 86_400)
+    day, of_day = np.unique(days, return_inverse=True)
+    dates = np.datetime_as_string(day.astype("datetime64[D]")).astype("S10")
+    text = np.empty((len(values), 19), np.uint8)
+    text[:, :10] = dates.view(np.uint8).reshape(-1, 10)[of_day.ravel()]
+    text[:, 10], text[:, 13], text[:, 16] = ord("T"), ord(":"), ord(":")
+    hours, rest = np.divmod(clock, 3_600)
+    for at, unit in ((11, hours), (14, rest // 60), (17, rest % 60)):
+        text[:, at], text[:, at + 1] = unit // 10 + ord("0"), unit % 10 + ord("0")
+    base: list[bytes] = text.view("S19").ravel().tolist()
+    micros = (values - seconds * per_second) * (1_000_000 // per_second)
+    if not micros.any():  # isoformat() writes microseconds only when there are some
+        return [b'"', base, suffix]
+    fraction, of_fraction = np.unique(micros, return_inverse=True)
+    tails = np.array([(b".%06d" % m if m else b"") + suffix for m in fraction.tolist()], dtype=object)
+    return [b'"', base, tails[of_fraction.ravel()].tolist()]
+
+
+def _segments(column: pa.Array) -> list[Segment]:
+    """The JSON orjson writes for each Python value of a non-empty ``column`` (``to_pylist()``, times as
+    ``isoformat()``, NaN and missing values null). On the usual types no float, datetime or dict is made
+    per row: each value's JSON bytes come from orjson over a NumPy array (or a lookup), made in C."""
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        iso = _iso_segments(column)
+        if iso is not None:
+            return iso
+        return [[orjson.dumps(None if t is None else t.isoformat()) for t in column.to_pylist()]]
+    if pa.types.is_float64(kind) or (
+        not column.null_count and (pa.types.is_integer(kind) or pa.types.is_boolean(kind))
+    ):
+        values = column.to_numpy(zero_copy_only=False)  # missing floats become NaN: null either way
+        return [orjson.dumps(values, option=_JSON_NUMPY)[1:-1].split(b",")]
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        encoded = column.dictionary_encode(null_encoding="encode")
+        words = [orjson.dumps(w) for w in encoded.dictionary.to_pylist()]
+        if len(words) == 1:
+            return [words[0]]
+        taken: list[bytes] = np.array(words, dtype=object)[encoded.indices.to_numpy()].tolist()
+        return [taken]
+    return [[orjson.dumps(v) for v in column.to_pylist()]]
+
+
+def _join_rows(pieces: list[Segment], n: int, head: bytes, tail: bytes) -> bytes:
+    """``n`` rows of ``pieces``, each row framed by ``head`` and ``tail``, separated by commas."""
+    merged: list[Segment] = []  # constant, values, constant, values, ...
+    constant = head
+    for piece in [*pieces, tail]:
+        if isinstance(piece, bytes):
+            constant += piece
+        else:
+            merged += [constant, piece]
+            constant = b""
+    if not merged:  # every value is the same
+        return b"[" + b",".join([constant] * n) + b"]"
+    step = len(merged)
+    parts: list[bytes] = [b""] * (step * n)
+    for j, piece in enumerate(merged):
+        if isinstance(piece, bytes):  # merged[0]: the row's opening, after the previous row's closing
+            parts[j::step] = [(constant + b"," if j == 0 else b"") + piece] * n
+        else:
+            parts[j::step] = piece
+    opening = merged[0]
+    assert isinstance(opening, bytes)
+    parts[0] = opening
+    return b"[" + b"".join(parts) + constant + b"]"
+
+
+def rows_json(table: pa.Table, names: list[str]) -> bytes:
+    """``table`` as a JSON array of row objects with keys ``names`` (``timestamp`` = ``bucket``): the bytes
+    ``orjson.dumps`` gives for the rows as dicts of their Python values, built column by column."""
+    if table.num_rows == 0:
+        return b"[]"
+    pieces: list[Segment] = []
+    for j, name in enumerate(names):
+        pieces.append((b"," if j else b"") + orjson.dumps(name) + b":")
+        pieces.extend(_segments(table["bucket" if name == "timestamp" else name].combine_chunks()))
+    return _join_rows(pieces, table.num_rows, b"{", b"}")
+
+
+def array_json(column: pa.ChunkedArray) -> bytes:
+    """``column`` as a JSON array, the bytes ``orjson.dumps(column.to_pylist())`` gives (times as
+    ``isoformat()``)."""
+    if len(column) == 0:
+        return b"[]"
+    return _join_rows(_segments(column.combine_chunks()), len(column), b"", b"")
+
+
+# Above this many rows a response is encoded on a worker thread, so /health and small queries do not wait
+# behind it on the event loop (below it, the hop costs more than the encoding).
+THREAD_ROWS = 2_000
+
+
+async def off_loop(rows: int, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``, on a worker thread when it handles ``rows`` >= :data:`THREAD_ROWS` rows."""
+    if rows >= THREAD_ROWS:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
+
+
+async def encode_rows(table: pa.Table, names: list[str]) -> orjson.Fragment:
+    """:func:`rows_json` as a fragment of the response."""
+    return orjson.Fragment(await off_loop(table.num_rows, rows_json, table, names))
 
 
 OHLC_FIELDS = [
@@ -241,20 +362,20 @@ def build_router(settings: Settings) -> APIRouter:
         markets = await _markets(services, symbol, exchange)
         tables = [await load_ohlc(services, market, start, end, limit) for market in markets]
         table = _newest(tables, limit, pa.table({"bucket": pa.array([], pa.timestamp("ms", tz="UTC"))}))
-        data = _rows(table, OHLC_FIELDS) if table.num_rows else []
-        return json_response(_answer(symbol, markets, data=data, count=len(data)))
+        data = await encode_rows(table, OHLC_FIELDS)
+        return json_response(_answer(symbol, markets, data=data, count=table.num_rows))
 
     @router.get(
         "/api/ohlc/latest", tags=["OHLC"], summary="Newest candle of each market", description=VENUE_RULE
     )
     async def ohlc_latest(request: Request, symbol: Symbol = None, exchange: Exchange = None) -> Response:
         services = services_of(request)
-        data: list[dict[str, Any]] = []
+        rows: list[bytes] = []
         for market in await _markets(services, symbol, exchange):
             table = await services.store.latest_candle(*market)
             if table.num_rows:
-                data.extend(_rows(table.slice(table.num_rows - 1), OHLC_FIELDS))
-        return json_response({"data": data})
+                rows.append(rows_json(table.slice(table.num_rows - 1), OHLC_FIELDS)[1:-1])
+        return json_response({"data": orjson.Fragment(b"[" + b",".join(rows) + b"]")})
 
     @router.get(
         "/api/volatility/",
@@ -281,9 +402,9 @@ def build_router(settings: Settings) -> APIRouter:
                 tables.append(table)
                 sources.add(source)
         table = _newest(tables, limit, VOLATILITY_SCHEMA.empty_table())
-        data = _rows(table, VOLATILITY_FIELDS) if table.num_rows else []
+        data = await encode_rows(table, VOLATILITY_FIELDS)
         origin = "+".join(sorted(sources)) or None
-        return json_response(_answer(symbol, markets, data=data, count=len(data), source=origin))
+        return json_response(_answer(symbol, markets, data=data, count=table.num_rows, source=origin))
 
     @router.get("/api/symbols", tags=["Utility"], summary="Symbols with stored candles, on any venue")
     async def symbols(request: Request) -> Response:
@@ -301,8 +422,8 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def markets(request: Request) -> Response:
         table = await services_of(request).catalog.listing(fresh_within=1.0)
-        data = _rows(table, MARKET_FIELDS) if table.num_rows else []
-        return json_response({"markets": data, "count": len(data)})
+        data = await encode_rows(table, MARKET_FIELDS)
+        return json_response({"markets": data, "count": table.num_rows})
 
     @router.get(
         "/health",

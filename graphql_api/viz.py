@@ -4,13 +4,18 @@ Same paths, parameters and look as the original (dark template, one figure per r
 has no data), plus ``exchange=`` (the venue rule of :mod:`graphql_api.rest` otherwise). Titles name the
 market's venue, and say so when it is demo data.
 
-Columns go to Plotly as plain lists, not NumPy arrays: Plotly >= 6 would encode arrays as base64 typed
-arrays (``{"dtype": "f8", "bdata": ...}``), which the seed's users and older plotly.js versions do not read;
-lists come out as the JSON arrays the original routes returned.
+Figures are built as the JSON ``plotly.graph_objects.Figure(...).to_json()`` gives, without building the
+Figure: Plotly's validation of every point and its deep copy of the template on each
+``update_layout(template=...)`` cost 70-400 ms a figure. The template is rendered once by Plotly itself
+(:func:`dark_template`); columns are written as JSON arrays (not Plotly >= 6's base64 typed arrays, which the
+seed's users and older plotly.js versions do not read), times in ISO 8601 as the original routes gave them.
 """
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import orjson
 import plotly.graph_objects as go
 import pyarrow as pa
 from fastapi import APIRouter, Query, Request
@@ -20,11 +25,14 @@ from cryptostream.settings import Settings
 from cryptostream.venues import is_demo
 from graphql_api.catalog import MarketKey
 from graphql_api.inputs import InputError
-from graphql_api.rest import VENUE_RULE, load_ohlc, load_volatility, services_of
+from graphql_api.rest import VENUE_RULE, array_json, load_ohlc, load_volatility, off_loop, services_of
 
 __all__ = [
+    "Figure",
     "build_router",
     "candlestick_figure",
+    "dark_template",
+    "figure_response",
     "market_label",
     "multi_symbol_figure",
     "price_line_figure",
@@ -33,6 +41,7 @@ __all__ = [
 ]
 
 COLORS = ["#00d4ff", "#ff6b6b", "#4ecdc4", "#ffe66d", "#a8e6cf"]
+Figure = dict[str, Any]  # a Plotly figure as JSON: {"data": [trace, ...], "layout": {...}}
 
 
 def market_label(market: MarketKey) -> str:
@@ -41,121 +50,106 @@ def market_label(market: MarketKey) -> str:
     return f"{symbol} · {exchange}" + (" (DEMO DATA)" if is_demo(exchange) else "")
 
 
-def _x(table: pa.Table) -> list[Any]:
-    return [t.isoformat() for t in table["bucket"].to_pylist()]
+@functools.cache
+def dark_template() -> orjson.Fragment:
+    """The ``plotly_dark`` template as Plotly writes it into a figure's layout, rendered on first use."""
+    layout = orjson.loads(go.Figure(layout={"template": "plotly_dark"}).to_json())["layout"]
+    return orjson.Fragment(orjson.dumps(layout["template"]))
 
 
-def _y(table: pa.Table, name: str) -> list[Any]:
-    return table[name].to_pylist()  # type: ignore[no-any-return]
+def _layout(title: str, y_title: str, height: int, **more: Any) -> dict[str, Any]:
+    return {
+        "template": dark_template(),
+        "title": {"text": title},
+        "xaxis": {"title": {"text": "Time"}},
+        "yaxis": {"title": {"text": y_title}},
+        "height": height,
+        **more,
+    }
 
 
-def candlestick_figure(label: str, ohlc: pa.Table) -> go.Figure:
-    fig = go.Figure(
-        data=[
-            go.Candlestick(
-                x=_x(ohlc),
-                open=_y(ohlc, "open"),
-                high=_y(ohlc, "high"),
-                low=_y(ohlc, "low"),
-                close=_y(ohlc, "close"),
-                name=label,
-            )
-        ]
+def _x(table: pa.Table) -> orjson.Fragment:
+    return orjson.Fragment(array_json(table["bucket"]))
+
+
+def _y(table: pa.Table, name: str) -> orjson.Fragment:
+    return orjson.Fragment(array_json(table[name]))
+
+
+def candlestick_figure(label: str, ohlc: pa.Table) -> Figure:
+    trace = {
+        "close": _y(ohlc, "close"),
+        "high": _y(ohlc, "high"),
+        "low": _y(ohlc, "low"),
+        "name": label,
+        "open": _y(ohlc, "open"),
+        "x": _x(ohlc),
+        "type": "candlestick",
+    }
+    return {"data": [trace], "layout": _layout(f"{label} Price Chart (Candlestick)", "Price (USD)", 600)}
+
+
+def _line(name: str, color: str, table: pa.Table, column: str, **more: Any) -> dict[str, Any]:
+    """A Scatter trace in lines mode, keys in Plotly's order."""
+    return {
+        **more,
+        "line": {"color": color, "width": 2},
+        "mode": "lines",
+        "name": name,
+        "x": _x(table),
+        "y": _y(table, column),
+        "type": "scatter",
+    }
+
+
+def price_line_figure(label: str, ohlc: pa.Table) -> Figure:
+    trace = _line("Close Price", COLORS[0], ohlc, "close")
+    return {"data": [trace], "layout": _layout(f"{label} Closing Price Over Time", "Price (USD)", 500)}
+
+
+def volatility_figure(label: str, vol: pa.Table) -> Figure:
+    trace = _line(
+        "Volatility",
+        COLORS[1],
+        vol,
+        "volatility",
+        fill="tozeroy",
+        hovertemplate="<b>%{fullData.name}</b><br>Time: %{x}<br>Volatility: %{y:.6f}<br><extra></extra>",
     )
-    fig.update_layout(
-        title=f"{label} Price Chart (Candlestick)",
-        xaxis_title="Time",
-        yaxis_title="Price (USD)",
-        template="plotly_dark",
-        height=600,
+    layout = _layout(
+        f"{label} Volatility Over Time", "Volatility (Std of Log Returns)", 500, hovermode="x unified"
     )
-    return fig
+    return {"data": [trace], "layout": layout}
 
 
-def price_line_figure(label: str, ohlc: pa.Table) -> go.Figure:
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=_x(ohlc),
-            y=_y(ohlc, "close"),
-            mode="lines",
-            name="Close Price",
-            line={"color": COLORS[0], "width": 2},
-        )
-    )
-    fig.update_layout(
-        title=f"{label} Closing Price Over Time",
-        xaxis_title="Time",
-        yaxis_title="Price (USD)",
-        template="plotly_dark",
-        height=500,
-    )
-    return fig
+def volume_figure(label: str, ohlc: pa.Table) -> Figure:
+    trace = {
+        "marker": {"color": COLORS[2]},
+        "name": "Volume",
+        "x": _x(ohlc),
+        "y": _y(ohlc, "volume"),
+        "type": "bar",
+    }
+    return {"data": [trace], "layout": _layout(f"{label} Trading Volume", "Volume", 400)}
 
 
-def volatility_figure(label: str, vol: pa.Table) -> go.Figure:
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=_x(vol),
-            y=_y(vol, "volatility"),
-            mode="lines",
-            name="Volatility",
-            fill="tozeroy",
-            line={"color": COLORS[1], "width": 2},
-            hovertemplate="<b>%{fullData.name}</b><br>Time: %{x}<br>Volatility: %{y:.6f}<br><extra></extra>",
-        )
-    )
-    fig.update_layout(
-        title=f"{label} Volatility Over Time",
-        xaxis_title="Time",
-        yaxis_title="Volatility (Std of Log Returns)",
-        template="plotly_dark",
-        height=500,
-        hovermode="x unified",
-    )
-    return fig
-
-
-def volume_figure(label: str, ohlc: pa.Table) -> go.Figure:
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=_x(ohlc), y=_y(ohlc, "volume"), name="Volume", marker_color=COLORS[2]))
-    fig.update_layout(
-        title=f"{label} Trading Volume",
-        xaxis_title="Time",
-        yaxis_title="Volume",
-        template="plotly_dark",
-        height=400,
-    )
-    return fig
-
-
-def multi_symbol_figure(series: dict[str, pa.Table]) -> go.Figure:
+def multi_symbol_figure(series: dict[str, pa.Table]) -> Figure:
     """One line per market, named by its label (:func:`market_label`)."""
-    fig = go.Figure()
-    for i, (label, ohlc) in enumerate(series.items()):
-        if ohlc.num_rows:
-            fig.add_trace(
-                go.Scatter(
-                    x=_x(ohlc),
-                    y=_y(ohlc, "close"),
-                    mode="lines",
-                    name=label,
-                    line={"color": COLORS[i % len(COLORS)], "width": 2},
-                )
-            )
-    fig.update_layout(
-        title="Multi-Symbol Price Comparison",
-        xaxis_title="Time",
-        yaxis_title="Price (USD)",
-        template="plotly_dark",
-        height=600,
-    )
-    return fig
+    traces = [
+        _line(label, COLORS[i % len(COLORS)], ohlc, "close")
+        for i, (label, ohlc) in enumerate(series.items())
+        if ohlc.num_rows
+    ]
+    return {"data": traces, "layout": _layout("Multi-Symbol Price Comparison", "Price (USD)", 600)}
 
 
-def figure_response(fig: go.Figure) -> Response:
-    return Response(fig.to_json(), media_type="application/json")
+def _figure_json(build: Callable[..., Figure], *args: Any) -> bytes:
+    return orjson.dumps(build(*args))
+
+
+async def figure_response(build: Callable[..., Figure], *args: Any, rows: int) -> Response:
+    """The figure ``build(*args)`` makes, as JSON; built off the event loop when it has many ``rows``."""
+    return Response(await off_loop(rows, _figure_json, build, *args), media_type="application/json")
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -182,19 +176,22 @@ def build_router(settings: Settings) -> APIRouter:
     async def candlestick(
         request: Request, symbol: Symbol, exchange: Exchange = None, limit: Limit = 500
     ) -> Response:
-        return figure_response(candlestick_figure(*await ohlc_of(request, symbol, exchange, limit)))
+        label, table = await ohlc_of(request, symbol, exchange, limit)
+        return await figure_response(candlestick_figure, label, table, rows=table.num_rows)
 
     @router.get("/price-line", summary="Line chart of closing prices", description=VENUE_RULE)
     async def price_line(
         request: Request, symbol: Symbol, exchange: Exchange = None, limit: Limit = 500
     ) -> Response:
-        return figure_response(price_line_figure(*await ohlc_of(request, symbol, exchange, limit)))
+        label, table = await ohlc_of(request, symbol, exchange, limit)
+        return await figure_response(price_line_figure, label, table, rows=table.num_rows)
 
     @router.get("/volume", summary="Bar chart of volume", description=VENUE_RULE)
     async def volume(
         request: Request, symbol: Symbol, exchange: Exchange = None, limit: Limit = 500
     ) -> Response:
-        return figure_response(volume_figure(*await ohlc_of(request, symbol, exchange, limit)))
+        label, table = await ohlc_of(request, symbol, exchange, limit)
+        return await figure_response(volume_figure, label, table, rows=table.num_rows)
 
     @router.get(
         "/volatility", summary="Volatility chart (stored, or computed from OHLC)", description=VENUE_RULE
@@ -208,7 +205,7 @@ def build_router(settings: Settings) -> APIRouter:
         if not table.num_rows:
             label = market_label(market)
             raise InputError(f"No volatility data found for {label}", code="NO_DATA", status=404)
-        return figure_response(volatility_figure(market_label(market), table))
+        return await figure_response(volatility_figure, market_label(market), table, rows=table.num_rows)
 
     @router.get(
         "/multi-symbol",
@@ -227,6 +224,7 @@ def build_router(settings: Settings) -> APIRouter:
             raise InputError(f"symbols must name at least one symbol, e.g. BTCUSDT,ETHUSDT; got {symbols!r}")
         markets = await services.markets(wanted, exchange or None)
         series = {market_label(m): await load_ohlc(services, m, None, None, limit) for m in markets}
-        return figure_response(multi_symbol_figure(series))
+        rows = sum(t.num_rows for t in series.values())
+        return await figure_response(multi_symbol_figure, series, rows=rows)
 
     return router
