@@ -13,8 +13,10 @@ recorded and running the upgrade again finishes the job; the downgrade copes wit
 ``COMPRESS_AFTER_DAYS`` is read here; retention is not set here: a retention job started before the
 aggregates below were materialized dropped raw rows no roll-up had yet (and revision 0004 bounds the
 refresh windows it would otherwise recompute from nothing). ``cryptostream migrate`` sets retention from
-the settings once every revision ran (:mod:`cryptostream.policies`). Each aggregate is built directly on ``ohlc_1s`` rather than stacked on a finer one:
-stacked real-time aggregates slow planning and refresh (timescaledb #4662, #4699), and buckets stay UTC.
+the settings once every revision ran (:mod:`cryptostream.policies`).
+
+Each aggregate is built directly on ``ohlc_1s`` rather than stacked on a finer one: stacked real-time
+aggregates slow planning and refresh (timescaledb #4662, #4699), and buckets stay UTC.
 
 The aggregates store ``notional = sum(vwap * volume)``; readers derive ``vwap = notional / volume`` (the
 last close when the volume is 0, as for 1 s candles), which also lets 15 m roll up from 5 m exactly.
