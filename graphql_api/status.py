@@ -100,11 +100,19 @@ class StatusSnapshot:
     rejected_by_reason: dict[str, int]
     updated_ms: int | None
     feeds: list[FeedReport] = field(default_factory=list)
+    markets: int = 0  # markets the processors hold (``symbols`` lists at most 200 of each processor's)
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _markets(report: ProcessorReport) -> int:
+    """Markets one processor holds: ``streams_total`` (its status lists only the most behind)."""
+    total = _int(report.message.get("streams_total"))
+    streams = report.message.get("streams")
+    return total if total is not None else len(streams) if isinstance(streams, list) else 0
 
 
 def _text(value: Any, most: int = 200) -> str | None:
@@ -212,4 +220,5 @@ class StatusBoard:
             rejected_by_reason=dict(sorted(reasons.items())),
             updated_ms=max((r.time_ms for r in reports), default=None),
             feeds=feeds,
+            markets=sum(_markets(r) for r in alive),
         )

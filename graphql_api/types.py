@@ -332,7 +332,10 @@ class PipelineStatus:
     rejected_by_reason: list[ReasonCount]
     processors: list[ProcessorStatus]
     partitions: list[PartitionStatus]
-    symbols: list[SymbolStatus] = strawberry.field(description="One entry per market (venue and symbol).")
+    symbols: list[SymbolStatus] = strawberry.field(
+        description="One entry per market (venue and symbol); at most 200 per processor, the most behind."
+    )
+    markets_total: int = strawberry.field(description="Markets the live processors hold, all of them.")
     feeds: list[FeedStatus] = strawberry.field(
         description="One entry per trade source, as ingest reports it each second."
     )
@@ -392,6 +395,7 @@ class PipelineStatus:
                 )
                 for s in snap.symbols
             ],
+            markets_total=snap.markets,
             feeds=[FeedStatus.from_report(f) for f in snap.feeds],
             fed=any(f.delivering for f in snap.feeds) if live else None,
         )

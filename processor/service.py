@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -62,6 +63,7 @@ CLOSE_EVERY_S = 0.05  # windows close at most this late after their frontier pas
 FRONTIER_EVERY_S = 1.0  # how often moved frontiers are told to the live feed
 SETUP_RETRY_S = 1.0  # a partition whose assignment failed is set up again this often
 READ_BACK_S = 15.0  # at most this long reading back the dead letters of a crashed attempt
+STATUS_STREAMS = 200  # markets listed in a status message (the most behind); the rest are counted
 
 # A hook turning a stream's history (ending with its n newly closed candles) into extra tables (predictions):
 # scorer(exchange, symbol, history, n_new).
@@ -682,10 +684,11 @@ class Processor:
 
     # ------------------------------------------------------------------ reporting
     def _status(self) -> bytes:
-        """A status message for the API's ``pipelineStatus``: lag, event time per stream, counts."""
+        """A status message for the API's ``pipelineStatus``: lag, event time per stream (the
+        :data:`STATUS_STREAMS` most behind, and how many there are), counts."""
         assert self._consumer is not None
         partitions = {}
-        streams = []
+        streams: list[tuple[int, int, int]] = []  # (newest event ms, market code, closed through ms)
         for p, part in self.parts.items():
             end = self._consumer.highwater(TopicPartition(self.topic, p))
             partitions[str(p)] = {
@@ -693,24 +696,30 @@ class Processor:
                 "end": end,
                 "lag": None if end is None else max(0, end - part.position),
             }
-            for code, state in part.streams.items():
-                if state.max_event > 0:
-                    exchange, symbol = self.interner.name(code)
-                    streams.append(
-                        {
-                            "exchange": exchange,
-                            "symbol": symbol,
-                            "last_event_ms": state.max_event,
-                            "closed_through_ms": state.closed,
-                        }
-                    )
+            streams.extend(
+                (state.max_event, code, state.closed)
+                for code, state in part.streams.items()
+                if state.max_event > 0
+            )
+        total = len(streams)
+        # Bounded, whatever the number of markets (a Kafka record is at most 1 MB): the most behind first.
+        shown = heapq.nsmallest(STATUS_STREAMS, streams) if total > STATUS_STREAMS else streams
         return orjson.dumps(
             {
                 "type": "status",
                 "processor": self.member,
                 "time_ms": int(time.time() * 1000),
                 "partitions": partitions,
-                "streams": streams,
+                "streams": [
+                    {
+                        "exchange": self.interner.name(code)[0],
+                        "symbol": self.interner.name(code)[1],
+                        "last_event_ms": last,
+                        "closed_through_ms": closed,
+                    }
+                    for last, code, closed in shown
+                ],
+                "streams_total": total,
                 "trades": self.stats.trades,
                 "candles": self.stats.candles,
                 "late": self.stats.late,

@@ -197,7 +197,7 @@ async def test_a_trade_reaches_a_subscriber_as_a_live_candle_within_a_second(
                         await http.post(
                             "/graphql",
                             json={
-                                "query": "{ pipelineStatus { live lag trades late rejected "
+                                "query": "{ pipelineStatus { live lag trades late rejected marketsTotal "
                                 "processors { processor alive } symbols { exchange symbol lastTradeTime } } }"
                             },
                         )
@@ -210,6 +210,7 @@ async def test_a_trade_reaches_a_subscriber_as_a_live_candle_within_a_second(
                     body["live"] is True and body["lag"] == 0 and body["late"] == 0 and body["rejected"] == 0
                 )
                 assert body["processors"] == [{"processor": proc.member, "alive": True}]
+                assert body["marketsTotal"] == 1
                 assert body["symbols"] == [
                     {"exchange": "binance", "symbol": "BTCUSDT", "lastTradeTime": iso(now)}
                 ]
