@@ -15,12 +15,15 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 
+from cryptostream.feeds import FEED_KEY
 from cryptostream.kafka import ensure_topics, start_producer
 from cryptostream.migrate import upgrade
 from cryptostream.models import Trade
@@ -48,6 +51,15 @@ HISTORY_SECONDS = 600
 RATE = 45.0  # trades per second over the three symbols (the demo venue)
 OTHER_RATE = 8.0
 
+T = TypeVar("T")
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread of its own: it may run an event loop (``asyncio.run``), which the test's thread
+    cannot while Playwright's sync API holds one there (a browser fixture set up first)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
 
 def _train(model_dir: Path) -> ModelScorer:
     """A small walk-forward-trained model (its report is what the page shows), saved under MODEL_DIR."""
@@ -58,12 +70,25 @@ def _train(model_dir: Path) -> ModelScorer:
 
 
 class DashboardPipeline:
-    """``with DashboardPipeline(bootstrap, database_url, tmp) as p: p.url`` — everything running."""
+    """``with DashboardPipeline(bootstrap, database_url, tmp) as p: p.url`` — everything running.
 
-    def __init__(self, kafka_bootstrap: str, database_url: str, work: Path) -> None:
+    ``history_seconds=0`` starts from nothing, as a first ``cryptostream up`` does; ``checkpoint_seconds``
+    is ``PARQUET_CHUNK_SECONDS``, how often closed rows reach the database (a long one keeps a market that
+    trades live with nothing stored)."""
+
+    def __init__(
+        self,
+        kafka_bootstrap: str,
+        database_url: str,
+        work: Path,
+        *,
+        history_seconds: int = HISTORY_SECONDS,
+        checkpoint_seconds: float = 0.5,
+    ) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.database_url = asyncio.run(create_database(database_url))  # no other test's candles
-        upgrade(self.database_url)
+        self.history_seconds = history_seconds
+        self.database_url = _in_thread(lambda: asyncio.run(create_database(database_url)))  # ours alone
+        _in_thread(lambda: upgrade(self.database_url))
         self.settings: Settings = load_settings(
             kafka_bootstrap=kafka_bootstrap,
             database_url=self.database_url,
@@ -78,7 +103,7 @@ class DashboardPipeline:
             exchanges=[DEMO],
             kafka_partitions=2,
             max_buffer_seconds=0.5,
-            parquet_chunk_seconds=0.5,
+            parquet_chunk_seconds=checkpoint_seconds,
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -115,13 +140,14 @@ class DashboardPipeline:
             (SyntheticMarket(OTHER[1], rate=OTHER_RATE, seed=12, exchange=OTHER[0]), OTHER_RATE),
         ]
         try:
-            # Ten minutes of history while the processor joins its group. Arrivals speed up and slow down
-            # with volatility: draw 5 s at a time until now, so live prices continue from the last ones.
+            # History (ten minutes by default) while the processor joins its group. Arrivals speed up and
+            # slow down with volatility: draw 5 s at a time until now, so live prices continue from the last
+            # ones.
             now = int(time.time() * 1000)
             for market, rate in markets:
                 history: list[Trade] = []
-                while not history or history[-1].timestamp < now:
-                    start = history[-1].timestamp if history else now - HISTORY_SECONDS * 1000
+                while self.history_seconds and (not history or history[-1].timestamp < now):
+                    start = history[-1].timestamp if history else now - self.history_seconds * 1000
                     history += market.generate(int(rate * 5), start)
                 await publisher.put([t for t in history if t.timestamp < now])
             await asyncio.wait_for(processor.ready.wait(), 30)
@@ -143,6 +169,9 @@ class DashboardPipeline:
                 await publisher.put(batch)
                 for progress in batch.progress:
                     await publisher.put_records(publisher.progress_records(progress))
+            for feed in batch.feeds:  # the source's connection state, for the API, as ingest sends it
+                message = orjson.dumps(feed.message(int(time.time() * 1000), "dashboard-test"))
+                await publisher.producer.send(self.settings.kafka_candles_topic, message, key=FEED_KEY)
 
     # ------------------------------------------------------------------------------ the API
     def start_api(self) -> BackgroundServer:
@@ -155,6 +184,11 @@ class DashboardPipeline:
         assert self.server is not None
         self.server.stop()
         self.server = None
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run ``coro`` on the pipeline's event loop (e.g. publishing more trades) and return its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # ------------------------------------------------------------------------------ queries
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
@@ -184,6 +218,13 @@ class DashboardPipeline:
         if not self._ready.wait(60) or self._error is not None:
             raise AssertionError(f"the pipeline did not start: {self._error!r}")
         self.start_api()
+        if not self.history_seconds:  # nothing to wait for but live trades
+            self.wait_until(
+                lambda: self.graphql("{ pipelineStatus { trades } }")["pipelineStatus"]["trades"] > 0,
+                30,
+                "live trades processed",
+            )
+            return self
         # History stored (ten minutes for every market), every symbol listed, and live seconds flowing.
         self.wait_until(
             lambda: (

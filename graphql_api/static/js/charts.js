@@ -2,10 +2,28 @@
 //
 // Times go to Plotly as epoch milliseconds on a date axis (Plotly shows them in UTC, as stored). Colours
 // come from the page's CSS custom properties, so the charts follow the light/dark theme.
+//
+// Margins are set here, never by Plotly's `automargin`: it sizes margins from the tick labels it has just
+// drawn and redraws, and tick labels depend on the plot's size, so live updates, a legend that wraps or a
+// resize could feed back into redraw after redraw ("Too many auto-margin redraws"). Instead each figure
+// reserves room measured from its data (the widest tick label it can have), and a Chart draws at the
+// size of its element, resizes included, one draw at a time.
 
 import * as fmt from "./format.js";
+import { INTERVALS, withGaps } from "./series.js";
 
 const MIN_REDRAW_MS = 200; // live updates can come many times a second; a chart redraws at most 5 times
+const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+const FONT_SIZE = 12;
+const LABEL_PAD = 4; // where Plotly starts value-axis tick labels, past the plot area (and any standoff)
+const EDGE = 6; // after the labels, to the edge of the chart
+const TAG_GAP = 6; // on each side of the last-price tag: plot | tag | tick labels
+const TAG_FONT_SIZE = 11;
+const TAG_PAD = 2; // the tag's borderpad
+const DATE_LABELS = 48; // two lines of time-axis labels ("15:04" over "Dec 1, 2026") under a plot
+const LEGEND_ROW = 20; // a row of the comparison's legend (19 px here), and LEGEND_PAD around the rows
+const LEGEND_PAD = 20;
+const VOLATILITY_STEP = INTERVALS["1s"]; // volatility is a 1 s series at every interval
 
 /** The theme's colours, read from CSS custom properties of the document. */
 export function palette() {
@@ -26,11 +44,50 @@ export function palette() {
   };
 }
 
+let measurer = null;
+
+/** Width in pixels of `text` in the charts' font (as Plotly will draw it). */
+function textWidth(text, size = FONT_SIZE) {
+  measurer ??= document.createElement("canvas").getContext("2d");
+  measurer.font = `${size}px ${FONT}`;
+  return Math.ceil(measurer.measureText(text).width);
+}
+
+/**
+ * Width of the widest tick label a linear axis over [lo, hi] can get: ticks are round steps of at least
+ * a tenth of the span (so they need at most that step's decimals), no wider than the largest value. One
+ * digit more for the autorange's padding past the data.
+ */
+function linearLabelWidth(lo, hi, suffix = "") {
+  const span = hi - lo || Math.abs(hi) || 1;
+  const decimals = Math.max(0, -Math.floor(Math.log10(span / 10)));
+  const whole = String(Math.floor(Math.max(Math.abs(lo), Math.abs(hi)))).length;
+  const widest = `${lo < 0 ? "−" : ""}${"0".repeat(whole + 1)}${decimals ? `.${"0".repeat(decimals)}` : ""}${suffix}`;
+  return textWidth(widest);
+}
+
+/** The right margin of a chart whose value axis (on the right) has labels up to `labels` pixels wide. */
+function rightMargin(labels) {
+  return LABEL_PAD + labels + EDGE;
+}
+
+/** [min, max] of the finite values ([0, 1] when there is none). */
+function extent(values) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) {
+    if (v == null || !Number.isFinite(v)) continue;
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return lo <= hi ? [lo, hi] : [0, 1];
+}
+
 function baseLayout(p) {
   return {
     paper_bgcolor: "rgba(0,0,0,0)",
     plot_bgcolor: "rgba(0,0,0,0)",
-    font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 12, color: p.fg },
+    font: { family: FONT, size: FONT_SIZE, color: p.fg },
     margin: { l: 8, r: 8, t: 8, b: 28 },
     showlegend: false,
     hovermode: "x unified",
@@ -44,9 +101,12 @@ const NARROW = matchMedia("(max-width: 700px)");
 function timeAxis(p, extra = {}) {
   return {
     type: "date",
-    automargin: true,
+    automargin: false,
     nticks: NARROW.matches ? 4 : 8,
     tickangle: 0,
+    // Each label starts at its tick: none sticks out past the left edge (where it would be hidden), and
+    // the last one has the value axis's margin on the right.
+    ticklabelposition: "outside right",
     gridcolor: p.grid,
     linecolor: p.grid,
     tickcolor: p.grid,
@@ -69,14 +129,16 @@ function valueAxis(p, extra = {}) {
     tickfont: { color: p.muted },
     zeroline: false,
     side: "right",
-    automargin: true,
+    automargin: false,
     fixedrange: false,
     ...extra,
   };
 }
 
 /**
- * Candles (or a close-price line) with volume underneath and a line at the last price.
+ * Candles (or a close-price line) with volume underneath and a line at the last price, ending in a tag
+ * with that price: in the right margin, between the plot and the tick labels (which stand off to make
+ * room), so it never covers a candle or a tick label wherever the price goes.
  * `customdata[i]` is [closed, tradeCount]: the browser test reads it to compare only final candles.
  * Arrays are copied: live updates change the series in place, and Plotly.react keeps what it is given
  * (a shared array would change under a drawn chart, and an unchanged reference can skip a redraw).
@@ -125,18 +187,30 @@ export function priceFigure(series, { style, p }) {
     marker: { color: series.close.map((c, i) => (c >= series.open[i] ? p.upSoft : p.downSoft)) },
     hovertemplate: "volume %{y:.4~s}<extra></extra>",
   };
+  const decimals = fmt.priceDecimals(series.close[n - 1] ?? 1);
+  const last = series.close[n - 1];
+  const tag = n > 0 ? textWidth(fmt.price(last, decimals), TAG_FONT_SIZE) + 2 * TAG_PAD + 2 : 0;
+  const standoff = n > 0 ? tag + 2 * TAG_GAP : 0; // the tag's column, between the plot and the labels
+  // Price labels as wide as the widest price on the axis (the data's and the autorange's padding past it),
+  // volume labels up to "999m" (.2~s).
+  const [lo, hi] = n > 0 ? [extent(series.low)[0], extent(series.high)[1]] : [1, 1];
+  const pad = (hi - lo) * 0.1;
+  const labels = Math.max(
+    textWidth(fmt.price(lo - pad, decimals)),
+    textWidth(fmt.price(hi + pad, decimals)),
+    textWidth("999m"),
+  );
   const layout = {
     ...baseLayout(p),
     uirevision: `${series.exchange}|${series.symbol}|${series.interval}|${style}`,
-    margin: { l: 8, r: 18, t: 8, b: 28 }, // room for the last-price label on the axis
+    margin: { l: 8, r: standoff + rightMargin(labels), t: 12, b: 28 },
     xaxis: timeAxis(p, { rangeslider: { visible: false } }),
-    yaxis: valueAxis(p, { domain: [0.24, 1], tickformat: `,.${fmt.priceDecimals(series.close[n - 1] ?? 1)}f` }),
-    yaxis2: valueAxis(p, { domain: [0, 0.18], showgrid: false, tickformat: ".2~s", nticks: 3 }),
+    yaxis: valueAxis(p, { domain: [0.24, 1], tickformat: `,.${decimals}f`, ticklabelstandoff: standoff }),
+    yaxis2: valueAxis(p, { domain: [0, 0.18], showgrid: false, tickformat: ".2~s", nticks: 3, ticklabelstandoff: standoff }),
     shapes: [],
     annotations: [],
   };
   if (n > 0) {
-    const last = series.close[n - 1];
     const colour = last >= series.open[n - 1] ? p.up : p.down;
     layout.shapes.push({
       type: "line",
@@ -152,28 +226,35 @@ export function priceFigure(series, { style, p }) {
       xref: "paper",
       x: 1,
       xanchor: "left",
+      xshift: TAG_GAP,
       yref: "y",
       y: last,
-      text: fmt.price(last),
+      text: fmt.price(last, decimals),
       showarrow: false,
-      font: { color: p.surface, size: 11 },
+      font: { color: p.surface, size: TAG_FONT_SIZE },
       bgcolor: colour,
-      borderpad: 2,
+      borderpad: TAG_PAD,
     });
   }
   return { data: [priceTrace, volume], layout };
 }
 
-/** Volatility (standard deviation of 1 s log returns over the trailing window), in percent. */
+/**
+ * Volatility (standard deviation of 1 s log returns over the trailing window), in percent; the line breaks
+ * where the data stopped for a while (see withGaps).
+ */
 export function volatilityFigure(vol, { p }) {
+  const line = withGaps(vol.bucket, vol.value.map((v) => v * 100), VOLATILITY_STEP);
+  const [, hi] = extent(line.y);
   return {
     data: [
       {
         type: "scatter",
         mode: "lines",
         name: "Volatility",
-        x: vol.bucket.slice(),
-        y: vol.value.map((v) => v * 100),
+        x: line.x,
+        y: line.y,
+        connectgaps: false,
         line: { color: p.accent, width: 1.4 },
         fill: "tozeroy",
         fillcolor: p.accentSoft,
@@ -183,22 +264,48 @@ export function volatilityFigure(vol, { p }) {
     layout: {
       ...baseLayout(p),
       uirevision: vol.symbol,
+      margin: { l: 8, r: rightMargin(linearLabelWidth(0, hi, " %")), t: 12, b: DATE_LABELS },
       xaxis: timeAxis(p),
       yaxis: valueAxis(p, { ticksuffix: " %", rangemode: "tozero" }),
     },
   };
 }
 
-/** Returns of several symbols from a common start, in percent. */
-export function comparisonFigure(returns, symbols, { p, selected, interval }) {
-  const data = symbols
-    .filter((s) => returns[s])
+/**
+ * The rows a horizontal legend of `names` takes in `width` pixels (each entry: its line sample, its name
+ * and gaps, counted generously so the legend always fits the room reserved for it).
+ */
+function legendRows(names, width) {
+  let rows = 1;
+  let x = 0;
+  for (const name of names) {
+    const entry = textWidth(name) + 56;
+    if (x > 0 && x + entry > width) {
+      rows += 1;
+      x = 0;
+    }
+    x += entry;
+  }
+  return rows;
+}
+
+/**
+ * Returns of several symbols from a common start, in percent; each line breaks where its data stopped
+ * for a while (see withGaps). `width` is the chart's, for the legend's rows.
+ */
+export function comparisonFigure(returns, symbols, { p, selected, interval, width }) {
+  const shown = symbols.filter((s) => returns[s]);
+  const lines = shown.map((s) => withGaps(returns[s].bucket, returns[s].value, INTERVALS[interval]));
+  const [lo, hi] = extent(lines.flatMap((line) => line.y));
+  const right = rightMargin(linearLabelWidth(Math.min(lo, 0), Math.max(hi, 0), " %"));
+  const data = shown
     .map((s, i) => ({
       type: "scatter",
       mode: "lines",
       name: s,
-      x: returns[s].bucket,
-      y: returns[s].value,
+      x: lines[i].x,
+      y: lines[i].y,
+      connectgaps: false,
       line: { color: p.series[i % p.series.length], width: s === selected ? 2.4 : 1.3 },
       hovertemplate: `${s} %{y:+.3f} %<extra></extra>`,
     }));
@@ -208,8 +315,8 @@ export function comparisonFigure(returns, symbols, { p, selected, interval }) {
       ...baseLayout(p),
       uirevision: interval,
       showlegend: true,
-      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: { color: p.fg } },
-      margin: { l: 8, r: 8, t: 28, b: 28 },
+      legend: { orientation: "h", x: 0, y: 1, yanchor: "bottom", font: { color: p.fg } },
+      margin: { l: 8, r: right, t: LEGEND_PAD + LEGEND_ROW * legendRows(shown, width - 8 - right), b: DATE_LABELS },
       xaxis: timeAxis(p),
       yaxis: valueAxis(p, { ticksuffix: " %", zeroline: true, zerolinecolor: p.muted }),
     },
@@ -218,17 +325,20 @@ export function comparisonFigure(returns, symbols, { p, selected, interval }) {
 
 /**
  * One chart element. `draw(makeFigure)` queues a redraw; bursts of updates collapse into one, and the
- * figure is made when the redraw happens (`makeFigure` may return null: nothing to draw now).
+ * figure is made when the redraw happens, for the element's size then (`makeFigure({width, height})` may
+ * return null: nothing to draw now). When the element changes size, the last figure is drawn again at the
+ * new size through the same queue: Plotly is never asked to resize a chart while it is drawing it.
  */
 export class Chart {
   constructor(element) {
     this.element = element;
     this.pending = null;
+    this.shown = null; // the makeFigure last drawn
     this.timer = null;
     this.drawing = false;
     this.lastDraw = 0;
     this.config = {
-      responsive: true,
+      responsive: false, // resizes go through draw(), see above
       displaylogo: false,
       displayModeBar: "hover",
       scrollZoom: false,
@@ -236,7 +346,7 @@ export class Chart {
     };
     if (typeof ResizeObserver === "function") {
       new ResizeObserver(() => {
-        if (this.element.data) globalThis.Plotly.Plots.resize(this.element);
+        if (this.shown && !this.pending) this.draw(this.shown);
       }).observe(element);
     }
   }
@@ -255,8 +365,10 @@ export class Chart {
     if (!make) return;
     this.drawing = true;
     try {
-      const figure = make();
-      if (figure) await globalThis.Plotly.react(this.element, figure.data, figure.layout, this.config);
+      this.shown = make;
+      const size = { width: this.element.clientWidth, height: this.element.clientHeight };
+      const figure = size.width > 0 && size.height > 0 ? make(size) : null; // hidden: drawn on its resize
+      if (figure) await globalThis.Plotly.react(this.element, figure.data, { ...figure.layout, ...size }, this.config);
     } finally {
       this.drawing = false;
       this.lastDraw = performance.now();

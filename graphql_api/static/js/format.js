@@ -9,10 +9,10 @@ export function priceDecimals(value) {
   return Math.min(8, Math.max(2, 5 - magnitude));
 }
 
-export function price(value) {
+/** 65,012.34 (`decimals` defaults to the price's own: see priceDecimals). */
+export function price(value, decimals = priceDecimals(value)) {
   if (value == null || !Number.isFinite(value)) return "–";
-  const d = priceDecimals(value);
-  return value.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
+  return value.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
 }
 
 export function integer(value) {

@@ -10,6 +10,10 @@
 // the newest stored rows are merged in again, which fills the seconds the processor had closed but not
 // yet stored when the history was read. After the socket reconnects (API restarted, network back), the
 // whole view is loaded again the same way.
+//
+// A market shows as soon as it trades, before anything of it is stored: the processors report what they
+// trade every second, while closed candles reach the database only at each checkpoint
+// (PARQUET_CHUNK_SECONDS). Until then the charts draw the live candles alone and the page says so.
 
 import { GraphQLRequestError, LiveConnection, liveUrl, query } from "./api.js";
 import { Chart, comparisonFigure, palette, priceFigure, volatilityFigure } from "./charts.js";
@@ -26,7 +30,10 @@ const VOLATILITY_ROWS = 600;
 const ALIASES_PER_QUERY = 10; // well under GRAPHQL_MAX_ALIASES
 
 const COLUMNS = "exchange symbol bucket open high low close volume tradeCount";
-const MARKETS = "query Markets { markets { exchange symbol demo preferred lastCandle } }";
+const MARKETS = `query Markets {
+  markets { exchange symbol demo preferred lastCandle }
+  pipelineStatus { symbols { exchange symbol } }
+}`;
 const CANDLES_SUB = `subscription Candles($symbols: [String!]!, $interval: String!, $exchange: String!) {
   candles(symbols: $symbols, interval: $interval, exchange: $exchange) { exchange symbol interval closed bucket open high low close volume tradeCount }
 }`;
@@ -47,6 +54,8 @@ const STATUS = `query Status { pipelineStatus {
   processors { processor alive trades late rejected tradesPerSecond lastCheckpointMs }
   partitions { partition processor lag }
   symbols { exchange symbol lastTradeTime behindSeconds }
+  feeds { source state since lastTradeAt error alive delivering }
+  fed marketsTotal
 } }`;
 
 const $ = (id) => document.getElementById(id);
@@ -177,11 +186,15 @@ function defaultVenue(markets, symbol) {
   return best ? best[0] : (markets[0]?.exchange ?? null);
 }
 
-/** Markets with stored candles; picks the venue and symbol to show. True when the choice changed. */
+/**
+ * Markets with stored candles or trading now (a processor reports them); picks the venue and symbol to
+ * show. True when the choice changed.
+ */
 async function loadMarkets() {
   const data = await attempt("Markets", () => query(MARKETS));
   if (!data) return false;
-  const markets = data.markets.filter((m) => m.lastCandle != null);
+  const trading = new Set(data.pipelineStatus.symbols.map((s) => `${s.exchange}|${s.symbol}`));
+  const markets = data.markets.filter((m) => m.lastCandle != null || trading.has(`${m.exchange}|${m.symbol}`));
   const before = `${state.venue}|${state.symbols.join()}|${state.venues.join()}`;
   state.markets = markets;
   state.venues = [...new Set(markets.map((m) => m.exchange))];
@@ -190,7 +203,7 @@ async function loadMarkets() {
   if (!state.symbols.includes(state.symbol)) state.symbol = state.symbols[0] ?? null;
   const changed = `${state.venue}|${state.symbols.join()}|${state.venues.join()}` !== before;
   if (changed) renderPickers();
-  $("empty").hidden = markets.length > 0;
+  renderEmpty();
   return changed;
 }
 
@@ -273,9 +286,9 @@ async function backfill() {
   if (!symbols.length || state.conn.state !== "live") return;
   const step = INTERVALS[interval];
   // From a little before the newest stored row seen: everything the store added since then comes back.
-  const anchors = symbols.map((s) => state.series.get(s).storedThrough ?? state.series.get(s).bucket[0]);
-  const known = anchors.filter((a) => a != null);
-  const from = known.length ? Math.min(...known) - 3 * step : null;
+  // A series with no stored row yet (live candles only) gets the whole window, as a first load would.
+  const anchors = symbols.map((s) => state.series.get(s).storedThrough);
+  const from = anchors.includes(null) ? null : Math.min(...anchors) - 3 * step;
   const columns = await attempt("Candles", () => fetchColumns(venue, symbols, interval, WINDOW[interval], from));
   if (!columns || gen !== state.candleGen) return;
   let changed = 0;
@@ -437,10 +450,15 @@ function volatilityFigureNow() {
   return state.vol.symbol ? volatilityFigure(state.vol, { p: palette() }) : null;
 }
 
-function comparisonFigureNow() {
+function comparisonFigureNow({ width }) {
   const list = state.symbols.map((s) => state.series.get(s)).filter(Boolean);
   if (!list.length) return null;
-  return comparisonFigure(normalizedReturns(list), state.symbols, { p: palette(), selected: state.symbol, interval: state.interval });
+  return comparisonFigure(normalizedReturns(list), state.symbols, {
+    p: palette(),
+    selected: state.symbol,
+    interval: state.interval,
+    width,
+  });
 }
 
 function renderCharts() {
@@ -459,6 +477,7 @@ function renderText() {
     const s = selected();
     renderQuote({ price: $("last-price"), change: $("change"), candle: $("live-candle") }, s);
     renderTickers($("tickers"), state.symbols, state.series, state.symbol, selectSymbol);
+    renderEmpty();
     describeCharts();
     renderFooter();
   }, 250);
@@ -485,6 +504,25 @@ function renderVenue() {
   tag.dataset.demo = String(demo);
   $("demo-badge").hidden = !demo;
   document.body.dataset.demo = String(demo);
+}
+
+/**
+ * The line above the charts while there is nothing stored to show: no market trades yet, or the selected
+ * one has live candles only (the processor stores closed candles at each checkpoint).
+ */
+function renderEmpty() {
+  const s = selected();
+  let why = null;
+  if (!state.symbols.length) why = "waiting";
+  else if (s && s.bucket.length && s.storedThrough == null) why = "live";
+  const el = $("empty");
+  el.hidden = why == null;
+  if (why == null || el.dataset.state === why) return;
+  el.dataset.state = why;
+  el.textContent =
+    why === "waiting"
+      ? "No candles yet. They appear here as soon as the processor reports its first trades."
+      : "Live candles from the stream. Stored history appears after the processor's first checkpoint (every PARQUET_CHUNK_SECONDS, 10 s by default).";
 }
 
 function renderSymbolPanels() {

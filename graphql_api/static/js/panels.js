@@ -129,12 +129,17 @@ export function renderModelReport(container, report) {
   const metrics = report.metrics || {};
   const names = [...MODELS.filter((m) => m in metrics), ...Object.keys(metrics).filter((m) => !MODELS.includes(m))];
   const beats = verdict.beats_baselines;
+  const headline = beats === true ? "Beats the baselines" : beats === false ? "Does not beat the baselines" : "No verdict";
+  const summary = verdict.summary || "";
+  // The summary usually opens with the verdict itself ("Does NOT beat the baselines: ..."): then its own
+  // words are the headline, so the verdict is said once and the summary stays word for word.
+  const opens = summary.toLowerCase().startsWith(headline.toLowerCase());
   container.replaceChildren(
     h(
       "p",
       { class: "verdict", dataset: { beats: beats === true ? "yes" : beats === false ? "no" : "unknown" } },
-      h("strong", {}, beats === true ? "Beats the baselines" : beats === false ? "Does not beat the baselines" : "No verdict"),
-      verdict.summary ? h("span", { class: "verdict-summary" }, ` ${verdict.summary}`) : null,
+      h("strong", {}, opens ? summary.slice(0, headline.length) : headline),
+      summary ? h("span", { class: "verdict-summary" }, opens ? summary.slice(headline.length) : ` ${summary}`) : null,
     ),
     h(
       "table",
@@ -159,28 +164,60 @@ export function renderModelReport(container, report) {
       ),
     ),
   );
+  if (report.data?.generated) {
+    // `cryptostream up --source synthetic` trained it on generated history at first start: say so first
+    container.prepend(
+      h(
+        "p",
+        { class: "demo-model", dataset: { testid: "demo-model" } },
+        h("strong", {}, "Demo model"),
+        " · trained at first start on generated history, to show this panel working; it knows nothing about real markets. Train your own with ",
+        h("code", {}, "cryptostream train"),
+        ".",
+      ),
+    );
+  }
 }
 
 function tile(label, value, attrs = {}) {
   return h("div", { class: "tile", ...attrs }, h("span", { class: "tile-label" }, label), h("span", { class: "tile-value" }, value));
 }
 
-/** Lag, throughput, late and invalid counts, and the per-processor / partition / symbol detail. */
+/** One line per trade source: connected (last trade), or reconnecting / silent since when, and why. */
+function feedLine(f, now) {
+  const last = f.lastTradeAt ? `last trade ${fmt.ago(Date.parse(f.lastTradeAt), now)}` : "no trade yet";
+  const since = f.since ? ` since ${fmt.clock(Date.parse(f.since))} UTC` : "";
+  const what = !f.alive ? `silent${since}` : f.state === "connected" ? `connected · ${last}` : `${f.state}${since} · ${last}`;
+  return h(
+    "li",
+    { class: f.delivering ? "ok" : "bad", dataset: { source: f.source, state: f.alive ? f.state : "silent" } },
+    `${f.delivering ? "●" : "○"} ${f.source}: ${what}`,
+    f.error && !f.delivering ? h("span", { class: "muted" }, ` (${f.error})`) : null,
+  );
+}
+
+/** Trade sources, lag, throughput, late and invalid counts, and the per-processor / partition / symbol detail. */
 export function renderStatus(container, status, now = Date.now()) {
   if (!status) {
     container.replaceChildren(h("p", { class: "muted" }, "Waiting for the pipeline status…"));
     return;
   }
   const alive = status.processors.filter((p) => p.alive).length;
-  const state = !status.live ? "no-feed" : alive === 0 ? "stalled" : "running";
+  const feeds = status.feeds ?? [];
+  const state = !status.live ? "no-feed" : status.fed === false ? "no-source" : alive === 0 ? "stalled" : "running";
   const headline = {
     "no-feed": "This API does not read the processors' live feed (no KAFKA_BOOTSTRAP).",
+    "no-source": feeds.length
+      ? "No trade source delivers: the charts show stored data only."
+      : "No trade source reports (is ingest running?): the charts show stored data only.",
     stalled: "No processor has reported in the last 10 s.",
     running: `${alive} processor${alive === 1 ? "" : "s"} running · updated ${fmt.ago(Date.parse(status.updatedAt), now)}`,
   }[state];
   const reasons = status.rejectedByReason.map((r) => `${r.reason}: ${fmt.integer(r.count)}`).join(", ");
-  container.replaceChildren(
+  // replaceChildren writes a null as the text "null": leave the absent parts out
+  const parts = [
     h("p", { class: "status-line", dataset: { state } }, headline),
+    feeds.length ? h("ul", { class: "feeds", "aria-label": "Trade sources" }, feeds.map((f) => feedLine(f, now))) : null,
     h(
       "div",
       { class: "tiles" },
@@ -227,14 +264,21 @@ export function renderStatus(container, status, now = Date.now()) {
       ? h(
           "details",
           { class: "detail" },
-          h("summary", {}, `Markets (${status.symbols.length})`),
+          h(
+            "summary",
+            {},
+            status.marketsTotal > status.symbols.length
+              ? `Markets (the ${status.symbols.length} most behind of ${fmt.integer(status.marketsTotal)})`
+              : `Markets (${status.symbols.length})`,
+          ),
           table(
             ["Venue", "Symbol", "Last trade", "Behind"],
             status.symbols.map((s) => [s.exchange, s.symbol, `${fmt.clock(Date.parse(s.lastTradeTime))} UTC`, fmt.seconds(s.behindSeconds)]),
           ),
         )
       : null,
-  );
+  ];
+  container.replaceChildren(...parts.filter((part) => part != null));
 }
 
 function table(headers, rows) {

@@ -159,7 +159,9 @@ export function windowChange(series) {
 
 /**
  * Normalized returns of several series from a common start: the newest first bucket among them, so every
- * line starts at 0 % at the same time. Returns {symbol: {bucket: [...], value: [...]}}.
+ * line starts at the same time, at exactly 0 %: each value is the close's change from the close of the
+ * series' first bucket there (its open would put the first point at that bucket's own move, not 0).
+ * Returns {symbol: {bucket: [...], value: [...]}}.
  */
 export function normalizedReturns(seriesList) {
   const usable = seriesList.filter((s) => s.bucket.length > 0);
@@ -169,10 +171,36 @@ export function normalizedReturns(seriesList) {
   for (const s of usable) {
     const from = search(s.bucket, start);
     if (from >= s.bucket.length) continue;
-    const base = s.open[from] || s.close[from];
+    const base = s.close[from];
     const bucket = s.bucket.slice(from);
     const value = s.close.slice(from).map((c) => (c / base - 1) * 100);
     out[s.symbol] = { bucket, value };
   }
   return out;
+}
+
+/** Buckets further apart than this many intervals, and at least GAP_MIN_MS, are two runs of data. */
+const GAP_INTERVALS = 5;
+// At 1 s a thin market goes quiet for some seconds all the time; a line breaks only when data stopped for a
+// minute or more (a feed that was down, a pipeline that was stopped), or it would fall apart into dots.
+const GAP_MIN_MS = 60_000;
+
+/**
+ * A line's points (`bucket` ascending, `value`; one bucket is `step` ms) with a null point wherever the
+ * data stopped for a while, so Plotly breaks the line there (connectgaps is off) instead of drawing a
+ * straight line across minutes or hours without data. Returns {x, y}.
+ */
+export function withGaps(bucket, value, step) {
+  const gap = Math.max(GAP_INTERVALS * step, GAP_MIN_MS);
+  const x = [];
+  const y = [];
+  for (let i = 0; i < bucket.length; i += 1) {
+    if (i > 0 && bucket[i] - bucket[i - 1] > gap) {
+      x.push(bucket[i - 1] + step);
+      y.push(null);
+    }
+    x.push(bucket[i]);
+    y.push(value[i]);
+  }
+  return { x, y };
 }
