@@ -30,6 +30,8 @@ from graphql import (
 
 __all__ = ["query_cost", "too_costly"]
 
+INT_MAX = 2**31 - 1  # GraphQL's Int
+
 
 def _leaves(
     selection: SelectionSetNode | None, fragments: dict[str, FragmentDefinitionNode], depth: int = 0
@@ -56,10 +58,13 @@ def _rows(field: FieldNode, schema: GraphQLSchema, variables: dict[str, Any]) ->
     for argument in field.arguments or ():
         if argument.name.value == "limit":
             value = argument.value
+            given = None
             if isinstance(value, IntValueNode):
-                return max(int(value.value), 0)
-            if isinstance(value, VariableNode) and isinstance(variables.get(value.name.value), int):
-                return max(int(variables[value.name.value]), 0)
+                given = int(value.value)
+            elif isinstance(value, VariableNode) and isinstance(variables.get(value.name.value), int):
+                given = int(variables[value.name.value])
+            if given is not None:  # beyond GraphQL's Int the request is invalid: strawberry says why
+                return given if 0 <= given <= INT_MAX else 0
     default = definition.args["limit"].default_value
     return int(default) if isinstance(default, int) else 1
 

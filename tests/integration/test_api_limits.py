@@ -165,4 +165,7 @@ def test_a_query_over_the_cost_limit_is_refused_before_it_runs(tmp_path: Path) -
         assert ask(by_variable, n=5000)["errors"][0]["extensions"]["cost"] == 25_000
         assert "errors" not in ask(by_variable, n=3000)  # 15,000: runs (no candles stored: empty)
         assert "errors" not in ask("{ " + aliased.replace("2000", "1000") + " }")  # 15,000
+        # a limit beyond GraphQL's Int is the error GraphQL gives for it, not a cost (nor a 500)
+        huge = ask('{ candles(symbol: "BTCUSDT", limit: 99999999999999999999999) { close } }')
+        assert "Int cannot represent non 32-bit signed integer value" in huge["errors"][0]["message"], huge
         _still_serving(running.url)
