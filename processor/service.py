@@ -711,12 +711,11 @@ class Processor:
                 "time_ms": int(time.time() * 1000),
                 "partitions": partitions,
                 "streams": [
-                    {
-                        "exchange": self.interner.name(code)[0],
-                        "symbol": self.interner.name(code)[1],
-                        "last_event_ms": last,
-                        "closed_through_ms": closed,
-                    }
+                    dict(
+                        zip(("exchange", "symbol"), self.interner.name(code), strict=True),
+                        last_event_ms=last,
+                        closed_through_ms=closed,
+                    )
                     for last, code, closed in shown
                 ],
                 "streams_total": total,
