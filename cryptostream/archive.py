@@ -2,22 +2,32 @@
 
 Layout under ``OUTPUT_DIR`` (hive partitions, zstd)::
 
-    ohlc/exchange=binance/symbol=BTCUSDT/date=2025-11-10/part-p0003-19a6b1c2d3e4f5a-00000042.parquet
-    ohlc/exchange=binance/symbol=BTCUSDT/date=2025-11-08/compact-5d41402abc4b2a76.parquet
+    ohlc/exchange=binance/symbol=BTCUSDT/date=2025-11-10/compact-h13-5d41402abc4b2a76.parquet   an hour
+    ohlc/exchange=binance/symbol=BTCUSDT/date=2025-11-08/compact-9e107d9d372bb682.parquet       a day
     volatility/exchange=.../symbol=.../date=.../...
     predictions/exchange=.../symbol=.../date=.../...
+    _fresh/ohlc/date=2025-11-10/part-p0003-19a6b1c2d3e4f5a-00000042-h14.parquet   the open hour
+
+The processor writes one ``_fresh`` file per partition, kind and hour at each checkpoint, holding every
+market of that partition (with ``exchange`` and ``symbol`` columns, sorted by them and ``bucket``, in small
+row groups), so a checkpoint writes a handful of files whatever the number of markets. Once an hour is
+closed its fresh files are split into one ``compact-hHH-`` file per market in the market's ``date=`` folder
+(:func:`cryptostream.compaction.merge_fresh`), and once a day is closed its hours become one
+``compact-`` file, so a closed day is one file per market and kind. The market folders are created when a
+market's first fresh rows are written, so listing markets and days needs no fresh file.
 
 ``exchange``, ``symbol`` and ``date`` (the UTC day of ``bucket``) live in the folder names only. Folders of
 the older layout without the venue (``ohlc/symbol=BTCUSDT/date=...``, what cryptostream wrote before venues
 and what the original course project wrote) are read as the ``unknown`` venue; files there that
 cryptostream did not write are read as far as they can be (:mod:`cryptostream.foreign`), never a 500.
 
-A ``part-`` file name
-says which partition wrote it, the lineage (epoch) of that partition and the checkpoint sequence number,
-so a replay after a crash writes the same names again and never a second copy (see
-:mod:`processor.checkpoint`). A ``compact-`` file is many files of a past day merged into one by
-:mod:`cryptostream.compaction`; its footer lists the files it replaces, and readers skip those while they
-still exist, so a reader never counts a row twice, even halfway through a compaction.
+A ``part-`` file name (fresh files, and the per-market files of earlier versions) says which partition wrote
+it, the lineage (epoch) of that partition, the checkpoint sequence number and the hour, so a replay after a
+crash writes the same names again and never a second copy (see :mod:`processor.checkpoint`). A ``compact-``
+file is many files merged into one by :mod:`cryptostream.compaction`; its footer lists every file whose rows
+of its market it holds (fresh files included, and the files those replaced), and a reader of a market skips
+those while they still exist, so it never counts a row twice, even halfway through a merge or after a crash
+in one.
 
 Roll-ups (1m ... 1d) are computed here from 1 s candles day by day: every interval divides a UTC day, so
 no bucket spans two date folders.
@@ -47,6 +57,10 @@ from cryptostream.venues import UNKNOWN, pick_venue
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FRESH",
+    "HOUR_MS",
+    "fresh_dir",
+    "fresh_files",
     "fsync_path",
     "list_markets",
     "market_span",
@@ -62,6 +76,7 @@ __all__ = [
     "file_name",
     "file_schema",
     "list_symbols",
+    "listing",
     "live_files",
     "load",
     "load_candles",
@@ -74,8 +89,12 @@ __all__ = [
 
 KINDS: dict[str, pa.Schema] = KIND_SCHEMAS
 
-FILE_RE = re.compile(r"part-p(?P<partition>\d{4})-(?P<epoch>[0-9a-f]+)-(?P<seq>\d{8})\.parquet")
-COMPACT_RE = re.compile(r"compact-[0-9a-f]{16}\.parquet")
+FILE_RE = re.compile(
+    r"part-p(?P<partition>\d{4})-(?P<epoch>[0-9a-f]+)-(?P<seq>\d{8})(?:-h(?P<hour>\d\d))?\.parquet"
+)
+COMPACT_RE = re.compile(r"compact-(?:h(?P<hour>\d\d)-)?[0-9a-f]{16}\.parquet")
+FRESH = "_fresh"  # OUTPUT_DIR/_fresh/<kind>/date=<day>/: files of every market, until their hour is merged
+HOUR_MS = 3_600_000
 # Footer key of a compact file: the JSON list of the file names it replaces.
 COMPACTED_FROM = b"cryptostream.compacted_from"
 # What identifies a row of a symbol (the database's primary key without ``symbol``).
@@ -88,8 +107,21 @@ KEYS: dict[str, tuple[str, ...]] = {
 _READ_ATTEMPTS = 3
 
 
-def file_name(partition: int, epoch: str, seq: int) -> str:
-    return f"part-p{partition:04d}-{epoch}-{seq:08d}.parquet"
+def file_name(partition: int, epoch: str, seq: int, hour: int | None = None) -> str:
+    suffix = "" if hour is None else f"-h{hour:02d}"
+    return f"part-p{partition:04d}-{epoch}-{seq:08d}{suffix}.parquet"
+
+
+def fresh_dir(root: Path, kind: str, day: date | str) -> Path:
+    return root / FRESH / kind / f"date={day}"
+
+
+def fresh_files(root: Path, kind: str, day: date | str) -> list[Path]:
+    """The fresh files of one kind and day, sorted by name."""
+    folder = fresh_dir(root, kind, day)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
 
 
 def partition_dir(root: Path, kind: str, exchange: str, symbol: str, day: date | str) -> Path:
@@ -111,12 +143,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, table: pa.Table) -> None:
+def write_file(path: Path, table: pa.Table, row_group_size: int = 1 << 20) -> None:
     """Write ``table`` durably: temp file, fsync, atomic rename, fsync the folder (readers never see half a
-    file, and a committed checkpoint never points past a file a power cut could take back)."""
+    file, and a committed checkpoint never points past a file a power cut could take back). Every column
+    chunk carries min/max statistics, so a filtered read skips the row groups it does not need."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
@@ -225,8 +258,8 @@ def compacted_from(path: Path) -> list[str]:
     return list(json.loads(raw)) if raw else []
 
 
-def live_files(folder: Path) -> list[Path]:
-    """The Parquet files of a folder that hold its rows: every file minus those a compact file replaces."""
+def listing(folder: Path) -> tuple[list[Path], set[str]]:
+    """(the Parquet files of a folder that hold its rows, the names its compact files replace)."""
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
     replaced: set[str] = set()
     for path in files:
@@ -235,7 +268,12 @@ def live_files(folder: Path) -> list[Path]:
                 replaced.update(compacted_from(path))
             except FileNotFoundError:
                 continue  # merged into a newer compact file meanwhile; that one lists it
-    return [p for p in files if p.name not in replaced and p.exists()]
+    return [p for p in files if p.name not in replaced and p.exists()], replaced
+
+
+def live_files(folder: Path) -> list[Path]:
+    """The Parquet files of a folder that hold its rows: every file minus those a compact file replaces."""
+    return listing(folder)[0]
 
 
 def _read_folder(
@@ -246,18 +284,43 @@ def _read_folder(
     schema = file_schema(kind)
     venue_layout = folder.parent.parent.name.startswith("exchange=")
     for attempt in range(_READ_ATTEMPTS):
-        files = live_files(folder)
-        if not files:
+        # Fresh files are listed before the folder: a merge writes the market's compact file (which lists
+        # them) before it deletes them, so whatever happens between the two listings no row is read twice
+        # or missed (a fresh file gone by the time it is read is a retry).
+        fresh = _fresh_of(folder, kind) if venue_layout else []
+        files, replaced = listing(folder)
+        fresh = [p for p in fresh if p.name not in replaced]
+        if not files and not fresh:
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
         try:
             if venue_layout:  # only cryptostream writes here
-                return _read_ours(files, schema, row_filter, columns)
+                parts = [_read_ours(files, schema, row_filter, columns)] if files else []
+                if fresh:
+                    parts.append(_read_fresh(fresh, folder, kind, row_filter, columns or schema.names))
+                return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             table = _read_mixed(files, kind, schema, row_filter)
             return table if columns is None else table.select(columns)
         except FileNotFoundError:
             if attempt == _READ_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _fresh_of(folder: Path, kind: str) -> list[Path]:
+    """The fresh files of a market folder's day (``<root>/<kind>/exchange=/symbol=/date=``)."""
+    root = folder.parent.parent.parent.parent
+    return fresh_files(root, kind, folder.name.removeprefix("date="))
+
+
+def _read_fresh(
+    files: list[Path], folder: Path, kind: str, row_filter: ds.Expression | None, columns: list[str]
+) -> pa.Table:
+    """One market's rows of fresh files (which hold every market of a partition)."""
+    exchange = folder.parent.parent.name.removeprefix("exchange=")
+    symbol = folder.parent.name.removeprefix("symbol=")
+    market = (ds.field("exchange") == exchange) & (ds.field("symbol") == symbol)
+    dataset = ds.dataset([str(f) for f in files], schema=KINDS[kind], format="parquet")
+    return dataset.to_table(filter=market if row_filter is None else market & row_filter, columns=columns)
 
 
 def read_day_folder(folder: Path, kind: str) -> pa.Table:

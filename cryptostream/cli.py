@@ -672,11 +672,15 @@ def compact(
         2, min=1, metavar="DAYS", help="Only merge days at least this many days old."
     ),
 ) -> None:
-    """Merge the small Parquet files of past days under OUTPUT_DIR into one file per day (rows unchanged)."""
+    """Merge the archive under OUTPUT_DIR (rows unchanged): fresh files of hours that ended over an hour
+    ago into one file per market and hour (the processor does this itself as it goes), and past days into
+    one file per market and day."""
     settings = _settings("compact")
+    from cryptostream.archive import HOUR_MS
     from cryptostream.compaction import compact as run_compaction
 
-    report = run_compaction(settings.output_dir, min_age_days=min_age_days)
+    an_hour_ago = int(time.time() * 1000) - HOUR_MS
+    report = run_compaction(settings.output_dir, min_age_days=min_age_days, fresh_before_ms=an_hour_ago)
     log.info("compaction of %s: %s", settings.output_dir.resolve(), report)
 
 

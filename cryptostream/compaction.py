@@ -1,20 +1,29 @@
-"""Compaction: merge the many small Parquet files of a past day into one, without changing any row.
+"""Merging the archive's files: fresh files into one file per market and hour, hours into days.
 
-The processor writes one file per checkpoint per symbol/day (``part-p<partition>-<epoch>-<seq>.parquet``),
-so a day of live data is thousands of small files, and reading one large file is about 10x faster.
+The processor writes, per checkpoint, one fresh file per partition, kind and hour holding every market of
+the partition (``_fresh/<kind>/date=<day>/part-p<partition>-<epoch>-<seq>-h<HH>.parquet``, see
+:mod:`cryptostream.archive`). :func:`merge_fresh` (run by the processor as event time leaves an hour
+behind, and by ``cryptostream compact``) splits a closed hour's fresh files into one
+``compact-h<HH>-<hash>.parquet`` per market in its ``date=`` folder, and once a day is closed merges each
+market's files of that day into one ``compact-<hash>.parquet`` (:func:`compact_folder`). :func:`compact`
+does the same for older folders (the per-market files of earlier versions).
 
 What may be merged, and why it is safe:
 
-* Only days at least ``min_age_days`` old (default 2), which live data no longer touches.
+* Only closed hours and days (``compact``: days at least ``min_age_days`` old, default 2). Merging earlier
+  would still be exact, only wasteful: rows written into a merged hour later are merged again.
 * Only files no restart can still delete. On assignment the processor deletes the files of its lineage
   (partition, epoch) with a sequence number above the committed checkpoint's, because it is about to
   write them again. Any checkpoint file still on disk could be the committed one, so a ``part-`` file is
   merged only when its seq is <= the seq of every checkpoint of its lineage under
   ``OUTPUT_DIR/_checkpoints`` (a lineage with no checkpoint left can no longer be resumed). This also
   protects a replay of old trades (a historical dump), whose fresh files land in old date folders.
-* The merge is crash-safe: the merged ``compact-<hash>.parquet`` is written atomically and lists in its
-  footer the files it replaces; readers skip listed files while they still exist, then the sources are
-  deleted. A crash between the two leaves a folder that reads the same and is tidied on the next run.
+* The merge is crash-safe: a merged file is written atomically and lists in its footer every file whose
+  rows of its market it holds (and, transitively, what those replaced); readers of the market skip listed
+  files while they still exist, then the sources are deleted. An hour's merge is journaled
+  (``_fresh/.merging.json``: its sources, then the folders it wrote) and a crash at any point is finished by
+  the next run before anything else; a market's rows of a source its folder already lists are never added
+  again, so finishing a merge twice is harmless. One merge runs at a time (an flock on ``_fresh/.lock``).
 
 Rows are kept exactly: the same values, the same count (duplicates included), ordered by bucket with
 ties in their previous order.
@@ -22,14 +31,19 @@ ties in their previous order.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,16 +52,34 @@ from cryptostream.archive import (
     COMPACT_RE,
     COMPACTED_FROM,
     FILE_RE,
+    FRESH,
+    HOUR_MS,
     KINDS,
     compacted_from,
     day_folders,
     file_schema,
+    fresh_files,
     fsync_path,
     list_markets,
+    listing,
+    partition_dir,
     write_file,
 )
 
-__all__ = ["CompactionReport", "committed_floor", "compact", "compact_folder"]
+__all__ = [
+    "MERGE_GRACE_MS",
+    "CompactionReport",
+    "MergeReport",
+    "committed_floor",
+    "compact",
+    "compact_folder",
+    "merge_fresh",
+]
+
+MERGE_GRACE_MS = 60_000  # event time past an hour's end before the processor merges it
+DAY_ROW_GROUP = 3_600  # rows: an hour of 1 s candles per row group, so a time-range read skips the rest
+JOURNAL = ".merging.json"
+DAY_DONE = ".day-merged"
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +141,13 @@ def _finish_interrupted(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
     names = {p.name for p in files}
     for path in files:
-        if COMPACT_RE.fullmatch(path.name):
-            for name in compacted_from(path):
+        if COMPACT_RE.fullmatch(path.name) and path.name in names:
+            try:
+                listed = compacted_from(path)
+            except FileNotFoundError:  # replaced by a newer compact file and deleted just now
+                names.discard(path.name)
+                continue
+            for name in listed:
                 if name in names:
                     (folder / name).unlink(missing_ok=True)
                     names.discard(name)
@@ -134,8 +171,8 @@ def compact_folder(
     names = [p.name for p in chosen]
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     target = folder / f"compact-{digest}.parquet"
-    table = table.replace_schema_metadata({COMPACTED_FROM: json.dumps(names).encode()})
-    write_file(target, table)
+    table = table.replace_schema_metadata({COMPACTED_FROM: json.dumps(_replaces(chosen)).encode()})
+    write_file(target, table, row_group_size=DAY_ROW_GROUP)
     fsync_path(folder)
     for path in chosen:
         if path != target:
@@ -149,8 +186,227 @@ def compact_folder(
     return report
 
 
-def compact(root: Path, min_age_days: int = 2, today: date | None = None) -> CompactionReport:
-    """Compact every kind/venue/symbol/day folder of the archive at ``root`` older than ``min_age_days``."""
+def _replaces(sources: list[Path]) -> list[str]:
+    """What a file merged from ``sources`` replaces: them, and whatever the compact ones among them did
+    (a fresh file an hour file replaced must stay hidden once the hour file is merged into its day)."""
+    names = [p.name for p in sources]
+    seen = set(names)
+    for path in sources:
+        if COMPACT_RE.fullmatch(path.name):
+            for name in compacted_from(path):
+                if name not in seen:
+                    seen.add(name)
+                    names.append(name)
+    return names
+
+
+# ------------------------------------------------------------------------------------------ fresh files
+@dataclass(slots=True)
+class MergeReport:
+    """What one :func:`merge_fresh` did."""
+
+    hours: int = 0  # (kind, hour)s merged
+    files_in: int = 0  # fresh files merged
+    files_out: int = 0  # market files written
+    rows: int = 0
+    days: int = 0  # (kind, day)s merged into one file per market
+    kept_uncommitted: int = 0  # fresh files of closed hours a restart of their lineage could still delete
+    recovered: bool = False  # an interrupted merge was finished first
+    busy: bool = False  # another merge held the lock: nothing was done
+
+    def __str__(self) -> str:
+        return (
+            f"{self.files_in} fresh file(s) of {self.hours} hour(s) merged into {self.files_out} market "
+            f"file(s) ({self.rows} rows), {self.days} day(s) merged"
+            + (f", {self.kept_uncommitted} file(s) not yet committed" if self.kept_uncommitted else "")
+            + (", an interrupted merge finished first" if self.recovered else "")
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(base: Path) -> Iterator[bool]:
+    """Hold the archive's merge lock if no other process or thread does (yields whether it got it)."""
+    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_journal(base: Path, body: dict[str, object]) -> None:
+    tmp = base / (JOURNAL + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(body))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, base / JOURNAL)
+    fsync_path(base)
+
+
+def merge_fresh(root: Path, before_ms: int, floor: dict[tuple[int, str], int] | None = None) -> MergeReport:
+    """Merge the committed fresh files of every hour that ends at or before ``before_ms`` (epoch ms) into
+    one file per market and hour, and each market's files of every day that ends by then into one file.
+
+    Returns at once (an empty report) when another merge holds the lock; finishes an interrupted merge
+    before anything else."""
+    report = MergeReport()
+    base = root / FRESH
+    if not base.is_dir():
+        return report
+    with _exclusive(base) as mine:
+        if not mine:
+            report.busy = True
+            return report
+        _recover(root, base, report)
+        floor = committed_floor(root) if floor is None else floor
+        for kind in KINDS:
+            for day_dir in sorted((base / kind).glob("date=*")):
+                try:
+                    day = date.fromisoformat(day_dir.name.removeprefix("date="))
+                except ValueError:
+                    continue
+                start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+                hours: dict[int, list[Path]] = {}
+                for path in fresh_files(root, kind, day):
+                    match = FILE_RE.fullmatch(path.name)
+                    if match is not None and match["hour"] is not None:
+                        hours.setdefault(int(match["hour"]), []).append(path)
+                merged_hour = False
+                for hour, group in sorted(hours.items()):
+                    if start + (hour + 1) * HOUR_MS > before_ms:
+                        continue
+                    chosen = [p for p in group if _mergeable(p, floor)]
+                    report.kept_uncommitted += len(group) - len(chosen)
+                    if chosen:
+                        _merge_hour(root, base, kind, day, hour, chosen, report)
+                        merged_hour = True
+                done = day_dir / DAY_DONE
+                if start + 24 * HOUR_MS <= before_ms and not fresh_files(root, kind, day):
+                    if merged_hour or not done.exists():
+                        _merge_day(root, kind, day, floor, report)
+                        done.touch()
+        return report
+
+
+def _recover(root: Path, base: Path, report: MergeReport) -> None:
+    """Finish a merge a crash interrupted (see the module docstring)."""
+    try:
+        body = orjson.loads((base / JOURNAL).read_bytes())
+    except FileNotFoundError:
+        return
+    report.recovered = True
+    kind, day, hour = str(body["kind"]), date.fromisoformat(body["day"]), int(body["hour"])
+    sources = [base / kind / f"date={day}" / name for name in body["sources"]]
+    if "folders" not in body:  # crashed while writing market files: every source is still there
+        _merge_hour(root, base, kind, day, hour, [p for p in sources if p.exists()], report)
+        return
+    _finish_deletes(base, [root / f for f in body["folders"]], sources)
+
+
+def _finish_deletes(base: Path, folders: list[Path], sources: list[Path]) -> None:
+    for folder in folders:
+        _finish_interrupted(folder)
+        fsync_path(folder)
+    for path in sources:
+        path.unlink(missing_ok=True)
+    if sources:
+        fsync_path(sources[0].parent)
+    (base / JOURNAL).unlink(missing_ok=True)
+    fsync_path(base)
+
+
+def _merge_hour(
+    root: Path, base: Path, kind: str, day: date, hour: int, sources: list[Path], report: MergeReport
+) -> None:
+    """Split one hour's fresh files into one ``compact-h<HH>-`` file per market (with the market's earlier
+    files of that hour), then delete what they replace."""
+    names = [p.name for p in sources]
+    _write_journal(base, {"kind": kind, "day": day.isoformat(), "hour": hour, "sources": names})
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    target_name = f"compact-h{hour:02d}-{digest}.parquet"
+    schema = KINDS[kind]
+    tables = []
+    for i, path in enumerate(sources):
+        table = pq.read_table(path, schema=schema)
+        tables.append(table.append_column("_source", pa.array(np.full(table.num_rows, i, np.int32))))
+    table = pa.concat_tables(tables)
+    # A stable sort: a market's rows with equal buckets keep the order readers met them in (file names).
+    table = table.sort_by([("exchange", "ascending"), ("symbol", "ascending"), ("bucket", "ascending")])
+    exchange = table["exchange"].to_numpy(zero_copy_only=False)
+    symbol = table["symbol"].to_numpy(zero_copy_only=False)
+    n = table.num_rows
+    cuts = np.flatnonzero((exchange[1:] != exchange[:-1]) | (symbol[1:] != symbol[:-1])) + 1
+    columns = file_schema(kind).names
+    folders: list[Path] = []
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True):
+        if a == b:
+            continue
+        folder = partition_dir(root, kind, str(exchange[a]), str(symbol[a]), day)
+        folder.mkdir(parents=True, exist_ok=True)
+        folders.append(folder)
+        target = folder / target_name
+        if target.exists():
+            continue  # written before a crash: it holds this market's rows of every source
+        live, replaced = listing(folder)
+        rows = table.slice(a, b - a)
+        done = [i for i, name in enumerate(names) if name in replaced]
+        if done:  # a source this market's folder already holds (a merge finished twice): never again
+            keep = ~np.isin(rows["_source"].to_numpy(), np.asarray(done, np.int32))
+            rows = rows.filter(pa.array(keep))
+        if rows.num_rows == 0:
+            continue
+        olds = [p for p in live if (m := COMPACT_RE.fullmatch(p.name)) and m["hour"] == f"{hour:02d}"]
+        parts = [pq.read_table(p, schema=file_schema(kind)) for p in olds]
+        merged = pa.concat_tables([*parts, rows.select(columns)]).sort_by("bucket")
+        replaces = [*_replaces(olds), *names]
+        write_file(target, merged.replace_schema_metadata({COMPACTED_FROM: json.dumps(replaces).encode()}))
+        report.files_out += 1
+        report.rows += rows.num_rows
+    _write_journal(
+        base,
+        {
+            "kind": kind,
+            "day": day.isoformat(),
+            "hour": hour,
+            "sources": names,
+            "folders": [str(f.relative_to(root)) for f in folders],
+        },
+    )
+    _finish_deletes(base, folders, sources)
+    report.hours += 1
+    report.files_in += len(sources)
+    log.info(
+        "merged %s %s hour %02d: %d fresh file(s) into %d market folder(s)",
+        kind,
+        day,
+        hour,
+        len(sources),
+        len(folders),
+    )
+
+
+def _merge_day(
+    root: Path, kind: str, day: date, floor: dict[tuple[int, str], int], report: MergeReport
+) -> None:
+    """One file per market for a closed day: each market's hour files (and any others) merged."""
+    for exchange, symbol in list_markets(root, kind):
+        folder = partition_dir(root, kind, exchange, symbol, day)
+        if folder.is_dir():
+            compact_folder(folder, kind, floor)
+    report.days += 1
+
+
+def compact(
+    root: Path, min_age_days: int = 2, today: date | None = None, fresh_before_ms: int | None = None
+) -> CompactionReport:
+    """Merge the archive at ``root``: fresh files of the hours ending by ``fresh_before_ms`` (default: the
+    end of the last day old enough) into one file per market and hour, then every kind/venue/symbol/day
+    folder older than ``min_age_days`` into one file."""
     if min_age_days < 1:
         raise ValueError(
             f"min_age_days must be >= 1 (today's files are still being written), got {min_age_days}"
@@ -159,6 +415,15 @@ def compact(root: Path, min_age_days: int = 2, today: date | None = None) -> Com
     last_day = today - timedelta(days=min_age_days)
     floor = committed_floor(root)
     report = CompactionReport()
+    end_of_last_day = (
+        int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
+        - (min_age_days - 1) * 24 * HOUR_MS
+    )
+    merged = merge_fresh(root, max(end_of_last_day, fresh_before_ms or 0), floor)
+    report.files_in += merged.files_in
+    report.files_out += merged.files_out
+    report.rows += merged.rows
+    report.kept_uncommitted += merged.kept_uncommitted
     for kind in KINDS:
         for exchange, symbol in list_markets(root, kind):
             for _day, folders in day_folders(root, kind, exchange, symbol, None, last_day):

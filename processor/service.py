@@ -445,6 +445,8 @@ class Processor:
         else:
             for tp, offset in offsets.items():  # only now can the previous checkpoints go
                 await asyncio.to_thread(self.store.prune, tp.partition, epochs[tp.partition], offset)
+            if self.parquet is not None:  # committed files of hours event time has left: merged in a thread
+                await self.parquet.merge_closed()
         elapsed = time.perf_counter() - started
         CHECKPOINT_SECONDS.observe(elapsed)
         self.stats.checkpoints += 1

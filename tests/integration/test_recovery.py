@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pyarrow as pa
 import pytest
 
+from cryptostream import archive
 from cryptostream.errors import SinkWriteError
 from ingest.synthetic import SyntheticMarket
 from processor.service import Processor
@@ -32,9 +34,12 @@ class FailingDatabase(PostgresSink):
             self.writes += 1
         if self.writes == 2 and not self.failed.is_set():
             self.aborted = {
-                f"part-p{p:04d}-{lineage.epoch}-{lineage.seq:08d}.parquet"
+                archive.file_name(p, lineage.epoch, lineage.seq, hour % 24)
                 for p, lineage in batch.lineage.items()
-                if batch.tables.get(p, {}).get("ohlc") is not None and batch.tables[p]["ohlc"].num_rows
+                if batch.tables.get(p, {}).get("ohlc") is not None
+                for hour in set(
+                    batch.tables[p]["ohlc"]["bucket"].cast(pa.int64()).to_numpy() // archive.HOUR_MS
+                )
             }
             self.failed.set()
             raise SinkWriteError("connection lost (injected)")
@@ -59,7 +64,7 @@ async def test_parquet_files_of_an_aborted_checkpoint_are_removed_and_rewritten_
         await task
 
     # Parquet of the aborted checkpoint is on disk, beyond what Kafka has committed.
-    written = {p.name for p in settings.output_dir.glob("ohlc/*/*/*/*.parquet")}
+    written = {p.name for p in settings.output_dir.glob("_fresh/ohlc/*/*.parquet")}
     assert failing.aborted and failing.aborted <= written, (failing.aborted, written)
 
     await produce(settings, trades[3_000:])

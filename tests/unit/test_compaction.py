@@ -1,7 +1,8 @@
 """Compaction of the Parquet archive: fewer files, the same rows, and never a file a restart may delete.
 
-Files are written by the real ``ParquetSink`` and checkpoints by the real ``CheckpointStore``, exactly as
-the processor lays them out; the loader is the one the API reads with.
+Fresh files are written by the real ``ParquetSink`` and checkpoints by the real ``CheckpointStore``, exactly
+as the processor lays them out; per-market ``part-`` files as earlier versions wrote them; the loader is the
+one the API reads with. (The merge under SIGKILL at every step: test_archive_merge.py.)
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ async def write(root: Path, partition: int, epoch: str, seq: int, table: pa.Tabl
     await ParquetSink(root).write(batch)
 
 
+def write_legacy(root: Path, partition: int, epoch: str, seq: int, table: pa.Table) -> None:
+    """A per-market file of one checkpoint, as versions before the fresh files wrote them."""
+    day = table["bucket"][0].as_py().date()
+    folder = archive.partition_dir(root, "ohlc", EXCHANGE, SYMBOL, day)
+    archive.write_file(
+        folder / archive.file_name(partition, epoch, seq), table.drop_columns(["exchange", "symbol"])
+    )
+
+
 def checkpoint(root: Path, partition: int, epoch: str, seq: int, offset: int) -> None:
     CheckpointStore(root, "group", "trades").save(Checkpoint("trades", partition, offset, epoch, seq))
 
@@ -88,25 +98,26 @@ async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path:
     checkpoint(tmp_path, 1, "e9", 1, 10)
     assert committed_floor(tmp_path) == {(0, "e1"): 3, (1, "e9"): 1}
     before = everything(tmp_path)
-    recent_before = files(tmp_path, RECENT)
+    recent_before = [p.name for p in archive.fresh_files(tmp_path, "ohlc", RECENT)]
 
     report = compact(tmp_path, min_age_days=2, today=TODAY)
 
-    assert report.files_in == 6 and report.files_out == 1 and report.rows == 3 * 40 + 2 * 10 + 5
-    assert report.kept_uncommitted == 4
+    # Hour 0 (e0 seq 3, e1 seq 1..3) and hour 1 (e0 seq 1, 2) of the old day: one file per hour, then those
+    # two into one file of the day; e1 seq 4..7 stay fresh while a restart may still rewrite them.
+    assert report.files_in == 6 + 2 and report.files_out == 2 + 1 and report.kept_uncommitted == 4
     old_files = files(tmp_path, OLD)
-    assert len(old_files) == 5  # the compact file + e1 seq 4..7
-    assert [f for f in old_files if not f.startswith("compact-")] == [
-        archive.file_name(0, "e1", seq) for seq in (4, 5, 6, 7)
+    assert len(old_files) == 1 and old_files[0].startswith("compact-") and "-h" not in old_files[0]
+    assert [p.name for p in archive.fresh_files(tmp_path, "ohlc", OLD)] == [
+        archive.file_name(0, "e1", seq, 0) for seq in (4, 5, 6, 7)
     ]
-    assert files(tmp_path, RECENT) == recent_before  # too young
+    assert [p.name for p in archive.fresh_files(tmp_path, "ohlc", RECENT)] == recent_before  # too young
     assert everything(tmp_path).equals(before)  # the same rows, in the same order
     folder = archive.partition_dir(tmp_path, "ohlc", EXCHANGE, SYMBOL, OLD)
     stored = sum(archive.pq.read_metadata(folder / name).num_rows for name in old_files)
-    assert stored == 7 * 40 + 2 * 10 + 5  # nothing dropped from the files, duplicates included
+    assert stored == 3 * 40 + 2 * 10 + 5  # nothing dropped from the files, duplicates included
     assert before.num_rows == 7 * 40 + 2 * 10 + 3 * 30  # readers see each bucket once
     everything_stored = archive.load(tmp_path, "ohlc", EXCHANGE, SYMBOL)
-    assert everything_stored.num_rows == stored + 3 * 30  # all stored rows, if asked
+    assert everything_stored.num_rows == stored + 4 * 40 + 3 * 30  # all stored rows, if asked
 
     # A restart of lineage e1 from seq 3 deletes exactly what it will write again; the merge is untouched.
     removed = ParquetSink(tmp_path).remove_uncommitted(0, "e1", 3)
@@ -124,9 +135,9 @@ async def test_merges_committed_files_of_past_days_and_keeps_every_row(tmp_path:
     assert got == [newest_copy[b] for b in sorted(newest_copy)]
 
 
-async def test_a_compaction_cut_short_reads_the_same_and_is_finished_by_the_next_run(tmp_path: Path):
+def test_a_compaction_cut_short_reads_the_same_and_is_finished_by_the_next_run(tmp_path: Path):
     for seq in (1, 2, 3):
-        await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 20, price=seq))
+        write_legacy(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 20, price=seq))
     before = everything(tmp_path)
     folder = archive.partition_dir(tmp_path, "ohlc", EXCHANGE, SYMBOL, OLD)
     sources = files(tmp_path, OLD)
@@ -145,7 +156,7 @@ async def test_a_compaction_cut_short_reads_the_same_and_is_finished_by_the_next
     assert everything(tmp_path).equals(before)
 
     # New files for that day (a replay of old trades, committed) merge with the compact file later.
-    await write(tmp_path, 2, "f1", 1, candles(OLD, 9000, 10, price=9))
+    write_legacy(tmp_path, 2, "f1", 1, candles(OLD, 9000, 10, price=9))
     report = compact(tmp_path, min_age_days=2, today=TODAY)
     assert report.files_in == 2 and len(files(tmp_path, OLD)) == 1
     assert everything(tmp_path).num_rows == before.num_rows + 10
@@ -159,7 +170,7 @@ async def test_rollups_and_limits_read_the_same_after_compaction(tmp_path: Path)
     ]
     before = [archive.load_candles(tmp_path, EXCHANGE, SYMBOL, **q) for q in queries]
     compact(tmp_path, min_age_days=1, today=TODAY)
-    assert len(files(tmp_path, OLD)) == 1
+    assert len(files(tmp_path, OLD)) == 1 and not archive.fresh_files(tmp_path, "ohlc", OLD)
     for q, table in zip(queries, before, strict=True):
         assert archive.load_candles(tmp_path, EXCHANGE, SYMBOL, **q).equals(table), q
 
@@ -175,6 +186,7 @@ def test_unreadable_checkpoint_stops_compaction(tmp_path: Path):
 async def test_cli_compact_command(tmp_path: Path):
     for seq in (1, 2):
         await write(tmp_path, 0, "e1", seq, candles(OLD, seq * 100, 10))
+    write_legacy(tmp_path, 0, "e0", 1, candles(OLD, 5000, 10))
     result = CliRunner().invoke(app, ["compact", "--min-age-days", "2"], env={"OUTPUT_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert len(files(tmp_path, OLD)) == 1
