@@ -349,7 +349,7 @@ def main() -> None:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedKafka(Path(tmp) / "kafka")).bootstrap
-        asyncio.run(wait_for_broker(bootstrap))
+        asyncio.run(wait_for_broker(bootstrap, settings=load_settings(kafka_bootstrap=bootstrap)))
 
         print("1,000 x 1 s candles (bucket + OHLCV) over HTTP, sequential requests (ms):")
         baseline = "objects, graphql-core executor (baseline)"

@@ -49,7 +49,7 @@ async def main(n: int, kills: int, seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with EmbeddedKafka(root) as kafka, EmbeddedPostgres(root / "pg", fast_unsafe=True) as pg:
-            await wait_for_broker(kafka.bootstrap)
+            await wait_for_broker(kafka.bootstrap, settings=load_settings(kafka_bootstrap=kafka.bootstrap))
             await asyncio.to_thread(upgrade, pg.url)
             tag = uuid.uuid4().hex[:6]
             settings = load_settings(

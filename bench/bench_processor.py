@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer
 
 from cryptostream.codec import Progress
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
-from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker
+from cryptostream.kafka import ensure_topics, security_options, start_producer, wait_for_broker
 from cryptostream.migrate import upgrade
 from cryptostream.settings import Settings, load_settings
 from ingest.publisher import Publisher
@@ -84,6 +84,7 @@ async def run_naive(settings: Settings, n: int) -> tuple[float, int]:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,  # what the processor uses: the comparison is of the code, not of this setting
+        **security_options(settings),
     )
     conn = await asyncpg.connect(settings.database_dsn)
     await consumer.start()
@@ -164,7 +165,7 @@ async def main(n: int, polls: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with EmbeddedKafka(root) as kafka, EmbeddedPostgres(root / "pg") as pg:
-            await wait_for_broker(kafka.bootstrap)
+            await wait_for_broker(kafka.bootstrap, settings=load_settings(kafka_bootstrap=kafka.bootstrap))
             await asyncio.to_thread(upgrade, pg.url)
             topic = f"bench-{uuid.uuid4().hex[:6]}"
 

@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 from aiokafka import AIOKafkaProducer
 
 from cryptostream.embedded import EmbeddedKafka
-from cryptostream.kafka import ensure_topics, wait_for_broker
+from cryptostream.kafka import ensure_topics, security_options, wait_for_broker
 from cryptostream.settings import Settings, load_settings
 from ingest.replay import replay_trades
 from ingest.service import run_ingest
@@ -98,7 +98,9 @@ def naive_rows(path: Path, limit: int) -> list[dict[str, object]]:
 async def naive(bootstrap: str, path: Path, limit: int, *, wait_each: bool) -> tuple[int, float]:
     settings = settings_for(bootstrap, 1)
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")  # aiokafka defaults otherwise
+    producer = AIOKafkaProducer(  # aiokafka defaults otherwise
+        bootstrap_servers=bootstrap, acks="all", **security_options(settings)
+    )
     await producer.start()
     started = time.perf_counter()
     try:
@@ -116,7 +118,7 @@ async def naive(bootstrap: str, path: Path, limit: int, *, wait_each: bool) -> t
 
 
 async def main(args: argparse.Namespace, bootstrap: str) -> None:
-    await wait_for_broker(bootstrap)
+    await wait_for_broker(bootstrap, settings=settings_for(bootstrap, 1))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "BTCUSDT-trades-2025-01-01.csv"
         write_dump(path, args.trades)

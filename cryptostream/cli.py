@@ -141,7 +141,9 @@ def _wait_for_services(settings: Settings, *, kafka: bool = False, database: boo
     if kafka:
         from cryptostream.kafka import wait_for_broker
 
-        asyncio.run(wait_for_broker(_require_kafka(settings), settings.service_wait_seconds))
+        asyncio.run(
+            wait_for_broker(_require_kafka(settings), settings.service_wait_seconds, settings=settings)
+        )
     if database and settings.database_dsn:
         asyncio.run(_wait_for_database(settings.database_dsn, settings.service_wait_seconds))
 
@@ -181,6 +183,11 @@ def up(
     from cryptostream.kafka import ensure_topics, wait_for_broker
     from cryptostream.migrate import upgrade
 
+    if not settings.kafka_bootstrap and settings.kafka_security_protocol != "PLAINTEXT":
+        raise SettingsError(
+            f"KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs KAFKA_BOOTSTRAP: the broker "
+            "`up` starts itself is plaintext on 127.0.0.1 (unset KAFKA_SECURITY_PROTOCOL, or name your Kafka)"
+        )
     # Every port is checked before anything starts: a busy one is a one-line error, not a restart loop.
     _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT")
     role_env: dict[str, dict[str, str]] = {}
@@ -216,7 +223,7 @@ def up(
         bootstrap = settings.kafka_bootstrap
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
-            asyncio.run(wait_for_broker(bootstrap, settings.service_wait_seconds))
+            asyncio.run(wait_for_broker(bootstrap, settings.service_wait_seconds, settings=settings))
             # The embedded broker keeps topics in memory: windows still open at shutdown could never be read
             # again, so ingest ends with progress that closes them and the processor reads to the end.
             env["FLUSH_WINDOWS_ON_STOP"] = "true"

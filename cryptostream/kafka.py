@@ -3,25 +3,61 @@
 Everything here speaks the plain Kafka protocol through aiokafka, so it works the same against Apache
 Kafka (the distributed shape) and the embedded Tansu broker. Where the broker lacks a feature (Tansu has no
 idempotent producer), :func:`start_producer` falls back and logs it once per process.
+
+Every client built anywhere in the code base takes :func:`security_options` (TLS and SASL from the settings);
+``tests/unit/test_kafka_security.py`` fails when a new ``AIOKafka*`` constructor does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
-from cryptostream.errors import InfraError
+from cryptostream.errors import InfraError, SettingsError
 from cryptostream.procs import describe_os_error, wait_for_service
 from cryptostream.settings import Settings
 
-__all__ = ["consumer_for", "ensure_topics", "start_producer", "wait_for_broker"]
+__all__ = ["consumer_for", "ensure_topics", "security_options", "start_producer", "wait_for_broker"]
 
 log = logging.getLogger(__name__)
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """The aiokafka keyword arguments of KAFKA_SECURITY_PROTOCOL and its KAFKA_SASL_* / KAFKA_SSL_* settings
+    (consistent by then: :class:`Settings` refuses a combination that cannot work)."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        try:  # no CA file = the system's trusted CAs, as a managed Kafka's public certificate needs
+            options["ssl_context"] = create_ssl_context(
+                cafile=settings.kafka_ssl_cafile,
+                certfile=settings.kafka_ssl_certfile,
+                keyfile=settings.kafka_ssl_keyfile,
+            )
+        except (ssl.SSLError, OSError) as exc:  # the files exist (checked at start-up) but do not load
+            raise SettingsError(f"{_bad_pem(settings)} could not be loaded: {exc}") from None
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        assert settings.kafka_sasl_password is not None  # Settings requires it with a SASL protocol
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def _bad_pem(settings: Settings) -> str:
+    """Which setting made the SSL context fail: the CA file alone, or else the client certificate and key."""
+    try:
+        create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    except (ssl.SSLError, OSError):
+        return "KAFKA_SSL_CAFILE"
+    return "KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE"
 
 
 def _servers(bootstrap: str) -> list[tuple[str, int]]:
@@ -34,7 +70,7 @@ def _servers(bootstrap: str) -> list[tuple[str, int]]:
     return out
 
 
-async def _metadata(bootstrap: str) -> None:
+async def _metadata(bootstrap: str, settings: Settings) -> None:
     """One metadata round trip. A plain TCP connect first gives a clear reason (refused, unknown host) and
     spares the log aiokafka's own error lines for a broker that is not there yet."""
     last: OSError | None = None
@@ -50,7 +86,9 @@ async def _metadata(bootstrap: str) -> None:
     else:
         assert last is not None
         raise last
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=5000, **security_options(settings)
+    )
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)  # a broker still starting is retried, not an error
@@ -68,11 +106,18 @@ def _kafka_reason(exc: BaseException) -> str:
     return describe_os_error(exc)
 
 
-async def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-    """Return once the broker answers metadata requests, retrying with backoff (each retry logged); raise
-    :class:`InfraError`, one line naming KAFKA_BOOTSTRAP and ``bootstrap``, after ``timeout`` seconds."""
+async def wait_for_broker(
+    bootstrap: str,
+    timeout: float = 30.0,  # noqa: ASYNC109
+    *,
+    settings: Settings,
+) -> None:
+    """Return once the broker at ``bootstrap`` answers metadata requests, connecting as ``settings`` say (TLS,
+    SASL), retrying with backoff (each retry logged); raise :class:`InfraError`, one line naming
+    KAFKA_BOOTSTRAP and ``bootstrap``, after ``timeout`` seconds."""
+    security_options(settings)  # a certificate that does not load is a settings error, not retried
     await wait_for_service(
-        lambda: _metadata(bootstrap),
+        lambda: _metadata(bootstrap, settings),
         setting="KAFKA_BOOTSTRAP",
         address=bootstrap,
         timeout=timeout,
@@ -91,7 +136,9 @@ async def ensure_topics(settings: Settings, bootstrap: str | None = None) -> Non
         settings.kafka_candles_topic: settings.kafka_partitions,
         settings.kafka_dlq_topic: 1,
     }
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=servers, request_timeout_ms=10_000, **security_options(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -131,6 +178,7 @@ async def start_producer(
         "max_batch_size": 1024 * 1024,
         "request_timeout_ms": 30_000,
         "retry_backoff_ms": 200,
+        **security_options(settings),
     }
     options.update(overrides)
     auto_refused = settings.kafka_idempotence == "auto" and servers in _REFUSED_IDEMPOTENCE
@@ -181,6 +229,7 @@ def consumer_for(
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(100, min(1_000, settings.kafka_session_timeout_ms // 4)),
         "isolation_level": "read_uncommitted",
+        **security_options(settings),
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

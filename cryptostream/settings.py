@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cryptostream.errors import SettingsError, UnsupportedSymbol
@@ -82,6 +82,29 @@ class Settings(BaseSettings):
     )
     kafka_linger_ms: int = Field(
         default=5, ge=0, le=10_000, description="Producer linger before a batch goes."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client connects: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL "
+        "(a managed Kafka: SASL_SSL).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism with a SASL_* protocol; unset = PLAIN."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name (SASL_* protocols).")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (SASL_* protocols); never logged."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the broker's certificate (SSL, SASL_SSL); unset = the "
+        "system's trusted CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate for mutual TLS (with KAFKA_SSL_KEYFILE)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of KAFKA_SSL_CERTFILE (unencrypted)."
     )
 
     # --- ingest -----------------------------------------------------------------------------------
@@ -302,6 +325,62 @@ class Settings(BaseSettings):
             raise ValueError(f"must use only letters, digits, '.', '_' and '-', got {value!r}")
         return value
 
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().upper() or None  # sasl_ssl = SASL_SSL; empty = unset
+        return value
+
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"must name an existing PEM file, got '{value}'")
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> Settings:
+        """Refuse Kafka security settings that would be silently ignored or cannot work (one line each)."""
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol.endswith("SSL")
+        if sasl:
+            if not self.kafka_sasl_username:
+                raise ValueError(f"KAFKA_SASL_USERNAME must be set with KAFKA_SECURITY_PROTOCOL={protocol}")
+            if self.kafka_sasl_password is None or not self.kafka_sasl_password.get_secret_value():
+                raise ValueError(f"KAFKA_SASL_PASSWORD must be set with KAFKA_SECURITY_PROTOCOL={protocol}")
+        else:
+            for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name.upper()} needs KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT, "
+                        f"got {protocol}"
+                    )
+        if not tls:
+            for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name.upper()} needs KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, got {protocol}"
+                    )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            missing = "KAFKA_SSL_KEYFILE" if self.kafka_ssl_keyfile is None else "KAFKA_SSL_CERTFILE"
+            other = "KAFKA_SSL_CERTFILE" if missing == "KAFKA_SSL_KEYFILE" else "KAFKA_SSL_KEYFILE"
+            raise ValueError(f"{missing} must be set with {other} (mutual TLS needs both)")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -340,8 +419,10 @@ _PHRASES = (
 
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "setting"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across settings: its message names them; the input is all of them
+        return message
+    name = str(first["loc"][0]).upper()
     for verbose, short in _PHRASES:
         message = message.replace(verbose, short)
     value = first.get("input")
@@ -349,6 +430,8 @@ def _one_line(error: ValidationError) -> str:
         value = value.get_secret_value()
     if name == "DATABASE_URL" and isinstance(value, str):
         value = mask_url(value)  # what is wrong stays visible; the password does not
+    if name == "KAFKA_SASL_PASSWORD":
+        value = None  # never echoed, not even when it is the wrong thing
     shown = f", got {value!r}" if value is not None and "got" not in message else ""
     more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
     return f"{name} {message}{shown}{more}"

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from cryptostream.kafka import ensure_topics
+from cryptostream.kafka import ensure_topics, security_options
 from cryptostream.models import INTERVALS
 from cryptostream.settings import Settings
 from cryptostream.store import ReadStore
@@ -177,6 +177,7 @@ class Fanout:
                     auto_offset_reset="latest",
                     client_id="cryptostream-api",
                     fetch_max_wait_ms=100,
+                    **security_options(self.settings),
                 )
                 await consumer.start()
                 await consumer.topics()  # fetch metadata so the topic's partitions are known

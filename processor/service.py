@@ -37,7 +37,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from cryptostream.codec import Rejected, decode_records, encode_dlq
 from cryptostream.errors import MissingCheckpoint, SinkWriteError
 from cryptostream.fetch import Fetched, batch_reading_supported, fetch_values
-from cryptostream.kafka import consumer_for, ensure_topics, start_producer
+from cryptostream.kafka import consumer_for, ensure_topics, security_options, start_producer
 from cryptostream.metrics import (
     CANDLES,
     CHECKPOINT_SECONDS,
@@ -631,6 +631,7 @@ class Processor:
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
+            **security_options(self.settings),
         )
         await reader.start()
         done: set[int] = set()

@@ -47,7 +47,9 @@ def kafka_bootstrap(infra_dir: Path) -> Iterator[str]:
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
     with EmbeddedKafka(infra_dir) as broker:
-        asyncio.run(wait_for_broker(broker.bootstrap))
+        asyncio.run(
+            wait_for_broker(broker.bootstrap, settings=load_settings(kafka_bootstrap=broker.bootstrap))
+        )
         yield broker.bootstrap
 
 

@@ -34,7 +34,7 @@ from cryptostream.errors import MissingCheckpoint
 from cryptostream.kafka import wait_for_broker
 from cryptostream.migrate import upgrade
 from cryptostream.models import Trade
-from cryptostream.settings import Settings
+from cryptostream.settings import Settings, load_settings
 from ingest.exchanges import build, live_trades, load_markets
 from ingest.service import run_ingest
 from ingest.synthetic import SyntheticMarket
@@ -324,7 +324,7 @@ async def test_two_runs_over_a_forgotten_log_then_a_crash_between_checkpoint_and
     expected1 = batch_candles(run1)
     for run, trades in ((1, run1), (2, run2)):
         with EmbeddedKafka(tmp_path / f"broker{run}") as broker:
-            await wait_for_broker(broker.bootstrap)
+            await wait_for_broker(broker.bootstrap, settings=load_settings(kafka_bootstrap=broker.bootstrap))
             settings = make_settings(
                 kafka_bootstrap=broker.bootstrap, max_buffer_seconds=0.5, parquet_chunk_seconds=0.3
             )

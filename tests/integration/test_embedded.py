@@ -20,6 +20,7 @@ import pytest
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
 from cryptostream.errors import InfraError
 from cryptostream.kafka import wait_for_broker
+from cryptostream.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,9 @@ def test_killing_the_parent_with_sigkill_leaves_no_broker_or_database_behind(tmp
 def test_the_broker_speaks_kafka_on_a_free_loopback_port(tmp_path: Path) -> None:
     with EmbeddedKafka(tmp_path) as broker:
         assert broker.bootstrap.startswith("127.0.0.1:")
-        asyncio.run(wait_for_broker(broker.bootstrap, timeout=20))
+        asyncio.run(
+            wait_for_broker(broker.bootstrap, 20, settings=load_settings(kafka_bootstrap=broker.bootstrap))
+        )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as another user")

@@ -51,13 +51,13 @@ async def test_broker_outage_is_retried_and_resumes_with_nothing_lost(tmp_path: 
     port = free_port()
     first = EmbeddedKafka(tmp_path / "first", port=port).start()
     try:
-        await wait_for_broker(first.bootstrap)
         settings = load_settings(
             kafka_bootstrap=first.bootstrap,
             kafka_topic="outage",
             kafka_dlq_topic="outage-dlq",
             kafka_partitions=2,
         )
+        await wait_for_broker(first.bootstrap, settings=settings)
         await ensure_topics(settings)
         producer = await start_producer(settings, request_timeout_ms=2_000, retry_backoff_ms=100)
         publisher = Publisher(producer, settings.kafka_topic, batch_size=50, queue_size=400, linger_ms=5)
@@ -87,7 +87,7 @@ async def test_broker_outage_is_retried_and_resumes_with_nothing_lost(tmp_path: 
         # this event loop is blocked, so the waiting publisher cannot produce before it exists (Tansu would
         # accept records for an unknown topic and lose them when the topic is created afterwards).
         second = EmbeddedKafka(tmp_path / "second", port=port).start()
-        blocking(wait_for_broker(second.bootstrap), ensure_topics(settings))
+        blocking(wait_for_broker(second.bootstrap, settings=settings), ensure_topics(settings))
         await asyncio.wait_for(offered, 60)
         assert await publisher.wait_acknowledged(timeout=60), f"backlog {publisher.backlog} never drained"
         assert publisher.backlog == 0 and publisher.accepted == publisher.acknowledged == 1300
