@@ -103,6 +103,25 @@ def _run(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> N
     asyncio.run(runner())
 
 
+SYMBOLS_HELP = (
+    "Comma list; `all` = every market trading on EXCHANGES (both exchanges' for the demo); N = the first N "
+    "of them, quote currencies with the most markets first, then the most-listed coins (BTCUSD, ETHUSD, "
+    "...). Overrides SYMBOLS."
+)
+
+
+def _live_symbols(settings: Settings, **overrides: Any) -> Settings:
+    """The live source: SYMBOLS=all / N counted by the exchanges' market lists of today (fetched first, into
+    the cache the selection reads), and refused before anything starts when an exchange cannot stream them."""
+    from ingest.exchanges import check_stream_limits, refresh_market_lists
+
+    if settings.symbols_selection is not None:
+        asyncio.run(refresh_market_lists(settings))
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    check_stream_limits(settings)
+    return settings
+
+
 def _require_kafka(settings: Settings) -> str:
     if not settings.kafka_bootstrap:
         raise SettingsError(
@@ -169,7 +188,7 @@ def up(
     source: Source = typer.Option(
         Source.synthetic, help="live exchanges, synthetic market, or a file replay."
     ),
-    symbols: str | None = typer.Option(None, metavar="LIST", help="Comma list, overrides SYMBOLS."),
+    symbols: str | None = typer.Option(None, metavar="LIST|all|N", help=SYMBOLS_HELP),
     port: int | None = typer.Option(None, metavar="PORT", help="API port (API_PORT, default 8000)."),
     path: Path | None = typer.Option(None, metavar="FILE", help="File to replay (with --source replay)."),
     rate: float = typer.Option(50.0, metavar="N", help="Synthetic trades per second."),
@@ -197,6 +216,8 @@ def up(
         _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT, ingest's /metrics")
         _require_free_port("0.0.0.0", settings.metrics_port + 1, "METRICS_PORT + 1, the processor's /metrics")
         role_env["process"] = {"METRICS_PORT": str(settings.metrics_port + 1)}
+    if source is Source.live:
+        settings = _live_symbols(settings, symbols=symbols, api_port=port)
     state = settings.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
     stack = contextlib.ExitStack()
@@ -438,7 +459,7 @@ def _source(
 def ingest(
     source: Source = typer.Option(Source.live, help="Where trades come from."),
     path: Path | None = typer.Option(None, metavar="FILE", help="File to replay (with --source replay)."),
-    symbols: str | None = typer.Option(None, metavar="LIST", help="Comma list, overrides SYMBOLS."),
+    symbols: str | None = typer.Option(None, metavar="LIST|all|N", help=SYMBOLS_HELP),
     rate: float = typer.Option(50.0, metavar="N", help="Synthetic trades per second."),
     record: Path | None = typer.Option(
         None, metavar="FILE", help="Also append every trade to this JSONL file."
@@ -451,6 +472,8 @@ def ingest(
 ) -> None:
     """Capture trades from a source and publish them to KAFKA_TOPIC."""
     settings = _settings("ingest", symbols=symbols)
+    if source is Source.live:
+        settings = _live_symbols(settings, symbols=symbols)
     if settings.metrics_port:
         _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, kafka=True)

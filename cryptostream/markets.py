@@ -10,7 +10,8 @@ A :class:`Catalog` is one exchange's list. :func:`refresh` fetches it live and k
 folder; when the exchange is unreachable or answers garbage it falls back to that cache, then to the
 snapshot shipped in ``cryptostream/data/markets`` (where it came from: the README there), so start-up
 works offline. :func:`resolve` maps SYMBOLS onto the configured exchanges; a symbol none of them trades
-stops start-up with one line naming it and the closest listed pairs.
+stops start-up with one line naming it and the closest listed pairs. :func:`whole_market` is what
+``SYMBOLS=all`` (or a count, ``SYMBOLS=500``) means: every trading market of the lists, in a fixed order.
 
 Spellings: ``DOT-USD``, ``DOT/USD``, ``dot_usd`` are split at the separator, so they are never ambiguous;
 ``DOTUSD`` / ``dotusd`` are looked up by concatenation in the catalog, which knows base and quote. The
@@ -25,7 +26,8 @@ import gzip
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -45,11 +47,13 @@ __all__ = [
     "MarketListError",
     "cached",
     "listed_on",
+    "local_catalogs",
     "parse_binance",
     "parse_coinbase",
     "refresh",
     "resolve",
     "snapshot",
+    "whole_market",
 ]
 
 log = logging.getLogger(__name__)
@@ -366,3 +370,26 @@ def listed_on(resolved: Mapping[str, Sequence[Market]]) -> dict[str, list[str]]:
         for market in markets:
             venues.setdefault(market.symbol, []).append(exchange)
     return venues
+
+
+# ----------------------------------------------------------------------------------------- whole market
+def local_catalogs(exchanges: Sequence[str], folder: Path) -> dict[str, Catalog]:
+    """Each of ``exchanges`` -> its market list without the network: the cache :func:`refresh` keeps in
+    ``folder``, else the shipped snapshot."""
+    return {name: cached(name, folder) or snapshot(name) for name in exchanges}
+
+
+def whole_market(catalogs: Iterable[Catalog]) -> list[str]:
+    """Every symbol trading in ``catalogs``, once, in a fixed order: quote currencies with the most
+    markets first (USD, USDT, BTC, ...), within one quote the coins listed in the most markets first
+    (BTC, ETH, SOL, ...), ties alphabetically. The first N of it are the big markets (BTCUSD, ETHUSD, ...),
+    and the order depends on the lists alone, not on the order of their entries."""
+    pairs: dict[str, Market] = {}
+    for catalog in catalogs:
+        for market in catalog:
+            if market.trading:
+                pairs.setdefault(market.symbol, market)
+    quotes = Counter(m.quote for m in pairs.values())
+    bases = Counter(m.base for m in pairs.values())
+    ranked = sorted(pairs.values(), key=lambda m: (-quotes[m.quote], m.quote, -bases[m.base], m.base))
+    return [m.symbol for m in ranked]

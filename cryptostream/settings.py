@@ -4,15 +4,19 @@ The names and defaults of the original README are kept (``SYMBOLS``, ``KAFKA_BOO
 ``KAFKA_PARTITIONS``, ``BATCH_SIZE``, ``REPLAY_SPEED``, ``MAX_POLL_RECORDS``, ``CONSUMER_GROUP``,
 ``OUTPUT_DIR``, ``MAX_BUFFER_SECONDS``, ``PARQUET_CHUNK_SECONDS``). Nothing else in the code base reads
 ``os.environ``: every role gets a :class:`Settings` instance.
+
+``SYMBOLS=all`` (or a count, ``SYMBOLS=500``) is expanded here, once, into the list it means (see
+:func:`cryptostream.markets.whole_market`), so every role sees a plain list of symbols.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cryptostream.errors import SettingsError, UnsupportedSymbol
@@ -22,6 +26,10 @@ from cryptostream.venues import DEMO
 __all__ = ["Settings", "load_settings", "mask_url"]
 
 CommaList = Annotated[list[str], NoDecode]
+
+SELECTION = re.compile(r"all|[+-]?\d+", re.IGNORECASE)  # SYMBOLS=all, SYMBOLS=500 (and 0, -1: refused)
+SELECTED = "@"  # marks a selection until it is expanded: no symbol contains it
+SYMBOLS_FORMS = "`all`, a count >= 1 or a comma list of symbols"
 
 
 def mask_url(url: str) -> str:
@@ -54,8 +62,18 @@ class Settings(BaseSettings):
     # --- what to capture --------------------------------------------------------------------------
     symbols: CommaList = Field(
         default_factory=lambda: ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
-        description="Symbols to stream, comma separated; normalized (BTC-USD -> BTCUSD).",
+        description="Symbols to stream, comma separated; normalized (BTC-USD -> BTCUSD). `all` = every "
+        "market trading on EXCHANGES (their market lists: STATE_DIR/markets, else the shipped snapshot; "
+        "both exchanges' for the demo alone); a count N = the first N of them, quote currencies with the "
+        "most markets first, then the most-listed coins (BTCUSD, ETHUSD, ...).",
     )
+    max_symbols: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="Most symbols one pipeline is configured for (SYMBOLS); more stops start-up.",
+    )
+    _symbols_selection: str | None = PrivateAttr(default=None)
     exchanges: CommaList = Field(
         default_factory=lambda: ["binance", "coinbase"],
         description="Exchanges the live source connects to; also the venue order readers prefer when a "
@@ -297,8 +315,18 @@ class Settings(BaseSettings):
     def _normalize_symbols(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("must name at least one symbol, e.g. BTCUSDT,ETHUSDT")
+        if len(value) == 1 and SELECTION.fullmatch(value[0]):
+            word = value[0].lower()
+            if word != "all" and int(word) < 1:
+                raise ValueError(f"must be {SYMBOLS_FORMS}, got {value[0]!r}")
+            return [SELECTED + word.lstrip("+")]  # expanded by _select_symbols, once EXCHANGES is known
         out: list[str] = []
         for raw in value:
+            if SELECTION.fullmatch(raw):
+                raise ValueError(f"must be {SYMBOLS_FORMS}, not a mix, got {','.join(value)!r}")
+            if difflib.SequenceMatcher(None, raw.lower(), "all").ratio() >= 0.75:
+                # "alll", "al": a typo of `all` would otherwise be a symbol the demo market happily makes
+                raise ValueError(f"must be {SYMBOLS_FORMS}, got {raw!r} (did you mean all?)")
             try:
                 symbol = normalize_symbol(raw)
             except UnsupportedSymbol as exc:
@@ -306,6 +334,31 @@ class Settings(BaseSettings):
             if symbol not in out:
                 out.append(symbol)
         return out
+
+    @model_validator(mode="after")
+    def _select_symbols(self) -> Settings:
+        """``all`` / N -> the symbols they mean (by the market lists of EXCHANGES); then MAX_SYMBOLS."""
+        if self.symbols[0].startswith(SELECTED):
+            from cryptostream import markets  # only here: the market lists are read only for a selection
+
+            word = self.symbols[0].removeprefix(SELECTED)
+            listing = [name for name in self.exchanges if name in markets.EXCHANGES]
+            listing = listing or list(markets.EXCHANGES)  # the demo alone imitates both exchanges
+            catalogs = markets.local_catalogs(listing, self.state_dir / "markets")
+            listed = markets.whole_market(catalogs.values())
+            object.__setattr__(self, "symbols", listed if word == "all" else listed[: int(word)])  # frozen
+            self._symbols_selection = word
+        if len(self.symbols) > self.max_symbols:
+            raise ValueError(
+                f"SYMBOLS names {len(self.symbols)} symbols, more than MAX_SYMBOLS ({self.max_symbols}): "
+                "name fewer, or raise MAX_SYMBOLS"
+            )
+        return self
+
+    @property
+    def symbols_selection(self) -> str | None:
+        """``all`` or the count SYMBOLS was given as (``symbols`` holds what it means), else ``None``."""
+        return self._symbols_selection
 
     @field_validator("exchanges")
     @classmethod
@@ -425,6 +478,9 @@ def _one_line(error: ValidationError) -> str:
     name = str(first["loc"][0]).upper()
     for verbose, short in _PHRASES:
         message = message.replace(verbose, short)
+    if not first["loc"]:  # a check across settings: its message names them
+        return message
+    name = str(first["loc"][0]).upper()
     value = first.get("input")
     if isinstance(value, SecretStr):
         value = value.get_secret_value()

@@ -14,7 +14,9 @@ so rounds pipeline.
 
 Records are sent in the order they were accepted within a partition (one sender, one FIFO), which is what
 progress records need: :meth:`Publisher.progress_records` turns a source's progress into one record per
-partition that holds its symbols, accepted like any other record, after the trades it covers.
+partition that holds its symbols (more when a partition holds more than ``PROGRESS_SYMBOLS`` of them, so a
+whole market's progress stays far below the processor's record size limit), accepted like any other record,
+after the trades it covers.
 
 Nothing accepted is dropped: a send that fails (broker gone, leader moving) is retried with backoff, and a
 batch the producer gives up on is sent again. ``backlog`` (accepted minus acknowledged, also the
@@ -48,6 +50,7 @@ __all__ = ["Publisher", "Record"]
 log = logging.getLogger(__name__)
 
 MAX_ROUND = 200_000  # records taken per round at most (bounds one round's transient memory)
+PROGRESS_SYMBOLS = 1000  # symbols per progress record at most: 1000 x 24 characters is < 64 KiB
 
 
 class Publisher:
@@ -113,17 +116,23 @@ class Publisher:
         await self.put_records(records)
 
     def progress_records(self, progress: Progress, received_at: int | None = None) -> list[Record]:
-        """One progress record per partition holding some of ``progress.symbols``, keyed by one of them
-        (so it lands where their trades land), stamped ``received_at`` (default now)."""
+        """One progress record per partition holding some of ``progress.symbols`` (one per
+        ``PROGRESS_SYMBOLS`` of them), keyed by one of them (so it lands where their trades land), stamped
+        ``received_at`` (default now)."""
         if self._task is None:
             raise RuntimeError("Publisher.start() was not called")
         groups: dict[int, list[str]] = {}
         for symbol in progress.symbols:
             groups.setdefault(self._partition(symbol.encode()), []).append(symbol)
         stamp = now_ms() if received_at is None else received_at
-        return [
-            (group[0].encode(), encode_progress(progress.exchange, group, progress.watermark), stamp)
+        chunks = (
+            group[i : i + PROGRESS_SYMBOLS]
             for _, group in sorted(groups.items())
+            for i in range(0, len(group), PROGRESS_SYMBOLS)
+        )
+        return [
+            (chunk[0].encode(), encode_progress(progress.exchange, chunk, progress.watermark), stamp)
+            for chunk in chunks
         ]
 
     async def put_records(self, records: Sequence[Record]) -> None:

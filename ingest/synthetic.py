@@ -11,12 +11,16 @@
 * **Sides**: the taker's side leans with the shock (buyers lift the offer when the price goes up).
 * **Test aids**: ``disorder_ms`` delivers trades out of event-time order within that bound;
   ``duplicate_rate`` resends that fraction of trades (as exchanges do on reconnect). Same seed, same trades.
+* **Start prices** are what the pair would cost: the base's USD price over the quote's (ETHBTC about 0.05,
+  BTCTRY about two million); a coin not in :data:`USD_PRICES` gets a fixed price of its own between one cent
+  and a few dollars, so a whole market (``SYMBOLS=all``) looks like one.
 * **Venue**: ``synthetic``, a venue of its own (demo data never poses as an exchange's market). Live, it
   starts on the next whole second with trade ids that never repeat an earlier run's, writes progress (its
   event time, exact: it generates in order) every ``PROGRESS_INTERVAL_MS``, and at stop writes progress
   that closes every window it fed.
 
-All random numbers of a call are drawn at once with NumPy; the per-trade loop is plain float arithmetic.
+All random numbers of a call are drawn at once with NumPy; the per-trade loop is plain float arithmetic,
+and nothing per tick loops over the symbols (2,000 of them cost what 3 do).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -39,18 +44,36 @@ from ingest.source import TradeBatch
 
 __all__ = ["SyntheticMarket"]
 
-START_PRICES = {"BTC": 65_000.0, "ETH": 3_200.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15}
+# Rough USD prices of the coins and currencies pairs are most often quoted in or made of (start values only).
+USD_PRICES = {
+    **{"BTC": 65_000.0, "ETH": 3_200.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15},
+    **{"ADA": 0.45, "DOT": 6.0, "LINK": 14.0, "LTC": 75.0, "AVAX": 30.0, "TRX": 0.12, "SHIB": 0.00002},
+    **{"PEPE": 0.00001, "BCH": 400.0, "ETC": 25.0, "ATOM": 7.0, "NEAR": 5.0, "UNI": 8.0, "AAVE": 150.0},
+    **dict.fromkeys(("USD", "USDT", "USDC", "FDUSD", "TUSD", "DAI", "BUSD", "USDP", "PYUSD", "USDE"), 1.0),
+    **{"EUR": 1.08, "GBP": 1.27, "AUD": 0.66, "CAD": 0.73, "SGD": 0.74, "JPY": 0.0067, "TRY": 0.03},
+    **{"BRL": 0.18, "ARS": 0.001, "INR": 0.012, "UAH": 0.024, "ZAR": 0.055, "PLN": 0.25, "MXN": 0.055},
+    **{"RON": 0.22, "CZK": 0.043, "COP": 0.00025, "IDRT": 0.000064},
+}
+_BY_LENGTH = sorted(USD_PRICES, key=lambda name: (-len(name), name))
 JUMP_PROBABILITY = 0.0002  # per trade: rare news, about 1 variance-percent of the path
 BLOCK_PROBABILITY = 0.01
 REGIME_SECONDS = 120.0  # how long a calm or wild spell lasts (mean reversion time of log volatility)
 REGIME_SPREAD = 0.5  # standard deviation of log volatility across spells
 
 
+def _usd(coin: str) -> float:
+    """The USD price of ``coin``: from :data:`USD_PRICES`, else fixed by its name, $0.01 to about $30."""
+    if coin in USD_PRICES:
+        return USD_PRICES[coin]
+    return float(10.0 ** (-2.0 + 3.5 * zlib.crc32(coin.encode()) / 2**32))  # crc32: the same in every run
+
+
 def _start_price(symbol: str) -> float:
-    for base, price in START_PRICES.items():
-        if symbol.startswith(base):
-            return price
-    return 100.0
+    """What ``symbol`` would cost: base over quote in USD. The split is a guess from the known quote
+    suffixes (a known base wins: DOTUSD is DOT/USD, not DO/TUSD); a wrong guess only moves a start price."""
+    splits = [(symbol[: -len(q)], q) for q in _BY_LENGTH if symbol.endswith(q) and len(symbol) > len(q)]
+    base, quote = next((s for s in splits if s[0] in USD_PRICES), splits[0] if splits else (symbol, "USD"))
+    return _usd(base) / _usd(quote)
 
 
 def _tick(price: float) -> float:
@@ -85,8 +108,10 @@ class SyntheticMarket:
     base_vol: float = 2e-4  # per-trade log-return scale
     market_beta: float = 0.7  # share of a symbol's moves that come from the common market factor
     _rng: np.random.Generator = field(init=False, repr=False)
-    _paths: dict[str, _Path] = field(init=False, repr=False)
+    _paths: list[_Path] = field(init=False, repr=False)  # in the order of symbols
+    _variance: float = field(init=False, default=0.0, repr=False)  # sum of the paths' variances
     _weights: npt.NDArray[np.float64] = field(init=False, repr=False)
+    _cdf: npt.NDArray[np.float64] = field(init=False, repr=False)
     _market: float = field(init=False, default=0.0, repr=False)
     _market_var: float = field(init=False, default=0.0, repr=False)
     _regime: float = field(init=False, default=0.0, repr=False)
@@ -96,12 +121,16 @@ class SyntheticMarket:
         if not self.symbols:
             raise ValueError("SyntheticMarket needs at least one symbol")
         self._rng = np.random.default_rng(self.seed)
-        self._paths = {
-            s: _Path(_start_price(s), self.base_vol**2, self.first_id + 1_000_000 * i, _tick(_start_price(s)))
-            for i, s in enumerate(self.symbols)
-        }
+        prices = [_start_price(s) for s in self.symbols]
+        self._paths = [
+            _Path(price, self.base_vol**2, self.first_id + 1_000_000 * i, _tick(price))
+            for i, price in enumerate(prices)
+        ]
+        self._variance = self.base_vol**2 * len(self._paths)
         weights = 1.0 / np.arange(1, len(self.symbols) + 1)
         self._weights = weights / weights.sum()
+        self._cdf = self._weights.cumsum()  # what Generator.choice(p=...) builds on every call, once
+        self._cdf /= self._cdf[-1]
         self._market_var = self.base_vol**2 * float(self._weights.min())
 
     # ------------------------------------------------------------------------------------------ core
@@ -121,7 +150,8 @@ class SyntheticMarket:
         gaps = rng.exponential(1000.0 / self.rate, n).tolist() if times is None else None
         received = int(time.time() * 1000)
         symbols = self.symbols
-        paths = [self._paths[s] for s in symbols]
+        paths = self._paths
+        variance = self._variance
         beta = self.market_beta
         own = math.sqrt(max(0.0, 1.0 - beta * beta))
         base_var = self.base_vol**2
@@ -158,9 +188,10 @@ class SyntheticMarket:
                 shock += jump_size[k]
             shock = max(-0.2, min(0.2, shock))
             # GARCH(1,1) on the symbol's own shocks: variance reverts to base, reacts to news (clustering)
-            path.variance = (
-                0.05 * base_var + 0.85 * path.variance + 0.10 * (idio / level) ** 2 / max(own * own, 1e-9)
-            )
+            news = 0.10 * (idio / level) ** 2 / max(own * own, 1e-9)
+            updated = 0.05 * base_var + 0.85 * path.variance + news
+            variance += updated - path.variance
+            path.variance = updated
             price = round(round(path.price * math.exp(shock) / path.tick) * path.tick, 10)
             path.price = price if price > 0 else path.tick
             size = round(size_l[k] * 100 / max(path.price, 1e-9) ** 0.5, 8) or 1e-8
@@ -178,10 +209,13 @@ class SyntheticMarket:
             )
             path.next_id += 1
         self._last_ms = last_ms
+        self._variance = variance
         return out
 
     def _picks(self, n: int) -> npt.NDArray[np.int64]:
-        return self._rng.choice(len(self.symbols), size=n, p=self._weights)
+        """``n`` symbol indexes by activity: exactly ``rng.choice(p=weights)``, without its per-call set-up
+        (O(symbols))."""
+        return self._cdf.searchsorted(self._rng.random(n), side="right")
 
     def generate(self, n: int, start_ms: int) -> list[Trade]:
         """``n`` trades from ``start_ms`` on, in delivery order (with disorder/duplicates if enabled)."""
@@ -217,6 +251,7 @@ class SyntheticMarket:
         last_ms = first * 1000
         said = reported = time.time()  # the first progress one interval in
         feed = FeedStatus(self.exchange, CONNECTED, last_ms)
+        every = tuple(self.symbols)
         while True:
             stopping = stop is not None and stop.is_set()
             if not stopping:
@@ -237,12 +272,12 @@ class SyntheticMarket:
             if final:
                 # Nothing more will come: through the end of this second (the next run starts after it).
                 closing = end_ms - 1 - (end_ms - 1) % 1000 + 1000
-                batch.progress.append(Progress(self.exchange, tuple(self.symbols), closing))
+                batch.progress.append(Progress(self.exchange, every, closing))
                 feed.enter(ENDED, int(now * 1000))
                 batch.feeds.append(feed)
             elif now - said >= progress_ms / 1000:
                 said = now
-                batch.progress.append(Progress(self.exchange, tuple(self.symbols), end_ms))
+                batch.progress.append(Progress(self.exchange, every, end_ms))
             if not final and now - reported >= 1.0:
                 reported = now
                 batch.feeds.append(replace(feed))
@@ -253,5 +288,5 @@ class SyntheticMarket:
 
     def _burst(self) -> float:
         """Trading intensity rises with volatility, as real markets do."""
-        mean_var = sum(p.variance for p in self._paths.values()) / len(self._paths)
+        mean_var = max(0.0, self._variance) / len(self._paths)  # kept as trades update it
         return min(5.0, max(0.3, math.sqrt(mean_var) / self.base_vol))

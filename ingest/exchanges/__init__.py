@@ -9,6 +9,9 @@ Which markets those are is decided once at start-up by :func:`load_markets`: eac
 (live from its REST API, else the last cached copy under ``STATE_DIR/markets``, else the snapshot shipped
 with cryptostream) is matched against SYMBOLS by :func:`cryptostream.markets.resolve`. A feed subscribes
 with the exchange's own ids from that list; a symbol no configured exchange trades stops start-up.
+``SYMBOLS=all`` (or a count) is counted by those lists too: :func:`refresh_market_lists` fetches them before
+the settings are read, and :func:`check_stream_limits` refuses, before anything starts, more markets than
+an exchange streams on the one connection a feed opens (Binance: 1024).
 
 :func:`live_trades` also writes each feed's progress (see :mod:`ingest.exchanges.watermark`) every
 ``PROGRESS_INTERVAL_MS``, keeps what a restart needs to find the gap across it in
@@ -28,13 +31,13 @@ from pathlib import Path
 import httpx
 import orjson
 
-from cryptostream.errors import SettingsError
+from cryptostream.errors import SettingsError, UnsupportedSymbol
 from cryptostream.feeds import ENDED
-from cryptostream.markets import Market, listed_on, refresh, resolve
+from cryptostream.markets import Catalog, Market, listed_on, local_catalogs, refresh, resolve
 from cryptostream.settings import Settings
 from ingest.backfill import BinanceHistory, CoinbaseHistory
 from ingest.exchanges.base import Exchange
-from ingest.exchanges.binance import Binance
+from ingest.exchanges.binance import MAX_STREAMS, Binance
 from ingest.exchanges.coinbase import CoinbaseAdvanced, CoinbaseExchange
 from ingest.source import TradeBatch, now_ms
 
@@ -45,14 +48,17 @@ __all__ = [
     "CoinbaseExchange",
     "Exchange",
     "build",
+    "check_stream_limits",
     "live_trades",
     "load_markets",
+    "refresh_market_lists",
 ]
 
 log = logging.getLogger(__name__)
 
 RESTART_SECONDS = 5.0
 QUEUE_BATCHES = 4096  # frames waiting for the publisher; beyond this the readers wait (back-pressure)
+LOGGED_MARKETS = 20  # markets a start-up log line names; the rest are counted (SYMBOLS=all)
 
 
 def _binance(settings: Settings, http: httpx.AsyncClient, markets: Sequence[Market]) -> Exchange:
@@ -86,20 +92,62 @@ def _rest_url(settings: Settings, exchange: str) -> str:
     return settings.binance_rest_url if exchange == "binance" else settings.coinbase_rest_url
 
 
-async def load_markets(settings: Settings, http: httpx.AsyncClient) -> dict[str, list[Market]]:
-    """Exchange -> the markets of SYMBOLS it trades, from fresh market lists; logs what each streams."""
+# Markets one feed streams at most: one connection each (Binance: streams per connection). Coinbase
+# documents no such limit for a subscription.
+STREAM_LIMITS = {"binance": MAX_STREAMS}
+
+
+async def _refresh_all(settings: Settings, http: httpx.AsyncClient) -> dict[str, Catalog]:
     names = _live_exchanges(settings)
     folder = settings.state_dir / "markets"
     lists = await asyncio.gather(*(refresh(name, http, _rest_url(settings, name), folder) for name in names))
-    catalogs = dict(zip(names, lists, strict=True))
+    return dict(zip(names, lists, strict=True))
+
+
+async def refresh_market_lists(settings: Settings) -> None:
+    """Fetch the market lists of the live EXCHANGES into ``STATE_DIR/markets`` (offline: keeps the cache),
+    so that ``SYMBOLS=all`` read after it counts what the exchanges trade today."""
+    async with httpx.AsyncClient(timeout=10.0, headers={"User-Agent": "cryptostream"}) as http:
+        await _refresh_all(settings, http)
+
+
+def check_stream_limits(settings: Settings) -> None:
+    """Raise a one-line :class:`SettingsError` when SYMBOLS holds more markets of an exchange than its feed
+    can stream (by the market lists at hand, without the network)."""
+    names = [name for name in _live_exchanges(settings) if name in STREAM_LIMITS]
+    for name, catalog in local_catalogs(names, settings.state_dir / "markets").items():
+        count = 0
+        for symbol in settings.symbols:
+            with contextlib.suppress(SettingsError, UnsupportedSymbol):  # resolve() says what is wrong
+                market = catalog.lookup(symbol)
+                count += market is not None and market.trading
+        if count > STREAM_LIMITS[name]:
+            raise SettingsError(
+                f"SYMBOLS names {count} {name} markets; {name} streams at most {STREAM_LIMITS[name]} on the "
+                f"one connection its feed opens: name fewer (SYMBOLS=N, or EXCHANGES without {name})"
+            )
+
+
+async def load_markets(settings: Settings, http: httpx.AsyncClient) -> dict[str, list[Market]]:
+    """Exchange -> the markets of SYMBOLS it trades, from fresh market lists; logs what each streams."""
+    names = _live_exchanges(settings)
+    catalogs = await _refresh_all(settings, http)
     resolved = resolve(settings.symbols, names, catalogs)
     for name in names:
-        streamed = ", ".join(m.native for m in resolved[name]) or "nothing (it lists none of SYMBOLS)"
+        streamed = _some([m.native for m in resolved[name]]) or "nothing (it lists none of SYMBOLS)"
         log.info("%s streams %s; market list: %s", name, streamed, catalogs[name].describe())
-    for symbol, venues in listed_on(resolved).items():
-        if len(venues) < len(names):
+    single = [(s, v) for s, v in listed_on(resolved).items() if len(v) < len(names)]
+    if len(single) > LOGGED_MARKETS:  # SYMBOLS=all: one line, not one per market
+        log.info("%d symbols trade on one exchange only: %s", len(single), _some([s for s, _ in single]))
+    else:
+        for symbol, venues in single:
             log.info("%s: %s only (the other exchanges do not trade it)", symbol, " and ".join(venues))
     return resolved
+
+
+def _some(names: Sequence[str]) -> str:
+    more = len(names) - LOGGED_MARKETS
+    return ", ".join(names[:LOGGED_MARKETS]) + (f" and {more} more" if more > 0 else "")
 
 
 def build(

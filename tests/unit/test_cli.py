@@ -121,3 +121,47 @@ def test_a_role_that_keeps_failing_stops_up_with_an_error_not_a_success(tmp_path
             supervisor.watch()
     finally:
         supervisor.stop(["migrate"])
+
+
+def test_symbols_all_and_n_are_in_the_help_of_up_and_ingest() -> None:
+    for command in ("up", "ingest"):
+        text = " ".join(_help(command).split())
+        assert "--symbols LIST|all|N" in text
+        assert "`all` = every market trading on EXCHANGES" in text and "the first N of them" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["up", "--symbols", "alll"], {}, "SYMBOLS must be `all`, a count >= 1 or a comma list of symbols"),
+        (["ingest", "--symbols", "0"], {}, "SYMBOLS must be `all`, a count >= 1 or a comma list of symbols"),
+        (
+            ["up", "--symbols", "all"],
+            {"MAX_SYMBOLS": "1000"},
+            "SYMBOLS names 1700 symbols, more than MAX_SYMBOLS",
+        ),
+        (
+            ["ingest", "--source", "live", "--symbols", "all"],
+            {"EXCHANGES": "binance"},
+            "SYMBOLS names 1248 binance markets; binance streams at most 1024 on the one connection",
+        ),
+        (
+            ["up", "--source", "live", "--symbols", "all"],
+            {},
+            "SYMBOLS names 1248 binance markets; binance streams at most 1024",
+        ),
+    ],
+)
+def test_a_selection_that_cannot_run_stops_before_anything_starts(args, env, line, tmp_path) -> None:
+    offline = {"BINANCE_REST_URL": "http://127.0.0.1:9", "COINBASE_REST_URL": "http://127.0.0.1:9"}
+    done = _run([*args, "--port", str(_free_port())] if args[0] == "up" else args, tmp_path, **offline, **env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"cryptostream: {line}"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "postgres").exists() and "Kafka" not in done.stderr  # nothing started
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

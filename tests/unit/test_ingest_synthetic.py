@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 
+from cryptostream.markets import EXCHANGES, snapshot, whole_market
 from ingest.synthetic import SyntheticMarket
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -67,3 +68,18 @@ def test_disorder_is_bounded_and_duplicates_are_exact_resends():
         worst = max(worst, high - t.timestamp)
         high = max(high, t.timestamp)
     assert 0 < worst < 300 * 2  # delivered out of order, but within the bound (plus a resend delay)
+
+
+def test_a_whole_market_of_2000_symbols_trades_many_of_them_at_plausible_prices():
+    every = whole_market(snapshot(name) for name in EXCHANGES)
+    symbols = (every + [f"Z{i:04d}USD" for i in range(2000)])[:2000]
+    trades = SyntheticMarket(symbols, rate=5000, seed=2).generate(50_000, T0)  # 10 s of a busy market
+    seen = Counter(t.symbol for t in trades)
+    assert len(seen) > 1000  # busier symbols trade more (Zipf-like), but the tail trades too
+    assert seen["BTCUSD"] == max(seen.values())
+    first = {}
+    for t in trades:
+        first.setdefault(t.symbol, t.price)
+    assert 50_000 < first["BTCUSD"] < 80_000 and 0.03 < first["ETHBTC"] < 0.07
+    assert 0.9 < first["USDTUSD"] < 1.1 and first["BTCTRY"] > 1_000_000
+    assert all(1e-8 < p < 1e9 and math.isfinite(p) for p in first.values())  # BTCARS ~65 million

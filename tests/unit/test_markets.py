@@ -26,11 +26,13 @@ from cryptostream.markets import (
     MarketListError,
     cached,
     listed_on,
+    local_catalogs,
     parse_binance,
     parse_coinbase,
     refresh,
     resolve,
     snapshot,
+    whole_market,
 )
 
 DATA = Path(__file__).parent.parent / "data" / "exchanges"
@@ -383,3 +385,22 @@ def test_the_file_format_round_trips_and_keeps_only_what_a_market_needs():
     assert (
         data == catalog.to_bytes()
     )  # deterministic: a snapshot rebuilt from the same answer is the same file
+
+
+def test_the_whole_market_is_every_trading_pair_once_biggest_quotes_and_coins_first():
+    every = whole_market(CATALOGS.values())
+    assert len(every) == len(set(every)) == len({m.symbol for c in CATALOGS.values() for m in c if m.trading})
+    assert "DAIUSD" not in every  # delisted on Coinbase, not listed on Binance
+    assert every[:3] == ["BTCUSD", "ETHUSD", "USDTUSD"]
+    usdt = [s for s in every if s.endswith("USDT") and s[:-4] in ("BTC", "ETH", "SOL", "1000SATS")]
+    assert usdt == ["BTCUSDT", "ETHUSDT", "SOLUSDT", "1000SATSUSDT"]  # most-listed coins first
+    shuffled = [Catalog(c.exchange, list(reversed(c.markets)), c.source, c.as_of) for c in CATALOGS.values()]
+    assert whole_market(reversed(shuffled)) == every  # the lists' contents decide, not their order
+
+
+def test_local_catalogs_prefer_the_cache_to_the_snapshot(tmp_path):
+    mine = Catalog("coinbase", [Market("coinbase", "ABCUSD", "ABC", "USD", "ABC-USD", "trading")], "t", "now")
+    (tmp_path / "coinbase.json.gz").write_bytes(mine.to_bytes())
+    found = local_catalogs(BOTH, tmp_path)
+    assert [m.symbol for m in found["coinbase"]] == ["ABCUSD"]
+    assert len(found["binance"]) == len(CATALOGS["binance"])

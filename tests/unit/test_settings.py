@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cryptostream.errors import SettingsError
-from cryptostream.settings import load_settings, mask_url
+from cryptostream.markets import EXCHANGES, Catalog, Market, snapshot, whole_market
+from cryptostream.settings import Settings, load_settings, mask_url
 
 
 def test_the_original_readme_knobs_keep_their_names_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,3 +117,91 @@ def test_a_bad_database_url_is_shown_with_only_its_password_masked(monkeypatch: 
 def test_urls_in_messages_and_logs_hide_only_the_password(url: str, shown: str) -> None:
     assert mask_url(url) == shown
     assert load_settings(database_url=url or None, _env_file=None).describe_database() == shown
+
+
+# --------------------------------------------------------------------------- SYMBOLS=all, SYMBOLS=N
+@pytest.fixture
+def market_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No cached market list (the shipped snapshots count), the default EXCHANGES and MAX_SYMBOLS."""
+    for name in ("SYMBOLS", "EXCHANGES", "MAX_SYMBOLS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def test_symbols_all_is_every_market_trading_on_the_exchanges_in_a_fixed_order(
+    market_env, monkeypatch
+) -> None:
+    monkeypatch.setenv("SYMBOLS", "all")
+    settings = load_settings(_env_file=None)
+    trading = {m.symbol for name in EXCHANGES for m in snapshot(name) if m.trading}
+    assert settings.symbols == whole_market(snapshot(name) for name in EXCHANGES)
+    assert set(settings.symbols) == trading and len(settings.symbols) == len(trading) > 1500
+    assert settings.symbols[:4] == ["BTCUSD", "ETHUSD", "USDTUSD", "SOLUSD"]  # USD, the biggest quote, first
+    assert settings.symbols_selection == "all"
+    assert load_settings(_env_file=None).symbols == settings.symbols  # stable from run to run
+
+
+def test_symbols_n_is_the_first_n_of_all(market_env, monkeypatch) -> None:
+    every = load_settings(symbols="ALL", _env_file=None).symbols
+    monkeypatch.setenv("SYMBOLS", "500")
+    assert load_settings(_env_file=None).symbols == every[:500]
+    assert load_settings(symbols="3", _env_file=None).symbols == ["BTCUSD", "ETHUSD", "USDTUSD"]
+    assert load_settings(symbols="1000000", max_symbols=100_000, _env_file=None).symbols == every
+    assert load_settings(symbols="BTCUSDT,ETHUSDT", _env_file=None).symbols_selection is None
+
+
+def test_symbols_all_counts_the_configured_exchanges_and_the_demo_alone_imitates_both(market_env) -> None:
+    coinbase = load_settings(symbols="all", exchanges="coinbase", _env_file=None).symbols
+    assert coinbase == whole_market([snapshot("coinbase")]) and "DOTUSD" in coinbase
+    assert "BTCTRY" not in coinbase  # a Binance-only market
+    both = load_settings(symbols="all", _env_file=None).symbols
+    assert load_settings(symbols="all", exchanges="synthetic", _env_file=None).symbols == both
+    assert load_settings(symbols="all", exchanges="synthetic,coinbase", _env_file=None).symbols == coinbase
+
+
+def test_symbols_all_reads_the_cached_market_list_before_the_snapshot(market_env) -> None:
+    markets = [
+        Market("coinbase", "ABCUSD", "ABC", "USD", "ABC-USD", "trading"),
+        Market("coinbase", "XYZUSD", "XYZ", "USD", "XYZ-USD", "delisted"),
+        Market("coinbase", "ABCEUR", "ABC", "EUR", "ABC-EUR", "trading"),
+        Market("coinbase", "DEFUSD", "DEF", "USD", "DEF-USD", "trading"),
+    ]
+    (market_env / "markets").mkdir(parents=True)
+    catalog = Catalog("coinbase", markets, "a test", "2026-01-01T00:00:00Z")
+    (market_env / "markets" / "coinbase.json.gz").write_bytes(catalog.to_bytes())
+    assert load_settings(symbols="all", exchanges="coinbase", _env_file=None).symbols == [
+        "ABCUSD",  # USD: the quote of the most markets; ABC: the coin in the most markets
+        "DEFUSD",
+        "ABCEUR",
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "alll", "al", "BTCUSDT,all", "all,500", "BTCUSDT,5"])
+def test_a_bad_symbols_selection_is_one_line_naming_symbols(market_env, monkeypatch, value) -> None:
+    monkeypatch.setenv("SYMBOLS", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    text = str(info.value)
+    assert text.startswith("SYMBOLS must be `all`, a count >= 1 or a comma list of symbols"), text
+    assert repr(value) in text and "\n" not in text
+
+
+def test_more_symbols_than_max_symbols_stops_start_up_in_one_line(market_env, monkeypatch) -> None:
+    assert Settings.model_fields["max_symbols"].default >= 5000 > len(load_settings(symbols="all").symbols)
+    monkeypatch.setenv("MAX_SYMBOLS", "100")
+    for value, count in (("all", len(load_settings(symbols="all", max_symbols=5000).symbols)), ("101", 101)):
+        monkeypatch.setenv("SYMBOLS", value)
+        with pytest.raises(SettingsError) as info:
+            load_settings(_env_file=None)
+        assert str(info.value) == (
+            f"SYMBOLS names {count} symbols, more than MAX_SYMBOLS (100): name fewer, or raise MAX_SYMBOLS"
+        )
+    monkeypatch.setenv("SYMBOLS", ",".join(f"S{i:03d}USD" for i in range(101)))  # a plain list counts too
+    with pytest.raises(SettingsError, match="^SYMBOLS names 101 symbols, more than MAX_SYMBOLS"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SYMBOLS", "100")
+    assert len(load_settings(_env_file=None).symbols) == 100
+    monkeypatch.setenv("MAX_SYMBOLS", "0")
+    with pytest.raises(SettingsError, match="^MAX_SYMBOLS must be >= 1, got '0'"):
+        load_settings(_env_file=None)
