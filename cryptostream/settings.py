@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         description="At shutdown, ingest writes progress that closes the windows it fed and the processor "
         "reads the log to its end first (`up` sets it: its in-memory broker forgets the log).",
     )
+    max_streams_per_partition: int = Field(
+        default=50_000,
+        ge=1,
+        le=10_000_000,
+        description="Most markets (exchange, symbol) one partition of the trades topic holds; trades of a "
+        "new market past it are dead-lettered as `stream_cap`.",
+    )
     volatility_window_seconds: int = Field(
         default=60, ge=2, le=86_400, description="Rolling window of the volatility (std of 1 s log returns)."
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import socket
@@ -271,15 +270,26 @@ class Processor:
         part.position = offsets[-1] + 1
         TRADES_IN.labels("processor", "kafka").inc(len(offsets))
         self.stats.trades += len(decoded.trades)
-        late = part.apply(self.interner.adopt(decoded.trades), decoded.progress, self.interner)
-        TRADES_OUT.labels("processor").inc(len(decoded.trades) - int(late.size))
+        refused = part.apply(self.interner.adopt(decoded.trades), decoded.progress, self.interner)
+        TRADES_OUT.labels("processor").inc(
+            len(decoded.trades) - int(refused.late.size + refused.over_cap.size)
+        )
         rejected = decoded.rejected
-        if late.size:
+        if refused.late.size or refused.over_cap.size:
             index = {o: i for i, o in enumerate(offsets)}
-            for off in late.tolist():
-                rejected.append(
-                    Rejected("late", "window already closed", values[index[off]] or b"", part.partition, off)
-                )
+            cap = self.settings.max_streams_per_partition
+            for reason, detail, offs in (
+                ("late", "window already closed", refused.late),
+                (
+                    "stream_cap",
+                    f"a new market, and partition {part.partition} already holds "
+                    f"MAX_STREAMS_PER_PARTITION={cap} markets; raise MAX_STREAMS_PER_PARTITION (or add "
+                    "partitions) to take it",
+                    refused.over_cap,
+                ),
+            ):
+                for off in offs.tolist():
+                    rejected.append(Rejected(reason, detail, values[index[off]] or b"", part.partition, off))
         done = self.suppress.get(part.partition)
         if done:
             rejected = [r for r in rejected if r.offset not in done]
@@ -597,7 +607,12 @@ class Processor:
                 "offsets to the earliest"
             )
         part = PartitionState.restore(
-            ckpt.header(), ckpt.tables, self.interner, self.buffer_ms, self.history_ms
+            ckpt.header(),
+            ckpt.tables,
+            self.interner,
+            self.buffer_ms,
+            self.history_ms,
+            max_streams=self.settings.max_streams_per_partition,
         )
         removed = 0
         if self.parquet is not None:
@@ -611,7 +626,7 @@ class Processor:
             committed,
             ckpt.epoch,
             ckpt.seq,
-            len(part.streams),
+            part.stream_count(),
             f", {removed} uncommitted file(s) removed" if removed else "",
             f", {len(done)} dead letter(s) already written" if done else "",
         )
@@ -683,6 +698,7 @@ class Processor:
             position=offset,
             buffer_ms=self.buffer_ms,
             history_ms=self.history_ms,
+            max_streams=self.settings.max_streams_per_partition,
         )
 
     # ------------------------------------------------------------------ reporting
@@ -691,7 +707,7 @@ class Processor:
         :data:`STATUS_STREAMS` most behind, and how many there are), counts."""
         assert self._consumer is not None
         partitions = {}
-        streams: list[tuple[int, int, int]] = []  # (newest event ms, market code, closed through ms)
+        held = []  # per partition: (newest event ms, market code, closed through ms) of each market
         for p, part in self.parts.items():
             end = self._consumer.highwater(TopicPartition(self.topic, p))
             partitions[str(p)] = {
@@ -699,14 +715,16 @@ class Processor:
                 "end": end,
                 "lag": None if end is None else max(0, end - part.position),
             }
-            streams.extend(
-                (state.max_event, code, state.closed)
-                for code, state in part.streams.items()
-                if state.max_event > 0
-            )
-        total = len(streams)
+            held.append(part.event_times())
+        last, codes, closed = (
+            np.concatenate([h[i] for h in held] or [np.empty(0, np.int64)]) for i in range(3)
+        )
+        seen = last > 0
+        last, codes, closed = last[seen], codes[seen], closed[seen]
+        total = int(last.size)
         # Bounded, whatever the number of markets (a Kafka record is at most 1 MB): the most behind first.
-        shown = heapq.nsmallest(STATUS_STREAMS, streams) if total > STATUS_STREAMS else streams
+        order = np.lexsort((closed, codes, last))[:STATUS_STREAMS]
+        shown = zip(last[order].tolist(), codes[order].tolist(), closed[order].tolist(), strict=True)
         return orjson.dumps(
             {
                 "type": "status",
@@ -716,10 +734,10 @@ class Processor:
                 "streams": [
                     dict(
                         zip(("exchange", "symbol"), self.interner.name(code), strict=True),
-                        last_event_ms=last,
-                        closed_through_ms=closed,
+                        last_event_ms=event_ms,
+                        closed_through_ms=through_ms,
                     )
-                    for last, code, closed in shown
+                    for event_ms, code, through_ms in shown
                 ],
                 "streams_total": total,
                 "trades": self.stats.trades,

@@ -16,6 +16,24 @@ symbol). For each stream we keep:
   checkpoint (so the committed offset is simply the read position, never pinned by an open window);
 * ``recent``: the last closed candles, for rolling volatility and prediction features.
 
+**Quiet streams cost nothing per cycle.** A stream with no open window whose newest candle is more than
+``history_ms`` behind its frontier is *quiet*: every later candle of it lies past the frontier, so its
+volatility window and feature lookback (both within ``history_ms``) reach none of the kept history except
+the last candle, whose close is the previous close of the next return; and :meth:`PartitionState.remember`
+trims to the history before the newest candle plus one, which is then that last candle too. So a quiet
+stream needs its frontier, highest event time, progress, first bucket and last candle, nothing else, and
+every later output is the same bit for bit. Quiet streams are moved (*evicted*) to :class:`ColdStreams`,
+one row of columns each; closing passes, live updates and snapshots never loop over them, progress records
+move their frontiers as columns, and a trade brings one back as a :class:`StreamState` (looked up per batch,
+not per trade). Whether a stream is evicted depends on the records only (it is checked when its frontier
+moved, at the next closing pass) and never changes an output; a checkpoint stores hot and cold streams in
+the same tables, and a restore evicts by the same rule.
+
+**A cap on streams.** ``max_streams`` bounds the streams a partition holds (hot and cold, counted from the
+partition's own records, so the answer does not depend on which processor owns it): trades of a new stream
+past it are refused (the service dead-letters them naming ``MAX_STREAMS_PER_PARTITION``), progress naming
+new streams past it is ignored, and streams already held carry on.
+
 Everything here is a function of the records in offset order: the same records give the same frontiers,
 candles and late trades whatever the fetch-batch cuts, pauses or crashes (a property test holds it to that).
 """
@@ -37,8 +55,10 @@ from processor.windows import Candles, aggregate, bucket_of, closed_through, ded
 __all__ = [
     "FAR_PAST",
     "Closed",
+    "ColdStreams",
     "Interner",
     "PartitionState",
+    "Refused",
     "StreamState",
     "closed_candles",
     "concat_trades",
@@ -46,6 +66,18 @@ __all__ = [
 
 RECENT_FIELDS = CANDLE_SCHEMA.names[2:]  # bucket .. sell_volume (exchange and symbol are the stream)
 FAR_PAST = -(2**62)  # "nothing seen yet", far from int64 overflow when the buffer is subtracted
+_RECENT_DTYPE: dict[str, Any] = {"stream": np.int32, "bucket": np.int64, "trade_count": np.int64}
+# A cold stream's row: its code, what StreamState keeps besides windows and history, and its last candle
+# (bucket FAR_PAST when it has none; first_bucket FAR_PAST for None).
+_COLD_DTYPE: dict[str, Any] = {
+    "code": np.int64,
+    "closed": np.int64,
+    "max_event": np.int64,
+    "progress": np.int64,
+    "first_bucket": np.int64,
+    "announced": np.int64,
+    **{k: _RECENT_DTYPE.get(k, np.float64) for k in RECENT_FIELDS},
+}
 
 
 class Interner:
@@ -68,6 +100,11 @@ class Interner:
             self.symbols.append(symbol)
             self.exchanges.append(exchange)
         return code
+
+    def codes(self, exchange: str, symbols: tuple[str, ...]) -> npt.NDArray[np.int64]:
+        """Stream codes of one exchange's symbols (a progress record's), as an array."""
+        stream = self.stream
+        return np.fromiter((stream(exchange, s) for s in symbols), np.int64, len(symbols))
 
     def name(self, code: int) -> tuple[str, str]:
         """(exchange, symbol) of a stream."""
@@ -137,6 +174,67 @@ class StreamState:
         return self.progress > FAR_PAST
 
 
+class ColdStreams:
+    """The evicted (quiet) streams of a partition as columns, one row per stream, sorted by stream code.
+
+    A row holds what a quiet stream still needs (see the module docstring): frontier, highest event time,
+    progress, first bucket, the frontier last announced to the live feed, and its last candle. Every
+    operation is on arrays: a progress record for thousands of quiet symbols moves their frontiers without
+    a Python object per symbol."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, npt.NDArray[Any]] = {k: np.empty(0, d) for k, d in _COLD_DTYPE.items()}
+
+    def __len__(self) -> int:
+        return int(self.cols["code"].shape[0])
+
+    def find(self, codes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The row of each stream code, -1 where the stream is not cold."""
+        have = self.cols["code"]
+        rows = np.searchsorted(have, codes)
+        hit = rows < have.shape[0]
+        hit[hit] = have[rows[hit]] == codes[hit]
+        return np.where(hit, rows, -1)
+
+    def add(self, rows: dict[str, npt.NDArray[Any]]) -> None:
+        """Take in rows of streams not cold yet (any order)."""
+        merged = {k: np.concatenate([v, np.asarray(rows[k], v.dtype)]) for k, v in self.cols.items()}
+        order = np.argsort(merged["code"], kind="stable")
+        self.cols = {k: v[order] for k, v in merged.items()}
+
+    def pop(self, rows: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
+        """Remove ``rows`` (distinct) and return them."""
+        out = {k: v[rows] for k, v in self.cols.items()}
+        keep = np.ones(len(self), dtype=np.bool_)
+        keep[rows] = False
+        self.cols = {k: v[keep] for k, v in self.cols.items()}
+        return out
+
+    def advance(self, rows: npt.NDArray[np.int64], watermark: int, through: int) -> None:
+        """A progress record for the streams at ``rows`` (as :meth:`PartitionState.advance` does one)."""
+        for name, value in (("progress", watermark), ("closed", through)):
+            column = self.cols[name]
+            column[rows] = np.maximum(column[rows], value)
+
+
+@dataclass(slots=True)
+class Refused:
+    """Offsets of a batch's trades the state did not take: late ones, and those of new streams past the
+    cap on streams (``over_cap``)."""
+
+    late: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    over_cap: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    @classmethod
+    def of(cls, parts: list[Refused]) -> Refused:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            _concat([p.late for p in parts]),
+            _concat([p.over_cap for p in parts]),
+        )
+
+
 @dataclass
 class PartitionState:
     """Everything the processor holds for one assigned partition."""
@@ -148,45 +246,55 @@ class PartitionState:
     position: int  # next offset to read
     buffer_ms: int
     history_ms: int
-    streams: dict[int, StreamState] = field(default_factory=dict)
+    max_streams: int | None = None  # cap on streams (hot + cold); None: no cap
+    evict: bool = True  # move quiet streams to ``cold`` (off: every stream stays a StreamState)
+    streams: dict[int, StreamState] = field(default_factory=dict)  # hot streams
+    cold: ColdStreams = field(default_factory=ColdStreams)
     dirty: bool = False  # something happened since the last checkpoint
+    _moved: set[int] = field(default_factory=set)  # hot streams to check for quiet at the next close
+
+    def stream_count(self) -> int:
+        """Streams held, hot and cold (what the cap counts)."""
+        return len(self.streams) + len(self.cold)
 
     # ------------------------------------------------------------------------------------------ input
-    def apply(
-        self, trades: TradeColumns, progress: list[Progress], interner: Interner
-    ) -> npt.NDArray[np.int64]:
+    def apply(self, trades: TradeColumns, progress: list[Progress], interner: Interner) -> Refused:
         """Add one batch: trades (interned stream codes, offset order) and progress marks, in offset order.
 
-        Returns the offsets of late trades (to dead-letter)."""
+        Returns the offsets of the trades not taken (to dead-letter)."""
         if not progress:
             return self.ingest(trades)
-        late: list[npt.NDArray[np.int64]] = []
+        refused: list[Refused] = []
         start = 0
         for mark in progress:
             end = int(np.searchsorted(trades.offset, mark.offset))
             if end > start:
-                late.append(self.ingest(trades.take(slice(start, end))))
+                refused.append(self.ingest(trades.take(slice(start, end))))
             self.advance(mark, interner)
             start = end
         if start < len(trades):
-            late.append(self.ingest(trades.take(slice(start, None))))
-        return np.concatenate(late) if late else np.empty(0, dtype=np.int64)
+            refused.append(self.ingest(trades.take(slice(start, None))))
+        return Refused.of(refused) if refused else Refused()
 
-    def ingest(self, trades: TradeColumns) -> npt.NDArray[np.int64]:
-        """Add trades (one partition, offset order, stream codes); returns the offsets of late ones."""
-        late_offsets: list[npt.NDArray[np.int64]] = []
+    def ingest(self, trades: TradeColumns) -> Refused:
+        """Add trades (one partition, offset order, stream codes); returns the offsets of those not taken."""
         if len(trades) == 0:
-            return np.empty(0, dtype=np.int64)
+            return Refused()
         self.dirty = True
         if (trades.symbol[1:] != trades.symbol[:-1]).any():
             # One stable sort, then a view per stream (arrival order within a stream is kept for late_mask)
             trades = trades.take(np.argsort(trades.symbol, kind="stable"))
-        for a, b in _runs(trades.symbol):
-            code = int(trades.symbol[a])
+        runs = _runs(trades.symbol)
+        starts = np.fromiter((a for a, _ in runs), np.int64, len(runs))
+        states = self._resolve(trades.symbol[starts].astype(np.int64), trades.offset[starts])
+        late_offsets: list[npt.NDArray[np.int64]] = []
+        over_cap: list[npt.NDArray[np.int64]] = []
+        for (a, b), state in zip(runs, states, strict=True):
             rows = trades.take(slice(a, b))
-            state = self.streams.get(code)
             if state is None:
-                state = self.streams[code] = StreamState()
+                over_cap.append(rows.offset)
+                continue
+            self._moved.add(int(trades.symbol[a]))
             state.touched = True
             if state.governed:
                 late = bucket_of(rows.timestamp) < state.closed
@@ -200,23 +308,74 @@ class PartitionState:
                 rows = rows.take(~late)
             if len(rows):
                 _add_open(state, rows)
-        if late_offsets:
-            return np.concatenate(late_offsets)
-        return np.empty(0, dtype=np.int64)
+        return Refused(_concat(late_offsets), _concat(over_cap))
+
+    def _resolve(
+        self, codes: npt.NDArray[np.int64], first_offsets: npt.NDArray[np.int64]
+    ) -> list[StreamState | None]:
+        """The StreamState of each stream code of a batch: hot, brought back from cold (all at once), or new
+        (in the order of their first trade, while the cap allows; None past it)."""
+        streams = self.streams
+        out = [streams.get(code) for code in codes.tolist()]
+        missing = np.fromiter((i for i, s in enumerate(out) if s is None), np.int64)
+        if not missing.size:
+            return out
+        rows = self.cold.find(codes[missing])
+        warm = rows >= 0
+        if warm.any():
+            for i, state in zip(missing[warm].tolist(), _warm(self.cold.pop(rows[warm])), strict=True):
+                streams[int(codes[i])] = out[i] = state
+        new = missing[~warm]
+        if new.size:
+            new = new[np.argsort(first_offsets[new], kind="stable")]
+            for i in new[: self._room()].tolist():
+                streams[int(codes[i])] = out[i] = StreamState()
+        return out
+
+    def _room(self) -> int:
+        """How many more streams the cap allows."""
+        held = self.stream_count()
+        return held + 2**62 if self.max_streams is None else max(0, self.max_streams - held)
 
     def advance(self, mark: Progress, interner: Interner) -> None:
-        """Apply a progress record: its streams' frontiers move to the windows its watermark completes."""
+        """Apply a progress record: its streams' frontiers move to the windows its watermark completes.
+
+        Cold streams move as columns; a stream first named here (within the cap) starts cold, having no
+        windows and no candles."""
         self.dirty = True
         through = closed_through(mark.watermark)
-        for symbol in mark.symbols:
-            code = interner.stream(mark.exchange, symbol)
+        codes = interner.codes(mark.exchange, mark.symbols)
+        rows = self.cold.find(codes)
+        cold = rows >= 0
+        if cold.any():
+            self.cold.advance(rows[cold], mark.watermark, through)
+        new: list[int] = []
+        for code in dict.fromkeys(codes[~cold].tolist()):
             state = self.streams.get(code)
             if state is None:
-                state = self.streams[code] = StreamState()
+                new.append(code)
+                continue
             if mark.watermark > state.progress:
                 state.progress = mark.watermark
             if through > state.closed:
                 state.closed = through
+                self._moved.add(code)
+        del new[self._room() :]
+        if not new:
+            return
+        if not self.evict:
+            for code in new:
+                self.streams[code] = StreamState(
+                    closed=max(FAR_PAST, through), progress=max(FAR_PAST, mark.watermark)
+                )
+            return
+        fresh = {k: np.zeros(len(new), d) for k, d in _COLD_DTYPE.items()}
+        for k in ("max_event", "first_bucket", "announced", "bucket"):
+            fresh[k][:] = FAR_PAST
+        fresh["code"] = np.asarray(new, np.int64)
+        fresh["closed"][:] = max(FAR_PAST, through)
+        fresh["progress"][:] = max(FAR_PAST, mark.watermark)
+        self.cold.add(fresh)
 
     # ------------------------------------------------------------------------------------------ output
     def take_closed(self) -> list[TradeColumns]:
@@ -232,9 +391,13 @@ class PartitionState:
 
     def close(self, interner: Interner, window_s: int) -> Closed | None:
         """Everything the windows behind their frontiers make: candles, their volatility, and per stream
-        the history (ending with its new candles) prediction hooks read. None when nothing closed."""
+        the history (ending with its new candles) prediction hooks read. None when nothing closed.
+
+        Then the streams that went quiet are evicted (``window_s`` must be within ``history_ms``, as the
+        history kept for volatility needs anyway)."""
         candles = closed_candles(self.take_closed())
         if candles is None:
+            self._evict_quiet()
             return None
         vol_parts: list[pa.Table] = []
         histories: list[tuple[str, str, dict[str, npt.NDArray[Any]], int]] = []
@@ -271,7 +434,30 @@ class PartitionState:
                 )
             histories.append((exchange, symbol, self.remember(code, new), rows.stop - rows.start))
         volatility = pa.concat_tables(vol_parts) if vol_parts else VOLATILITY_SCHEMA.empty_table()
+        self._evict_quiet()
         return Closed(candles.to_table(), volatility, histories)
+
+    def _evict_quiet(self) -> None:
+        """Move the streams that went quiet to ``cold`` (see the module docstring for why that is exact).
+
+        Only streams whose frontier moved or that got trades since the last pass can have become quiet."""
+        moved, self._moved = self._moved, set()
+        if not self.evict or not moved:
+            return
+        codes: list[int] = []
+        states: list[StreamState] = []
+        for code in sorted(moved):
+            state = self.streams.get(code)
+            if state is None or state.open:
+                continue
+            last = int(state.recent["bucket"][-1]) if state.recent else FAR_PAST
+            if _quiet(last, state.closed, self.history_ms):
+                codes.append(code)
+                states.append(state)
+        if codes:
+            self.cold.add(_cold_rows(codes, states))
+            for code in codes:
+                del self.streams[code]
 
     def live_candles(self, now: float, interval_s: float) -> list[TradeColumns]:
         """Trades of each touched stream's newest open window, at most once per ``interval_s`` (the
@@ -293,7 +479,24 @@ class PartitionState:
             if state.closed > state.announced and state.closed > FAR_PAST:
                 state.announced = state.closed
                 out.append((code, state.closed))
+        cols = self.cold.cols
+        moved = np.flatnonzero((cols["closed"] > cols["announced"]) & (cols["closed"] > FAR_PAST))
+        if moved.size:
+            cols["announced"][moved] = cols["closed"][moved]
+            out.extend(zip(cols["code"][moved].tolist(), cols["closed"][moved].tolist(), strict=True))
         return out
+
+    def event_times(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(highest event time, stream code, frontier) of every stream held, hot and cold."""
+        hot = self.streams
+        cols = self.cold.cols
+        return (
+            _concat(
+                [np.fromiter((s.max_event for s in hot.values()), np.int64, len(hot)), cols["max_event"]]
+            ),
+            _concat([np.fromiter(hot, np.int64, len(hot)), cols["code"]]),
+            _concat([np.fromiter((s.closed for s in hot.values()), np.int64, len(hot)), cols["closed"]]),
+        )
 
     def remember(self, code: int, new: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Append a stream's newly closed candles (bucket order) to its recent history, trimmed.
@@ -317,21 +520,38 @@ class PartitionState:
     def snapshot(self, interner: Interner) -> tuple[pa.Table, pa.Table, pa.Table]:
         """(streams, recent candles, open-window trades) as Arrow tables: what a checkpoint stores.
 
-        Every window behind a frontier must have been taken first (its rows belong to the sinks)."""
+        Hot and cold streams share the tables (a cold stream's recent candles are its last one): which
+        streams are cold is a matter of memory, decided again on restore. Every window behind a frontier
+        must have been taken first (its rows belong to the sinks)."""
         codes = list(self.streams)
         for code in codes:
             s = self.streams[code]
             if s.open and min(s.open) < s.closed:
                 raise RuntimeError("snapshot with closed windows not taken: their trades would be lost")
         states = [self.streams[c] for c in codes]
+        cold = self.cold.cols
+        n_hot = len(codes)
+        all_codes = _concat([np.asarray(codes, np.int64), cold["code"]])
+
+        def column(name: str) -> npt.NDArray[np.int64]:
+            return _concat([np.fromiter((getattr(s, name) for s in states), np.int64, n_hot), cold[name]])
+
+        firsts = _concat(
+            [
+                np.fromiter(
+                    (FAR_PAST if s.first_bucket is None else s.first_bucket for s in states), np.int64, n_hot
+                ),
+                cold["first_bucket"],
+            ]
+        )
         streams = pa.table(
             {
-                "exchange": pa.array([interner.exchanges[c] for c in codes], pa.string()),
-                "symbol": pa.array([interner.symbols[c] for c in codes], pa.string()),
-                "closed": pa.array([s.closed for s in states], pa.int64()),
-                "max_event": pa.array([s.max_event for s in states], pa.int64()),
-                "progress": pa.array([s.progress for s in states], pa.int64()),
-                "first_bucket": pa.array([s.first_bucket for s in states], pa.int64()),
+                "exchange": pa.array(np.asarray(interner.exchanges, dtype=object)[all_codes], pa.string()),
+                "symbol": pa.array(np.asarray(interner.symbols, dtype=object)[all_codes], pa.string()),
+                "closed": pa.array(column("closed"), pa.int64()),
+                "max_event": pa.array(column("max_event"), pa.int64()),
+                "progress": pa.array(column("progress"), pa.int64()),
+                "first_bucket": pa.array(firsts, pa.int64(), mask=firsts == FAR_PAST),
             }
         )
         recent_parts: dict[str, list[npt.NDArray[Any]]] = {"stream": []}
@@ -349,12 +569,11 @@ class PartitionState:
                 for chunk in s.open[bucket]:
                     chunks.append(chunk)
                     chunk_rows.append(np.full(len(chunk), i, np.int32))
-        recent = pa.table(
-            {
-                k: (np.concatenate(v) if v else np.empty(0, _RECENT_DTYPE.get(k, np.float64)))
-                for k, v in recent_parts.items()
-            }
-        )
+        has_last = np.flatnonzero(cold["bucket"] != FAR_PAST)
+        recent_parts["stream"].append((has_last + n_hot).astype(np.int32))
+        for k in RECENT_FIELDS:
+            recent_parts[k].append(cold[k][has_last])
+        recent = pa.table({k: np.concatenate(v) for k, v in recent_parts.items()})
         if chunks:
             trades = concat_trades(chunks)
             open_rows = pa.table(
@@ -380,8 +599,13 @@ class PartitionState:
         interner: Interner,
         buffer_ms: int,
         history_ms: int,
+        *,
+        max_streams: int | None = None,
+        evict: bool = True,
     ) -> PartitionState:
-        """The state a :meth:`snapshot` (with its header) describes, ready to read from ``head["offset"]``."""
+        """The state a :meth:`snapshot` (with its header) describes, ready to read from ``head["offset"]``.
+
+        Streams that are quiet by the rule of the module docstring come back cold."""
         streams, recent, open_rows = tables
         state = cls(
             topic=head["topic"],
@@ -391,29 +615,64 @@ class PartitionState:
             position=head["offset"],
             buffer_ms=buffer_ms,
             history_ms=history_ms,
+            max_streams=max_streams,
+            evict=evict,
         )
-        codes = [
-            interner.stream(e, s)
-            for e, s in zip(streams["exchange"].to_pylist(), streams["symbol"].to_pylist(), strict=True)
-        ]
-        firsts = streams["first_bucket"].to_pylist()
-        for i, code in enumerate(codes):
-            state.streams[code] = StreamState(
-                closed=int(streams["closed"][i].as_py()),
-                max_event=int(streams["max_event"][i].as_py()),
-                progress=int(streams["progress"][i].as_py()),
-                first_bucket=firsts[i],
-            )
-        if recent.num_rows:
-            index = recent["stream"].to_numpy()
-            for a, b in _runs(index):
-                target = state.streams[codes[int(index[a])]]
-                target.recent = {
-                    k: recent[k].to_numpy()[a:b].astype(_RECENT_DTYPE.get(k, np.float64))
-                    for k in RECENT_FIELDS
-                }
+        codes = np.fromiter(
+            (
+                interner.stream(e, s)
+                for e, s in zip(streams["exchange"].to_pylist(), streams["symbol"].to_pylist(), strict=True)
+            ),
+            np.int64,
+            streams.num_rows,
+        )
+        n = codes.shape[0]
+        closed = streams["closed"].to_numpy()
+        max_event = streams["max_event"].to_numpy()
+        progress = streams["progress"].to_numpy()
+        firsts = streams["first_bucket"].fill_null(FAR_PAST).to_numpy()
+        index = recent["stream"].to_numpy()
+        history = {
+            k: recent[k].to_numpy().astype(_RECENT_DTYPE.get(k, np.float64), copy=False)
+            for k in RECENT_FIELDS
+        }
+        runs = _runs(index) if index.size else []
+        last_row = np.full(n, -1, np.int64)
+        if runs:
+            ends = np.fromiter((b - 1 for _, b in runs), np.int64, len(runs))
+            last_row[index[ends]] = ends
+        last = _gather(history["bucket"], last_row, FAR_PAST)
+        has_open = np.zeros(n, dtype=np.bool_)
         if open_rows.num_rows:
-            stream_codes = np.asarray(codes, dtype=np.int32)[open_rows["stream"].to_numpy()]
+            has_open[open_rows["stream"].to_numpy()] = True
+        cold = ~has_open & _quiet(last, closed, history_ms) if evict else np.zeros(n, dtype=np.bool_)
+        if cold.any():
+            pick = np.flatnonzero(cold)
+            rows: dict[str, npt.NDArray[Any]] = {
+                "code": codes[pick],
+                "closed": closed[pick],
+                "max_event": max_event[pick],
+                "progress": progress[pick],
+                "first_bucket": firsts[pick],
+                "announced": np.full(pick.size, FAR_PAST, np.int64),
+            }
+            source = last_row[pick]
+            for k in RECENT_FIELDS:
+                rows[k] = _gather(history[k], source, FAR_PAST if k == "bucket" else 0)
+            state.cold.add(rows)
+        for i in np.flatnonzero(~cold).tolist():
+            state.streams[int(codes[i])] = StreamState(
+                closed=int(closed[i]),
+                max_event=int(max_event[i]),
+                progress=int(progress[i]),
+                first_bucket=None if firsts[i] == FAR_PAST else int(firsts[i]),
+            )
+        for a, b in runs:
+            target = state.streams.get(int(codes[int(index[a])]))
+            if target is not None:
+                target.recent = {k: v[a:b] for k, v in history.items()}
+        if open_rows.num_rows:
+            stream_codes = codes.astype(np.int32)[open_rows["stream"].to_numpy()]
             trades = TradeColumns(
                 symbols=interner.symbols,
                 exchanges=interner.exchanges,
@@ -451,7 +710,6 @@ OPEN_SCHEMA = pa.schema(
         ("offset", pa.int64()),
     ]
 )
-_RECENT_DTYPE: dict[str, Any] = {"stream": np.int32, "bucket": np.int64, "trade_count": np.int64}
 
 
 def _add_open(state: StreamState, rows: TradeColumns) -> None:
@@ -469,6 +727,63 @@ def closed_candles(chunks: list[TradeColumns]) -> Candles | None:
     if not chunks:
         return None
     return aggregate(dedupe(concat_trades(chunks)))
+
+
+def _quiet(last: Any, closed: Any, history_ms: int) -> Any:
+    """Whether a stream without open windows is quiet (its history can go, see the module docstring): it
+    has no candle, or its last candle (bucket ``last``) is more than ``history_ms`` behind its frontier.
+    Works on ints and on arrays alike."""
+    return (last == FAR_PAST) | (last < closed - history_ms)
+
+
+def _cold_rows(codes: list[int], states: list[StreamState]) -> dict[str, npt.NDArray[Any]]:
+    """Cold rows of quiet streams (see :class:`ColdStreams`)."""
+    n = len(codes)
+    rows: dict[str, npt.NDArray[Any]] = {
+        "code": np.asarray(codes, np.int64),
+        "closed": np.fromiter((s.closed for s in states), np.int64, n),
+        "max_event": np.fromiter((s.max_event for s in states), np.int64, n),
+        "progress": np.fromiter((s.progress for s in states), np.int64, n),
+        "first_bucket": np.fromiter(
+            (FAR_PAST if s.first_bucket is None else s.first_bucket for s in states), np.int64, n
+        ),
+        "announced": np.fromiter((s.announced for s in states), np.int64, n),
+    }
+    for k in RECENT_FIELDS:
+        empty = FAR_PAST if k == "bucket" else 0
+        rows[k] = np.array([s.recent[k][-1] if s.recent else empty for s in states], _COLD_DTYPE[k])
+    return rows
+
+
+def _warm(rows: dict[str, npt.NDArray[Any]]) -> list[StreamState]:
+    """StreamStates of cold rows (their history: the last candle, kept as a one-candle ``recent``)."""
+    out = []
+    for i in range(rows["code"].shape[0]):
+        first = int(rows["first_bucket"][i])
+        has_last = int(rows["bucket"][i]) != FAR_PAST
+        out.append(
+            StreamState(
+                closed=int(rows["closed"][i]),
+                max_event=int(rows["max_event"][i]),
+                progress=int(rows["progress"][i]),
+                first_bucket=None if first == FAR_PAST else first,
+                recent={k: rows[k][i : i + 1].copy() for k in RECENT_FIELDS} if has_last else {},
+                announced=int(rows["announced"][i]),
+            )
+        )
+    return out
+
+
+def _gather(values: npt.NDArray[Any], rows: npt.NDArray[np.int64], missing: int) -> npt.NDArray[Any]:
+    """``values[rows]``, with ``missing`` where a row is -1."""
+    out = np.full(rows.shape[0], missing, values.dtype)
+    found = rows >= 0
+    out[found] = values[rows[found]]
+    return out
+
+
+def _concat(parts: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def _runs(values: npt.NDArray[Any]) -> list[tuple[int, int]]:

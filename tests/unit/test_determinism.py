@@ -193,7 +193,7 @@ def stream(log: Log, seed: int) -> Result:
         a = state.position
         b = min(len(log), a + rng.choice([1, 2, 5, 17, 64]))
         decoded = decode_records(values[a:b], range(a, b), 0, receipts[a:b], FUTURE_MS)
-        late = state.apply(interner.adopt(decoded.trades), decoded.progress, interner)
+        late = state.apply(interner.adopt(decoded.trades), decoded.progress, interner).late
         letters = [(r.offset, r.reason) for r in decoded.rejected] + [(o, "late") for o in late.tolist()]
         for offset, reason in letters:
             assert dead.setdefault(offset, reason) == reason, (

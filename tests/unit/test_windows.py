@@ -71,7 +71,7 @@ def _drive(
         if a == b:
             continue
         cols = interner.adopt(TradeColumns.from_trades(delivery[a:b], list(range(offset0 + a, offset0 + b))))
-        late.extend(state.ingest(cols).tolist())
+        late.extend(state.ingest(cols).late.tolist())
         state.position = offset0 + b
         candles = closed_candles(state.take_closed())
         if candles is not None:
@@ -209,7 +209,7 @@ def test_a_progress_watermark_closes_exactly_the_windows_that_end_by_it() -> Non
     late = state.ingest(
         interner.adopt(TradeColumns.from_trades([_trade(9, "ETHUSDT", T0 + 1999, 1.0, 1.0, "binance")], [9]))
     )
-    assert late.tolist() == [9]
+    assert late.late.tolist() == [9]
 
 
 def test_bucket_is_the_floor_of_the_second() -> None:
