@@ -143,13 +143,17 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, table: pa.Table, row_group_size: int = 1 << 20) -> None:
+def write_file(
+    path: Path, table: pa.Table, row_group_size: int = 1 << 20, use_dictionary: bool | list[str] = True
+) -> None:
     """Write ``table`` durably: temp file, fsync, atomic rename, fsync the folder (readers never see half a
     file, and a committed checkpoint never points past a file a power cut could take back). Every column
     chunk carries min/max statistics, so a filtered read skips the row groups it does not need."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
+    pq.write_table(
+        table, tmp, compression="zstd", row_group_size=row_group_size, use_dictionary=use_dictionary
+    )
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
@@ -502,11 +506,12 @@ def _scan(
     ts = pa.timestamp("ms", tz="UTC")
     parts: list[pa.Table] = []
     rows = 0
-    for _day, folders in days:
-        row_filter = None
-        if lo_ms is not None:
+    for day, folders in days:
+        start = (day - date(1970, 1, 1)).days * 86_400_000
+        row_filter = None  # none when the range holds the whole day: the files are read as they are
+        if lo_ms is not None and lo_ms > start:
             row_filter = ds.field("bucket") >= pa.scalar(lo_ms, ts)
-        if hi_ms is not None:
+        if hi_ms is not None and hi_ms < start + 86_400_000:
             upper = ds.field("bucket") < pa.scalar(hi_ms, ts)
             row_filter = upper if row_filter is None else row_filter & upper
         tables = [_read_folder(folder, kind, row_filter) for folder in folders]
@@ -517,8 +522,9 @@ def _scan(
             table = _one_per_key(table, KEYS[kind])
         else:
             table = table.sort_by([(k, "ascending") for k in KEYS[kind]])
-        table = table.add_column(0, "symbol", pa.array([symbol] * table.num_rows, pa.string()))
-        table = table.add_column(0, "exchange", pa.array([exchange] * table.num_rows, pa.string()))
+        zeros = np.zeros(table.num_rows, np.int32)
+        table = table.add_column(0, "symbol", pa.array([symbol], pa.string()).take(zeros))
+        table = table.add_column(0, "exchange", pa.array([exchange], pa.string()).take(zeros))
         table = table.select(schema.names).cast(schema)
         if kind == "ohlc":
             table = rollup(table, interval_ms)

@@ -83,7 +83,11 @@ class ParquetSink(Sink):
                     order = [("exchange", "ascending"), ("symbol", "ascending"), ("bucket", "ascending")]
                     jobs.append((fresh_dir(self.root, kind, day) / name, part.sort_by(order)))
         # Each file ends in an fsync: write them side by side (the GIL is released in both).
-        list(self._pool.map(lambda job: write_file(job[0], job[1], FRESH_ROW_GROUP), jobs))
+        list(
+            self._pool.map(
+                lambda job: write_file(job[0], job[1], FRESH_ROW_GROUP, ["exchange", "symbol"]), jobs
+            )
+        )
 
     def _make_folders(self, kind: str, table: pa.Table, day: str) -> None:
         """Create the ``date=`` folder of each market with rows here, so listing markets and days never
