@@ -35,8 +35,10 @@ from pathlib import Path
 import duckdb
 import httpx
 import numpy as np
+import orjson
 import psutil
 import pyarrow as pa
+from aiokafka import AIOKafkaConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,7 +47,7 @@ from cryptostream import archive  # noqa: E402
 from cryptostream.codec import Progress  # noqa: E402
 from cryptostream.compaction import merge_fresh  # noqa: E402
 from cryptostream.embedded import EmbeddedKafka  # noqa: E402
-from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker  # noqa: E402
+from cryptostream.kafka import ensure_topics, security_options, start_producer, wait_for_broker  # noqa: E402
 from cryptostream.models import CANDLE_SCHEMA  # noqa: E402
 from cryptostream.procs import free_port  # noqa: E402
 from cryptostream.settings import Settings, load_settings  # noqa: E402
@@ -71,6 +73,30 @@ async def lag(metrics: str) -> int | None:
         line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith("cryptostream_consumer_lag{")
     ]
     return int(sum(float(v) for v in values)) if values else None
+
+
+async def closed_candles(settings: Settings, offset_ms: int, delays: list[float]) -> None:
+    """Collect, per closed 1 s candle the processor publishes, how long after its second ended (on the
+    source's clock: the wall clock plus ``offset_ms``) it was on the candles topic."""
+    consumer = AIOKafkaConsumer(
+        settings.kafka_candles_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="latest",
+        **security_options(settings),
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            now = time.time() * 1000 + offset_ms
+            for records in batches.values():
+                for record in records:
+                    message = orjson.loads(record.value or b"{}")
+                    if message.get("type") == "ohlc":
+                        bucket = datetime.fromisoformat(message["bucket"]).timestamp() * 1000
+                        delays.append((now - bucket - 1000) / 1000)
+    finally:
+        await consumer.stop()
 
 
 def live(args: argparse.Namespace, work: Path) -> None:
@@ -123,6 +149,8 @@ async def drive(
     market = SyntheticMarket(names, rate=args.rate, seed=7)
     seconds = int(args.minutes * 60)
     samples: list[tuple[float, float, int]] = []
+    delays: list[float] = []
+    watcher = asyncio.create_task(closed_candles(settings, t0 - int(time.time() * 1000), delays))
     started = time.monotonic()
     cpu0 = ps.cpu_times()
     last_sample = started
@@ -164,6 +192,7 @@ async def drive(
             break
         await asyncio.sleep(1)
     await asyncio.sleep(2 * settings.parquet_chunk_seconds)  # its next checkpoint, and the merge after it
+    watcher.cancel()
 
     cpus = [s[0] for s in samples[1:]] or [s[0] for s in samples]
     rss = [s[1] for s in samples]
@@ -175,6 +204,12 @@ async def drive(
     print(f"  processor CPU: mean {mean_cpu:.0f}% / max {max_cpu:.0f}% of one core (target <= 100%)")
     print(f"  processor RSS: max {max(rss):.0f} MB (target <= 500 MB)")
     print(f"  lag: max {max(lags):,} records, p50 {int(statistics.median(lags)):,}")
+    if delays:
+        q = np.percentile(delays, [50, 99])
+        print(
+            f"  closed candles on the candles topic after their second ended: p50 {q[0]:.2f} s, "
+            f"p99 {q[1]:.2f} s ({len(delays):,} candles)"
+        )
     per_market: dict[tuple[str, str, str], int] = {}
     for kind in archive.KINDS:
         for path in (out / kind).glob("exchange=*/symbol=*/date=*/*.parquet"):
