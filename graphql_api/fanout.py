@@ -150,10 +150,20 @@ class Subscriber:
 
     async def deliver(self) -> NoReturn:
         """Write the queued frames to the outlet as they come, until dropped (:class:`SubscriberDropped`)
-        or cancelled. A send that waits (the client reads slowly) holds back this subscriber only."""
-        outlet = self.outlet
-        if outlet is None:
+        or cancelled. A send that waits (the client reads slowly) holds back this subscriber only.
+
+        The writing runs in a task of its own: woken once per update, it resumes one short coroutine instead
+        of the operation's whole stack (strawberry's handler, graphql-core's map, the resolver)."""
+        if self.outlet is None:
             raise RuntimeError("deliver() is for shared subscribers (subscribe(..., shape=, outlet=))")
+        writer = asyncio.create_task(self._write(self.outlet), name="live-writer")
+        try:
+            await writer
+        finally:
+            writer.cancel()
+        raise AssertionError("unreachable: the writer only ends by an exception")
+
+    async def _write(self, outlet: Outlet) -> None:
         items = self.items
         while True:
             while items:
