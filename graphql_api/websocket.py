@@ -60,6 +60,11 @@ def check_strawberry() -> None:
         )
 
 
+def _shared(view: object) -> bool:
+    """Whether the GraphQL router shares live updates (``create_app(shared_updates=...)``)."""
+    return bool(getattr(view, "shared_updates", True))
+
+
 def _starlette(websocket: object) -> WebSocket:
     """The Starlette WebSocket under strawberry's adapter (``ASGIWebSocketAdapter.ws``)."""
     ws = getattr(websocket, "ws", None)
@@ -73,18 +78,19 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # In the operation's own task: its resolver finds where its shared updates go.
-        OUTLET.set(
-            Outlet(
-                _starlette(self.websocket),
-                self.schema,  # type: ignore[arg-type]
-                self.context,
-                operation.id,
-                operation.query,
-                operation.variables,
-                operation.operation_name,
-                legacy=False,
+        if _shared(self.view):
+            OUTLET.set(
+                Outlet(
+                    _starlette(self.websocket),
+                    self.schema,  # type: ignore[arg-type]
+                    self.context,
+                    operation.id,
+                    operation.query,
+                    operation.variables,
+                    operation.operation_name,
+                    legacy=False,
+                )
             )
-        )
         await super().run_operation(operation)
 
     @staticmethod
@@ -109,18 +115,19 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         variables: dict[str, object] | None,
     ) -> None:
         # In the operation's own task: its resolver finds where its shared updates go.
-        OUTLET.set(
-            Outlet(
-                _starlette(self.websocket),
-                self.schema,  # type: ignore[arg-type]
-                self.context,
-                operation_id,
-                query,
-                variables,
-                operation_name,
-                legacy=True,
+        if _shared(self.view):
+            OUTLET.set(
+                Outlet(
+                    _starlette(self.websocket),
+                    self.schema,  # type: ignore[arg-type]
+                    self.context,
+                    operation_id,
+                    query,
+                    variables,
+                    operation_name,
+                    legacy=True,
+                )
             )
-        )
         try:
             await super().handle_async_results(operation_id, query, operation_name, variables)
         except DISCONNECTED as exc:
