@@ -11,8 +11,9 @@ to resubscribe), so a stalled socket can hold back nobody but itself and memory 
 
 Shared delivery (:mod:`graphql_api.shared`): subscribers over a WebSocket join the :class:`Group` of their
 subscription's shape. The group is what the channels hold; an update is executed and encoded once for the
-group and each member's queue gets the same payload in its own frame, which the member's operation task
-writes to its socket (:meth:`Subscriber.deliver`). Queues, limits and drops are per subscriber as above.
+group and the same payload goes to each member in its own frame, written to its socket at once from here when
+the socket takes it (no task wakes per subscriber), else by a writer task of that subscriber with later frames
+queued behind it. Queues, limits and drops are per subscriber as above.
 
 Everything is kept per market, (exchange, symbol): channels, roll-ups, recent seconds and close frontiers.
 Binance's BTCUSDT and Coinbase's BTCUSDT are two candle series, and a subscriber of one never sees the other.
@@ -31,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from datetime import datetime
 from functools import reduce
 from typing import Any, NoReturn, Protocol
@@ -87,16 +88,33 @@ class Outlet(Protocol):
 
     def frame(self, payload: str) -> str: ...
 
-    async def send(self, frame: str) -> None: ...
+    def start(self, frame: str) -> Awaitable[None] | None:
+        """Send ``frame``: None when it went at once, else the rest of the send, to be awaited."""
+        ...
 
 
 class Subscriber:
     """A bounded queue of updates for one subscription. ``offer`` never blocks.
 
-    With an ``outlet`` (shared delivery) the queue holds that subscription's encoded frames, written to its
-    socket by :meth:`deliver`; without, update objects for :meth:`get`."""
+    With an ``outlet`` (shared delivery) updates are encoded frames, written to the socket from ``offer``
+    itself when the socket takes them at once (no task wakes for them); when a send has to wait (the client
+    reads slowly) a writer task finishes it and the frames offered meanwhile queue behind it, bounded as
+    above. The subscription's task waits in :meth:`deliver` for the end. Without an outlet the queue holds
+    update objects for :meth:`get`."""
 
-    __slots__ = ("_waiter", "dropped", "group", "items", "kind", "maxsize", "on_drop", "outlet", "released")
+    __slots__ = (
+        "_waiter",
+        "dropped",
+        "failed",
+        "group",
+        "items",
+        "kind",
+        "maxsize",
+        "on_drop",
+        "outlet",
+        "released",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -112,11 +130,23 @@ class Subscriber:
         self.group: Group | None = None
         self.items: deque[Any] = deque()
         self.dropped: str | None = None
+        self.failed: BaseException | None = None  # a send failed (the client went away)
         self.released = False
+        self.writer: asyncio.Task[None] | None = None  # finishing a send that had to wait, then the queue
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Any) -> None:
-        if self.dropped is not None:
+        if self.dropped is not None or self.failed is not None:
+            return
+        outlet = self.outlet
+        if outlet is not None and self.writer is None:
+            try:
+                rest = outlet.start(item)
+            except Exception as exc:  # the client went away: ends this subscription, not the feed
+                self._fail(exc)
+                return
+            if rest is not None:
+                self.writer = asyncio.get_running_loop().create_task(self._finish(outlet, rest))
             return
         if len(self.items) >= self.maxsize:
             self.drop(
@@ -125,9 +155,7 @@ class Subscriber:
             )
             return
         self.items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def drop(self, reason: str) -> None:
         """Stop delivering to this subscriber and free its queue. Its connection is not waited for: a client
@@ -138,9 +166,7 @@ class Subscriber:
             SUBSCRIBERS_DROPPED.labels(self.kind).inc()
             if self.on_drop is not None:
                 self.on_drop(self)
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake()
 
     async def get(self) -> Any:
         """The next update; raises :class:`SubscriberDropped` once dropped."""
@@ -149,26 +175,42 @@ class Subscriber:
         return self.items.popleft()
 
     async def deliver(self) -> NoReturn:
-        """Write the queued frames to the outlet as they come, until dropped (:class:`SubscriberDropped`)
-        or cancelled. A send that waits (the client reads slowly) holds back this subscriber only.
-
-        The writing runs in a task of its own: woken once per update, it resumes one short coroutine instead
-        of the operation's whole stack (strawberry's handler, graphql-core's map, the resolver)."""
+        """Wait while ``offer`` writes this shared subscriber's frames, until dropped
+        (:class:`SubscriberDropped`), a send fails (its exception) or cancelled."""
         if self.outlet is None:
             raise RuntimeError("deliver() is for shared subscribers (subscribe(..., shape=, outlet=))")
-        writer = asyncio.create_task(self._write(self.outlet), name="live-writer")
         try:
-            await writer
+            while True:
+                if self.failed is not None:
+                    raise self.failed
+                await self._wait()
         finally:
-            writer.cancel()
-        raise AssertionError("unreachable: the writer only ends by an exception")
+            writer, self.writer = self.writer, None
+            if writer is not None:
+                writer.cancel()
 
-    async def _write(self, outlet: Outlet) -> None:
-        items = self.items
-        while True:
-            while items:
-                await outlet.send(items.popleft())
-            await self._wait()
+    async def _finish(self, outlet: Outlet, rest: Awaitable[None]) -> None:
+        """The writer: the send that had to wait, then what queued behind it, then back to ``offer``."""
+        try:
+            await rest
+            while self.items and self.dropped is None:
+                later = outlet.start(self.items.popleft())
+                if later is not None:
+                    await later
+        except Exception as exc:  # the client went away
+            self._fail(exc)
+        finally:
+            self.writer = None
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed = exc
+        self.items.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _wait(self) -> None:
         if self.dropped is not None:

@@ -20,9 +20,10 @@ validation, limits, variable coercion, the resolver's argument checks and errors
 ``complete`` messages, and the subscriber dropped for falling behind (an error result, then
 ``complete``). Only the updates themselves bypass strawberry's per-result path: the resolver finds the
 operation's :class:`Outlet` in :data:`OUTLET` (set by the WebSocket handlers of :mod:`graphql_api.websocket`
-for the operation's task), registers its subscriber with the shape, and the operation's own task writes the
-frames the fan-out queues for it (:meth:`graphql_api.fanout.Subscriber.deliver`). The slow-subscriber
-policy is the fan-out's, unchanged: a bounded queue per subscriber, dropped when full, never waited for.
+for the operation's task) and registers its subscriber with the shape; the fan-out writes each frame as
+it comes (:meth:`Outlet.start`, no task woken when the socket takes it at once) and the operation's task waits
+for the end (:meth:`graphql_api.fanout.Subscriber.deliver`). The slow-subscriber policy is the fan-out's,
+unchanged: a bounded queue per subscriber, dropped when full, never waited for.
 
 Errors in a result (a non-null field that is null) are masked and logged by the schema's
 ``process_errors``, as strawberry does. The per-event execution runs without strawberry's resolver
@@ -32,7 +33,7 @@ middleware: the schema's extensions (:mod:`graphql_api.schema`) have no ``resolv
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from contextvars import ContextVar
 from inspect import isawaitable
 from typing import Any
@@ -81,8 +82,50 @@ class Outlet:
         """The message carrying ``payload`` (an encoded ``{"data": ...}``) for this operation."""
         return self._prefix + payload + "}"
 
-    async def send(self, frame: str) -> None:
-        await self.websocket.send_text(frame)
+    def start(self, frame: str) -> Awaitable[None] | None:
+        """Send ``frame``: None when the socket took it at once (the usual case, and then no task had to wake
+        for it), else the rest of the send, to be awaited (the client reads slowly: the transport paused)."""
+        send = self.websocket.send_text(frame)
+        try:
+            blocked_on = send.send(None)
+        except StopIteration:
+            return None
+        except BaseException:
+            send.close()
+            raise
+        return _Rest(send, blocked_on)
+
+
+class _Rest:
+    """The rest of a coroutine that was started by hand and has suspended on ``blocked_on``: awaiting this
+    hands the suspension to the awaiting task (what ``yield from`` does), and the coroutine runs to its end.
+    Starting sends by hand is what lets one event be written to thousands of sockets without waking a task
+    per socket; a send only suspends when its socket's transport is paused."""
+
+    __slots__ = ("blocked_on", "coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> None:
+        self.coroutine = coroutine
+        self.blocked_on = blocked_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, blocked_on = self.coroutine, self.blocked_on
+        while True:
+            try:
+                sent = yield blocked_on
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # cancellation, thrown in by the awaiting task
+                try:
+                    blocked_on = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    blocked_on = coroutine.send(sent)
+                except StopIteration:
+                    return
 
 
 # The outlet of the WebSocket operation whose task is running (None anywhere else: HTTP, tests calling the

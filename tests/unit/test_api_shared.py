@@ -3,7 +3,9 @@ errors masked; the fan-out's groups (graphql_api.fanout): one per shape, queues 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,17 +66,22 @@ def test_shapes_differ_by_document_variables_and_markets() -> None:
 
 
 class Recorded(Outlet):
-    """An outlet whose socket is a list: what was sent, in order."""
+    """An outlet whose socket is a list: what was sent, in order. A ``stalled`` one takes nothing: each send
+    waits (a client that stopped reading)."""
 
-    __slots__ = ("sent",)
+    __slots__ = ("sent", "stalled")
 
-    def __init__(self, op: str) -> None:
+    def __init__(self, op: str, stalled: bool = False) -> None:
         base = outlet(op)
         super().__init__(None, base.schema, None, op, QUERY, base.variables, None, legacy=False)  # type: ignore[arg-type]
         self.sent: list[str] = []
+        self.stalled = stalled
 
-    async def send(self, frame: str) -> None:
+    def start(self, frame: str) -> Awaitable[None] | None:
+        if self.stalled:
+            return asyncio.get_running_loop().create_future()  # never done
         self.sent.append(frame)
+        return None
 
 
 class Counted:
@@ -92,32 +99,25 @@ class Counted:
 
 async def test_one_group_per_shape_one_encoding_per_update_and_drops_per_member(tmp_path: Path) -> None:
     feed = fanout(tmp_path, api_subscriber_queue=3)
-    a, b, slow = Recorded("a"), Recorded("b"), Recorded("slow")
+    a, b, slow = Recorded("a"), Recorded("b"), Recorded("slow", stalled=True)
     shape = Counted(shape_of(a, "candles", BTC, "1s"))
     async with (
-        feed.subscribe("candles", BTC, shape=shape, outlet=a) as sa,
-        feed.subscribe("candles", BTC, shape=shape_of(b, "candles", BTC, "1s"), outlet=b) as sb,
-        feed.subscribe("candles", BTC, shape=shape_of(slow, "candles", BTC, "1s"), outlet=slow) as ss,
+        feed.subscribe("candles", BTC, shape=shape, outlet=a),
+        feed.subscribe("candles", BTC, shape=shape_of(b, "candles", BTC, "1s"), outlet=b),
+        feed.subscribe("candles", BTC, shape=shape_of(slow, "candles", BTC, "1s"), outlet=slow) as stalled,
     ):
-        assert len(feed.groups) == 1 and feed.channels[("candles", *BTC[0], "1s")] == set(
-            feed.groups.values()
-        )
-        for i in range(4):  # the slow one never writes: dropped at the 4th, the others unaffected
+        (group,) = feed.groups.values()
+        assert feed.channels[("candles", *BTC[0], "1s")] == {group}
+        # the stalled one: its first send waits, 3 more queue, the 5th drops it; the others go on
+        for i in range(5):
             feed.feed([candle(T + i * 1000, float(i))])
-            for sub in (sa, sb):
-                while sub.items:
-                    assert sub.outlet is not None
-                    await sub.outlet.send(sub.items.popleft())
-        assert len(shape.encoded) == 4  # once per update, not per subscriber
-        assert [orjson.loads(f)["payload"]["data"]["candles"]["close"] for f in a.sent] == [
-            0.0,
-            1.0,
-            2.0,
-            3.0,
-        ]
-        assert [f.replace('"id":"b"', '"id":"a"') for f in b.sent] == a.sent
-        assert feed.subscribers == 2
+            assert len(a.sent) == len(b.sent) == i + 1  # written at once: no task woke for them
+        assert len(shape.encoded) == 5  # once per update, not per subscriber
+        closes = [orjson.loads(frame)["payload"]["data"]["candles"]["close"] for frame in a.sent]
+        assert closes == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert [frame.replace('"id":"b"', '"id":"a"') for frame in b.sent] == a.sent
+        assert feed.subscribers == 2 and len(group.members) == 2
         with pytest.raises(SubscriberDropped, match="fell 3 updates behind"):
-            await ss.deliver()
-        assert slow.sent == [] and len(feed.groups[shape.key].members) == 2
+            await stalled.deliver()
+        assert slow.sent == [] and stalled.writer is None  # its waiting send was cancelled
     assert not feed.groups and not feed.channels and feed.subscribers == 0
