@@ -450,9 +450,12 @@ class Fanout:
         outlet: Outlet | None = None,
     ) -> AsyncIterator[Subscriber]:
         """Register a subscriber for ``kind`` updates of ``markets`` until the block exits. With ``shape`` and
-        ``outlet`` it is a shared subscriber: its updates go to ``outlet`` by :meth:`Subscriber.deliver`."""
+        ``outlet`` it is a shared subscriber: updates are encoded once for its shape's group and written to
+        ``outlet`` as they come, while its subscription waits in :meth:`Subscriber.deliver`."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if (shape is None) != (outlet is None):
+            raise ValueError("shape and outlet go together: both for shared delivery, neither without")
         if self.subscribers >= self.settings.api_max_subscribers:
             raise InputError(
                 f"this API process already serves {self.subscribers} live subscriptions "
@@ -463,13 +466,8 @@ class Fanout:
         channels: list[Channel] = [
             (kind, exchange, symbol, interval if kind == "candles" else "") for exchange, symbol in markets
         ]
-        shared = shape if outlet is not None else None
-        sub = Subscriber(
-            kind,
-            self.settings.api_subscriber_queue,
-            on_drop=lambda s: self._release(s, channels),
-            outlet=outlet if shared is not None else None,
-        )
+        queue = self.settings.api_subscriber_queue
+        sub = Subscriber(kind, queue, on_drop=lambda s: self._release(s, channels), outlet=outlet)
         self.subscribers += 1
         SUBSCRIBERS.labels(kind).inc()
         try:
@@ -479,12 +477,12 @@ class Fanout:
                     latest = (await self._rollup(market, interval)).latest()
                     if latest is not None:  # show the open candle right away, not at the next trade
                         item = CandleUpdate.from_bar(*market, interval, latest, False)
-                        if shared is not None and outlet is not None:
-                            sub.offer(outlet.frame(shared.payload(item)))
+                        if shape is not None and outlet is not None:
+                            sub.offer(outlet.frame(shape.payload(item)))  # to this subscriber alone
                         else:
                             sub.offer(item)
                 if not sub.released:
-                    self.channels.setdefault(channel, set()).add(self._join(sub, shared))
+                    self.channels.setdefault(channel, set()).add(self._join(sub, shape))
             yield sub
         finally:
             self._release(sub, channels)

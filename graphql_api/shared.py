@@ -3,9 +3,10 @@ written to every subscriber of that shape.
 
 Through strawberry, each subscriber's every update ran its own result path: the selection set (memoized
 per event by :class:`graphql_api.arrow.ArrowExecutor`), strawberry's per-result extension hooks, the
-message dict, JSON encoding, then the send; about 45 us of CPU per delivery, so 2,000 subscribers cost
-90 ms per event. Here the cost per event is one execution and one encoding per distinct *shape*; per
-subscriber it is one string splice and one WebSocket send:
+message dict, JSON encoding, a task switch, then the send; 45-100 us of CPU per delivery on the 2-core
+development machine. Here the cost per event is one execution and one encoding per distinct *shape*; per
+subscriber it is one string splice and one WebSocket send, 25-34 us there, two thirds of it the kernel's
+loopback ``send()`` (``bench/bench_api.py``):
 
 - **Shape** (:class:`Shape`): what a result depends on. The operation (query text, ``operationName``,
   variables, which name one subscription field and its selection), the kind of update and the markets the
