@@ -112,6 +112,7 @@ class _Router(GraphQLRouter[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
     example = graphiql_example("BTCUSDT")
+    shared_updates = True  # read by the WebSocket handlers (graphql_api.websocket)
 
     @property
     def graphql_ide_html(self) -> str:
@@ -148,9 +149,14 @@ class _Router(GraphQLRouter[Context, None]):
 
 
 def create_app(
-    settings: Settings, store: ReadStore | None = None, *, executor: type[Any] = ArrowExecutor
+    settings: Settings,
+    store: ReadStore | None = None,
+    *,
+    executor: type[Any] = ArrowExecutor,
+    shared_updates: bool = True,
 ) -> FastAPI:
-    """Build the API for ``settings``; pass ``store`` to reuse an open read store (tests, benchmarks)."""
+    """Build the API for ``settings``; pass ``store`` to reuse an open read store (tests, benchmarks).
+    ``shared_updates=False``: each subscriber's updates take strawberry's own path (a benchmark baseline)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -232,6 +238,7 @@ def create_app(
         graphql_ide=None if settings.api_production else "graphiql",  # API_PRODUCTION: no GraphiQL page
     )
     graphql.example = graphiql_example(settings.symbols[0] if settings.symbols else "BTCUSDT")
+    graphql.shared_updates = shared_updates
     app.include_router(graphql, prefix="/graphql", include_in_schema=False)
     for router in (rest.build_router(settings), viz.build_router(settings)):
         app.include_router(router)

@@ -9,6 +9,12 @@ Slow clients: each subscriber has a bounded queue (``API_SUBSCRIBER_QUEUE``). De
 subscriber; one whose queue is full is dropped (its subscription ends with an error telling the client
 to resubscribe), so a stalled socket can hold back nobody but itself and memory stays bounded.
 
+Shared delivery (:mod:`graphql_api.shared`): subscribers over a WebSocket join the :class:`Group` of their
+subscription's shape. The group is what the channels hold; an update is executed and encoded once for the
+group and the same payload goes to each member in its own frame, written to its socket at once from here when
+the socket takes it (no task wakes per subscriber), else by a writer task of that subscriber with later frames
+queued behind it. Queues, limits and drops are per subscriber as above.
+
 Everything is kept per market, (exchange, symbol): channels, roll-ups, recent seconds and close frontiers.
 Binance's BTCUSDT and Coinbase's BTCUSDT are two candle series, and a subscriber of one never sees the other.
 A message without an ``exchange`` (a processor from before venues) belongs to the ``unknown`` venue.
@@ -26,10 +32,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from datetime import datetime
 from functools import reduce
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import orjson
 import pyarrow.compute as pc
@@ -48,7 +54,7 @@ from graphql_api.rollup import Bar, RollUp
 from graphql_api.status import StatusBoard
 from graphql_api.types import CandleUpdate, Prediction, Volatility, from_ms
 
-__all__ = ["Fanout", "Subscriber", "SubscriberDropped"]
+__all__ = ["Fanout", "Group", "Outlet", "Shape", "Subscriber", "SubscriberDropped"]
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +74,79 @@ class SubscriberDropped(Exception):
     """The subscriber fell too far behind and was disconnected from the feed."""
 
 
+class Shape(Protocol):
+    """What shared subscribers' updates depend on (:class:`graphql_api.shared.Shape`)."""
+
+    @property
+    def key(self) -> Hashable: ...
+
+    def payload(self, item: Any) -> str: ...
+
+
+class Outlet(Protocol):
+    """Where one shared subscriber's frames go (:class:`graphql_api.shared.Outlet`)."""
+
+    def frame(self, payload: str) -> str: ...
+
+    def start(self, frame: str) -> Awaitable[None] | None:
+        """Send ``frame``: None when it went at once, else the rest of the send, to be awaited."""
+        ...
+
+
 class Subscriber:
-    """A bounded queue of updates for one subscription. ``offer`` never blocks."""
+    """A bounded queue of updates for one subscription. ``offer`` never blocks.
 
-    __slots__ = ("_waiter", "dropped", "items", "kind", "maxsize", "on_drop", "released")
+    With an ``outlet`` (shared delivery) updates are encoded frames, written to the socket from ``offer``
+    itself when the socket takes them at once (no task wakes for them); when a send has to wait (the client
+    reads slowly) a writer task finishes it and the frames offered meanwhile queue behind it, bounded as
+    above. The subscription's task waits in :meth:`deliver` for the end. Without an outlet the queue holds
+    update objects for :meth:`get`."""
 
-    def __init__(self, kind: str, maxsize: int, on_drop: Callable[[Subscriber], None] | None = None) -> None:
+    __slots__ = (
+        "_waiter",
+        "dropped",
+        "failed",
+        "group",
+        "items",
+        "kind",
+        "maxsize",
+        "on_drop",
+        "outlet",
+        "released",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        maxsize: int,
+        on_drop: Callable[[Subscriber], None] | None = None,
+        outlet: Outlet | None = None,
+    ) -> None:
         self.kind = kind
         self.maxsize = maxsize
         self.on_drop = on_drop
+        self.outlet = outlet
+        self.group: Group | None = None
         self.items: deque[Any] = deque()
         self.dropped: str | None = None
+        self.failed: BaseException | None = None  # a send failed (the client went away)
         self.released = False
+        self.writer: asyncio.Task[None] | None = None  # finishing a send that had to wait, then the queue
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Any) -> None:
-        if self.dropped is not None:
+        if self.dropped is not None or self.failed is not None:
+            return
+        outlet = self.outlet
+        if outlet is not None and self.writer is None:
+            try:
+                rest = outlet.start(item)
+            except Exception as exc:  # the client went away: ends this subscription, not the feed
+                self._fail(exc)
+                return
+            if rest is not None:
+                self.writer = asyncio.get_running_loop().create_task(self._finish(outlet, rest))
             return
         if len(self.items) >= self.maxsize:
             self.drop(
@@ -92,9 +155,7 @@ class Subscriber:
             )
             return
         self.items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def drop(self, reason: str) -> None:
         """Stop delivering to this subscriber and free its queue. Its connection is not waited for: a client
@@ -105,21 +166,77 @@ class Subscriber:
             SUBSCRIBERS_DROPPED.labels(self.kind).inc()
             if self.on_drop is not None:
                 self.on_drop(self)
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake()
 
     async def get(self) -> Any:
         """The next update; raises :class:`SubscriberDropped` once dropped."""
         while not self.items:
-            if self.dropped is not None:
-                raise SubscriberDropped(self.dropped)
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()
         return self.items.popleft()
+
+    async def deliver(self) -> NoReturn:
+        """Wait while ``offer`` writes this shared subscriber's frames, until dropped
+        (:class:`SubscriberDropped`), a send fails (its exception) or cancelled."""
+        if self.outlet is None:
+            raise RuntimeError("deliver() is for shared subscribers (subscribe(..., shape=, outlet=))")
+        try:
+            while True:
+                if self.failed is not None:
+                    raise self.failed
+                await self._wait()
+        finally:
+            writer, self.writer = self.writer, None
+            if writer is not None:
+                writer.cancel()
+
+    async def _finish(self, outlet: Outlet, rest: Awaitable[None]) -> None:
+        """The writer: the send that had to wait, then what queued behind it, then back to ``offer``."""
+        try:
+            await rest
+            while self.items and self.dropped is None:
+                later = outlet.start(self.items.popleft())
+                if later is not None:
+                    await later
+        except Exception as exc:  # the client went away
+            self._fail(exc)
+        finally:
+            self.writer = None
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed = exc
+        self.items.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self.dropped is not None:
+            raise SubscriberDropped(self.dropped)
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
+class Group:
+    """The shared subscribers of one shape: each update encoded once, framed for each member."""
+
+    __slots__ = ("members", "shape")
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.members: set[Subscriber] = set()
+
+    def offer(self, item: Any) -> None:
+        payload = self.shape.payload(item)
+        for sub in tuple(self.members):
+            outlet = sub.outlet
+            assert outlet is not None
+            sub.offer(outlet.frame(payload))
 
 
 def _ms(iso: str) -> int:
@@ -150,7 +267,8 @@ class Fanout:
         self.board = board
         self.catalog = catalog
         self.topic = settings.kafka_candles_topic
-        self.channels: dict[Channel, set[Subscriber]] = {}
+        self.channels: dict[Channel, set[Subscriber | Group]] = {}
+        self.groups: dict[Hashable, Group] = {}  # shape key -> its shared subscribers
         self.rollups: dict[MarketKey, dict[str, RollUp]] = {}  # market -> interval -> roll-up
         self.recent: dict[MarketKey, deque[Bar]] = {}  # market -> closed 1 s candles, oldest first
         self.open_seconds: dict[MarketKey, dict[int, Bar]] = {}  # market -> newest in-progress 1 s candles
@@ -325,11 +443,20 @@ class Fanout:
     # ------------------------------------------------------------------ subscriptions
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, kind: str, markets: list[MarketKey], interval: str = "1s"
+        self,
+        kind: str,
+        markets: list[MarketKey],
+        interval: str = "1s",
+        shape: Shape | None = None,
+        outlet: Outlet | None = None,
     ) -> AsyncIterator[Subscriber]:
-        """Register a subscriber for ``kind`` updates of ``markets`` until the block exits."""
+        """Register a subscriber for ``kind`` updates of ``markets`` until the block exits. With ``shape`` and
+        ``outlet`` it is a shared subscriber: updates are encoded once for its shape's group and written to
+        ``outlet`` as they come, while its subscription waits in :meth:`Subscriber.deliver`."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if (shape is None) != (outlet is None):
+            raise ValueError("shape and outlet go together: both for shared delivery, neither without")
         if self.subscribers >= self.settings.api_max_subscribers:
             raise InputError(
                 f"this API process already serves {self.subscribers} live subscriptions "
@@ -340,9 +467,8 @@ class Fanout:
         channels: list[Channel] = [
             (kind, exchange, symbol, interval if kind == "candles" else "") for exchange, symbol in markets
         ]
-        sub = Subscriber(
-            kind, self.settings.api_subscriber_queue, on_drop=lambda s: self._release(s, channels)
-        )
+        queue = self.settings.api_subscriber_queue
+        sub = Subscriber(kind, queue, on_drop=lambda s: self._release(s, channels), outlet=outlet)
         self.subscribers += 1
         SUBSCRIBERS.labels(kind).inc()
         try:
@@ -351,12 +477,27 @@ class Fanout:
                     self.idle.pop((market, interval), None)
                     latest = (await self._rollup(market, interval)).latest()
                     if latest is not None:  # show the open candle right away, not at the next trade
-                        sub.offer(CandleUpdate.from_bar(*market, interval, latest, False))
+                        item = CandleUpdate.from_bar(*market, interval, latest, False)
+                        if shape is not None and outlet is not None:
+                            sub.offer(outlet.frame(shape.payload(item)))  # to this subscriber alone
+                        else:
+                            sub.offer(item)
                 if not sub.released:
-                    self.channels.setdefault(channel, set()).add(sub)
+                    self.channels.setdefault(channel, set()).add(self._join(sub, shape))
             yield sub
         finally:
             self._release(sub, channels)
+
+    def _join(self, sub: Subscriber, shape: Shape | None) -> Subscriber | Group:
+        """What the channels hold for ``sub``: itself, or the group of its shape with ``sub`` a member."""
+        if shape is None:
+            return sub
+        group = self.groups.get(shape.key)
+        if group is None:
+            group = self.groups[shape.key] = Group(shape)
+        group.members.add(sub)
+        sub.group = group
+        return group
 
     def _release(self, sub: Subscriber, channels: list[Channel]) -> None:
         """Unregister ``sub`` (when its subscription ends, or at once when it is dropped); idempotent."""
@@ -365,10 +506,18 @@ class Fanout:
         sub.released = True
         self.subscribers -= 1
         SUBSCRIBERS.labels(sub.kind).dec()
+        held: Subscriber | Group = sub
+        if sub.group is not None:
+            group = held = sub.group
+            group.members.discard(sub)
+            if group.members:
+                return  # the channels keep the group for its other members
+            if self.groups.get(group.shape.key) is group:
+                del self.groups[group.shape.key]
         for channel in channels:
             subs = self.channels.get(channel)
             if subs is not None:
-                subs.discard(sub)
+                subs.discard(held)
                 if not subs:
                     del self.channels[channel]
             if sub.kind == "candles" and channel not in self.channels:  # nobody else watches it: kept a while

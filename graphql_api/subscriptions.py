@@ -8,16 +8,42 @@ symbol never reach it.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
 
+from graphql_api.catalog import MarketKey
 from graphql_api.context import Context
 from graphql_api.inputs import check_interval
 from graphql_api.queries import Exchange
+from graphql_api.shared import OUTLET, shape_of
 from graphql_api.types import CandleUpdate, Prediction, Volatility
 
 __all__ = ["Subscription"]
+
+
+async def _live(
+    info: Info[Context, None], kind: str, markets: list[MarketKey], interval: str = "1s"
+) -> AsyncGenerator[Any, None]:
+    """Updates of ``kind`` for ``markets`` from the live feed, held against the subscription limits.
+
+    Over a WebSocket the updates are shared (:mod:`graphql_api.shared`): encoded once per subscription
+    shape and written to the socket from here, so nothing is yielded; this returns only by an error (the
+    subscriber dropped) or cancellation (the client completed the operation or left)."""
+    services = info.context.services
+    live = services.live()
+    outlet = OUTLET.get()
+    shape = None if outlet is None else shape_of(outlet, kind, markets, interval)
+    async with (
+        services.limits.hold(info.context.request),
+        live.subscribe(kind, markets, interval, shape=shape, outlet=outlet) as sub,
+    ):
+        if sub.outlet is not None:
+            await sub.deliver()
+        while True:
+            yield await sub.get()
 
 
 @strawberry.type
@@ -30,38 +56,26 @@ class Subscription:
     async def candles(
         self, info: Info[Context, None], symbols: list[str], interval: str = "1s", exchange: Exchange = None
     ) -> AsyncGenerator[CandleUpdate, None]:
-        services = info.context.services
         check_interval(interval)
-        markets = await services.markets(symbols, exchange)
-        async with (
-            services.limits.hold(info.context.request),
-            services.live().subscribe("candles", markets, interval) as sub,
-        ):
-            while True:
-                yield await sub.get()
+        markets = await info.context.services.markets(symbols, exchange)
+        async with aclosing(_live(info, "candles", markets, interval)) as updates:
+            async for update in updates:
+                yield update
 
     @strawberry.subscription(description="Volatility of `symbols`, one update per market per second.")
     async def volatility(
         self, info: Info[Context, None], symbols: list[str], exchange: Exchange = None
     ) -> AsyncGenerator[Volatility, None]:
-        services = info.context.services
-        markets = await services.markets(symbols, exchange)
-        async with (
-            services.limits.hold(info.context.request),
-            services.live().subscribe("volatility", markets) as sub,
-        ):
-            while True:
-                yield await sub.get()
+        markets = await info.context.services.markets(symbols, exchange)
+        async with aclosing(_live(info, "volatility", markets)) as updates:
+            async for update in updates:
+                yield update
 
     @strawberry.subscription(description="Trend predictions of `symbols` as the model makes them.")
     async def predictions(
         self, info: Info[Context, None], symbols: list[str], exchange: Exchange = None
     ) -> AsyncGenerator[Prediction, None]:
-        services = info.context.services
-        markets = await services.markets(symbols, exchange)
-        async with (
-            services.limits.hold(info.context.request),
-            services.live().subscribe("predictions", markets) as sub,
-        ):
-            while True:
-                yield await sub.get()
+        markets = await info.context.services.markets(symbols, exchange)
+        async with aclosing(_live(info, "predictions", markets)) as updates:
+            async for update in updates:
+                yield update

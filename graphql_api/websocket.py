@@ -14,6 +14,10 @@ quieter connection logs.
   lines become DEBUG lines, and so do asyncio's "socket.send() raised exception." warnings that a client
   vanishing mid-stream causes; the subscriber count is in ``/health`` and ``/metrics``.
 
+- **Live updates are shared.** Each operation's task knows its :class:`graphql_api.shared.Outlet` (its
+  socket, its id and its protocol's frame), so a subscription resolver can have its updates encoded once per
+  shape and written here without strawberry's per-result path.
+
 The first point overrides ``_get_pre_execution_close_reason``, a private method of strawberry's handler
 (strawberry 0.341). If a strawberry upgrade renames it, the override does nothing, a warning says so at
 start-up, and ``tests/integration/test_api_websocket.py`` fails.
@@ -26,13 +30,17 @@ import logging
 from collections.abc import Callable, Iterator
 
 from graphql import GraphQLError
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketDisconnected as StarletteDisconnected
 from strawberry.http.exceptions import WebSocketDisconnected
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from graphql_api.context import Context
+from graphql_api.shared import OUTLET, Outlet
 
 __all__ = ["LegacyWSHandler", "TransportWSHandler", "check_strawberry", "quiet_connection_logs"]
 
@@ -52,8 +60,38 @@ def check_strawberry() -> None:
         )
 
 
+def _shared(view: object) -> bool:
+    """Whether the GraphQL router shares live updates (``create_app(shared_updates=...)``)."""
+    return bool(getattr(view, "shared_updates", True))
+
+
+def _starlette(websocket: object) -> WebSocket:
+    """The Starlette WebSocket under strawberry's adapter (``ASGIWebSocketAdapter.ws``)."""
+    ws = getattr(websocket, "ws", None)
+    if not isinstance(ws, WebSocket):
+        raise TypeError(f"expected strawberry's ASGI WebSocket adapter, got {type(websocket).__name__}")
+    return ws
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws, the dashboard's and GraphiQL's protocol."""
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        # In the operation's own task: its resolver finds where its shared updates go.
+        if _shared(self.view):
+            OUTLET.set(
+                Outlet(
+                    _starlette(self.websocket),
+                    self.schema,  # type: ignore[arg-type]
+                    self.context,
+                    operation.id,
+                    operation.query,
+                    operation.variables,
+                    operation.operation_name,
+                    legacy=False,
+                )
+            )
+        await super().run_operation(operation)
 
     @staticmethod
     def _get_pre_execution_close_reason(error: GraphQLError) -> str | None:
@@ -76,6 +114,20 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
+        # In the operation's own task: its resolver finds where its shared updates go.
+        if _shared(self.view):
+            OUTLET.set(
+                Outlet(
+                    _starlette(self.websocket),
+                    self.schema,  # type: ignore[arg-type]
+                    self.context,
+                    operation_id,
+                    query,
+                    variables,
+                    operation_name,
+                    legacy=True,
+                )
+            )
         try:
             await super().handle_async_results(operation_id, query, operation_name, variables)
         except DISCONNECTED as exc:

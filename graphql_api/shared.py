@@ -1,0 +1,188 @@
+"""Shared subscriptions: a live event executed and encoded once per subscription shape, and the same bytes
+written to every subscriber of that shape.
+
+Through strawberry, each subscriber's every update ran its own result path: the selection set (memoized
+per event by :class:`graphql_api.arrow.ArrowExecutor`), strawberry's per-result extension hooks, the
+message dict, JSON encoding, a task switch, then the send; 45-100 us of CPU per delivery on the 2-core
+development machine. Here the cost per event is one execution and one encoding per distinct *shape*; per
+subscriber it is one string splice and one WebSocket send, 25-34 us there, two thirds of it the kernel's
+loopback ``send()`` (``bench/bench_api.py``):
+
+- **Shape** (:class:`Shape`): what a result depends on. The operation (query text, ``operationName``,
+  variables, which name one subscription field and its selection), the kind of update and the markets the
+  resolver chose (a symbol with no exchange names the venue the catalog picks *at subscribe time*). Payload
+  types' fields are plain attributes, so the result does not depend on the connection's context.
+- **Outlet** (:class:`Outlet`): one operation on one socket. Its frame is prebuilt around the payload:
+  ``{"id":<id>,"type":"next","payload":<payload>}`` on graphql-transport-ws, ``{"type":"data","id":<id>,
+  "payload":<payload>}`` on the legacy graphql-ws (the key order strawberry writes).
+
+Everything before the first update still goes through strawberry and graphql-core unchanged: parsing,
+validation, limits, variable coercion, the resolver's argument checks and errors, ``error`` and
+``complete`` messages, and the subscriber dropped for falling behind (an error result, then
+``complete``). Only the updates themselves bypass strawberry's per-result path: the resolver finds the
+operation's :class:`Outlet` in :data:`OUTLET` (set by the WebSocket handlers of :mod:`graphql_api.websocket`
+for the operation's task) and registers its subscriber with the shape; the fan-out writes each frame as
+it comes (:meth:`Outlet.start`, no task woken when the socket takes it at once) and the operation's task waits
+for the end (:meth:`graphql_api.fanout.Subscriber.deliver`). The slow-subscriber policy is the fan-out's,
+unchanged: a bounded queue per subscriber, dropped when full, never waited for.
+
+Errors in a result (a non-null field that is null) are masked and logged by the schema's
+``process_errors``, as strawberry does. The per-event execution runs without strawberry's resolver
+middleware: the schema's extensions (:mod:`graphql_api.schema`) have no ``resolve`` hook.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from contextvars import ContextVar
+from inspect import isawaitable
+from typing import Any
+
+import orjson
+from graphql import ExecutionResult, GraphQLError, execute_subscription_event, parse
+from graphql.execution import Executor
+from starlette.websockets import WebSocket
+from strawberry.schema import Schema
+
+__all__ = ["OUTLET", "Outlet", "Shape", "shape_of"]
+
+log = logging.getLogger(__name__)
+
+
+class Outlet:
+    """One subscription operation on one WebSocket: its frame around a shared payload, and its socket."""
+
+    __slots__ = ("_prefix", "context", "operation_name", "query", "schema", "variables", "websocket")
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        schema: Schema,
+        context: Any,
+        operation_id: str,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        *,
+        legacy: bool,
+    ) -> None:
+        self.websocket = websocket
+        self.schema = schema
+        self.context = context
+        self.query = query
+        self.variables = variables
+        self.operation_name = operation_name
+        op = orjson.dumps(operation_id).decode()
+        if legacy:
+            self._prefix = f'{{"type":"data","id":{op},"payload":'
+        else:
+            self._prefix = f'{{"id":{op},"type":"next","payload":'
+
+    def frame(self, payload: str) -> str:
+        """The message carrying ``payload`` (an encoded ``{"data": ...}``) for this operation."""
+        return self._prefix + payload + "}"
+
+    def start(self, frame: str) -> Awaitable[None] | None:
+        """Send ``frame``: None when the socket took it at once (the usual case, and then no task had to wake
+        for it), else the rest of the send, to be awaited (the client reads slowly: the transport paused)."""
+        send = self.websocket.send_text(frame)
+        try:
+            blocked_on = send.send(None)
+        except StopIteration:
+            return None
+        except BaseException:
+            send.close()
+            raise
+        return _Rest(send, blocked_on)
+
+
+class _Rest:
+    """The rest of a coroutine that was started by hand and has suspended on ``blocked_on``: awaiting this
+    hands the suspension to the awaiting task (what ``yield from`` does), and the coroutine runs to its end.
+    Starting sends by hand is what lets one event be written to thousands of sockets without waking a task
+    per socket; a send only suspends when its socket's transport is paused."""
+
+    __slots__ = ("blocked_on", "coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> None:
+        self.coroutine = coroutine
+        self.blocked_on = blocked_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, blocked_on = self.coroutine, self.blocked_on
+        while True:
+            try:
+                sent = yield blocked_on
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # cancellation, thrown in by the awaiting task
+                try:
+                    blocked_on = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    blocked_on = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+
+# The outlet of the WebSocket operation whose task is running (None anywhere else: HTTP, tests calling the
+# schema). Set in the operation's own task, so concurrent operations never see each other's.
+OUTLET: ContextVar[Outlet | None] = ContextVar("graphql_api_outlet", default=None)
+
+
+class Shape:
+    """One distinct subscription: executes an update's selection set and encodes its payload, once."""
+
+    __slots__ = ("_build", "_executor", "key", "schema")
+
+    def __init__(self, key: Hashable, build: Callable[[], Executor[Any]], schema: Schema) -> None:
+        self.key = key
+        self.schema = schema
+        self._build = build  # only the first subscriber of a shape needs its executor built
+        self._executor: Executor[Any] | None = None
+
+    def payload(self, item: Any) -> str:
+        """``{"data": ...}`` (and ``"errors"``, masked) for the update ``item``, as JSON text."""
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = self._build()
+        result = execute_subscription_event(executor.build_per_event_executor(item))
+        if isawaitable(result):  # an async field resolver on a payload type: not shareable as written
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            log.error("live update of %s has an async field; payload types must be plain", type(item))
+            result = ExecutionResult(None, [GraphQLError("async field in a live update")])
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            errors = list(result.errors)
+            self.schema.process_errors(errors)  # masks internal errors in place, logs them
+            body["errors"] = [error.formatted for error in errors]
+        return orjson.dumps(body).decode()
+
+
+def shape_of(outlet: Outlet, kind: str, markets: list[Any], interval: str) -> Shape:
+    """The shape of ``outlet``'s subscription operation, following ``markets``."""
+    variables = orjson.dumps(outlet.variables or {}, option=orjson.OPT_SORT_KEYS, default=str)
+    key = (outlet.query, outlet.operation_name, variables, kind, tuple(markets), interval)
+
+    def build() -> Executor[Any]:
+        # The document this subscriber's operation was validated from (parsed once per shape, not per event);
+        # ``_schema``: strawberry's graphql-core schema, which it has no public name for.
+        executor_class = outlet.schema.execution_context_class or Executor
+        executor = executor_class.build(
+            outlet.schema._schema,
+            parse(outlet.query),
+            context_value=outlet.context,
+            raw_variable_values=outlet.variables,
+            operation_name=outlet.operation_name,
+        )
+        if isinstance(executor, list):  # cannot happen: this very operation was coerced for the resolver
+            raise GraphQLError("; ".join(error.message for error in executor))
+        return executor
+
+    return Shape(key, build, outlet.schema)

@@ -1,0 +1,123 @@
+"""A shared subscription's payload and frames (graphql_api.shared): what strawberry's own path would send,
+errors masked; the fan-out's groups (graphql_api.fanout): one per shape, queues and drops per member."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from cryptostream.settings import load_settings
+from graphql_api.fanout import SubscriberDropped
+from graphql_api.rollup import Bar
+from graphql_api.schema import INTERNAL, build_schema
+from graphql_api.shared import Outlet, Shape, shape_of
+from graphql_api.types import CandleUpdate
+from tests.reference import one_trade_candle as candle
+from tests.unit.test_api_fanout import BTC, ETH, T, fanout
+
+QUERY = "subscription($s: [String!]!) { candles(symbols: $s) { symbol bucket close closed } }"
+
+
+def outlet(op: str = "1", query: str = QUERY, legacy: bool = False, **variables: Any) -> Outlet:
+    schema = build_schema(load_settings(database_url=None))
+    return Outlet(None, schema, None, op, query, variables or {"s": ["BTCUSDT"]}, None, legacy=legacy)  # type: ignore[arg-type]
+
+
+def update(close: float) -> CandleUpdate:
+    bar = Bar.from_message(orjson.loads(candle(T, close)), T)
+    return CandleUpdate.from_bar("binance", "BTCUSDT", "1s", bar, False)
+
+
+def test_frames_are_the_messages_strawberry_writes_on_each_protocol() -> None:
+    shape = shape_of(outlet(), "candles", BTC, "1s")
+    payload = shape.payload(update(5.0))
+    data = {
+        "candles": {"symbol": "BTCUSDT", "bucket": "2023-11-14T22:14:00+00:00", "close": 5.0, "closed": False}
+    }
+    assert orjson.loads(payload) == {"data": data}
+    message = {"id": "op-7", "type": "next", "payload": {"data": data}}
+    assert outlet("op-7").frame(payload) == orjson.dumps(message).decode()
+    legacy = {"type": "data", "id": "op-7", "payload": {"data": data}}
+    assert outlet("op-7", legacy=True).frame(payload) == orjson.dumps(legacy).decode()
+
+
+def test_an_update_that_fails_is_an_error_masked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    shape = shape_of(outlet(), "candles", BTC, "1s")
+    broken = SimpleNamespace(symbol="BTCUSDT")  # no bucket, close, closed: a bug, not the user's doing
+    body = orjson.loads(shape.payload(broken))
+    assert body["data"] is None
+    assert {e["message"] for e in body["errors"]} == {INTERNAL}
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_shapes_differ_by_document_variables_and_markets() -> None:
+    key = shape_of(outlet(), "candles", BTC, "1s").key
+    assert shape_of(outlet("other-id", legacy=True), "candles", BTC, "1s").key == key
+    assert shape_of(outlet(s=["ETHUSDT"]), "candles", ETH, "1s").key != key
+    assert shape_of(outlet(), "candles", [("coinbase", "BTCUSDT")], "1s").key != key
+    assert shape_of(outlet(query=QUERY.replace("close ", "")), "candles", BTC, "1s").key != key
+
+
+class Recorded(Outlet):
+    """An outlet whose socket is a list: what was sent, in order. A ``stalled`` one takes nothing: each send
+    waits (a client that stopped reading)."""
+
+    __slots__ = ("sent", "stalled")
+
+    def __init__(self, op: str, stalled: bool = False) -> None:
+        base = outlet(op)
+        super().__init__(None, base.schema, None, op, QUERY, base.variables, None, legacy=False)  # type: ignore[arg-type]
+        self.sent: list[str] = []
+        self.stalled = stalled
+
+    def start(self, frame: str) -> Awaitable[None] | None:
+        if self.stalled:
+            return asyncio.get_running_loop().create_future()  # never done
+        self.sent.append(frame)
+        return None
+
+
+class Counted:
+    """A shape that counts its encodings."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.key = shape.key
+        self.encoded: list[Any] = []
+
+    def payload(self, item: Any) -> str:
+        self.encoded.append(item)
+        return self.shape.payload(item)
+
+
+async def test_one_group_per_shape_one_encoding_per_update_and_drops_per_member(tmp_path: Path) -> None:
+    feed = fanout(tmp_path, api_subscriber_queue=3)
+    a, b, slow = Recorded("a"), Recorded("b"), Recorded("slow", stalled=True)
+    shape = Counted(shape_of(a, "candles", BTC, "1s"))
+    async with (
+        feed.subscribe("candles", BTC, shape=shape, outlet=a),
+        feed.subscribe("candles", BTC, shape=shape_of(b, "candles", BTC, "1s"), outlet=b),
+        feed.subscribe("candles", BTC, shape=shape_of(slow, "candles", BTC, "1s"), outlet=slow) as stalled,
+    ):
+        (group,) = feed.groups.values()
+        assert feed.channels[("candles", *BTC[0], "1s")] == {group}
+        # the stalled one: its first send waits, 3 more queue, the 5th drops it; the others go on
+        for i in range(5):
+            feed.feed([candle(T + i * 1000, float(i))])
+            assert len(a.sent) == len(b.sent) == i + 1  # written at once: no task woke for them
+        assert len(shape.encoded) == 5  # once per update, not per subscriber
+        closes = [orjson.loads(frame)["payload"]["data"]["candles"]["close"] for frame in a.sent]
+        assert closes == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert [frame.replace('"id":"b"', '"id":"a"') for frame in b.sent] == a.sent
+        assert feed.subscribers == 2 and len(group.members) == 2
+        with pytest.raises(SubscriberDropped, match="fell 3 updates behind"):
+            await stalled.deliver()
+        assert slow.sent == [] and stalled.writer is None  # its waiting send was cancelled
+    assert not feed.groups and not feed.channels and feed.subscribers == 0
