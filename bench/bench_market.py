@@ -92,7 +92,7 @@ async def closed_candles(settings: Settings, offset_ms: int, delays: list[float]
             for records in batches.values():
                 for record in records:
                     message = orjson.loads(record.value or b"{}")
-                    if message.get("type") == "ohlc":
+                    if message.get("type") == "candle" and message.get("closed"):
                         bucket = datetime.fromisoformat(message["bucket"]).timestamp() * 1000
                         delays.append((now - bucket - 1000) / 1000)
     finally:

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -248,9 +249,14 @@ def _write_journal(base: Path, body: dict[str, object]) -> None:
     fsync_path(base)
 
 
-def merge_fresh(root: Path, before_ms: int, floor: dict[tuple[int, str], int] | None = None) -> MergeReport:
+def merge_fresh(
+    root: Path, before_ms: int, floor: dict[tuple[int, str], int] | None = None, pace: float = 0.0
+) -> MergeReport:
     """Merge the committed fresh files of every hour that ends at or before ``before_ms`` (epoch ms) into
     one file per market and hour, and each market's files of every day that ends by then into one file.
+
+    ``pace``: after each market, sleep that many times as long as its merge took (1.0: the merge uses at
+    most about half a core, so the processor beside it keeps its share).
 
     Returns at once (an empty report) when another merge holds the lock; finishes an interrupted merge
     before anything else."""
@@ -262,7 +268,8 @@ def merge_fresh(root: Path, before_ms: int, floor: dict[tuple[int, str], int] | 
         if not mine:
             report.busy = True
             return report
-        _recover(root, base, report)
+        pacer = _Pacer(pace)
+        _recover(root, base, report, pacer)
         floor = committed_floor(root) if floor is None else floor
         for kind in KINDS:
             for day_dir in sorted((base / kind).glob("date=*")):
@@ -283,17 +290,17 @@ def merge_fresh(root: Path, before_ms: int, floor: dict[tuple[int, str], int] | 
                     chosen = [p for p in group if _mergeable(p, floor)]
                     report.kept_uncommitted += len(group) - len(chosen)
                     if chosen:
-                        _merge_hour(root, base, kind, day, hour, chosen, report)
+                        _merge_hour(root, base, kind, day, hour, chosen, report, pacer)
                         merged_hour = True
                 done = day_dir / DAY_DONE
                 if start + 24 * HOUR_MS <= before_ms and not fresh_files(root, kind, day):
                     if merged_hour or not done.exists():
-                        _merge_day(root, kind, day, floor, report)
+                        _merge_day(root, kind, day, floor, report, pacer)
                         done.touch()
         return report
 
 
-def _recover(root: Path, base: Path, report: MergeReport) -> None:
+def _recover(root: Path, base: Path, report: MergeReport, pacer: _Pacer) -> None:
     """Finish a merge a crash interrupted (see the module docstring)."""
     try:
         body = orjson.loads((base / JOURNAL).read_bytes())
@@ -303,7 +310,7 @@ def _recover(root: Path, base: Path, report: MergeReport) -> None:
     kind, day, hour = str(body["kind"]), date.fromisoformat(body["day"]), int(body["hour"])
     sources = [base / kind / f"date={day}" / name for name in body["sources"]]
     if "folders" not in body:  # crashed while writing market files: every source is still there
-        _merge_hour(root, base, kind, day, hour, [p for p in sources if p.exists()], report)
+        _merge_hour(root, base, kind, day, hour, [p for p in sources if p.exists()], report, pacer)
         return
     _finish_deletes(base, [root / f for f in body["folders"]], sources)
 
@@ -321,7 +328,14 @@ def _finish_deletes(base: Path, folders: list[Path], sources: list[Path]) -> Non
 
 
 def _merge_hour(
-    root: Path, base: Path, kind: str, day: date, hour: int, sources: list[Path], report: MergeReport
+    root: Path,
+    base: Path,
+    kind: str,
+    day: date,
+    hour: int,
+    sources: list[Path],
+    report: MergeReport,
+    pacer: _Pacer,
 ) -> None:
     """Split one hour's fresh files into one ``compact-h<HH>-`` file per market (with the market's earlier
     files of that hour), then delete what they replace."""
@@ -344,6 +358,7 @@ def _merge_hour(
     columns = file_schema(kind).names
     folders: list[Path] = []
     for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True):
+        pacer.rest()
         if a == b:
             continue
         folder = partition_dir(root, kind, str(exchange[a]), str(symbol[a]), day)
@@ -392,14 +407,28 @@ def _merge_hour(
 
 
 def _merge_day(
-    root: Path, kind: str, day: date, floor: dict[tuple[int, str], int], report: MergeReport
+    root: Path, kind: str, day: date, floor: dict[tuple[int, str], int], report: MergeReport, pacer: _Pacer
 ) -> None:
     """One file per market for a closed day: each market's hour files (and any others) merged."""
     for exchange, symbol in list_markets(root, kind):
         folder = partition_dir(root, kind, exchange, symbol, day)
         if folder.is_dir():
+            pacer.rest()
             compact_folder(folder, kind, floor)
     report.days += 1
+
+
+class _Pacer:
+    """Sleeps ``pace`` times the work done since the last rest (a duty cycle for a background merge)."""
+
+    def __init__(self, pace: float) -> None:
+        self.pace = pace
+        self.since = time.perf_counter()
+
+    def rest(self) -> None:
+        if self.pace > 0:
+            time.sleep((time.perf_counter() - self.since) * self.pace)
+        self.since = time.perf_counter()
 
 
 def compact(

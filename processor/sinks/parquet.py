@@ -40,6 +40,7 @@ __all__ = ["ParquetSink"]
 
 log = logging.getLogger(__name__)
 
+MERGE_PACE = 1.0  # a merge sleeps as long as it works: at most about half a core beside the processor
 FRESH_ROW_GROUP = 4096  # rows; with rows sorted by market, a one-market read skips the others' groups
 
 
@@ -120,7 +121,7 @@ class ParquetSink(Sink):
         while self._wanted > self._merged_before or self._again:
             before, self._again, commits = self._wanted, False, self._commits
             try:
-                report = await asyncio.to_thread(merge_fresh, self.root, before)
+                report = await asyncio.to_thread(merge_fresh, self.root, before, None, MERGE_PACE)
             except (OSError, ValueError) as exc:
                 log.warning("archive merge failed (tried again after the next commit): %s", exc)
                 self._again = True
