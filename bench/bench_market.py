@@ -150,7 +150,9 @@ async def drive(
     seconds = int(args.minutes * 60)
     samples: list[tuple[float, float, int]] = []
     delays: list[float] = []
-    watcher = asyncio.create_task(closed_candles(settings, t0 - int(time.time() * 1000), delays))
+    # The source clock: second k is published at the start + k s and ends at t0 + (k + 1) s.
+    offset = t0 + 1000 - int(time.time() * 1000)
+    watcher = asyncio.create_task(closed_candles(settings, offset, delays))
     started = time.monotonic()
     cpu0 = ps.cpu_times()
     last_sample = started
