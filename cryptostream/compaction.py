@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ __all__ = [
     "MERGE_GRACE_MS",
     "CompactionReport",
     "MergeReport",
+    "MergeStopped",
     "committed_floor",
     "compact",
     "compact_folder",
@@ -250,13 +252,18 @@ def _write_journal(base: Path, body: dict[str, object]) -> None:
 
 
 def merge_fresh(
-    root: Path, before_ms: int, floor: dict[tuple[int, str], int] | None = None, pace: float = 0.0
+    root: Path,
+    before_ms: int,
+    floor: dict[tuple[int, str], int] | None = None,
+    pace: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> MergeReport:
     """Merge the committed fresh files of every hour that ends at or before ``before_ms`` (epoch ms) into
     one file per market and hour, and each market's files of every day that ends by then into one file.
 
     ``pace``: after each market, sleep that many times as long as its merge took (1.0: the merge uses at
-    most about half a core, so the processor beside it keeps its share).
+    most about half a core, so the processor beside it keeps its share). ``stop``: once set, the merge
+    ends at its next market with :class:`MergeStopped`, as a crash there would (the next merge finishes it).
 
     Returns at once (an empty report) when another merge holds the lock; finishes an interrupted merge
     before anything else."""
@@ -268,7 +275,7 @@ def merge_fresh(
         if not mine:
             report.busy = True
             return report
-        pacer = _Pacer(pace)
+        pacer = _Pacer(pace, stop)
         _recover(root, base, report, pacer)
         floor = committed_floor(root) if floor is None else floor
         for kind in KINDS:
@@ -418,16 +425,24 @@ def _merge_day(
     report.days += 1
 
 
-class _Pacer:
-    """Sleeps ``pace`` times the work done since the last rest (a duty cycle for a background merge)."""
+class MergeStopped(Exception):
+    """A merge asked to stop (its process is shutting down) ended between two markets."""
 
-    def __init__(self, pace: float) -> None:
+
+class _Pacer:
+    """Between markets: sleeps ``pace`` times the work done since the last rest (a duty cycle for a
+    background merge), and ends the merge once ``stop`` is set."""
+
+    def __init__(self, pace: float, stop: threading.Event | None) -> None:
         self.pace = pace
+        self.stop = stop or threading.Event()
         self.since = time.perf_counter()
 
     def rest(self) -> None:
         if self.pace > 0:
-            time.sleep((time.perf_counter() - self.since) * self.pace)
+            self.stop.wait((time.perf_counter() - self.since) * self.pace)
+        if self.stop.is_set():
+            raise MergeStopped("the merge was asked to stop; the next merge finishes it")
         self.since = time.perf_counter()
 
 

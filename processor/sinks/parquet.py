@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from cryptostream.archive import (
     utc_day,
     write_file,
 )
-from cryptostream.compaction import MERGE_GRACE_MS, merge_fresh
+from cryptostream.compaction import MERGE_GRACE_MS, MergeStopped, merge_fresh
 from cryptostream.errors import SinkWriteError
 from processor.sinks.base import FlushBatch, Sink
 
@@ -41,6 +42,7 @@ __all__ = ["ParquetSink"]
 log = logging.getLogger(__name__)
 
 MERGE_PACE = 1.0  # a merge sleeps as long as it works: at most about half a core beside the processor
+CLOSE_MERGE_S = 5.0  # at shutdown, a merge still running gets this long before it is stopped
 FRESH_ROW_GROUP = 4096  # rows; with rows sorted by market, a one-market read skips the others' groups
 
 
@@ -57,6 +59,7 @@ class ParquetSink(Sink):
         self._commits = 0  # commits seen (a merge that waited for one knows when it came)
         self._again = False  # run again: files were not committed yet, or another merge held the lock
         self._merging: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
 
     async def write(self, batch: FlushBatch) -> None:
         try:
@@ -121,7 +124,10 @@ class ParquetSink(Sink):
         while self._wanted > self._merged_before or self._again:
             before, self._again, commits = self._wanted, False, self._commits
             try:
-                report = await asyncio.to_thread(merge_fresh, self.root, before, None, MERGE_PACE)
+                report = await asyncio.to_thread(merge_fresh, self.root, before, None, MERGE_PACE, self._stop)
+            except MergeStopped:
+                log.info("archive merge stopped for shutdown; the next merge finishes it")
+                return
             except (OSError, ValueError) as exc:
                 log.warning("archive merge failed (tried again after the next commit): %s", exc)
                 self._again = True
@@ -135,9 +141,15 @@ class ParquetSink(Sink):
                     return
 
     async def close(self) -> None:
-        if self._merging is not None:
-            with contextlib.suppress(Exception):
-                await self._merging
+        if self._merging is not None:  # a merge running gets a few seconds, then ends at its next market
+            try:
+                await asyncio.wait_for(asyncio.shield(self._merging), CLOSE_MERGE_S)
+            except TimeoutError:
+                self._stop.set()  # as a crash there would: the next merge finishes it
+                with contextlib.suppress(Exception):
+                    await self._merging
+            except Exception:  # noqa: S110 - logged where it failed
+                pass
         self._pool.shutdown(wait=True)
 
     def remove_uncommitted(self, partition: int, epoch: str, committed_seq: int) -> int:

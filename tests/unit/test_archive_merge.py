@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pytest
 
 from cryptostream import archive
-from cryptostream.compaction import JOURNAL, merge_fresh
+from cryptostream.compaction import JOURNAL, MergeStopped, merge_fresh
 from cryptostream.models import CANDLE_SCHEMA
 from processor.sinks import FlushBatch, Lineage, ParquetSink
 
@@ -270,3 +271,22 @@ async def test_the_readme_reads_the_archive_with_pandas_and_duckdb(tmp_path: Pat
     )
     everything = con.execute(everything_query.replace("data/outputs", here)).fetchall()
     assert len(everything) == sum(len(v) for v in stored(tmp_path, unique=True).values())
+
+
+async def test_a_merge_asked_to_stop_ends_between_markets_and_the_next_one_finishes_it(tmp_path: Path):
+    """At shutdown the processor stops a long merge at its next market: the state a crash there leaves."""
+    await build(tmp_path)
+    expected = stored(tmp_path, unique=False)
+    before = ms(DAY + timedelta(days=1, minutes=30))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(MergeStopped):
+        merge_fresh(tmp_path, before, stop=stop)
+    assert (tmp_path / archive.FRESH / JOURNAL).exists()  # stopped inside an hour's merge
+    assert stored(tmp_path, unique=False) == expected
+    report = merge_fresh(tmp_path, before)
+    assert report.recovered and not (tmp_path / archive.FRESH / JOURNAL).exists()
+    assert stored(tmp_path, unique=False) == expected
+    for exchange, symbol in MARKETS:
+        folder = archive.partition_dir(tmp_path, "ohlc", exchange, symbol, DAY.date())
+        assert len(list(folder.glob("*.parquet"))) == 1
