@@ -173,6 +173,8 @@ async def drive(
         if delay > 0:
             await asyncio.sleep(delay)
         if time.monotonic() - last_sample >= 5:
+            if ps.status() == psutil.STATUS_ZOMBIE:
+                raise SystemExit("the processor exited; run with BENCH_VERBOSE=1 to see its log")
             cpu = ps.cpu_times()
             share = (cpu.user + cpu.system - cpu0.user - cpu0.system) / (time.monotonic() - last_sample)
             cpu0, last_sample = cpu, time.monotonic()
