@@ -62,6 +62,7 @@ CLOSE_EVERY_S = 0.05  # windows close at most this late after their frontier pas
 FRONTIER_EVERY_S = 1.0  # how often moved frontiers are told to the live feed
 SETUP_RETRY_S = 1.0  # a partition whose assignment failed is set up again this often
 READ_BACK_S = 15.0  # at most this long reading back the dead letters of a crashed attempt
+KEY_CACHE = 100_000  # candle-topic partitions of this many keys are remembered
 STATUS_STREAMS = 200  # markets listed in a status message (the most behind); the rest are counted
 
 # A hook turning a stream's history (ending with its n newly closed candles) into extra tables (predictions):
@@ -129,6 +130,7 @@ class Processor:
         self._last_frontiers = 0.0
         self._partitioner = DefaultPartitioner()  # Kafka's murmur2: the same partition any client picks
         self._candle_partitions: list[int] = []
+        self._key_partitions: dict[bytes, int] = {}  # of the candles topic's partitions (a fixed count)
         self._dlq_partitions: list[int] = []
         self._fatal: BaseException | None = None
         self.ready = asyncio.Event()
@@ -333,7 +335,9 @@ class Processor:
             self._last_frontiers = now
         messages: list[tuple[str, bytes]] = []
         for part in self.parts.values():
-            closed = part.close(self.interner, self.settings.volatility_window_seconds)
+            closed = part.close(
+                self.interner, self.settings.volatility_window_seconds, with_histories=bool(self.scorers)
+            )
             if closed is not None:
                 self._closed(part, closed, messages)
             live = closed_candles(part.live_candles(now, live_s))
@@ -378,10 +382,16 @@ class Processor:
         if not self._candle_partitions:
             self._candle_partitions = sorted(await self._producer.partitions_for(topic))
         parts = self._candle_partitions
+        known = self._key_partitions
+        if len(known) > KEY_CACHE:
+            known.clear()
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value in messages:
             raw_key = key.encode()
-            by_partition.setdefault(self._partitioner(raw_key, parts, parts), []).append((raw_key, value))
+            partition = known.get(raw_key)
+            if partition is None:  # murmur2 in Python costs ~10 us a key: once per symbol, not per message
+                partition = known[raw_key] = self._partitioner(raw_key, parts, parts)
+            by_partition.setdefault(partition, []).append((raw_key, value))
         for partition, records in by_partition.items():
             start = 0
             while start < len(records):

@@ -49,8 +49,16 @@ import pyarrow as pa
 
 from cryptostream.codec import Progress
 from cryptostream.models import CANDLE_SCHEMA, VOLATILITY_SCHEMA, TradeColumns
-from processor.volatility import rolling_volatility
-from processor.windows import Candles, aggregate, bucket_of, closed_through, dedupe, late_mask
+from processor.volatility import streams_volatility
+from processor.windows import (
+    Candles,
+    aggregate,
+    bucket_of,
+    closed_through,
+    dedupe,
+    late_mask,
+    search_segments,
+)
 
 __all__ = [
     "FAR_PAST",
@@ -389,9 +397,11 @@ class PartitionState:
                 out.extend(state.open.pop(b))
         return out
 
-    def close(self, interner: Interner, window_s: int) -> Closed | None:
+    def close(self, interner: Interner, window_s: int, with_histories: bool = True) -> Closed | None:
         """Everything the windows behind their frontiers make: candles, their volatility, and per stream
-        the history (ending with its new candles) prediction hooks read. None when nothing closed.
+        the history (ending with its new candles) prediction hooks read (``with_histories``: nobody reads them
+        when there are no hooks). None when nothing closed. Every step is on the columns of all streams at
+        once: the cost per closed candle does not grow with the number of markets.
 
         Then the streams that went quiet are evicted (``window_s`` must be within ``history_ms``, as the
         history kept for volatility needs anyway)."""
@@ -399,43 +409,80 @@ class PartitionState:
         if candles is None:
             self._evict_quiet()
             return None
-        vol_parts: list[pa.Table] = []
+        segments = candles.segments()
+        states = [self.streams[code] for code, _ in segments]
+        counts = np.fromiter((rows.stop - rows.start for _, rows in segments), np.int64, len(segments))
+        new_firsts = candles.columns["bucket"][np.cumsum(counts) - counts]
+        firsts = np.fromiter(
+            (FAR_PAST if s.first_bucket is None else s.first_bucket for s in states), np.int64, len(states)
+        )
+        firsts = np.where(firsts == FAR_PAST, new_firsts, firsts)
+        merged, starts, new_rows = self._extend_histories(states, candles.columns, counts, firsts)
+        vol = streams_volatility(
+            merged["bucket"], merged["close"], starts, new_rows, np.repeat(firsts, counts), window_s
+        )
+        ohlc = candles.to_table()
+        ok = ~np.isnan(vol)
+        keep = pa.array(ok)
+        volatility = pa.table(
+            {
+                "exchange": ohlc["exchange"].filter(keep),
+                "symbol": ohlc["symbol"].filter(keep),
+                "bucket": ohlc["bucket"].filter(keep),
+                "volatility": vol[ok],
+                "window_seconds": np.full(int(ok.sum()), window_s, np.int32),
+            },
+            schema=VOLATILITY_SCHEMA,
+        )
         histories: list[tuple[str, str, dict[str, npt.NDArray[Any]], int]] = []
-        for code, rows in candles.segments():
-            state = self.streams[code]
-            exchange, symbol = interner.name(code)
-            new = {name: values[rows] for name, values in candles.columns.items()}
-            history = state.recent.get("bucket")
-            first = state.first_bucket if state.first_bucket is not None else int(new["bucket"][0])
-            if history is not None and history.size:
-                vol = rolling_volatility(
-                    np.concatenate([history, new["bucket"]]),
-                    np.concatenate([state.recent["close"], new["close"]]),
-                    first,
-                    window_s,
-                    start=history.size,
-                )
-            else:
-                vol = rolling_volatility(new["bucket"], new["close"], first, window_s)
-            ok = ~np.isnan(vol)
-            if ok.any():
-                count = int(ok.sum())
-                vol_parts.append(
-                    pa.table(
-                        {
-                            "exchange": pa.array([exchange] * count, pa.string()),
-                            "symbol": pa.array([symbol] * count, pa.string()),
-                            "bucket": pa.array(new["bucket"][ok], pa.timestamp("ms", tz="UTC")),
-                            "volatility": vol[ok],
-                            "window_seconds": pa.array(np.full(count, window_s, np.int32)),
-                        },
-                        schema=VOLATILITY_SCHEMA,
-                    )
-                )
-            histories.append((exchange, symbol, self.remember(code, new), rows.stop - rows.start))
-        volatility = pa.concat_tables(vol_parts) if vol_parts else VOLATILITY_SCHEMA.empty_table()
+        if with_histories:
+            for i, (code, _) in enumerate(segments):
+                a, b = int(starts[i]), int(starts[i + 1])
+                history = {k: v[a:b] for k, v in merged.items()}
+                histories.append((*interner.name(code), history, int(counts[i])))
         self._evict_quiet()
-        return Closed(candles.to_table(), volatility, histories)
+        return Closed(ohlc, volatility, histories)
+
+    def _extend_histories(
+        self,
+        states: list[StreamState],
+        columns: dict[str, npt.NDArray[Any]],
+        counts: npt.NDArray[np.int64],
+        firsts: npt.NDArray[np.int64],
+    ) -> tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Append each stream's newly closed candles (``columns``: stream after stream, ``counts`` each, in
+        bucket order) to its recent history, trimmed to ``history_ms`` plus the candle before it (the
+        previous close of the first return).
+
+        Returns every stream's untrimmed history + new candles, one stream after another (so hooks see every
+        new candle even when a backlog closes more than the history keeps), where each stream starts (then
+        the end), and where the new candles are."""
+        n = len(states)
+        held = np.fromiter((s.recent["bucket"].shape[0] if s.recent else 0 for s in states), np.int64, n)
+        starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(held + counts, out=starts[1:])
+        new_rows = np.repeat(starts[:-1] + held - (np.cumsum(counts) - counts), counts) + np.arange(
+            int(counts.sum())
+        )
+        old_rows = np.ones(int(starts[-1]), dtype=np.bool_)
+        old_rows[new_rows] = False
+        with_history = [s.recent for s in states if s.recent]
+        merged: dict[str, npt.NDArray[Any]] = {}
+        for k in RECENT_FIELDS:
+            column = np.empty(int(starts[-1]), dtype=columns[k].dtype)
+            column[new_rows] = columns[k]
+            if with_history:
+                column[old_rows] = np.concatenate([h[k] for h in with_history])
+            merged[k] = column
+        ends = starts[1:]
+        stream = np.arange(n, dtype=np.int64)
+        keep = search_segments(merged["bucket"], starts, stream, merged["bucket"][ends - 1] - self.history_ms)
+        keep = np.maximum(keep - 1, starts[:-1])
+        for state, a, b, first in zip(states, keep.tolist(), ends.tolist(), firsts.tolist(), strict=True):
+            # copies: a view would keep this call's arrays of every stream alive as long as one stream lives
+            state.recent = {k: v[a:b].copy() for k, v in merged.items()}
+            state.first_bucket = first
+        return merged, starts, new_rows
 
     def _evict_quiet(self) -> None:
         """Move the streams that went quiet to ``cold`` (see the module docstring for why that is exact).
@@ -499,21 +546,12 @@ class PartitionState:
         )
 
     def remember(self, code: int, new: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        """Append a stream's newly closed candles (bucket order) to its recent history, trimmed.
-
-        Returns the untrimmed history + new candles, so hooks see every new candle even when a backlog
-        closes more of them at once than the history keeps."""
+        """Append one stream's newly closed candles (bucket order) to its recent history, trimmed; returns
+        the untrimmed history + new candles (see :meth:`_extend_histories`)."""
         state = self.streams[code]
-        if state.first_bucket is None:
-            state.first_bucket = int(new["bucket"][0])
-        if state.recent:
-            merged = {k: np.concatenate([state.recent[k], new[k]]) for k in RECENT_FIELDS}
-        else:
-            merged = {k: new[k] for k in RECENT_FIELDS}
-        buckets = merged["bucket"]
-        # keep the history window plus the candle before it (the previous close of the first return)
-        keep_from = max(0, int(np.searchsorted(buckets, buckets[-1] - self.history_ms, side="right")) - 1)
-        state.recent = {k: v[keep_from:] for k, v in merged.items()}
+        first = new["bucket"][0] if state.first_bucket is None else state.first_bucket
+        counts = np.array([new["bucket"].shape[0]], np.int64)
+        merged, _, _ = self._extend_histories([state], new, counts, np.array([first], np.int64))
         return merged
 
     # ------------------------------------------------------------------------------------------ checkpoints

@@ -14,38 +14,40 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from processor.windows import WINDOW_MS, window_sums
+from processor.windows import WINDOW_MS, search_segments, window_sums
 
-__all__ = ["rolling_volatility"]
+__all__ = ["streams_volatility"]
 
 
-def rolling_volatility(
+def streams_volatility(
     buckets: npt.NDArray[np.int64],
     closes: npt.NDArray[np.float64],
-    first_bucket: int,
+    starts: npt.NDArray[np.int64],
+    targets: npt.NDArray[np.int64],
+    first_buckets: npt.NDArray[np.int64],
     window_s: int,
-    start: int = 0,
 ) -> npt.NDArray[np.float64]:
-    """Volatility of the candles ``buckets[start:]`` (NaN where fewer than two returns exist).
+    """Volatility of the candles at ``targets`` (NaN with fewer than two returns), many streams at once.
 
-    ``buckets``/``closes`` are one symbol's candles in bucket order: recent history then new candles.
-    History must reach back to the candle before the window of ``buckets[start]``. ``first_bucket`` is the
-    symbol's first candle ever (returns start after it).
-    """
+    ``buckets``/``closes`` hold one stream's candles after another in bucket order (``starts``: where each
+    stream begins, then the end): its recent history, then its new candles. History must reach back to the
+    candle before the window of the stream's first target. ``targets`` are positions (ascending) and
+    ``first_buckets`` the first candle ever of each target's stream (returns start after it). A value is
+    summed over its own window only, so it never depends on which other streams closed with it."""
     n = buckets.shape[0]
-    if n == 0 or start >= n:
+    if targets.size == 0:
         return np.empty(0, dtype=np.float64)
     returns = np.zeros(n, dtype=np.float64)
     returns[1:] = np.log(closes[1:] / closes[:-1])
-    if buckets[0] == first_bucket:
-        returns[0] = 0.0  # the first candle ever has no previous close: it starts the series
-    target = buckets[start:]
+    returns[starts[:-1][starts[:-1] < n]] = 0.0  # a stream's first row has no previous close of its own
+    target = buckets[targets]
     window_ms = window_s * WINDOW_MS
-    lo = np.searchsorted(buckets, target - window_ms, side="right").astype(np.int64)
-    hi = np.arange(start, n, dtype=np.int64) + 1
+    stream = np.searchsorted(starts, targets, side="right") - 1
+    lo = search_segments(buckets, starts, stream, target - window_ms)
+    hi = targets + 1
     total = window_sums(returns, lo, hi)
     total_sq = window_sums(returns * returns, lo, hi)
-    count = np.minimum(window_s, (target - first_bucket) // WINDOW_MS).astype(np.float64)
+    count = np.minimum(window_s, (target - first_buckets) // WINDOW_MS).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
         var = (total_sq - count * mean * mean) / (count - 1.0)

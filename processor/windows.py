@@ -28,6 +28,7 @@ __all__ = [
     "closed_through",
     "dedupe",
     "late_mask",
+    "search_segments",
     "window_sums",
 ]
 
@@ -84,6 +85,34 @@ def window_sums(values: npt.NDArray[np.float64], lo: I64, hi: I64) -> npt.NDArra
     nonempty = lengths > 0
     out[nonempty] = np.add.reduceat(values[index], starts[nonempty])
     return out
+
+
+def search_segments(values: I64, starts: I64, segment: I64, query: I64) -> I64:
+    """Per query i: ``np.searchsorted(values[a:b], query[i], side="right") + a`` where ``a, b`` are
+    ``starts[segment[i]], starts[segment[i] + 1]``, in one call for any number of segments.
+
+    ``values`` holds ascending runs one after another (``starts``: where each begins, then the end). Each
+    run is lifted onto its own range of one ascending key, so a single searchsorted answers every query."""
+    if query.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if values.size == 0:
+        return starts[segment].astype(np.int64)
+    base = min(int(values.min()), int(query.min()))
+    span = max(int(values.max()), int(query.max())) - base + 1
+    runs = starts.shape[0] - 1
+    if span * runs >= 2**62:  # values spread over more than int64 holds: one search per query
+        return np.array(
+            [
+                a + np.searchsorted(values[a : starts[s + 1]], q, side="right")
+                for s, q, a in zip(segment.tolist(), query.tolist(), starts[segment].tolist(), strict=True)
+            ],
+            dtype=np.int64,
+        )
+    run = np.repeat(np.arange(runs, dtype=np.int64), np.diff(starts))
+    key = run * span + (values - base)
+    return np.searchsorted(key, segment.astype(np.int64) * span + (query - base), side="right").astype(
+        np.int64
+    )
 
 
 def dedupe(trades: TradeColumns) -> TradeColumns:

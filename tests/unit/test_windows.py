@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from cryptostream.codec import Progress
 from cryptostream.models import CANDLE_SCHEMA, Trade, TradeColumns
 from processor.state import Interner, PartitionState, closed_candles
-from processor.windows import aggregate, bucket_of, dedupe, late_mask
+from processor.volatility import streams_volatility
+from processor.windows import aggregate, bucket_of, dedupe, late_mask, search_segments
 from tests.reference import assert_candles_equal, batch_candles, rows_by_key
 
 T0 = 1_700_000_000_000
@@ -215,3 +216,70 @@ def test_a_progress_watermark_closes_exactly_the_windows_that_end_by_it() -> Non
 def test_bucket_is_the_floor_of_the_second() -> None:
     ts = np.array([T0, T0 + 999, T0 + 1000, -1, -1000, -1001], dtype=np.int64)
     assert bucket_of(ts).tolist() == [T0, T0, T0 + 1000, -1000, -1000, -2000]
+
+
+@st.composite
+def runs_of_buckets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ascending runs of buckets one after another, where each starts then the end, closes)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    spread = draw(st.sampled_from([10**3, 10**9, 2**61]))  # 2**61: runs too far apart for one key
+    parts = []
+    for _ in range(draw(st.integers(1, 12))):
+        n = draw(st.integers(0, 40))
+        start = int(rng.integers(-spread, spread)) // 1000 * 1000
+        parts.append(start + np.cumsum(rng.choice([1000, 1000, 2000, 7000], n)).astype(np.int64))
+    starts = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([p.size for p in parts], out=starts[1:])
+    buckets = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, buckets.size)))
+    return buckets, starts, closes
+
+
+@given(runs_of_buckets(), st.integers(-5_000, 5_000))
+@settings(max_examples=150, deadline=None)
+def test_one_search_over_many_runs_equals_a_search_in_each(runs, shift) -> None:
+    buckets, starts, _ = runs
+    segment = np.repeat(np.arange(starts.size - 1), 3)
+    query = np.array(
+        [
+            buckets[a] + shift if b > a else shift
+            for a, b in zip(starts[segment], starts[segment + 1], strict=True)
+        ],
+        np.int64,
+    )
+    expected = [
+        a + np.searchsorted(buckets[a:b], q, side="right")
+        for a, b, q in zip(starts[segment], starts[segment + 1], query, strict=True)
+    ]
+    assert search_segments(buckets, starts, segment, query).tolist() == expected
+
+
+@given(runs_of_buckets(), st.sampled_from([2, 5, 60]))
+@settings(max_examples=150, deadline=None)
+def test_volatility_of_many_streams_at_once_equals_each_stream_alone_bit_for_bit(runs, window_s) -> None:
+    """Closing passes compute every stream that closed together: no figure may depend on its neighbours."""
+    buckets, starts, closes = runs
+    rng = np.random.default_rng(int(starts[-1]))
+    targets, firsts, alone = [], [], []
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+        if b == a:
+            continue
+        new = int(rng.integers(a, b))  # history before it, new candles from it on
+        first = int(buckets[a]) - int(rng.choice([0, 0, 3000]))
+        targets.extend(range(new, b))
+        firsts.extend([first] * (b - new))
+        alone.append(
+            streams_volatility(
+                buckets[a:b],
+                closes[a:b],
+                np.array([0, b - a]),
+                np.arange(new - a, b - a),
+                np.full(b - new, first),
+                window_s,
+            )
+        )
+    together = streams_volatility(
+        buckets, closes, starts, np.array(targets, np.int64), np.array(firsts, np.int64), window_s
+    )
+    expected = np.concatenate(alone) if alone else np.empty(0)
+    assert together.tobytes() == expected.tobytes()
