@@ -6,13 +6,15 @@
    closes during the run (each trade stamped as received at its event time, as a source whose clock is
    that far ahead would). The processor runs as its own process (``cryptostream process``, Parquet
    only, no database) and is sampled every 5 s: CPU (share of one core), RSS, and lag (records it has yet
-   to read: its own ``cryptostream_consumer_lag`` gauge). After the run: the archive's files per market
-   and kind for the closed hours, and the fresh files left for the open hour.
+   to read: its own ``cryptostream_consumer_lag`` gauge). It serves live predictions for every market (a
+   model trained on synthetic candles first, as ``up`` does; ``--no-model`` runs without). After the run:
+   the archive's files per market and kind for the closed hours, and the fresh files left for the open hour.
 2. Reading one symbol-day of 1 s candles (86,400 rows): from the merged day file, with
    ``archive.load`` and with DuckDB; baseline: the same day as the per-checkpoint files earlier versions
    wrote (one per market per 10 s checkpoint: 8,640 files), read with ``archive.load``.
 
     .venv/bin/python -m bench.bench_market [--symbols 2000] [--rate 5000] [--minutes 10] [--skip-live]
+                                           [--no-model]
 
 Closed candles are timed from the end of their second (the source's progress record for it is published
 then) to their arrival on the candles topic, as a consumer of the live feed sees them; the clock starts once
@@ -57,6 +59,10 @@ from cryptostream.procs import free_port  # noqa: E402
 from cryptostream.settings import Settings, load_settings  # noqa: E402
 from ingest.publisher import Publisher  # noqa: E402
 from ingest.synthetic import SyntheticMarket  # noqa: E402
+from processor.model import registry  # noqa: E402
+from processor.model.dataset import build_dataset  # noqa: E402
+from processor.model.synthetic import synthetic_candles  # noqa: E402
+from processor.model.train import fit_and_report  # noqa: E402
 
 GROUP = "bench-market"
 SLICES = 5  # a second's trades are published in this many parts as it passes, then its progress
@@ -110,6 +116,13 @@ async def closed_candles(settings: Settings, offset_ms: int, delays: list[float]
         await consumer.stop()
 
 
+def train_model(model_dir: Path) -> None:
+    """A model for live predictions of every market, as ``up`` serves (trained on synthetic candles)."""
+    candles = {f"S{i}": synthetic_candles(3600, seed=i, signal=0.2) for i in range(2)}
+    result = fit_and_report(build_dataset(candles, 60), folds=3, candidates=("logit",))
+    registry.save(model_dir, result.model_file, result.report)
+
+
 def live(args: argparse.Namespace, work: Path) -> None:
     """The live part: the broker and the processor as processes, the source paced by the clock."""
     port = free_port()
@@ -125,7 +138,10 @@ def live(args: argparse.Namespace, work: Path) -> None:
             "SYMBOLS": "BTCUSDT",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
             "METRICS_PORT": str(port),
+            "MODEL_DIR": str(work / "models"),
         }
+        if not args.no_model:
+            train_model(work / "models")
         settings = load_settings(kafka_bootstrap=kafka.bootstrap, output_dir=out, symbols=["BTCUSDT"])
         asyncio.run(wait_for_broker(kafka.bootstrap, 30, settings=settings))
         asyncio.run(ensure_topics(settings))
@@ -202,7 +218,7 @@ async def drive(
                 f"RSS {samples[-1][1]:6.0f} MB  lag {behind:7d} records",
                 flush=True,
             )
-    late = time.monotonic() - started - seconds - 1
+    late = time.monotonic() - started - seconds
     await publisher.stop()
     await producer.stop()
     for _ in range(120):  # let it catch up
@@ -327,6 +343,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--skip-live", action="store_true")
+    parser.add_argument("--no-model", action="store_true", help="no live predictions (no model to serve)")
     args = parser.parse_args()
     import pyarrow.parquet  # noqa: F401 - pa.parquet below
 

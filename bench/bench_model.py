@@ -23,6 +23,7 @@ from processor.model.features import LOOKBACK_SECONDS, candle_features, to_grid
 from processor.model.scorer import ModelScorer
 from processor.model.synthetic import synthetic_candles
 from processor.model.train import fit_and_report
+from processor.state import Histories
 
 
 def naive_features(candles: dict[str, np.ndarray], rows: int) -> list[list[float]]:
@@ -94,12 +95,25 @@ def main() -> None:
     calls = 5_000
     t = time.perf_counter()
     for _ in range(calls):
-        scorer("binance", "SYM0USDT", hist, 1)
+        scorer(Histories.one("binance", "SYM0USDT", hist, 1))
     per_call = (time.perf_counter() - t) / calls
-    print(f"live scoring: {per_call * 1e6:,.0f} us per call (one new candle, 61 s history)")
+    print(f"live scoring: {per_call * 1e6:,.0f} us per call (one market, one new candle, 61 s history)")
+    markets = 2_000  # a whole market closing a second: one call for all of them
+    many = Histories(
+        ["binance"] * markets,
+        [f"SYM{i}USDT" for i in range(markets)],
+        {k: np.tile(v, markets) for k, v in hist.items()},
+        np.arange(markets + 1, dtype=np.int64) * 61,
+        np.ones(markets, np.int64),
+    )
+    t = time.perf_counter()
+    for _ in range(20):
+        scorer(many)
+    batch = (time.perf_counter() - t) / 20
     print(
-        f"  share of the 1 s budget per symbol: {per_call:.2%}; "
-        f"symbols one core could score each second: {1 / per_call:,.0f}"
+        f"  {markets:,} markets in one call: {batch * 1000:.1f} ms "
+        f"({batch / markets * 1e6:.0f} us a market), against {per_call * markets * 1000:.0f} ms "
+        f"one call per market ({per_call * markets / batch:.0f}x)"
     )
 
 

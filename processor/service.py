@@ -52,7 +52,7 @@ from processor.checkpoint import Checkpoint, CheckpointStore, new_epoch
 from processor.model.features import LOOKBACK_SECONDS
 from processor.sinks.base import FlushBatch, Lineage, Sink
 from processor.sinks.parquet import ParquetSink
-from processor.state import Closed, Interner, PartitionState, closed_candles
+from processor.state import Closed, Histories, Interner, PartitionState, closed_candles
 
 __all__ = ["Processor", "ProcessorStats", "Scorer"]
 
@@ -65,9 +65,9 @@ READ_BACK_S = 15.0  # at most this long reading back the dead letters of a crash
 KEY_CACHE = 100_000  # candle-topic partitions of this many keys are remembered
 STATUS_STREAMS = 200  # markets listed in a status message (the most behind); the rest are counted
 
-# A hook turning a stream's history (ending with its n newly closed candles) into extra tables (predictions):
-# scorer(exchange, symbol, history, n_new).
-Scorer = Callable[[str, str, dict[str, np.ndarray], int], dict[str, pa.Table]]
+# A hook turning the histories of the streams that closed candles (each ending with its new ones) into
+# extra tables (predictions), all streams in one call.
+Scorer = Callable[[Histories], dict[str, pa.Table]]
 
 
 @dataclass
@@ -335,9 +335,7 @@ class Processor:
             self._last_frontiers = now
         messages: list[tuple[str, bytes]] = []
         for part in self.parts.values():
-            closed = part.close(
-                self.interner, self.settings.volatility_window_seconds, with_histories=bool(self.scorers)
-            )
+            closed = part.close(self.interner, self.settings.volatility_window_seconds)
             if closed is not None:
                 self._closed(part, closed, messages)
             live = closed_candles(part.live_candles(now, live_s))
@@ -367,12 +365,11 @@ class Processor:
         messages.extend(_rows_messages("candle", closed.ohlc, interval="1s", closed=True))
         if closed.volatility.num_rows:
             messages.extend(_rows_messages("volatility", closed.volatility))
-        for exchange, symbol, history, n_new in closed.histories:
-            for scorer in self.scorers:
-                for kind, extra in scorer(exchange, symbol, history, n_new).items():
-                    if extra.num_rows:
-                        pending.setdefault(kind, []).append(extra)
-                        messages.extend(_rows_messages(kind, extra))
+        for scorer in self.scorers:
+            for kind, extra in scorer(closed.histories).items():
+                if extra.num_rows:
+                    pending.setdefault(kind, []).append(extra)
+                    messages.extend(_rows_messages(kind, extra))
 
     async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         """Hand messages to the producer as one record batch per partition (not one send() per message);

@@ -40,6 +40,7 @@ candles and late trades whatever the fetch-batch cuts, pauses or crashes (a prop
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
     "FAR_PAST",
     "Closed",
     "ColdStreams",
+    "Histories",
     "Interner",
     "PartitionState",
     "Refused",
@@ -397,11 +399,11 @@ class PartitionState:
                 out.extend(state.open.pop(b))
         return out
 
-    def close(self, interner: Interner, window_s: int, with_histories: bool = True) -> Closed | None:
+    def close(self, interner: Interner, window_s: int) -> Closed | None:
         """Everything the windows behind their frontiers make: candles, their volatility, and per stream
-        the history (ending with its new candles) prediction hooks read (``with_histories``: nobody reads them
-        when there are no hooks). None when nothing closed. Every step is on the columns of all streams at
-        once: the cost per closed candle does not grow with the number of markets.
+        the history (ending with its new candles) prediction hooks read. None when nothing closed. Every step
+        is on the columns of all streams at once: the cost per closed candle does not grow with the number of
+        markets.
 
         Then the streams that went quiet are evicted (``window_s`` must be within ``history_ms``, as the
         history kept for volatility needs anyway)."""
@@ -434,12 +436,8 @@ class PartitionState:
             },
             schema=VOLATILITY_SCHEMA,
         )
-        histories: list[tuple[str, str, dict[str, npt.NDArray[Any]], int]] = []
-        if with_histories:
-            for i, (code, _) in enumerate(segments):
-                a, b = int(starts[i]), int(starts[i + 1])
-                history = {k: v[a:b] for k, v in merged.items()}
-                histories.append((*interner.name(code), history, int(counts[i])))
+        names = [interner.name(code) for code, _ in segments]
+        histories = Histories([e for e, _ in names], [y for _, y in names], merged, starts, counts)
         self._evict_quiet()
         return Closed(ohlc, volatility, histories)
 
@@ -729,12 +727,44 @@ class PartitionState:
 
 
 @dataclass(slots=True)
+class Histories:
+    """Each stream that closed candles: its recent history then its new candles, streams one after another
+    (what prediction hooks read, all at once)."""
+
+    exchanges: list[str]  # per stream
+    symbols: list[str]
+    columns: dict[str, npt.NDArray[Any]]  # bucket .. sell_volume (RECENT_FIELDS)
+    starts: npt.NDArray[np.int64]  # where each stream begins, then the end
+    counts: npt.NDArray[np.int64]  # new candles of each stream: its last rows
+
+    def __len__(self) -> int:
+        return len(self.exchanges)
+
+    def __iter__(self) -> Iterator[tuple[str, str, dict[str, npt.NDArray[Any]], int]]:
+        """(exchange, symbol, history + new candles, number of new candles) of each stream."""
+        for i in range(len(self)):
+            a, b = int(self.starts[i]), int(self.starts[i + 1])
+            yield (
+                self.exchanges[i],
+                self.symbols[i],
+                {k: v[a:b] for k, v in self.columns.items()},
+                int(self.counts[i]),
+            )
+
+    @classmethod
+    def one(cls, exchange: str, symbol: str, history: dict[str, npt.NDArray[Any]], n_new: int) -> Histories:
+        """One stream's history (its last ``n_new`` candles new)."""
+        n = int(history["bucket"].shape[0]) if "bucket" in history else 0
+        return cls([exchange], [symbol], history, np.array([0, n], np.int64), np.array([n_new], np.int64))
+
+
+@dataclass(slots=True)
 class Closed:
     """What one :meth:`PartitionState.close` made."""
 
     ohlc: pa.Table
     volatility: pa.Table
-    histories: list[tuple[str, str, dict[str, npt.NDArray[Any]], int]]  # exchange, symbol, history, n new
+    histories: Histories
 
 
 OPEN_SCHEMA = pa.schema(

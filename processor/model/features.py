@@ -49,7 +49,8 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, slots=True)
 class Grid:
-    """One symbol's candles spread on the 1 s grid starting at its first candle."""
+    """One market's candles spread on the 1 s grid starting at its first candle (or several markets' grids
+    end to end, see :func:`to_grid`)."""
 
     start: int  # bucket (ms) of grid index 0
     index: npt.NDArray[np.int64]  # grid index of each candle
@@ -58,28 +59,43 @@ class Grid:
     buy: F64
     sell: F64
     range: F64  # (high - low) / close, 0 in quiet seconds
+    origins: npt.NDArray[np.int64]  # grid index where each market's grid begins (one market: [0])
 
     def __len__(self) -> int:
         return int(self.close.shape[0])
 
 
-def to_grid(candles: Mapping[str, npt.NDArray[Any]]) -> Grid:
-    """Spread candles (bucket order, strictly increasing whole-second buckets) on the 1 s grid."""
+def to_grid(candles: Mapping[str, npt.NDArray[Any]], starts: npt.NDArray[np.int64] | None = None) -> Grid:
+    """Spread candles (bucket order, strictly increasing whole-second buckets) on the 1 s grid.
+
+    With ``starts`` the candles are several markets one after another (where each begins, then the end):
+    each is spread on its own grid from its own first candle and the grids are laid end to end
+    (:attr:`Grid.origins`), so one pass serves them all and every value equals that market's grid alone."""
     bucket = np.asarray(candles["bucket"], dtype=np.int64)
     n = bucket.shape[0]
+    if starts is None:
+        starts = np.array([0, n], dtype=np.int64)
+    counts = np.diff(starts)
     if n == 0:
         empty = np.empty(0, dtype=np.float64)
-        return Grid(0, np.empty(0, dtype=np.int64), empty, empty, empty, empty, empty)
-    if n > 1 and not (np.diff(bucket) > 0).all():
+        none = np.zeros(counts.shape[0], dtype=np.int64)
+        return Grid(0, np.empty(0, dtype=np.int64), empty, empty, empty, empty, empty, none)
+    steps = np.diff(bucket)
+    steps[starts[1:-1][(starts[1:-1] > 0) & (starts[1:-1] < n)] - 1] = 1  # a new market may start anywhere
+    if n > 1 and not (steps > 0).all():
         raise ValueError("candle buckets must be strictly increasing (one candle per second, sorted)")
-    index = (bucket - bucket[0]) // SECOND_MS
-    size = int(index[-1]) + 1
+    local = (bucket - np.repeat(bucket[np.minimum(starts[:-1], n - 1)], counts)) // SECOND_MS
+    sizes = np.zeros(counts.shape[0], dtype=np.int64)
+    sizes[counts > 0] = local[starts[1:][counts > 0] - 1] + 1
+    origins = np.cumsum(sizes) - sizes
+    index = np.repeat(origins, counts) + local
+    size = int(sizes.sum())
     close = np.asarray(candles["close"], dtype=np.float64)
     if not (close > 0).all():
         raise ValueError("candle closes must be positive")
     last = np.full(size, -1, dtype=np.int64)
     last[index] = np.arange(n)
-    np.maximum.accumulate(last, out=last)
+    np.maximum.accumulate(last, out=last)  # each market's grid starts with a candle: never fills across
 
     def spread(values: npt.NDArray[Any]) -> F64:
         out = np.zeros(size, dtype=np.float64)
@@ -96,6 +112,7 @@ def to_grid(candles: Mapping[str, npt.NDArray[Any]]) -> Grid:
         buy=spread(candles["buy_volume"]),
         sell=spread(candles["sell_volume"]),
         range=spread((high - low) / close),
+        origins=origins,
     )
 
 
@@ -112,9 +129,13 @@ def _imbalance(buy: F64, sell: F64) -> F64:
 
 
 def grid_features(grid: Grid, at: npt.NDArray[np.int64]) -> F64:
-    """Feature matrix (len(at) x len(FEATURES)) at grid indices ``at``; NaN rows lack lookback."""
+    """Feature matrix (len(at) x len(FEATURES)) at grid indices ``at``; NaN rows lack lookback.
+
+    A row reads its own market's grid only: its lookback must lie after that market's first candle, and
+    every window is summed on its own, so markets laid end to end give each market's values bit for bit."""
     out = np.full((at.shape[0], len(FEATURES)), np.nan, dtype=np.float64)
-    ok = at >= LOOKBACK_SECONDS
+    origin = grid.origins[np.searchsorted(grid.origins, at, side="right") - 1] if at.size else at
+    ok = at - origin >= LOOKBACK_SECONDS
     p = at[ok]
     if p.size == 0:
         return out

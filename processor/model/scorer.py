@@ -1,8 +1,9 @@
 """Live scoring: the processor's scorer hook, turning each newly closed candle into a prediction.
 
-For every market, after its newly closed 1 s candles join its recent history, the processor calls
-``scorer(exchange, symbol, history, n_new)``. The scorer computes the features of the new candles from that
-history with the very function training used, and returns one ``PREDICTION_SCHEMA`` row per new candle whose
+After a closing pass the processor calls ``scorer(histories)`` once with every market that closed candles:
+each market's recent history ending with its new candles (:class:`processor.state.Histories`). The scorer
+computes the features of the new candles from that history with the very function training used (all markets
+in one pass, each reading only its own grid), and returns one ``PREDICTION_SCHEMA`` row per new candle whose
 lookback is covered: P(close rises over the horizon), the label (``up`` when P > 0.5), the model version.
 
 A prediction is a function of the model file and the candles only: the scorer keeps no state between calls
@@ -26,6 +27,7 @@ from processor.model import registry
 from processor.model.errors import ModelError, ModelFileError
 from processor.model.estimators import LinearModel
 from processor.model.features import FEATURES, LOOKBACK_SECONDS, grid_features, to_grid
+from processor.state import Histories
 
 __all__ = ["ModelScorer", "load_live_scorer"]
 
@@ -57,45 +59,54 @@ class ModelScorer:
         self.predicted = 0
         self._warned: set[tuple[str, str]] = set()
 
-    def __call__(
-        self, exchange: str, symbol: str, recent: dict[str, npt.NDArray[Any]], n_new: int
-    ) -> dict[str, pa.Table]:
-        """Predictions of the last ``n_new`` candles of ``recent`` (history first, in bucket order)."""
-        n = int(recent["bucket"].shape[0]) if "bucket" in recent else 0
-        if n == 0 or n_new <= 0:
+    def __call__(self, histories: Histories) -> dict[str, pa.Table]:
+        """Predictions of every stream's new candles (its last ``counts[i]`` rows), all streams at once."""
+        n = len(histories)
+        if n == 0:
             return {}
-        history = {k: np.asarray(recent[k]) for k in FIELDS}
+        history = {k: np.asarray(histories.columns[k]) for k in FIELDS}
         history["bucket"] = history["bucket"].astype(np.int64, copy=False)
-        m = min(n_new, n)
+        sizes = np.diff(histories.starts)
+        m = np.minimum(np.maximum(histories.counts, 0), sizes)
         try:
-            grid = to_grid(history)
+            grid = to_grid(history, histories.starts)
         except ValueError as exc:
-            if (exchange, symbol) not in self._warned:
-                self._warned.add((exchange, symbol))
-                log.warning("cannot score %s %s: %s", exchange, symbol, exc)
+            if n > 1:  # one stream's history is unusable: score the others one by one
+                parts = [self(Histories.one(*stream)) for stream in histories]
+                tables = [t["predictions"] for t in parts if t]
+                return {"predictions": pa.concat_tables(tables)} if tables else {}
+            if (histories.exchanges[0], histories.symbols[0]) not in self._warned:
+                self._warned.add((histories.exchanges[0], histories.symbols[0]))
+                log.warning("cannot score %s %s: %s", histories.exchanges[0], histories.symbols[0], exc)
             return {}
-        x = grid_features(grid, grid.index[-m:])
+        total = int(m.sum())
+        rows = np.repeat(histories.starts[1:] - m - (np.cumsum(m) - m), m) + np.arange(total)
+        x = grid_features(grid, grid.index[rows])
         ok = np.isfinite(x).all(axis=1)
-        buckets = history["bucket"][-m:][ok]
-        if not buckets.size:
+        if not ok.any():
             return {}
         p = self.model.predict_proba(x[ok])
-        self.predicted += int(buckets.size)
-        return {"predictions": self._table(exchange, symbol, buckets, p)}
+        self.predicted += int(p.size)
+        stream = np.repeat(np.arange(n), m)[ok]
+        return {"predictions": self._table(histories, stream, history["bucket"][rows[ok]], p)}
 
     def _table(
-        self, exchange: str, symbol: str, buckets: npt.NDArray[np.int64], p: npt.NDArray[np.float64]
+        self,
+        histories: Histories,
+        stream: npt.NDArray[np.int64],
+        buckets: npt.NDArray[np.int64],
+        p: npt.NDArray[np.float64],
     ) -> pa.Table:
         rows = buckets.shape[0]
         return pa.table(
             {
-                "exchange": pa.array([exchange] * rows, pa.string()),
-                "symbol": pa.array([symbol] * rows, pa.string()),
+                "exchange": pa.array(np.asarray(histories.exchanges, dtype=object)[stream], pa.string()),
+                "symbol": pa.array(np.asarray(histories.symbols, dtype=object)[stream], pa.string()),
                 "bucket": pa.array(buckets, pa.timestamp("ms", tz="UTC")),
                 "horizon_seconds": pa.array(np.full(rows, self.horizon_s, np.int32)),
                 "probability_up": pa.array(p, pa.float64()),
-                "label": pa.array(np.where(p > 0.5, "up", "down").tolist(), pa.string()),
-                "model_version": pa.array([self.version] * rows, pa.string()),
+                "label": pa.array(np.where(p > 0.5, "up", "down"), pa.string()),
+                "model_version": pa.array(np.full(rows, self.version, dtype=object), pa.string()),
             },
             schema=PREDICTION_SCHEMA,
         )

@@ -17,7 +17,7 @@ from processor.model.features import LOOKBACK_SECONDS, candle_features
 from processor.model.scorer import ModelScorer, load_live_scorer
 from processor.model.synthetic import synthetic_candles
 from processor.model.train import fit_and_report
-from processor.state import PartitionState, StreamState
+from processor.state import Histories, PartitionState, StreamState
 
 HORIZON = 20
 
@@ -41,7 +41,7 @@ def _stream(
     while lo < n:
         hi = min(n, lo + int(rng.integers(1, max_chunk + 1)))
         merged = part.remember(0, {k: v[lo:hi] for k, v in candles.items()})
-        tables = scorer("binance", symbol, merged, hi - lo)
+        tables = scorer(Histories.one("binance", symbol, merged, hi - lo))
         if "predictions" in tables:
             out.append(tables["predictions"])
         lo = hi
@@ -77,6 +77,34 @@ def test_predictions_depend_on_the_candles_alone_not_on_how_they_arrive(trained)
         many = _stream(ModelScorer(model_file), "ETHUSDT", candles, seed=3, max_chunk=90)
         assert one.equals(many), kind
         assert set(one["model_version"].to_pylist()) == {model_file["version"]}
+
+
+def test_markets_scored_together_get_the_predictions_each_gets_alone(trained, caplog):
+    """A closing pass scores every market in one call: no market's figures may depend on the others, and a
+    market whose history cannot be scored is skipped (named in a warning) without losing the others."""
+    rng = np.random.default_rng(11)
+    streams = []
+    for i in range(12):
+        candles = synthetic_candles(
+            int(rng.integers(1, 120)), seed=20 + i, gap_rate=0.3, start_ms=1_800_000_000_000 + i * 7_000
+        )
+        streams.append(("binance" if i % 2 else "coinbase", f"S{i}USDT", candles, int(rng.integers(1, 40))))
+    bad = {k: v.copy() for k, v in streams[3][2].items()}
+    bad["bucket"][-1] = bad["bucket"][0]  # not increasing: unusable
+    streams[3] = (*streams[3][:2], bad, streams[3][3])
+    scorer = ModelScorer(trained["sgd"].model_file)
+    together = Histories(
+        [e for e, _, _, _ in streams],
+        [s for _, s, _, _ in streams],
+        {k: np.concatenate([c[k] for _, _, c, _ in streams]) for k in streams[0][2]},
+        np.cumsum([0] + [c["bucket"].size for _, _, c, _ in streams]),
+        np.array([n for _, _, _, n in streams]),
+    )
+    alone = [scorer(Histories.one(e, s, c, n)).get("predictions") for e, s, c, n in streams]
+    expected = pa.concat_tables([t for t in alone if t is not None])
+    assert expected.num_rows > 100 and alone[3] is None
+    assert scorer(together)["predictions"].equals(expected)
+    assert "cannot score binance S3USDT" in caplog.text
 
 
 def test_the_history_the_processor_keeps_covers_the_lookback_of_every_new_candle(trained):

@@ -124,8 +124,7 @@ def run(events: list[Event], evict: bool, batch_seed: int) -> dict[str, Any]:
             if closed is not None:
                 out["ohlc"].append(closed.ohlc)
                 out["volatility"].append(closed.volatility)
-                for exchange, symbol, history, n_new in closed.histories:
-                    out["predictions"].extend(SCORER(exchange, symbol, history, n_new).values())
+                out["predictions"].extend(SCORER(closed.histories).values())
             most_cold = max(most_cold, len(state.cold))
             if kind == "checkpoint":
                 tables = state.snapshot(interner)
