@@ -271,6 +271,13 @@ class Settings(BaseSettings):
         le=100_000_000,
         description="Largest request body (and WebSocket message) the API accepts; larger ones get HTTP 413.",
     )
+    api_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="How long a REST or figure answer (GET /api/...) is kept and shared by all asking the "
+        "same; answers are at most this much older than the store (0 = never kept).",
+    )
     api_max_subscriptions_per_connection: int = Field(
         default=100, ge=1, le=1_000_000, description="Live subscriptions one WebSocket may hold at once."
     )

@@ -33,6 +33,7 @@ from cryptostream.settings import Settings
 from cryptostream.store import ReadStore, open_store
 from graphql_api import rest, viz
 from graphql_api.arrow import ArrowExecutor
+from graphql_api.cache import ResponseCache
 from graphql_api.catalog import MarketCatalog, configured_markets
 from graphql_api.context import Context, Services
 from graphql_api.docs import add_docs
@@ -203,6 +204,8 @@ def create_app(
         redoc_url=None,
     )
     add_docs(app)
+    # inside CORS, which adds its headers per request origin
+    app.add_middleware(ResponseCache, seconds=settings.api_cache_seconds)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
