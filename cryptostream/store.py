@@ -195,6 +195,11 @@ class ArchiveStore(ReadStore):
 
 
 # ---------------------------------------------------------------------------------------------- database
+# Above this many rows, records become Arrow on a worker thread: the API's /health and small queries do not
+# wait behind the conversion on the event loop (below it, the hop costs more than the work).
+THREAD_ROWS = 2_000
+
+
 def _table(records: list[asyncpg.Record], schema: pa.Schema) -> pa.Table:
     """Records whose ``bucket`` comes as epoch milliseconds (see :data:`_MS`) as an Arrow table."""
     if not records:
@@ -568,7 +573,10 @@ async def _direct(
     where, args = _where(lo, hi)
     if since is not None:
         where += f" AND bucket >= TIMESTAMPTZ '{since.isoformat()}'"
-    return _table(await conn.fetch(select(where, f"${len(args) + 3}"), *market, *args, limit), schema)
+    records = await conn.fetch(select(where, f"${len(args) + 3}"), *market, *args, limit)
+    if len(records) >= THREAD_ROWS:  # a Python value per cell: on a thread, so the event loop keeps turning
+        return await asyncio.to_thread(_table, records, schema)
+    return _table(records, schema)
 
 
 async def _rolled(

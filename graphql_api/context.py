@@ -12,6 +12,7 @@ from graphql_api.catalog import MarketCatalog, MarketKey
 from graphql_api.fanout import Fanout
 from graphql_api.inputs import InputError, check_exchange_format, check_symbols
 from graphql_api.limits import SubscriptionLimits
+from graphql_api.probe import StoreProbe
 from graphql_api.status import StatusBoard
 
 __all__ = ["Context", "Services"]
@@ -27,8 +28,10 @@ class Services:
     board: StatusBoard
     fanout: Fanout | None = None
     limits: SubscriptionLimits = field(init=False)
+    probe: StoreProbe = field(init=False)
 
     def __post_init__(self) -> None:
+        self.probe = StoreProbe(self.store.ping)
         self.limits = SubscriptionLimits(
             self.settings.api_max_subscriptions_per_connection, self.settings.api_max_subscriptions_per_client
         )

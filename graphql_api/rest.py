@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from cryptostream import store
 from cryptostream.errors import QueryError
 from cryptostream.models import VOLATILITY_SCHEMA
 from cryptostream.settings import Settings
@@ -253,9 +254,9 @@ def array_json(column: pa.ChunkedArray) -> bytes:
     return _join_rows(_segments(column.combine_chunks()), len(column), b"", b"")
 
 
-# Above this many rows a response is encoded on a worker thread, so /health and small queries do not wait
-# behind it on the event loop (below it, the hop costs more than the encoding).
-THREAD_ROWS = 2_000
+# Above this many rows a response is encoded on a worker thread, as the store converts records (the same
+# threshold): /health and small queries do not wait behind it on the event loop.
+THREAD_ROWS = store.THREAD_ROWS
 
 
 async def off_loop(rows: int, work: Callable[..., T], *args: Any) -> T:
@@ -430,13 +431,14 @@ def build_router(settings: Settings) -> APIRouter:
         tags=["Utility"],
         summary="Liveness of the API, its store, its live feed and the trade sources",
         description="Always HTTP 200 while the API runs; `status` is `degraded` with `problems` saying why "
-        "when the store does not answer, the live feed is unreachable, or (with a live feed) no trade "
+        "when the store does not answer (pinged every second in the background, so this route never "
+        "waits; no answer for 5 s counts), the live feed is unreachable, or (with a live feed) no trade "
         "source delivers: no ingest runs, or every exchange is unreachable. `feeds` lists each source as "
         "ingest last reported it (null without a live feed).",
     )
     async def health(request: Request) -> Response:
         services = services_of(request)
-        ok = await services.store.ping()
+        ok = await services.probe.answers()  # checked in the background: /health never waits
         live = None if services.fanout is None else services.fanout.ready.is_set()
         problems = [] if ok else [f"the store ({services.store.name}) does not answer"]
         feeds = None
