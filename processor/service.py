@@ -273,6 +273,12 @@ class Processor:
         TRADES_IN.labels("processor", "kafka").inc(len(offsets))
         self.stats.trades += len(decoded.trades)
         refused = part.apply(self.interner.adopt(decoded.trades), decoded.progress, self.interner)
+        if part.refused_streams:  # refused by the cap: forget those no partition here holds either
+            codes = np.fromiter(part.refused_streams, np.int64, len(part.refused_streams))
+            part.refused_streams.clear()
+            for other in self.parts.values():
+                codes = codes[~other.holds(codes)]
+            self.interner.release(codes.tolist())
         TRADES_OUT.labels("processor").inc(
             len(decoded.trades) - int(refused.late.size + refused.over_cap.size)
         )

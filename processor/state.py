@@ -102,14 +102,33 @@ class Interner:
         self.symbols: list[str] = []
         self.exchanges: list[str] = []
         self._code: dict[tuple[str, str], int] = {}
+        self._free: list[int] = []  # codes released, to be given to new streams
+
+    def __len__(self) -> int:
+        """Streams known (released codes not counted)."""
+        return len(self._code)
 
     def stream(self, exchange: str, symbol: str) -> int:
         code = self._code.get((exchange, symbol))
         if code is None:
-            code = self._code[(exchange, symbol)] = len(self.symbols)
-            self.symbols.append(symbol)
-            self.exchanges.append(exchange)
+            if self._free:
+                code = self._free.pop()
+                self.symbols[code], self.exchanges[code] = symbol, exchange
+            else:
+                code = len(self.symbols)
+                self.symbols.append(symbol)
+                self.exchanges.append(exchange)
+            self._code[(exchange, symbol)] = code
         return code
+
+    def release(self, codes: list[int]) -> None:
+        """Forget streams no partition holds (new markets the cap refused), so a flood of them cannot grow
+        the interner past the cap; their codes go to the next new streams."""
+        for code in codes:
+            key = (self.exchanges[code], self.symbols[code])
+            if self._code.get(key) == code:
+                del self._code[key]
+                self._free.append(code)
 
     def codes(self, exchange: str, symbols: tuple[str, ...]) -> npt.NDArray[np.int64]:
         """Stream codes of one exchange's symbols (a progress record's), as an array."""
@@ -261,7 +280,13 @@ class PartitionState:
     streams: dict[int, StreamState] = field(default_factory=dict)  # hot streams
     cold: ColdStreams = field(default_factory=ColdStreams)
     dirty: bool = False  # something happened since the last checkpoint
+    refused_streams: set[int] = field(default_factory=set)  # new streams the cap refused (not held)
     _moved: set[int] = field(default_factory=set)  # hot streams to check for quiet at the next close
+
+    def holds(self, codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of the stream ``codes`` this partition holds (hot or cold)."""
+        hot = np.fromiter((c in self.streams for c in codes.tolist()), np.bool_, codes.shape[0])
+        return hot | (self.cold.find(codes) >= 0)
 
     def stream_count(self) -> int:
         """Streams held, hot and cold (what the cap counts)."""
@@ -303,6 +328,7 @@ class PartitionState:
             rows = trades.take(slice(a, b))
             if state is None:
                 over_cap.append(rows.offset)
+                self.refused_streams.add(int(trades.symbol[a]))
                 continue
             self._moved.add(int(trades.symbol[a]))
             state.touched = True
@@ -370,6 +396,7 @@ class PartitionState:
             if through > state.closed:
                 state.closed = through
                 self._moved.add(code)
+        self.refused_streams.update(new[self._room() :])
         del new[self._room() :]
         if not new:
             return

@@ -21,7 +21,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cryptostream.codec import Progress
+from cryptostream.codec import Progress, encode_progress
 from cryptostream.fetch import Fetched
 from cryptostream.models import Trade, TradeColumns
 from cryptostream.settings import load_settings
@@ -304,6 +304,61 @@ def test_the_processor_dead_letters_trades_past_the_cap_naming_the_setting(tmp_p
     assert letter["reason"] == "stream_cap" and "MAX_STREAMS_PER_PARTITION=1" in letter["detail"]
     assert letter["source"]["offset"] == 1 and orjson.loads(letter["raw"])["symbol"] == "ETHUSDT"
     assert processor.stats.reasons == {"stream_cap": 1} and processor.stats.rejected == 1
+
+
+def test_markets_the_cap_refuses_do_not_pile_up_in_the_interner(tmp_path: Path) -> None:
+    """A flood of new markets past the cap (trades and progress naming them) leaves the process's names as
+    they were: refused names are forgotten unless another partition holds them, and their codes serve the
+    next new markets under the right names."""
+
+    class Producer:
+        async def send(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    settings_ = load_settings(
+        kafka_bootstrap="127.0.0.1:1", output_dir=tmp_path, database_url=None, max_streams_per_partition=2
+    )
+    processor = Processor(settings_, [])
+    processor._producer = Producer()  # type: ignore[assignment]
+    processor._dlq_partitions = [0]
+    full, other = processor._new_partition(0, "e", 0), processor._new_partition(1, "e", 0)
+    processor.parts = {0: full, 1: other}
+
+    def trade(symbol: str, i: int) -> bytes:
+        return orjson.dumps(
+            {
+                "exchange": "binance",
+                "symbol": symbol,
+                "price": 100.0 + i % 7,
+                "quantity": 1.0,
+                "timestamp": T0 + i,
+                "trade_id": i,
+                "is_buyer_maker": False,
+            }
+        )
+
+    def ingest(part: PartitionState, values: list[bytes], first: int) -> None:
+        offsets = list(range(first, first + len(values)))
+        asyncio.run(processor._ingest(part, Fetched(values, offsets, [T0 + 60_000] * len(values))))
+
+    ingest(other, [trade("XRPUSDT", 0)], 0)
+    ingest(full, [trade("BTCUSDT", 1), trade("ETHUSDT", 2)], 0)
+    assert len(processor.interner) == 3
+    junk = [f"J{i:04d}USDT" for i in range(2_000)]
+    flood = [trade(s, 10 + i) for i, s in enumerate(junk)] + [trade("XRPUSDT", 9_000)]
+    progress = encode_progress("binance", ["BTCUSDT", *junk[:500], "NEWUSDT"], T0)
+    ingest(full, [*flood, progress], 2)
+    assert processor.stats.reasons == {"stream_cap": len(flood)}  # XRPUSDT too: held elsewhere, not here
+    assert len(processor.interner) == 3  # the 2,001 refused names are gone; XRPUSDT stays (partition 1)
+    # the next new market takes a released code, under its own name
+    codes = len(processor.interner.symbols)
+    ingest(other, [trade("ADAUSDT", 20_000), trade("ADAUSDT", 40_000)], 1)
+    assert len(processor.interner) == 4 and len(processor.interner.symbols) == codes
+    closed = other.close(processor.interner, VOL_WINDOW_S)
+    assert closed is not None and closed.ohlc["symbol"].to_pylist() == ["ADAUSDT"]
+    assert closed.ohlc["exchange"].to_pylist() == ["binance"] and closed.ohlc["close"].to_pylist() == [
+        100 + 20_000 % 7
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- scale
