@@ -73,24 +73,37 @@ def _starlette(websocket: object) -> WebSocket:
     return ws
 
 
+def _bind_outlet(
+    handler: TransportWSHandler | LegacyWSHandler,
+    operation_id: str,
+    query: str,
+    variables: dict[str, object] | None,
+    operation_name: str | None,
+    legacy: bool,
+) -> None:
+    """In the operation's own task: tell its resolver where its shared updates go (both protocols)."""
+    if _shared(handler.view):
+        OUTLET.set(
+            Outlet(
+                _starlette(handler.websocket),
+                handler.schema,  # type: ignore[arg-type]
+                handler.context,
+                operation_id,
+                query,
+                variables,
+                operation_name,
+                legacy=legacy,
+            )
+        )
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws, the dashboard's and GraphiQL's protocol."""
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
-        # In the operation's own task: its resolver finds where its shared updates go.
-        if _shared(self.view):
-            OUTLET.set(
-                Outlet(
-                    _starlette(self.websocket),
-                    self.schema,  # type: ignore[arg-type]
-                    self.context,
-                    operation.id,
-                    operation.query,
-                    operation.variables,
-                    operation.operation_name,
-                    legacy=False,
-                )
-            )
+        _bind_outlet(
+            self, operation.id, operation.query, operation.variables, operation.operation_name, False
+        )
         await super().run_operation(operation)
 
     @staticmethod
@@ -114,20 +127,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
-        # In the operation's own task: its resolver finds where its shared updates go.
-        if _shared(self.view):
-            OUTLET.set(
-                Outlet(
-                    _starlette(self.websocket),
-                    self.schema,  # type: ignore[arg-type]
-                    self.context,
-                    operation_id,
-                    query,
-                    variables,
-                    operation_name,
-                    legacy=True,
-                )
-            )
+        _bind_outlet(self, operation_id, query, variables, operation_name, True)
         try:
             await super().handle_async_results(operation_id, query, operation_name, variables)
         except DISCONNECTED as exc:

@@ -4,6 +4,8 @@ bucket, ``(exchange, symbol, bucket ms)``, as :mod:`tests.reference` keys them."
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 from cryptostream.settings import Settings, load_settings
+from graphql_api.server import BackgroundServer
 from ingest.synthetic import SyntheticMarket
 from processor.sinks.base import FlushBatch, Lineage
 from processor.sinks.postgres import PostgresSink
@@ -185,3 +188,12 @@ def api_settings(database_url: str | None, tmp: Path, **overrides: Any) -> Setti
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+async def subscribers(server: BackgroundServer, n: int, timeout: float = 20) -> None:
+    """Wait until the API serves ``n`` live subscriptions (they are registered, so nothing is missed)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while (await http.get(f"{server.url}/health")).json()["subscribers"] != n:
+            assert time.monotonic() < deadline, f"expected {n} subscribers"
+            await asyncio.sleep(0.02)

@@ -31,7 +31,7 @@ from graphql_api.server import BackgroundServer
 from ingest.synthetic import SyntheticMarket
 from processor.service import Processor
 from tests.conftest import T0
-from tests.integration.api_helpers import at, iso, of_market, roll_up
+from tests.integration.api_helpers import at, iso, of_market, roll_up, subscribers
 from tests.integration.helpers import sinks_for
 from tests.reference import assert_candles_equal, batch_candles, batch_volatility, one_trade_candle
 
@@ -129,15 +129,6 @@ async def send_progress(settings: Settings, exchange: str, symbol: str, watermar
         )
     finally:
         await producer.stop()
-
-
-async def subscribers(server: BackgroundServer, n: int, timeout: float = 20) -> None:
-    """Wait until the API serves ``n`` live subscriptions (they are registered, so nothing is missed)."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while (await http.get(f"{server.url}/health")).json()["subscribers"] != n:
-            assert time.monotonic() < deadline, f"expected {n} subscribers"
-            await asyncio.sleep(0.02)
 
 
 async def send_trades(settings: Settings, trades: list[Trade]) -> float:

@@ -23,6 +23,7 @@ from graphql_api.app import create_app
 from graphql_api.fanout import Fanout
 from graphql_api.server import BackgroundServer
 from tests.conftest import T0
+from tests.integration.api_helpers import subscribers
 from tests.integration.test_api_websocket import LEGACY_WS, TRANSPORT_WS, connect, receive, start
 from tests.reference import one_trade_candle
 
@@ -44,14 +45,6 @@ def _live(server: BackgroundServer) -> None:
     while httpx.get(f"{server.url}/health").json()["live_feed"] is not True:
         assert time.monotonic() < deadline, "the API's live feed did not connect"
         time.sleep(0.05)
-
-
-async def _subscribers(server: BackgroundServer, n: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while (await http.get(f"{server.url}/health")).json()["subscribers"] != n:
-            assert time.monotonic() < deadline, f"expected {n} subscribers"
-            await asyncio.sleep(0.02)
 
 
 def _fanout(app: FastAPI) -> Fanout:
@@ -106,7 +99,7 @@ async def test_shared_updates_are_byte_for_byte_what_each_client_got_before(
                 ws = await connect(server, protocol)
                 await start(ws, protocol, op, query, variables=variables)
                 sockets[shared].append(ws)
-            await _subscribers(server, len(CLIENTS))
+            await subscribers(server, len(CLIENTS))
         groups = _fanout(apis[True][0]).groups
         assert sorted(len(g.members) for g in groups.values()) == [1, 3]  # two shapes, one group each
         assert not _fanout(apis[False][0]).groups
@@ -152,13 +145,13 @@ async def test_errors_complete_and_stop_end_one_operation_and_the_shape_lives_on
         for op in ("a", "b"):
             await start(transport, TRANSPORT_WS, op, SAME, variables={"s": ["BTCUSDT"]})
         await start(legacy, LEGACY_WS, "c", SAME, variables={"s": ["BTCUSDT"]})
-        await _subscribers(server, 3)
+        await subscribers(server, 3)
         assert [len(g.members) for g in fanout.groups.values()] == [3]
 
         await transport.send(orjson.dumps({"id": "a", "type": "complete"}).decode())
         await legacy.send(orjson.dumps({"id": "c", "type": "stop"}).decode())
         assert (await receive(legacy, "c"))["type"] == "complete"  # graphql-ws answers a stop
-        await _subscribers(server, 1)
+        await subscribers(server, 1)
         assert [len(g.members) for g in fanout.groups.values()] == [1]
 
         await _publish(settings, [7.0])
@@ -169,5 +162,5 @@ async def test_errors_complete_and_stop_end_one_operation_and_the_shape_lives_on
     finally:
         await transport.close()
         await legacy.close()
-    await _subscribers(server, 0)
+    await subscribers(server, 0)
     assert not fanout.groups and not fanout.channels

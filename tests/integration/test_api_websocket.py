@@ -27,7 +27,7 @@ from cryptostream.settings import Settings
 from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
 from tests.conftest import T0
-from tests.integration.api_helpers import api_settings
+from tests.integration.api_helpers import api_settings, subscribers
 from tests.reference import one_trade_candle
 
 pytestmark = pytest.mark.integration
@@ -154,14 +154,6 @@ async def test_refused_operations_end_with_an_error_message(
     assert problems(caplog.records) == []
 
 
-async def _subscribers(server: BackgroundServer, n: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while (await http.get(f"{server.url}/health")).json()["subscribers"] != n:
-            assert time.monotonic() < deadline, f"expected {n} subscribers"
-            await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 def live_api(make_settings: Callable[..., Settings]) -> Iterator[tuple[BackgroundServer, Settings]]:
     """The API with its live feed on this test's candles topic (connected before the test starts)."""
@@ -202,7 +194,7 @@ async def test_clients_leaving_mid_stream_log_no_error_and_connections_log_no_in
             ws = await connect(server, protocol)
             await start(ws, protocol, "1", LIVE)
             clients.append((protocol, ws))
-        await _subscribers(server, len(clients))
+        await subscribers(server, len(clients))
         publisher = asyncio.create_task(publish())
         for protocol, ws in clients:
             reply = await receive(ws, "1", timeout=20)
@@ -213,7 +205,7 @@ async def test_clients_leaving_mid_stream_log_no_error_and_connections_log_no_in
                 ws.transport.abort()
             else:
                 await ws.close(1001)
-        await _subscribers(server, 0)
+        await subscribers(server, 0)
     finally:
         stop.set()
         if publisher is not None:
