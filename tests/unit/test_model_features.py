@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from processor.model.features import FEATURES, LOOKBACK_SECONDS, candle_features, to_grid
 from processor.model.labels import last_direction, up_labels
+from processor.model.synthetic import synthetic_candles
 
 T0 = 1_700_000_000_000
 COL = {name: i for i, name in enumerate(FEATURES)}
@@ -143,3 +144,21 @@ def test_unsorted_or_non_positive_candles_are_refused():
         to_grid(candles_from([0, 2, 1], [1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="positive"):
         to_grid(candles_from([0, 1], [1.0, 0.0]))
+
+
+def test_grids_of_markets_laid_end_to_end_equal_each_markets_own_grid() -> None:
+    """Live scoring spreads every market that closed on one grid: each market's part (from its origin) must
+    be its own grid exactly, however the markets' times overlap, and an empty market takes no room."""
+    markets = [
+        synthetic_candles(n, seed=i, gap_rate=0.4, start_ms=1_800_000_000_000 + i * 5_000)
+        for i, n in enumerate([40, 3, 1, 90, 7])
+    ]
+    markets[1] = {k: v[:0] for k, v in markets[1].items()}  # a market with no candles
+    starts = np.cumsum([0] + [m["bucket"].size for m in markets])
+    together = to_grid({k: np.concatenate([m[k] for m in markets]) for k in markets[0]}, starts)
+    for i, market in enumerate(markets):
+        own, at = to_grid(market), int(together.origins[i])
+        assert together.index[starts[i] : starts[i + 1]].tolist() == (own.index + at).tolist()
+        for name in ("close", "volume", "buy", "sell", "range"):
+            assert getattr(together, name)[at : at + len(own)].tobytes() == getattr(own, name).tobytes()
+    assert len(together) == sum(len(to_grid(m)) for m in markets)

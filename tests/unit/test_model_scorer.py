@@ -79,31 +79,43 @@ def test_predictions_depend_on_the_candles_alone_not_on_how_they_arrive(trained)
         assert set(one["model_version"].to_pylist()) == {model_file["version"]}
 
 
-def test_markets_scored_together_get_the_predictions_each_gets_alone(trained, caplog):
-    """A closing pass scores every market in one call: no market's figures may depend on the others, and a
-    market whose history cannot be scored is skipped (named in a warning) without losing the others."""
-    rng = np.random.default_rng(11)
-    streams = []
-    for i in range(12):
-        candles = synthetic_candles(
-            int(rng.integers(1, 120)), seed=20 + i, gap_rate=0.3, start_ms=1_800_000_000_000 + i * 7_000
-        )
-        streams.append(("binance" if i % 2 else "coinbase", f"S{i}USDT", candles, int(rng.integers(1, 40))))
-    bad = {k: v.copy() for k, v in streams[3][2].items()}
-    bad["bucket"][-1] = bad["bucket"][0]  # not increasing: unusable
-    streams[3] = (*streams[3][:2], bad, streams[3][3])
-    scorer = ModelScorer(trained["sgd"].model_file)
-    together = Histories(
+def _together(streams: list[tuple[str, str, dict[str, np.ndarray], int]]) -> Histories:
+    return Histories(
         [e for e, _, _, _ in streams],
         [s for _, s, _, _ in streams],
         {k: np.concatenate([c[k] for _, _, c, _ in streams]) for k in streams[0][2]},
         np.cumsum([0] + [c["bucket"].size for _, _, c, _ in streams]),
         np.array([n for _, _, _, n in streams]),
     )
-    alone = [scorer(Histories.one(e, s, c, n)).get("predictions") for e, s, c, n in streams]
-    expected = pa.concat_tables([t for t in alone if t is not None])
-    assert expected.num_rows > 100 and alone[3] is None
-    assert scorer(together)["predictions"].equals(expected)
+
+
+def test_markets_scored_together_get_the_predictions_each_gets_alone(trained, caplog):
+    """A closing pass scores every market in one call: no market's figures may depend on the others, and a
+    market whose history cannot be scored is skipped (named in a warning) without losing the others."""
+    rng = np.random.default_rng(11)
+    streams = []
+    for i in range(12):  # overlapping times: each market's history starts before the previous one's ends
+        candles = synthetic_candles(
+            int(rng.integers(1, 120)), seed=20 + i, gap_rate=0.3, start_ms=1_800_000_000_000 + i * 7_000
+        )
+        streams.append(("binance" if i % 2 else "coinbase", f"S{i}USDT", candles, int(rng.integers(1, 40))))
+    scorer = ModelScorer(trained["sgd"].model_file)
+
+    def alone(of: list[tuple[str, str, dict[str, np.ndarray], int]]) -> list[pa.Table | None]:
+        return [scorer(Histories.one(e, s, c, n)).get("predictions") for e, s, c, n in of]
+
+    expected = pa.concat_tables([t for t in alone(streams) if t is not None])
+    assert expected.num_rows > 100
+    assert scorer(_together(streams))["predictions"].equals(expected)
+    assert "cannot score" not in caplog.text
+    bad = {k: v.copy() for k, v in streams[3][2].items()}
+    bad["bucket"][-1] = bad["bucket"][0]  # not increasing: unusable
+    streams[3] = (*streams[3][:2], bad, streams[3][3])
+    each = alone(streams)
+    assert each[3] is None
+    assert scorer(_together(streams))["predictions"].equals(
+        pa.concat_tables([t for t in each if t is not None])
+    )
     assert "cannot score binance S3USDT" in caplog.text
 
 
