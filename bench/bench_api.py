@@ -6,7 +6,9 @@
 2. Fan-out: N WebSocket subscribers (graphql-transport-ws) of live 1 s candles on ONE API process; candle
    messages are produced to the candles topic (as the processor does) and the time from produce to each
    subscriber's receipt is measured, with the API process's CPU per delivery. Modes (``--fanout``):
-   ``shared``, updates executed and encoded once per subscription shape, the same bytes to every socket;
+   ``shared``, updates executed and encoded once per subscription shape, each update's WebSocket frame built
+   once per operation id and written straight to every socket (``graphql_api/wsprotocol.py``); ``asgi``,
+   the same but each frame sent through ASGI (Starlette, uvicorn, websockets) per socket, as before;
    ``arrow`` (the baseline), the selection set memoized per event but strawberry's result path and send
    per subscriber; ``plain``, graphql-core's executor, the selection set run per subscriber too. Targets:
    p99 <= 50 ms with 2,000 subscribers, p99 <= 200 ms with 10,000, in every run, none dropped.
@@ -104,6 +106,7 @@ def serve(args: argparse.Namespace) -> None:
         "127.0.0.1",
         args.port,
         log_level="warning",
+        **({} if args.frames else {"ws": "websockets-sansio"}),  # uvicorn's own: every frame through ASGI
     )
     profile = os.environ.get("BENCH_PROFILE")  # write a cProfile of the API process here
     if profile:
@@ -123,11 +126,17 @@ def serve(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def api_process(
-    database_url: str, executor: str, kafka: str = "", topic: str = "crypto-candles", shared: bool = True
+    database_url: str,
+    executor: str,
+    kafka: str = "",
+    topic: str = "crypto-candles",
+    shared: bool = True,
+    frames: bool = True,
 ) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, __file__, "serve", "--port", str(port), "--database-url", database_url]
     command += ["--executor", executor, "--kafka", kafka, "--topic", topic, "--shared", str(int(shared))]
+    command += ["--frames", str(int(frames))]
     child = subprocess.Popen(command, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -225,19 +234,19 @@ def run_queries(database_url: str, requests: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ 2. fan-out
-# How each API process of the fan-out runs: (executor, live updates shared per subscription shape)
+# How each API process of the fan-out runs: (executor, live updates shared per subscription shape, frames
+# written straight to the transport)
 MODES = {
-    "plain": ("plain", False),  # graphql-core's executor, strawberry's result path per subscriber
-    "arrow": (
-        "arrow",
-        False,
-    ),  # the selection set memoized per event, strawberry's result path per subscriber
-    "shared": ("arrow", True),  # executed and encoded once per shape, the same bytes to every socket
+    "plain": ("plain", False, True),  # graphql-core's executor, strawberry's result path per subscriber
+    "arrow": ("arrow", False, True),  # the selection set memoized per event, strawberry's path per subscriber
+    "asgi": ("arrow", True, False),  # encoded once per shape, each frame sent through ASGI per socket
+    "shared": ("arrow", True, True),  # encoded and framed once, the same bytes written to every socket
 }
 LABELS = {
     "plain": "per-subscriber execution and send",
     "arrow": "per-subscriber send (baseline)",
-    "shared": "encoded once per shape",
+    "asgi": "encoded once, sent through ASGI",
+    "shared": "encoded once, frames written direct",
 }
 
 
@@ -498,10 +507,11 @@ def main() -> None:
     child.add_argument("--kafka", default="")
     child.add_argument("--topic", default="crypto-candles")
     child.add_argument("--shared", type=int, default=1)
+    child.add_argument("--frames", type=int, default=1)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--subscribers", type=int, default=2000)
     parser.add_argument("--events", type=int, default=40)
-    parser.add_argument("--fanout", default="arrow,shared", help=f"fan-out modes to run: {', '.join(MODES)}")
+    parser.add_argument("--fanout", default="arrow,asgi,shared", help=f"fan-out modes: {', '.join(MODES)}")
     parser.add_argument("--runs", type=int, default=1, help="fan-out runs per mode")
     parser.add_argument("--clients", type=int, default=2, help="subscriber client processes")
     parser.add_argument("--target", type=float, default=0, help="p99 target (ms); default by --subscribers")
@@ -532,12 +542,14 @@ def main() -> None:
         fan: dict[str, list[Fanout]] = {}
         for run in range(args.runs):
             for mode in args.fanout.split(","):
-                executor, shared = MODES[mode]
+                executor, shared, frames = MODES[mode]
                 topic = f"bench-candles-{mode}-{run}-{int(time.time())}"
                 asyncio.run(
                     ensure_topics(load_settings(kafka_bootstrap=bootstrap, kafka_candles_topic=topic))
                 )
-                with api_process(database_url, executor, kafka=bootstrap, topic=topic, shared=shared) as url:
+                with api_process(
+                    database_url, executor, kafka=bootstrap, topic=topic, shared=shared, frames=frames
+                ) as url:
                     r = time_fanout(url, bootstrap, topic, args.subscribers, args.events, args.clients)
                 fan.setdefault(mode, []).append(r)
                 print(

@@ -630,20 +630,14 @@ def serve(
     import uvicorn
 
     from graphql_api import create_app
+    from graphql_api.server import uvicorn_config
 
     if internal_metrics:  # API_PRODUCTION: /metrics is not on the public port, only on this one
         from cryptostream.metrics import serve_metrics
 
         serve_metrics(settings.metrics_port)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        ws="websockets-sansio",
-        ws_max_size=settings.api_max_body_bytes,
-        ws_per_message_deflate=False,
-        lifespan="on",
+    config = uvicorn_config(
+        create_app(settings), settings.api_host, settings.api_port, ws_max_size=settings.api_max_body_bytes
     )
     log.info(
         "API on http://%s:%d (database: %s)",

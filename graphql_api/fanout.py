@@ -86,9 +86,12 @@ class Shape(Protocol):
 class Outlet(Protocol):
     """Where one shared subscriber's frames go (:class:`graphql_api.shared.Outlet`)."""
 
-    def frame(self, payload: str) -> str: ...
+    # The frame's text before the payload: outlets with the same prefix get the same frame for an update.
+    prefix: str
 
-    def start(self, frame: str) -> Awaitable[None] | None:
+    def frame(self, payload: str) -> Any: ...
+
+    def start(self, frame: Any) -> Awaitable[None] | None:
         """Send ``frame``: None when it went at once, else the rest of the send, to be awaited."""
         ...
 
@@ -223,7 +226,7 @@ class Subscriber:
 
 
 class Group:
-    """The shared subscribers of one shape: each update encoded once, framed for each member."""
+    """The shared subscribers of one shape: each update encoded once, framed once per operation id."""
 
     __slots__ = ("members", "shape")
 
@@ -233,10 +236,14 @@ class Group:
 
     def offer(self, item: Any) -> None:
         payload = self.shape.payload(item)
+        frames: dict[str, Any] = {}  # by outlet prefix: one frame per operation id, whatever the members
         for sub in tuple(self.members):
             outlet = sub.outlet
             assert outlet is not None
-            sub.offer(outlet.frame(payload))
+            frame = frames.get(outlet.prefix)
+            if frame is None:
+                frame = frames[outlet.prefix] = outlet.frame(payload)
+            sub.offer(frame)
 
 
 def _ms(iso: str) -> int:
@@ -294,7 +301,11 @@ class Fanout:
                     enable_auto_commit=False,
                     auto_offset_reset="latest",
                     client_id="cryptostream-api",
-                    fetch_max_wait_ms=100,
+                    # A live update waits for this when the broker answers a fetch only as its wait ends,
+                    # as the embedded broker does (produce to receipt: p50 25 ms, p99 75 ms at 100 ms; p50
+                    # 7 ms, p99 14 ms at 20). A broker that answers as data arrives is not slowed; idle,
+                    # the feed asks 50 times a second.
+                    fetch_max_wait_ms=20,
                     **security_options(self.settings),
                 )
                 await consumer.start()

@@ -1,8 +1,10 @@
 """Running the app under uvicorn: the production options in one place, and a background server for
 tests and benchmarks that talk to the API over real HTTP and WebSockets.
 
-``ws_per_message_deflate=False``: compressing every small subscription message costs more CPU than the
-bytes it saves, and with thousands of subscribers that CPU is the fan-out's budget.
+``ws``: uvicorn's sans-I/O WebSocket protocol, able to write a live update's frame straight to the socket
+(:mod:`graphql_api.wsprotocol`). ``ws_per_message_deflate=False``: compressing every small subscription
+message costs more CPU than the bytes it saves, and with thousands of subscribers that CPU is the fan-out's
+budget.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cryptostream.procs import free_port
+from graphql_api.wsprotocol import FrameWriterProtocol
 
 __all__ = ["BackgroundServer", "uvicorn_config"]
 
@@ -25,7 +28,7 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **overrides: Any) -> uvic
         "host": host,
         "port": port,
         "log_config": None,
-        "ws": "websockets-sansio",
+        "ws": FrameWriterProtocol,
         "ws_per_message_deflate": False,
         "lifespan": "on",
         "backlog": 4096,

@@ -4,9 +4,10 @@ written to every subscriber of that shape.
 Through strawberry, each subscriber's every update ran its own result path: the selection set (memoized
 per event by :class:`graphql_api.arrow.ArrowExecutor`), strawberry's per-result extension hooks, the
 message dict, JSON encoding, a task switch, then the send; 45-100 us of CPU per delivery on the 2-core
-development machine. Here the cost per event is one execution and one encoding per distinct *shape*; per
-subscriber it is one string splice and one WebSocket send, 25-34 us there, two thirds of it the kernel's
-loopback ``send()`` (``bench/bench_api.py``):
+development machine. Here the cost per event is one execution and one encoding per distinct *shape*, and one
+WebSocket frame per operation id; per subscriber it is one write of those bytes to its transport
+(:mod:`graphql_api.wsprotocol`), 23 us there, most of it the kernel's loopback ``send()`` (31-32 us when
+each frame went through ASGI's send; ``bench/bench_api.py``):
 
 - **Shape** (:class:`Shape`): what a result depends on. The operation (query text, ``operationName``,
   variables, which name one subscription field and its selection), the kind of update and the markets the
@@ -45,15 +46,35 @@ from graphql.execution import Executor
 from starlette.websockets import WebSocket
 from strawberry.schema import Schema
 
-__all__ = ["OUTLET", "Outlet", "Shape", "shape_of"]
+from graphql_api.wsprotocol import FRAMES, text_frame
+
+__all__ = ["OUTLET", "Message", "Outlet", "Shape", "shape_of"]
 
 log = logging.getLogger(__name__)
+
+
+class Message:
+    """One update framed for one operation id: its text, and its WebSocket frame's bytes (serialized once, on
+    first use, however many sockets it is written to)."""
+
+    __slots__ = ("_wire", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = text_frame(self.text.encode())
+        return wire
 
 
 class Outlet:
     """One subscription operation on one WebSocket: its frame around a shared payload, and its socket."""
 
-    __slots__ = ("_prefix", "context", "operation_name", "query", "schema", "variables", "websocket")
+    __slots__ = ("_write", "context", "operation_name", "prefix", "query", "schema", "variables", "websocket")
 
     def __init__(
         self,
@@ -74,19 +95,28 @@ class Outlet:
         self.variables = variables
         self.operation_name = operation_name
         op = orjson.dumps(operation_id).decode()
+        # Everything of the frame's text before the payload: two outlets with the same prefix send the same
+        # bytes for an update (the fan-out frames an update once per prefix).
         if legacy:
-            self._prefix = f'{{"type":"data","id":{op},"payload":'
+            self.prefix = f'{{"type":"data","id":{op},"payload":'
         else:
-            self._prefix = f'{{"id":{op},"type":"next","payload":'
+            self.prefix = f'{{"id":{op},"type":"next","payload":'
+        extensions = (websocket.scope.get("extensions") or {}) if websocket is not None else {}
+        self._write: Callable[[bytes], bool] | None = extensions.get(FRAMES)
 
-    def frame(self, payload: str) -> str:
+    def frame(self, payload: str) -> Message:
         """The message carrying ``payload`` (an encoded ``{"data": ...}``) for this operation."""
-        return self._prefix + payload + "}"
+        return Message(self.prefix + payload + "}")
 
-    def start(self, frame: str) -> Awaitable[None] | None:
-        """Send ``frame``: None when the socket took it at once (the usual case, and then no task had to wake
-        for it), else the rest of the send, to be awaited (the client reads slowly: the transport paused)."""
-        send = self.websocket.send_text(frame)
+    def start(self, message: Message) -> Awaitable[None] | None:
+        """Send ``message``: None when the socket took it at once (the usual case, and then no task had to
+        wake for it), else the rest of the send, to be awaited (the client reads slowly: the transport
+        paused). Under :class:`graphql_api.wsprotocol.FrameWriterProtocol` the frame's bytes go straight to
+        the transport when they can; otherwise, and under other servers, through ASGI."""
+        write = self._write
+        if write is not None and write(message.wire):
+            return None
+        send = self.websocket.send_text(message.text)
         try:
             blocked_on = send.send(None)
         except StopIteration:

@@ -1,8 +1,10 @@
 """Shared live updates (:mod:`graphql_api.shared`) as clients see them, raw frames on real sockets, both
 protocols: every subscriber gets, byte for byte, the messages strawberry's own per-subscriber path sends;
 subscribers of one shape get the same payload and share one group, another shape gets its own; resolver
-errors, ``complete`` and ``stop`` still end just their operation. (The slow-subscriber drop over shared
-delivery: ``test_a_stalled_client_is_dropped_and_never_holds_back_the_others`` in test_api_live.py.)
+errors, ``complete`` and ``stop`` still end just their operation. Updates go to the sockets as frames written
+straight to the transport (:mod:`graphql_api.wsprotocol`), parsed here by websockets' client. (The slow-
+subscriber drop over shared delivery: ``test_a_stalled_client_is_dropped_and_never_holds_back_the_others`` in
+test_api_live.py.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cryptostream.settings import Settings
 from graphql_api.app import create_app
 from graphql_api.fanout import Fanout
 from graphql_api.server import BackgroundServer
+from graphql_api.wsprotocol import FrameWriterProtocol
 from tests.conftest import T0
 from tests.integration.api_helpers import subscribers
 from tests.integration.test_api_websocket import LEGACY_WS, TRANSPORT_WS, connect, receive, start
@@ -92,6 +95,7 @@ async def test_shared_updates_are_byte_for_byte_what_each_client_got_before(
     settings: Settings = apis[True][0].state.services.settings
     closes = [100.0 + i for i in range(5)]
     sockets: dict[bool, list[Any]] = {}
+    written = FrameWriterProtocol.frames_written
     try:
         for shared, (_, server) in apis.items():
             sockets[shared] = []
@@ -114,6 +118,8 @@ async def test_shared_updates_are_byte_for_byte_what_each_client_got_before(
                 await ws.close()
 
     assert got[True] == got[False]  # the very bytes strawberry sends, on both protocols
+    # ... and the shared API wrote every one of them straight to its socket, framed once per operation id
+    assert FrameWriterProtocol.frames_written - written == len(CLIENTS) * len(closes)
     same, same_other_id, legacy, other = got[True]
     messages = [orjson.loads(text) for text in same]
     assert [m["type"] for m in messages] == ["next"] * len(closes)

@@ -17,7 +17,7 @@ from cryptostream.settings import load_settings
 from graphql_api.fanout import SubscriberDropped
 from graphql_api.rollup import Bar
 from graphql_api.schema import INTERNAL, build_schema
-from graphql_api.shared import Outlet, Shape, shape_of
+from graphql_api.shared import Message, Outlet, Shape, shape_of
 from graphql_api.types import CandleUpdate
 from tests.reference import one_trade_candle as candle
 from tests.unit.test_api_fanout import BTC, ETH, T, fanout
@@ -43,9 +43,9 @@ def test_frames_are_the_messages_strawberry_writes_on_each_protocol() -> None:
     }
     assert orjson.loads(payload) == {"data": data}
     message = {"id": "op-7", "type": "next", "payload": {"data": data}}
-    assert outlet("op-7").frame(payload) == orjson.dumps(message).decode()
+    assert outlet("op-7").frame(payload).text == orjson.dumps(message).decode()
     legacy = {"type": "data", "id": "op-7", "payload": {"data": data}}
-    assert outlet("op-7", legacy=True).frame(payload) == orjson.dumps(legacy).decode()
+    assert outlet("op-7", legacy=True).frame(payload).text == orjson.dumps(legacy).decode()
 
 
 def test_an_update_that_fails_is_an_error_masked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -69,18 +69,20 @@ class Recorded(Outlet):
     """An outlet whose socket is a list: what was sent, in order. A ``stalled`` one takes nothing: each send
     waits (a client that stopped reading)."""
 
-    __slots__ = ("sent", "stalled")
+    __slots__ = ("messages", "sent", "stalled")
 
     def __init__(self, op: str, stalled: bool = False) -> None:
         base = outlet(op)
         super().__init__(None, base.schema, None, op, QUERY, base.variables, None, legacy=False)  # type: ignore[arg-type]
         self.sent: list[str] = []
+        self.messages: list[Message] = []
         self.stalled = stalled
 
-    def start(self, frame: str) -> Awaitable[None] | None:
+    def start(self, message: Message) -> Awaitable[None] | None:
         if self.stalled:
             return asyncio.get_running_loop().create_future()  # never done
-        self.sent.append(frame)
+        self.sent.append(message.text)
+        self.messages.append(message)
         return None
 
 
@@ -100,10 +102,12 @@ class Counted:
 async def test_one_group_per_shape_one_encoding_per_update_and_drops_per_member(tmp_path: Path) -> None:
     feed = fanout(tmp_path, api_subscriber_queue=3)
     a, b, slow = Recorded("a"), Recorded("b"), Recorded("slow", stalled=True)
+    twin = Recorded("a")  # another socket whose operation has a's id: the very same frame
     shape = Counted(shape_of(a, "candles", BTC, "1s"))
     async with (
         feed.subscribe("candles", BTC, shape=shape, outlet=a),
         feed.subscribe("candles", BTC, shape=shape_of(b, "candles", BTC, "1s"), outlet=b),
+        feed.subscribe("candles", BTC, shape=shape_of(twin, "candles", BTC, "1s"), outlet=twin),
         feed.subscribe("candles", BTC, shape=shape_of(slow, "candles", BTC, "1s"), outlet=slow) as stalled,
     ):
         (group,) = feed.groups.values()
@@ -116,7 +120,9 @@ async def test_one_group_per_shape_one_encoding_per_update_and_drops_per_member(
         closes = [orjson.loads(frame)["payload"]["data"]["candles"]["close"] for frame in a.sent]
         assert closes == [0.0, 1.0, 2.0, 3.0, 4.0]
         assert [frame.replace('"id":"b"', '"id":"a"') for frame in b.sent] == a.sent
-        assert feed.subscribers == 2 and len(group.members) == 2
+        assert all(x is y for x, y in zip(twin.messages, a.messages, strict=True))  # framed once per id
+        assert not any(x is y for x, y in zip(b.messages, a.messages, strict=True))
+        assert feed.subscribers == 3 and len(group.members) == 3
         with pytest.raises(SubscriberDropped, match="fell 3 updates behind"):
             await stalled.deliver()
         assert slow.sent == [] and stalled.writer is None  # its waiting send was cancelled
