@@ -326,7 +326,12 @@ class DatabaseStore(ReadStore):
     async def connect(cls, dsn: str, archive_root: Path | None = None, *, max_size: int = 8) -> DatabaseStore:
         """A store on a new pool (``max_size=1`` for servers that take one connection at a time)."""
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=max_size, command_timeout=30, server_settings=READ_SETTINGS
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            command_timeout=30,
+            server_settings=READ_SETTINGS,
+            reset=_keep_session,
         )
         return cls(pool, archive_root)
 
@@ -486,15 +491,18 @@ class DatabaseStore(ReadStore):
         """The newest ``limit`` rows of ``[lo, hi)``. On TimescaleDB first from a recent window (so only its
         chunks are planned and read: "latest 1000" must not cost more with a year of history), widened x16
         while it holds fewer rows; every window is open towards newer rows, so whatever it holds are the
-        newest, and the last try is the whole range."""
+        newest, and the last try is the whole range. A window starts at a multiple of its span (so it spans
+        one to two of them): its SQL, which holds the start as a constant, is the same from one request to
+        the next, and the server parses and describes it once, not per request (0.5-0.9 ms of 3-4)."""
         if self.backend == "timescaledb":
             top = _ms(hi or datetime.now(UTC))
             floor = _ms(lo) if lo is not None else 0
             span = 2 * limit * step_ms
             for _ in range(_WIDEN):
-                if top - span <= floor:
+                since = (top - span) // span * span
+                if since <= floor:
                     break
-                table = await _direct(conn, select, schema, market, None, hi, limit, since=_at(top - span))
+                table = await _direct(conn, select, schema, market, None, hi, limit, since=_at(since))
                 if table.num_rows >= limit:
                     return table
                 span *= 16
@@ -555,6 +563,13 @@ class DatabaseStore(ReadStore):
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the read pool does to a connection it takes back: nothing. Reads never SET, LISTEN, lock or
+    keep a cursor, and asyncpg itself still rolls back a transaction left open; its default reset (RESET
+    ALL, CLOSE ALL, UNLISTEN, advisory unlocks) is one more round trip per read, 0.5-0.8 ms of the 4.5 of
+    reading the newest 1,000 candles (``bench/bench_timescale.py``)."""
 
 
 async def _direct(

@@ -10,11 +10,14 @@ Each test uses symbols of its own, so tests never see each other's rows.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pyarrow as pa
 import pytest
 
@@ -463,8 +466,11 @@ async def test_volatility_predictions_and_symbols_read_back(storage_backend: Bac
 
 async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(storage_backend: Backend):
     """Binary COPY keeps every float exactly; duplicates inside a batch keep the last row; replaying
-    identical rows leaves them untouched (same xmin), changed rows are updated."""
+    identical rows leaves them untouched (same xmin), changed rows are updated. The rows are an hour old:
+    a server whose compression policy runs (TIMESCALEDB_URL) never compresses them meanwhile, and xmin
+    cannot be read from compressed rows."""
     symbol = _symbols(1)[0] + "É"  # non-ASCII text survives the binary stream too
+    start_ms = (time.time_ns() // 1_000_000_000 - 3_600) * 1000
     awkward = [0.1 + 0.2, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 65083.67000000001, 1 / 3]
     # Sums of vwap * volume must stay finite and non-zero (PostgreSQL raises on float under/overflow).
     amounts = [0.1 + 0.2, 1e-8, 3e-9, 12345.678901234567, 0.0, 65083.67000000001, 1 / 3]
@@ -473,7 +479,7 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
         {
             "exchange": [V] * n,
             "symbol": [symbol] * n,
-            "bucket": [_at(START_MS + i * 1000) for i in range(n)],
+            "bucket": [_at(start_ms + i * 1000) for i in range(n)],
             "open": awkward,
             "high": awkward[::-1],
             "low": [-x for x in awkward],
@@ -491,7 +497,7 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
         {
             "exchange": [V, V],
             "symbol": [symbol, symbol],
-            "bucket": [_at(START_MS), _at(START_MS)],
+            "bucket": [_at(start_ms), _at(start_ms)],
             "horizon_seconds": pa.array([60, 300], pa.int32()),
             "probability_up": [0.25, 1.0],
             "label": ["", "hausse ↑"],
@@ -504,7 +510,9 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
     batch.tables[1] = {"ohlc": candles}  # the later copy of the first two rows wins
     batch.lineage = {0: Lineage("0a1b2c3d", 1), 1: Lineage("0a1b2c3d", 1)}
     await write_batch(storage_backend, batch)
-    select = "SELECT xmin::text, * FROM ohlc_1s WHERE symbol = $1 ORDER BY bucket"
+    # a constant time bound: only this test's chunk is planned, never another test's compressed one
+    since = _at(start_ms).isoformat()
+    select = f"SELECT xmin::text, * FROM ohlc_1s WHERE symbol = $1 AND bucket >= '{since}' ORDER BY bucket"
     conn = await storage_backend.connect()
     try:
         first = await conn.fetch(select, symbol)
@@ -535,6 +543,59 @@ async def test_sink_stores_values_bit_for_bit_and_a_replay_rewrites_nothing(stor
     ]
 
 
+async def test_newest_rows_from_recent_windows_are_exactly_the_newest_of_the_range(storage_backend: Backend):
+    """On TimescaleDB the newest N are read from a recent window first, widened while it holds fewer (so a
+    year of chunks is not planned for "latest 1000"); whatever the window, the answer is the newest N of
+    the asked range: dense recent seconds, sparse older hours, with and without start and end."""
+    symbol = _symbols(1)[0]
+    now_s = time.time_ns() // 1_000_000_000
+    seconds = [(now_s - 10 - i) * 1000 for i in range(2_500)]  # the last 2,500 s, ending 10 s ago
+    hours = [(now_s - 3_000 - i * 3_600) * 1000 for i in range(480)]  # one an hour for 20 days before
+    buckets = sorted(seconds + hours)
+    n = len(buckets)
+    closes = [float(i) for i in range(n)]
+    table = pa.table(
+        {
+            "exchange": [V] * n,
+            "symbol": [symbol] * n,
+            "bucket": [_at(b) for b in buckets],
+            "open": closes,
+            "high": closes,
+            "low": closes,
+            "close": closes,
+            "volume": [1.0] * n,
+            "trade_count": [1] * n,
+            "vwap": closes,
+            "buy_volume": [0.5] * n,
+            "sell_volume": [0.5] * n,
+        },
+        schema=CANDLE_SCHEMA,
+    )
+    await write_rows(storage_backend, "ohlc", table)
+    store = await open_store(storage_backend)
+    try:
+        for start, end, limit in [
+            (None, None, 1_000),  # the first window holds them
+            (None, None, 2_600),  # widened into the sparse hours
+            (None, None, n + 5),  # more than there are: everything
+            (_at((now_s - 500) * 1000), None, 1_000),  # a start inside the first window
+            (None, _at((now_s - 1_000) * 1000), 100),  # an end in the past
+            (_at(hours[-3]), _at(hours[5] + 1), 1_000),  # both, in the sparse part
+        ]:
+            got = await store.candles(V, symbol, start=start, end=end, limit=limit)
+            lo = _ms(start) if start else -1
+            hi = _ms(end) if end else 2**62
+            want = [b for b in buckets if lo <= b < hi][-limit:]
+            assert [_ms(b) for b in got["bucket"].to_pylist()] == want, (start, end, limit)
+            assert got["close"].to_pylist() == [closes[buckets.index(b)] for b in want]
+    finally:
+        await store.close()
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
 async def test_timescaledb_replay_into_compressed_chunks_still_upserts(tsdb_url: str):
     """The compression policy compresses old chunks; a replay of old trades must still land exactly."""
     backend = Backend("timescaledb", tsdb_url, 1)
@@ -563,6 +624,60 @@ async def test_timescaledb_replay_into_compressed_chunks_still_upserts(tsdb_url:
         await store.close()
     assert got.num_rows == candles.num_rows
     assert got["close"].to_pylist() == replayed["close"].to_pylist()
+
+
+async def test_a_write_chosen_as_a_deadlock_victim_is_retried_and_lands(
+    postgres_storage_url: str, caplog: pytest.LogCaptureFixture
+):
+    """Another session locks the tables a checkpoint writes in the other order (as TimescaleDB's compression
+    and retention jobs can); PostgreSQL aborts the sink's transaction to break the deadlock. The sink runs
+    it again and the checkpoint lands, with a warning instead of a failed checkpoint."""
+    symbol = _symbols(1)[0]
+    trades = _trades([symbol], n=200)
+    candles = candles_of(trades)
+    preds = pa.table(
+        {
+            "exchange": [V],
+            "symbol": [symbol],
+            "bucket": [_at(START_MS)],
+            "horizon_seconds": pa.array([60], pa.int32()),
+            "probability_up": [0.5],
+            "label": ["flat"],
+            "model_version": ["m"],
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+    batch = FlushBatch()
+    batch.tables[0] = {"ohlc": candles, "predictions": preds}
+    batch.lineage[0] = Lineage("0a1b2c3d", 1)
+    other = await asyncpg.connect(postgres_storage_url)
+    sink = PostgresSink(postgres_storage_url)
+    await sink.start()
+    try:
+        await other.execute("SET deadlock_timeout = '60s'")  # the sink's check (1 s) finds the deadlock
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+        write = asyncio.create_task(sink.write(batch))  # ohlc_1s written, then waits for predictions
+        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
+        deadline = time.monotonic() + 30
+        while not await other.fetchval(waiting):
+            assert time.monotonic() < deadline and not write.done(), "the sink never waited for the lock"
+            await asyncio.sleep(0.02)
+        await other.execute("LOCK TABLE ohlc_1s IN ACCESS EXCLUSIVE MODE")  # granted once the sink is aborted
+        await tx.rollback()
+        await asyncio.wait_for(write, 30)
+    finally:
+        await sink.close()
+        await other.close()
+    assert any("retrying (attempt 2 of 5)" in r.getMessage() for r in caplog.records)
+    conn = await asyncpg.connect(postgres_storage_url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM ohlc_1s WHERE symbol = $1", symbol)
+        assert stored == candles.num_rows
+        assert await conn.fetchval("SELECT count(*) FROM predictions WHERE symbol = $1", symbol) == 1
+    finally:
+        await conn.close()
 
 
 async def test_bad_queries_raise_query_error(storage_backend: Backend, tmp_path: Path):
