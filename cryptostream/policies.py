@@ -98,11 +98,28 @@ async def refresh_raw_range(conn: asyncpg.Connection, before: timedelta) -> None
     if first is None:
         return
     for view, width, _ in AGGREGATES.values():
-        await conn.execute(
+        await refresh(
+            conn,
             f"CALL refresh_continuous_aggregate('{view}', "
             f"time_bucket({_interval(width)}, TIMESTAMPTZ '{first.isoformat()}'), "
-            f"now() - {_interval(max(before, width))})"
+            f"now() - {_interval(max(before, width))})",
         )
+
+
+async def refresh(conn: asyncpg.Connection, call: str, wait: float = 60.0) -> None:
+    """Run a ``CALL refresh_continuous_aggregate(...)``, waiting while another refresh of an overlapping
+    window runs (a refresh policy, on a server whose jobs run): TimescaleDB refuses a concurrent one."""
+    deadline = asyncio.get_running_loop().time() + wait
+    pause = 0.1
+    while True:
+        try:
+            await conn.execute(call)
+            return
+        except asyncpg.LockNotAvailableError:
+            if asyncio.get_running_loop().time() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 async def apply(conn: asyncpg.Connection, want: Policies) -> list[str]:

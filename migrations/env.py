@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 from alembic import context
@@ -36,10 +37,66 @@ def _engine_args() -> tuple[str, dict[str, Any]]:
     return url.render_as_string(hide_password=False), connect_args
 
 
+# TimescaleDB's jobs of this database (policies: id >= 1000) that are scheduled to run on their own.
+_SCHEDULED = "SELECT job_id FROM timescaledb_information.jobs WHERE job_id >= 1000 AND scheduled"
+_RUNNING = (
+    "SELECT count(*) FROM timescaledb_information.job_stats WHERE job_id >= 1000 AND job_status = 'Running'"
+)
+
+
+def _timescaledb(connection: Connection) -> bool:
+    sql = "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+    return bool(connection.exec_driver_sql(sql).scalar())
+
+
+def _pause(connection: Connection) -> list[int]:
+    """Unschedule this database's TimescaleDB jobs (a job refreshing an aggregate while a migration drops or
+    refreshes it fails the migration: "tuple concurrently deleted", "concurrent refresh"); returns them."""
+    ids = [row[0] for row in connection.exec_driver_sql(_SCHEDULED)]
+    for job in ids:
+        connection.exec_driver_sql(f"SELECT alter_job({job}, scheduled => false)")
+    return ids
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    """The migrations with TimescaleDB's background jobs held: those scheduled are paused first (and any
+    still running waited for, up to a minute), jobs a migration creates are paused in its own transaction,
+    so none is ever seen scheduled, and all are scheduled again at the end."""
+    held: list[int] = []
+    timescaledb = _timescaledb(connection)
+    if timescaledb:
+        held += _pause(connection)
+        connection.commit()
+        deadline = time.monotonic() + 60
+        while connection.exec_driver_sql(_RUNNING).scalar() and time.monotonic() < deadline:
+            connection.rollback()  # a fresh snapshot of the jobs' state
+            time.sleep(0.2)
+    connection.rollback()  # alembic begins each migration's own transaction: none may be open here
+
+    def hold_new_jobs(*, ctx: Any, **_: Any) -> None:
+        if timescaledb or _timescaledb(ctx.connection):
+            held.extend(_pause(ctx.connection))
+
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=None,
+            transaction_per_migration=True,
+            on_version_apply=hold_new_jobs,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        if held:
+            connection.rollback()  # whatever a failed migration left open
+        if held and _timescaledb(connection):
+            existing = {
+                row[0]
+                for row in connection.exec_driver_sql("SELECT job_id FROM timescaledb_information.jobs")
+            }
+            for job in sorted(set(held) & existing):
+                connection.exec_driver_sql(f"SELECT alter_job({job}, scheduled => true)")
+            connection.commit()
 
 
 async def _run_async() -> None:

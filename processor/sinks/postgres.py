@@ -11,6 +11,7 @@ there right after they commit (:mod:`processor.sinks.rollups`), so every roll-up
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -28,6 +29,11 @@ from processor.sinks.rollups import RollupRefresh
 __all__ = ["TABLES", "PostgresSink", "bucket_span"]
 
 log = logging.getLogger(__name__)
+
+# Errors that say "try again": PostgreSQL aborted this transaction to let a conflicting one through, or
+# TimescaleDB refused a refresh while a policy refreshes an overlapping window.
+TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
+WRITE_ATTEMPTS = 5  # waits 0.1, 0.2, 0.4, 0.8 s; beyond that the checkpoint fails and is retried
 
 # kind -> (table, key columns)
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -60,21 +66,41 @@ class PostgresSink(Sink):
             raise SinkWriteError(f"cannot connect to the database: {exc}") from exc
 
     async def write(self, batch: FlushBatch) -> None:
+        """One checkpoint's rows in one transaction, then the roll-ups they touch. A deadlock or a
+        serialization failure (another session, such as a TimescaleDB compression or retention job, locking
+        the same chunks in another order), or a refresh refused while a policy refreshes, is retried here:
+        the write is an idempotent upsert, so running it again is exactly what a retried checkpoint would
+        do, without failing the checkpoint."""
         if self._pool is None:
             raise SinkWriteError("PostgresSink.write before start()")
-        try:
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    for kind, (table_name, keys) in TABLES.items():
-                        table = batch.concat(kind)
-                        if table is None:
-                            continue
-                        await upsert(conn, table_name, keys, table)
-                candles = batch.concat("ohlc")
-                if self._rollups is not None and candles is not None:
-                    await self._rollups.after_write(conn, *bucket_span(candles))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise SinkWriteError(f"database write failed: {exc}") from exc
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                await self._write(self._pool, batch)
+                return
+            except TRANSIENT as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise SinkWriteError(f"database write failed {attempt} times: {exc}") from exc
+                log.warning(
+                    "database write: %s; retrying (attempt %d of %d)",
+                    str(exc).splitlines()[0],
+                    attempt + 1,
+                    WRITE_ATTEMPTS,
+                )
+                await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise SinkWriteError(f"database write failed: {exc}") from exc
+
+    async def _write(self, pool: asyncpg.Pool, batch: FlushBatch) -> None:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                for kind, (table_name, keys) in TABLES.items():
+                    table = batch.concat(kind)
+                    if table is None:
+                        continue
+                    await upsert(conn, table_name, keys, table)
+            candles = batch.concat("ohlc")
+            if self._rollups is not None and candles is not None:
+                await self._rollups.after_write(conn, *bucket_span(candles))
 
     async def close(self) -> None:
         if self._pool is not None:

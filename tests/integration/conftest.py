@@ -7,6 +7,10 @@ time, so clients use pools of size 1 and connect one after another.
 
 ``storage_backend`` runs a test once on plain PostgreSQL (a fresh database on the session's embedded
 server) and once on TimescaleDB, both migrated to head.
+
+``TIMESCALEDB_URL`` (any database of a native TimescaleDB server, whose background jobs run) puts every
+TimescaleDB test on that server instead, each server the tests ask for being a new database there (dropped
+afterwards): the same tests must hold whether or not the server's policies run meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
@@ -69,7 +74,16 @@ def _install() -> Path:
 
 @contextlib.contextmanager
 def timescaledb_server(log_dir: Path) -> Iterator[str]:
-    """A fresh, empty TimescaleDB server; yields its DSN (ssl off: the harness speaks plain TCP)."""
+    """A fresh, empty TimescaleDB server; yields its DSN (ssl off: the harness speaks plain TCP). With
+    ``TIMESCALEDB_URL``, a fresh database on that server."""
+    native = os.environ.get("TIMESCALEDB_URL")
+    if native:
+        url = asyncio.run(create_database(native))
+        try:
+            yield url
+        finally:
+            asyncio.run(_drop_database(native, url.rsplit("/", 1)[1]))
+        return
     folder = _install()
     port = free_port()
     proc = spawn(
@@ -84,6 +98,14 @@ def timescaledb_server(log_dir: Path) -> Iterator[str]:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
     finally:
         stop_process(proc, signal.SIGTERM, timeout=10)
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")

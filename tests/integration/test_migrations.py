@@ -279,3 +279,24 @@ def test_an_upgrade_that_fails_midway_is_finished_by_running_it_again(tmp_path: 
         assert tables(dsn) == expected_schema("timescaledb")
         command.downgrade(_config(dsn), "base")
         assert tables(dsn) == {}
+
+
+def test_migrations_hold_the_jobs_and_hand_them_back_scheduled(tmp_path: Path):
+    """Migrations pause TimescaleDB's jobs while they run (a refresh policy racing a migration's refresh or
+    DROP fails it on a server whose jobs run) and schedule them again after: every policy job is scheduled
+    after an upgrade, a downgrade and another upgrade, except one the operator had paused, which stays so."""
+    with timescaledb_server(tmp_path) as dsn:
+        upgrade(dsn, settings=load_settings(retention_days=5))
+        jobs = "SELECT job_id, proc_name, scheduled FROM timescaledb_information.jobs WHERE job_id >= 1000"
+        first = asyncio.run(_fetch(dsn, jobs))
+        assert {r["proc_name"] for r in first} >= {"policy_refresh_continuous_aggregate", "policy_retention"}
+        assert all(r["scheduled"] for r in first)
+        held = min(r["job_id"] for r in first if r["proc_name"] == "policy_retention")
+        asyncio.run(_fetch(dsn, f"SELECT alter_job({held}, scheduled => false)"))
+        downgrade(dsn, "0003")
+        upgrade(dsn, settings=load_settings(retention_days=5))
+        again = asyncio.run(_fetch(dsn, jobs))
+        assert {r["proc_name"] for r in again} == {r["proc_name"] for r in first}
+        assert {r["job_id"]: r["scheduled"] for r in again} == {
+            r["job_id"]: r["job_id"] != held for r in again
+        }
