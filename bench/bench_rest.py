@@ -6,8 +6,7 @@ uvicorn on loopback in its own process, and drives the original README's routes 
 ``/api/symbols``, the five ``/api/viz/*`` figures at 500 points, ``/health``) from ``--users`` concurrent
 clients without think time for ``--duration`` seconds. Another process polls ``/health`` at a steady
 rate meanwhile. Both run in their own processes so the client's CPU is not the server's; on a 2-core
-machine they still share the cores (``--load-nice 10`` lets the server and the poller go first: the load
-generator's httpx clients take about as much CPU as the server they measure).
+machine they still share the cores.
 
 Modes, same run, same data: ``cached``, the API as it ships (answers kept for ``API_CACHE_SECONDS`` = 1 s
 and computed once for everyone asking the same); ``columnar``, the same with nothing kept (every request
@@ -268,9 +267,7 @@ async def seed(dsn: str, hours: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------ load
-def load_process(url: str, users: int, warmup: float, duration: float, out: Any, nice: int = 0) -> None:
-    if nice:
-        os.nice(nice)  # the load generator yields the cores to the server it measures (and the poller)
+def load_process(url: str, users: int, warmup: float, duration: float, out: Any) -> None:
     out.put(asyncio.run(_load(url, users, warmup, duration)))
 
 
@@ -331,9 +328,7 @@ def pct(samples: list[float], q: float) -> float:
 def run_load(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out_load, out_health = ctx.Queue(), ctx.Queue()
-    load = ctx.Process(
-        target=load_process, args=(url, args.users, args.warmup, args.duration, out_load, args.load_nice)
-    )
+    load = ctx.Process(target=load_process, args=(url, args.users, args.warmup, args.duration, out_load))
     health = ctx.Process(
         target=health_process, args=(url, args.health_rate, args.warmup, args.duration, out_health)
     )
@@ -384,12 +379,6 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=4.0, help="hours of 1 s candles per symbol")
     parser.add_argument("--health-rate", type=float, default=20.0, help="/health polls per second")
     parser.add_argument("--modes", default="baseline,columnar,cached")
-    parser.add_argument(
-        "--load-nice",
-        type=int,
-        default=0,
-        help="niceness of the load generator (e.g. 10: the API and the /health poller get the cores first)",
-    )
     args = parser.parse_args()
     if args.role == "serve":
         serve(args)
@@ -405,7 +394,6 @@ def main() -> None:
             f"{len(SYMBOLS)} symbols x {n:,} 1 s candles + volatility; "
             f"{args.users} users without think time, "
             f"{args.duration:.0f} s per mode; /health polled {args.health_rate:.0f}/s by another process"
-            + (f"; load generator at nice {args.load_nice}" if args.load_nice else "")
         )
         figures: dict[str, dict[str, float]] = {}
         for mode in args.modes.split(","):
