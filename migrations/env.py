@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
@@ -10,12 +11,14 @@ from typing import Any
 from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from cryptostream.errors import SettingsError
 from cryptostream.settings import load_settings
 
 config = context.config
+log = logging.getLogger("cryptostream.migrate")
 
 
 def _url() -> str:
@@ -42,6 +45,13 @@ _SCHEDULED = "SELECT job_id FROM timescaledb_information.jobs WHERE job_id >= 10
 _RUNNING = (
     "SELECT count(*) FROM timescaledb_information.job_stats WHERE job_id >= 1000 AND job_status = 'Running'"
 )
+
+
+# What a migration can lose to TimescaleDB's own workers on a live server even with the jobs paused (the
+# scheduler updating a job's rows while a migration drops its aggregate): the migration's transaction is
+# rolled back, and running it again is safe.
+_RACES = ("tuple concurrently deleted", "tuple concurrently updated", "deadlock detected")
+_ATTEMPTS = 3
 
 
 def _timescaledb(connection: Connection) -> bool:
@@ -84,8 +94,17 @@ def _run(connection: Connection) -> None:
             transaction_per_migration=True,
             on_version_apply=hold_new_jobs,
         )
-        with context.begin_transaction():
-            context.run_migrations()
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with context.begin_transaction():
+                    context.run_migrations()  # from the revision the last committed migration left
+                break
+            except DBAPIError as exc:
+                if attempt == _ATTEMPTS or not any(race in str(exc) for race in _RACES):
+                    raise
+                connection.rollback()
+                log.warning("migration lost a race (%s); running it again", str(exc.orig).splitlines()[0])
+                time.sleep(0.5 * attempt)
     finally:
         if held:
             connection.rollback()  # whatever a failed migration left open

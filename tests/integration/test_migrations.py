@@ -300,3 +300,35 @@ def test_migrations_hold_the_jobs_and_hand_them_back_scheduled(tmp_path: Path):
         assert {r["job_id"]: r["scheduled"] for r in again} == {
             r["job_id"]: r["job_id"] != held for r in again
         }
+
+
+async def test_a_migration_that_loses_a_race_runs_again(
+    fresh_postgres: str, caplog: pytest.LogCaptureFixture
+):
+    """A migration chosen as a deadlock victim (another session locks its tables in the other order, as
+    TimescaleDB's workers can on a live server) is rolled back and run again from where the last committed
+    one left: the upgrade completes."""
+    await asyncio.to_thread(upgrade, fresh_postgres, "0002")
+    other = await asyncpg.connect(fresh_postgres)
+    try:
+        await other.execute("SET deadlock_timeout = '60s'")  # the migration's check (1 s) finds the deadlock
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+        migrating = asyncio.create_task(asyncio.to_thread(upgrade, fresh_postgres))  # 0003: ohlc_1s first
+        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await other.fetchval(waiting):
+            assert asyncio.get_running_loop().time() < deadline and not migrating.done()
+            await asyncio.sleep(0.05)
+        await other.execute("LOCK TABLE ohlc_1s IN ACCESS SHARE MODE")  # granted once the migration yields
+        await tx.rollback()
+        await asyncio.wait_for(migrating, 120)
+    finally:
+        await other.close()
+    assert any("lost a race" in r.getMessage() for r in caplog.records)
+    columns = await _fetch(
+        fresh_postgres,
+        "SELECT table_name FROM information_schema.columns WHERE column_name = 'exchange' ORDER BY 1",
+    )
+    assert [r[0] for r in columns] == ["ohlc_1s", "predictions", "volatility_1s"]
