@@ -71,7 +71,8 @@ def _pause(connection: Connection) -> list[int]:
 def _run(connection: Connection) -> None:
     """The migrations with TimescaleDB's background jobs held: those scheduled are paused first (and any
     still running waited for, up to a minute), jobs a migration creates are paused in its own transaction,
-    so none is ever seen scheduled, and all are scheduled again at the end."""
+    so none is ever seen scheduled, and all are scheduled again at the end (also when a migration fails).
+    A migration that loses a race anyway (:data:`_RACES`) is run again, up to :data:`_ATTEMPTS` times."""
     held: list[int] = []
     timescaledb = _timescaledb(connection)
     if timescaledb:
