@@ -31,6 +31,30 @@ async def create_database(server_url: str) -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
+async def as_deadlock_victim(dsn: str, work: Callable[[], Awaitable[Any]], timeout: float = 120) -> None:
+    """Run ``work`` (which locks ``ohlc_1s``, then ``predictions``) while another session takes those locks
+    in the other order, as TimescaleDB's workers can: PostgreSQL aborts ``work``'s transaction to break the
+    deadlock (the other session waits 60 s before checking, ``work``'s server 1 s), then the other session
+    gives its locks up. Returns when ``work`` is done; what it did about the abort is the test's to check."""
+    other = await asyncpg.connect(dsn)
+    try:
+        await other.execute("SET deadlock_timeout = '60s'")
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.ensure_future(work())
+        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
+        deadline = time.monotonic() + timeout
+        while not await other.fetchval(waiting):
+            assert time.monotonic() < deadline and not task.done(), "the work never waited for predictions"
+            await asyncio.sleep(0.02)
+        await other.execute("LOCK TABLE ohlc_1s IN ACCESS EXCLUSIVE MODE")  # granted once the work is aborted
+        await tx.rollback()
+        await asyncio.wait_for(task, timeout)
+    finally:
+        await other.close()
+
+
 def sinks_for(settings: Settings) -> list:
     sinks: list = [ParquetSink(settings.output_dir)]
     if settings.database_dsn:

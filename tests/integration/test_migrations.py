@@ -26,6 +26,7 @@ from cryptostream.settings import load_settings
 from cryptostream.store import DatabaseStore
 from cryptostream.venues import UNKNOWN
 from tests.integration.conftest import Backend, timescaledb_server
+from tests.integration.helpers import as_deadlock_victim
 from tests.integration.test_storage import START_MS, _trades, candles_of, write_candles
 from tests.reference import assert_candles_equal, batch_candles, rows_by_key
 
@@ -309,23 +310,7 @@ async def test_a_migration_that_loses_a_race_runs_again(
     TimescaleDB's workers can on a live server) is rolled back and run again from where the last committed
     one left: the upgrade completes."""
     await asyncio.to_thread(upgrade, fresh_postgres, "0002")
-    other = await asyncpg.connect(fresh_postgres)
-    try:
-        await other.execute("SET deadlock_timeout = '60s'")  # the migration's check (1 s) finds the deadlock
-        tx = other.transaction()
-        await tx.start()
-        await other.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
-        migrating = asyncio.create_task(asyncio.to_thread(upgrade, fresh_postgres))  # 0003: ohlc_1s first
-        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
-        deadline = asyncio.get_running_loop().time() + 60
-        while not await other.fetchval(waiting):
-            assert asyncio.get_running_loop().time() < deadline and not migrating.done()
-            await asyncio.sleep(0.05)
-        await other.execute("LOCK TABLE ohlc_1s IN ACCESS SHARE MODE")  # granted once the migration yields
-        await tx.rollback()
-        await asyncio.wait_for(migrating, 120)
-    finally:
-        await other.close()
+    await as_deadlock_victim(fresh_postgres, lambda: asyncio.to_thread(upgrade, fresh_postgres))  # 0003
     assert any("lost a race" in r.getMessage() for r in caplog.records)
     columns = await _fetch(
         fresh_postgres,

@@ -10,7 +10,6 @@ Each test uses symbols of its own, so tests never see each other's rows.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from ingest.synthetic import SyntheticMarket
 from processor.sinks import FlushBatch, Lineage, ParquetSink, PostgresSink
 from processor.windows import aggregate, dedupe
 from tests.integration.conftest import Backend
+from tests.integration.helpers import as_deadlock_victim
 from tests.reference import Key, assert_candles_equal, batch_candles, rows_by_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescale]
@@ -650,26 +650,12 @@ async def test_a_write_chosen_as_a_deadlock_victim_is_retried_and_lands(
     batch = FlushBatch()
     batch.tables[0] = {"ohlc": candles, "predictions": preds}
     batch.lineage[0] = Lineage("0a1b2c3d", 1)
-    other = await asyncpg.connect(postgres_storage_url)
     sink = PostgresSink(postgres_storage_url)
     await sink.start()
     try:
-        await other.execute("SET deadlock_timeout = '60s'")  # the sink's check (1 s) finds the deadlock
-        tx = other.transaction()
-        await tx.start()
-        await other.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
-        write = asyncio.create_task(sink.write(batch))  # ohlc_1s written, then waits for predictions
-        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
-        deadline = time.monotonic() + 30
-        while not await other.fetchval(waiting):
-            assert time.monotonic() < deadline and not write.done(), "the sink never waited for the lock"
-            await asyncio.sleep(0.02)
-        await other.execute("LOCK TABLE ohlc_1s IN ACCESS EXCLUSIVE MODE")  # granted once the sink is aborted
-        await tx.rollback()
-        await asyncio.wait_for(write, 30)
+        await as_deadlock_victim(postgres_storage_url, lambda: sink.write(batch))  # ohlc_1s, then predictions
     finally:
         await sink.close()
-        await other.close()
     assert any("retrying (attempt 2 of 5)" in r.getMessage() for r in caplog.records)
     conn = await asyncpg.connect(postgres_storage_url)
     try:
