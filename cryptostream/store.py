@@ -200,18 +200,18 @@ class ArchiveStore(ReadStore):
 THREAD_ROWS = 2_000
 
 
-def _table(records: list[asyncpg.Record], schema: pa.Schema) -> pa.Table:
-    """Records whose ``bucket`` comes as epoch milliseconds (see :data:`_MS`) as an Arrow table."""
+def _table(records: list[asyncpg.Record], schema: pa.Schema, market: Market) -> pa.Table:
+    """Rows read newest first, their columns those of ``schema`` after exchange and symbol, with ``bucket``
+    as epoch milliseconds (see :func:`_ms_of`), as an Arrow table oldest first. The market is the same on
+    every row, so it does not cross the wire (two of twelve columns: about 0.2 ms of reading 1,000 candles);
+    the rows are turned around here rather than sorted again on the server, and become columns in Arrow
+    (as one struct array: 0.2 ms less than transposing them in Python)."""
     if not records:
         return schema.empty_table()
-    columns = list(zip(*records, strict=True))
-    arrays = []
-    for f, col in zip(schema, columns, strict=True):
-        if pa.types.is_timestamp(f.type):
-            arrays.append(pa.array(col, pa.int64()).cast(f.type))
-        else:
-            arrays.append(pa.array(col, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    n = len(records)
+    rows = pa.array([tuple(r) for r in reversed(records)], pa.struct(list(schema)[2:]))
+    market_columns = [pa.array([market[0]] * n, pa.string()), pa.array([market[1]] * n, pa.string())]
+    return pa.Table.from_arrays([*market_columns, *rows.flatten()], schema=schema)
 
 
 def _ms_of(column: str) -> str:
@@ -251,12 +251,11 @@ def _where(lo: datetime | None, hi: datetime | None) -> tuple[str, list[datetime
 
 
 _VWAP = "CASE WHEN volume > 0 THEN notional / volume ELSE close END AS vwap"
-_HEAD = "exchange, symbol, bucket, open, high, low, close, volume, trade_count"
-_HEAD_MS = f"exchange, symbol, {_ms_of('bucket')}, open, high, low, close, volume, trade_count"
+_HEAD_MS = f"{_ms_of('bucket')}, open, high, low, close, volume, trade_count"
 _SIDES = "buy_volume, sell_volume"
-_CANDLE_OUT = f"{_HEAD_MS}, vwap, {_SIDES}"
 
-Select = Callable[[str, str], str]  # (WHERE clause, LIMIT placeholder) -> SQL
+# (WHERE clause, LIMIT placeholder) -> SQL of the newest rows first, columns as :func:`_table` takes them
+Select = Callable[[str, str], str]
 Market = tuple[str, str]  # (exchange, symbol)
 _SAME_MARKET = "FROM ohlc_1s o WHERE o.exchange = m.exchange AND o.symbol = m.symbol"
 
@@ -279,21 +278,21 @@ class _Plan:
         if self.method == "direct":
             vwap = "vwap" if self.table == "ohlc_1s" else _VWAP
             return (
-                f"SELECT {_CANDLE_OUT} FROM (SELECT {_HEAD}, {vwap}, {_SIDES} FROM {self.table} "
-                f"WHERE {where} ORDER BY bucket DESC LIMIT {limit}) newest ORDER BY bucket"
+                f"SELECT {_HEAD_MS}, {vwap}, {_SIDES} FROM {self.table} "
+                f"WHERE {where} ORDER BY bucket DESC LIMIT {limit}"
             )
         if self.method == "first_last":
             return (
                 f"SELECT {_HEAD_MS}, {_VWAP}, {_SIDES} FROM ("
-                f"SELECT exchange, symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, first(open, bucket), "
+                f"SELECT date_bin({iv}, bucket, {_ORIGIN}) AS b, first(open, bucket), "
                 "max(high), min(low), last(close, bucket), sum(volume), sum(trade_count)::bigint, "
                 f"sum(notional), sum(buy_volume), sum(sell_volume) FROM {self.table} "
-                f"WHERE {where} GROUP BY exchange, symbol, b ORDER BY b DESC LIMIT {limit}"
-                ") g(exchange, symbol, bucket, open, high, low, close, volume, trade_count, notional, "
-                "buy_volume, sell_volume) ORDER BY bucket"
+                f"WHERE {where} GROUP BY b ORDER BY b DESC LIMIT {limit}"
+                ") g(bucket, open, high, low, close, volume, trade_count, notional, "
+                "buy_volume, sell_volume) ORDER BY bucket DESC"
             )
         return (
-            f"SELECT g.exchange, g.symbol, {_ms_of('g.b')}, o.open, g.high, g.low, c.close, g.volume, "
+            f"SELECT {_ms_of('g.b')}, o.open, g.high, g.low, c.close, g.volume, "
             "g.trade_count, CASE WHEN g.volume > 0 THEN g.notional / g.volume ELSE c.close END, "
             "g.buy_volume, g.sell_volume "
             f"FROM (SELECT exchange, symbol, date_bin({iv}, bucket, {_ORIGIN}) AS b, "
@@ -304,7 +303,7 @@ class _Plan:
             f"FROM ohlc_1s WHERE {where} GROUP BY exchange, symbol, b ORDER BY b DESC LIMIT {limit}) g "
             "JOIN ohlc_1s o ON o.exchange = g.exchange AND o.symbol = g.symbol AND o.bucket = g.first_at "
             "JOIN ohlc_1s c ON c.exchange = g.exchange AND c.symbol = g.symbol AND c.bucket = g.last_at "
-            "ORDER BY g.b"
+            "ORDER BY g.b DESC"
         )
 
 
@@ -460,16 +459,11 @@ class DatabaseStore(ReadStore):
         limit: int,
     ) -> pa.Table:
         _, lo, hi = check_query("1s", start, end, limit)
-        cols = ", ".join(schema.names)
-        out = ", ".join(_ms_of(c) if c == "bucket" else c for c in schema.names)
-        key = "bucket, horizon_seconds" if kind == "predictions" else "bucket"
-        key_desc = "bucket DESC, horizon_seconds DESC" if kind == "predictions" else "bucket DESC"
+        out = ", ".join(_ms_of(c) if c == "bucket" else c for c in schema.names[2:])
+        key = "bucket DESC, horizon_seconds DESC" if kind == "predictions" else "bucket DESC"
 
         def select(where: str, limit_param: str) -> str:
-            return (
-                f"SELECT {out} FROM (SELECT {cols} FROM {table_name} WHERE {where} "
-                f"ORDER BY {key_desc} LIMIT {limit_param}) newest ORDER BY {key}"
-            )
+            return f"SELECT {out} FROM {table_name} WHERE {where} ORDER BY {key} LIMIT {limit_param}"
 
         async with self.pool.acquire() as conn:
             await self._detect(conn)
@@ -590,8 +584,8 @@ async def _direct(
         where += f" AND bucket >= TIMESTAMPTZ '{since.isoformat()}'"
     records = await conn.fetch(select(where, f"${len(args) + 3}"), *market, *args, limit)
     if len(records) >= THREAD_ROWS:  # a Python value per cell: on a thread, so the event loop keeps turning
-        return await asyncio.to_thread(_table, records, schema)
-    return _table(records, schema)
+        return await asyncio.to_thread(_table, records, schema, market)
+    return _table(records, schema, market)
 
 
 async def _rolled(
