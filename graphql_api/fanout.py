@@ -22,7 +22,9 @@ A message without an ``exchange`` (a processor from before venues) belongs to th
 Candles coarser than 1 s are rolled up here (:mod:`graphql_api.rollup`), one roll-up per market and
 interval shared by all its subscribers, seeded when the first subscriber arrives from the store plus the
 closed seconds this process has seen recently (the store only has what the processor checkpointed), and
-seeded again from the store after the feed was interrupted (:meth:`Fanout.resync`).
+seeded again from the store after the feed was interrupted (:meth:`Fanout.resync`). A roll-up coarser than a
+minute is seeded from the store's 1 m candles up to the last minutes and 1 s rows only after them
+(:meth:`Fanout._split_ms`): a day costs at most 1,440 minutes and a few hundred seconds, not 86,400 rows.
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ __all__ = ["Fanout", "Group", "Outlet", "Shape", "Subscriber", "SubscriberDroppe
 
 log = logging.getLogger(__name__)
 
+MINUTE_MS = INTERVALS["1m"]
 RECENT_SECONDS = 900  # closed 1 s candles kept per market to seed roll-ups (>> the checkpoint interval)
 # A roll-up nobody watches any more is kept (and kept current) this long: a client that resubscribes, or a
-# subscribe/unsubscribe loop, reuses it instead of seeding it from the store again (a day of 1 s rows).
+# subscribe/unsubscribe loop, reuses it instead of seeding it from the store again.
 KEEP_IDLE_SECONDS = 300.0
 KINDS = ("candles", "volatility", "predictions")
 # Messages delivered before subscribers get a turn: a burst (a consumer catching up) must not overflow the
@@ -68,6 +71,7 @@ KINDS = ("candles", "volatility", "predictions")
 FEED_CHUNK = 64
 # Candle fields the store may hold as null (archives of the original project) but a live roll-up needs.
 _ROLLUP_FIELDS = ("trade_count", "vwap", "buy_volume", "sell_volume")
+_BAR_FIELDS = ("open", "high", "low", "close", "volume", "trade_count", "vwap", "buy_volume", "sell_volume")
 
 
 class SubscriberDropped(Exception):
@@ -577,14 +581,20 @@ class Fanout:
                 return existing
             interval_ms = INTERVALS[interval]
             rollup = RollUp(interval_ms)
+            minutes: list[Bar] = []
             stored: list[Bar] = []
             if interval_ms > 1000:
-                start = self._reference_ms(market)
-                if start is None:
-                    start = await self._stored_reference_ms(market)
-                start -= start % interval_ms
-                stored = await self._stored_seconds(market, start, interval_ms)
+                reference = self._reference_ms(market)
+                if reference is None:
+                    reference = await self._stored_reference_ms(market)
+                start = reference - reference % interval_ms
+                split = self._split_ms(market, start, reference) if interval_ms > MINUTE_MS else start
+                if split > start:
+                    minutes = await self._stored(market, start, split, "1m")
+                stored = await self._stored(market, split, start + interval_ms, "1s")
             # No await from here on: what arrived meanwhile is in recent/open_seconds, so nothing is missed.
+            for minute in minutes:
+                rollup.closed_second(minute, advance=False, through=minute.bucket + MINUTE_MS - 1000)
             seconds = {bar.bucket: bar for bar in stored}
             for bar in self.recent.get(market, ()):
                 seconds[bar.bucket] = bar
@@ -597,6 +607,19 @@ class Fanout:
                 rollup.live_second(self.open_seconds[market][second])
             self.rollups.setdefault(market, {})[interval] = rollup
             return rollup
+
+    def _split_ms(self, market: MarketKey, start: int, reference: int) -> int:
+        """Where seeding a roll-up coarser than a minute switches from the store's 1 m candles to its 1 s
+        rows: the minute holding the oldest second this process holds for ``market``. Every second before it
+        is the store's alone (none of them is among the recent seconds that override the store's), so whole
+        minutes of it seed the roll-up as well as their seconds would, and a day is seeded from at most 1,440
+        minutes and the seconds of the last minutes (``RECENT_SECONDS`` and less), not 86,400 rows."""
+        held = [reference, *self.open_seconds.get(market, {})]
+        recent = self.recent.get(market)
+        if recent:
+            held.append(recent[0].bucket)
+        oldest = min(held)
+        return max(start, oldest - oldest % MINUTE_MS)
 
     def _reference_ms(self, market: MarketKey) -> int | None:
         """The newest event time this process has seen for ``market`` (event time, not the wall clock)."""
@@ -616,10 +639,15 @@ class Fanout:
             return int(table["bucket"][0].value)
         return int(time.time() * 1000)
 
-    async def _stored_seconds(self, market: MarketKey, start: int, interval_ms: int) -> list[Bar]:
+    async def _stored(self, market: MarketKey, start: int, end: int, interval: str) -> list[Bar]:
+        """The store's candles of ``market`` at ``interval`` in ``[start, end)``, as roll-up input."""
         try:
             table = await self.store.candles(
-                *market, start=from_ms(start), end=from_ms(start + interval_ms), limit=interval_ms // 1000
+                *market,
+                start=from_ms(start),
+                end=from_ms(end),
+                limit=(end - start) // INTERVALS[interval],
+                interval=interval,
             )
         except Exception as exc:  # the store being down must not stop live updates
             log.warning(
@@ -631,9 +659,9 @@ class Fanout:
         # Seconds without a trade count or VWAP (an archive of the original project) cannot be folded into
         # a live candle without making those up; the live seconds of the bucket still are.
         table = table.filter(reduce(pc.and_, (pc.is_valid(table[name]) for name in _ROLLUP_FIELDS)))
-        buckets = table["bucket"].cast("int64").to_pylist()
-        rows = table.to_pylist()
-        out = []
-        for ms, row in zip(buckets, rows, strict=True):
-            out.append(Bar.from_message(row, ms))
-        return out
+        columns = [table["bucket"].cast("int64").to_pylist()]
+        columns += [table[name].to_pylist() for name in _BAR_FIELDS]
+        return [
+            Bar(b, o, h, lo, c, v, n, w * v, bv, sv)
+            for b, o, h, lo, c, v, n, w, bv, sv in zip(*columns, strict=True)
+        ]

@@ -101,22 +101,26 @@ class RollUp:
     def _start(self, ms: int) -> int:
         return ms - ms % self.interval_ms
 
-    def closed_second(self, bar: Bar, *, advance: bool = True) -> list[tuple[Bar, bool]]:
+    def closed_second(
+        self, bar: Bar, *, advance: bool = True, through: int | None = None
+    ) -> list[tuple[Bar, bool]]:
         """A closed 1 s candle. ``advance=False`` folds it in without moving the frontier (seeding from the
         store: stored data may be ahead of the live stream, e.g. while an older period is replayed, and a
-        frontier taken from it would keep the live stream's buckets from ever closing)."""
+        frontier taken from it would keep the live stream's buckets from ever closing). ``through``: the
+        last second ``bar`` holds when it holds more than one (a stored minute seeding a coarser roll-up)."""
         start = self._start(bar.bucket)
+        last = bar.bucket if through is None else through
         changed = False
         if start >= self.done_before:
             state = self.open.setdefault(start, _Open())
             if bar.bucket > state.through:
                 state.folded = replace(bar, bucket=start) if state.folded is None else state.folded.then(bar)
-                state.through = bar.bucket
-                for second in [s for s in state.pending if s <= bar.bucket]:
+                state.through = last
+                for second in [s for s in state.pending if s <= last]:
                     del state.pending[second]
                 changed = True
         # May close this bucket (at its last second) and older ones.
-        out = self.advance(bar.bucket + SECOND_MS) if advance else []
+        out = self.advance(last + SECOND_MS) if advance else []
         if changed and start in self.open:
             current = self.open[start].current(start)
             if current is not None:

@@ -376,6 +376,42 @@ async def test_a_late_subscriber_gets_the_open_minute_seeded_from_the_store(
     assert_candles_equal(closed, {k: minutes[k] for k in later})
 
 
+async def test_a_subscriber_to_hours_on_a_fresh_api_gets_the_hour_from_stored_minutes_and_seconds(
+    make_settings: Callable[..., Settings], db: Any
+) -> None:
+    """An API started after the processor checkpointed the hour so far holds none of its seconds: the open
+    hour is seeded from the store's 1 m candles before the last minute and its 1 s rows after it, and is
+    the batch roll-up of every second, open and then closed."""
+    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5)
+    trades = SyntheticMarket(["SOLUSDT"], rate=20, seed=11, exchange="binance").generate(
+        3_600, start_ms=MINUTE
+    )
+    cut = MINUTE + 150_000  # three minutes in, half way through one
+    first = [t for t in trades if t.timestamp < cut]
+    hour = MINUTE - MINUTE % 3_600_000
+    async with processor(settings):
+        await send_trades(settings, first)
+        await send_progress(settings, "binance", "SOLUSDT", cut)
+        stored = sum(1 for _, _, b in batch_candles(first) if b < cut)
+        deadline = time.monotonic() + 20
+        while await db.fetchval("SELECT count(*) FROM ohlc_1s WHERE bucket < $1", at(cut)) < stored:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        with api(settings) as server:  # started now: its feed begins at the log end
+            query = f'subscription {{ candles(symbols: ["SOLUSDT"], interval: "1h") {{ {CANDLE} }} }}'
+            async with Subscription(server.ws_url, query, {}, "graphql-transport-ws") as sub:
+                await sub.until(lambda rs: len(rs) >= 1)
+                seeded = sub.received[0][1]["candles"]
+                await send_trades(settings, trades[len(first) :])
+                await send_progress(settings, "binance", "SOLUSDT", hour + 3_600_000)
+                await sub.until(lambda rs: rs[-1]["candles"]["closed"], timeout=30)
+                final = sub.results()[-1]["candles"]
+    key = ("binance", "SOLUSDT", hour)
+    assert seeded["bucket"] == iso(hour) and not seeded["closed"]
+    assert_candles_equal({key: _as_row(seeded)}, {key: roll_up(batch_candles(first), 3_600_000)[key]})
+    assert_candles_equal({key: _as_row(final)}, roll_up(batch_candles(trades), 3_600_000))
+
+
 async def test_a_stalled_client_is_dropped_and_never_holds_back_the_others(
     make_settings: Callable[..., Settings],
 ) -> None:

@@ -122,12 +122,14 @@ async def test_a_roll_up_left_by_its_last_viewer_is_kept_current_and_reused_with
     feed.store.candles = counted  # type: ignore[method-assign]
     minute = T - T % 60_000
     feed.feed([candle(minute + 1_000, 1.0)])
+    seeding = 0
     for round_ in range(5):
         async with feed.subscribe("candles", BTC, "1d") as sub:
             opening = await sub.get()
             assert opening.trade_count == 1 + round_  # every second fed meanwhile is in it
+        seeding = seeding or reads  # the first subscriber's reads
         feed.feed([candle(minute + 2_000 + round_ * 1_000, 2.0)])  # nobody watches: still rolled up
-    assert reads == 1
+    assert 0 < seeding == reads
     assert set(feed.idle) == {(BTC[0], "1d")}
 
 
@@ -293,6 +295,41 @@ async def test_a_quiet_market_closes_its_minute_on_the_processors_frontier(tmp_p
         final = await sub.get()
         assert final.closed and (final.open, final.close, final.trade_count) == (10.0, 12.0, 2)
         assert final.bucket.timestamp() * 1000 == minute
+
+
+async def test_a_day_is_seeded_from_stored_minutes_and_the_seconds_of_the_last_ones(tmp_path: Path) -> None:
+    """A 1 d roll-up folds the store's 1 m candles up to the minute of the oldest second the feed holds, and
+    1 s rows only after it: the same candle as from every second, without reading a day of 1 s rows."""
+    day, minute = T - T % 86_400_000, T - T % 60_000
+    stored = {day + 1_000 + i * 97_000: float(100 + (i * 37) % 61) for i in range(800)}  # about 21.5 h
+    stored = {ms: price for ms, price in stored.items() if ms < minute - 120_000}
+    stored[minute - 30_000] = 170.0  # checkpointed just before the feed's seconds: the day's high
+    stored[minute + 2_000] = 50.0  # checkpointed and seen by the feed (with another price) below
+    _store_seconds(tmp_path, stored)
+    feed = fanout(tmp_path)
+    live = {minute + 2_000: 120.0, minute + 3_000: 99.0, minute + 4_000: 101.0}  # not all checkpointed yet
+    feed.feed([candle(ms, price) for ms, price in live.items()])
+    read: list[tuple[str, int]] = []
+    candles = feed.store.candles
+
+    async def spied(*args: Any, **kwargs: Any) -> Any:
+        table = await candles(*args, **kwargs)
+        read.append((kwargs["interval"], table.num_rows))
+        return table
+
+    feed.store.candles = spied  # type: ignore[method-assign]
+    async with feed.subscribe("candles", BTC, "1d") as sub:
+        opening = await sub.get()
+    seconds = {**stored, **live}  # what the feed saw is newer than what was checkpointed
+    prices = [seconds[ms] for ms in sorted(seconds)]
+    assert (opening.open, opening.high, opening.low, opening.close) == (
+        prices[0],
+        max(prices),
+        min(prices),
+        prices[-1],
+    )
+    assert opening.trade_count == len(seconds) and opening.volume == float(len(seconds))
+    assert dict(read) == {"1m": len({ms - ms % 60_000 for ms in stored if ms < minute}), "1s": 1}
 
 
 def _store_seconds(root: Path, seconds: dict[int, float]) -> None:
