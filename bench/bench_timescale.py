@@ -158,9 +158,9 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
     finally:
         await conn.close()
     print(
-        f"{'kept' if reuse else 'built'} {rows:,} 1 s rows of {EXCHANGE} {SYMBOL} over {days} days (one a minute, one a second in the "
-        f"newest hour): {chunks} chunks, {compressed} compressed, roll-ups materialized, in "
-        f"{time.perf_counter() - started:.0f} s"
+        f"{'kept' if reuse else 'built'} {rows:,} 1 s rows of {EXCHANGE} {SYMBOL} over {days} days "
+        f"(one a minute, one a second in the newest hour): {chunks} chunks, {compressed} compressed, "
+        f"roll-ups materialized, in {time.perf_counter() - started:.0f} s"
     )
     store = await DatabaseStore.connect(dsn, max_size=1)
     now = datetime.now(UTC)
