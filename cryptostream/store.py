@@ -216,8 +216,10 @@ def _table(records: list[asyncpg.Record], schema: pa.Schema, market: Market) -> 
 
 def _ms_of(column: str) -> str:
     """SQL for a timestamptz as epoch milliseconds: integers cross the wire and become Arrow timestamps
-    without a Python datetime per row (half the cost of reading 1,000 candles)."""
-    return f"(extract(epoch FROM {column}) * 1000)::int8"
+    without a Python datetime per row (half the cost of reading 1,000 candles). ``date_part`` is float8
+    arithmetic where ``extract`` is numeric (0.4 against 0.75 ms of the server's time for 1,000 rows); a
+    float8 holds today's epoch seconds to a quarter of a microsecond, so whole milliseconds come out exact."""
+    return f"(date_part('epoch', {column}) * 1000)::int8"
 
 
 def _ms(value: datetime) -> int:
