@@ -132,3 +132,18 @@ def test_seeded_rows_ahead_of_the_live_stream_never_hold_its_buckets_open() -> N
     rollup.closed_second(bar(BASE + 600_000, 5.0), advance=False)  # the store holds a later period
     out = [u for s in range(61) for u in rollup.closed_second(bar(BASE + s * 1000, 1.0 + s))]
     assert [(b.bucket, b.close, c) for b, c in out if c] == [(BASE, 60.0, True)]
+
+
+def test_a_seeded_minute_counts_its_seconds_once() -> None:
+    """A stored minute seeds an hour whole: a second of it that arrives again later is not added twice,
+    a later second is, and the hour closes when the frontier passes its end."""
+    minute = bar(BASE, 10.0, 60.0)  # one minute's candle: 60 seconds of 1.0 each, folded
+    hour = RollUp(3_600_000)
+    start = BASE - BASE % 3_600_000
+    assert hour.closed_second(minute, advance=False, through=BASE + 59_000)[0][0].volume == 60.0
+    assert hour.closed_second(bar(BASE + 30_000, 99.0)) == []  # already in the minute
+    ((current, closed),) = hour.closed_second(bar(BASE + 60_000, 11.0))
+    assert (current.bucket, current.volume, current.high, closed) == (start, 61.0, 11.0, False)
+    assert hour.advance(start + 3_599_000) == []
+    ((final, closed),) = hour.advance(start + 3_600_000)
+    assert closed and (final.open, final.close, final.volume) == (10.0, 11.0, 61.0)
