@@ -45,7 +45,7 @@ UNBOUNDED = (
 # What the driver alone costs for the columns the read layer fetches (its floor): the read layer's time over
 # this is its own (pool, Arrow).
 BARE = (
-    "SELECT (extract(epoch FROM bucket) * 1000)::int8, open, high, low, close, volume, trade_count, vwap, "
+    "SELECT (date_part('epoch', bucket) * 1000)::int8, open, high, low, close, volume, trade_count, vwap, "
     "buy_volume, sell_volume FROM ohlc_1s WHERE exchange = $1 AND symbol = $2 ORDER BY bucket DESC LIMIT 1000"
 )
 
