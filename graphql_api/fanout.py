@@ -71,7 +71,6 @@ KINDS = ("candles", "volatility", "predictions")
 FEED_CHUNK = 64
 # Candle fields the store may hold as null (archives of the original project) but a live roll-up needs.
 _ROLLUP_FIELDS = ("trade_count", "vwap", "buy_volume", "sell_volume")
-_BAR_FIELDS = ("open", "high", "low", "close", "volume", "trade_count", "vwap", "buy_volume", "sell_volume")
 
 
 class SubscriberDropped(Exception):
@@ -660,8 +659,5 @@ class Fanout:
         # a live candle without making those up; the live seconds of the bucket still are.
         table = table.filter(reduce(pc.and_, (pc.is_valid(table[name]) for name in _ROLLUP_FIELDS)))
         columns = [table["bucket"].cast("int64").to_pylist()]
-        columns += [table[name].to_pylist() for name in _BAR_FIELDS]
-        return [
-            Bar(b, o, h, lo, c, v, n, w * v, bv, sv)
-            for b, o, h, lo, c, v, n, w, bv, sv in zip(*columns, strict=True)
-        ]
+        columns += [table[name].to_pylist() for name in Bar.FIELDS]
+        return [Bar.of(*row) for row in zip(*columns, strict=True)]

@@ -34,21 +34,41 @@ class Bar:
     buy_volume: float
     sell_volume: float
 
+    # A candle's fields in the order :meth:`of` takes them after its bucket (messages and stored rows alike).
+    FIELDS = ("open", "high", "low", "close", "volume", "trade_count", "vwap", "buy_volume", "sell_volume")
+
+    @classmethod
+    def of(
+        cls,
+        bucket_ms: int,
+        open: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: float,
+        trade_count: int,
+        vwap: float,
+        buy_volume: float,
+        sell_volume: float,
+    ) -> Bar:
+        """A candle as published or stored (with its VWAP) as a roll-up input (with its notional)."""
+        volume = float(volume)
+        return cls(
+            bucket_ms,
+            float(open),
+            float(high),
+            float(low),
+            float(close),
+            volume,
+            int(trade_count),
+            float(vwap) * volume,
+            float(buy_volume),
+            float(sell_volume),
+        )
+
     @classmethod
     def from_message(cls, m: dict[str, Any], bucket_ms: int) -> Bar:
-        volume = float(m["volume"])
-        return cls(
-            bucket=bucket_ms,
-            open=float(m["open"]),
-            high=float(m["high"]),
-            low=float(m["low"]),
-            close=float(m["close"]),
-            volume=volume,
-            trade_count=int(m["trade_count"]),
-            notional=float(m["vwap"]) * volume,
-            buy_volume=float(m["buy_volume"]),
-            sell_volume=float(m["sell_volume"]),
-        )
+        return cls.of(bucket_ms, *(m[name] for name in cls.FIELDS))
 
     @property
     def vwap(self) -> float:
