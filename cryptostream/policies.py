@@ -27,7 +27,7 @@ from datetime import timedelta
 
 import asyncpg
 
-__all__ = ["AGGREGATES", "RAW_TABLES", "REFRESH_DAYS", "Policies", "apply_policies"]
+__all__ = ["AGGREGATES", "RAW_TABLES", "REFRESH_DAYS", "Policies", "apply_policies", "paused"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ class Policies:
     retention_days: int | None
     rollup_retention_days: dict[str, int]
     compress_after_days: int
+
+
+def paused(add_policy: str) -> str:
+    """One statement that runs ``add_policy`` (an ``add_*_policy(...)`` call) and unschedules the job it
+    creates, for migrations: the job is never committed scheduled, so TimescaleDB's scheduler cannot start
+    it (a new job runs at once) while the migration still refreshes or drops what it works on ("could not
+    refresh continuous aggregate ... due to a concurrent refresh"). ``migrations/env.py`` schedules every job
+    the migrations created once they have all run. A policy that already exists (-1) is left as it is."""
+    return f"SELECT alter_job(job, scheduled => false) FROM {add_policy} AS job WHERE job > 0"
 
 
 def _days(text: str | None) -> int | None:

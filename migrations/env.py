@@ -68,13 +68,23 @@ def _pause(connection: Connection) -> list[int]:
     return ids
 
 
+def _jobs(connection: Connection) -> set[int]:
+    """This database's policy jobs (TimescaleDB's own jobs have ids below 1000)."""
+    sql = "SELECT job_id FROM timescaledb_information.jobs WHERE job_id >= 1000"
+    return {row[0] for row in connection.exec_driver_sql(sql)}
+
+
 def _run(connection: Connection) -> None:
     """The migrations with TimescaleDB's background jobs held: those scheduled are paused first (and any
-    still running waited for, up to a minute), jobs a migration creates are paused in its own transaction,
-    so none is ever seen scheduled, and all are scheduled again at the end (also when a migration fails).
-    A migration that loses a race anyway (:data:`_RACES`) is run again, up to :data:`_ATTEMPTS` times."""
+    still running waited for, up to a minute); a migration creates its jobs paused, in the statement that
+    creates them (:func:`cryptostream.policies.paused`: a job committed scheduled starts at once, and its
+    refresh collided with the migration's own), and any other job a migration leaves scheduled is paused
+    before its transaction commits. At the end (also when a migration fails) the jobs paused here and every
+    job the migrations created are scheduled. A migration that loses a race anyway (:data:`_RACES`) is run
+    again, up to :data:`_ATTEMPTS` times."""
     held: list[int] = []
     timescaledb = _timescaledb(connection)
+    before = _jobs(connection) if timescaledb else set()
     if timescaledb:
         held += _pause(connection)
         connection.commit()
@@ -107,14 +117,10 @@ def _run(connection: Connection) -> None:
                 log.warning("migration lost a race (%s); running it again", str(exc.orig).splitlines()[0])
                 time.sleep(0.5 * attempt)
     finally:
-        if held:
-            connection.rollback()  # whatever a failed migration left open
-        if held and _timescaledb(connection):
-            existing = {
-                row[0]
-                for row in connection.exec_driver_sql("SELECT job_id FROM timescaledb_information.jobs")
-            }
-            for job in sorted(set(held) & existing):
+        connection.rollback()  # whatever a failed migration left open
+        if _timescaledb(connection):
+            existing = _jobs(connection)
+            for job in sorted((set(held) | (existing - before)) & existing):
                 connection.exec_driver_sql(f"SELECT alter_job({job}, scheduled => true)")
             connection.commit()
 

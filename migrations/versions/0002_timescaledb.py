@@ -33,6 +33,8 @@ import logging
 import sqlalchemy as sa
 from alembic import context, op
 
+from cryptostream.policies import paused
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -146,8 +148,10 @@ def upgrade() -> None:
                 "timescaledb.compress_orderby = 'bucket')"
             )
         op.execute(
-            f"SELECT add_compression_policy('{table}', compress_after => INTERVAL '{compress_after_days} days', "
-            "if_not_exists => true)"
+            paused(
+                f"add_compression_policy('{table}', compress_after => INTERVAL '{compress_after_days} days', "
+                "if_not_exists => true)"
+            )
         )
 
     # Part 2, autocommit: continuous aggregates, their refresh policies, and materializing existing rows.
@@ -157,9 +161,11 @@ def upgrade() -> None:
             # start_offset NULL: rows written into old buckets (a replay of last year's trades) are picked
             # up from the invalidation log on the next run, wherever they fall.
             op.execute(
-                f"SELECT add_continuous_aggregate_policy('{view}', start_offset => NULL, "
-                f"end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{schedule}', "
-                "if_not_exists => true)"
+                paused(
+                    f"add_continuous_aggregate_policy('{view}', start_offset => NULL, "
+                    f"end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{schedule}', "
+                    "if_not_exists => true)"
+                )
             )
             op.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')")
 

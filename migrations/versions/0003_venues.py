@@ -25,6 +25,8 @@ import logging
 import sqlalchemy as sa
 from alembic import context, op
 
+from cryptostream.policies import paused
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -118,8 +120,10 @@ def _rewind_timescale(tables: list[str], segment_by: str, group: str) -> None:
             f"timescaledb.compress_orderby = '{order}')"
         )
         op.execute(
-            f"SELECT add_compression_policy('{table}', compress_after => INTERVAL '{days} days', "
-            "if_not_exists => true)"
+            paused(
+                f"add_compression_policy('{table}', compress_after => INTERVAL '{days} days', "
+                "if_not_exists => true)"
+            )
         )
     if "ohlc_1s" not in tables:
         return
@@ -127,9 +131,11 @@ def _rewind_timescale(tables: list[str], segment_by: str, group: str) -> None:
         for view, (width, schedule) in AGGREGATES.items():
             op.execute(_aggregate_sql(view, width, group))
             op.execute(
-                f"SELECT add_continuous_aggregate_policy('{view}', start_offset => NULL, "
-                f"end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{schedule}', "
-                "if_not_exists => true)"
+                paused(
+                    f"add_continuous_aggregate_policy('{view}', start_offset => NULL, "
+                    f"end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{schedule}', "
+                    "if_not_exists => true)"
+                )
             )
             op.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')")
 

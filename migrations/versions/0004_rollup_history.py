@@ -21,6 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from cryptostream.policies import paused
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -55,8 +57,10 @@ def _policies(start_offset: str) -> None:
         width, schedule = AGGREGATES[view]
         op.execute(f"SELECT remove_continuous_aggregate_policy('{view}', if_exists => true)")
         op.execute(
-            f"SELECT add_continuous_aggregate_policy('{view}', start_offset => {start_offset}, "
-            f"end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{schedule}')"
+            paused(
+                f"add_continuous_aggregate_policy('{view}', start_offset => {start_offset}, "
+                f"end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{schedule}')"
+            )
         )
 
 

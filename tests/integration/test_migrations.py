@@ -7,6 +7,7 @@ TimescaleDB harness server, so the other tests' schema is never touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pytest
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Connection, Engine, event
 
 from cryptostream.migrate import ALEMBIC_INI, downgrade, upgrade
 from cryptostream.models import INTERVALS
@@ -282,20 +284,61 @@ def test_an_upgrade_that_fails_midway_is_finished_by_running_it_again(tmp_path: 
         assert tables(dsn) == {}
 
 
+@contextlib.contextmanager
+def jobs_scheduled_mid_migration(dsn: str) -> Iterator[list[tuple[str, list[int]]]]:
+    """Each statement of a migration run after which a policy job the run created is scheduled, as the run's
+    own connection sees it: a job TimescaleDB's scheduler could start (a new job runs at once) while the
+    migrations still refresh or drop what it works on. The hand-back at the end (``scheduled => true``) is
+    what is meant to schedule them."""
+    installed = "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+    scheduled = "SELECT job_id FROM timescaledb_information.jobs WHERE job_id >= 1000 AND scheduled"
+    jobs = "SELECT job_id FROM timescaledb_information.jobs"
+    known = {r[0] for r in fetch(dsn, jobs)} if fetch(dsn, installed)[0][0] else set()
+    seen: list[tuple[str, list[int]]] = []
+
+    def after(conn: Connection, cursor: object, statement: str, *_: object) -> None:
+        if "scheduled => true" in statement:
+            return
+        probe = conn.connection.cursor()  # the run's own connection and transaction
+        try:
+            probe.execute(installed)
+            if probe.fetchone()[0]:
+                probe.execute(scheduled)
+                new = sorted(r[0] for r in probe.fetchall() if r[0] not in known)
+                if new:
+                    seen.append((" ".join(statement.split())[:120], new))
+        finally:
+            probe.close()
+
+    event.listen(Engine, "after_cursor_execute", after)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "after_cursor_execute", after)
+
+
 def test_migrations_hold_the_jobs_and_hand_them_back_scheduled(tmp_path: Path):
     """Migrations pause TimescaleDB's jobs while they run (a refresh policy racing a migration's refresh or
-    DROP fails it on a server whose jobs run) and schedule them again after: every policy job is scheduled
+    DROP fails it on a server whose jobs run: "could not refresh continuous aggregate ... due to a concurrent
+    refresh", 2 runs in 8 on a native server before jobs were created paused) and schedule them again after:
+    no job a migration creates is scheduled before the last migration ran, and every policy job is scheduled
     after an upgrade, a downgrade and another upgrade, except one the operator had paused, which stays so."""
     with timescaledb_server(tmp_path) as dsn:
-        upgrade(dsn, settings=load_settings(retention_days=5))
+        with jobs_scheduled_mid_migration(dsn) as early:
+            upgrade(dsn, settings=load_settings(retention_days=5))
+        assert early == []
         jobs = "SELECT job_id, proc_name, scheduled FROM timescaledb_information.jobs WHERE job_id >= 1000"
         first = asyncio.run(_fetch(dsn, jobs))
         assert {r["proc_name"] for r in first} >= {"policy_refresh_continuous_aggregate", "policy_retention"}
         assert all(r["scheduled"] for r in first)
         held = min(r["job_id"] for r in first if r["proc_name"] == "policy_retention")
         asyncio.run(_fetch(dsn, f"SELECT alter_job({held}, scheduled => false)"))
-        downgrade(dsn, "0003")
-        upgrade(dsn, settings=load_settings(retention_days=5))
+        with jobs_scheduled_mid_migration(dsn) as early:
+            downgrade(dsn, "0003")
+        assert early == []
+        with jobs_scheduled_mid_migration(dsn) as early:
+            upgrade(dsn, settings=load_settings(retention_days=5))
+        assert early == []
         again = asyncio.run(_fetch(dsn, jobs))
         assert {r["proc_name"] for r in again} == {r["proc_name"] for r in first}
         assert {r["job_id"]: r["scheduled"] for r in again} == {
