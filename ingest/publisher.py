@@ -174,9 +174,10 @@ class Publisher:
             await self._task
         self._task = None
         log.info(
-            "publisher %s stopped: %d trades acknowledged, %d retries",
+            "publisher %s stopped: %d %s acknowledged, %d retries",
             self.topic,
             self.acknowledged,
+            "records (trades and progress)" if self._trades else "dead letters",
             self.retries,
         )
 
