@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-test-tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
