@@ -7,7 +7,11 @@ one candle a minute for 366 days and one a second for the newest hour (531,000 r
 
   * latest 1,000 1 s candles: the read layer (a recent, time-bounded window first, so only its chunks are
     planned) against the same query without a time bound (what the read layer ran before);
-  * 1 d candles over the year, and 1 h candles over the last 30 days (continuous aggregates).
+  * 1 d candles over the year, and 1 h candles over the last 30 days (continuous aggregates);
+  * latest 1,000 at 1 m, 5 m, 15 m and 1 h; 15 m is rolled up from 5 m at query time, against the edge
+    queries that read did before (unbounded, so every chunk planned);
+  * latest 1,000 1 s candles of a second market whose rows stopped days ago (a candle a minute for 30 days,
+    then an hour of seconds), against the same read with its windows ending now, as they did before.
 
 Runs against DATABASE_URL when it names a TimescaleDB server; otherwise starts the suite's WASM TimescaleDB
 (PGlite + TimescaleDB 2.23 from npm, see tests/tsdb), which is many times slower than a native server:
@@ -33,10 +37,13 @@ import asyncpg
 
 from cryptostream.migrate import upgrade
 from cryptostream.settings import load_settings
-from cryptostream.store import DatabaseStore
+from cryptostream.store import DatabaseStore, _rolled
 
 EXCHANGE, SYMBOL = "binance", "BENCHUSDT"
 DAYS = 366
+# A market whose rows stopped (a venue down, a database of history): a candle a minute for 30 days, then an
+# hour of seconds ending STOPPED_DAYS before the first build.
+STOPPED, STOPPED_DAYS = "STOPPEDUSDT", 3
 VIEWS = (("ohlc_1m", "1 minute"), ("ohlc_5m", "5 minutes"), ("ohlc_1h", "1 hour"), ("ohlc_1d", "1 day"))
 UNBOUNDED = (
     "SELECT bucket, open, high, low, close, volume FROM ohlc_1s WHERE exchange = $1 AND symbol = $2 "
@@ -94,6 +101,18 @@ async def build(dsn: str, days: int = DAYS, reuse: bool = False) -> tuple[int, b
             EXCHANGE,
             SYMBOL,
         )
+        if not await conn.fetchval("SELECT count(*) FROM ohlc_1s WHERE symbol = $1", STOPPED):
+            stop = f"date_trunc('minute', now()) - INTERVAL '{STOPPED_DAYS} days'"
+            for first, last, step in (
+                (f"{stop} - INTERVAL '30 days 1 hour'", f"{stop} - INTERVAL '1 hour'", "1 minute"),
+                (f"{stop} - INTERVAL '1 hour' + INTERVAL '1 second'", stop, "1 second"),
+            ):
+                await conn.execute(
+                    f"INSERT INTO ohlc_1s ({columns}) SELECT {values} FROM generate_series("
+                    f"{first}, {last}, INTERVAL '{step}') g ON CONFLICT DO NOTHING",
+                    EXCHANGE,
+                    STOPPED,
+                )
         old = await conn.fetch("SELECT c::text FROM show_chunks('ohlc_1s', older_than => INTERVAL '7 d') c")
         for (chunk,) in [] if reuse else old:
             # the server's own compression policy may be compressing the same chunks meanwhile
@@ -178,7 +197,25 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
                 reads, lambda: store.candles(EXCHANGE, SYMBOL, now - timedelta(days=30), None, 1000, "1h")
             ),
         }
+        for interval in ("1m", "5m", "15m", "1h"):
+            results[f"latest 1,000 {interval} candles (read layer)"] = await timed(
+                reads,
+                lambda interval=interval: store.candles(EXCHANGE, SYMBOL, limit=1000, interval=interval),
+            )
+        results[f"latest 1,000 1 s of a market stopped {STOPPED_DAYS} d ago (read layer)"] = await timed(
+            reads, lambda: store.candles(EXCHANGE, STOPPED, limit=1000)
+        )
+
+        async def stopped_from_now() -> Any:
+            store._newest_seen.clear()  # windows end now, as before they ended at the newest row seen
+            return await store.candles(EXCHANGE, STOPPED, limit=1000)
+
+        results["the same, windows from now (baseline)"] = await timed(reads, stopped_from_now)
         async with store.pool.acquire() as conn:
+            quarter = (await store._detect(conn))["15m"]
+            results["latest 1,000 15m, edge queries (baseline)"] = await timed(
+                reads, lambda: _rolled(conn, quarter, (EXCHANGE, SYMBOL), None, None, 1000)
+            )
             results["latest 1,000 1 s candles, no time bound (baseline)"] = await timed(
                 reads, lambda: conn.fetch(UNBOUNDED, EXCHANGE, SYMBOL)
             )
@@ -189,14 +226,22 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
             )
     finally:
         await store.close()
-    print(f"\n{'query':<54} {'p50 ms':>9} {'p99 ms':>9}")
+    print(f"\n{'query':<62} {'p50 ms':>9} {'p99 ms':>9}")
     for name, (p50, p99) in results.items():
-        print(f"{name:<54} {p50:>9.2f} {p99:>9.2f}")
+        print(f"{name:<62} {p50:>9.2f} {p99:>9.2f}")
     ours = results["latest 1,000 1 s candles (read layer)"][0]
     base = results["latest 1,000 1 s candles, no time bound (baseline)"][0]
     print(
         f"\nlatest 1,000 over the wire: time-bounded read layer {base / ours:.1f}x the unbounded query (p50)"
     )
+    for name, baseline in (
+        (
+            f"latest 1,000 1 s of a market stopped {STOPPED_DAYS} d ago (read layer)",
+            "the same, windows from now (baseline)",
+        ),
+        ("latest 1,000 15m candles (read layer)", "latest 1,000 15m, edge queries (baseline)"),
+    ):
+        print(f"{name}: {results[baseline][0] / results[name][0]:.1f}x its baseline (p50)")
     print("latest 1,000 on the server (EXPLAIN ANALYZE, planned afresh as a new statement is):")
     plans = await server_side(dsn)
     for name, (plan, execute) in plans.items():

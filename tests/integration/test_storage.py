@@ -10,6 +10,7 @@ Each test uses symbols of its own, so tests never see each other's rows.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -588,6 +589,77 @@ async def test_newest_rows_from_recent_windows_are_exactly_the_newest_of_the_ran
             want = [b for b in buckets if lo <= b < hi][-limit:]
             assert [_ms(b) for b in got["bucket"].to_pylist()] == want, (start, end, limit)
             assert got["close"].to_pylist() == [closes[buckets.index(b)] for b in want]
+    finally:
+        await store.close()
+
+
+async def test_latest_rows_of_a_market_that_stopped_take_one_time_bounded_statement(tsdb_url: str):
+    """ "Latest N" of a market whose rows stopped days ago (a venue down, a database of history), at every
+    interval: the first read tries recent windows until one holds N rows; after it, and after ``markets()``,
+    every read is one statement with a constant start (only recent chunks planned), and every answer is the
+    newest N of the whole range, also when rows the store saw are deleted."""
+    backend = Backend("timescaledb", tsdb_url, 1)
+    symbol = _symbols(1)[0]
+    stop_s = time.time_ns() // 1_000_000_000 - 3 * 86_400  # the market stopped 3 days ago
+    seconds = [(stop_s - i) * 1000 for i in range(3_600)]  # its last hour: every second
+    minutes = [(stop_s - 3_600 - i * 60) * 1000 for i in range(1, 3 * 1_440)]  # 3 days before: every minute
+    buckets = sorted(seconds + minutes)
+    n = len(buckets)
+    closes = [float(i) for i in range(n)]
+    columns = {"open": closes, "high": closes, "low": closes, "close": closes, "vwap": closes}
+    table = pa.table(
+        {
+            "exchange": [V] * n,
+            "symbol": [symbol] * n,
+            "bucket": [_at(b) for b in buckets],
+            **columns,
+            "volume": [1.0] * n,
+            "trade_count": [1] * n,
+            "buy_volume": [0.5] * n,
+            "sell_volume": [0.5] * n,
+        },
+        schema=CANDLE_SCHEMA,
+    )
+    await write_rows(backend, "ohlc", table)
+    # Limits the first window (twice the limit's intervals) holds, so one statement can answer.
+    limits = {"1s": 100, "1m": 100, "5m": 100, "15m": 100, "1h": 50, "1d": 3}
+    statements: list[str] = []
+
+    async def latest(store: DatabaseStore, interval: str) -> tuple[pa.Table, list[str]]:
+        statements.clear()
+        got = await store.candles(V, symbol, limit=limits[interval], interval=interval)
+        await asyncio.sleep(0)  # query loggers are called soon after each statement
+        return got, [q for q in statements if "FROM ohlc_" in q or "FROM (SELECT" in q]
+
+    store = await open_store(backend)  # one at a time: the WASM TimescaleDB serves one connection
+    try:
+        async with store.pool.acquire() as conn:  # the pool's one connection
+            conn.add_query_logger(lambda record: statements.append(record.query))
+        got, ran = await latest(store, "1s")
+        assert len(ran) == 4, ran  # windows of 200 s, 3,200 s and 14 h end now: empty; 9.5 days holds them
+        assert [_ms(b) for b in got["bucket"].to_pylist()] == buckets[-100:]
+        for interval in INTERVALS:
+            got, ran = await latest(store, interval)
+            assert len(ran) == 1 and "bucket >= TIMESTAMPTZ '" in ran[0], (interval, ran)
+            whole = await store.candles(V, symbol, limit=1_000_000, interval=interval)
+            assert got.equals(whole.slice(whole.num_rows - limits[interval])), interval
+        async with store.pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM ohlc_1s WHERE symbol = $1 AND bucket > $2", symbol, _at(buckets[-1801])
+            )
+        got, ran = await latest(store, "1s")  # the newest row it saw is gone: a wider window answers
+        assert [_ms(b) for b in got["bucket"].to_pylist()] == buckets[-1900:-1800]
+        assert len(ran) == 2, ran
+    finally:
+        await store.close()
+    store = await open_store(backend)
+    try:
+        async with store.pool.acquire() as conn:
+            conn.add_query_logger(lambda record: statements.append(record.query))
+        await store.markets()  # what the API's catalog asks at start-up: where each market's rows end
+        for interval in ("1s", "15m"):
+            got, ran = await latest(store, interval)
+            assert len(ran) == 1 and "bucket >= TIMESTAMPTZ '" in ran[0], (interval, ran)
     finally:
         await store.close()
 
