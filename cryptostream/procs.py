@@ -118,10 +118,25 @@ def stop_process(
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
+    """A TCP port nothing listens on, held for about a minute against other processes asking the kernel for
+    one: the time a server it is meant for takes to start and bind it.
+
+    A port the kernel picks (bind to port 0) is free only while it is bound; once closed, another process's
+    bind to port 0 may get it before the server it was picked for binds it (two test workers starting
+    servers, two ``cryptostream up`` at once). So the port is left in TIME_WAIT: it accepts one connection
+    from itself and closes that connection's server side first. The kernel does not pick a port in
+    TIME_WAIT for anyone, while a server binding it with SO_REUSEADDR, as every server cryptostream starts
+    does (PostgreSQL, the Tansu broker, uvicorn, Node, prometheus_client), gets it at once."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+        with contextlib.suppress(OSError):  # not held, but still free right now
+            sock.listen(1)
+            with socket.create_connection(("127.0.0.1" if host in ("", "0.0.0.0") else host, port), 1):
+                accepted, _ = sock.accept()
+                accepted.close()
+        return port
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
