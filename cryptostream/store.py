@@ -446,7 +446,7 @@ class DatabaseStore(ReadStore):
                     )
             else:
                 table = await _rolled(conn, plan, market, lo, hi, limit)
-            first = await self._first_bucket(conn, plan.table, market, table, limit)
+            first = await self._first_bucket(conn, plan.table, market, table, limit, lo)
         return await self._older(table, "ohlc", market, lo, hi, limit, interval, first)
 
     async def volatility(
@@ -491,7 +491,7 @@ class DatabaseStore(ReadStore):
         async with self.pool.acquire() as conn:
             await self._detect(conn)
             table = await self._newest(conn, kind, select, schema, market, lo, hi, limit, 1000)
-            first = await self._first_bucket(conn, table_name, market, table, limit)
+            first = await self._first_bucket(conn, table_name, market, table, limit, lo)
         return await self._older(table, kind, market, lo, hi, limit, "1s", first)
 
     async def _newest(
@@ -551,16 +551,41 @@ class DatabaseStore(ReadStore):
                 self._newest_seen[key] = newest
 
     async def _first_bucket(
-        self, conn: asyncpg.Connection, table_name: str, market: Market, table: pa.Table, limit: int
+        self,
+        conn: asyncpg.Connection,
+        table_name: str,
+        market: Market,
+        table: pa.Table,
+        limit: int,
+        lo: datetime | None,
     ) -> tuple[bool, datetime | None]:
-        """(whether the archive may have to fill in, the database's first bucket of ``market``)."""
+        """(whether the archive may have to fill in, where the database's rows of ``market`` begin: its
+        first bucket, or any bucket before ``lo``; None when it holds none before the range's end).
+
+        A short answer (fewer rows than ``limit``) holds every row of its range, so without ``lo`` its
+        oldest row is the database's first. With ``lo`` what is left to know is whether the database holds
+        a row before ``lo``, looked for in windows back from it (a day, then x16) with constant bounds, so
+        that TimescaleDB plans only their chunks; every chunk is planned only when none holds one (the
+        archive's case). Asking for the first row outright planned every chunk for every short answer:
+        151 ms for the last 10 minutes of 1 s candles over a year's chunks, 2.7 ms without the archive."""
         if self.archive_root is None or table.num_rows >= limit:
             return False, None
-        first = await conn.fetchval(
-            f"SELECT bucket FROM {table_name} WHERE exchange = $1 AND symbol = $2 ORDER BY bucket LIMIT 1",
-            *market,
-        )
-        return True, first
+        oldest = _at(table.column("bucket")[0].value) if table.num_rows else None
+        if lo is None:
+            return True, oldest
+        before = f"SELECT bucket FROM {table_name} WHERE exchange = $1 AND symbol = $2 AND bucket < "
+        if self.backend == "timescaledb":
+            span = timedelta(days=1)
+            for _ in range(3):
+                window = (
+                    f"TIMESTAMPTZ '{lo.isoformat()}' AND bucket >= TIMESTAMPTZ '{(lo - span).isoformat()}'"
+                )
+                found = await conn.fetchval(f"{before}{window} ORDER BY bucket DESC LIMIT 1", *market)
+                if found is not None:
+                    return True, found
+                span *= 16
+        found = await conn.fetchval(f"{before}$3 ORDER BY bucket LIMIT 1", *market, lo)
+        return True, found if found is not None else oldest
 
     async def _older(
         self,

@@ -404,6 +404,10 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
         await conn.close()
 
     store = await open_store(storage_backend, archive_root=tmp_path)
+    statements: list[str] = []
+    if storage_backend.pool_size == 1:
+        async with store.pool.acquire() as conn:  # the pool's one connection
+            conn.add_query_logger(lambda record: statements.append(record.query))
     try:
         for interval in INTERVALS:
             expected = batch_candles(trades, INTERVALS[interval])
@@ -412,6 +416,15 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
             window = (_at(start_ms + 86_400_000 - 3_600_000), _at(start_ms + 86_400_000 + 3_600_000))
             got = await store.candles(V, symbol, *window, limit=1_000_000, interval=interval)
             assert_candles_equal(_by_key(got), _select(expected, symbol, *window))
+            # A range after the database's first row: the database alone answers, and where its rows
+            # begin is found without asking for its first row (which plans every chunk).
+            statements.clear()
+            later = (_at(start_ms + 86_400_000 + 1_000_000), _at(start_ms + 86_400_000 + 4_000_000))
+            got = await store.candles(V, symbol, *later, limit=1_000_000, interval=interval)
+            assert_candles_equal(_by_key(got), _select(expected, symbol, *later))
+            await asyncio.sleep(0)  # query loggers are called soon after each statement
+            outright = [q for q in statements if q.endswith("ORDER BY bucket LIMIT 1")]
+            assert not outright, (interval, outright)
     finally:
         await store.close()
     bare = await open_store(storage_backend)  # one at a time: the TimescaleDB harness takes one connection
