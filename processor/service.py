@@ -115,6 +115,9 @@ class Processor:
         self.tokens: dict[int, str] = {}  # fence token per owned partition (see processor.checkpoint)
         self.pending: dict[int, dict[str, list[pa.Table]]] = {}
         self.suppress: dict[int, set[int]] = {}  # offsets a crashed attempt already dead-lettered
+        # where those dead letters begin in the dead-letter partition (the restored checkpoint's dlq offset):
+        # a checkpoint saved before the read position passes them keeps it, so they are read back again
+        self.read_back_from: dict[int, int] = {}
         self.unsure: dict[int, float] = {}  # assigned partitions whose setup failed -> next retry (monotonic)
         self.stats = ProcessorStats()
         self.buffer_ms = int(settings.max_buffer_seconds * 1000)
@@ -303,6 +306,7 @@ class Processor:
             rejected = [r for r in rejected if r.offset not in done]
             if max(done) < part.position:
                 del self.suppress[part.partition]
+                self.read_back_from.pop(part.partition, None)
         if rejected:
             await self._dead_letter(rejected, part.partition)
 
@@ -455,7 +459,8 @@ class Processor:
             self.pending.pop(p, None)
             if not self._still_owned(p):
                 continue
-            ckpt = Checkpoint(self.topic, p, part.position, part.epoch, part.seq, dlq_ends, None)
+            dlq = self._dlq_start(p, dlq_ends)
+            ckpt = Checkpoint(self.topic, p, part.position, part.epoch, part.seq, dlq, None)
             await asyncio.to_thread(self._save, ckpt, part)
             offsets[TopicPartition(self.topic, p)] = part.position
             epochs[p] = part.epoch
@@ -508,9 +513,22 @@ class Processor:
         self.pending.pop(partition, None)
         self.tokens.pop(partition, None)
         self.suppress.pop(partition, None)
+        self.read_back_from.pop(partition, None)
         self.unsure.pop(partition, None)
         with contextlib.suppress(KeyError):  # its next owner reports its lag now
             CONSUMER_LAG.remove(self.topic, str(partition))
+
+    def _dlq_start(self, partition: int, ends: dict[int, int]) -> dict[int, int]:
+        """The dead-letter offsets a checkpoint of ``partition`` saves: where the next owner starts reading
+        back. The ends now, unless a crashed attempt dead-lettered records at or past the read position:
+        then the offset those letters begin at (moving past them would have them written again after the
+        next crash: found by the five-SIGKILL test, a checkpoint saved before the partition's first fetch)."""
+        done = self.suppress.get(partition)
+        start = self.read_back_from.get(partition)
+        if not done or start is None or max(done) < self.parts[partition].position:
+            return ends
+        target = self._dlq_partitions[partition % len(self._dlq_partitions)]
+        return {**ends, target: min(start, ends.get(target, start))}
 
     async def _dlq_ends(self) -> dict[int, int]:
         assert self._consumer is not None
@@ -633,6 +651,7 @@ class Processor:
         done = await self._read_back(p, ckpt)
         if done:
             self.suppress[p] = done
+            self.read_back_from[p] = ckpt.dlq[self._dlq_partitions[p % len(self._dlq_partitions)]]
         log.info(
             "partition %d: resuming at offset %d (lineage %s seq %d, %d stream(s)%s%s)",
             p,

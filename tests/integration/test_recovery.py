@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pyarrow as pa
 import pytest
 
 from cryptostream import archive
+from cryptostream.codec import Rejected, encode_dlq, encode_trade
 from cryptostream.errors import SinkWriteError
+from cryptostream.kafka import start_producer
+from cryptostream.models import Trade
 from ingest.synthetic import SyntheticMarket
 from processor.service import Processor
 from processor.sinks import FlushBatch, ParquetSink, PostgresSink
 from tests.conftest import T0
-from tests.integration.helpers import db_candles, db_count, parquet_rows, run_processor_until
+from tests.integration.helpers import db_candles, db_count, parquet_rows, read_topic, run_processor_until
 from tests.reference import assert_candles_equal, batch_candles, rows_by_key
 
 pytestmark = pytest.mark.integration
@@ -76,3 +80,63 @@ async def test_parquet_files_of_an_aborted_checkpoint_are_removed_and_rewritten_
     assert second.stats.late == 0
     assert_candles_equal(rows_by_key(await db_candles(db)), expected)
     assert_candles_equal(rows_by_key(parquet_rows(settings.output_dir)), expected)
+
+
+async def test_dead_letters_of_a_crashed_attempt_outlive_a_checkpoint_written_before_their_records(
+    make_settings, produce_raw
+):
+    """A crashed attempt dead-lettered records that the next attempt had not reached when it wrote a
+    checkpoint (soon after its assignment: the five-SIGKILL test met this); the attempt after that still
+    reads those dead letters back and writes none of them again.
+
+    The crashed attempt is played by what it leaves: its dead letters, written as the processor writes them
+    (``encode_dlq``, to the dead-letter partition it picks), for records produced only after the next
+    attempt stopped, so that attempt checkpoints before them whatever its speed."""
+    settings = make_settings(max_buffer_seconds=0.5, parquet_chunk_seconds=0.5)
+
+    def trades(first: int, n: int) -> list[bytes | None]:
+        return [
+            encode_trade(Trade("binance", "BTCUSDT", 100.0 + i % 7, 1.0, T0 + i * 100, i, False))
+            for i in range(first, first + n)
+        ]
+
+    bad = orjson.dumps(
+        {**Trade("binance", "BTCUSDT", 1.0, 1.0, T0 + 9_000, 999, False).to_dict(), "price": -5.0}
+    )
+    await produce_raw(settings, trades(0, 50))  # offsets 0-49 of one partition
+    (partition,) = {r.partition for r in await read_topic(settings, settings.kafka_topic, 50)}
+
+    async def run_to(position: int) -> Processor:
+        proc = Processor(settings, [ParquetSink(settings.output_dir)])
+
+        async def there() -> bool:
+            part = proc.parts.get(partition)
+            return part is not None and part.position >= position
+
+        return await run_processor_until(settings, there, processor=proc)
+
+    await run_to(50)  # a checkpoint at offset 50
+
+    # The crashed attempt read on, dead-lettered the records at offsets 60 and 61, and died before its
+    # checkpoint.
+    producer = await start_producer(settings)
+    try:
+        letters = sorted(await producer.partitions_for(settings.kafka_dlq_topic))
+        for offset in (60, 61):
+            rejected = Rejected("non_positive_price", "price -5.0", bad, partition, offset)
+            await producer.send_and_wait(
+                settings.kafka_dlq_topic,
+                encode_dlq(rejected, stage="processor", source_topic=settings.kafka_topic),
+                partition=letters[partition % len(letters)],
+            )
+    finally:
+        await producer.stop()
+
+    await produce_raw(settings, trades(50, 10))  # offsets 50-59
+    second = await run_to(60)  # reads the letters back, checkpoints at 60: before their records
+    await produce_raw(settings, [bad, bad, *trades(60, 8)])  # offsets 60-69: 60 and 61 are the bad ones
+    third = await run_to(70)
+
+    assert (second.stats.rejected, third.stats.rejected) == (0, 0)  # nothing dead-lettered again
+    dead = await read_topic(settings, settings.kafka_dlq_topic, 2)
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == [60, 61]
