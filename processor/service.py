@@ -522,7 +522,7 @@ class Processor:
         """The dead-letter offsets a checkpoint of ``partition`` saves: where the next owner starts reading
         back. The ends now, unless a crashed attempt dead-lettered records at or past the read position:
         then the offset those letters begin at (moving past them would have them written again after the
-        next crash: found by the five-SIGKILL test, a checkpoint saved before the partition's first fetch)."""
+        next crash: the five-SIGKILL test met a checkpoint saved before its partition reached them)."""
         done = self.suppress.get(partition)
         start = self.read_back_from.get(partition)
         if not done or start is None or max(done) < self.parts[partition].position:
