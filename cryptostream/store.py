@@ -264,6 +264,15 @@ _SIDES = "buy_volume, sell_volume"
 Select = Callable[[str, str], str]
 Market = tuple[str, str]  # (exchange, symbol)
 _SAME_MARKET = "FROM ohlc_1s o WHERE o.exchange = m.exchange AND o.symbol = m.symbol"
+# The stored markets as ``m``: a loose index scan (PostgreSQL), or DISTINCT, which TimescaleDB runs as a
+# SkipScan of each chunk's index.
+_MARKETS_LOOSE = (
+    "WITH RECURSIVE m(exchange, symbol) AS ("
+    "(SELECT exchange, symbol FROM ohlc_1s ORDER BY exchange, symbol LIMIT 1) UNION ALL "
+    "SELECT n.exchange, n.symbol FROM m, LATERAL (SELECT exchange, symbol FROM ohlc_1s "
+    "WHERE (exchange, symbol) > (m.exchange, m.symbol) ORDER BY exchange, symbol LIMIT 1) n)"
+)
+_MARKETS_SKIP = "WITH m AS (SELECT DISTINCT exchange, symbol FROM ohlc_1s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,16 +388,19 @@ class DatabaseStore(ReadStore):
         return plan.method, plan.table
 
     async def markets(self) -> pa.Table:
-        # A loose index scan over the (exchange, symbol, bucket) key: a few probes per market, not a scan of
-        # every row.
-        rows = await self.pool.fetch(
-            "WITH RECURSIVE m(exchange, symbol) AS ("
-            "(SELECT exchange, symbol FROM ohlc_1s ORDER BY exchange, symbol LIMIT 1) UNION ALL "
-            "SELECT n.exchange, n.symbol FROM m, LATERAL (SELECT exchange, symbol FROM ohlc_1s "
-            "WHERE (exchange, symbol) > (m.exchange, m.symbol) ORDER BY exchange, symbol LIMIT 1) n) "
-            f"SELECT exchange, symbol, (SELECT {_ms_of('bucket')} {_SAME_MARKET} ORDER BY bucket LIMIT 1), "
-            f"(SELECT {_ms_of('bucket')} {_SAME_MARKET} ORDER BY bucket DESC LIMIT 1) FROM m"
-        )
+        # The markets, then each one's first and last bucket from the key's index. On PostgreSQL a loose
+        # index scan over the (exchange, symbol, bucket) key: a few probes per market, not a scan of every
+        # row. On TimescaleDB each step of that scan probed every chunk's index (50 ms a market over a year
+        # of chunks, and the API's catalog asks every few seconds); its SkipScan does the same probes chunk
+        # by chunk, once: 39-52 against 144-201 ms of the server's time for 2 markets over 368 chunks.
+        async with self.pool.acquire() as conn:
+            await self._detect(conn)
+            markets = _MARKETS_SKIP if self.backend == "timescaledb" else _MARKETS_LOOSE
+            rows = await conn.fetch(
+                f"{markets} SELECT exchange, symbol, "
+                f"(SELECT {_ms_of('bucket')} {_SAME_MARKET} ORDER BY bucket LIMIT 1), "
+                f"(SELECT {_ms_of('bucket')} {_SAME_MARKET} ORDER BY bucket DESC LIMIT 1) FROM m"
+            )
         spans = {(r[0], r[1]): (r[2], r[3]) for r in rows}
         for market, (_, last) in spans.items():  # where its "latest N" windows end (``_newest``)
             if last is not None and last > self._newest_seen.get(("ohlc", market), last - 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -433,6 +434,30 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
         assert only_db.num_rows == left  # without the archive the dropped day is simply absent
     finally:
         await bare.close()
+
+
+async def test_markets_list_every_stored_market_with_its_first_and_last_candle(storage_backend: Backend):
+    """What the API's market listing shows: every (exchange, symbol) with 1 s candles, and the first and
+    last of them (DISTINCT on TimescaleDB, a loose index scan on PostgreSQL: the same answer)."""
+    symbols = _symbols(3)
+    trades = _trades(symbols, n=3000, start_ms=START_MS + 7 * 86_400_000, seed=21)
+    other_venue = [replace(t, exchange="coinbase") for t in trades[:500] if t.symbol == symbols[0]]
+    await write_candles(storage_backend, candles_of(trades + other_venue))
+    expected: dict[tuple[str, str], list[int]] = {}
+    for t in trades + other_venue:
+        expected.setdefault((t.exchange, t.symbol), []).append(t.timestamp // 1000 * 1000)
+    store = await open_store(storage_backend)
+    try:
+        table = await store.markets()
+    finally:
+        await store.close()
+    got = {
+        (row["exchange"], row["symbol"]): (_ms(row["first"]), _ms(row["last"]))
+        for row in table.to_pylist()
+        if row["symbol"] in symbols
+    }
+    assert got == {market: (min(ms), max(ms)) for market, ms in expected.items()}
+    assert len(got) == 4
 
 
 async def test_volatility_predictions_and_symbols_read_back(storage_backend: Backend):
