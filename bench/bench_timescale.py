@@ -11,7 +11,9 @@ one candle a minute for 366 days and one a second for the newest hour (531,000 r
   * latest 1,000 at 1 m, 5 m, 15 m and 1 h; 15 m is rolled up from 5 m at query time, against the edge
     queries that read did before (unbounded, so every chunk planned);
   * latest 1,000 1 s candles of a second market whose rows stopped days ago (a candle a minute for 30 days,
-    then an hour of seconds), against the same read with its windows ending now, as they did before.
+    then an hour of seconds), against the same read with its windows ending now, as they did before;
+  * the market listing (every market, its first and last candle), against finding the markets alone by
+    the loose index scan it ran before.
 
 Runs against DATABASE_URL when it names a TimescaleDB server; otherwise starts the suite's WASM TimescaleDB
 (PGlite + TimescaleDB 2.23 from npm, see tests/tsdb), which is many times slower than a native server:
@@ -37,7 +39,7 @@ import asyncpg
 
 from cryptostream.migrate import upgrade
 from cryptostream.settings import load_settings
-from cryptostream.store import DatabaseStore, _rolled
+from cryptostream.store import _MARKETS_LOOSE, DatabaseStore, _rolled
 
 EXCHANGE, SYMBOL = "binance", "BENCHUSDT"
 DAYS = 366
@@ -211,7 +213,12 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
             return await store.candles(EXCHANGE, STOPPED, limit=1000)
 
         results["the same, windows from now (baseline)"] = await timed(reads, stopped_from_now)
+        results["every market, first and last candle (read layer)"] = await timed(reads, store.markets)
         async with store.pool.acquire() as conn:
+            loose = f"{_MARKETS_LOOSE} SELECT exchange, symbol FROM m"  # its markets alone
+            results["the markets by a loose index scan (baseline)"] = await timed(
+                reads, lambda: conn.fetch(loose)
+            )
             quarter = (await store._detect(conn))["15m"]
             results["latest 1,000 15m, edge queries (baseline)"] = await timed(
                 reads, lambda: _rolled(conn, quarter, (EXCHANGE, SYMBOL), None, None, 1000)
@@ -240,6 +247,7 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
             "the same, windows from now (baseline)",
         ),
         ("latest 1,000 15m candles (read layer)", "latest 1,000 15m, edge queries (baseline)"),
+        ("every market, first and last candle (read layer)", "the markets by a loose index scan (baseline)"),
     ):
         print(f"{name}: {results[baseline][0] / results[name][0]:.1f}x its baseline (p50)")
     print("latest 1,000 on the server (EXPLAIN ANALYZE, planned afresh as a new statement is):")
