@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from cryptostream.kafka import ensure_topics, start_producer, wait_for_broker  # noqa: E402
 from cryptostream.migrate import upgrade  # noqa: E402
-from cryptostream.procs import free_port  # noqa: E402
+from cryptostream.procs import free_port, raise_open_files  # noqa: E402
 from cryptostream.settings import load_settings  # noqa: E402
 from tests.reference import one_trade_candle  # noqa: E402
 
@@ -568,6 +568,10 @@ def main() -> None:
     if args.role == "serve":
         serve(args)
         return
+    # the API, its subscribers and the floor's reader inherit it: a socket per subscriber on each side
+    soft, _ = raise_open_files(2 * max(args.subscribers, 2_000) + 4_096)
+    if 0 <= soft < 2 * max(args.subscribers, 2_000) + 4_096:
+        print(f"open files are limited to {soft} here: fewer subscribers than asked may connect (ulimit -Hn)")
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         database_url = os.environ.get("DATABASE_URL")

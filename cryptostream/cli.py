@@ -614,6 +614,34 @@ def train(
     typer.echo(report["verdict"]["summary"])
 
 
+# Open files the API needs besides its subscribers' WebSockets: database and broker connections, HTTP
+# clients, log and archive files.
+OTHER_FILES = 1_024
+
+
+def _open_files_for(subscribers: int) -> None:
+    """Let the API hold a WebSocket per subscriber: raise its open-files limit, or say at start-up what the
+    system's hard limit leaves (accepting a connection past it fails: "Too many open files")."""
+    from cryptostream.procs import raise_open_files
+
+    wanted = subscribers + OTHER_FILES
+    soft, hard = raise_open_files(wanted)
+    if 0 <= soft < wanted:
+        log.warning(
+            "open files are limited to %d (hard limit %s): about %d live subscribers can connect, not "
+            "API_MAX_SUBSCRIBERS=%d; raise the limit (ulimit -n, LimitNOFILE= in a systemd unit, "
+            "ulimits in compose) or lower API_MAX_SUBSCRIBERS",
+            soft,
+            "unlimited" if hard < 0 else hard,
+            max(soft - OTHER_FILES, 0),
+            subscribers,
+        )
+    else:
+        log.debug(
+            "open files limit %s, for API_MAX_SUBSCRIBERS=%d", "unlimited" if soft < 0 else soft, subscribers
+        )
+
+
 @app.command()
 def serve(
     host: str | None = typer.Option(None, metavar="ADDRESS", help="Interface to bind (API_HOST)."),
@@ -636,6 +664,7 @@ def serve(
         from cryptostream.metrics import serve_metrics
 
         serve_metrics(settings.metrics_port)
+    _open_files_for(settings.api_max_subscribers)
     config = uvicorn_config(
         create_app(settings), settings.api_host, settings.api_port, ws_max_size=settings.api_max_body_bytes
     )

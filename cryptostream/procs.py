@@ -33,6 +33,7 @@ __all__ = [
     "bind_error",
     "describe_os_error",
     "free_port",
+    "raise_open_files",
     "spawn",
     "stop_process",
     "wait_for_port",
@@ -137,6 +138,21 @@ def free_port(host: str = "127.0.0.1") -> int:
                 accepted, _ = sock.accept()
                 accepted.close()
         return port
+
+
+def raise_open_files(wanted: int) -> tuple[int, int]:
+    """Raise this process's soft limit of open files to ``wanted`` where the hard limit allows (children
+    inherit it): (the soft limit now, the hard limit; -1 for unlimited). Many systems start processes at
+    1,024 open files, while every WebSocket of a live subscriber is one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # a sandbox may refuse: keep what we have
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return int(soft), int(hard)
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
-from cryptostream.procs import stop_process
+from cryptostream.procs import free_port, stop_process, wait_for_port
 from tests.integration.roles import listen_port
 
 pytestmark = pytest.mark.integration
@@ -127,3 +127,47 @@ def test_process_waits_for_a_broker_that_starts_after_it(start_command, tmp_path
         _wait_for_line(proc, log, "processor consuming")
         assert stop_process(proc, signal.SIGTERM, timeout=60) == 0, log.read_text()[-3000:]
     assert "answered (attempt" in log.read_text()
+
+
+# Start `cryptostream serve` under a soft limit of 256 open files and the given hard limit, as a system with
+# low defaults would (exec keeps the process: its limits are the server's).
+LOW_LIMIT = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, int(sys.argv[1]))); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'cryptostream', 'serve'])"
+)
+
+
+@pytest.mark.parametrize("room", [True, False], ids=["hard-limit-with-room", "hard-limit-too-low"])
+def test_serve_raises_its_open_files_limit_for_the_subscribers_it_accepts(
+    room: bool, database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A WebSocket per live subscriber: the API raises its soft limit of open files to API_MAX_SUBSCRIBERS
+    plus room for the rest, up to the hard limit, and says at start-up when the hard limit leaves less."""
+    import resource
+
+    ceiling = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 8_192 if room else 2_048
+    hard = hard if ceiling == resource.RLIM_INFINITY else min(hard, ceiling)
+    subscribers = hard - 2_048 if room else hard  # plus 1,024 for the rest: under, or over, the hard limit
+    port = free_port()
+    env = _env(
+        tmp_path,
+        DATABASE_URL=database_url,
+        KAFKA_BOOTSTRAP=kafka_bootstrap,
+        API_PORT=str(port),
+        API_MAX_SUBSCRIBERS=str(subscribers),
+    )
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LOW_LIMIT, str(hard)], env=env, cwd=tmp_path, stdout=out, stderr=out
+        )
+    try:
+        assert wait_for_port("127.0.0.1", port, 60, proc), log.read_text()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+        soft_now, hard_now = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
+        assert (int(soft_now), int(hard_now)) == (subscribers + 1_024 if room else hard, hard)
+        warned = f"API_MAX_SUBSCRIBERS={subscribers}; raise the limit" in log.read_text()
+        assert warned is not room, log.read_text()
+    finally:
+        stop_process(proc, signal.SIGTERM, timeout=15)
