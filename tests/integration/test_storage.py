@@ -694,7 +694,7 @@ async def test_latest_rows_of_a_market_that_stopped_take_one_time_bounded_statem
     try:
         async with store.pool.acquire() as conn:
             conn.add_query_logger(lambda record: statements.append(record.query))
-        await store.markets()  # what the API's catalog asks at start-up: where each market's rows end
+        await store.markets()  # what the API's catalog asks every few seconds: where each market's rows end
         for interval in ("1s", "15m"):
             got, ran = await latest(store, interval)
             assert len(ran) == 1 and "bucket >= TIMESTAMPTZ '" in ran[0], (interval, ran)
