@@ -569,8 +569,9 @@ def main() -> None:
         serve(args)
         return
     # the API, its subscribers and the floor's reader inherit it: a socket per subscriber on each side
-    soft, _ = raise_open_files(2 * max(args.subscribers, 2_000) + 4_096)
-    if 0 <= soft < 2 * max(args.subscribers, 2_000) + 4_096:
+    files = 2 * max(args.subscribers, 2_000) + 4_096
+    soft, _ = raise_open_files(files)
+    if 0 <= soft < files:
         print(f"open files are limited to {soft} here: fewer subscribers than asked may connect (ulimit -Hn)")
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:

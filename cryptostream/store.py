@@ -403,8 +403,8 @@ class DatabaseStore(ReadStore):
             )
         spans = {(r[0], r[1]): (r[2], r[3]) for r in rows}
         for market, (_, last) in spans.items():  # where its "latest N" windows end (``_newest``)
-            if last is not None and last > self._newest_seen.get(("ohlc", market), last - 1):
-                self._newest_seen[("ohlc", market)] = last
+            if last is not None:
+                self._saw(("ohlc", market), last)
         if self.archive_root is not None:
             older = await asyncio.to_thread(_archive_markets, self.archive_root)
             for e, s, f, last in zip(
@@ -547,20 +547,19 @@ class DatabaseStore(ReadStore):
                 break
             table = await _direct(conn, select, schema, market, None, hi, limit, since=_at(since))
             if table.num_rows >= limit:
-                self._saw(key, table)
+                self._saw(key, table.column("bucket")[-1].value)
                 return table
             span *= 16
             grid = span  # wider windows aligned as wide: no more tries than before the grid (1 d x 400)
         table = await _direct(conn, select, schema, market, lo, hi, limit)
-        self._saw(key, table)
+        if table.num_rows:
+            self._saw(key, table.column("bucket")[-1].value)
         return table
 
-    def _saw(self, key: tuple[str, Market], table: pa.Table) -> None:
-        """Remember the newest bucket of a read's rows (one no newer than the market's newest)."""
-        if table.num_rows:
-            newest = table.column("bucket")[-1].value
-            if newest > self._newest_seen.get(key, newest - 1):
-                self._newest_seen[key] = newest
+    def _saw(self, key: tuple[str, Market], newest_ms: int) -> None:
+        """Remember a bucket (epoch ms) of the market's rows, if newer than any seen."""
+        if newest_ms > self._newest_seen.get(key, newest_ms - 1):
+            self._newest_seen[key] = newest_ms
 
     async def _first_bucket(
         self,

@@ -314,7 +314,7 @@ class Processor:
         """Dead letters of source partition ``partition`` go to one dead-letter partition, in offset order,
         so a restart can read back what a crashed attempt already wrote (see :meth:`_read_back`)."""
         assert self._producer is not None
-        target = self._dlq_partitions[partition % len(self._dlq_partitions)]
+        target = self._dlq_target(partition)
         for r in sorted(rejected, key=lambda r: r.offset):
             self.stats.reasons[r.reason] = self.stats.reasons.get(r.reason, 0) + 1
             REJECTED.labels("processor", r.reason).inc()
@@ -527,8 +527,12 @@ class Processor:
         start = self.read_back_from.get(partition)
         if not done or start is None or max(done) < self.parts[partition].position:
             return ends
-        target = self._dlq_partitions[partition % len(self._dlq_partitions)]
+        target = self._dlq_target(partition)
         return {**ends, target: min(start, ends.get(target, start))}
+
+    def _dlq_target(self, partition: int) -> int:
+        """The dead-letter partition of source partition ``partition`` (one, so its letters stay in order)."""
+        return self._dlq_partitions[partition % len(self._dlq_partitions)]
 
     async def _dlq_ends(self) -> dict[int, int]:
         assert self._consumer is not None
@@ -651,7 +655,7 @@ class Processor:
         done = await self._read_back(p, ckpt)
         if done:
             self.suppress[p] = done
-            self.read_back_from[p] = ckpt.dlq[self._dlq_partitions[p % len(self._dlq_partitions)]]
+            self.read_back_from[p] = ckpt.dlq[self._dlq_target(p)]
         log.info(
             "partition %d: resuming at offset %d (lineage %s seq %d, %d stream(s)%s%s)",
             p,
@@ -667,7 +671,7 @@ class Processor:
     async def _read_back(self, partition: int, ckpt: Checkpoint) -> set[int]:
         """Offsets of ``partition`` a crashed attempt dead-lettered after ``ckpt`` (so they are not again)."""
         topic = self.settings.kafka_dlq_topic
-        target = self._dlq_partitions[partition % len(self._dlq_partitions)]
+        target = self._dlq_target(partition)
         start = ckpt.dlq.get(target)
         ends = await self._dlq_ends()
         end = ends.get(target, 0)
