@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 import pyarrow as pa
 
 from cryptostream import archive
@@ -212,10 +213,59 @@ def _table(records: list[asyncpg.Record], schema: pa.Schema, market: Market) -> 
     (as one struct array: 0.2 ms less than transposing them in Python)."""
     if not records:
         return schema.empty_table()
-    n = len(records)
     rows = pa.array([tuple(r) for r in reversed(records)], pa.struct(list(schema)[2:]))
-    market_columns = [pa.array([market[0]] * n, pa.string()), pa.array([market[1]] * n, pa.string())]
-    return pa.Table.from_arrays([*market_columns, *rows.flatten()], schema=schema)
+    return pa.Table.from_arrays([*_market_columns(market, len(records)), *rows.flatten()], schema=schema)
+
+
+def _market_columns(market: Market, n: int) -> list[pa.Array]:
+    """Exchange and symbol ``n`` times (``pa.repeat``: 16 against 83 us a column of 1,000 from a list)."""
+    return [pa.repeat(pa.scalar(market[0], pa.string()), n), pa.repeat(pa.scalar(market[1], pa.string()), n)]
+
+
+def _in_columns(sql: str, schema: pa.Schema) -> str:
+    """``sql`` (rows whose columns are those of ``schema`` after exchange and symbol, all 8-byte numbers,
+    never NULL) as one row: the row count, then each column as the concatenation of its values in
+    PostgreSQL's binary form (``int8send``/``float8send``: big-endian 8 bytes; NaN and infinities intact).
+    Decoded by :func:`_columns_table` with numpy, no Python object per value: reading the newest 1,000
+    candles took 0.86 ms of Python for 10,000 cells, and the server's ``string_agg`` costs about what the
+    driver's row decoding did."""
+    fields = list(schema)[2:]
+    aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+    columns = ", ".join(
+        f"string_agg({_SEND[_wire(f.type)]}(c{i}::{_wire(f.type)}), ''::bytea)" for i, f in enumerate(fields)
+    )
+    return f"SELECT count(*), {columns} FROM ({sql}) r({aliases})"
+
+
+_SEND = {"int8": "int8send", "float8": "float8send"}
+
+
+def _wire(kind: pa.DataType) -> str:
+    """The PostgreSQL type a column crosses the wire as in :func:`_in_columns`."""
+    return "float8" if pa.types.is_floating(kind) else "int8"
+
+
+def _columns_table(row: asyncpg.Record, schema: pa.Schema, market: Market) -> pa.Table:
+    """The answer of :func:`_in_columns` as an Arrow table oldest first. ``string_agg`` sees rows in the
+    order its input yields them, which SQL does not promise, but every column the same order (one row at
+    a time through all of them): sorting by bucket puts them back together."""
+    n = row[0]
+    if not n:
+        return schema.empty_table()
+    fields = list(schema)[2:]
+    columns = []
+    for field, data in zip(fields, row[1:], strict=True):
+        wire = ">f8" if _wire(field.type) == "float8" else ">i8"
+        if data is None or len(data) != 8 * n:  # a NULL is left out by string_agg: the rows would not line up
+            raise ValueError(f"column {field.name} of {n} rows came back with {len(data or b'')} bytes")
+        columns.append(np.frombuffer(data, wire).astype(wire.replace(">", "=")))
+    order = np.argsort(columns[0], kind="stable")  # bucket
+    arrays = [pa.array(c[order]) for c in columns]
+    arrays = [
+        a if a.type == f.type else a.view(f.type) if f.name == "bucket" else a.cast(f.type)
+        for a, f in zip(arrays, fields, strict=True)
+    ]
+    return pa.Table.from_arrays([*_market_columns(market, n), *arrays], schema=schema)
 
 
 def _ms_of(column: str) -> str:
@@ -666,7 +716,12 @@ async def _direct(
     where, args = _where(lo, hi)
     if since is not None:
         where += f" AND bucket >= TIMESTAMPTZ '{since.isoformat()}'"
-    records = await conn.fetch(select(where, f"${len(args) + 3}"), *market, *args, limit)
+    sql = select(where, f"${len(args) + 3}")
+    if schema is CANDLE_SCHEMA:  # numbers, never NULL (volatility may be; predictions hold text)
+        return _columns_table(
+            await conn.fetchrow(_in_columns(sql, schema), *market, *args, limit), schema, market
+        )
+    records = await conn.fetch(sql, *market, *args, limit)
     if len(records) >= THREAD_ROWS:  # a Python value per cell: on a thread, so the event loop keeps turning
         return await asyncio.to_thread(_table, records, schema, market)
     return _table(records, schema, market)
