@@ -4,7 +4,7 @@ Nothing here knows about Kafka or sinks, so every rule can be property-tested on
 
 * a trade at ``t`` ms belongs to the 1 s window starting at ``t - t % 1000``;
 * candles are per venue: trades of (exchange, symbol) make that market's candles, never another's;
-* duplicates (same symbol, exchange, trade id) count once, whatever order they arrive in;
+* duplicates (same symbol, exchange, trade id and second) count once, whatever order they arrive in;
 * open/close are the first/last trade by (event time, trade id), never by arrival;
 * a window closes when its stream's frontier passes its end (see :mod:`processor.state`).
 """
@@ -116,14 +116,20 @@ def search_segments(values: I64, starts: I64, segment: I64, query: I64) -> I64:
 
 
 def dedupe(trades: TradeColumns) -> TradeColumns:
-    """Keep one trade per (symbol, exchange, trade id): the first to arrive."""
+    """Keep one trade per (symbol, exchange, second, trade id): the first to arrive.
+
+    A resend is the same trade, so the same second. The same id stamped in another second is kept as
+    another trade: the processor dedupes the trades of the windows one closing pass pops, and which
+    windows close together depends on when the pass runs; keyed by id alone, such a trade counted or not
+    by that timing."""
     n = len(trades)
     if n < 2:
         return trades
-    order = np.lexsort((np.arange(n), trades.trade_id, trades.exchange, trades.symbol))
-    s, e, t = trades.symbol[order], trades.exchange[order], trades.trade_id[order]
+    bucket = bucket_of(trades.timestamp)
+    order = np.lexsort((np.arange(n), trades.trade_id, bucket, trades.exchange, trades.symbol))
+    s, e, b, t = trades.symbol[order], trades.exchange[order], bucket[order], trades.trade_id[order]
     first = np.ones(n, dtype=np.bool_)
-    first[1:] = (s[1:] != s[:-1]) | (e[1:] != e[:-1]) | (t[1:] != t[:-1])
+    first[1:] = (s[1:] != s[:-1]) | (e[1:] != e[:-1]) | (b[1:] != b[:-1]) | (t[1:] != t[:-1])
     if first.all():
         return trades
     keep = np.sort(order[first])

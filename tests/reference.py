@@ -18,14 +18,15 @@ Key = tuple[str, str, int]  # exchange, symbol, bucket ms
 
 
 def batch_candles(trades: Iterable[Trade], interval_ms: int = 1000) -> dict[Key, dict[str, Any]]:
-    """OHLCV per (exchange, symbol, bucket) over deduplicated trades; ties broken by (time, id).
+    """OHLCV per (exchange, symbol, bucket) over deduplicated trades (one per exchange, symbol, second and
+    trade id, the first given); ties broken by (time, id).
 
     At ``interval_ms`` other than 1 s this is the roll-up the store must return, computed from the trades
     directly rather than from 1 s candles."""
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, int, int]] = set()
     groups: dict[Key, list[Trade]] = {}
     for t in trades:
-        ident = (t.symbol, t.exchange, t.trade_id)
+        ident = (t.symbol, t.exchange, t.timestamp // 1000, t.trade_id)
         if ident in seen:
             continue
         seen.add(ident)

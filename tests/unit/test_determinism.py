@@ -54,6 +54,8 @@ def make_log(rng: random.Random, n: int) -> Log:
             events.append((clock, value, clock))
             continue
         ids[(exchange, symbol)] += 1
+        if rng.random() < 0.03:  # a feed stamping an id it used a moment ago: another second, another trade
+            ids[(exchange, symbol)] -= rng.randint(1, 3)
         trade = {
             "symbol": symbol,
             "price": round(rng.uniform(90, 110), 2),
@@ -137,9 +139,9 @@ def reference(log: Log) -> tuple[dict[Key, dict[str, Any]], dict[int, str]]:
             mark = high[key] - BUFFER_MS
             closed[key] = max(closed.get(key, FAR_PAST), mark - mark % 1000)
     candles: dict[Key, list[dict[str, Any]]] = {}
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, int, int]] = set()
     for t in accepted:
-        ident = (t["exchange"], t["symbol"], t["trade_id"])
+        ident = (t["exchange"], t["symbol"], t["timestamp"] // 1000, t["trade_id"])  # a resend: same second
         if t["timestamp"] // 1000 * 1000 >= closed[(t["exchange"], t["symbol"])]:
             continue  # its window never closed: no candle yet
         if ident not in seen:
