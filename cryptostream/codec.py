@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -219,6 +219,9 @@ class _WireTrade(msgspec.Struct, gc=False):
     trade_id: int
     is_buyer_maker: bool
     exchange: str = UNKNOWN
+    # "progress" makes a record progress whatever else it holds (the exact path's rule): any other value
+    # than none or "trade" fails here, in C, and the exact path decides
+    type: Literal["trade"] | None = None
 
 
 _decode_wire = msgspec.json.Decoder(_WireTrade).decode
@@ -235,6 +238,8 @@ def _columns_fast(values: Sequence[bytes | None]) -> Columns | None:
             return None
         trades = [_decode_wire(v) for v in values]  # type: ignore[arg-type]
     except (TypeError, msgspec.DecodeError):  # a tombstone (None), bad JSON or a wrong type
+        return None
+    except RecursionError:  # msgspec skipping a deeply nested unknown field: the exact path decides
         return None
     return (
         [t.symbol for t in trades],

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from cryptostream.codec import (
     REASONS,
+    Progress,
     Rejected,
     _check_row,
     _columns_fast,
+    decode_records,
     decode_trades,
     encode_dlq,
     encode_trade,
@@ -138,6 +140,7 @@ field_value = {
     "trade_id": st.one_of(st.integers(-(2**64), 2**64), json_scalar),
     "is_buyer_maker": st.one_of(st.booleans(), json_scalar),
     "exchange": st.one_of(st.just("binance"), json_scalar),
+    "type": st.one_of(st.sampled_from(["progress", "trade"]), json_scalar),
 }
 # stdlib json: orjson refuses integers beyond 64 bits, and those are exactly the edge worth generating
 record = st.fixed_dictionaries({}, optional=field_value).map(lambda d: json.dumps(d).encode())
@@ -148,10 +151,31 @@ def test_the_fast_path_accepts_exactly_what_the_exact_path_accepts(value) -> Non
     """msgspec's typed parse says yes exactly where the per-record checks do, with the same fields."""
     fast = _columns_fast([value])
     exact = _check_row(orjson.loads(value))
-    if len(exact) == 2:  # the exact path rejects: the fast path must too, or overflow into the exact path
+    # the exact path rejects (or finds progress): the fast path must too, or overflow into the exact path
+    if isinstance(exact, Progress) or len(exact) == 2:
         if fast is not None:
             cols, rejected = decode_trades([value], [0])
-            assert len(cols) == 0 and [r.reason for r in rejected] == [exact[0]]
+            reason = "missing_field" if isinstance(exact, Progress) else exact[0]  # progress is no trade
+            assert len(cols) == 0 and [r.reason for r in rejected] == [reason]
     else:
         assert fast is not None
         assert tuple(column[0] for column in fast) == exact
+
+
+def test_a_record_is_decoded_the_same_whatever_else_its_batch_holds() -> None:
+    """A trade that also says ``"type": "progress"`` (another tool tagging its records) is a progress record
+    by the exact path's rule; the fast path used to take it as a trade when its whole batch was good, so the
+    fetch size decided. A trade with a deeply nested extra field made msgspec raise RecursionError, which
+    escaped and stopped the processor on every restart."""
+    fields = {"symbol": "BTCUSDT", "price": 100.0, "quantity": 1.0, "timestamp": 1_700_000_000_000}
+    tagged = orjson.dumps({**fields, "trade_id": 2, "is_buyer_maker": False, "type": "progress"})
+    nested = orjson.dumps({**fields, "trade_id": 3, "is_buyer_maker": False})[:-1] + b',"x":'
+    nested += b"[" * 1000 + b"]" * 1000 + b"}"
+    good = encode_trade(GOOD)
+    for value, reason in ((tagged, "bad_progress"), (nested, None)):
+        for batch in ([value], [good, value, good], [good, value, b"{not json"]):
+            decoded = decode_records(batch, range(len(batch)), 0)
+            at = batch.index(value)
+            got = [r.reason for r in decoded.rejected if r.offset == at]
+            assert got == ([reason] if reason else []), (value[:40], len(batch))
+            assert (at in decoded.trades.offset.tolist()) == (reason is None)
