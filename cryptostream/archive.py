@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from cryptostream.errors import QueryError
 from cryptostream.foreign import ForeignFileError, is_ours, normalize, read_raw
 from cryptostream.models import CANDLE_SCHEMA, INTERVALS, KIND_SCHEMAS
@@ -207,7 +208,12 @@ def _utc(value: datetime | date | None, *, end: bool = False) -> datetime | None
 def check_query(
     interval: str, start: datetime | date | None, end: datetime | date | None, limit: int | None
 ) -> tuple[int, datetime | None, datetime | None]:
-    """Validate a read: (interval in ms, start, end as aware UTC). Raises :class:`QueryError`."""
+    """Validate a read: (interval in ms, start, end as aware UTC). Raises :class:`QueryError`.
+
+    Every stored row lies between 2000 and 2100 (trades outside are rejected), so a start before 2000 or
+    an end after 2100 bounds nothing and is dropped: bounds at the ends of the calendar (the years 1 and
+    9999) would otherwise be rounded to a bucket edge, or reached back from, past what a datetime or
+    TimescaleDB holds."""
     if interval not in INTERVALS:
         raise QueryError(f"unknown interval {interval!r}: use one of {', '.join(INTERVALS)}")
     lo, hi = _utc(start), _utc(end, end=True)
@@ -215,7 +221,15 @@ def check_query(
         raise QueryError(f"start {lo.isoformat()} is after end {hi.isoformat()}")
     if limit is not None and limit < 1:
         raise QueryError(f"limit must be >= 1, got {limit}")
+    if lo is not None and lo < _FIRST_ROW:
+        lo = None
+    if hi is not None and hi > _LAST_ROW:
+        hi = None
     return INTERVALS[interval], lo, hi
+
+
+_FIRST_ROW = datetime.fromtimestamp(MIN_TIMESTAMP_MS / 1000, UTC)
+_LAST_ROW = datetime.fromtimestamp(MAX_TIMESTAMP_MS / 1000, UTC)
 
 
 def _us(value: datetime) -> int:

@@ -508,7 +508,10 @@ class DatabaseStore(ReadStore):
                     )
             else:
                 table = await _rolled(conn, plan, market, lo, hi, limit)
-            first = await self._first_bucket(conn, plan.table, market, table, limit, lo)
+            # a row of the database before the range's first bucket, not before ``lo``: rows between
+            # ``lo`` and that bucket belong to a bucket begun before the range, so to none of its own
+            since = _at(_ceil(lo, plan.interval_ms))
+            first = await self._first_bucket(conn, plan.table, market, table, limit, since)
         return await self._older(table, "ohlc", market, lo, hi, limit, interval, first)
 
     async def volatility(
@@ -553,7 +556,7 @@ class DatabaseStore(ReadStore):
         async with self.pool.acquire() as conn:
             await self._detect(conn)
             table = await self._newest(conn, kind, select, schema, market, lo, hi, limit, 1000)
-            first = await self._first_bucket(conn, table_name, market, table, limit, lo)
+            first = await self._first_bucket(conn, table_name, market, table, limit, _at(_ceil(lo, 1000)))
         return await self._older(table, kind, market, lo, hi, limit, "1s", first)
 
     async def _newest(
@@ -621,7 +624,8 @@ class DatabaseStore(ReadStore):
         lo: datetime | None,
     ) -> tuple[bool, datetime | None]:
         """(whether the archive may have to fill in, where the database's rows of ``market`` begin: its
-        first bucket, or any bucket before ``lo``; None when it holds none before the range's end).
+        first bucket, or any bucket before ``lo``, the range's first bucket; None when it holds none before
+        the range's end).
 
         A short answer (fewer rows than ``limit``) holds every row of its range, so without ``lo`` its
         oldest row is the database's first. With ``lo`` what is left to know is whether the database holds

@@ -436,6 +436,56 @@ async def test_ranges_the_database_no_longer_holds_come_from_the_archive(
         await bare.close()
 
 
+async def test_the_archive_fills_in_only_before_the_databases_first_row_whatever_the_bounds(
+    storage_backend: Backend, tmp_path: Path
+):
+    """A range whose start is not on a bucket edge, and bounds at the ends of the calendar.
+
+    The database begins mid-bucket (its first row at 00:30) and holds nothing from 00:31 to 04:00; the
+    archive holds every row. From 00:29:59.5 at 1 h the range's first bucket is 01:00, after the database's
+    first row: the database answers alone (04:00, 05:00), as it does for the wider range from midnight.
+    Asking only for a database row before the range's start (not before its first bucket) missed the row
+    at 00:30 and filled 01:00-03:00 from the archive. Bounds in the years 1 and 9999 were rounded past
+    datetime's range (OverflowError, an internal error through the API)."""
+    symbol = _symbols(1)[0]
+    day = 1_710_201_600_000  # 2024-03-12 00:00 UTC, a day no other test writes
+    trades = [Trade(V, symbol, 100.0 + i % 7, 1.0, day + 30_000 * i, i, i % 2 == 0) for i in range(720)]
+    await write_candles(storage_backend, candles_of(trades), tmp_path)
+    conn = await storage_backend.connect()
+    try:
+        await conn.execute(
+            "DELETE FROM ohlc_1s WHERE symbol = $1 AND (bucket < $2 OR (bucket > $2 AND bucket < $3))",
+            symbol,
+            _at(day + 1_800_000),
+            _at(day + 4 * 3_600_000),
+        )
+    finally:
+        await conn.close()
+    await refresh_aggregates(storage_backend, _at(day - 86_400_000), _at(day + 2 * 86_400_000))
+
+    store = await open_store(storage_backend, archive_root=tmp_path)
+    try:
+        unaligned = (_at(day + 1_800_000 - 500), _at(day + 6 * 3_600_000))
+        got = await store.candles(V, symbol, *unaligned, limit=1_000, interval="1h")
+        hours = [b.hour for b in got["bucket"].to_pylist()]
+        assert hours == [4, 5], hours
+        wider = await store.candles(V, symbol, _at(day), unaligned[1], limit=1_000, interval="1h")
+        assert [b.hour for b in wider["bucket"].to_pylist()] == [0, 4, 5]
+        ends = (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+        for interval in INTERVALS:
+            everything = await store.candles(V, symbol, limit=1_000_000, interval=interval)
+            assert everything.num_rows > 0
+            assert (await store.candles(V, symbol, *ends, limit=1_000_000, interval=interval)).equals(
+                everything
+            )
+            newest = await store.candles(V, symbol, None, ends[1], limit=2, interval=interval)
+            assert newest.equals(everything.slice(max(everything.num_rows - 2, 0))), interval
+            oldest = await store.candles(V, symbol, ends[0], _at(day + 60_000), limit=5, interval=interval)
+            assert oldest.num_rows >= 1 and oldest["bucket"][0] == everything["bucket"][0], interval
+    finally:
+        await store.close()
+
+
 async def test_markets_list_every_stored_market_with_its_first_and_last_candle(storage_backend: Backend):
     """What the API's market listing shows: every (exchange, symbol) with 1 s candles, and the first and
     last of them (DISTINCT on TimescaleDB, a loose index scan on PostgreSQL: the same answer)."""
