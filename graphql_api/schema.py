@@ -194,7 +194,7 @@ class ApiSchema(strawberry.Schema):
     def _too_costly(
         self, query: str | None, operation_name: str | None, variables: dict[str, Any] | None
     ) -> GraphQLError | None:
-        if self.parse is None or self.max_cost is None or not query:
+        if self.parse is None or self.max_cost is None or not isinstance(query, str) or not query:
             return None
         try:
             document = self.parse(query)
@@ -205,7 +205,7 @@ class ApiSchema(strawberry.Schema):
     def _refused(
         self, query: str | None, operation_name: str | None, *, streamed: bool
     ) -> GraphQLError | None:
-        if self.parse is None or not query:
+        if self.parse is None or not isinstance(query, str) or not query:
             return None
         try:
             document = self.parse(query)
@@ -248,7 +248,10 @@ class ApiSchema(strawberry.Schema):
         operation_extensions: dict[str, Any] | None = None,
         allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
     ) -> StreamResult:
-        refused = self._refused(query, operation_name, streamed=True)
+        # a query sent over a WebSocket runs as over HTTP: the same cost limit
+        refused = self._refused(query, operation_name, streamed=True) or self._too_costly(
+            query, operation_name, variable_values
+        )
         if refused is not None:
             return _refusal(refused)
         return await super().stream(

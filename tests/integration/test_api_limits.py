@@ -168,4 +168,28 @@ def test_a_query_over_the_cost_limit_is_refused_before_it_runs(tmp_path: Path) -
         # a limit beyond GraphQL's Int is the error GraphQL gives for it, not a cost (nor a 500)
         huge = ask('{ candles(symbol: "BTCUSDT", limit: 99999999999999999999999) { close } }')
         assert "Int cannot represent non 32-bit signed integer value" in huge["errors"][0]["message"], huge
+        # however the same fields are spelled: inside fragments, a variable's default, an integral float
+        spelled = [
+            ("{ ... on Query { " + aliased + " } }", {}),
+            ("{ ...F } fragment F on Query { " + aliased + " }", {}),
+            ("query Q($n: Int = 2000) { " + aliased.replace("2000", "$n") + " }", {}),
+            ("query Q($n: Int!) { " + aliased.replace("2000", "$n") + " }", {"n": 2000.0}),
+        ]
+        for query, variables in spelled:
+            (error,) = ask(query, **variables)["errors"]
+            assert error["extensions"]["cost"] == 30_000, query
+        # and over a WebSocket, where a query runs as over HTTP
+        error = asyncio.run(_over_websocket(running, "{ " + aliased + " }"))
+        assert error["extensions"]["code"] == "QUERY_TOO_COSTLY", error
         _still_serving(running.url)
+
+
+async def _over_websocket(running: BackgroundServer, query: str) -> dict[str, Any]:
+    """The first error of ``query`` sent as a graphql-transport-ws operation."""
+    async with connection(running, TRANSPORT_WS) as ws:
+        await start(ws, TRANSPORT_WS, "1", query)
+        reply = await receive(ws, "1")
+    errors = reply["payload"] if reply["type"] == "error" else reply["payload"].get("errors", [])
+    assert errors, reply
+    first: dict[str, Any] = errors[0]
+    return first
