@@ -23,7 +23,7 @@ import plotly
 from cross_web import HTTPException  # what strawberry's views raise for a 4xx
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -136,9 +136,14 @@ class _Router(GraphQLRouter[Context, None]):
         return orjson.dumps(data).decode()
 
     # Strawberry answered 500 to bodies that are not UTF-8 (json.loads raised UnicodeDecodeError; orjson
-    # raises JSONDecodeError, a 400) and to JSON that is not an object (found by the fuzz test).
+    # raises JSONDecodeError, a 400). decode_json also decodes every WebSocket message, whose shape the
+    # handlers check (graphql_api.websocket), and GET's variables, which may be null.
     def decode_json(self, data: str | bytes) -> object:
-        body = orjson.loads(data)
+        return orjson.loads(data)
+
+    # The POST body (strawberry answered 500 to JSON that is not an object: found by the fuzz test).
+    def parse_json(self, data: str | bytes) -> Any:
+        body = super().parse_json(data)
         if isinstance(body, list):
             return body  # strawberry refuses batches itself (batching is off)
         if not isinstance(body, dict):
@@ -148,6 +153,19 @@ class _Router(GraphQLRouter[Context, None]):
         if not isinstance(body.get("operationName"), (str, type(None))):
             raise HTTPException(400, "The GraphQL operation's `operationName` must be a string or null.")
         return body
+
+    # GET's variables and extensions: any JSON (null included); strawberry then says if it is no object.
+    def parse_query_params(self, params: Any) -> dict[str, Any]:
+        out = dict(params)
+        for name in ("variables", "extensions"):
+            if out.get(name):
+                out[name] = super().parse_json(out[name])
+        return out
+
+
+async def _add_slash(request: Request) -> RedirectResponse:
+    """The same route with its trailing slash, query kept (307: as FastAPI's own redirect)."""
+    return RedirectResponse(request.url.replace(path=request.url.path + "/"), status_code=307)
 
 
 def create_app(
@@ -271,6 +289,10 @@ def create_app(
     async def plotly_bundle() -> FileResponse:
         return FileResponse(plotly_js, media_type="text/javascript")
 
+    # FastAPI answers /api/ohlc with a redirect to the route /api/ohlc/ (the original project's clients
+    # call either), but only when nothing else matches: the dashboard mounted at / matched first (404).
+    for path in sorted(p for p in routes if p.endswith("/") and p != "/"):
+        app.add_api_route(path[:-1], _add_slash, methods=["GET", "HEAD"], include_in_schema=False)
     routes.update({"/graphql", "/metrics", "/docs", "/redoc", "/openapi.json"})
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")
     return app

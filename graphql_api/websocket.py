@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from graphql import GraphQLError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -42,7 +43,14 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from graphql_api.context import Context
 from graphql_api.shared import OUTLET, Outlet
 
-__all__ = ["LegacyWSHandler", "TransportWSHandler", "check_strawberry", "quiet_connection_logs"]
+__all__ = [
+    "MAX_OPERATION_ID",
+    "LegacyWSHandler",
+    "TransportWSHandler",
+    "check_strawberry",
+    "message_problem",
+    "quiet_connection_logs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +105,49 @@ def _bind_outlet(
         )
 
 
+# Longest operation id accepted: every update an operation is sent carries its id, and a subscriber's
+# queue holds up to API_SUBSCRIBER_QUEUE of them (clients use counters or UUIDs: 36 characters).
+MAX_OPERATION_ID = 128
+_OPERATION = {"subscribe", "complete", "start", "stop"}  # message types that name an operation
+_RUN = {"subscribe", "start"}  # ... and those that carry one to run
+
+
+def message_problem(message: object) -> str | None:
+    """What is wrong with the shape of a client's message, or None. strawberry trusts it: a message that is
+    not an object, an id that is not a string, or a payload that is not an object raised in its handler,
+    which dropped the socket (and every subscription on it) without a close frame."""
+    if not isinstance(message, dict):
+        return "a message must be a JSON object"
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        return "a message's type must be a string"
+    if kind in _OPERATION:
+        ident = message.get("id")
+        if not isinstance(ident, str) or not 0 < len(ident) <= MAX_OPERATION_ID:
+            return f"a {kind} message's id must be a string of 1 to {MAX_OPERATION_ID} characters"
+    if kind in _RUN:
+        payload = message.get("payload")
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            return f'a {kind} message\'s payload must be an object with a string "query"'
+        for name, kinds, what in (
+            ("variables", dict, "an object"),
+            ("operationName", str, "a string"),
+            ("extensions", dict, "an object"),
+        ):
+            if not isinstance(payload.get(name), (kinds, type(None))):
+                return f"a {kind} message's {name} must be {what} or null"
+    return None
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws, the dashboard's and GraphiQL's protocol."""
+
+    async def handle_message(self, message: Any) -> None:
+        problem = message_problem(message)
+        if problem is not None:  # the protocol: a message it does not specify closes the socket with 4400
+            await self.handle_invalid_message(problem)
+            return
+        await super().handle_message(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         _bind_outlet(
@@ -119,6 +168,17 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     """The legacy graphql-ws protocol (Apollo's subscriptions-transport-ws)."""
+
+    async def handle_message(self, message: Any) -> None:
+        problem = message_problem(message)
+        if problem is not None:  # as subscriptions-transport-ws did: an error, the connection kept
+            ident = message.get("id") if isinstance(message, dict) else None
+            reply: dict[str, Any] = {"type": "error", "payload": {"message": problem}}
+            if isinstance(ident, str) and len(ident) <= MAX_OPERATION_ID:
+                reply["id"] = ident
+            await self.websocket.send_json(reply)
+            return
+        await super().handle_message(message)
 
     async def handle_async_results(
         self,

@@ -330,6 +330,15 @@ def test_malformed_requests_are_refused_with_a_4xx_or_a_graphql_error(client: ht
     response = client.post("/graphql", content=b"{not json", headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
     assert 400 <= client.post("/graphql", json={"variables": {}}).status_code < 500
+    for body in (b"1", b'"x"', b"null"):
+        response = client.post("/graphql", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and "must be a JSON object" in response.text, body
+    # GET: variables may be null, as in a POST body; variables or extensions of another shape are a 400
+    ok = client.get("/graphql", params={"query": "{ symbols }", "variables": "null"})
+    assert ok.status_code == 200 and "errors" not in ok.json(), ok.text
+    for name in ("variables", "extensions"):
+        refused = client.get("/graphql", params={"query": "{ symbols }", name: "1"})
+        assert refused.status_code == 400 and f"`{name}` must be an object or null" in refused.text
 
 
 def test_oversized_and_too_deep_queries_are_refused_before_running(client: httpx.Client) -> None:

@@ -75,6 +75,14 @@ def test_ohlc_returns_the_seed_shape_newest_rows_oldest_first(
         "exchange": BINANCE,
     }
     assert first["trade_count"] == expected["trade_count"]
+    # without the trailing slash: FastAPI's redirect, as the original project's app answered it
+    for path in ("/api/ohlc", "/api/volatility"):
+        moved = client.get(path, params={"symbol": "BTCUSDT", "limit": 100})
+        assert moved.status_code == 307 and moved.headers["location"].endswith("/?symbol=BTCUSDT&limit=100")
+        assert (
+            client.get(path, params={"symbol": "BTCUSDT", "limit": 3}, follow_redirects=True).json()["count"]
+            == 3
+        )
 
 
 def test_each_venue_of_one_symbol_is_its_own_series_and_a_symbol_alone_follows_the_rule(

@@ -154,6 +154,59 @@ async def test_refused_operations_end_with_an_error_message(
     assert problems(caplog.records) == []
 
 
+BAD_MESSAGES = [
+    1,
+    None,
+    "x",
+    [],
+    {"type": 5},
+    {"id": 1, "type": "subscribe", "payload": {"query": "{ symbols }"}},
+    {"id": {"a": 1}, "type": "subscribe", "payload": {"query": "{ symbols }"}},
+    {"id": "x" * 129, "type": "subscribe", "payload": {"query": LIVE}},
+    {"id": "1", "type": "subscribe", "payload": "x"},
+    {"id": "1", "type": "subscribe", "payload": [1]},
+    {"id": "1", "type": "subscribe"},
+    {"id": "1", "type": "subscribe", "payload": {"query": 5}},
+    {"id": "1", "type": "subscribe", "payload": {"query": "{ symbols }", "variables": [1]}},
+    {"id": "1", "type": "subscribe", "payload": {"query": "{ symbols }", "operationName": 5}},
+    {"id": {"a": 1}, "type": "complete"},
+]
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_a_message_of_the_wrong_shape_is_refused_with_a_reason_and_the_server_keeps_serving(
+    server: BackgroundServer, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """strawberry trusts a message's shape: one that is not an object, an id that is no string, or a
+    payload that is no object raised in its handler, which dropped the socket without a close frame (and
+    every subscription on it), logging an ASGI traceback. graphql-transport-ws closes with 4400 and the
+    reason (the protocol's rule for a message it does not specify); legacy graphql-ws answers an error and
+    keeps the connection, as subscriptions-transport-ws did. An id is at most 128 characters: each update
+    of the operation carries it."""
+    caplog.set_level(logging.DEBUG)
+    for bad in BAD_MESSAGES:
+        async with connection(server, protocol) as ws:
+            if protocol == LEGACY_WS and isinstance(bad, dict) and bad.get("type") == "subscribe":
+                bad = {**bad, "type": "start"}
+            await ws.send(orjson.dumps(bad).decode())
+            if protocol == TRANSPORT_WS:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert closed.value.rcvd is not None, bad  # a close frame, not a dropped connection
+                assert closed.value.rcvd.code == 4400, (bad, closed.value.rcvd)
+                assert closed.value.rcvd.reason.startswith("a "), closed.value.rcvd.reason
+            else:
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert reply["type"] == "error" and reply["payload"]["message"].startswith("a "), reply
+                await start(ws, protocol, "ok", LIVE)  # the connection still runs operations
+                assert (await receive(ws, "ok"))["type"] == "data"
+    async with connection(server, protocol) as ws:  # and the server serves the next client
+        await start(ws, protocol, "1", LIVE)
+        assert (await receive(ws, "1"))["type"] in ("next", "data")
+    gc.collect()
+    assert problems(caplog.records) == []
+
+
 @pytest.fixture
 def live_api(make_settings: Callable[..., Settings]) -> Iterator[tuple[BackgroundServer, Settings]]:
     """The API with its live feed on this test's candles topic (connected before the test starts)."""
