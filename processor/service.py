@@ -34,7 +34,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 
 from cryptostream.codec import Rejected, decode_records, encode_dlq
-from cryptostream.errors import MissingCheckpoint, SinkWriteError
+from cryptostream.errors import InfraError, MissingCheckpoint, SinkWriteError
 from cryptostream.fetch import Fetched, batch_reading_supported, fetch_values
 from cryptostream.kafka import consumer_for, ensure_topics, security_options, start_producer
 from cryptostream.metrics import (
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 CLOSE_EVERY_S = 0.05  # windows close at most this late after their frontier passes them
 FRONTIER_EVERY_S = 1.0  # how often moved frontiers are told to the live feed
 SETUP_RETRY_S = 1.0  # a partition whose assignment failed is set up again this often
-READ_BACK_S = 15.0  # at most this long reading back the dead letters of a crashed attempt
+READ_BACK_S = 15.0  # at most this long reading back the dead letters of a crashed attempt, per try
 KEY_CACHE = 100_000  # candle-topic partitions of this many keys are remembered
 STATUS_STREAMS = 200  # markets listed in a status message (the most behind); the rest are counted
 
@@ -684,9 +684,13 @@ class Processor:
             fetch_max_wait_ms=50,
             **security_options(self.settings),
         )
-        await reader.start()
-        done: set[int] = set()
         deadline = time.monotonic() + READ_BACK_S
+        await reader.start()
+        # aiokafka's consumer without a group starts a task in start() that its stop() cancels and awaits:
+        # cancelled before it ran (a stop right after start: the deadline already passed), that await
+        # raised CancelledError out of stop(), and on out of the partition's setup.
+        await asyncio.sleep(0)
+        done: set[int] = set()
         try:
             dtp = TopicPartition(topic, target)
             reader.assign([dtp])
@@ -710,16 +714,10 @@ class Processor:
                         done.add(int(source["offset"]))
                 if not batch:
                     position = max(position, await reader.position(dtp))
-            if position < end:
-                log.warning(
-                    "partition %d: read back dead letters %d-%d of %s only up to %d in %.0fs; some may be "
-                    "written again",
-                    partition,
-                    start,
-                    end,
-                    topic,
-                    position,
-                    READ_BACK_S,
+            if position < end:  # going on would write some of them again: set the partition up later
+                raise InfraError(
+                    f"read back the dead letters {start}-{end} of {topic} only up to {position} in "
+                    f"{READ_BACK_S:.0f}s; the partition waits rather than write any of them twice"
                 )
         finally:
             await reader.stop()

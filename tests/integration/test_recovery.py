@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 import pyarrow as pa
@@ -14,6 +15,7 @@ from cryptostream.errors import SinkWriteError
 from cryptostream.kafka import start_producer
 from cryptostream.models import Trade
 from ingest.synthetic import SyntheticMarket
+from processor import service
 from processor.service import Processor
 from processor.sinks import FlushBatch, ParquetSink, PostgresSink
 from tests.conftest import T0
@@ -48,6 +50,57 @@ class FailingDatabase(PostgresSink):
             self.failed.set()
             raise SinkWriteError("connection lost (injected)")
         await super().write(batch)
+
+
+async def test_dead_letters_not_read_back_in_time_hold_the_partition_rather_than_go_out_twice(
+    make_settings, produce_raw, monkeypatch
+):
+    """Reading back a crashed attempt's dead letters has a deadline (a broker that answers slowly); one
+    missed used to log a warning and go on, writing those letters again: exactly once depended on speed.
+    Now the partition waits and is set up again. Played with a deadline of 0 s for the first tries."""
+    settings = make_settings(max_buffer_seconds=0.5, parquet_chunk_seconds=0.5)
+    good = [encode_trade(Trade("binance", "BTCUSDT", 100.0, 1.0, T0 + i * 100, i, False)) for i in range(30)]
+    bad = orjson.dumps({**Trade("binance", "BTCUSDT", 1.0, 1.0, T0, 999, False).to_dict(), "price": -5.0})
+    await produce_raw(settings, good[:20])  # offsets 0-19 of one partition
+    (partition,) = {r.partition for r in await read_topic(settings, settings.kafka_topic, 20)}
+
+    async def reach(proc: Processor, position: int, then: Callable[[], None] = lambda: None) -> Processor:
+        async def there() -> bool:
+            then()
+            part = proc.parts.get(partition)
+            return part is not None and part.position >= position
+
+        return await run_processor_until(settings, there, processor=proc)
+
+    await reach(Processor(settings, [ParquetSink(settings.output_dir)]), 20)  # a checkpoint at 20
+    producer = await start_producer(settings)  # a crashed attempt dead-lettered 20 and 21, then died
+    try:
+        letters = sorted(await producer.partitions_for(settings.kafka_dlq_topic))
+        for offset in (20, 21):
+            rejected = Rejected("non_positive_price", "price -5.0", bad, partition, offset)
+            await producer.send_and_wait(
+                settings.kafka_dlq_topic,
+                encode_dlq(rejected, stage="processor", source_topic=settings.kafka_topic),
+                partition=letters[partition % len(letters)],
+            )
+    finally:
+        await producer.stop()
+    await produce_raw(settings, [bad, bad, *good[22:]])  # offsets 20-29
+
+    monkeypatch.setattr(service, "READ_BACK_S", 0.0)
+    proc = Processor(settings, [ParquetSink(settings.output_dir)])
+    held: list[bool] = []
+
+    def in_time_again() -> None:
+        if partition in proc.unsure and not held:  # its setup failed: the next try has the time it needs
+            held.append(True)
+            monkeypatch.setattr(service, "READ_BACK_S", 15.0)
+
+    await reach(proc, 30, in_time_again)
+    assert held, "the partition was set up without reading the dead letters back"
+    assert proc.stats.rejected == 0
+    dead = await read_topic(settings, settings.kafka_dlq_topic, 2)
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == [20, 21]
 
 
 async def test_parquet_files_of_an_aborted_checkpoint_are_removed_and_rewritten_after_a_crash(
