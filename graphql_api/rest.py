@@ -299,6 +299,30 @@ def _newest(tables: list[pa.Table], limit: int, empty: pa.Table) -> pa.Table:
     return table.slice(max(0, table.num_rows - limit))
 
 
+async def _newest_candles(
+    services: Services, markets: list[MarketKey], start: datetime | None, end: datetime | None, limit: int
+) -> pa.Table:
+    """The newest ``limit`` candles of all ``markets`` together. Once ``limit`` rows are held, a market is
+    read only from the oldest of them on: an older row cannot be among the newest (one of that very
+    bucket can, and is read: ties go by market as before). Reading every market's newest ``limit`` rows
+    read 1,700 x 1,000 rows for one ``/api/ohlc/`` of a whole-market demo; this reads about ``limit``
+    times the log of the market count."""
+    empty = pa.table({"bucket": pa.array([], pa.timestamp("ms", tz="UTC"))})
+    held: list[pa.Table] = []
+    rows, since = 0, start
+    for market in markets:
+        table = await load_ohlc(services, market, since, end, limit)
+        if table.num_rows:
+            held.append(table)
+            rows += table.num_rows
+        if rows >= 2 * limit or (rows >= limit and since is start):  # merged now and then, not per market
+            newest = _newest(held, limit, empty)
+            held, rows = [newest], newest.num_rows
+            oldest: datetime = newest["bucket"][0].as_py()
+            since = oldest if start is None else max(start, oldest)
+    return _newest(held, limit, empty)
+
+
 def _iso_ms(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
@@ -361,8 +385,7 @@ def build_router(settings: Settings) -> APIRouter:
         services = services_of(request)
         start, end = check_dates(start_date, end_date)
         markets = await _markets(services, symbol, exchange)
-        tables = [await load_ohlc(services, market, start, end, limit) for market in markets]
-        table = _newest(tables, limit, pa.table({"bucket": pa.array([], pa.timestamp("ms", tz="UTC"))}))
+        table = await _newest_candles(services, markets, start, end, limit)
         data = await encode_rows(table, OHLC_FIELDS)
         return json_response(_answer(symbol, markets, data=data, count=table.num_rows))
 

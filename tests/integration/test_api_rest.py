@@ -155,11 +155,23 @@ def test_ohlc_dates_are_whole_utc_days_with_the_end_day_included(
     assert window["data"] and all("22:14:" in row["timestamp"] for row in window["data"])
 
 
-def test_ohlc_without_a_symbol_mixes_all_markets_newest_first_cut(client: httpx.Client) -> None:
+def test_ohlc_without_a_symbol_mixes_all_markets_newest_first_cut(
+    client: httpx.Client, seeded: dict[str, Any]
+) -> None:
     body = client.get("/api/ohlc/", params={"limit": 40}).json()
     assert body["count"] == 40 and body["symbol"] is None and body["exchange"] is None
     assert {(row["exchange"], row["symbol"]) for row in body["data"]} <= STORED
     assert [r["timestamp"] for r in body["data"]] == sorted(r["timestamp"] for r in body["data"])
+    # exactly the newest rows of all markets together, ties in a second by market, at any limit (markets
+    # are read from the oldest row held on, once enough are held)
+    everything = sorted(seeded["candles"], key=lambda k: (k[2], k[0], k[1]))
+    for limit in (1, 7, 40, 500, 3000):
+        got = client.get("/api/ohlc/", params={"limit": limit}).json()["data"]
+        expected = everything[-limit:]
+        assert [(r["exchange"], r["symbol"], r["timestamp"]) for r in got] == [
+            (e, s, iso(b)) for e, s, b in expected
+        ], limit
+        assert got[-1]["close"] == seeded["candles"][expected[-1]]["close"]
     coinbase = client.get("/api/ohlc/", params={"exchange": "coinbase", "limit": 40}).json()
     assert coinbase["count"] == 40 and {r["exchange"] for r in coinbase["data"]} == {"coinbase"}
 
