@@ -131,8 +131,13 @@ async def test_the_original_archive_is_imported_merged_and_served(
     db = await DatabaseStore.connect(fresh_postgres)
     try:
         assert_merged(await db.candles("coinbase", "BTCUSD", limit=10))
+        # read as rows (few asked for) and as columns (many): the same, the fields never recorded null
+        assert (await db.candles("coinbase", "BTCUSD", limit=1000)).equals(
+            await db.candles("coinbase", "BTCUSD", limit=10)
+        )
         minute = (await db.candles("coinbase", "BTCUSD", interval="1m", limit=1)).to_pylist()[0]
         assert (minute["open"], minute["close"], minute["trade_count"]) == (105828.33, 105799.75, None)
+        assert (await db.candles("coinbase", "BTCUSD", interval="1m", limit=1000)).to_pylist()[-1] == minute
         vol = (await db.volatility("coinbase", "BTCUSD", limit=10)).to_pylist()
         assert math.isnan(vol[0]["volatility"]) and vol[1]["volatility"] == 0.000012
     finally:
