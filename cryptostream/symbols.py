@@ -28,7 +28,8 @@ def normalize_symbol(raw: str) -> str:
     """``BTC-USD`` -> ``BTCUSD``, ``btcusdt`` -> ``BTCUSDT``; raise :class:`UnsupportedSymbol` otherwise."""
     if not isinstance(raw, str):
         raise UnsupportedSymbol(f"symbol must be a string, got {type(raw).__name__}")
-    symbol = _SEPARATORS.sub("", raw.strip()).upper()
+    # ASCII only before upper(): it maps some other letters to ASCII ones ("btcuſdt", "ethuß" -> "ETHUSS")
+    symbol = _SEPARATORS.sub("", raw.strip()).upper() if raw.isascii() else raw
     if not _VALID.fullmatch(symbol):
         raise UnsupportedSymbol(
             f"unsupported symbol {raw!r}: expected 2-24 letters/digits such as BTCUSDT or BTC-USD"
@@ -42,7 +43,8 @@ def split_pair(raw: str) -> tuple[str, str] | None:
     A spelling without a separator (``DOTUSD``) gives ``None``: only an exchange's market list can tell
     its base from its quote. More than one separator, or an empty side, raises :class:`UnsupportedSymbol`.
     """
-    text = raw.strip().upper() if isinstance(raw, str) else ""
+    text = raw.strip() if isinstance(raw, str) else ""
+    text = text.upper() if text.isascii() else text  # see normalize_symbol
     parts = _SEPARATORS.split(text)
     if len(parts) == 1:
         return None

@@ -17,7 +17,9 @@ def test_exchange_spellings_normalize(raw: str, symbol: str) -> None:
     assert normalize_symbol(raw) == symbol
 
 
-@pytest.mark.parametrize("raw", ["", "B", "BTC USD$", "🚀USD", "X" * 30])
+@pytest.mark.parametrize(
+    "raw", ["", "B", "BTC USD$", "🚀USD", "X" * 30, "btcuſdt", "ethuß", "ﬀusd", "ＢＴＣＵＳＤ"]
+)
 def test_unsupported_symbols_raise_their_own_error(raw: str) -> None:
     with pytest.raises(UnsupportedSymbol):
         normalize_symbol(raw)
