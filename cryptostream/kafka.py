@@ -64,7 +64,7 @@ def _servers(bootstrap: str) -> list[tuple[str, int]]:
     out = []
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             host, port = server.strip(), "9092"
         out.append((host.strip("[]"), int(port)))
     return out

@@ -107,7 +107,7 @@ class RestHistory(ABC):
                 if response.status_code < 500 and response.status_code not in (418, 429):
                     break  # a client error does not get better by asking again
                 retry_after = response.headers.get("Retry-After", "")
-                if retry_after.isdigit():
+                if retry_after.isascii() and retry_after.isdigit():
                     delay = max(delay, float(retry_after))
             if attempt + 1 < ATTEMPTS:
                 await asyncio.sleep(delay)

@@ -16,6 +16,7 @@ import calendar
 import math
 import re
 from collections.abc import Collection
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -41,9 +42,12 @@ INGEST_REASONS: dict[str, str] = {
     "bad_side": "trade side is neither buy nor sell",
 }
 
-_ISO = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?\s*(Z|z|[+-]\d{2}:?\d{2})?"
+_ISO = re.compile(  # ASCII: \d would take any script's digits, and int() reads them
+    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?\s*(Z|z|[+-]\d{2}:?\d{2})?", re.ASCII
 )
+# A decimal number as exchanges write prices and sizes ("0.00100000", "1e-8"), or NaN / infinity (rejected
+# after as not finite, which says more); float() also takes "1_0", " 1" and other scripts' digits
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:nan|inf|infinity)")
 
 
 class FieldError(ValueError):
@@ -57,17 +61,12 @@ class FieldError(ValueError):
 
 @lru_cache(maxsize=65_536)
 def _seconds(text: str) -> int:
-    """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (cached: trades of one second share it)."""
-    return calendar.timegm(
-        (
-            int(text[0:4]),
-            int(text[5:7]),
-            int(text[8:10]),
-            int(text[11:13]),
-            int(text[14:16]),
-            int(text[17:19]),
-        )
+    """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (cached: trades of one second share it); a date or time
+    that does not exist (February 30, second 61) raises ValueError (``timegm`` would roll it over)."""
+    stamp = datetime(
+        int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19])
     )
+    return calendar.timegm(stamp.timetuple())
 
 
 def iso_to_ms(text: Any) -> int:
@@ -86,14 +85,17 @@ def iso_to_ms(text: Any) -> int:
     if zone and zone not in ("Z", "z"):
         sign = -1 if zone[0] == "+" else 1  # +02:00 is two hours ahead of UTC: subtract
         digits = zone[1:].replace(":", "")
-        ms += sign * (int(digits[:2]) * 3_600_000 + int(digits[2:]) * 60_000)
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise FieldError("bad_timestamp", f"time {text!r:.60}: offset {zone} is not a UTC offset")
+        ms += sign * (hours * 3_600_000 + minutes * 60_000)
     return _checked_ms(ms, text)
 
 
 def epoch_to_ms(value: Any) -> int:
     """An epoch number in ms, µs or ns (told apart by magnitude) -> exact integer ms."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():
             value = int(value)
         elif isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -117,10 +119,9 @@ def _checked_ms(ms: int, raw: Any) -> int:
 def to_float(value: Any, name: str) -> float:
     """Exchanges send prices and sizes as decimal strings; numbers are accepted too (replay, tests)."""
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise FieldError("wrong_type", f"{name} {value!r:.40} is not a number") from None
+        if _DECIMAL.fullmatch(value) is None:
+            raise FieldError("wrong_type", f"{name} {value!r:.40} is not a number")
+        return float(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise FieldError("wrong_type", f"{name} is {type(value).__name__}: {value!r:.40}")
@@ -130,7 +131,7 @@ def to_int(value: Any, name: str) -> int:
     """Trade ids: integers, or decimal strings (Coinbase Advanced Trade sends ``"1068572091"``)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise FieldError("wrong_type", f"{name} is {type(value).__name__}: {value!r:.40}")
 

@@ -168,6 +168,11 @@ class Exchange(ABC):
         """Messages sent after every connect."""
         return []
 
+    def id_space(self) -> str:
+        """Where this feed's trade ids count: an id saved by a feed of another kind or server (Binance's
+        trade and aggTrade streams number apart, a testnet has its own) says nothing about this one."""
+        return f"{type(self).__name__} {self.url()}"
+
     def on_connect(self) -> None:  # noqa: B027 - optional hook
         """Reset per-connection state (sequence numbers)."""
 
@@ -343,50 +348,63 @@ class Exchange(ABC):
         log.error("%s %s: %d missing trades could not be recovered (%s)", self.name, symbol, count, why)
 
     async def _backfill_loop(self) -> None:
-        """Fill reported gaps from REST history, one at a time (exchanges rate-limit REST)."""
+        """Fill reported gaps from REST history, one at a time (exchanges rate-limit REST). A fault while
+        filling one gap gives that gap up as lost, said and counted: it used to end this loop unseen, and
+        every later gap stayed open, never fetched and never counted."""
         while True:
             symbol, lo, hi = await self._gaps.get()
-            late_before = self.stats.backfilled_late
-            await asyncio.sleep(self.backfill_delay)
-            why = "backfill is off"
-            if self.history is not None:
-                why = "not in the exchange's REST history"
-                for round_ in range(BACKFILL_ROUNDS):
-                    holes = self.ids[symbol].missing(lo, hi)
-                    if not holes:
-                        break
-                    if round_:
-                        await asyncio.sleep(self.backfill_delay * 2**round_)
-                    for a, b in holes:
-                        try:
-                            rows = await self.history.fetch(symbol, a, b)
-                        except BackfillError as exc:
-                            why = str(exc)
-                            log.warning("%s %s: backfill of %d-%d failed: %s", self.name, symbol, a, b, exc)
-                            continue
-                        trades, rejects = self.parse_history(symbol, rows, now_ms())
-                        got = await self.deliver(trades, rejects, within=(a, b))
-                        self.stats.backfilled += got
-                        BACKFILLED.labels(self.name).inc(got)
-                        log.info(
-                            "%s %s: backfilled %d of %d trades %d-%d", self.name, symbol, got, b - a + 1, a, b
-                        )
-            lost = self.ids[symbol].give_up(lo, hi)
-            if lost:
-                self._lost(symbol, lost, why)
-            self.watermark.settled(symbol, lo, hi)  # the symbol's progress may move on
-            late = self.stats.backfilled_late - late_before
-            if late:
-                log.warning(
-                    "%s %s: %d backfilled trades of %d-%d were older than the progress already written (the "
-                    "gap outlasted MAX_BUFFER_SECONDS on a connection that looked healthy, or "
-                    "BACKFILL_HOLD_SECONDS ran out); the processor dead-letters them as late",
-                    self.name,
-                    symbol,
-                    late,
-                    lo,
-                    hi,
-                )
+            try:
+                await self._backfill(symbol, lo, hi)
+            except Exception as exc:
+                log.exception("%s %s: backfill of trade ids %d-%d failed", self.name, symbol, lo, hi)
+                lost = self.ids[symbol].give_up(lo, hi)
+                if lost:
+                    self._lost(symbol, lost, f"backfill failed: {type(exc).__name__}")
+                self.watermark.settled(symbol, lo, hi)
+
+    async def _backfill(self, symbol: str, lo: int, hi: int) -> None:
+        """Fill one gap: fetch its holes (a few rounds), give up what is still missing, let progress go."""
+        late_before = self.stats.backfilled_late
+        await asyncio.sleep(self.backfill_delay)
+        why = "backfill is off"
+        if self.history is not None:
+            why = "not in the exchange's REST history"
+            for round_ in range(BACKFILL_ROUNDS):
+                holes = self.ids[symbol].missing(lo, hi)
+                if not holes:
+                    break
+                if round_:
+                    await asyncio.sleep(self.backfill_delay * 2**round_)
+                for a, b in holes:
+                    try:
+                        rows = await self.history.fetch(symbol, a, b)
+                    except BackfillError as exc:
+                        why = str(exc)
+                        log.warning("%s %s: backfill of %d-%d failed: %s", self.name, symbol, a, b, exc)
+                        continue
+                    trades, rejects = self.parse_history(symbol, rows, now_ms())
+                    got = await self.deliver(trades, rejects, within=(a, b))
+                    self.stats.backfilled += got
+                    BACKFILLED.labels(self.name).inc(got)
+                    log.info(
+                        "%s %s: backfilled %d of %d trades %d-%d", self.name, symbol, got, b - a + 1, a, b
+                    )
+        lost = self.ids[symbol].give_up(lo, hi)
+        if lost:
+            self._lost(symbol, lost, why)
+        self.watermark.settled(symbol, lo, hi)  # the symbol's progress may move on
+        late = self.stats.backfilled_late - late_before
+        if late:
+            log.warning(
+                "%s %s: %d backfilled trades of %d-%d were older than the progress already written (the "
+                "gap outlasted MAX_BUFFER_SECONDS on a connection that looked healthy, or "
+                "BACKFILL_HOLD_SECONDS ran out); the processor dead-letters them as late",
+                self.name,
+                symbol,
+                late,
+                lo,
+                hi,
+            )
 
     # ------------------------------------------------------------------------ parsing helpers
     def trade_or_reject(self, build: Callable[[], Trade], raw: Any, out: Parsed) -> None:
@@ -397,7 +415,7 @@ class Exchange(ABC):
             out.rejected.append(Rejected("missing_field", f"missing {exc.args[0]}", _raw(raw)))
         except FieldError as exc:
             out.rejected.append(rejected(exc, _raw(raw)))
-        except (TypeError, AttributeError) as exc:
+        except (TypeError, AttributeError, ValueError) as exc:  # ValueError: int() of a digit it cannot read
             out.rejected.append(Rejected("wrong_type", str(exc)[:200], _raw(raw)))
 
 

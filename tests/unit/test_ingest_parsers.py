@@ -160,6 +160,24 @@ def test_binance_rest_rows_parse_like_the_stream():
             b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"1","T":1700000000000,"m":"yes"}}',
             "wrong_type",
         ),
+        # "2".isdigit() and "²".isdigit() are both true, but int() reads only the first: the parse raised
+        (
+            '{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":"12²","p":"1","q":"1","T":1700000000000,"m":true}}'.encode(),
+            "wrong_type",
+        ),
+        (
+            '{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"1","T":"170000000000²","m":true}}'.encode(),
+            "wrong_type",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1_0","q":"1","T":1700000000000,"m":true}}',
+            "wrong_type",
+        ),
+        (
+            b'{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":" 1",'
+            b'"q":"1","T":1700000000000,"m":true}}',
+            "wrong_type",
+        ),
     ],
 )
 def test_bad_binance_frames_are_rejected_with_a_reason_and_the_raw_payload(frame, reason):
@@ -252,6 +270,15 @@ def test_advanced_trade_side_mapping_is_the_documented_choice():
         advanced_is_buyer_maker("UNKNOWN")
 
 
+def test_a_trade_id_with_a_digit_int_cannot_read_is_rejected_and_the_batch_goes_on():
+    frame = orjson.loads(raw("coinbase_advanced_update.json"))
+    good = frame["events"][0]["trades"][0]
+    frame["events"][0]["trades"].append({**good, "trade_id": "1068572092\u00b2"})
+    parsed = CoinbaseAdvanced(settings(), COINBASE).parse(orjson.dumps(frame), RECEIVED)
+    assert [t.trade_id for t in parsed.trades] == [1068572091]
+    assert [r.reason for r in parsed.rejected] == ["wrong_type"]
+
+
 def test_one_bad_trade_in_an_advanced_batch_does_not_spoil_the_others():
     frame = orjson.loads(raw("coinbase_advanced_update.json"))
     good = frame["events"][0]["trades"][0]
@@ -286,7 +313,21 @@ def test_epoch_numbers_in_ms_us_and_ns(value, ms):
     assert epoch_to_ms(value) == ms
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "2026-13-01T00:00:00Z", 17, True, None])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",  # timegm rolled it over to March 2
+        "2026-08-09T21:05:61Z",
+        "2026-08-09T21:05:48+99:99",
+        "\uff12\uff10\uff12\uff16-08-09T21:05:48Z",  # fullwidth digits: int() reads them, a time has none
+        17,
+        True,
+        None,
+        "17000000000\u00b2",
+    ],
+)
 def test_bad_times_raise_a_field_error(bad):
     with pytest.raises(FieldError):
         iso_to_ms(bad) if isinstance(bad, str) else epoch_to_ms(bad)
