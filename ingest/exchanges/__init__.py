@@ -172,18 +172,22 @@ async def _supervise(feed: Exchange, queue: asyncio.Queue[TradeBatch]) -> None:
 
 
 class ResumeFile:
-    """``STATE_DIR/ingest/<exchange>.json``: per symbol the last trade id the written progress covers."""
+    """``STATE_DIR/ingest/<exchange>.json``: per symbol the last trade id the written progress covers, and
+    the feed's id space (:meth:`Exchange.id_space`) those ids count in."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def load(self, exchange: str) -> dict[str, dict[str, int]]:
+    def load(self, exchange: str, id_space: str) -> dict[str, dict[str, int]]:
+        """What an earlier run saved for this feed; nothing (said why) when the file cannot be read, holds
+        another id space, or has another shape: a wrong entry must not stop ingest, nor drop trades as
+        duplicates of ids from another numbering."""
         path = self.folder / f"{exchange}.json"
         try:
             saved = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return {}
-        except orjson.JSONDecodeError as exc:
+        except (OSError, orjson.JSONDecodeError) as exc:
             log.warning(
                 "%s: ignoring unreadable %s (%s); gaps across the restart are not looked for",
                 exchange,
@@ -191,14 +195,38 @@ class ResumeFile:
                 exc,
             )
             return {}
-        return {k: v for k, v in saved.items() if isinstance(v, dict) and {"id", "watermark"} <= v.keys()}
+        if isinstance(saved, dict) and "symbols" in saved:
+            if saved.get("id_space") != id_space:
+                log.warning(
+                    "%s: ignoring %s, saved for trade ids of %r, not %r; gaps across the restart are not "
+                    "looked for",
+                    exchange,
+                    path,
+                    saved.get("id_space"),
+                    id_space,
+                )
+                return {}
+            saved = saved["symbols"]  # (files of earlier versions hold the symbols alone)
+        if not isinstance(saved, dict):
+            log.warning("%s: ignoring %s: not an object of symbols", exchange, path)
+            return {}
+        good = {
+            k: v for k, v in saved.items() if isinstance(v, dict) and _ints(v.get("id"), v.get("watermark"))
+        }
+        if len(good) < len(saved):
+            log.warning("%s: ignoring %d malformed entr(ies) of %s", exchange, len(saved) - len(good), path)
+        return good
 
-    def save(self, exchange: str, state: dict[str, dict[str, int]]) -> None:
+    def save(self, exchange: str, id_space: str, state: dict[str, dict[str, int]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{exchange}.json"
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(orjson.dumps(state))
+        tmp.write_bytes(orjson.dumps({"id_space": id_space, "symbols": state}))
         os.replace(tmp, path)
+
+
+def _ints(*values: object) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def _resume(feed: Exchange, saved: dict[str, dict[str, int]]) -> None:
@@ -228,7 +256,7 @@ async def _progress(
             await queue.put(TradeBatch(source="live", feeds=[replace(feed.feed) for feed in feeds]))
             for feed in feeds:
                 try:
-                    await asyncio.to_thread(resume.save, feed.name, feed.watermark.resume())
+                    await asyncio.to_thread(resume.save, feed.name, feed.id_space(), feed.watermark.resume())
                 except OSError as exc:  # progress matters more than the file: keep going, say why
                     log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
 
@@ -243,7 +271,7 @@ async def live_trades(
     async with httpx.AsyncClient(timeout=10.0, headers={"User-Agent": "cryptostream"}) as http:
         feeds = feeds if feeds is not None else build(settings, http, await load_markets(settings, http))
         for feed in feeds:
-            _resume(feed, resume.load(feed.name))
+            _resume(feed, resume.load(feed.name, feed.id_space()))
         tasks = [asyncio.create_task(_supervise(feed, queue), name=f"feed-{feed.name}") for feed in feeds]
         tasks.append(
             asyncio.create_task(_progress(feeds, queue, settings.progress_interval_ms / 1000, resume))
@@ -272,7 +300,7 @@ async def live_trades(
             ]
             for feed in feeds:
                 try:
-                    resume.save(feed.name, feed.watermark.resume())
+                    resume.save(feed.name, feed.id_space(), feed.watermark.resume())
                 except OSError as exc:
                     log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
             for feed in feeds:

@@ -54,6 +54,9 @@ class Binance(Exchange):
     def url(self) -> str:
         return f"{self.base_url}/stream?streams={self.streams}"
 
+    def id_space(self) -> str:
+        return f"Binance {self.stream} {self.base_url}"  # the same whichever symbols are streamed
+
     def parse(self, raw: str | bytes, received_at: int) -> Parsed:
         """One frame of the combined stream.
 
