@@ -296,7 +296,7 @@ async def live_trades(
             final = [
                 p
                 for feed in feeds
-                for p in feed.watermark.progress(now, final=True, complete=settings.flush_windows_on_stop)
+                for p in feed.watermark.progress(now, complete=settings.flush_windows_on_stop)
             ]
             for feed in feeds:
                 try:

@@ -109,10 +109,13 @@ class FeedWatermark:
         return s is not None and ts - ts % 1000 < s.emitted - s.emitted % 1000
 
     # ------------------------------------------------------------------ what to write
-    def progress(self, now: int, *, final: bool = False, complete: bool = False) -> list[Progress]:
-        """Progress records to write now (only symbols whose watermark moved). ``final``: the feed stops;
-        ``complete`` then closes up to the current second (nothing more will come from this run)."""
-        if not self.up and not final:
+    def progress(self, now: int, *, complete: bool = False) -> list[Progress]:
+        """Progress records to write now (only symbols whose watermark moved). ``complete``: the feed stops
+        and closes up to the current second (nothing more will come from this run). A feed that is down
+        writes nothing, stopping or not: it cannot know what trades it is missing (its last progress at a
+        stop used to claim the outage complete, and the next run's backfill of it came late); the resume
+        file keeps the progress written before, so the next run fetches the outage."""
+        if not self.up:
             return []
         base = (now - now % 1000) if complete else now - self.buffer_ms
         groups: dict[int, list[str]] = {}

@@ -36,12 +36,18 @@ pytestmark = pytest.mark.integration
 
 # ------------------------------------------------------------------------------------------------ helpers
 async def run_live(
-    settings: Settings, done: Callable[[], Awaitable[bool]], timeout: float = 60.0
+    settings: Settings,
+    done: Callable[[], Awaitable[bool]],
+    timeout: float = 60.0,
+    feeds_out: list[Exchange] | None = None,
 ) -> tuple[list[Exchange], IngestResult]:
-    """Ingest from the live feeds until ``done()``, then a little longer (any duplicate would land), stop."""
+    """Ingest from the live feeds until ``done()``, then a little longer (any duplicate would land), stop.
+    ``feeds_out`` gets the feeds as soon as they are built (for ``done``)."""
     stop = asyncio.Event()
     async with httpx.AsyncClient(timeout=5.0) as http:
         feeds = build(settings, http, await load_markets(settings, http))
+        if feeds_out is not None:
+            feeds_out.extend(feeds)
         for feed in feeds:
             feed.backfill_delay = 0.3
         source = live_trades(settings, feeds, stop=stop)
@@ -358,3 +364,47 @@ async def test_server_pings_are_answered_so_a_quiet_connection_stays_up(make_set
         await server.stop()
     assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
     assert feed.stats.sessions == 1 and feed.stats.reconnects == 0
+
+
+async def test_a_feed_down_when_ingest_stops_claims_no_progress_over_its_outage(make_settings):
+    """Stopped while disconnected (FLUSH_WINDOWS_ON_STOP, as `cryptostream up` runs), its last progress
+    used to close up to the stop's second and the resume file to save that: the outage claimed complete,
+    its trades dead-lettered as late when the next run backfilled them. A feed that is down knows nothing
+    of what it misses: neither its progress nor its resume file passes where it was when it went down."""
+
+    async def then_gone(ex: FakeExchange, ws) -> None:
+        for _ in range(5):
+            await ex.send_trades(ws, "BTCUSDT", 4)
+            await asyncio.sleep(0.1)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [then_gone, *["reject"] * 200]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="binance",
+        symbols="BTCUSDT",
+        binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url,
+        flush_windows_on_stop=True,
+    )
+    feeds: list[Exchange] = []
+    down: list[int] = []
+
+    async def gone() -> bool:
+        """Down after a session: when it went down (the first time this saw it)."""
+        if not down and feeds and feeds[0].stats.sessions and not feeds[0].watermark.up:
+            down.append(int(time.time() * 1000))
+        return bool(down)
+
+    try:
+        await run_live(settings, gone, feeds_out=feeds)
+    finally:
+        await server.stop()
+    progress = [
+        orjson.loads(r.value)
+        for r in await topic_records(settings, settings.kafka_topic)
+        if r.value.startswith(b'{"type":"progress"')
+    ]
+    assert progress, "the feed wrote no progress while it was up"
+    assert max(p["watermark"] for p in progress) <= down[0], (progress[-1], down[0])
+    saved = orjson.loads((settings.state_dir / "ingest" / "binance.json").read_bytes())
+    assert saved["symbols"]["BTCUSDT"]["watermark"] <= down[0]

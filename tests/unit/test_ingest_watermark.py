@@ -1,0 +1,55 @@
+"""A live feed's progress per symbol (ingest/exchanges/watermark.py): what it may claim, and when it holds."""
+
+from __future__ import annotations
+
+from ingest.exchanges.watermark import FeedWatermark
+
+T = 1_800_000_000_000
+BUFFER = 500
+HOLD = 30_000
+
+
+def feed() -> FeedWatermark:
+    return FeedWatermark("binance", ("BTCUSDT", "ETHUSDT"), BUFFER, HOLD)
+
+
+def marks(w: FeedWatermark, now: int, **kwargs: bool) -> dict[str, int]:
+    return {symbol: p.watermark for p in w.progress(now, **kwargs) for symbol in p.symbols}
+
+
+def test_a_connected_feed_claims_its_clock_minus_the_buffer_and_never_goes_back() -> None:
+    w = feed()
+    w.connected(T)
+    w.trade("BTCUSDT", 1, T, None, T)
+    assert marks(w, T + 1000) == {"BTCUSDT": T + 500, "ETHUSDT": T + 500}
+    assert marks(w, T + 900) == {}  # an earlier clock moves nothing back
+    assert marks(w, T + 2000) == {"BTCUSDT": T + 1500, "ETHUSDT": T + 1500}
+
+
+def test_a_gap_holds_its_symbol_before_the_trade_preceding_it_until_settled() -> None:
+    w = feed()
+    w.connected(T)
+    w.trade("BTCUSDT", 1, T + 100, None, T + 100)
+    w.trade("BTCUSDT", 5, T + 700, (2, 4), T + 700)
+    assert marks(w, T + 2000) == {"BTCUSDT": T + 100, "ETHUSDT": T + 1500}
+    w.settled("BTCUSDT", 2, 4)
+    assert marks(w, T + 2000) == {"BTCUSDT": T + 1500}
+
+
+def test_a_feed_that_is_down_when_it_stops_claims_nothing_and_resumes_before_the_outage() -> None:
+    """Its final progress used to claim the outage complete (up to the stop's second with FLUSH_WINDOWS_
+    ON_STOP) and the resume file saved that: the next run's backfill of the outage was dead-lettered as
+    late. Down, it cannot know what it misses: it writes nothing, and resumes from what it wrote."""
+    w = feed()
+    w.connected(T)
+    w.trade("BTCUSDT", 10, T + 100, None, T + 100)
+    assert marks(w, T + 1000) == {"BTCUSDT": T + 500, "ETHUSDT": T + 500}
+    w.disconnected()
+    assert marks(w, T + 5000) == {}
+    assert marks(w, T + 9000, complete=True) == {}  # the stop, still down
+    assert w.resume() == {"BTCUSDT": {"id": 10, "watermark": T + 500}}
+    # up again, a symbol that showed it lost nothing closes the current second at the stop; the other
+    # still waits to show it
+    w.connected(T + 9000)
+    w.trade("BTCUSDT", 11, T + 9100, None, T + 9100)
+    assert marks(w, T + 9500, complete=True) == {"BTCUSDT": T + 9000}
