@@ -21,9 +21,12 @@ with its text kept. A file replays as it is: its own symbols (SYMBOLS does not f
 its venue (a Binance dump is ``binance``; JSONL and Parquet name theirs per row; ``--exchange`` names it
 for a file that does not).
 
-Progress: the replay writes its own event-time progress (the highest event time replayed so far minus
-``MAX_BUFFER_SECONDS``, for the dump's small disorder), and at the end of the file progress that closes
-every window it fed: the candles of a replay are a function of the file, whatever the speed or pauses.
+Progress: the replay writes its own event-time progress, placed by the file alone
+(:mod:`ingest.replay_frontier`): each time the file's event time minus ``MAX_BUFFER_SECONDS`` (for the dump's
+small disorder) enters a new second, the batch is cut after that trade and each market (venue, symbol) gets
+progress from its own highest event time minus the buffer; at the end of the file, progress that closes every
+window it fed. ``REPLAY_SPEED`` only changes when the batches go out, never which records they hold or their
+order, so the candles of a replay are a function of the file, whatever the speed or pauses.
 
 The progress bar: a rich bar with trades, rate and ETA on a terminal; a log line every few seconds otherwise.
 """
@@ -51,12 +54,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Progress, Rejected, decode_trades
+from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Rejected, decode_trades
 from cryptostream.errors import CryptostreamError, UnsupportedSymbol
 from cryptostream.feeds import CONNECTED, ENDED, FeedStatus
 from cryptostream.settings import Settings
 from cryptostream.symbols import normalize_symbol
 from cryptostream.venues import UNKNOWN, normalize_exchange
+from ingest.replay_frontier import ReplayFrontier
 from ingest.source import EncodedBatch, now_ms
 
 __all__ = ["Columns", "ReplayError", "ReplayProgress", "encode", "read_columns", "replay_trades"]
@@ -610,38 +614,6 @@ class ReplayProgress:
 
 
 # ---------------------------------------------------------------------------------------------- replay
-class _Reached:
-    """How far a replay has come: per venue the symbols replayed so far, and the highest event time
-    published."""
-
-    def __init__(self, buffer_ms: int) -> None:
-        self.buffer_ms = buffer_ms
-        self.symbols: dict[str, set[str]] = {}
-        self.high: int | None = None
-
-    def add(self, cols: Columns) -> None:
-        """Note the venues and symbols of a chunk about to be published."""
-        n = len(cols)
-        if not n:
-            return
-        ex = np.full(n, cols.exchange, dtype=object) if isinstance(cols.exchange, str) else cols.exchange
-        sy = np.full(n, cols.symbol, dtype=object) if isinstance(cols.symbol, str) else cols.symbol
-        for exchange, symbol in set(zip(ex.tolist(), sy.tolist(), strict=True)):
-            self.symbols.setdefault(exchange, set()).add(symbol)
-
-    def published(self, high: int) -> None:
-        self.high = high if self.high is None else max(self.high, high)
-
-    def progress(self, *, complete: bool = False) -> list[Progress]:
-        """Progress up to what was published: ``complete`` promises no earlier trade follows (the end of the
-        file), otherwise the dump's disorder buffer is kept."""
-        if self.high is None:
-            return []
-        # complete: through the end of the last trade's second, so its window closes too
-        watermark = self.high - self.high % 1000 + 1000 if complete else self.high - self.buffer_ms
-        return [Progress(e, tuple(sorted(s)), watermark) for e, s in sorted(self.symbols.items())]
-
-
 async def replay_trades(
     settings: Settings,
     path: Path,
@@ -684,24 +656,16 @@ async def _replay(
     bar = ReplayProgress(path.name, progress)
     reader = read_columns(path, symbol, bar, exchange)
     sentinel = object()
-    reached = _Reached(int(settings.max_buffer_seconds * 1000))
-    every_ms = settings.progress_interval_ms
-    said = [0]
+    frontier = ReplayFrontier(int(settings.max_buffer_seconds * 1000))
 
     def next_encoded() -> Any:
-        # reading (Arrow releases the GIL) and encoding run off the event loop, so the publisher keeps sending
+        # reading (Arrow releases the GIL), placing progress and encoding run off the event loop, so the
+        # publisher keeps sending
         cols = next(reader, sentinel)
         if cols is sentinel:
             return None
-        return cols, encode(cols, now_ms())  # type: ignore[arg-type]
-
-    def with_progress(batch: EncodedBatch, high: int) -> EncodedBatch:
-        reached.published(high)
-        now = now_ms()
-        if now - said[0] >= every_ms:
-            said[0] = now
-            batch.progress = reached.progress()
-        return batch
+        cuts = frontier.advance(cols.exchange, cols.symbol, cols.timestamp)  # type: ignore[attr-defined]
+        return cols, encode(cols, now_ms()), cuts  # type: ignore[arg-type]
 
     def stopped() -> bool:
         return stop is not None and stop.is_set()
@@ -713,41 +677,48 @@ async def _replay(
         while not stopped():
             item = await asyncio.to_thread(next_encoded)
             if item is None:
-                yield EncodedBatch(source="replay", progress=reached.progress(complete=True))
+                yield EncodedBatch(source="replay", progress=frontier.progress(complete=True))
                 return
-            cols, batch = item
+            cols, batch, cuts = item
             bar.update(len(batch), len(batch.rejected))
-            reached.add(cols)
             if not len(batch):
                 yield batch
                 continue
-            if speed <= 0:
-                yield with_progress(batch, int(cols.timestamp.max()))
-                continue
-            ts = np.maximum.accumulate(cols.timestamp)  # pace by the running maximum: disorder never waits
-            if high is not None:
-                ts = np.maximum(ts, high)
-            high = int(ts[-1])
-            if t0 is None:
-                t0, w0 = int(ts[0]), time.monotonic()
-            due = (ts - t0) / 1000.0 / speed
-            ticks = np.floor(due / TICK_SECONDS).astype(np.int64)
-            cuts = [0, *(np.flatnonzero(np.diff(ticks)) + 1).tolist(), len(batch)]
-            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-                wait = w0 + float(due[a]) - time.monotonic()
-                if wait > 0:
-                    if stop is None:
-                        await asyncio.sleep(wait)
-                    else:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), wait)
+            # Progress goes where the file's event time puts it (the cuts); pacing may only add slices
+            after = {cut.end: cut.progress for cut in cuts}
+            ends = [*after, len(batch)]
+            due = None
+            if speed > 0:
+                # pace by the running maximum: disorder never waits
+                ts = np.maximum.accumulate(cols.timestamp)
+                if high is not None:
+                    ts = np.maximum(ts, high)
+                high = int(ts[-1])
+                if t0 is None:
+                    t0, w0 = int(ts[0]), time.monotonic()
+                due = (ts - t0) / 1000.0 / speed
+                ticks = np.floor(due / TICK_SECONDS).astype(np.int64)
+                ends += (np.flatnonzero(np.diff(ticks)) + 1).tolist()
+            a = 0
+            for b in sorted(set(ends)):
+                if due is not None:
+                    wait = w0 + float(due[a]) - time.monotonic()
+                    if wait > 0:
+                        if stop is None:
+                            await asyncio.sleep(wait)
+                        else:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), wait)
                 if stopped():
+                    frontier.published(a)
                     break
-                part = EncodedBatch(batch[a:b], batch.rejected if a == 0 else (), source="replay")
-                yield with_progress(part, int(ts[b - 1]))
+                yield EncodedBatch(
+                    batch[a:b], batch.rejected if a == 0 else (), source="replay", progress=after.get(b, ())
+                )
+                a = b
         if stopped():
             yield EncodedBatch(
-                source="replay", progress=reached.progress(complete=settings.flush_windows_on_stop)
+                source="replay", progress=frontier.progress(complete=settings.flush_windows_on_stop)
             )
     finally:
         with contextlib.suppress(ValueError):  # still running in its thread after a cancel: it ends there

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import random
 import time
 import zipfile
 from pathlib import Path
@@ -12,9 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cryptostream.codec import decode_trades
+from cryptostream.codec import decode_records, decode_trades, encode_progress
 from cryptostream.settings import load_settings
+from ingest import replay
 from ingest.replay import ReplayError, encode, read_columns, replay_trades
+from processor.state import Interner, PartitionState
 
 SPOT_TRADES = [  # id,price,qty,quote_qty,time,is_buyer_maker,is_best_match (2025+: microseconds)
     "4370000001,93576.00000000,0.00010000,9.35760000,1735689600123456,True,True",
@@ -190,7 +195,8 @@ async def test_replay_speed_paces_by_event_time(tmp_path):
     elapsed, count, slices = await replay(10.0)
     assert count == 21 and 0.18 <= elapsed < 1.0 and slices > 1
     elapsed, count, slices = await replay(0.0)
-    assert count == 21 and elapsed < 0.5 and slices == 1
+    # not paced: cut only where progress goes, where the event time minus the buffer enters a new second
+    assert count == 21 and elapsed < 0.5 and slices == 3
 
 
 async def test_a_replay_writes_its_own_progress_and_ends_closing_every_window_it_fed(tmp_path):
@@ -235,3 +241,126 @@ async def test_a_replay_reports_its_feed_status_and_ends_with_it(tmp_path):
     assert reports[0].source == "replay" and reports[0].state == "connected"
     assert (reports[-1].state, reports[-1].trades) == ("ended", 21)
     assert batches[-1].feeds == [reports[-1]] and len(batches[-1]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- progress
+T0 = 1_767_225_600_000  # 2026-01-01
+BUFFER_MS = 2_000
+INTERLEAVED = [("binance", "BTCUSDT"), ("binance", "ETHUSDT"), ("coinbase", "BTCUSD")]
+
+
+def trade(exchange: str, symbol: str, timestamp: int, trade_id: int) -> dict:
+    return {"exchange": exchange, "symbol": symbol, "price": 100.0 + trade_id % 7, "quantity": 0.5,
+            "timestamp": timestamp, "trade_id": trade_id, "is_buyer_maker": trade_id % 2 == 0}  # fmt: skip
+
+
+def disordered_file(path: Path, seed: int) -> list[dict]:
+    """Three markets on two venues interleaved in time, some trades out of order within the buffer and some
+    beyond it; then two markets written one after the other, far behind the file's high (a file ordered by
+    symbol). Returns its rows in file order."""
+    rng = random.Random(seed)
+    ids = itertools.count(1)
+    rows, clock = [], T0
+    for _ in range(400):
+        clock += rng.choice([0, 7, 90, 250, 600])
+        exchange, symbol = rng.choice(INTERLEAVED)
+        roll = rng.random()
+        lag = 0 if roll > 0.4 else rng.randrange(BUFFER_MS) if roll > 0.06 else rng.randrange(3000, 8000)
+        rows.append(trade(exchange, symbol, clock - lag, next(ids)))
+    for exchange, symbol in (("binance", "SOLUSDT"), ("coinbase", "ETHUSD")):
+        t = T0 + rng.randrange(5000)
+        for _ in range(60):
+            t += rng.choice([0, 300, 900])
+            rows.append(trade(exchange, symbol, t, next(ids)))
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return rows
+
+
+async def written(path: Path, speed: float) -> list[tuple]:
+    """Every record a replay writes, in order (trades without their wall-clock ``received_at``)."""
+    settings = load_settings(replay_speed=speed, max_buffer_seconds=BUFFER_MS / 1000)
+    out: list[tuple] = []
+    async for batch in replay_trades(settings, path, progress=False):
+        for key, value, _ in batch:
+            out.append(("trade", key, {k: v for k, v in orjson.loads(value).items() if k != "received_at"}))
+        out += [("progress", p.exchange, p.symbols, p.watermark) for p in batch.progress]
+    return out
+
+
+def late_trade_ids(records: list[tuple]) -> set[int]:
+    """The trades the processor's own state code finds late in this log (one partition, fetched in 50s)."""
+    values = [
+        orjson.dumps(r[2]) if r[0] == "trade" else encode_progress(r[1], list(r[2]), r[3]) for r in records
+    ]
+    receipts = [T0 + 10**9] * len(values)  # received after every event time: nothing is "future"
+    interner = Interner()
+    state = PartitionState("t", 0, "e", 0, 0, BUFFER_MS, 60_000)
+    late: list[int] = []
+    for a in range(0, len(values), 50):
+        b = min(len(values), a + 50)
+        decoded = decode_records(values[a:b], range(a, b), 0, receipts[a:b], 10_000)
+        assert not decoded.rejected
+        late += state.apply(interner.adopt(decoded.trades), decoded.progress, interner).late.tolist()
+        state.position = b
+    return {records[offset][2]["trade_id"] for offset in late}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_replay_writes_the_same_records_at_any_speed_and_no_trade_within_the_buffer_is_late(
+    tmp_path, monkeypatch, seed
+):
+    """The records a replay writes, trades and progress, and their order, are a function of the file: the
+    same at REPLAY_SPEED 0 and 400 and however the file is read in chunks. A trade no further behind its own
+    market's high than the buffer is never late, also in a file ordered by symbol."""
+    path = tmp_path / "trades.parquet"
+    rows = disordered_file(path, seed)
+    monkeypatch.setattr(replay, "CHUNK_ROWS", 7)  # many chunks: cuts carry across them
+    fast, paced = await written(path, 0), await written(path, 400)
+    monkeypatch.setattr(replay, "CHUNK_ROWS", 65_536)
+    whole = await written(path, 0)
+    assert fast == paced == whole
+    assert [r[2] for r in fast if r[0] == "trade"] == rows
+    assert sum(1 for r in fast if r[0] == "progress") > 60
+
+    high: dict[tuple[str, str], int] = {}
+    beyond = set()  # further behind their market's high than the buffer: these may be late
+    for t in rows:
+        market = (t["exchange"], t["symbol"])
+        if t["timestamp"] < high.get(market, t["timestamp"]) - BUFFER_MS:
+            beyond.add(t["trade_id"])
+        high[market] = max(high.get(market, 0), t["timestamp"])
+    late = late_trade_ids(fast)
+    assert late and late <= beyond, f"late within the buffer: {sorted(late - beyond)}"
+
+
+async def test_each_market_gets_progress_from_its_own_event_time(tmp_path, monkeypatch):
+    """A file ordered by symbol: ETHUSDT on day 2, then BTCUSDT on day 1. BTCUSDT's progress comes from
+    BTCUSDT's trades, so none of them lands in a window its own progress closed."""
+    day1 = T0
+    day2 = day1 + 86_400_000
+    rows = [trade("binance", "ETHUSDT", day2, 1)]
+    rows += [trade("binance", "BTCUSDT", day1 + i * 1000, 2 + i) for i in range(4)]
+    path = tmp_path / "by-symbol.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    monkeypatch.setattr(replay, "CHUNK_ROWS", 2)
+    records = await written(path, 0)
+    marks = [(r[2], r[3]) for r in records if r[0] == "progress"]
+    assert marks[-2:] == [(("BTCUSDT",), day1 + 4000), (("ETHUSDT",), day2 + 1000)]  # the end: own seconds
+    assert all(w <= day1 + 3000 - BUFFER_MS for symbols, w in marks[:-2] if symbols == ("BTCUSDT",))
+    assert late_trade_ids(records) == set()
+
+
+async def test_a_stopped_replay_closes_only_what_it_published(tmp_path):
+    lines = [f"{i},10.0,1.0,10.0,{1735689600000000 + i * 100_000},True,True" for i in range(50)]
+    path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", lines)
+    settings = load_settings(replay_speed=10, max_buffer_seconds=0.5, flush_windows_on_stop=True)
+    stop = asyncio.Event()
+    published: list[int] = []
+    marks = []
+    async for batch in replay_trades(settings, path, progress=False, stop=stop):
+        published += [orjson.loads(v)["timestamp"] for _, v, _ in batch]
+        marks += [p.watermark for p in batch.progress]
+        if published:
+            stop.set()
+    assert 0 < len(published) < 50
+    assert marks[-1] == max(published) - max(published) % 1000 + 1000  # its last second closes, no further
