@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         default=200,
         ge=10,
         le=60_000,
-        description="How often sources write progress records (event time reached) to the trades topic.",
+        description="How often live and synthetic sources write progress records (event time reached).",
     )
     future_tolerance_seconds: float = Field(
         default=10.0,
