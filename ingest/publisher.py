@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -86,6 +86,13 @@ class Publisher:
         self._failure: BaseException | None = None
         self.accepted = 0  # records: trades and progress
         self.acknowledged = 0
+        # Acknowledged in order: every record accepted before ``acked_through`` is acknowledged. Rounds
+        # go out in the order accepted, [end, records of it not yet acknowledged] each; a batch the
+        # producer gives up on is resent within its round, so a round is done only when all of it is.
+        self.acked_through = 0
+        self._rounds: deque[list[int]] = deque()
+        self._sent = 0
+        self._when: deque[tuple[int, Callable[[], None]]] = deque()  # (accepted count, call once past it)
         self.marks = 0  # progress records among them
         self.retries = 0
 
@@ -210,7 +217,10 @@ class Publisher:
             n = min(len(buf), MAX_ROUND)
             popleft = buf.popleft
             records = [popleft() for _ in range(n)]
-            await self._send(records)
+            self._sent += n
+            round_ = [self._sent, n]
+            self._rounds.append(round_)
+            await self._send(records, round_)
 
     def _partition(self, key: bytes) -> int:
         partition = self._partition_of.get(key)
@@ -219,7 +229,7 @@ class Publisher:
             partition = self._partition_of[key] = self._partitioner(key, parts, parts)
         return partition
 
-    async def _send(self, records: list[Record]) -> None:
+    async def _send(self, records: list[Record], round_: list[int]) -> None:
         by_partition: dict[int, list[Record]] = {}
         partition_of = self._partition_of
         for record in records:
@@ -233,9 +243,9 @@ class Publisher:
             else:
                 group.append(record)
         for partition, group in by_partition.items():
-            await self._send_partition(partition, group)
+            await self._send_partition(partition, group, round_)
 
-    async def _send_partition(self, partition: int, group: list[Record]) -> None:
+    async def _send_partition(self, partition: int, group: list[Record], round_: list[int]) -> None:
         """Hand ``group`` to the producer as record batches; retry until every batch is accepted."""
         backoff = 0.2
         start = 0
@@ -257,9 +267,26 @@ class Publisher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            self._track(fut, partition, group[start:end])
+            self._track(fut, partition, group[start:end], round_)
             start = end
             backoff = 0.2
+
+    def when_acknowledged(self, call: Callable[[], None]) -> None:
+        """Call ``call`` once every record accepted so far is acknowledged (at once if it is)."""
+        self._when.append((self.accepted, call))
+        self._in_order()
+
+    def _in_order(self) -> None:
+        rounds = self._rounds
+        while rounds and rounds[0][1] == 0:
+            self.acked_through = rounds.popleft()[0]
+        when = self._when
+        while when and when[0][0] <= self.acked_through:
+            _, call = when.popleft()
+            try:
+                call()
+            except Exception:  # a caller's failure must not stop acknowledgements
+                log.exception("a call after acknowledgement failed")
 
     def _retried(self, why: str, backoff: float) -> None:
         self.retries += 1
@@ -273,7 +300,9 @@ class Publisher:
             self._settled.set()
             self._room.set()
 
-    def _track(self, fut: asyncio.Future[object], partition: int, records: list[Record]) -> None:
+    def _track(
+        self, fut: asyncio.Future[object], partition: int, records: list[Record], round_: list[int]
+    ) -> None:
         self._inflight.add(fut)
 
         def done(f: asyncio.Future[object]) -> None:
@@ -282,11 +311,13 @@ class Publisher:
                 # The producer gave up on this batch (broker gone too long): send it again, never drop it.
                 why = "cancelled" if f.cancelled() else f.exception()
                 self._retried(f"batch of {len(records)} not acknowledged ({why}); resending", 0)
-                task = asyncio.ensure_future(self._send_partition(partition, records))
+                task = asyncio.ensure_future(self._send_partition(partition, records, round_))
                 self._inflight.add(task)
                 task.add_done_callback(self._resent)
                 return
             self.acknowledged += len(records)
+            round_[1] -= len(records)
+            self._in_order()
             self._room.set()
             if self._trades:
                 INGEST_BACKLOG.set(self.backlog)

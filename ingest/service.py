@@ -123,6 +123,9 @@ async def run_ingest(
                 feeds = getattr(batch, "feeds", ())
                 if feeds:
                     await _report(producer, settings.kafka_candles_topic, feeds)
+                acknowledged = getattr(batch, "acknowledged", None)
+                if acknowledged is not None:
+                    trades.when_acknowledged(acknowledged)
     finally:
         await trades.stop()
         await dlq.stop()

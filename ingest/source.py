@@ -10,7 +10,7 @@ building a :class:`Trade` object per row.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from cryptostream.codec import Progress, Rejected
@@ -32,7 +32,7 @@ class _WithRejects(list[T]):
     """Items of a batch, the records ``source`` rejected (reason and raw payload kept), its progress, and
     the connection state of sources (about once a second)."""
 
-    __slots__ = ("feeds", "progress", "rejected", "source")
+    __slots__ = ("acknowledged", "feeds", "progress", "rejected", "source")
 
     def __init__(
         self,
@@ -41,12 +41,16 @@ class _WithRejects(list[T]):
         source: str = "",
         progress: Iterable[Progress] = (),
         feeds: Iterable[FeedStatus] = (),
+        acknowledged: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(items)
         self.rejected: list[Rejected] = list(rejected)
         self.source = source
         self.progress: list[Progress] = list(progress)
         self.feeds: list[FeedStatus] = list(feeds)  # sources' connection states, for the API
+        # called once Kafka acknowledged every record of this batch and of those before it (a live
+        # source's resume file: it may say only what the broker holds)
+        self.acknowledged = acknowledged
 
 
 class TradeBatch(_WithRejects[Trade]):

@@ -241,7 +241,7 @@ async def _progress(
     feeds: list[Exchange], queue: asyncio.Queue[TradeBatch], every_s: float, resume: ResumeFile
 ) -> None:
     """Every ``every_s``: each feed's progress, in order with its trades (one queue); every second its
-    resume file and its connection state (for the API)."""
+    connection state (for the API) and what its resume file will say once Kafka holds all before it."""
     saved_at = 0.0
     loop = asyncio.get_running_loop()
     while True:
@@ -253,12 +253,24 @@ async def _progress(
                 await queue.put(TradeBatch(source=feed.name, progress=progress))
         if loop.time() - saved_at >= 1.0:
             saved_at = loop.time()
-            await queue.put(TradeBatch(source="live", feeds=[replace(feed.feed) for feed in feeds]))
-            for feed in feeds:
-                try:
-                    await asyncio.to_thread(resume.save, feed.name, feed.id_space(), feed.watermark.resume())
-                except OSError as exc:  # progress matters more than the file: keep going, say why
-                    log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
+            feeds_now = [replace(feed.feed) for feed in feeds]
+            await queue.put(TradeBatch(source="live", feeds=feeds_now, acknowledged=_saver(resume, feeds)))
+
+
+def _saver(resume: ResumeFile, feeds: list[Exchange]) -> Callable[[], None]:
+    """Write each feed's resume file as it is now, once Kafka acknowledged every record before this moment
+    (the batch carrying it): written at once, the file could cover trades the publisher still held, and a
+    crash then lost them with nothing left to say they were missing."""
+    snapshot = [(feed.name, feed.id_space(), feed.watermark.resume()) for feed in feeds]
+
+    def save() -> None:
+        for name, space, state in snapshot:
+            try:
+                resume.save(name, space, state)
+            except OSError as exc:  # progress matters more than the file: keep going, say why
+                log.warning("%s: cannot write %s (%s)", name, resume.folder, exc)
+
+    return save
 
 
 async def live_trades(
@@ -299,13 +311,13 @@ async def live_trades(
                 for p in feed.watermark.progress(now, complete=settings.flush_windows_on_stop)
             ]
             for feed in feeds:
-                try:
-                    resume.save(feed.name, feed.id_space(), feed.watermark.resume())
-                except OSError as exc:
-                    log.warning("%s: cannot write %s (%s)", feed.name, resume.folder, exc)
-            for feed in feeds:
                 feed.feed.enter(ENDED, now)
-            yield TradeBatch(source="live", progress=final, feeds=[feed.feed for feed in feeds])
+            yield TradeBatch(
+                source="live",
+                progress=final,
+                feeds=[feed.feed for feed in feeds],
+                acknowledged=_saver(resume, feeds),
+            )
         finally:
             if stopped is not None:
                 stopped.cancel()

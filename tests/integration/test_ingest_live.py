@@ -15,6 +15,9 @@ dead-letter topic every bad frame with its reason and raw payload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,6 +27,7 @@ import httpx
 import orjson
 import pytest
 
+from cryptostream.embedded import EmbeddedKafka
 from cryptostream.settings import Settings
 from ingest.exchanges import build, live_trades, load_markets
 from ingest.exchanges.base import Exchange
@@ -408,3 +412,79 @@ async def test_a_feed_down_when_ingest_stops_claims_no_progress_over_its_outage(
     assert max(p["watermark"] for p in progress) <= down[0], (progress[-1], down[0])
     saved = orjson.loads((settings.state_dir / "ingest" / "binance.json").read_bytes())
     assert saved["symbols"]["BTCUSDT"]["watermark"] <= down[0]
+
+
+async def test_the_resume_file_moves_only_as_kafka_acknowledges_what_it_covers(make_settings, tmp_path):
+    """The resume file (the last trade id per symbol the written progress covers) was written every second
+    from the feed's state, whatever the publisher still held: a broker that stopped acknowledging, then a
+    crash, and the next run resumed after trades Kafka never got, lost without a word. It is now written
+    only once Kafka acknowledged every record before it. Played with a broker of this test's own, frozen
+    (SIGSTOP) for 3 s while the exchange keeps trading."""
+
+    async def steady(ex: FakeExchange, ws) -> None:
+        for _ in range(120):
+            await ex.send_trades(ws, "BTCUSDT", 3)
+            await asyncio.sleep(0.1)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [steady]).start()
+    kafka = EmbeddedKafka(tmp_path).start()  # this test freezes it: not the session's broker
+    assert kafka._proc is not None
+    settings = live_settings(
+        make_settings,
+        kafka_bootstrap=kafka.bootstrap,
+        exchanges="binance",
+        symbols="BTCUSDT",
+        binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url,
+        max_buffer_seconds=0.3,
+        kafka_linger_ms=1,
+    )
+    state = settings.state_dir / "ingest" / "binance.json"
+
+    def saved() -> int | None:
+        if not state.exists():
+            return None
+        entry = orjson.loads(state.read_bytes())["symbols"].get("BTCUSDT")
+        return None if entry is None else int(entry["id"])
+
+    stop = asyncio.Event()
+    frozen = False
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        (feed,) = build(settings, http, await load_markets(settings, http))
+        task = asyncio.create_task(run_ingest(settings, live_trades(settings, [feed], stop=stop), stop))
+        try:
+            for _ in range(200):  # acknowledged records move the file
+                if (saved() or 0) > 30:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the resume file never moved: {saved()}, {feed.stats}")
+            os.kill(kafka._proc.pid, signal.SIGSTOP)
+            frozen = True
+            await asyncio.sleep(0.5)  # what was in flight settles either way
+            before, covered = saved(), feed.watermark.resume()["BTCUSDT"]["id"]
+            await asyncio.sleep(3.0)
+            assert feed.watermark.resume()["BTCUSDT"]["id"] > covered + 30, "the feed's progress stood still"
+            assert saved() == before, "the resume file moved while Kafka acknowledged nothing"
+            os.kill(kafka._proc.pid, signal.SIGCONT)
+            frozen = False
+            for _ in range(200):
+                if (saved() or 0) > covered + 30:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the resume file did not move after the broker came back: {saved()}")
+            stop.set()
+            await asyncio.wait_for(task, 60)
+            records = trades_of(await topic_records(settings, settings.kafka_topic))
+            landed = {orjson.loads(r.value)["trade_id"] for r in records}
+            final = saved()
+            assert final is not None and final in landed  # the file covers only what Kafka holds
+        finally:
+            if frozen:
+                os.kill(kafka._proc.pid, signal.SIGCONT)
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 60)
+            kafka.stop()
+            await server.stop()
