@@ -127,6 +127,7 @@ class Exchange(ABC):
 
     name: ClassVar[str]
     url_setting: ClassVar[str]  # the setting that names the WebSocket URL, for error messages
+    heartbeats: ClassVar[bool] = False  # the exchange sends a frame at least every second (see watermark)
 
     def __init__(
         self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
@@ -267,6 +268,8 @@ class Exchange(ABC):
                 return
             self.stats.frames += 1
             parsed = self.parse(raw, now_ms())
+            if self.heartbeats:
+                self.watermark.heard = now_ms()
             if (parsed.trades or parsed.alive) and not state.healthy:
                 state.healthy = True
                 self._delivering += 1

@@ -61,6 +61,7 @@ class _Coinbase(Exchange):
     """What both Coinbase feeds share: product ids (Coinbase's own, from its market list) and REST rows."""
 
     name = "coinbase"
+    heartbeats = True  # both feeds subscribe to a heartbeat channel: a frame every second
 
     def __init__(
         self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None

@@ -6,6 +6,9 @@ watermark is its receipt clock minus ``MAX_BUFFER_SECONDS`` (trades reach us wit
 worst). It is held back, per symbol, while trades may still come for earlier windows:
 
 * **disconnected**: no progress at all (we cannot know what we miss);
+* **silent**, for a feed whose exchange sends a frame at least every second (Coinbase's heartbeats): no
+  progress past its last frame minus the buffer (a half-open connection delivers nothing until the stall
+  timeout notices, and what it missed would come late from the backfill);
 * **after a reconnect, or a restart**: each symbol stays where it was until it shows it lost nothing (a trade
   right after the last one we had, a Coinbase heartbeat naming an id we have) or shows a gap;
 * **a gap** (ids missing, found by :class:`~ingest.exchanges.tracker.TradeIds`): the symbol stays before
@@ -60,6 +63,9 @@ class FeedWatermark:
     buffer_ms: int
     hold_ms: int
     up: bool = False
+    # the last frame of a feed whose exchange sends one at least every second (Coinbase's heartbeats):
+    # progress never passes it (minus the buffer), so a connection gone silent claims nothing it may miss
+    heard: int | None = None
     expired: int = 0  # holds that ran out
     state: dict[str, _Symbol] = field(default_factory=dict)
 
@@ -117,7 +123,8 @@ class FeedWatermark:
         file keeps the progress written before, so the next run fetches the outage."""
         if not self.up:
             return []
-        base = (now - now % 1000) if complete else now - self.buffer_ms
+        clock = now if self.heard is None else min(now, self.heard)
+        base = (clock - clock % 1000) if complete else clock - self.buffer_ms
         groups: dict[int, list[str]] = {}
         for symbol, s in self.state.items():
             for key in [k for k, h in s.holds.items() if h.until <= now]:

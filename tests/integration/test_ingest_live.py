@@ -488,3 +488,44 @@ async def test_the_resume_file_moves_only_as_kafka_acknowledges_what_it_covers(m
                 await asyncio.wait_for(task, 60)
             kafka.stop()
             await server.stop()
+
+
+async def test_a_coinbase_connection_gone_silent_claims_nothing_it_may_be_missing(make_settings):
+    """Coinbase sends a heartbeat every second. A connection that goes silent without closing (a half-open
+    TCP path) counted as connected until WS_STALL_SECONDS noticed, and progress went on to its clock minus
+    the buffer all that time: the trades made meanwhile, backfilled after the reconnect, came behind it,
+    late. Progress now never passes the feed's last frame minus the buffer."""
+
+    async def then_silent(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        for _ in range(5):
+            await ex.send_trades(ws, "BTCUSD", 2)
+            await ex.heartbeat(ws)
+            await asyncio.sleep(0.1)
+        for _ in range(6):  # the socket says nothing more while the exchange trades on
+            ex.offline("BTCUSD", 1)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(10)  # held open, silent, past the stall timeout
+
+    async def back(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        await ex.send_trades(ws, "BTCUSD", 3)
+        await ex.heartbeat(ws)
+
+    server = await FakeExchange("coinbase", ["BTC-USD"], [then_silent, back]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="coinbase",
+        symbols="BTCUSD",
+        coinbase_ws_url=server.ws_url,
+        coinbase_rest_url=server.rest_url,
+        max_buffer_seconds=0.5,
+        ws_stall_seconds=2.0,
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert feed.stats.stalls >= 1 and feed.stats.backfilled >= 6
+    assert feed.stats.backfilled_late == 0, feed.stats
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)

@@ -53,3 +53,18 @@ def test_a_feed_that_is_down_when_it_stops_claims_nothing_and_resumes_before_the
     w.connected(T + 9000)
     w.trade("BTCUSDT", 11, T + 9100, None, T + 9100)
     assert marks(w, T + 9500, complete=True) == {"BTCUSDT": T + 9000}
+
+
+def test_a_feed_with_heartbeats_claims_nothing_past_its_last_frame() -> None:
+    """Coinbase sends a frame every second: one gone silent (a half-open connection, until the stall
+    timeout notices) may be missing trades, which its backfill would bring after progress closed them."""
+    w = feed()
+    w.connected(T)
+    w.heard = T
+    w.trade("BTCUSDT", 1, T, None, T)
+    assert marks(w, T + 800) == {"BTCUSDT": T - 500, "ETHUSDT": T - 500}  # from the last frame, 0.8 s old
+    assert marks(w, T + 20_000) == {}  # silent since: nothing more
+    w.heard = T + 20_500
+    assert marks(w, T + 21_000) == {"BTCUSDT": T + 20_000, "ETHUSDT": T + 20_000}
+    w.heard = T + 21_700
+    assert marks(w, T + 25_000, complete=True) == {"BTCUSDT": T + 21_000, "ETHUSDT": T + 21_000}  # a stop
