@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -146,7 +147,7 @@ class Exchange(ABC):
         self.stats = FeedStats()
         self.feed = FeedStatus(self.name, CONNECTING, now_ms())  # what /health and the dashboard show
         self.backfill_delay = BACKFILL_DELAY_SECONDS
-        self._gaps: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+        self._gaps: asyncio.Queue[tuple[str, int, int, float]] = asyncio.Queue()  # ..., found (monotonic)
         self._emit: Emit | None = None
         self._draining: set[asyncio.Task[_SessionEnd]] = set()
         self._delivering = 0  # sessions that delivered data and are still open
@@ -343,7 +344,7 @@ class Exchange(ABC):
         TRADE_GAPS.labels(self.name, symbol).inc()
         action = "backfilling from REST" if self.history is not None else "backfill is off (BACKFILL=false)"
         log.warning("%s %s: trade ids %d-%d missing (%d trades); %s", self.name, symbol, lo, hi, size, action)
-        self._gaps.put_nowait((symbol, lo, hi))
+        self._gaps.put_nowait((symbol, lo, hi, time.monotonic()))
 
     def _lost(self, symbol: str, count: int, why: str) -> None:
         self.stats.lost += count
@@ -355,9 +356,9 @@ class Exchange(ABC):
         filling one gap gives that gap up as lost, said and counted: it used to end this loop unseen, and
         every later gap stayed open, never fetched and never counted."""
         while True:
-            symbol, lo, hi = await self._gaps.get()
+            symbol, lo, hi, found = await self._gaps.get()
             try:
-                await self._backfill(symbol, lo, hi)
+                await self._backfill(symbol, lo, hi, found)
             except Exception as exc:
                 log.exception("%s %s: backfill of trade ids %d-%d failed", self.name, symbol, lo, hi)
                 lost = self.ids[symbol].give_up(lo, hi)
@@ -365,10 +366,13 @@ class Exchange(ABC):
                     self._lost(symbol, lost, f"backfill failed: {type(exc).__name__}")
                 self.watermark.settled(symbol, lo, hi)
 
-    async def _backfill(self, symbol: str, lo: int, hi: int) -> None:
-        """Fill one gap: fetch its holes (a few rounds), give up what is still missing, let progress go."""
+    async def _backfill(self, symbol: str, lo: int, hi: int, found: float) -> None:
+        """Fill one gap: fetch its holes (a few rounds), give up what is still missing, let progress go.
+        The first fetch waits until ``backfill_delay`` after the gap was found, not after the gap before
+        it: the gaps of many symbols after one reconnect waited a second each in turn, and those behind
+        the 30th or so outlasted their holds (BACKFILL_HOLD_SECONDS), their trades late."""
         late_before = self.stats.backfilled_late
-        await asyncio.sleep(self.backfill_delay)
+        await asyncio.sleep(max(0.0, found + self.backfill_delay - time.monotonic()))
         why = "backfill is off"
         if self.history is not None:
             why = "not in the exchange's REST history"

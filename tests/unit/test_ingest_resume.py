@@ -1,5 +1,6 @@
-"""What a live feed keeps across restarts (``STATE_DIR/ingest/<exchange>.json``), and its gap backfill
-going on whatever one gap does: no network, the feeds built from the shipped market lists."""
+"""What a live feed keeps across restarts (``STATE_DIR/ingest/<exchange>.json``), and how it backfills
+gaps (in time for their holds, going on whatever one gap does): no network, the feeds built from the
+shipped market lists, REST history answered in process."""
 
 from __future__ import annotations
 
@@ -133,3 +134,58 @@ async def test_a_fault_in_one_gaps_backfill_gives_it_up_as_lost_and_the_next_gap
     assert sorted(t.trade_id for t in out) == [1000, 1002, *range(1003, 1010), 1010]
     assert trades.ids["BTCUSDT"].missing(0, 10**9) == []
     assert "backfill of trade ids 1001-1001 failed" in caplog.text
+
+
+class InstantHistory(RestHistory):
+    """REST history that answers every id at once (historicalTrades rows)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def row_id(self, row: dict[str, Any]) -> int:
+        return int(row["id"])
+
+    async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        return [
+            {"id": i, "price": "1", "qty": "1", "time": self.at, "isBuyerMaker": True}
+            for i in range(lo, hi + 1)
+        ]
+
+
+async def test_the_gaps_of_many_symbols_at_once_each_wait_the_delay_from_when_they_were_found(
+    tmp_path: Path,
+) -> None:
+    """After one reconnect every symbol may show a gap. Each waited the backfill delay after the gap before
+    it was done, so with a 1 s delay and a 3 s hold the gaps after the third outlasted their holds: their
+    progress moved on and the backfilled trades were late. Now each waits from when it was found."""
+    listed = [m for m in snapshot("binance") if m.trading and m.quote == "USDT"][:8]
+    settings = load_settings(
+        symbols=",".join(m.symbol for m in listed),
+        backfill=True,
+        backfill_hold_seconds=3.0,
+        max_buffer_seconds=0.5,
+        state_dir=tmp_path,
+    )
+    trades = Binance(settings, listed)
+    now = now_ms()
+    trades.history = InstantHistory(now - 50)
+    out: list[Trade] = []
+
+    async def emit(batch: Any) -> None:
+        out.extend(batch)
+
+    trades._emit = emit
+    trades.watermark.connected(now)
+    for trade_id, at in ((1000, now - 100), (1002, now)):  # 1001 missing in every market
+        await trades.deliver([Trade("binance", m.symbol, 1.0, 1.0, at, trade_id, True, now) for m in listed])
+    task = asyncio.create_task(trades._backfill_loop())
+    try:
+        for _ in range(150):
+            trades.watermark.progress(now_ms())  # what the progress loop does: holds run out here
+            if trades.stats.backfilled == len(listed):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    assert trades.stats.backfilled == len(listed), trades.stats
+    assert trades.watermark.expired == 0 and trades.stats.backfilled_late == 0, trades.stats
