@@ -208,6 +208,10 @@ THREAD_ROWS = 2_000
 # select in an aggregate costs more than it saves (1 row: 0.74 against 0.62 ms; even at 300; 1,000: 2.7
 # against 3.1 ms, 1,000 rows read alternately each way on the year's TimescaleDB)
 COLUMNS_ROWS = 300
+# ... and up to this many: the answer is one row of the protocol, each column one bytea, and PostgreSQL
+# refuses values over 1 GB (the trainer reads a market's whole history: 30 million 1 s candles is 240 MB a
+# column); above it rows, as before
+COLUMNS_MOST = 1_000_000
 
 
 def _table(records: list[asyncpg.Record], schema: pa.Schema, market: Market) -> pa.Table:
@@ -248,6 +252,7 @@ def _in_columns(sql: str, schema: pa.Schema) -> str:
 # The bits standing for NULL: a NaN no arithmetic makes (they make 0x7ff8000000000000), and the least
 # int64 (no bucket, trade count or second count is).
 _NULL = {"float8": 0x7FF8_DEAD_0000_BEEF, "int8": 0x8000_0000_0000_0000}
+_WIDE = {"float8": pa.float64(), "int8": pa.int64()}  # the Arrow type of the same bits
 
 
 def _wire(kind: pa.DataType) -> str:
@@ -276,13 +281,7 @@ def _columns_table(row: asyncpg.Record, schema: pa.Schema, market: Market) -> pa
     arrays = []
     for i, field in enumerate(fields):
         valid = pa.py_buffer(np.packbits(~null[i][order], bitorder="little")) if nulls[i] else None
-        kind = (
-            field.type
-            if field.name == "bucket"
-            else pa.float64()
-            if _wire(field.type) == "float8"
-            else pa.int64()
-        )
+        kind = field.type if field.name == "bucket" else _WIDE[_wire(field.type)]
         array = pa.Array.from_buffers(kind, n, [valid, pa.py_buffer(native[i])])  # the same 64 bits
         arrays.append(array if array.type == field.type else array.cast(field.type))
     return pa.Table.from_arrays([*_market_columns(market, n), *arrays], schema=schema)
@@ -741,7 +740,7 @@ async def _direct(
     if since is not None:
         where += f" AND bucket >= TIMESTAMPTZ '{since.isoformat()}'"
     sql = select(where, f"${len(args) + 3}")
-    if schema is CANDLE_SCHEMA and limit >= COLUMNS_ROWS:  # 8-byte numbers (predictions hold text)
+    if schema is CANDLE_SCHEMA and COLUMNS_ROWS <= limit <= COLUMNS_MOST:  # 8-byte numbers (not predictions)
         return _columns_table(
             await conn.fetchrow(_in_columns(sql, schema), *market, *args, limit), schema, market
         )
