@@ -14,6 +14,7 @@ from cryptostream.codec import Rejected, encode_dlq, encode_trade
 from cryptostream.errors import SinkWriteError
 from cryptostream.kafka import start_producer
 from cryptostream.models import Trade
+from cryptostream.settings import Settings
 from ingest.synthetic import SyntheticMarket
 from processor import service
 from processor.service import Processor
@@ -52,6 +53,25 @@ class FailingDatabase(PostgresSink):
         await super().write(batch)
 
 
+async def dead_lettered_by_a_crashed_attempt(
+    settings: Settings, raw: bytes, partition: int, offsets: tuple[int, ...]
+) -> None:
+    """What a processor that died before its checkpoint leaves: dead letters of ``offsets`` of
+    ``partition``, written as the processor writes them (``encode_dlq``, to the partition it picks)."""
+    producer = await start_producer(settings)
+    try:
+        letters = sorted(await producer.partitions_for(settings.kafka_dlq_topic))
+        for offset in offsets:
+            rejected = Rejected("non_positive_price", "price -5.0", raw, partition, offset)
+            await producer.send_and_wait(
+                settings.kafka_dlq_topic,
+                encode_dlq(rejected, stage="processor", source_topic=settings.kafka_topic),
+                partition=letters[partition % len(letters)],
+            )
+    finally:
+        await producer.stop()
+
+
 async def test_dead_letters_not_read_back_in_time_hold_the_partition_rather_than_go_out_twice(
     make_settings, produce_raw, monkeypatch
 ):
@@ -73,18 +93,7 @@ async def test_dead_letters_not_read_back_in_time_hold_the_partition_rather_than
         return await run_processor_until(settings, there, processor=proc)
 
     await reach(Processor(settings, [ParquetSink(settings.output_dir)]), 20)  # a checkpoint at 20
-    producer = await start_producer(settings)  # a crashed attempt dead-lettered 20 and 21, then died
-    try:
-        letters = sorted(await producer.partitions_for(settings.kafka_dlq_topic))
-        for offset in (20, 21):
-            rejected = Rejected("non_positive_price", "price -5.0", bad, partition, offset)
-            await producer.send_and_wait(
-                settings.kafka_dlq_topic,
-                encode_dlq(rejected, stage="processor", source_topic=settings.kafka_topic),
-                partition=letters[partition % len(letters)],
-            )
-    finally:
-        await producer.stop()
+    await dead_lettered_by_a_crashed_attempt(settings, bad, partition, (20, 21))
     await produce_raw(settings, [bad, bad, *good[22:]])  # offsets 20-29
 
     monkeypatch.setattr(service, "READ_BACK_S", 0.0)
@@ -172,18 +181,7 @@ async def test_dead_letters_of_a_crashed_attempt_outlive_a_checkpoint_written_be
 
     # The crashed attempt read on, dead-lettered the records at offsets 60 and 61, and died before its
     # checkpoint.
-    producer = await start_producer(settings)
-    try:
-        letters = sorted(await producer.partitions_for(settings.kafka_dlq_topic))
-        for offset in (60, 61):
-            rejected = Rejected("non_positive_price", "price -5.0", bad, partition, offset)
-            await producer.send_and_wait(
-                settings.kafka_dlq_topic,
-                encode_dlq(rejected, stage="processor", source_topic=settings.kafka_topic),
-                partition=letters[partition % len(letters)],
-            )
-    finally:
-        await producer.stop()
+    await dead_lettered_by_a_crashed_attempt(settings, bad, partition, (60, 61))
 
     await produce_raw(settings, trades(50, 10))  # offsets 50-59
     second = await run_to(60)  # reads the letters back, checkpoints at 60: before their records
