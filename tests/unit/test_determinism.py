@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryptostream.codec import decode_records, encode_progress
@@ -54,7 +54,7 @@ def make_log(rng: random.Random, n: int) -> Log:
             events.append((clock, value, clock))
             continue
         ids[(exchange, symbol)] += 1
-        if rng.random() < 0.03:  # a feed stamping an id it used a moment ago: another second, another trade
+        if 0.22 <= roll < 0.25:  # a feed stamping an id it used a moment ago: another second, another trade
             ids[(exchange, symbol)] -= rng.randint(1, 3)
         trade = {
             "symbol": symbol,
@@ -225,7 +225,8 @@ def stream(log: Log, seed: int) -> Result:
     return rows_by_key(candles), volatility, dead, crashes
 
 
-@settings(max_examples=300, deadline=None)
+# Logs of up to 250 events draw a lot of hypothesis's data: one that overruns it is dropped, not a failure
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
 @given(logs, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_any_fetch_close_checkpoint_and_crash_schedule_gives_the_reference_candles_and_dead_letters(
     log: Log, seed_a: int, seed_b: int
