@@ -19,10 +19,12 @@ whole market's progress stays far below the processor's record size limit), acce
 after the trades it covers.
 
 Nothing accepted is dropped: a send that fails (broker gone, leader moving) is retried with backoff, and a
-batch the producer gives up on is sent again. ``backlog`` (accepted minus acknowledged, also the
-``cryptostream_ingest_backlog`` gauge) shows what an outage holds; ``stop()`` returns only when every
-accepted trade is acknowledged. Redelivery after a lost acknowledgement can duplicate a record; the
-processor counts duplicates once (same exchange, symbol, trade id).
+batch the producer gives up on is sent again. ``acked_through`` says how far everything is acknowledged in
+order, and :meth:`Publisher.when_acknowledged` calls back once all accepted so far is (a live source writes
+its resume file from there, so the file never covers a trade Kafka does not hold). ``backlog`` (accepted
+minus acknowledged, also the ``cryptostream_ingest_backlog`` gauge) shows what an outage holds;
+``stop()`` returns only when every accepted trade is acknowledged. Redelivery after a lost acknowledgement
+can duplicate a record; the processor counts duplicates once (same exchange, symbol, second, trade id).
 """
 
 from __future__ import annotations
