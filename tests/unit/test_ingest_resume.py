@@ -85,10 +85,11 @@ def test_a_state_file_of_the_wrong_shape_is_ignored_saying_so(tmp_path: Path, co
     assert "ignoring" in caplog.text
 
 
-class FlakyHistory(RestHistory):
-    """REST history whose first fetch fails in a way nobody expected; later ones answer every id."""
+class InstantHistory(RestHistory):
+    """REST history that answers every id at once, as Binance's historicalTrades rows stamped ``at``."""
 
-    def __init__(self) -> None:
+    def __init__(self, at: int | None = None) -> None:
+        self.at = at
         self.calls = 0
 
     def row_id(self, row: dict[str, Any]) -> int:
@@ -96,12 +97,20 @@ class FlakyHistory(RestHistory):
 
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
         self.calls += 1
-        if self.calls == 1:
-            raise RuntimeError("a bug in the first gap's backfill")
-        now = now_ms()  # historicalTrades rows, as Binance sends them
+        at = now_ms() if self.at is None else self.at
         return [
-            {"id": i, "price": "1", "qty": "1", "time": now, "isBuyerMaker": True} for i in range(lo, hi + 1)
+            {"id": i, "price": "1", "qty": "1", "time": at, "isBuyerMaker": True} for i in range(lo, hi + 1)
         ]
+
+
+class FlakyHistory(InstantHistory):
+    """The same, except that its first fetch fails in a way nobody expected."""
+
+    async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        if self.calls == 0:
+            self.calls += 1
+            raise RuntimeError("a bug in the first gap's backfill")
+        return await super().fetch(symbol, lo, hi)
 
 
 async def test_a_fault_in_one_gaps_backfill_gives_it_up_as_lost_and_the_next_gap_is_filled(
@@ -134,22 +143,6 @@ async def test_a_fault_in_one_gaps_backfill_gives_it_up_as_lost_and_the_next_gap
     assert sorted(t.trade_id for t in out) == [1000, 1002, *range(1003, 1010), 1010]
     assert trades.ids["BTCUSDT"].missing(0, 10**9) == []
     assert "backfill of trade ids 1001-1001 failed" in caplog.text
-
-
-class InstantHistory(RestHistory):
-    """REST history that answers every id at once (historicalTrades rows)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def row_id(self, row: dict[str, Any]) -> int:
-        return int(row["id"])
-
-    async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
-        return [
-            {"id": i, "price": "1", "qty": "1", "time": self.at, "isBuyerMaker": True}
-            for i in range(lo, hi + 1)
-        ]
 
 
 async def test_the_gaps_of_many_symbols_at_once_each_wait_the_delay_from_when_they_were_found(
