@@ -9,14 +9,15 @@ One sender task sends a round as soon as ``BATCH_SIZE`` trades wait, or when the
 ``KAFKA_LINGER_MS``. A round takes everything waiting (a backlog drains in large batches instead of
 ``BATCH_SIZE`` at a time), groups it by partition with Kafka's murmur2 key partitioner (so every Kafka
 tool agrees where a symbol lives; computed once per key) and appends it to one record batch per
-partition (split at the producer's byte limit). The broker's acknowledgement is awaited in the background,
-so rounds pipeline.
+partition (split at the producer's byte limit). A partition has one batch at the producer at a time, the
+next sent once it is acknowledged; while a round is sent, the next is gathered, so rounds still pipeline.
 
-Records are sent in the order they were accepted within a partition (one sender, one FIFO), which is what
-progress records need: :meth:`Publisher.progress_records` turns a source's progress into one record per
-partition that holds its symbols (more when a partition holds more than ``PROGRESS_SYMBOLS`` of them, so a
-whole market's progress stays far below the processor's record size limit), accepted like any other record,
-after the trades it covers.
+Records reach Kafka in the order they were accepted within a partition (one sender, one FIFO, one batch
+at the producer per partition, even through resends), which is what progress records need:
+:meth:`Publisher.progress_records` turns a source's progress into one record per partition that holds its
+symbols (more when a partition holds more than ``PROGRESS_SYMBOLS`` of them, so a whole market's progress
+stays far below the processor's record size limit), accepted like any other record, after the trades it
+covers.
 
 Nothing accepted is dropped: a send that fails (broker gone, leader moving) is retried with backoff, and a
 batch the producer gives up on is sent again. ``acked_through`` says how far everything is acknowledged in
@@ -82,7 +83,7 @@ class Publisher:
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
         self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._chains: dict[int, asyncio.Task[None]] = {}  # partition: its last send, done when acknowledged
         self._settled = asyncio.Event()
         self._trades = trades  # False for the dead-letter publisher: not counted as trades out
         self._failure: BaseException | None = None
@@ -207,6 +208,7 @@ class Publisher:
     # ------------------------------------------------------------------------------------ sender
     async def _run(self) -> None:
         buf = self._buf
+        previous: list[asyncio.Task[None]] = []
         while True:
             if not buf:
                 self._waiting.clear()
@@ -222,7 +224,12 @@ class Publisher:
             self._sent += n
             round_ = [self._sent, n]
             self._rounds.append(round_)
-            await self._send(records, round_)
+            current = self._send(records, round_)
+            # Two rounds out at most: this one waits in its partitions' chains while the one before is
+            # sent; what arrives meanwhile gathers in the buffer and goes as the next (larger) round.
+            if previous:
+                await asyncio.wait(previous)
+            previous = current
 
     def _partition(self, key: bytes) -> int:
         partition = self._partition_of.get(key)
@@ -231,7 +238,7 @@ class Publisher:
             partition = self._partition_of[key] = self._partitioner(key, parts, parts)
         return partition
 
-    async def _send(self, records: list[Record], round_: list[int]) -> None:
+    def _send(self, records: list[Record], round_: list[int]) -> list[asyncio.Task[None]]:
         by_partition: dict[int, list[Record]] = {}
         partition_of = self._partition_of
         for record in records:
@@ -244,34 +251,81 @@ class Publisher:
                 by_partition[partition] = [record]
             else:
                 group.append(record)
+        tasks = []
         for partition, group in by_partition.items():
-            await self._send_partition(partition, group, round_)
+            task = asyncio.create_task(
+                self._send_partition(partition, group, round_, self._chains.get(partition))
+            )
+            task.add_done_callback(self._chain_done)
+            self._chains[partition] = task
+            tasks.append(task)
+        return tasks
 
-    async def _send_partition(self, partition: int, group: list[Record], round_: list[int]) -> None:
-        """Hand ``group`` to the producer as record batches; retry until every batch is accepted."""
+    async def _send_partition(
+        self, partition: int, group: list[Record], round_: list[int], after: asyncio.Task[None] | None
+    ) -> None:
+        """Send ``group`` to ``partition`` once everything sent there before it is acknowledged, one record
+        batch at a time, each until acknowledged.
+
+        One batch per partition at the producer keeps a partition's records in the order accepted even
+        when a batch fails: a non-idempotent aiokafka producer gives up on a batch after
+        ``request_timeout_ms`` and would send the batch queued behind it first, so a progress record could
+        reach Kafka before trades it covers (which the processor would then count late). aiokafka sends
+        one batch per partition at a time anyway; what this costs is the batch behind not waiting ready.
+        """
+        start, (batch, end) = 0, self._batch(group, 0)  # built while what is ahead is at the broker
+        if after is not None and not after.done():
+            await asyncio.wait([after])
         backoff = 0.2
-        start = 0
-        while start < len(group):
-            batch = self.producer.create_batch()
-            end = start
-            append = batch.append
-            for key, value, ts in group[start:]:
-                if append(key=key, value=value, timestamp=ts) is None:
-                    break
-                end += 1
-            if end == start:
-                raise ValueError(f"record of {len(group[start][1])} bytes exceeds the producer batch size")
-            batch.close()  # ready now: this class does its own lingering
+        while True:
             try:
                 fut = await self.producer.send_batch(batch, self.topic, partition=partition)
             except KafkaError as exc:
                 self._retried(f"Kafka send failed ({exc})", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+                batch, end = self._batch(group, start)
                 continue
-            self._track(fut, partition, group[start:end], round_)
-            start = end
+            following = self._batch(group, end) if end < len(group) else None
+            await asyncio.wait([fut])
+            if fut.cancelled() or fut.exception() is not None:
+                # The producer gave up on this batch (broker gone too long): send it again, never drop it.
+                why = "cancelled" if fut.cancelled() else fut.exception()
+                self._retried(f"batch of {end - start} not acknowledged ({why}); resending", 0)
+                batch, end = self._batch(group, start)
+                continue
+            self._acknowledged(end - start, round_)
+            if following is None:
+                return
+            start, (batch, end) = end, following
             backoff = 0.2
+
+    def _batch(self, group: list[Record], start: int) -> tuple[Any, int]:
+        """A closed record batch of ``group`` from ``start`` on (as much as the producer's byte limit
+        takes), and where it ends."""
+        batch = self.producer.create_batch()
+        end, n = start, len(group)
+        append = batch.append
+        while end < n:
+            key, value, ts = group[end]
+            if append(key=key, value=value, timestamp=ts) is None:
+                break
+            end += 1
+        if end == start:
+            raise ValueError(f"record of {len(group[start][1])} bytes exceeds the producer batch size")
+        batch.close()  # ready now: this class does its own lingering
+        return batch, end
+
+    def _acknowledged(self, n: int, round_: list[int]) -> None:
+        self.acknowledged += n
+        round_[1] -= n
+        self._in_order()
+        self._room.set()
+        if self._trades:
+            INGEST_BACKLOG.set(self.backlog)
+            TRADES_OUT.labels("ingest").inc(n)
+        if self.acknowledged >= self.accepted:
+            self._settled.set()
 
     def when_acknowledged(self, call: Callable[[], None]) -> None:
         """Call ``call`` once every record accepted so far is acknowledged (at once if it is)."""
@@ -295,36 +349,8 @@ class Publisher:
         PUBLISH_RETRIES.labels(self.topic).inc()
         log.warning("%s; %d trades waiting, retrying in %.1fs", why, self.backlog, backoff)
 
-    def _resent(self, task: asyncio.Future[Any]) -> None:
-        self._inflight.discard(task)
+    def _chain_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self._failure = task.exception()  # surfaces in put() and wait_acknowledged(), never swallowed
             self._settled.set()
             self._room.set()
-
-    def _track(
-        self, fut: asyncio.Future[object], partition: int, records: list[Record], round_: list[int]
-    ) -> None:
-        self._inflight.add(fut)
-
-        def done(f: asyncio.Future[object]) -> None:
-            self._inflight.discard(f)
-            if f.cancelled() or f.exception() is not None:
-                # The producer gave up on this batch (broker gone too long): send it again, never drop it.
-                why = "cancelled" if f.cancelled() else f.exception()
-                self._retried(f"batch of {len(records)} not acknowledged ({why}); resending", 0)
-                task = asyncio.ensure_future(self._send_partition(partition, records, round_))
-                self._inflight.add(task)
-                task.add_done_callback(self._resent)
-                return
-            self.acknowledged += len(records)
-            round_[1] -= len(records)
-            self._in_order()
-            self._room.set()
-            if self._trades:
-                INGEST_BACKLOG.set(self.backlog)
-                TRADES_OUT.labels("ingest").inc(len(records))
-            if self.acknowledged >= self.accepted:
-                self._settled.set()
-
-        fut.add_done_callback(done)
