@@ -9,6 +9,9 @@ connected lives here, once:
 * **Resubscribe**: every session sends the subscribe messages again.
 * **Heartbeats**: the ``websockets`` library answers server pings (Binance pings every 20 s and drops
   clients that do not pong) and sends its own keepalive pings, so a dead TCP path is noticed.
+* **Liveness**: progress never passes the last moment the connection was proven alive: its last frame, or
+  (where the exchange sends no heartbeat of its own, Binance) the sending time of the last ping answered;
+  the feed pings every ``LIVENESS_PING_SECONDS``. A half-open connection claims nothing it may miss.
 * **Stalls**: a feed that sends nothing for ``WS_STALL_SECONDS`` is dropped and reconnected.
 * **Exchange errors** (Coinbase ``{"type":"error"}``, Binance ``{"error":...}``) are logged and counted; a
   session that errors before delivering anything is retried with backoff.
@@ -71,6 +74,9 @@ Emit = Callable[[TradeBatch], Awaitable[None]]
 
 BACKOFF_BASE_SECONDS = 0.25
 BACKFILL_DELAY_SECONDS = 1.0  # let late frames arrive and REST history index the trades first
+# A ping this often where the exchange sends no heartbeat: a quiet market's progress lags by at most this
+# (plus a round trip); 2 a second is within Binance's 5 incoming messages a second per connection.
+LIVENESS_PING_SECONDS = 0.5
 BACKFILL_ROUNDS = 3
 
 
@@ -128,7 +134,7 @@ class Exchange(ABC):
 
     name: ClassVar[str]
     url_setting: ClassVar[str]  # the setting that names the WebSocket URL, for error messages
-    heartbeats: ClassVar[bool] = False  # the exchange sends a frame at least every second (see watermark)
+    heartbeats: ClassVar[bool] = False  # the exchange sends a frame at least every second: no pings needed
 
     def __init__(
         self, settings: Settings, markets: Sequence[Market], history: RestHistory | None = None
@@ -245,7 +251,12 @@ class Exchange(ABC):
                 for message in self.subscriptions():
                     await ws.send(orjson.dumps(message).decode())
                 log.info("%s: connected to %s", self.name, self.url())
-                await self._read(ws, handover, state)
+                pinger = None if self.heartbeats else asyncio.create_task(self._ping(ws))
+                try:
+                    await self._read(ws, handover, state)
+                finally:
+                    if pinger is not None:
+                        pinger.cancel()
         except ConnectionClosed as exc:
             state.reason = f"connection closed ({exc})"
         except (OSError, TimeoutError, WebSocketException) as exc:
@@ -269,8 +280,7 @@ class Exchange(ABC):
                 return
             self.stats.frames += 1
             parsed = self.parse(raw, now_ms())
-            if self.heartbeats:
-                self.watermark.heard = now_ms()
+            self._heard(now_ms())
             if (parsed.trades or parsed.alive) and not state.healthy:
                 state.healthy = True
                 self._delivering += 1
@@ -290,6 +300,22 @@ class Exchange(ABC):
                     return
             if parsed.shutdown:
                 handover.set()
+
+    async def _ping(self, ws: ClientConnection) -> None:
+        """Ping every ``LIVENESS_PING_SECONDS``; a pong means every frame the server sent before it has
+        arrived, so the connection was alive when the ping left. Ends with the connection."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                sent = now_ms()
+                await (await ws.ping())
+                self._heard(sent)
+                await asyncio.sleep(LIVENESS_PING_SECONDS)
+
+    def _heard(self, at: int) -> None:
+        """The connection was alive at ``at``: progress may reach it (minus the buffer)."""
+        mark = self.watermark
+        if mark.heard is None or at > mark.heard:
+            mark.heard = at
 
     # ------------------------------------------------------------------------ dedupe and gaps
     async def deliver(

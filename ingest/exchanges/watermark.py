@@ -6,9 +6,10 @@ watermark is its receipt clock minus ``MAX_BUFFER_SECONDS`` (trades reach us wit
 worst). It is held back, per symbol, while trades may still come for earlier windows:
 
 * **disconnected**: no progress at all (we cannot know what we miss);
-* **silent**, for a feed whose exchange sends a frame at least every second (Coinbase's heartbeats): no
-  progress past its last frame minus the buffer (a half-open connection delivers nothing until the stall
-  timeout notices, and what it missed would come late from the backfill);
+* **silent**: no progress past the last moment the connection was proven alive (``heard``: its last frame,
+  or the last ping the exchange answered, Binance sending nothing for a market without trades) minus the
+  buffer. A half-open connection delivers nothing until the stall timeout notices, and what it missed
+  would come late from the backfill;
 * **after a reconnect, or a restart**: each symbol stays where it was until it shows it lost nothing (a trade
   right after the last one we had, a Coinbase heartbeat naming an id we have) or shows a gap;
 * **a gap** (ids missing, found by :class:`~ingest.exchanges.tracker.TradeIds`): the symbol stays before
@@ -63,8 +64,8 @@ class FeedWatermark:
     buffer_ms: int
     hold_ms: int
     up: bool = False
-    # the last frame of a feed whose exchange sends one at least every second (Coinbase's heartbeats):
-    # progress never passes it (minus the buffer), so a connection gone silent claims nothing it may miss
+    # when the connection was last proven alive (a frame, a ping answered): progress never passes it
+    # (minus the buffer), so a connection gone silent claims nothing it may miss
     heard: int | None = None
     expired: int = 0  # holds that ran out
     state: dict[str, _Symbol] = field(default_factory=dict)

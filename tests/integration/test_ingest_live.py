@@ -490,6 +490,44 @@ async def test_the_resume_file_moves_only_as_kafka_acknowledges_what_it_covers(m
             await server.stop()
 
 
+async def test_a_binance_connection_gone_half_open_claims_nothing_it_may_be_missing(make_settings):
+    """Binance sends nothing for a market without trades, so silence proves nothing there: a half-open
+    connection (the path died, no FIN) went on claiming progress to its clock minus the buffer until
+    WS_STALL_SECONDS noticed, and the trades made meanwhile, backfilled after the reconnect, came late.
+    The feed pings every LIVENESS_PING_SECONDS; progress never passes the last ping answered (or frame)."""
+
+    async def then_half_open(ex: FakeExchange, ws) -> None:
+        for _ in range(5):
+            await ex.send_trades(ws, "BTCUSDT", 2)
+            await asyncio.sleep(0.1)
+        ws.transport.pause_reading()  # our pings go unanswered, as on a dead path
+        for _ in range(6):  # the exchange trades on; nothing reaches the socket
+            ex.offline("BTCUSDT", 1)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(10)  # held open past the stall timeout
+
+    async def back(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [then_half_open, back]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="binance",
+        symbols="BTCUSDT",
+        binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url,
+        max_buffer_seconds=0.5,
+        ws_stall_seconds=2.0,
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert feed.stats.stalls >= 1 and feed.stats.backfilled >= 6
+    assert feed.stats.backfilled_late == 0, feed.stats
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+
+
 async def test_a_coinbase_connection_gone_silent_claims_nothing_it_may_be_missing(make_settings):
     """Coinbase sends a heartbeat every second. A connection that goes silent without closing (a half-open
     TCP path) counted as connected until WS_STALL_SECONDS noticed, and progress went on to its clock minus
