@@ -349,7 +349,7 @@ class Exchange(ABC):
                 self._lost(trade.symbol, admission.dropped, "too many open gaps")
         for symbol, last in (last_ids or {}).items():
             admission = self.ids[symbol].observe_last(last)
-            mark.heartbeat(symbol, admission.gap, now)
+            mark.heartbeat(symbol, last, admission.gap, now)
             if admission.gap is not None:
                 self._gap(symbol, *admission.gap)
         dup = len(trades) - len(fresh)

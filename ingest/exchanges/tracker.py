@@ -62,9 +62,14 @@ class TradeIds:
         return Admission(False)
 
     def observe_last(self, last_id: int) -> Admission:
-        """The exchange says ids up to ``last_id`` exist (Coinbase heartbeat): open a hole for any we lack."""
+        """The exchange says ids up to ``last_id`` exist (Coinbase heartbeat): open a hole for any we lack.
+        The first word on a market, trade or heartbeat, is where it starts: what came before is not owed,
+        and a quiet market known only by its heartbeats still shows what an outage took."""
         high = self.high
-        if high is None or last_id <= high:
+        if high is None:
+            self.high = last_id
+            return Admission(False)
+        if last_id <= high:
             return Admission(False)
         self.high = last_id
         dropped = self._open(high + 1, last_id)

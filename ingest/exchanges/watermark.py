@@ -97,9 +97,15 @@ class FeedWatermark:
         if ts >= s.emitted and len(s.recent) < RECENT_LIMIT:
             s.recent.append((trade_id, ts))
 
-    def heartbeat(self, symbol: str, gap: tuple[int, int] | None, now: int) -> None:
-        """The exchange said which id is its latest (Coinbase): a gap, or proof that nothing is missing."""
+    def heartbeat(self, symbol: str, last_id: int, gap: tuple[int, int] | None, now: int) -> None:
+        """The exchange said which id is its latest (Coinbase): a gap, or proof that nothing is missing.
+        Of a market with no trade yet, ``last_id`` is where it starts (made before ``now``, so covered
+        once progress passes ``now``: the resume file of a quiet market finds its outage too)."""
         s = self.state.setdefault(symbol, _Symbol())
+        if s.last_id is None:
+            s.last_id = last_id
+            if len(s.recent) < RECENT_LIMIT:
+                s.recent.append((last_id, now))
         if gap is not None:
             s.holds[("gap", *gap)] = Hold(s.last_ts, now + self.hold_ms)
         s.holds.pop("reconnect", None)

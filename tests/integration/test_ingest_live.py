@@ -275,6 +275,44 @@ async def test_coinbase_exchange_feed_survives_everything_and_publishes_every_tr
     assert all(d["stage"] == "ingest" and d["source"]["topic"] == "coinbase" for d in dlq)
 
 
+async def test_a_coinbase_market_known_only_by_its_heartbeats_gets_its_outage_backfilled(make_settings):
+    """DOT-USD has no trade while the first connection lasts, only heartbeats naming its last trade id.
+    After a reconnect the heartbeat names a higher id: the trades in between happened while we were away
+    and are fetched. The tracker used to take a heartbeat as a baseline only after a trade, so a quiet
+    market lost its outage without a word."""
+
+    async def quiet(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        for _ in range(3):
+            await ex.send_trades(ws, "BTCUSD", 1)
+            await ex.heartbeat(ws)
+            await asyncio.sleep(0.1)
+
+    async def back(ex: FakeExchange, ws) -> None:
+        ex.offline("DOTUSD", 4)  # while we were away
+        await ex.ack(ws)
+        await ex.send_trades(ws, "BTCUSD", 1)
+        await ex.heartbeat(ws)
+        await ws.wait_closed()
+
+    server = await FakeExchange("coinbase", ["BTC-USD", "DOT-USD"], [quiet, back]).start()
+    for row in server.offline("DOTUSD", 2):  # before we first connected: not ours to fetch
+        del server.truth[("DOTUSD", row["id"])]
+    settings = live_settings(
+        make_settings,
+        exchanges="coinbase",
+        symbols="BTC-USD,DOT-USD",
+        coinbase_ws_url=server.ws_url,
+        coinbase_rest_url=server.rest_url,
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server), timeout=30)
+    finally:
+        await server.stop()
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    assert feed.stats.backfilled == 4 and feed.stats.lost == 0
+
+
 async def test_coinbase_advanced_trade_feed_dedupes_snapshots_and_fills_gaps(make_settings):
     def snapshot(ex: FakeExchange, n: int) -> str:
         return ex.frame(list(reversed(ex.history["BTCUSD"][-n:])), snapshot=True).decode()

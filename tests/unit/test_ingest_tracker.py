@@ -31,12 +31,20 @@ def test_a_jump_opens_a_gap_that_late_or_backfilled_trades_fill_once():
 
 def test_heartbeat_last_id_ahead_of_us_opens_a_gap():
     ids = TradeIds()
-    assert ids.observe_last(7).gap is None  # nothing seen yet: no history to owe
+    assert ids.observe_last(4).gap is None  # nothing seen yet: no history to owe, but a start
+    assert not ids.admit(4).new  # the heartbeat's trade, resent
     ids.admit(5)
     assert ids.observe_last(5).gap is None
     assert ids.observe_last(9).gap == (6, 9)
     assert ids.admit(10).gap is None  # the heartbeat already moved the high mark
     assert ids.missing(0, 20) == [(6, 9)]
+
+
+def test_a_market_known_only_by_heartbeats_shows_the_gap_an_outage_left():
+    ids = TradeIds()
+    ids.observe_last(7)  # quiet: no trade, only heartbeats
+    ids.observe_last(7)
+    assert ids.observe_last(12).gap == (8, 12)  # after a reconnect: traded while we were away
 
 
 def test_giving_up_closes_the_hole_and_counts_it():

@@ -68,3 +68,17 @@ def test_a_feed_with_heartbeats_claims_nothing_past_its_last_frame() -> None:
     assert marks(w, T + 21_000) == {"BTCUSDT": T + 20_000, "ETHUSDT": T + 20_000}
     w.heard = T + 21_700
     assert marks(w, T + 25_000, complete=True) == {"BTCUSDT": T + 21_000, "ETHUSDT": T + 21_000}  # a stop
+
+
+def test_a_market_known_only_by_its_heartbeats_is_resumed_after_the_id_they_named() -> None:
+    """A quiet Coinbase market: no trade, a heartbeat naming its last id. A restart must fetch what came
+    after that id (it used to be left out of the resume file, so an outage across a restart went unseen)."""
+    w = feed()
+    w.connected(T)
+    w.heartbeat("ETHUSDT", 40, None, T)
+    marks(w, T + 400)  # progress T - 100: id 40 may still be after it
+    assert w.resume()["ETHUSDT"] == {"id": 39, "watermark": T - 100}
+    marks(w, T + 1_600)
+    assert w.resume()["ETHUSDT"] == {"id": 40, "watermark": T + 1_100}
+    w.heartbeat("ETHUSDT", 41, None, T + 1_700)  # a later heartbeat of a known market changes nothing
+    assert w.resume()["ETHUSDT"]["id"] == 40
