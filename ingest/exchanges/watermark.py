@@ -53,6 +53,17 @@ class _Symbol:
     emitted: int = FAR_PAST  # the watermark last written
     holds: dict[Any, Hold] = field(default_factory=dict)  # "reconnect" or ("gap", lo, hi) -> hold
     recent: deque[tuple[int, int]] = field(default_factory=deque)  # (id, ts) not yet behind `emitted`
+    # trades `recent` had no room for: the lowest id and the latest time among them (until behind `emitted`)
+    unrecorded: tuple[int, int] | None = None
+
+    def note(self, trade_id: int, ts: int) -> None:
+        """A trade the written progress does not cover yet (what :meth:`FeedWatermark.resume` needs)."""
+        if len(self.recent) < RECENT_LIMIT:
+            self.recent.append((trade_id, ts))
+        elif self.unrecorded is None:
+            self.unrecorded = (trade_id, ts)
+        else:
+            self.unrecorded = (min(self.unrecorded[0], trade_id), max(self.unrecorded[1], ts))
 
 
 @dataclass
@@ -94,8 +105,8 @@ class FeedWatermark:
             # The next trade after the last one we had: either nothing was lost, or what was is the gap.
             s.holds.pop("reconnect", None)
             s.last_id, s.last_ts = trade_id, ts
-        if ts >= s.emitted and len(s.recent) < RECENT_LIMIT:
-            s.recent.append((trade_id, ts))
+        if ts >= s.emitted:
+            s.note(trade_id, ts)
 
     def heartbeat(self, symbol: str, last_id: int, gap: tuple[int, int] | None, now: int) -> None:
         """The exchange said which id is its latest (Coinbase): a gap, or proof that nothing is missing.
@@ -104,8 +115,7 @@ class FeedWatermark:
         s = self.state.setdefault(symbol, _Symbol())
         if s.last_id is None:
             s.last_id = last_id
-            if len(s.recent) < RECENT_LIMIT:
-                s.recent.append((last_id, now))
+            s.note(last_id, now)
         if gap is not None:
             s.holds[("gap", *gap)] = Hold(s.last_ts, now + self.hold_ms)
         s.holds.pop("reconnect", None)
@@ -143,6 +153,8 @@ class FeedWatermark:
             s.emitted = watermark
             while s.recent and s.recent[0][1] < watermark:
                 s.recent.popleft()
+            if s.unrecorded is not None and s.unrecorded[1] < watermark:
+                s.unrecorded = None
             groups.setdefault(watermark, []).append(symbol)
         return [Progress(self.exchange, tuple(sorted(g)), w) for w, g in sorted(groups.items())]
 
@@ -154,6 +166,8 @@ class FeedWatermark:
             if s.last_id is None or s.emitted == FAR_PAST:
                 continue
             after = [i for i, ts in s.recent if ts >= s.emitted]
+            if s.unrecorded is not None:
+                after.append(s.unrecorded[0])
             out[symbol] = {"id": (min(after) - 1) if after else s.last_id, "watermark": s.emitted}
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ingest.exchanges import watermark
 from ingest.exchanges.watermark import FeedWatermark
 
 T = 1_800_000_000_000
@@ -82,3 +83,18 @@ def test_a_market_known_only_by_its_heartbeats_is_resumed_after_the_id_they_name
     assert w.resume()["ETHUSDT"] == {"id": 40, "watermark": T + 1_100}
     w.heartbeat("ETHUSDT", 41, None, T + 1_700)  # a later heartbeat of a known market changes nothing
     assert w.resume()["ETHUSDT"]["id"] == 40
+
+
+def test_trades_beyond_the_recent_limit_are_not_claimed_by_the_resume_file(monkeypatch) -> None:
+    """``recent`` keeps RECENT_LIMIT trades per symbol; those it had no room for (a long hold on a busy
+    market) were forgotten, and once the kept ones were behind the progress the resume file claimed the
+    highest id, the forgotten trades' windows still open: a restart skipped them."""
+    monkeypatch.setattr(watermark, "RECENT_LIMIT", 3)
+    w = feed()
+    w.connected(T)
+    for i in range(1, 7):
+        w.trade("BTCUSDT", i, T + 100 * i, None, T + 100 * i)
+    marks(w, T + 850)  # progress T + 350: ids 1-3 behind it, 4-6 not
+    assert w.resume()["BTCUSDT"]["id"] == 3
+    marks(w, T + 1_150)  # progress T + 650: all behind it
+    assert w.resume()["BTCUSDT"]["id"] == 6
