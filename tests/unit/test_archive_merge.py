@@ -26,7 +26,7 @@ import pyarrow as pa
 import pytest
 
 from cryptostream import archive
-from cryptostream.compaction import JOURNAL, MergeStopped, merge_fresh
+from cryptostream.compaction import JOURNAL, MergeStopped, compact_folder, merge_fresh
 from cryptostream.models import CANDLE_SCHEMA
 from processor.sinks import FlushBatch, Lineage, ParquetSink
 
@@ -234,6 +234,35 @@ async def test_a_read_during_a_merge_never_counts_a_row_twice(tmp_path: Path):
         mp.setattr(archive, "fresh_files", then_merge(archive.fresh_files))
         got = stored(tmp_path, unique=False)
     assert merged and got == expected
+
+
+def test_a_read_never_misses_the_rows_a_merge_moves_while_it_lists_a_folder(tmp_path: Path):
+    """A merge writes its file and deletes those it replaces between a reader's glob of a market folder and
+    its look at their footers: that listing is taken again. The reader used to drop the files gone by then
+    and, never having seen the merge's file, return none of the folder's rows."""
+    folder = archive.partition_dir(tmp_path, "ohlc", "binance", "AAA", DAY.date())
+    rows = candles("binance", "AAA", DAY, 60).drop_columns(["exchange", "symbol"])
+    archive.write_file(folder / archive.file_name(0, "e1", 1), rows.slice(0, 20))
+    archive.write_file(folder / archive.file_name(0, "e1", 2), rows.slice(20, 20))
+    compact_folder(folder, "ohlc", {})  # a compact file of the two
+    archive.write_file(folder / archive.file_name(0, "e1", 3), rows.slice(40))
+    expected = stored(tmp_path, unique=False)[("binance", "AAA")]
+    merged = False
+
+    def then_merge(read: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+        def call(path: Path) -> list[str]:
+            nonlocal merged
+            if not merged:  # the first footer a listing reads: its glob is done
+                merged = True
+                compact_folder(folder, "ohlc", {})  # both files into a new one, then both deleted
+            return read(path)
+
+        return call
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(archive, "compacted_from", then_merge(archive.compacted_from))
+        got = stored(tmp_path, unique=False)[("binance", "AAA")]
+    assert merged and len(got) == 60 and got == expected
 
 
 async def test_the_readme_reads_the_archive_with_pandas_and_duckdb(tmp_path: Path):
