@@ -198,6 +198,8 @@ def _utc(value: datetime | date | None, *, end: bool = False) -> datetime | None
     if value is None:
         return None
     if not isinstance(value, datetime):
+        if end and value >= _LAST_ROW.date():
+            return None  # that day ends after every row: bounds nothing (9999-12-31 + 1 day overflowed)
         value = datetime(value.year, value.month, value.day, tzinfo=UTC) + (
             timedelta(days=1) if end else timedelta()
         )

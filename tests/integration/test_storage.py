@@ -14,7 +14,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,9 @@ async def test_parquet_archive_returns_the_same_candles_as_the_database(
         assert loader.load_ohlc(symbols[0], limit=10)["bucket"].to_pylist() == (
             (await db.candles(V, symbols[0], limit=10))["bucket"].to_pylist()
         )
+        # dates at the ends of the calendar bound nothing (9999-12-31's end overflowed a date)
+        ends = {"start": date(1, 1, 1), "end": date(9999, 12, 31)}
+        assert loader.load_ohlc(symbols[0], **ends).equals(loader.load_ohlc(symbols[0]))
     finally:
         await db.close()
 
