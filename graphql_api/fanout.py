@@ -21,8 +21,11 @@ A message without an ``exchange`` (a processor from before venues) belongs to th
 
 Candles coarser than 1 s are rolled up here (:mod:`graphql_api.rollup`), one roll-up per market and
 interval shared by all its subscribers, seeded when the first subscriber arrives from the store plus the
-closed seconds this process has seen recently (the store only has what the processor checkpointed), and
-seeded again from the store after the feed was interrupted (:meth:`Fanout.resync`). A roll-up coarser than a
+closed seconds this process has seen recently (the store only has what the processor checkpointed). The
+feed starts at the log end having folded in the last few checkpoint intervals of it (:meth:`Fanout._catch_up`:
+the closed seconds the store may not hold yet); after an interruption it reads on from where it was, or, if
+the log no longer holds that, catches up the same way and seeds every roll-up in use again
+(:meth:`Fanout.resync`). A roll-up coarser than a
 minute is seeded from the store's 1 m candles up to the last minutes and 1 s rows only after them
 (:meth:`Fanout._split_ms`): a day costs at most 1,440 minutes and a few hundred seconds, not 86,400 rows.
 """
@@ -62,6 +65,10 @@ log = logging.getLogger(__name__)
 
 MINUTE_MS = INTERVALS["1m"]
 RECENT_SECONDS = 900  # closed 1 s candles kept per market to seed roll-ups (>> the checkpoint interval)
+# At start (and after an interruption it cannot read on from), the feed folds in the messages of this many
+# checkpoint intervals (PARQUET_CHUNK_SECONDS) plus the buffer before the log end: what the store may lack.
+CATCH_UP_CHECKPOINTS = 3
+CATCH_UP_TIMEOUT_SECONDS = 30.0
 # A roll-up nobody watches any more is kept (and kept current) this long: a client that resubscribes, or a
 # subscribe/unsubscribe loop, reuses it instead of seeding it from the store again.
 KEEP_IDLE_SECONDS = 300.0
@@ -286,6 +293,11 @@ class Fanout:
         self.subscribers = 0
         self.malformed = 0
         self.ready = asyncio.Event()  # positioned at the log end, delivering
+        # Where reading goes on after an interruption (per partition, the offset after the last read), so
+        # nothing published meanwhile is skipped; and whether messages are only being folded in, not
+        # delivered (catching up on what the store may not hold yet, see :meth:`_catch_up`).
+        self._next: dict[TopicPartition, int] = {}
+        self._quiet = False
         self._seed_locks: dict[tuple[MarketKey, str], asyncio.Lock] = {}
         self.idle: dict[tuple[MarketKey, str], float] = {}  # unwatched roll-up -> when its last viewer left
 
@@ -318,21 +330,25 @@ class Fanout:
                     raise KafkaError(f"topic {self.topic} has no partitions yet")
                 assigned = [TopicPartition(self.topic, p) for p in partitions]
                 consumer.assign(assigned)
-                await consumer.seek_to_end(*assigned)
-                for tp in assigned:
-                    await consumer.position(tp)
-                if interrupted:  # what was missed meanwhile is in the store, not in the recent seconds
-                    await self.resync()
-                    interrupted = False
+                if interrupted and await self._resume(consumer, assigned):
+                    where = "where it was interrupted"
+                else:
+                    await self._catch_up(consumer, assigned)
+                    await self.resync()  # roll-ups in use: seeded again from the store and those seconds
+                    where = "its end"
+                for tp in assigned:  # where to read on from if interrupted before anything arrives
+                    self._next[tp] = await consumer.position(tp)
+                interrupted = False
                 self.ready.set()
                 backoff = 0.5
-                log.info("live feed: reading %s (%d partitions) from its end", self.topic, len(assigned))
+                log.info("live feed: reading %s (%d partitions) from %s", self.topic, len(assigned), where)
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=250, max_records=10_000)
-                    for records in batch.values():
+                    for tp, records in batch.items():
                         for i in range(0, len(records), FEED_CHUNK):
                             chunk = records[i : i + FEED_CHUNK]
                             self.feed((r.value for r in chunk), newest_ms=chunk[-1].timestamp)
+                            self._next[tp] = chunk[-1].offset + 1
                             await asyncio.sleep(0)  # let subscribers drain between chunks of a burst
             except Exception as exc:  # the feed must outlive any failure: broker down, or a bug
                 self.ready.clear()
@@ -354,6 +370,62 @@ class Fanout:
                 if consumer is not None:
                     await consumer.stop()
         self.ready.clear()
+
+    async def _resume(self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition]) -> bool:
+        """After an interruption, read on from where the feed was, if the log still holds it: the
+        messages published meanwhile are delivered late rather than skipped (a minute closed after the gap
+        would otherwise miss the gap's seconds, and 1 s subscribers would never get them)."""
+        if any(tp not in self._next for tp in assigned):
+            return False
+        first = await consumer.beginning_offsets(assigned)
+        end = await consumer.end_offsets(assigned)
+        if any(not first[tp] <= self._next[tp] <= end[tp] for tp in assigned):
+            return False  # the log is not what it was (a broker that forgot it): catch up instead
+        for tp in assigned:
+            consumer.seek(tp, self._next[tp])
+        return True
+
+    async def _catch_up(self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition]) -> None:
+        """Position at the log end, having folded in (delivering nothing) what was published in the last
+        ``CATCH_UP_CHECKPOINTS`` checkpoint intervals plus the buffer: closed seconds the processor has not
+        checkpointed yet are in neither the store nor this process otherwise, and a roll-up seeded without
+        them would publish a minute or a day without them."""
+        self.recent.clear()
+        self.open_seconds.clear()
+        lookback = (
+            CATCH_UP_CHECKPOINTS * self.settings.parquet_chunk_seconds + self.settings.max_buffer_seconds
+        )
+        since = int((time.time() - lookback) * 1000)
+        end = await consumer.end_offsets(assigned)
+        try:
+            found = await consumer.offsets_for_times(dict.fromkeys(assigned, since))
+        except KafkaError as exc:  # a broker without timestamp lookups: from the end, as before
+            log.warning("live feed: cannot look up offsets by time (%s); reading from the end only", exc)
+            found = {}
+        for tp in assigned:
+            at = found.get(tp)
+            if at is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, at.offset)
+        self._quiet = True
+        folded = 0
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                positions = {tp: await consumer.position(tp) for tp in assigned}
+                if all(positions[tp] >= end[tp] for tp in assigned):
+                    break
+                batch = await consumer.getmany(timeout_ms=250, max_records=10_000)
+                for tp, records in batch.items():
+                    self.feed(r.value for r in records)
+                    self._next[tp] = records[-1].offset + 1
+                    folded += len(records)
+                    await asyncio.sleep(0)
+        finally:
+            self._quiet = False
+        if folded:
+            log.info("live feed: folded in the last %.0f s of %s (%d messages)", lookback, self.topic, folded)
 
     # ------------------------------------------------------------------ delivery
     def feed(self, values: Iterable[bytes | None], newest_ms: int | None = None) -> None:
@@ -390,6 +462,8 @@ class Fanout:
 
     def _publish(self, kind: str, message: dict[str, Any], build: Any) -> None:
         exchange, symbol = _market(message)
+        if self._quiet:
+            return
         subs = self.channels.get((kind, exchange, symbol, ""))
         if subs:
             item = build({**message, "exchange": exchange})
@@ -414,6 +488,8 @@ class Fanout:
             self._advance_open(market, bar.bucket + 1000)
         elif bar.bucket >= self.frontier.get(market, -(2**62)):
             open_seconds[bar.bucket] = bar
+        if self._quiet:
+            return  # catching up: roll-ups are seeded again afterwards
         for interval, rollup in list(self.rollups.get(market, {}).items()):  # a drop may forget one
             updates = rollup.closed_second(bar) if closed else rollup.live_second(bar)
             self._deliver(market, interval, updates)
@@ -433,6 +509,8 @@ class Fanout:
         market = _market(m)
         frontier = int(m["closed_through_ms"])
         self._advance_open(market, frontier)
+        if self._quiet:
+            return
         for interval, rollup in list(self.rollups.get(market, {}).items()):
             self._deliver(market, interval, rollup.advance(frontier))
 
@@ -547,14 +625,12 @@ class Fanout:
                 self._forget_rollup(*key)
 
     async def resync(self) -> None:
-        """After the feed was interrupted (it resumes at the log end): the seconds it missed are in the store
-        (once checkpointed), not in the recent and open seconds kept here. Forget those and re-seed every
-        roll-up in use from the store, before anything more is delivered, so a minute or hour closed after
-        the gap holds the gap's seconds instead of leaving them out."""
+        """After the feed caught up at the log end (:meth:`_catch_up`, when it could not read on from where
+        it was): the seconds it missed are in the store (checkpointed) or among the recent seconds it just
+        folded in. Re-seed every roll-up in use from those, before anything more is delivered, so a minute
+        or hour closed after the gap holds the gap's seconds instead of leaving them out."""
         in_use = [(m, i) for m, by in self.rollups.items() for i in by if (m, i) not in self.idle]
         self.idle.clear()  # unwatched ones are not worth a store read: seeded again if someone comes back
-        self.recent.clear()
-        self.open_seconds.clear()
         self.rollups.clear()
         for market, interval in in_use:
             await self._rollup(market, interval)
@@ -586,11 +662,21 @@ class Fanout:
                 reference = self._reference_ms(market)
                 if reference is None:
                     reference = await self._stored_reference_ms(market)
-                start = reference - reference % interval_ms
+                known = reference is not None  # else nothing of the market yet: now, by the wall clock
+                if reference is None:
+                    reference = int(time.time() * 1000)
+                # From the oldest bucket not final yet: just after an hour began, the frontier (which
+                # trails the newest second by the buffer) is still in the hour before, and that hour,
+                # seeded from the recent seconds alone, was published closed with 900 of its 3,600.
+                oldest = min(reference, self.frontier.get(market, reference))
+                start = oldest - oldest % interval_ms
+                end = reference - reference % interval_ms + interval_ms
                 split = self._split_ms(market, start, reference) if interval_ms > MINUTE_MS else start
                 if split > start:
                     minutes = await self._stored(market, start, split, "1m")
-                stored = await self._stored(market, split, start + interval_ms, "1s")
+                stored = await self._stored(market, split, end, "1s")
+                if known:  # nothing before what was seeded is ever published (from what seconds come again)
+                    rollup.done_before = start
             # No await from here on: what arrived meanwhile is in recent/open_seconds, so nothing is missed.
             for minute in minutes:
                 rollup.closed_second(minute, advance=False, through=minute.bucket + MINUTE_MS - 1000)
@@ -628,7 +714,8 @@ class Fanout:
             candidates.append(recent[-1].bucket)
         return max(candidates) if candidates else None
 
-    async def _stored_reference_ms(self, market: MarketKey) -> int:
+    async def _stored_reference_ms(self, market: MarketKey) -> int | None:
+        """The newest stored second of ``market`` (None: none stored, or the store is down)."""
         try:
             table = await self.store.latest_candle(*market)
         except Exception as exc:  # the store being down must not stop live updates
@@ -636,7 +723,7 @@ class Fanout:
             table = None
         if table is not None and table.num_rows:
             return int(table["bucket"][0].value)
-        return int(time.time() * 1000)
+        return None
 
     async def _stored(self, market: MarketKey, start: int, end: int, interval: str) -> list[Bar]:
         """The store's candles of ``market`` at ``interval`` in ``[start, end)``, as roll-up input."""

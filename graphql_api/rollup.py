@@ -169,7 +169,10 @@ class RollUp:
             current = self.open.pop(start).current(start)
             if current is not None:
                 out.append((current, True))
-            self.done_before = max(self.done_before, start + self.interval_ms)
+        # Every bucket that ended by the frontier is final, published here or not (a roll-up seeded while
+        # the processor was down): seconds of those buckets sent again (a restarted processor republishes
+        # what it closed since its checkpoint) change nothing and go to nobody.
+        self.done_before = max(self.done_before, self._start(frontier))
         return out
 
     def latest(self) -> Bar | None:
