@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cryptostream import archive
 from cryptostream.archive import check_query
@@ -531,7 +532,42 @@ class DatabaseStore(ReadStore):
             # ``lo`` and that bucket belong to a bucket begun before the range, so to none of its own
             since = _at(_ceil(lo, plan.interval_ms))
             first = await self._first_bucket(conn, plan.table, market, table, limit, since)
+            # The database's first row in the range (not a row before it, found to say the archive has
+            # nothing to add): is the bucket holding it whole?
+            if (
+                first[0]
+                and first[1] is not None
+                and plan.interval_ms > 1000
+                and (since is None or first[1] >= since)
+            ):
+                edge = _ms(first[1]) - _ms(first[1]) % plan.interval_ms
+                if await self._partial(conn, market, edge, plan.interval_ms):
+                    table = table.filter(pc.not_equal(table["bucket"].cast(pa.int64()), edge))
+                    first = (True, _at(edge + plan.interval_ms))  # that bucket is the archive's too
         return await self._older(table, "ohlc", market, lo, hi, limit, interval, first)
+
+    async def _partial(self, conn: asyncpg.Connection, market: Market, edge: int, interval_ms: int) -> bool:
+        """Whether the bucket ``[edge, edge + interval_ms)`` holding the database's first row lacks seconds
+        the archive holds before that row: a database added to a deployment that ran on the archive alone
+        begins mid-bucket, and its minute, hour or day there holds only its own part (a reviewer's 1 d
+        candle: 5,370 of 7,200 units of volume). The archive is written alongside the database, so its
+        bucket is the whole one. A database whose 1 s rows of the bucket are gone (retention; its roll-ups
+        were made while they were there) is taken as whole."""
+        assert self.archive_root is not None
+        lo, hi = _at(edge), _at(edge + interval_ms)
+        assert lo is not None and hi is not None
+        first = await conn.fetchval(  # bounds as constants: TimescaleDB plans the bucket's chunks alone
+            "SELECT bucket FROM ohlc_1s WHERE exchange = $1 AND symbol = $2 AND bucket >= "
+            f"TIMESTAMPTZ '{lo.isoformat()}' AND bucket < TIMESTAMPTZ '{hi.isoformat()}' "
+            "ORDER BY bucket LIMIT 1",
+            *market,
+        )
+        if first is None or first <= lo:
+            return False
+        before = await asyncio.to_thread(
+            archive.load_candles, self.archive_root, market[0], market[1], lo, first, 1, "1s"
+        )
+        return bool(before.num_rows)
 
     async def volatility(
         self,
@@ -683,7 +719,8 @@ class DatabaseStore(ReadStore):
         first: tuple[bool, datetime | None],
     ) -> pa.Table:
         """Prepend what the archive holds before the database's first row (a retention policy dropped it,
-        or it predates the database). The bucket holding that first row is the database's."""
+        or it predates the database). The bucket holding that first row is the database's, unless it is
+        partial (:meth:`_partial`: then ``first`` names the bucket after it)."""
         needed, first_bucket = first
         if not needed or self.archive_root is None:
             return table

@@ -474,6 +474,11 @@ async def test_the_archive_fills_in_only_before_the_databases_first_row_whatever
         assert hours == [4, 5], hours
         wider = await store.candles(V, symbol, _at(day), unaligned[1], limit=1_000, interval="1h")
         assert [b.hour for b in wider["bucket"].to_pylist()] == [0, 4, 5]
+        # The hour holding the database's first row: the database has 00:30 alone, the archive all of it
+        # from 00:00 (a database added to a deployment that ran on the archive alone). It used to be the
+        # database's single second.
+        assert wider["trade_count"][0].as_py() == 120  # a trade every 30 s
+        assert wider["open"][0].as_py() == trades[0].price and wider["close"][0].as_py() == trades[119].price
         ends = (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
         for interval in INTERVALS:
             everything = await store.candles(V, symbol, limit=1_000_000, interval=interval)
