@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -191,13 +192,18 @@ def up(
     symbols: str | None = typer.Option(None, metavar="LIST|all|N", help=SYMBOLS_HELP),
     port: int | None = typer.Option(None, metavar="PORT", help="API port (API_PORT, default 8000)."),
     path: Path | None = typer.Option(None, metavar="FILE", help="File to replay (with --source replay)."),
-    rate: float = typer.Option(50.0, metavar="N", help="Synthetic trades per second."),
+    rate: float = typer.Option(50.0, min=0.001, metavar="N", help="Synthetic trades per second."),
     record: Path | None = typer.Option(
         None, metavar="FILE", help="Also append every ingested trade to this JSONL file."
     ),
 ) -> None:
     """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
     settings = _settings("up", symbols=symbols, api_port=port)
+    if source is Source.replay:  # what ingest would refuse, said before anything starts
+        if path is None:
+            raise SettingsError("--source replay needs a file: cryptostream up --source replay --path FILE")
+        if not path.is_file():
+            raise SettingsError(f"--path: replay file {path} does not exist")
     from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
     from cryptostream.kafka import ensure_topics, wait_for_broker
     from cryptostream.migrate import upgrade
@@ -218,8 +224,9 @@ def up(
         role_env["process"] = {"METRICS_PORT": str(settings.metrics_port + 1)}
     if source is Source.live:
         settings = _live_symbols(settings, symbols=symbols, api_port=port)
+    _writable_folder(settings.state_dir, "STATE_DIR")
+    _writable_folder(settings.output_dir, "OUTPUT_DIR")
     state = settings.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
     stack = contextlib.ExitStack()
     stopping = False
 
@@ -306,6 +313,20 @@ def up(
         finally:
             supervisor.stop(["ingest", "process", "serve"])
     log.info("stopped; state kept in %s", state)
+
+
+def _writable_folder(path: Path, setting: str) -> None:
+    """``path`` is a folder this user can write (made if missing), or a one-line error naming ``setting``:
+    a file there, or no permission, otherwise showed up later as a traceback or a processor retrying its
+    partitions four times a second."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise SettingsError(
+            f"{setting} must be a folder this user can write, got {path} ({exc.strerror})"
+        ) from None
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -396,13 +417,27 @@ class _Supervisor:
             self._spawn(role)
 
     def watch(self) -> None:
-        """Until interrupted; raise :class:`InfraError` when a role keeps failing (``up`` then stops)."""
+        """Until interrupted; raise :class:`InfraError` when a role keeps failing (``up`` then stops).
+
+        Ingest ending with 0 has finished (a replay at the end of its file): the rest keeps serving what it
+        wrote (it used to be restarted, replaying the file again as late trades, until ``up`` gave up). A
+        role ending with 2 stopped on its one-line error (a setting it refuses, a service that did not
+        answer within SERVICE_WAIT_SECONDS): restarting it would only say so again after a minute of
+        backoff, so ``up`` stops at once."""
         while True:
             time.sleep(0.5)
             for role, proc in list(self.procs.items()):
                 code = proc.poll()
                 if code is None:
                     continue
+                if role == "ingest" and code == 0:
+                    del self.procs[role]
+                    log.info("ingest finished; the API and dashboard keep serving (Ctrl+C to stop)")
+                    continue
+                if code == 2:
+                    raise InfraError(
+                        f"{role} stopped on the error above (exit code 2): stopping the pipeline"
+                    )
                 self.restarts[role] += 1
                 if self.restarts[role] > self.MAX_RESTARTS:
                     raise InfraError(
@@ -460,7 +495,7 @@ def ingest(
     source: Source = typer.Option(Source.live, help="Where trades come from."),
     path: Path | None = typer.Option(None, metavar="FILE", help="File to replay (with --source replay)."),
     symbols: str | None = typer.Option(None, metavar="LIST|all|N", help=SYMBOLS_HELP),
-    rate: float = typer.Option(50.0, metavar="N", help="Synthetic trades per second."),
+    rate: float = typer.Option(50.0, min=0.001, metavar="N", help="Synthetic trades per second."),
     record: Path | None = typer.Option(
         None, metavar="FILE", help="Also append every trade to this JSONL file."
     ),
@@ -529,6 +564,7 @@ def replay(
 def process() -> None:
     """Consume trades, build candles and volatility, write Parquet (+ database), commit offsets."""
     settings = _settings("process")
+    _writable_folder(settings.output_dir, "OUTPUT_DIR")
     if settings.metrics_port:
         _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, kafka=True, database=True)

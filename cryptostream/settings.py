@@ -15,6 +15,7 @@ import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -392,7 +393,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must use only letters, digits, '.', '_' and '-', got {value!r}")
         return value
 
-    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", "log_level", mode="before")
     @classmethod
     def _upper_case(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -459,6 +460,14 @@ class Settings(BaseSettings):
                 "must start with postgresql:// (postgresql://user:password@host:5432/database), "
                 f"got {mask_url(url)!r}"
             )
+        try:  # what asyncpg would stop on later, with a traceback: a port that is no number, a broken host
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - parsed on access
+        except ValueError as exc:
+            raise ValueError(
+                f"is not a URL ({exc}): use postgresql://user:password@host:5432/database, "
+                f"got {mask_url(url)!r}"
+            ) from None
         return value
 
     @property
@@ -513,6 +522,10 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f".env is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from None
     if settings.api_production:
         if "cors_origins" not in settings.model_fields_set:
             settings = settings.model_copy(update={"cors_origins": []})  # same origin only, unless named

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import orjson
@@ -127,3 +128,36 @@ def test_up_started_with_sigint_ignored_still_stops_cleanly_on_sigint(start_pipe
     # a clean stop reads as one (no exit codes); the broker's lack of idempotence is said once at most
     assert "serve stopped\n" in log and "stopped (exit" not in log and "stopped with exit" not in log, log
     assert log.count("idempotent producer") <= 1, log
+
+
+def test_up_replaying_a_file_serves_it_and_stays_up_after_the_file_ends(
+    start_pipeline, pipeline_env, tmp_path
+):
+    """`up --source replay`: ingest ending at the end of the file is not a crash. It was restarted five times
+    (the file replayed again, every copy dead-lettered as late) until `up` gave up and stopped the API."""
+    pipeline_env["REPLAY_SPEED"] = "0"
+    start_ms = 1_735_689_600_000  # 2025-01-01, the day the dump's name says
+    trades = [
+        Trade("binance", "BTCUSDT", 100.0 + i % 7, 0.5, start_ms + 200 * i, i + 1, i % 2 == 0)
+        for i in range(300)
+    ]
+    dump = tmp_path / "BTCUSDT-trades-2025-01-01.csv"  # Binance's dump: id,price,qty,quote,time,maker,best
+    dump.write_text(
+        "".join(
+            f"{t.trade_id},{t.price},{t.quantity},{t.price * t.quantity},{t.timestamp},"
+            f"{str(t.is_buyer_maker).lower()},true\n"
+            for t in trades
+        )
+    )
+    expected = batch_candles(trades)
+    pipeline = start_pipeline("--source", "replay", "--path", str(dump))
+    pipeline.wait_until(
+        lambda: len(_api_candles(pipeline, "BTCUSDT")) == len(expected), 60, "the replayed candles"
+    )
+    pipeline.wait_until(lambda: "ingest finished" in pipeline.tail(200_000), 30, "ingest finished")
+    time.sleep(3)  # past the first restart's delay (2 s): nothing replays the file again
+    assert pipeline.proc.poll() is None, pipeline.tail()
+    assert_candles_equal(rows_by_key(_api_candles(pipeline, "BTCUSDT")), expected)
+    log = pipeline.tail(200_000)
+    assert "restarting" not in log and log.count("replay BTCUSDT-trades-2025-01-01.csv: 300 trades") == 1, log
+    assert pipeline.interrupt() == 0, pipeline.tail()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,19 +109,57 @@ def test_serve_on_a_busy_port_is_one_line(busy_port, tmp_path) -> None:
 
 
 def test_a_role_that_keeps_failing_stops_up_with_an_error_not_a_success(tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    supervisor = _Supervisor(
-        {"migrate": ["migrate"]}, {**env, "OUTPUT_DIR": str(tmp_path)}
-    )  # exits 2 at once
+    class Crashing(_Supervisor):
+        def _spawn(self, role: str) -> None:  # a role that crashes at once (exit code 1)
+            self.procs[role] = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(1)"])
+
+    supervisor = Crashing({"train": ["train"]}, dict(os.environ))
     supervisor.MAX_RESTARTS = 1  # one restart (after 2 s) instead of five (after a minute of backoff)
     supervisor.start()
     try:
         with pytest.raises(
-            InfraError, match=r"^migrate failed 2 times \(last exit code 2\): stopping the pipeline"
+            InfraError, match=r"^train failed 2 times \(last exit code 1\): stopping the pipeline"
         ):
             supervisor.watch()
     finally:
+        supervisor.stop(["train"])
+
+
+def test_a_role_that_stops_on_its_one_line_error_stops_up_at_once(tmp_path) -> None:
+    """Exit code 2 is a role's own one-line error (a setting it refuses): restarting it only said so again,
+    for a minute of backoff (SYMBOLS naming a pair no exchange lists, under `up --source live`)."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    supervisor = _Supervisor({"migrate": ["migrate"]}, {**env, "OUTPUT_DIR": str(tmp_path)})
+    supervisor.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(InfraError, match=r"^migrate stopped on the error above \(exit code 2\)"):
+            supervisor.watch()
+    finally:
         supervisor.stop(["migrate"])
+    assert time.monotonic() - started < 15 and supervisor.restarts["migrate"] == 0
+
+
+def test_up_refuses_a_replay_without_a_file_and_unusable_folders_before_anything_starts(tmp_path) -> None:
+    done = _run(["up", "--source", "replay"], tmp_path)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "cryptostream: --source replay needs a file: cryptostream up --source replay --path FILE"
+    ]
+    done = _run(["up", "--source", "replay", "--path", "nowhere.zip"], tmp_path)
+    assert done.stderr.splitlines() == ["cryptostream: --path: replay file nowhere.zip does not exist"]
+    (tmp_path / "afile").write_text("")
+    done = _run(["up"], tmp_path, OUTPUT_DIR=str(tmp_path / "afile"))
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"cryptostream: OUTPUT_DIR must be a folder this user can write, got {tmp_path / 'afile'} "
+        "(File exists)"
+    ]
+    assert not (tmp_path / "state" / "postgres").exists()  # no database, no broker was started
+    done = _run(["migrate"], tmp_path, DATABASE_URL="postgresql://user:secret@localhost:notaport/db")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [
+        "cryptostream: DATABASE_URL is not a URL (Port could not be cast to integer value as 'notaport'): "
+        "use postgresql://user:password@host:5432/database, got 'postgresql://user:***@localhost:notaport/db'"
+    ]
 
 
 def test_symbols_all_and_n_are_in_the_help_of_up_and_ingest() -> None:
