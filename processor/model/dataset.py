@@ -67,6 +67,7 @@ class Dataset:
     symbol: npt.NDArray[np.int32]  # index into ``symbols``
     persistence: npt.NDArray[np.int8]  # the last-direction baseline's guess
     candles: int  # candles read, before rows without lookback or label were dropped
+    no_order_flow: int = 0  # rows left out for candles without buy/sell volume (imported ones)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -76,19 +77,25 @@ class Dataset:
         return FEATURES
 
 
+# Features other than the order-flow imbalances: finite in every row a candle without sides would give.
+_NOT_FLOW = np.array([not name.startswith("imbalance") for name in FEATURES])
+
+
 def build_dataset(candles: Mapping[str, Candles], horizon_s: int) -> Dataset:
     """Rows with full lookback, a known label and a defined persistence guess, for every symbol."""
     symbols = sorted(s for s, c in candles.items() if c["bucket"].shape[0])
     xs, ys, ts, ss, ps = [], [], [], [], []
-    total = 0
+    total = flowless = 0
     for code, name in enumerate(symbols):
-        grid = to_grid(candles[name])
+        grid = to_grid(candles[name], max_gap_s=max(LOOKBACK_SECONDS, horizon_s) + 1)
         at = grid.index
         total += int(at.shape[0])
         x = grid_features(grid, at)
         y, known = up_labels(grid, at, horizon_s)
         guess, defined = last_direction(grid, at, horizon_s)
-        keep = known & defined & np.isfinite(x).all(axis=1)
+        finite = np.isfinite(x)
+        keep = known & defined & finite.all(axis=1)
+        flowless += int((known & defined & ~keep & finite[:, _NOT_FLOW].all(axis=1)).sum())
         xs.append(x[keep])
         ys.append(y[keep])
         ts.append(np.asarray(candles[name]["bucket"], dtype=np.int64)[keep])
@@ -108,6 +115,7 @@ def build_dataset(candles: Mapping[str, Candles], horizon_s: int) -> Dataset:
         symbol=symbol[order],
         persistence=np.concatenate(ps)[order],
         candles=total,
+        no_order_flow=flowless,
     )
 
 

@@ -162,7 +162,13 @@ def evaluate(
             ds,
             folds,
             f"{ds.candles} candle(s) give no labelled row (a row needs {min_history_seconds(ds.horizon_s)} s "
-            "of candles: the lookback or horizon behind it, the horizon ahead)",
+            "of candles: the lookback or horizon behind it, the horizon ahead"
+            + (
+                f"; {ds.no_order_flow} row(s) were left out for candles without buy/sell volume, as the "
+                "original project's imported ones are: no order-flow features)"
+                if ds.no_order_flow
+                else ")"
+            ),
         )
     fold_list = splits(ds.time, ds.horizon_s, folds)
     _check(ds, fold_list, folds)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.model.features import FEATURES, LOOKBACK_SECONDS, candle_features, to_grid
+from processor.model.features import FEATURES, LOOKBACK_SECONDS, candle_features, grid_features, to_grid
 from processor.model.labels import last_direction, up_labels
 from processor.model.synthetic import synthetic_candles
 
@@ -162,3 +162,41 @@ def test_grids_of_markets_laid_end_to_end_equal_each_markets_own_grid() -> None:
         for name in ("close", "volume", "buy", "sell", "range"):
             assert getattr(together, name)[at : at + len(own)].tobytes() == getattr(own, name).tobytes()
     assert len(together) == sum(len(to_grid(m)) for m in markets)
+
+
+def test_a_long_quiet_gap_costs_a_few_grid_seconds_and_changes_no_feature_or_label():
+    """A market trading again after a quiet stretch was spread over every second of it (a year: 2 GB and
+    2.7 s to score four candles). Gaps longer than anything reads back are laid out shorter: the same
+    features, labels and persistence guesses, bit for bit."""
+    rng = np.random.default_rng(3)
+    before, after = list(range(60)), [172_800 + i for i in range(60)]  # two quiet days between
+    seconds = before + after + [172_800 + 95, 172_800 + 400]  # and gaps of 35 s and 5 min at the end
+    closes = list(100.0 + np.cumsum(rng.normal(0, 0.1, len(seconds))))
+    candles = candles_from(seconds, closes)
+    whole = to_grid(candles, max_gap_s=10**9)
+    for horizon in (5, 60):
+        short = to_grid(candles, max_gap_s=max(LOOKBACK_SECONDS, horizon) + 1)
+        assert len(short) < 300 < len(whole)
+        assert np.array_equal(
+            grid_features(short, short.index), grid_features(whole, whole.index), equal_nan=True
+        )
+        for read in (up_labels, last_direction):
+            got, expected = read(short, short.index, horizon), read(whole, whole.index, horizon)
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True)), (read, horizon)
+    assert np.array_equal(candle_features(candles), grid_features(whole, whole.index), equal_nan=True)
+
+
+def test_candles_without_buy_and_sell_volume_have_no_order_flow_features():
+    """Candles imported from the original project never recorded the sides: their imbalance is unknown
+    (NaN, so training leaves those rows out), not 0, a balanced flow it would learn from."""
+    n = 40
+    x = candle_features(
+        candles_from(list(range(n)), [100.0] * n, buy_volume=[math.nan] * n, sell_volume=[math.nan] * n)
+    )
+    imbalances = [COL["imbalance_1"], COL["imbalance_10"], COL["imbalance_30"]]
+    assert np.isnan(x[LOOKBACK_SECONDS:, imbalances]).all()
+    assert np.isfinite(np.delete(x[LOOKBACK_SECONDS:], imbalances, axis=1)).all()
+    quiet = candle_features(
+        candles_from([0, *range(5, 45)], [100.0] * 41, buy_volume=[0.0] * 41, sell_volume=[0.0] * 41)
+    )
+    assert (quiet[LOOKBACK_SECONDS:, COL["imbalance_30"]] == 0.0).all()  # no volume: 0, as before
