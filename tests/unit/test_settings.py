@@ -102,6 +102,31 @@ def test_a_bad_database_url_is_shown_with_only_its_password_masked(monkeypatch: 
     assert "got 'postgres:***@db:5432/x'" in str(info.value) and "s3cret" not in str(info.value)
 
 
+def test_a_database_url_asyncpg_cannot_parse_is_one_line_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was a 150-line traceback from asyncpg at the first connection."""
+    for url, why in (
+        ("postgresql://u:s3cret@db:notaport/x", "Port could not be cast to integer value as 'notaport'"),
+        ("postgresql://[::1/x", "Invalid IPv6 URL"),
+    ):
+        monkeypatch.setenv("DATABASE_URL", url)
+        with pytest.raises(SettingsError) as info:
+            load_settings(_env_file=None)
+        assert f"DATABASE_URL is not a URL ({why})" in str(info.value) and "s3cret" not in str(info.value)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:se@cr:et@db/x")  # odd, but asyncpg takes it
+    assert load_settings(_env_file=None).database_dsn == "postgresql://u:se@cr:et@db/x"
+
+
+def test_log_level_in_any_case_and_a_dotenv_that_is_not_utf8(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert load_settings(_env_file=None).log_level == "DEBUG"
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("SYMBOLS=BTCUSDT\n", encoding="utf-16")  # Notepad's "Unicode"
+    with pytest.raises(SettingsError, match=r"^\.env is not UTF-8 text \(.*\): save it as UTF-8$"):
+        load_settings(_env_file=dotenv)
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
