@@ -7,6 +7,12 @@ standard deviation is the sample one (ddof = 1) and needs at least two returns. 
 everywhere but at candle seconds, the sums only need the candles themselves: no grid is materialized,
 and gaps of any length cost nothing. Each window is summed on its own (:func:`processor.windows.window_sums`),
 so a value never depends on how much history happened to be kept before it.
+
+A stream's history is a suffix of its candles. A window reaching before that suffix (a processor restarted
+with a larger ``VOLATILITY_WINDOW_SECONDS`` than its checkpoint kept history for) cannot be summed: its
+volatility is NaN, not stored, rather than a figure that counts the missing seconds as quiet. A window
+within the suffix has every candle it needs, and the candle before them for the first return's previous
+close; with an unchanged setting every window is.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ def streams_volatility(
     """Volatility of the candles at ``targets`` (NaN with fewer than two returns), many streams at once.
 
     ``buckets``/``closes`` hold one stream's candles after another in bucket order (``starts``: where each
-    stream begins, then the end): its recent history, then its new candles. History must reach back to the
-    candle before the window of the stream's first target. ``targets`` are positions (ascending) and
-    ``first_buckets`` the first candle ever of each target's stream (returns start after it). A value is
-    summed over its own window only, so it never depends on which other streams closed with it."""
+    stream begins, then the end): its recent history (a suffix of its candles), then its new candles.
+    ``targets`` are positions (ascending) and ``first_buckets`` the first candle ever of each target's
+    stream (returns start after it). A window reaching before the stream's history is NaN (see the module
+    docstring). A value is summed over its own window only, so it never depends on which other streams
+    closed with it."""
     n = buckets.shape[0]
     if targets.size == 0:
         return np.empty(0, dtype=np.float64)
@@ -51,5 +58,7 @@ def streams_volatility(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
         var = (total_sq - count * mean * mean) / (count - 1.0)
-    var = np.where(count >= 2, np.maximum(var, 0.0), np.nan)
+    # returns from after max(target - window, first) on: all there if that is not before the history
+    known = np.maximum(target - window_ms, first_buckets) >= buckets[starts[stream]]
+    var = np.where((count >= 2) & known, np.maximum(var, 0.0), np.nan)
     return np.sqrt(var)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -17,7 +18,7 @@ from cryptostream.models import CANDLE_SCHEMA, Trade, TradeColumns
 from processor.state import Interner, PartitionState, closed_candles
 from processor.volatility import streams_volatility
 from processor.windows import aggregate, bucket_of, dedupe, late_mask, search_segments
-from tests.reference import assert_candles_equal, batch_candles, rows_by_key
+from tests.reference import assert_candles_equal, batch_candles, batch_volatility, rows_by_key
 
 T0 = 1_700_000_000_000
 BUFFER_MS = 2_000
@@ -283,3 +284,66 @@ def test_volatility_of_many_streams_at_once_equals_each_stream_alone_bit_for_bit
     )
     expected = np.concatenate(alone) if alone else np.empty(0)
     assert together.tobytes() == expected.tobytes()
+
+
+def _history_ms(window_s: int) -> int:
+    return (max(window_s, 30) + 1) * 1000  # as processor/service.py keeps it
+
+
+def _volatility_across_a_restart(trades: list[Trade], before_s: int, after_s: int, cut: int) -> dict:
+    """Stored volatility of a processor run with window ``before_s`` until trade ``cut``, checkpointed and
+    restarted with ``after_s``: {key: (volatility, window_seconds)}."""
+    state = PartitionState("t", 0, "e", 0, 0, BUFFER_MS, _history_ms(before_s))
+    interner, window, stored = Interner(), before_s, []
+    for i in range(0, len(trades), 7):
+        if i >= cut and window != after_s:
+            head = {"topic": "t", "partition": 0, "epoch": "e", "seq": 0, "offset": i}
+            tables, interner, window = state.snapshot(interner), Interner(), after_s
+            state = PartitionState.restore(head, tables, interner, BUFFER_MS, _history_ms(window))
+        chunk = trades[i : i + 7]
+        state.apply(
+            interner.adopt(TradeColumns.from_trades(chunk, list(range(i, i + len(chunk))))), [], interner
+        )
+        if i + 7 >= len(trades):  # the source stops: every window closes
+            state.advance(Progress("binance", ("BTCUSDT",), 2**60), interner)
+        closed = state.close(interner, window)
+        if closed is not None:
+            stored.extend(closed.volatility.to_pylist())
+    return {
+        (r["exchange"], r["symbol"], int(r["bucket"].timestamp() * 1000)): (
+            r["volatility"],
+            r["window_seconds"],
+        )
+        for r in stored
+    }
+
+
+def test_a_restart_with_a_longer_window_stores_no_volatility_its_history_cannot_give() -> None:
+    """The checkpoint of a 20 s window holds 31 s of candles; after a restart with 100 s, a window reaching
+    before them would count the missing seconds as quiet (about 0.4 of the true figure). Such buckets get no
+    volatility; every figure stored equals the batch one, and from one window after the restart on, all are
+    there again. With the window unchanged, every bucket has its figure."""
+    rng = random.Random(7)
+    price, trades = 100.0, []
+    for s in range(400):
+        if 150 <= s < 170:  # a quiet stretch: forward-filled seconds count, they are not missing
+            continue
+        price = round(price * (1 + rng.gauss(0, 1e-3)), 2)
+        trades.append(_trade(s, "BTCUSDT", T0 + s * 1000 + rng.randrange(1000), price, 1.0, "binance"))
+    candles = batch_candles(trades)
+    reference = {w: batch_volatility(candles, w) for w in (20, 100)}
+    restart_at = 250  # trade 252 (batches of 7), in second 272: its candles close after the restart
+
+    for before_s, after_s in ((20, 100), (100, 100), (100, 20)):
+        got = _volatility_across_a_restart(trades, before_s, after_s, restart_at)
+        for key, (volatility, window) in got.items():
+            assert math.isclose(volatility, reference[window][key], rel_tol=1e-9), (
+                key,
+                window,
+            )
+        missing = sorted(k[2] for k in candles if k not in got and k[2] > T0 + 2000)
+        if before_s < after_s:
+            assert missing, "the windows reaching before the restored history must not be stored"
+            assert T0 + 260_000 < missing[0] and missing[-1] < T0 + 272_000 + after_s * 1000
+        else:
+            assert missing == []
