@@ -26,6 +26,7 @@ __all__ = [
     "TRADES_IN",
     "TRADES_OUT",
     "TRADE_GAPS",
+    "PREDICTION_FAILURES",
     "serve_metrics",
 ]
 
@@ -37,6 +38,9 @@ LATE = Counter(
 )
 DUPLICATES = Counter("cryptostream_duplicate_trades", "Duplicate trades counted once", [])
 CANDLES = Counter("cryptostream_candles", "Closed 1 s candles", [])
+PREDICTION_FAILURES = Counter(
+    "cryptostream_prediction_failures", "Markets a scorer failed on in a closing pass (candles kept)", []
+)
 SINK_ROWS = Counter("cryptostream_sink_rows", "Rows made durable", ["sink", "kind"])
 CHECKPOINT_SECONDS = Histogram(
     "cryptostream_checkpoint_seconds",

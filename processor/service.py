@@ -42,6 +42,7 @@ from cryptostream.metrics import (
     CHECKPOINT_SECONDS,
     CONSUMER_LAG,
     LATE,
+    PREDICTION_FAILURES,
     REJECTED,
     SINK_ROWS,
     TRADES_IN,
@@ -78,6 +79,7 @@ class ProcessorStats:
     candles: int = 0
     checkpoints: int = 0
     fenced: int = 0
+    prediction_failures: int = 0
     last_checkpoint_s: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -120,6 +122,7 @@ class Processor:
         self.read_back_from: dict[int, int] = {}
         self.unsure: dict[int, float] = {}  # assigned partitions whose setup failed -> next retry (monotonic)
         self.stats = ProcessorStats()
+        self._unscored: set[tuple[str, str]] = set()  # markets a scorer failed on (logged once each)
         self.buffer_ms = int(settings.max_buffer_seconds * 1000)
         self.future_ms = int(settings.future_tolerance_seconds * 1000)
         # Closed candles kept per stream: the volatility window or the model's lookback, whichever is longer
@@ -376,10 +379,37 @@ class Processor:
         if closed.volatility.num_rows:
             messages.extend(_rows_messages("volatility", closed.volatility))
         for scorer in self.scorers:
-            for kind, extra in scorer(closed.histories).items():
+            for kind, extra in self._scored(scorer, closed.histories).items():
                 if extra.num_rows:
                     pending.setdefault(kind, []).append(extra)
                     messages.extend(_rows_messages(kind, extra))
+
+    def _scored(self, scorer: Scorer, histories: Histories) -> dict[str, pa.Table]:
+        """What a scorer makes of the histories. A scorer that raises costs the predictions of the market it
+        raised on, never the candles: the pass is scored again market by market, and a market that still
+        fails is counted and logged (its traceback once). So which markets get predictions depends on their
+        own candles alone, not on which others closed in the same pass."""
+        try:
+            return scorer(histories)
+        except Exception:
+            if len(histories) > 1:
+                parts: dict[str, list[pa.Table]] = {}
+                for stream in histories:
+                    for kind, table in self._scored(scorer, Histories.one(*stream)).items():
+                        parts.setdefault(kind, []).append(table)
+                return {kind: pa.concat_tables(tables) for kind, tables in parts.items()}
+            market = (histories.exchanges[0], histories.symbols[0]) if len(histories) else ("", "")
+            self.stats.prediction_failures += 1
+            PREDICTION_FAILURES.inc()
+            if market not in self._unscored:  # once per market: a failing model fails every pass
+                self._unscored.add(market)
+                log.error(
+                    "no predictions for %s %s: the scorer failed (candles and volatility are stored as "
+                    "usual; counted in cryptostream_prediction_failures)",
+                    *market,
+                    exc_info=len(self._unscored) == 1,
+                )
+            return {}
 
     async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         """Hand messages to the producer as one record batch per partition (not one send() per message);
@@ -779,6 +809,7 @@ class Processor:
                 "late": self.stats.late,
                 "rejected": self.stats.rejected,
                 "rejected_by_reason": self.stats.reasons,
+                "prediction_failures": self.stats.prediction_failures,
                 "checkpoints": self.stats.checkpoints,
                 "last_checkpoint_ms": round(self.stats.last_checkpoint_s * 1000, 2),
             }

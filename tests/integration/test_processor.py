@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 import orjson
+import pyarrow as pa
 import pytest
 
-from cryptostream.models import Trade
+from cryptostream.models import PREDICTION_SCHEMA, Trade
 from ingest.synthetic import SyntheticMarket
+from processor.service import Processor
+from processor.state import Histories
 from tests.conftest import T0
 from tests.integration.helpers import (
     db_candles,
@@ -17,6 +20,7 @@ from tests.integration.helpers import (
     parquet_rows,
     read_topic,
     run_processor_until,
+    sinks_for,
 )
 from tests.reference import assert_candles_equal, batch_candles, batch_volatility, rows_by_key
 
@@ -132,3 +136,52 @@ async def test_late_trades_go_to_the_dead_letter_topic_and_leave_closed_candles_
     rows = rows_by_key(await db_candles(db))
     second = rows[("binance", "ETHUSDT", T0 + 1000)]
     assert second["high"] == 11.0 and second["trade_count"] == 1
+
+
+def _scorer_failing_on(symbol: str):
+    """A scorer predicting 0.5 for every new candle, raising whenever ``symbol`` is among the markets."""
+
+    def score(histories: Histories) -> dict[str, pa.Table]:
+        rows = []
+        for exchange, market, history, n_new in histories:
+            if market == symbol:
+                raise FloatingPointError(f"model blew up on {market}")
+            rows += [(exchange, market, int(b)) for b in history["bucket"][len(history["bucket"]) - n_new :]]
+        n = len(rows)
+        return {
+            "predictions": pa.table(
+                {
+                    "exchange": [r[0] for r in rows],
+                    "symbol": [r[1] for r in rows],
+                    "bucket": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
+                    "horizon_seconds": pa.array([10] * n, pa.int32()),
+                    "probability_up": [0.5] * n,
+                    "label": ["down"] * n,
+                    "model_version": ["v"] * n,
+                },
+                schema=PREDICTION_SCHEMA,
+            )
+        }
+
+    return score
+
+
+async def test_a_failing_scorer_costs_its_market_s_predictions_never_the_candles(make_settings, produce, db):
+    """The model raising on one market (whatever else closed in the same pass) stops neither the processor
+    nor the candles: every candle is stored, every other market's candle predicted, the failures counted."""
+    settings = make_settings(max_buffer_seconds=1.0, parquet_chunk_seconds=0.5)
+    trades = SyntheticMarket(["BTCUSDT", "ETHUSDT", "SOLUSDT"], rate=300, seed=5).generate(6_000, start_ms=T0)
+    expected = batch_candles(trades)
+    await produce(settings, trades)
+
+    async def all_stored() -> bool:
+        return await db_count(settings.database_dsn) >= len(expected)
+
+    processor = Processor(settings, sinks_for(settings), scorers=[_scorer_failing_on("ETHUSDT")])
+    await run_processor_until(settings, all_stored, processor=processor)
+    assert_candles_equal(rows_by_key(await db_candles(db)), expected)
+    predicted = {(r["symbol"], r["bucket"]) for r in await db.fetch("SELECT symbol, bucket FROM predictions")}
+    candles = {(r["symbol"], r["bucket"]) for r in await db.fetch("SELECT symbol, bucket FROM ohlc_1s")}
+    assert predicted == {k for k in candles if k[0] != "ETHUSDT"}
+    eth = sum(1 for k in candles if k[0] == "ETHUSDT")
+    assert processor.stats.prediction_failures > 0 and eth > 0
