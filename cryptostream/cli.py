@@ -304,8 +304,12 @@ def up(
         supervisor = _Supervisor(roles, env, role_env)
         try:
             supervisor.start()
-            log.info("pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url)
-            supervisor.watch()
+            supervisor.watch(
+                ready=lambda: _listening(settings.api_host, settings.api_port),
+                on_ready=lambda: log.info(
+                    "pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url
+                ),
+            )
         except KeyboardInterrupt:
             log.info(
                 "stopping: ingest first (flushes accepted trades), then processor (final checkpoint), API"
@@ -313,6 +317,18 @@ def up(
         finally:
             supervisor.stop(["ingest", "process", "serve"])
     log.info("stopped; state kept in %s", state)
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host:port`` (a wildcard host is asked on loopback)."""
+    import socket
+
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((target, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _writable_folder(path: Path, setting: str) -> None:
@@ -416,8 +432,12 @@ class _Supervisor:
         for role in self.roles:  # in the order given
             self._spawn(role)
 
-    def watch(self) -> None:
+    def watch(
+        self, ready: Callable[[], bool] | None = None, on_ready: Callable[[], None] | None = None
+    ) -> None:
         """Until interrupted; raise :class:`InfraError` when a role keeps failing (``up`` then stops).
+        ``on_ready`` is called once, the first time ``ready()`` holds (the API answers: "pipeline up" is
+        said when the dashboard link works, not before).
 
         Ingest ending with 0 has finished (a replay at the end of its file): the rest keeps serving what it
         wrote (it used to be restarted, replaying the file again as late trades, until ``up`` gave up). A
@@ -425,7 +445,11 @@ class _Supervisor:
         answer within SERVICE_WAIT_SECONDS): restarting it would only say so again after a minute of
         backoff, so ``up`` stops at once."""
         while True:
-            time.sleep(0.5)
+            time.sleep(0.5 if ready is None else 0.1)
+            if ready is not None and ready():
+                ready = None
+                if on_ready is not None:
+                    on_ready()
             for role, proc in list(self.procs.items()):
                 code = proc.poll()
                 if code is None:

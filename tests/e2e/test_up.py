@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from datetime import datetime
 
 import orjson
@@ -47,6 +48,9 @@ def _recorded(path) -> list[Trade]:
 def test_up_serves_exact_candles_stops_every_child_and_a_second_run_keeps_them(start_pipeline, tmp_path):
     record = tmp_path / "run1.jsonl"
     first = start_pipeline("--source", "synthetic", "--rate", "150", "--record", str(record))
+    first.wait_until(lambda: "pipeline up" in first.tail(100_000), 60, '"pipeline up" said')
+    with urllib.request.urlopen(f"{first.url}/", timeout=10) as page:  # once: the link works when said
+        assert page.status == 200 and b"<html" in page.read().lower()
     took = first.wait_until(
         lambda: all(_api_candles(first, s) for s in SYMBOLS),
         30,
