@@ -789,6 +789,10 @@ def compact(
     ago into one file per market and hour (the processor does this itself as it goes), and past days into
     one file per market and day."""
     settings = _settings("compact")
+    if not settings.output_dir.is_dir():  # a typo in OUTPUT_DIR is not "0 files merged"
+        raise SettingsError(
+            f"OUTPUT_DIR {settings.output_dir.resolve()} is not a folder: there is no archive to compact"
+        )
     from cryptostream.archive import HOUR_MS
     from cryptostream.compaction import compact as run_compaction
 

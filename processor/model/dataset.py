@@ -131,16 +131,29 @@ def market_key(exchange: str, symbol: str) -> str:
 def choose_markets(
     stored: Iterable[tuple[str, str]], exchanges: Iterable[str] | None, symbols: Iterable[str] | None
 ) -> list[tuple[str, str]]:
-    """The (exchange, symbol) markets to train on (see the module docstring for the default)."""
-    markets = sorted(set(stored))
+    """The (exchange, symbol) markets to train on (see the module docstring for the default). Markets are
+    stored but none is what was asked for: :class:`NotEnoughData` naming what is stored."""
+    stored_markets = sorted(set(stored))
+    markets = stored_markets
     if symbols is not None:
         wanted = set(symbols)
         markets = [m for m in markets if m[1] in wanted]
     if exchanges is not None:
         venues = set(exchanges)
-        return [m for m in markets if m[0] in venues]
-    real = [m for m in markets if m[0] != DEMO]
-    return real or markets
+        markets = [m for m in markets if m[0] in venues]
+    else:
+        markets = [m for m in markets if m[0] != DEMO] or markets
+    if stored_markets and not markets:
+        asked = [f"exchanges {','.join(sorted(set(exchanges)))}" if exchanges is not None else ""]
+        asked.append(f"symbols {','.join(sorted(set(symbols)))}" if symbols is not None else "")
+        held: dict[str, int] = {}
+        for exchange, _ in stored_markets:
+            held[exchange] = held.get(exchange, 0) + 1
+        raise NotEnoughData(
+            f"no stored market matches {' and '.join(a for a in asked if a)}: candles are stored for "
+            + ", ".join(f"{venue} ({n} symbol{'s' * (n > 1)})" for venue, n in held.items())
+        )
+    return markets
 
 
 def _load_archive(

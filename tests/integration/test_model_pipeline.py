@@ -98,6 +98,16 @@ def test_train_command_explains_what_is_missing(tmp_path):
     assert done.returncode == 2 and "'s3' is not one of 'archive', 'database'" in done.stderr
     assert load_report(tmp_path / "models") is None
 
+    env["OUTPUT_DIR"] = str(tmp_path / "outputs")
+    _write_archive(tmp_path / "outputs", _planted(hours=0.1))
+    done = _cli("train", "--exchanges", "kraken", env=env)
+    assert done.returncode == 2, done.stderr
+    assert (
+        "no stored market matches exchanges kraken: candles are stored for binance (3 symbols)" in done.stderr
+    )
+    done = _cli("train", "--exchanges", "binance", "--symbols", "DOGEUSDT", env=env)
+    assert "matches exchanges binance and symbols DOGEUSDT: candles are stored for binance" in done.stderr
+
 
 async def _copy_candles(conn: asyncpg.Connection, table: pa.Table) -> None:
     buf = io.BytesIO()

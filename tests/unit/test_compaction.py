@@ -8,6 +8,9 @@ one the API reads with. (The merge under SIGKILL at every step: test_archive_mer
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -190,3 +193,18 @@ async def test_cli_compact_command(tmp_path: Path):
     result = CliRunner().invoke(app, ["compact", "--min-age-days", "2"], env={"OUTPUT_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert len(files(tmp_path, OLD)) == 1
+
+
+def test_cli_compact_on_a_missing_archive_says_so_in_one_line(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "cryptostream", "compact"],
+        env={**os.environ, "OUTPUT_DIR": str(tmp_path / "typo")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"cryptostream: OUTPUT_DIR {tmp_path / 'typo'} is not a folder: there is no archive to compact"
+    )
+    assert not (tmp_path / "typo").exists()
