@@ -231,7 +231,7 @@ def _ints(*values: object) -> bool:
 
 def _resume(feed: Exchange, saved: dict[str, dict[str, int]]) -> None:
     """Start ``feed`` where an earlier run's progress left off: the first trade shows any gap across it."""
-    for symbol, last_id in feed.watermark.restore(saved, now_ms()).items():
+    for symbol, last_id in feed.watermark.restore(saved, feed.now()).items():
         feed.ids[symbol].high = last_id
     if saved:
         log.info("%s: resuming after the trades an earlier run covered (%d symbol(s))", feed.name, len(saved))
@@ -246,9 +246,9 @@ async def _progress(
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(every_s)
-        now = now_ms()
         for feed in feeds:
-            progress = feed.watermark.progress(now)
+            now = feed.exchange_now()  # the exchange's time; unknown before a frame told it (no window yet)
+            progress = [] if now is None else feed.watermark.progress(now)
             if progress:
                 await queue.put(TradeBatch(source=feed.name, progress=progress))
         if loop.time() - saved_at >= 1.0:
@@ -304,14 +304,14 @@ async def live_trades(
             await _cancel(tasks)
             while not queue.empty():
                 yield queue.get_nowait()
-            now = now_ms()
             final = [
                 p
                 for feed in feeds
+                if (now := feed.exchange_now()) is not None
                 for p in feed.watermark.progress(now, complete=settings.flush_windows_on_stop)
             ]
             for feed in feeds:
-                feed.feed.enter(ENDED, now)
+                feed.feed.enter(ENDED, now_ms())
             yield TradeBatch(
                 source="live",
                 progress=final,

@@ -12,6 +12,9 @@ connected lives here, once:
 * **Liveness**: progress never passes the last moment the connection was proven alive: its last frame, or
   (where the exchange sends no heartbeat of its own, Binance) the sending time of the last ping answered;
   the feed pings every ``LIVENESS_PING_SECONDS``. A half-open connection claims nothing it may miss.
+* **The exchange's clock**: progress, liveness and holds are measured in the exchange's time as its frames
+  tell it (:class:`~ingest.exchanges.clock.ExchangeClock`), never our wall clock: a local clock ahead of
+  the exchange's, or stepped, made trades late.
 * **Stalls**: a feed that sends nothing for ``WS_STALL_SECONDS`` is dropped and reconnected.
 * **Exchange errors** (Coinbase ``{"type":"error"}``, Binance ``{"error":...}``) are logged and counted; a
   session that errors before delivering anything is retried with backoff.
@@ -61,6 +64,7 @@ from cryptostream.metrics import (
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
 from ingest.backfill import BackfillError, RestHistory
+from ingest.exchanges.clock import ExchangeClock, monotonic_ms
 from ingest.exchanges.tracker import TradeIds
 from ingest.exchanges.watermark import FeedWatermark
 from ingest.source import TradeBatch, now_ms
@@ -88,6 +92,7 @@ class Parsed:
     rejected: list[Rejected] = field(default_factory=list)
     last_ids: dict[str, int] = field(default_factory=dict)  # symbol -> last trade id the exchange reports
     alive: bool = False  # a healthy control message (subscription ack, heartbeat)
+    sent_ms: int | None = None  # the exchange's clock when it sent the frame, where the frame says
     error: str | None = None
     shutdown: bool = False
 
@@ -157,6 +162,7 @@ class Exchange(ABC):
         self._emit: Emit | None = None
         self._draining: set[asyncio.Task[_SessionEnd]] = set()
         self._delivering = 0  # sessions that delivered data and are still open
+        self.clock = ExchangeClock()
         self.watermark = FeedWatermark(
             self.name,
             tuple(sorted(self.symbols)),
@@ -166,6 +172,16 @@ class Exchange(ABC):
         url = self.url()
         if not url.startswith(("ws://", "wss://")):
             raise SettingsError(f"{self.url_setting} must start with ws:// or wss://, got {url!r}")
+
+    def exchange_now(self) -> int | None:
+        """The exchange's time now (its clock, as its frames tell it), or None before any frame told it."""
+        return self.clock.now(monotonic_ms())
+
+    def now(self) -> int:
+        """:meth:`exchange_now`, or our wall clock until it is known (holds and liveness only: no progress
+        is written then)."""
+        now = self.exchange_now()
+        return now_ms() if now is None else now
 
     # ------------------------------------------------------------------------ what subclasses say
     @abstractmethod
@@ -280,12 +296,14 @@ class Exchange(ABC):
                 return
             self.stats.frames += 1
             parsed = self.parse(raw, now_ms())
-            self._heard(now_ms())
+            if parsed.sent_ms is not None:
+                self.clock.saw(parsed.sent_ms, monotonic_ms())
+            self._heard(self.now())
             if (parsed.trades or parsed.alive) and not state.healthy:
                 state.healthy = True
                 self._delivering += 1
                 if self._delivering == 1:
-                    self.watermark.connected(now_ms())
+                    self.watermark.connected(self.now())
                     self.feed.enter(CONNECTED, now_ms())
                 for old in list(self._draining):  # the new connection delivers: retire the old one
                     old.cancel()
@@ -306,7 +324,7 @@ class Exchange(ABC):
         arrived, so the connection was alive when the ping left. Ends with the connection."""
         with contextlib.suppress(ConnectionClosed):
             while True:
-                sent = now_ms()
+                sent = self.now()
                 await (await ws.ping())
                 self._heard(sent)
                 await asyncio.sleep(LIVENESS_PING_SECONDS)
@@ -330,7 +348,7 @@ class Exchange(ABC):
         if len(trades) > 1:
             trades = sorted(trades, key=lambda t: (t.symbol, t.trade_id))
         fresh: list[Trade] = []
-        now = now_ms()
+        now = self.now()
         mark = self.watermark
         for trade in trades:
             if within is not None and not within[0] <= trade.trade_id <= within[1]:
@@ -356,7 +374,7 @@ class Exchange(ABC):
         if dup:
             INGEST_DUPLICATES.labels(self.name).inc(dup)
         self.stats.trades += len(fresh)
-        self.feed.traded(len(fresh), now)
+        self.feed.traded(len(fresh), now_ms())
         rejects = rejects or []
         self.stats.rejected += len(rejects)
         if (fresh or rejects) and self._emit is not None:

@@ -93,7 +93,8 @@ class Binance(Exchange):
             event = msg["event"].get("e")
         if event == "serverShutdown":
             return Parsed(shutdown=True, alive=True)
-        out = Parsed()
+        sent = data.get("E")  # event time: the exchange's clock when it sent this (ms)
+        out = Parsed(sent_ms=sent if isinstance(sent, int) and not isinstance(sent, bool) else None)
         if event == "trade":
             self.trade_or_reject(lambda: self._trade(data, "t", received_at), raw, out)
         elif event == "aggTrade":

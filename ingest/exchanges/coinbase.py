@@ -132,6 +132,8 @@ class CoinbaseExchange(_Coinbase):
             return msg
         kind = msg.get("type")
         out = Parsed()
+        if kind == "match" or kind == "heartbeat":  # (a last_match's time is its trade's, long ago maybe)
+            out.sent_ms = _sent(msg.get("time"))
         if kind in ("match", "last_match"):
             self.trade_or_reject(lambda: self._match(msg, received_at), raw, out)
         elif kind == "heartbeat":
@@ -203,7 +205,7 @@ class CoinbaseAdvanced(_Coinbase):
         msg = reject_frame(raw)
         if isinstance(msg, Parsed):
             return msg
-        out = Parsed()
+        out = Parsed(sent_ms=_sent(msg.get("timestamp")))
         if msg.get("type") == "error":
             out.error = str(msg.get("message"))
             return out
@@ -242,6 +244,14 @@ class CoinbaseAdvanced(_Coinbase):
             received_at,
             self.symbols,
         )
+
+
+def _sent(text: Any) -> int | None:
+    """A frame's sending time (the exchange's clock), or None when it has none we can read."""
+    try:
+        return iso_to_ms(text)
+    except FieldError:
+        return None
 
 
 def _bytes(raw: str | bytes) -> bytes:

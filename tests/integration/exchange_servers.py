@@ -56,6 +56,7 @@ class FakeExchange:
     scripts: list[Script | str]  # "reject" = answer the handshake with HTTP 503
     rest_throttle_first: bool = True  # the first trade-history call gets 429 + Retry-After (clients retry)
     ping_interval: float = 20.0  # the server pings this often and drops clients that do not pong in time
+    clock_offset_ms: int = 0  # the exchange's clock minus ours (its trades and frames are stamped by its own)
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     truth: dict[tuple[str, int], Truth] = field(default_factory=dict)
     connections: list[dict[str, Any]] = field(default_factory=list)
@@ -106,11 +107,15 @@ class FakeExchange:
     def rest_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def clock_ms(self) -> int:
+        """The exchange's clock: ours plus ``clock_offset_ms``."""
+        return int(datetime.now(UTC).timestamp() * 1000) + self.clock_offset_ms
+
     # ------------------------------------------------------------------------------ trades
     def _new_trade(self, symbol: str) -> dict[str, Any]:
         trade_id = self._next_id[symbol]
         self._next_id[symbol] += 1
-        ms = int(datetime.now(UTC).timestamp() * 1000)
+        ms = self.clock_ms()
         price = round(100 + self._rng.random() * 10, 2)
         size = round(self._rng.random() * 3 + 0.001, 6)
         side_buy = self._rng.random() < 0.5  # binance: m; coinbase: maker side == buy
@@ -212,13 +217,13 @@ class FakeExchange:
                     "sequence": last * 3 + 1,
                     "last_trade_id": last,
                     "product_id": self.product(symbol),
-                    "time": iso(int(datetime.now(UTC).timestamp() * 1000)),
+                    "time": iso(self.clock_ms()),
                 }
             else:
                 msg = {
                     "channel": "heartbeats",
                     "client_id": "",
-                    "timestamp": iso(int(datetime.now(UTC).timestamp() * 1000), 9),
+                    "timestamp": iso(self.clock_ms(), 9),
                     "sequence_num": 0,
                     "events": [{"current_time": "now", "heartbeat_counter": last}],
                 }
@@ -253,7 +258,7 @@ class FakeExchange:
             ack = {
                 "channel": "subscriptions",
                 "client_id": "",
-                "timestamp": iso(0, 9),
+                "timestamp": iso(self.clock_ms(), 9),
                 "sequence_num": 0,
                 "events": [{"subscriptions": {"market_trades": []}}],
             }
@@ -289,7 +294,7 @@ class FakeExchange:
         if self.kind == "binance":
             return {
                 "timezone": "UTC",
-                "serverTime": int(datetime.now(UTC).timestamp() * 1000),
+                "serverTime": self.clock_ms(),
                 "rateLimits": [],
                 "exchangeFilters": [],
                 "symbols": [

@@ -596,3 +596,37 @@ async def assert_silence_claims_nothing(
     assert feed.stats.stalls >= 1 and feed.stats.backfilled >= 6
     assert feed.stats.backfilled_late == 0, feed.stats
     assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+
+
+@pytest.mark.parametrize(("exchange", "pair"), [("binance", "BTC-USDT"), ("coinbase", "BTC-USD")])
+async def test_progress_is_in_the_exchange_s_time_whatever_our_clock_says(make_settings, exchange, pair):
+    """Trades carry the exchange's times, so "complete up to" must be in its time too. With our clock 4 s
+    ahead of the exchange's, progress at our clock minus the buffer claimed each trade's second complete
+    before the trade arrived: every trade was late. Progress follows the exchange's sending times now."""
+    symbol = pair.replace("-", "")
+
+    async def trading(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        for _ in range(25):
+            await ex.send_trades(ws, symbol, 2)
+            if ex.kind == "coinbase":
+                await ex.heartbeat(ws)
+            await asyncio.sleep(0.1)
+
+    server = await FakeExchange(exchange, [pair], [trading], clock_offset_ms=-4_000).start()
+    settings = live_settings(
+        make_settings,
+        exchanges=exchange,
+        symbols=symbol,
+        max_buffer_seconds=0.5,
+        **{f"{exchange}_ws_url": server.ws_url, f"{exchange}_rest_url": server.rest_url},
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    records = await topic_records(settings, settings.kafka_topic)
+    assert_exactly_once(records, server)
+    marks = [orjson.loads(r.value)["watermark"] for r in records if r.value.startswith(b'{"type":"progress"')]
+    assert max(marks) <= server.clock_ms(), "progress claimed a time the exchange has not reached"
+    assert max(marks) >= max(t.timestamp for t in server.truth.values()) - 3_000, "progress stood still"
