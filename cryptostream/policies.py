@@ -11,6 +11,11 @@ What users rely on: a roll-up (1m/5m/1h/1d) keeps its history however long the 1
   longer than the refresh window; before a retention policy is (re)set, every aggregate is refreshed over
   the raw rows it may drop, so no roll-up depends on a job having run first.
 * **Retention per roll-up level**: ``ROLLUP_RETENTION_DAYS`` (``1m=30,5m=180``; unset levels keep forever).
+* **Horizons**: no refresh reaches below the day before which a retention policy may have dropped rows,
+  now or before it was changed (:func:`horizons`, recorded in ``retention_horizons`` by revision 0005):
+  a bucket recomputed there would hold the late rows alone, and a roll-up bucket brought back below its own
+  retention would make the aggregate look whole from there.
+* A job you paused stays paused when a setting change replaces it.
 * **Compression** after ``COMPRESS_AFTER_DAYS``.
 
 Policies are compared with what the server holds and only what differs is changed (each change logged), so
@@ -23,11 +28,20 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-__all__ = ["AGGREGATES", "RAW_TABLES", "REFRESH_DAYS", "Policies", "apply_policies", "paused"]
+__all__ = [
+    "AGGREGATES",
+    "HORIZONS_SQL",
+    "JOB_ONLY_HORIZONS_SQL",
+    "RAW_TABLES",
+    "REFRESH_DAYS",
+    "Policies",
+    "apply_policies",
+    "paused",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,41 @@ def paused(add_policy: str) -> str:
     return f"SELECT alter_job(job, scheduled => false) FROM {add_policy} AS job WHERE job > 0"
 
 
+# relation -> the day (ms) before which its rows may have been dropped: by the retention policy in force (a
+# chunk is dropped once it ends before now - drop_after; chunks are whole UTC days) or one it replaced.
+JOB_HORIZONS_SQL = (
+    "SELECT hypertable_name AS relation, date_trunc('day', now() - (config->>'drop_after')::interval, 'UTC') "
+    "AS dropped_before FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention' "
+    "AND hypertable_schema = current_schema()"
+)
+HORIZONS_SQL = (
+    "SELECT relation, (extract(epoch FROM max(dropped_before)) * 1000)::int8 FROM ("
+    f"{JOB_HORIZONS_SQL} UNION ALL SELECT relation, dropped_before FROM retention_horizons) h "
+    "GROUP BY relation"
+)
+# the same before revision 0005 (a writer of this version on a database not migrated yet)
+JOB_ONLY_HORIZONS_SQL = HORIZONS_SQL.replace(
+    " UNION ALL SELECT relation, dropped_before FROM retention_horizons", ""
+)
+
+
+async def horizons(conn: asyncpg.Connection) -> dict[str, int]:
+    """Relation (``ohlc_1s``, a roll-up view) -> epoch ms before which its rows may be gone."""
+    return {r[0]: r[1] for r in await conn.fetch(HORIZONS_SQL)}
+
+
+async def _record_horizon(conn: asyncpg.Connection, relation: str, days: int) -> None:
+    """Before a retention policy of ``days`` on ``relation`` is replaced or removed: what it may have
+    dropped stays dropped (see :func:`horizons`)."""
+    await conn.execute(
+        "INSERT INTO retention_horizons VALUES ($1, date_trunc('day', now() - make_interval(days => $2), "
+        "'UTC')) ON CONFLICT (relation) DO UPDATE SET dropped_before = "
+        "greatest(retention_horizons.dropped_before, excluded.dropped_before)",
+        relation,
+        days,
+    )
+
+
 def _days(text: str | None) -> int | None:
     """Whole days of an interval TimescaleDB reports as text ('5 days', '72:00:00'); None for none."""
     if text is None:
@@ -75,14 +124,21 @@ def _days(text: str | None) -> int | None:
 
 
 async def _jobs(conn: asyncpg.Connection, proc: str) -> dict[str, dict[str, str | None]]:
-    """Relation name -> config of its jobs running ``proc`` (policy_retention, policy_compression, ...)."""
+    """Relation name -> config of its jobs running ``proc`` (policy_retention, policy_compression, ...),
+    with ``"scheduled"`` ("false" for a job someone paused)."""
     rows = await conn.fetch(
-        "SELECT hypertable_name, config::text FROM timescaledb_information.jobs "
+        "SELECT hypertable_name, config::text, scheduled FROM timescaledb_information.jobs "
         "WHERE proc_name = $1 AND hypertable_schema = current_schema()",
         proc,
     )
+    return {r[0]: {**json.loads(r[1]), "scheduled": str(r[2]).lower()} for r in rows}
 
-    return {r[0]: json.loads(r[1]) for r in rows}
+
+async def _add(conn: asyncpg.Connection, add_policy: str, replaced: dict[str, str | None] | None) -> None:
+    """Run ``add_policy`` (returns the job id); a job it replaces that was paused leaves this one paused."""
+    job = await conn.fetchval(f"SELECT {add_policy}")
+    if replaced is not None and replaced.get("scheduled") == "false" and job is not None and job > 0:
+        await conn.execute("SELECT alter_job($1, scheduled => false)", job)
 
 
 async def _installed(conn: asyncpg.Connection) -> bool:
@@ -101,11 +157,14 @@ def _interval(value: timedelta) -> str:
 
 async def refresh_raw_range(conn: asyncpg.Connection, before: timedelta) -> None:
     """Materialize every aggregate over the raw rows older than ``now() - before`` (and only where raw rows
-    are: a range retention dropped is never recomputed). Simple-protocol SQL: a refresh refuses to run in
-    the implicit transaction of a prepared statement."""
+    are, above the raw horizon: a range retention dropped is never recomputed). Simple-protocol SQL: a
+    refresh refuses to run in the implicit transaction of a prepared statement."""
     first = await conn.fetchval("SELECT min(bucket) FROM ohlc_1s")
     if first is None:
         return
+    horizon = (await horizons(conn)).get("ohlc_1s")
+    if horizon is not None:  # a late row older than what retention dropped: not a reason to recompute
+        first = max(first, datetime.fromtimestamp(horizon / 1000, UTC))
     for view, width, _ in AGGREGATES.values():
         await refresh(
             conn,
@@ -144,9 +203,11 @@ async def apply(conn: asyncpg.Connection, want: Policies) -> list[str]:
         if config is not None and _days(config.get("start_offset")) == REFRESH_DAYS:
             continue
         await conn.execute(f"SELECT remove_continuous_aggregate_policy('{view}', if_exists => true)")
-        await conn.execute(
-            f"SELECT add_continuous_aggregate_policy('{view}', start_offset => {_interval(window)}, "
-            f"end_offset => {_interval(width)}, schedule_interval => {_interval(schedule)})"
+        await _add(
+            conn,
+            f"add_continuous_aggregate_policy('{view}', start_offset => {_interval(window)}, "
+            f"end_offset => {_interval(width)}, schedule_interval => {_interval(schedule)})",
+            config,
         )
         changes.append(f"{view}: refresh policy over the last {REFRESH_DAYS} days")
 
@@ -156,9 +217,11 @@ async def apply(conn: asyncpg.Connection, want: Policies) -> list[str]:
         if config is not None and _days(config.get("compress_after")) == want.compress_after_days:
             continue
         await conn.execute(f"SELECT remove_compression_policy('{table}', if_exists => true)")
-        await conn.execute(
-            f"SELECT add_compression_policy('{table}', compress_after => INTERVAL "
-            f"'{want.compress_after_days} days')"
+        await _add(
+            conn,
+            f"add_compression_policy('{table}', compress_after => "
+            f"INTERVAL '{want.compress_after_days} days')",
+            config,
         )
         changes.append(f"{table}: compress chunks after {want.compress_after_days} days")
 
@@ -170,12 +233,17 @@ async def apply(conn: asyncpg.Connection, want: Policies) -> list[str]:
     for table in RAW_TABLES:
         if raw_now[table] == want.retention_days:
             continue
+        old = raw_now[table]
+        if old is not None:
+            await _record_horizon(conn, table, old)
         await conn.execute(f"SELECT remove_retention_policy('{table}', if_exists => true)")
         if want.retention_days is None:
             changes.append(f"{table}: rows kept (retention policy removed)")
             continue
-        await conn.execute(
-            f"SELECT add_retention_policy('{table}', drop_after => INTERVAL '{want.retention_days} days')"
+        await _add(
+            conn,
+            f"add_retention_policy('{table}', drop_after => INTERVAL '{want.retention_days} days')",
+            retention.get(table),
         )
         changes.append(f"{table}: rows older than {want.retention_days} days dropped (roll-ups keep theirs)")
 
@@ -184,11 +252,17 @@ async def apply(conn: asyncpg.Connection, want: Policies) -> list[str]:
         now = _days(retention[view].get("drop_after")) if view in retention else None
         if now == days:
             continue
+        if now is not None:
+            await _record_horizon(conn, view, now)
         await conn.execute(f"SELECT remove_retention_policy('{view}', if_exists => true)")
         if days is None:
             changes.append(f"{view}: kept forever (retention policy removed)")
             continue
-        await conn.execute(f"SELECT add_retention_policy('{view}', drop_after => INTERVAL '{days} days')")
+        await _add(
+            conn,
+            f"add_retention_policy('{view}', drop_after => INTERVAL '{days} days')",
+            retention.get(view),
+        )
         changes.append(f"{view}: buckets older than {days} days dropped")
     return changes
 

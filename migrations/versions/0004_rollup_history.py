@@ -5,11 +5,13 @@ When the retention policy dropped old 1 s chunks, TimescaleDB invalidated their 
 recomputed it from nothing: ``RETENTION_DAYS`` erased the 1m/5m/1h/1d history it was meant to keep. Here each
 policy is replaced in place by one over the last three days (late rows older than that are refreshed by the
 writer, see :mod:`processor.sinks.postgres`), and every aggregate is materialized over the 1 s rows the
-database still holds, starting at the oldest one: a range retention already dropped is never recomputed.
+database still holds, starting at the oldest one, never below the retention policy's horizon (a late row
+older than what retention dropped is no reason to recompute the dropped range).
 
 Retention itself follows the settings and is set by ``cryptostream migrate`` after this revision
-(:mod:`cryptostream.policies`), always longer than these windows. The downgrade restores the unbounded
-policies of 0003 (and leaves retention as it is).
+(:mod:`cryptostream.policies`), always longer than these windows. The downgrade keeps the bounded windows:
+0003's unbounded ones, with retention in force, erased the roll-ups of every dropped range at their next
+run, and the bounded ones work with 0003's schema as well.
 
 Revision ID: 0004
 Revises: 0003
@@ -18,10 +20,12 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from alembic import op
 
-from cryptostream.policies import paused
+from cryptostream.policies import JOB_ONLY_HORIZONS_SQL, paused
 
 revision = "0004"
 down_revision = "0003"
@@ -69,9 +73,13 @@ def upgrade() -> None:
     if not views:
         return
     _policies(f"INTERVAL '{WINDOW}'")
-    first = op.get_bind().execute(sa.text("SELECT min(bucket) FROM ohlc_1s")).scalar()
+    bind = op.get_bind()
+    first = bind.execute(sa.text("SELECT min(bucket) FROM ohlc_1s")).scalar()
     if first is None:
         return
+    horizons = dict(bind.execute(sa.text(JOB_ONLY_HORIZONS_SQL)).fetchall())
+    if horizons.get("ohlc_1s") is not None:
+        first = max(first, datetime.fromtimestamp(horizons["ohlc_1s"] / 1000, UTC))
     with op.get_context().autocommit_block():
         for view in views:
             width = AGGREGATES[view][0]
@@ -82,4 +90,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    _policies("NULL")
+    """Nothing to undo in the schema; the bounded refresh windows stay (see the module docstring)."""

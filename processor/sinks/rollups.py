@@ -13,7 +13,10 @@ So right after its rows commit, the writer refreshes, per aggregate, one window 
   row in it is below the watermark and refreshes it again;
 * rows in already materialized buckets are recomputed there, except below the raw retention horizon:
   retention may have dropped the rest of such a bucket's rows, and a refresh would recompute it from the
-  late ones alone, so those roll-ups stay as they were (the late 1 s rows are stored all the same).
+  late ones alone, so those roll-ups stay as they were (the late 1 s rows are stored all the same); and
+  never below the level's own retention horizon (``ROLLUP_RETENTION_DAYS``): a bucket brought back there
+  would make the aggregate look whole from it, hiding the days before from the archive reads. Horizons
+  include those of policies since replaced (:func:`cryptostream.policies.horizons`).
 
 On the live path that is one catalog query per checkpoint and a refresh of one bucket whenever a write
 crosses a bucket boundary: the work the refresh policies would do, at the time it is due, whether or not the
@@ -28,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from cryptostream.policies import AGGREGATES, REFRESH_DAYS
+from cryptostream.policies import AGGREGATES, HORIZONS_SQL, JOB_ONLY_HORIZONS_SQL, REFRESH_DAYS
 
 __all__ = ["RollupRefresh"]
 
@@ -57,6 +60,7 @@ class RollupRefresh:
 
     widths: dict[str, int]  # view -> bucket width, ms
     functions: str  # the schema of TimescaleDB's internal functions (renamed in 2.12)
+    horizons_sql: str = HORIZONS_SQL
     # view -> the bucket this writer last materialized before it was complete (an old one): its next rows
     # are this writer's own, so they recompute it even below the retention horizon
     partial: dict[str, int] = field(default_factory=dict)
@@ -82,10 +86,13 @@ class RollupRefresh:
             "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE p.proname = 'cagg_watermark' ORDER BY n.nspname = '_timescaledb_functions' DESC LIMIT 1"
         )
-        return cls(widths, functions) if functions else None
+        if not functions:
+            return None
+        recorded = await conn.fetchval("SELECT to_regclass('retention_horizons') IS NOT NULL")
+        return cls(widths, functions, HORIZONS_SQL if recorded else JOB_ONLY_HORIZONS_SQL)
 
-    async def _state(self, conn: asyncpg.Connection) -> tuple[dict[str, int | None], int | None, int]:
-        """(view -> watermark ms, None before a first refresh; raw retention horizon ms or None; now ms)."""
+    async def _state(self, conn: asyncpg.Connection) -> tuple[dict[str, int | None], dict[str, int], int]:
+        """(view -> watermark ms, None before a first refresh; relation -> retention horizon ms; now ms)."""
         fn = self.functions
         # A never refreshed aggregate's watermark is TimescaleDB's lowest time, beyond what a client can
         # decode: epoch ms come back, NULL for anything outside years 1970-9999.
@@ -98,19 +105,16 @@ class RollupRefresh:
             list(self.widths),
         )
         marks = {r[0]: r[1] for r in rows}
-        horizon, now = await conn.fetchrow(
-            "SELECT (SELECT (extract(epoch FROM date_trunc('day', now() - (config->>'drop_after')::interval, "
-            "'UTC')) * 1000)::int8 FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention' "
-            "AND hypertable_schema = current_schema() AND hypertable_name = 'ohlc_1s' LIMIT 1), "
-            "(extract(epoch FROM now()) * 1000)::int8"
-        )
-        return marks, horizon, now
+        horizons = {r[0]: r[1] for r in await conn.fetch(self.horizons_sql)}
+        now = await conn.fetchval("SELECT (extract(epoch FROM now()) * 1000)::int8")
+        return marks, horizons, now
 
     async def after_write(self, conn: asyncpg.Connection, lo_ms: int, hi_ms: int) -> list[str]:
         """Refresh what 1 s rows in ``[lo_ms, hi_ms]`` (bucket starts) leave unmaterialized or stale (see
         the module docstring). Outside a transaction (a refresh cannot run in one). Returns the views
         refreshed."""
-        marks, horizon, now = await self._state(conn)
+        marks, horizons, now = await self._state(conn)
+        horizon = horizons.get("ohlc_1s")
         first: int | None = None
         done = []
         for view, width in self.widths.items():
@@ -128,6 +132,8 @@ class RollupRefresh:
                     late = _floor(lo_ms, width)
                     if horizon is not None and late < self.partial.get(view, mark):
                         late = max(late, _ceil(horizon, width))
+                    if view in horizons:  # the level's own retention: never bring a dropped bucket back
+                        late = max(late, _ceil(horizons[view], width))
                     start = min(start, late)
                     end = max(end, min(_ceil(hi_ms + 1000, width), mark))
             if start >= end:

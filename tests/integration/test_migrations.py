@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
 REPO = Path(__file__).resolve().parents[2]
 CAGGS = ["ohlc_1d", "ohlc_1h", "ohlc_1m", "ohlc_5m"]
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=["postgresql", "timescaledb"])

@@ -213,5 +213,114 @@ def test_policies_follow_the_settings_on_every_migrate(own_server: str):
     upgrade(dsn, settings=load_settings(retention_days=30, rollup_retention_days="1m=14,5m=60"))
     assert policies() == second  # nothing to change: nothing changed
 
+    async def pause_1m_retention() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                "WHERE proc_name = 'policy_retention' AND hypertable_name = 'ohlc_1m'"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(pause_1m_retention())
+    upgrade(dsn, settings=load_settings(retention_days=30, rollup_retention_days="1m=21,5m=60"))
+    third = policies()
+    assert '"drop_after": "21 days"' in third[("policy_retention", "ohlc_1m")]
+    scheduled = asyncio.run(
+        scalar(
+            dsn,
+            "SELECT scheduled FROM timescaledb_information.jobs "
+            "WHERE proc_name = 'policy_retention' AND hypertable_name = 'ohlc_1m'",
+        )
+    )
+    assert scheduled is False  # a job the operator paused stays paused when a setting change replaces it
+
     upgrade(dsn, settings=load_settings())
     assert policies() == first
+
+
+async def materialized(dsn: str, view: str) -> set[tuple[str, int]]:
+    """(symbol, bucket ms) of the rows ``view`` has materialized (not its real-time part)."""
+    table = await scalar(
+        dsn,
+        "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
+        "FROM timescaledb_information.continuous_aggregates WHERE view_name = $1",
+        view,
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(f"SELECT symbol, (extract(epoch FROM bucket) * 1000)::int8 FROM {table}")
+    finally:
+        await conn.close()
+    return {(r[0], r[1]) for r in rows}
+
+
+def _day_floor(ms: int) -> int:
+    return ms - ms % DAY
+
+
+@pytest.mark.parametrize("policies_run", [True, False], ids=["refresh-jobs-run", "refresh-jobs-idle"])
+async def test_late_rows_below_what_retention_dropped_never_recompute_the_roll_ups(
+    own_server: str, policies_run: bool
+):
+    """RETENTION_DAYS=5; ten days written; the retention job drops the older 1 s chunks. A late 1 s row
+    8 days old arrives, then RETENTION_DAYS is raised to 6 and ``migrate`` runs (it refreshed from the
+    oldest row on: the review found 397 of 1,699 1 m buckets gone and day -8's 1 d candle made of the late
+    row alone); then a late row in the sixth day, which the old policy dropped and the new one covers.
+    The roll-ups stay those of the original trades at every level."""
+    dsn = own_server
+    await asyncio.to_thread(upgrade, dsn, settings=load_settings(retention_days=5))
+    now = int(time.time() * 1000)
+    trades = [
+        t
+        for t in market(3000, now - 10 * DAY, rate=3000 / (10 * 86_400), seed=5)
+        if t.timestamp < now - 120_000
+    ]
+    await write_like_the_processor(dsn, candles_of(trades), checkpoints=20)
+    assert await run_jobs(dsn, "policy_retention", "ohlc_1s") == 1
+    first = trades[0]
+
+    def late(ms: int, n: int) -> Trade:
+        return Trade(
+            first.exchange, first.symbol, 10 * first.price, 0.5, ms - ms % 60_000 + 30_500, 10**9 + n, False
+        )
+
+    await write_like_the_processor(dsn, candles_of([late(now - 8 * DAY, 1)]), checkpoints=1)
+    await asyncio.to_thread(upgrade, dsn, settings=load_settings(retention_days=6))
+    if policies_run:
+        assert await run_jobs(dsn, REFRESH_JOB) == 4
+    sixth_day = _day_floor(now - 5 * DAY) - DAY // 2  # in the chunk the 5-day policy dropped
+    await write_like_the_processor(dsn, candles_of([late(sixth_day, 2)]), checkpoints=1)
+    if policies_run:
+        assert await run_jobs(dsn, REFRESH_JOB) == 4
+
+    got = await read(dsn, first, ["1m", "5m", "1h", "1d"])
+    for interval, rows in got.items():
+        assert_candles_equal(rows, batch_candles(trades, INTERVALS[interval]))
+
+
+async def test_a_late_row_below_a_roll_up_level_s_own_retention_does_not_bring_its_bucket_back(
+    own_server: str,
+):
+    """1 m buckets kept 7 days (1 s rows kept): 25 days written, the 1 m retention job drops its older
+    chunks. A late trade 20 days old is stored as a 1 s row, but its 1 m bucket stays dropped: brought back,
+    it made the aggregate look whole from there, and reads skipped the archive for the ten days after it."""
+    dsn = own_server
+    await asyncio.to_thread(upgrade, dsn, settings=load_settings(rollup_retention_days="1m=7"))
+    now = int(time.time() * 1000)
+    trades = [
+        t
+        for t in market(2500, now - 25 * DAY, rate=2500 / (25 * 86_400), seed=9)
+        if t.timestamp < now - 120_000
+    ]
+    await write_like_the_processor(dsn, candles_of(trades), checkpoints=20)
+    assert await run_jobs(dsn, "policy_retention", "ohlc_1m") == 1
+    before = await materialized(dsn, "ohlc_1m")
+    assert min(b for _, b in before) > now - 20 * DAY  # the job dropped the older chunks
+    first = trades[0]
+    ms = now - 20 * DAY
+    old = Trade(first.exchange, first.symbol, first.price, 0.5, ms - ms % 60_000 + 30_500, 10**9, False)
+    await write_like_the_processor(dsn, candles_of([old]), checkpoints=1)
+    assert await scalar(dsn, "SELECT count(*) FROM ohlc_1s WHERE bucket < now() - INTERVAL '19 days'") > 0
+    assert await materialized(dsn, "ohlc_1m") == before
