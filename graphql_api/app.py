@@ -267,6 +267,9 @@ def create_app(
         build_schema(settings, executor),
         context_getter=context,
         graphql_ide=None if settings.api_production else "graphiql",  # API_PRODUCTION: no GraphiQL page
+        # strawberry's own cap (100 operations a socket, queries included, an error without a code) would
+        # override API_MAX_SUBSCRIPTIONS_PER_CONNECTION: the context counts them (TOO_MANY_SUBSCRIPTIONS)
+        max_subscriptions_per_connection=None,
     )
     graphql.example = graphiql_example(settings.symbols[0] if settings.symbols else "BTCUSDT")
     graphql.shared_updates = shared_updates

@@ -11,7 +11,7 @@ query that passes them can make the database and the serializer do (30 aliases x
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from graphql import (
@@ -33,23 +33,6 @@ from graphql import (
 __all__ = ["query_cost", "too_costly"]
 
 INT_MAX = 2**31 - 1  # GraphQL's Int
-
-
-def _leaves(
-    selection: SelectionSetNode | None, fragments: dict[str, FragmentDefinitionNode], depth: int = 0
-) -> int:
-    """Fields selected under a field, fragments expanded (at least 1: the field itself)."""
-    if selection is None or depth > 50:
-        return 1
-    count = 0
-    for node in selection.selections:
-        if isinstance(node, FieldNode):
-            count += _leaves(node.selection_set, fragments, depth + 1) if node.selection_set else 1
-        elif isinstance(node, InlineFragmentNode):
-            count += _leaves(node.selection_set, fragments, depth + 1)
-        elif isinstance(node, FragmentSpreadNode) and node.name.value in fragments:
-            count += _leaves(fragments[node.name.value].selection_set, fragments, depth + 1)
-    return max(count, 1)
 
 
 def _limit(value: ValueNode, variables: dict[str, Any], defaults: Mapping[str, ValueNode]) -> int | None:
@@ -82,20 +65,66 @@ def _rows(
     return int(default) if isinstance(default, int) else 1
 
 
-def _top_fields(
-    selection: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode], depth: int = 0
-) -> Iterator[FieldNode]:
-    """The operation's top-level fields, through the fragments that hold them (``... on Query { }``,
-    ``...F``): each is a query of its own however it is spelled."""
-    for node in selection.selections:
-        if isinstance(node, FieldNode):
-            yield node
-        elif depth > 50:  # a fragment cycle is invalid: strawberry says so
-            continue
-        elif isinstance(node, InlineFragmentNode):
-            yield from _top_fields(node.selection_set, fragments, depth + 1)
-        elif isinstance(node, FragmentSpreadNode) and node.name.value in fragments:
-            yield from _top_fields(fragments[node.name.value].selection_set, fragments, depth + 1)
+class _Count:
+    """Counts a query's cells: every level of fragments (a level left out was a way around the limit:
+    60 ``... on Query {`` wrapped 1.8 M values past a 500,000 limit), each named fragment once however
+    often it is spread (spreads nested in spreads would otherwise cost the counter itself 2^n), and a
+    fragment that spreads itself counts nothing (the query is invalid: strawberry says so)."""
+
+    def __init__(
+        self,
+        fragments: dict[str, FragmentDefinitionNode],
+        schema: GraphQLSchema,
+        variables: dict[str, Any],
+        defaults: Mapping[str, ValueNode],
+    ) -> None:
+        self.fragments = fragments
+        self.schema = schema
+        self.variables = variables
+        self.defaults = defaults
+        self.memo: dict[tuple[str, str], int] = {}  # (what, fragment) -> count
+        self.open: set[tuple[str, str]] = set()  # fragments being counted (a cycle counts 0)
+
+    def _fragment(self, what: str, name: str) -> int:
+        key = (what, name)
+        if key in self.memo:
+            return self.memo[key]
+        if key in self.open or name not in self.fragments:
+            return 0
+        self.open.add(key)
+        selection = self.fragments[name].selection_set
+        value = self.leaves(selection) if what == "leaves" else self.top(selection)
+        self.open.discard(key)
+        self.memo[key] = value
+        return value
+
+    def leaves(self, selection: SelectionSetNode | None) -> int:
+        """Fields selected under a field, fragments expanded (at least 1: the field itself)."""
+        if selection is None:
+            return 1
+        count = 0
+        for node in selection.selections:
+            if isinstance(node, FieldNode):
+                count += self.leaves(node.selection_set) if node.selection_set else 1
+            elif isinstance(node, InlineFragmentNode):
+                count += self.leaves(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode):
+                count += self._fragment("leaves", node.name.value)
+        return max(count, 1)
+
+    def top(self, selection: SelectionSetNode) -> int:
+        """The cells of the operation's top-level fields, through the fragments that hold them
+        (``... on Query { }``, ``...F``): each is a query of its own however it is spelled."""
+        total = 0
+        for node in selection.selections:
+            if isinstance(node, FieldNode):
+                rows = _rows(node, self.schema, self.variables, self.defaults)
+                total += rows * self.leaves(node.selection_set) if rows else 0
+            elif isinstance(node, InlineFragmentNode):
+                total += self.top(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode):
+                total += self._fragment("top", node.name.value)
+        return total
 
 
 def query_cost(
@@ -119,10 +148,7 @@ def query_cost(
         if d.default_value
     }
     values = variables if isinstance(variables, dict) else {}
-    total = 0
-    for node in _top_fields(operation.selection_set, fragments):
-        total += _rows(node, schema, values, defaults) * _leaves(node.selection_set, fragments)
-    return total
+    return _Count(fragments, schema, values, defaults).top(operation.selection_set)
 
 
 def too_costly(cost: int, most: int) -> GraphQLError | None:

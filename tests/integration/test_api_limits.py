@@ -5,6 +5,7 @@ introspection, no public /metrics, CORS only to named origins)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,26 @@ async def test_live_subscriptions_are_capped_per_websocket_and_per_client(
         _still_serving(running.url)
 
 
+async def test_the_per_websocket_setting_holds_above_strawberry_s_own_cap_of_100(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """strawberry refused the 101st operation of a socket itself ("Subscription limit reached", no code),
+    whatever API_MAX_SUBSCRIPTIONS_PER_CONNECTION said."""
+    settings = make_settings(api_max_subscriptions_per_connection=105, api_max_subscriptions_per_client=500)
+    with api(settings) as running:
+        async with connection(running, TRANSPORT_WS) as ws:
+            for n in range(106):
+                await start(ws, TRANSPORT_WS, f"s{n}", LIVE)
+            (error,) = (await receive(ws, "s105"))["payload"]["errors"]
+            assert error["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS", error
+            assert "API_MAX_SUBSCRIPTIONS_PER_CONNECTION" in error["message"]
+            deadline = asyncio.get_running_loop().time() + 20
+            while (held := httpx.get(f"{running.url}/health").json()["subscribers"]) != 105:
+                assert asyncio.get_running_loop().time() < deadline, held
+                await asyncio.sleep(0.1)
+        _still_serving(running.url)
+
+
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     tmp: Path = tmp_path_factory.mktemp("production")
@@ -174,10 +195,23 @@ def test_a_query_over_the_cost_limit_is_refused_before_it_runs(tmp_path: Path) -
             ("{ ...F } fragment F on Query { " + aliased + " }", {}),
             ("query Q($n: Int = 2000) { " + aliased.replace("2000", "$n") + " }", {}),
             ("query Q($n: Int!) { " + aliased.replace("2000", "$n") + " }", {"n": 2000.0}),
+            # every level of fragments counts (60 levels went uncounted below the 50th)
+            ("{ " + "... on Query { " * 60 + aliased + " }" * 60 + " }", {}),
+            ("{ " + aliased.replace(fields, "... on Candle { " * 60 + fields + " }" * 60) + " }", {}),
         ]
         for query, variables in spelled:
             (error,) = ask(query, **variables)["errors"]
             assert error["extensions"]["cost"] == 30_000, query
+        # fragments spreading fragments twice over, 40 deep: counted once each (2^40 leaves), at once
+        chain = " ".join(f"fragment F{i} on Candle {{ ...F{i + 1} ...F{i + 1} }}" for i in range(40))
+        nested = (
+            '{ candles(symbol: "BTCUSDT", limit: 1) { ...F0 } } '
+            + chain
+            + " fragment F40 on Candle { close }"
+        )
+        started = time.monotonic()
+        (error,) = ask(nested)["errors"]
+        assert error["extensions"]["cost"] == 2**40 and time.monotonic() - started < 10
         # and over a WebSocket, where a query runs as over HTTP
         error = asyncio.run(_over_websocket(running, "{ " + aliased + " }"))
         assert error["extensions"]["code"] == "QUERY_TOO_COSTLY", error
