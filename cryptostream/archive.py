@@ -214,7 +214,8 @@ def check_query(
     """Validate a read: (interval in ms, start, end as aware UTC). Raises :class:`QueryError`.
 
     Every stored row lies between 2000 and 2100 (trades outside are rejected), so a start before 2000 or
-    an end after 2100 bounds nothing and is dropped: bounds at the ends of the calendar (the years 1 and
+    an end after 2100 bounds nothing and is dropped, and an end before 2000 or a start after 2100 is moved
+    to that year (the range is empty either way): bounds at the ends of the calendar (the years 1 and
     9999) would otherwise be rounded to a bucket edge, or reached back from, past what a datetime or
     TimescaleDB holds."""
     if interval not in INTERVALS:
@@ -224,6 +225,10 @@ def check_query(
         raise QueryError(f"start {lo.isoformat()} is after end {hi.isoformat()}")
     if limit is not None and limit < 1:
         raise QueryError(f"limit must be >= 1, got {limit}")
+    if hi is not None and hi < _FIRST_ROW:  # ends before any row: an empty range, bounded within the years
+        hi = _FIRST_ROW
+    if lo is not None and lo > _LAST_ROW:  # starts after any row: the same
+        lo = _LAST_ROW
     if lo is not None and lo < _FIRST_ROW:
         lo = None
     if hi is not None and hi > _LAST_ROW:

@@ -425,3 +425,17 @@ def test_a_subscription_over_plain_http_is_told_to_use_a_websocket(
         "Subscriptions stream over a WebSocket: connect to /graphql with the graphql-transport-ws"
     )
     assert caplog.records == []  # a user's mistake, not the server's: no "Internal error" logged
+
+
+def test_bounds_at_the_ends_of_the_calendar_are_an_empty_answer_not_an_internal_error(
+    client: httpx.Client,
+) -> None:
+    """An end in year 1 or a start at the last second of 9999 was rounded to a bucket edge no datetime
+    holds: "Internal error" at every interval, from the database and the archive alike."""
+    early, late = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"
+    for interval in ("1s", "1m", "5m", "15m", "1h", "1d"):
+        for bounds in ({"to": early}, {"from": late}):
+            assert _candles(client, symbol="BTCUSDT", interval=interval, **bounds) == [], (interval, bounds)
+    for field in ("volatility", "predictions"):
+        body = graphql(client, f'{{ {field}(symbol: "BTCUSDT", to: "{early}") {{ bucket }} }}')
+        assert body == {"data": {field: []}}, body

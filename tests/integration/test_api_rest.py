@@ -387,3 +387,23 @@ def test_metrics_count_requests_by_route_with_latency(client: httpx.Client) -> N
     assert 'cryptostream_api_requests_total{method="GET",route="/api/ohlc/",status="404"}' in text
     assert 'route="other",status="404"' in text and "/no/such/page" not in text
     assert 'cryptostream_api_request_seconds_bucket{le="0.015",method="GET",route="/api/symbols"}' in text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"end_date": "0001-01-01T00:00:00Z"},
+        {"symbol": "BTCUSDT", "end_date": "0001-01-01T00:00:00Z"},
+        {"symbol": "BTCUSDT", "start_date": "9999-12-31T23:59:59.999Z"},
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/ohlc/", "/api/volatility/"])
+def test_bounds_at_the_ends_of_the_calendar_are_an_empty_answer_not_a_500(
+    client: httpx.Client, path: str, params: dict[str, str]
+) -> None:
+    """Valid dates whose bucket edge lies beyond what a datetime holds (an end in year 1, a start at the
+    last moment of 9999) were rounded past it: an OverflowError, a 500, a reset keep-alive connection."""
+    answer = client.get(path, params=params)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"] == []
+    assert client.get("/health").status_code == 200  # the same connection serves on
