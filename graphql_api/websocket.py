@@ -33,7 +33,7 @@ from typing import Any
 from graphql import GraphQLError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketDisconnected as StarletteDisconnected
-from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.http.exceptions import NonJsonMessageReceived, WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -166,11 +166,39 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await super().handle_task_exception(error)
 
 
+_NOT_JSON = object()  # what a text message that is not JSON reads as (legacy graphql-ws)
+
+
+class _ReportsNonJson:
+    """strawberry's WebSocket adapter, but a text message that is not JSON comes out as :data:`_NOT_JSON`
+    instead of being skipped in silence (strawberry's legacy handler reads with ``ignore_parsing_errors``),
+    so the client gets an ``error`` saying so. Everything else is the adapter's."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> Any:
+        while True:
+            try:
+                async for message in self._inner.iter_json(ignore_parsing_errors=False):
+                    yield message
+                return
+            except NonJsonMessageReceived:
+                yield _NOT_JSON
+
+
 class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     """The legacy graphql-ws protocol (Apollo's subscriptions-transport-ws)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.websocket = _ReportsNonJson(self.websocket)  # type: ignore[assignment]
+
     async def handle_message(self, message: Any) -> None:
-        problem = message_problem(message)
+        problem = "a message must be JSON" if message is _NOT_JSON else message_problem(message)
         if problem is not None:  # as subscriptions-transport-ws did: an error, the connection kept
             ident = message.get("id") if isinstance(message, dict) else None
             reply: dict[str, Any] = {"type": "error", "payload": {"message": problem}}

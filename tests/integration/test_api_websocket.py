@@ -200,6 +200,18 @@ async def test_a_message_of_the_wrong_shape_is_refused_with_a_reason_and_the_ser
                 assert reply["type"] == "error" and reply["payload"]["message"].startswith("a "), reply
                 await start(ws, protocol, "ok", LIVE)  # the connection still runs operations
                 assert (await receive(ws, "ok"))["type"] == "data"
+    for text in ("{not json", "hello"):  # text that is no JSON at all (legacy: it was skipped in silence)
+        async with connection(server, protocol) as ws:
+            await ws.send(text)
+            if protocol == TRANSPORT_WS:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, closed.value.rcvd
+            else:
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert reply == {"type": "error", "payload": {"message": "a message must be JSON"}}, reply
+                await start(ws, protocol, "ok", LIVE)
+                assert (await receive(ws, "ok"))["type"] == "data"
     async with connection(server, protocol) as ws:  # and the server serves the next client
         await start(ws, protocol, "1", LIVE)
         assert (await receive(ws, "1"))["type"] in ("next", "data")
