@@ -6,7 +6,10 @@ kept for ``API_CACHE_SECONDS`` (default 1 s) under its path and query string, an
 thing while it is being computed wait for that one computation instead of starting their own. An answer is
 therefore at most ``API_CACHE_SECONDS`` older than the store (the freshness rule the README states);
 ``API_CACHE_SECONDS=0`` turns this off. Only 200 answers are kept; errors are computed each time. GraphQL,
-``/health`` and ``/metrics`` are never cached. The entries are bounded (``MAX_ENTRIES``, oldest first out).
+``/health`` and ``/metrics`` are never cached. What is kept is bounded: stale answers go at the next store,
+and the oldest go first past ``MAX_ENTRIES`` answers or ``MAX_BYTES`` of bodies (2,048 entries of 2.3 MB
+each, a full 10,000-row answer, would have been 4.7 GB: a client asking for distinct URLs grew the API
+by 106 MB in 300 requests).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["MAX_ENTRIES", "ResponseCache"]
+__all__ = ["MAX_BYTES", "MAX_ENTRIES", "ResponseCache"]
 
 MAX_ENTRIES = 2048
+MAX_BYTES = 64 * 1024 * 1024
 PREFIX = "/api/"
 
 
@@ -39,7 +43,8 @@ class ResponseCache:
         self.app = app
         self.seconds = seconds
         self.clock = clock
-        self.kept: OrderedDict[bytes, _Answer] = OrderedDict()
+        self.kept: OrderedDict[bytes, _Answer] = OrderedDict()  # oldest computed first
+        self.bytes = 0  # of the bodies kept
         self.computing: dict[bytes, asyncio.Future[_Answer | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,11 +77,21 @@ class ResponseCache:
         finally:
             del self.computing[key]
             future.set_result(result)
-        if result is not None:
-            self.kept[key] = result
-            self.kept.move_to_end(key)
-            while len(self.kept) > MAX_ENTRIES:
-                self.kept.popitem(last=False)
+        if result is not None and len(result.body) <= MAX_BYTES // 8:
+            self._keep(key, result)
+
+    def _keep(self, key: bytes, answer: _Answer) -> None:
+        old = self.kept.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old.body)
+        self.kept[key] = answer
+        self.bytes += len(answer.body)
+        now = self.clock()
+        while self.kept:
+            oldest = next(iter(self.kept.values()))
+            if now - oldest.at < self.seconds and len(self.kept) <= MAX_ENTRIES and self.bytes <= MAX_BYTES:
+                break
+            self.bytes -= len(self.kept.popitem(last=False)[1].body)
 
     async def _compute(self, scope: Scope, receive: Receive, send: Send) -> _Answer | None:
         """Run the route, passing its answer on as it goes; returns it when it is a complete 200."""

@@ -97,3 +97,26 @@ async def test_zero_seconds_keeps_nothing() -> None:
         await api.get("/api/symbols")
         await api.get("/api/symbols")
     assert route.calls == 2
+
+
+async def test_what_is_kept_is_bounded_by_age_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client asking for distinct URLs filled 2,048 entries of any size and kept them after they went
+    stale (106 MB in 300 requests of a reviewer): stale answers go at the next store, and the oldest go
+    first past MAX_BYTES."""
+    route, clock = Route(), Clock()
+    cache = ResponseCache(route, seconds=1.0, clock=clock)
+    async with client(cache) as api:
+        for i in range(10):
+            await api.get(f"/api/ohlc/?symbol=BTCUSDT&pad={i}")
+        assert len(cache.kept) == 10
+        clock.now += 1.0  # all ten are stale: the next answer stored drops them
+        await api.get("/api/ohlc/?symbol=ETHUSDT")
+        assert list(cache.kept) == [b"/api/ohlc/?symbol=ETHUSDT"]
+        assert cache.bytes == len(b"/api/ohlc/?symbol=ETHUSDT #11")
+
+        monkeypatch.setattr("graphql_api.cache.MAX_BYTES", 400)  # an answer up to 50 is kept
+        for i in range(20):  # ~35 bytes each, none stale: the oldest go past 400 bytes
+            await api.get(f"/api/ohlc/?symbol=SOLUSDT&pad={i}")
+        assert cache.bytes <= 400 and cache.bytes == sum(len(a.body) for a in cache.kept.values())
+        assert b"/api/ohlc/?symbol=SOLUSDT&pad=19" in cache.kept
+        assert b"/api/ohlc/?symbol=SOLUSDT&pad=0" not in cache.kept
