@@ -219,8 +219,10 @@ def up(
     if settings.metrics_port:  # ingest and processor each serve /metrics: the processor takes the next port
         if settings.metrics_port == 65_535:
             raise SettingsError("METRICS_PORT must be < 65535 for `up` (the processor uses the next port)")
-        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT, ingest's /metrics")
-        _require_free_port("0.0.0.0", settings.metrics_port + 1, "METRICS_PORT + 1, the processor's /metrics")
+        _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT, ingest's /metrics")
+        _require_free_port(
+            settings.metrics_host, settings.metrics_port + 1, "METRICS_PORT + 1, the processor's /metrics"
+        )
         role_env["process"] = {"METRICS_PORT": str(settings.metrics_port + 1)}
     if source is Source.live:
         settings = _live_symbols(settings, symbols=symbols, api_port=port)
@@ -534,13 +536,13 @@ def ingest(
     if source is Source.live:
         settings = _live_symbols(settings, symbols=symbols)
     if settings.metrics_port:
-        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+        _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, kafka=True)
     from cryptostream.metrics import serve_metrics
     from ingest.record import recorded
     from ingest.service import run_ingest
 
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     if record is not None:
         log.info("recording every trade to %s", record.resolve())
 
@@ -590,13 +592,13 @@ def process() -> None:
     settings = _settings("process")
     _writable_folder(settings.output_dir, "OUTPUT_DIR")
     if settings.metrics_port:
-        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+        _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, kafka=True, database=True)
     from cryptostream.metrics import serve_metrics
     from processor.service import Processor
     from processor.sinks import ParquetSink, PostgresSink, Sink
 
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     sinks: list[Sink] = [ParquetSink(settings.output_dir)]
     if settings.database_dsn:
         sinks.append(PostgresSink(settings.database_dsn))
@@ -713,7 +715,7 @@ def serve(
     internal_metrics = settings.api_production and settings.metrics_port is not None
     if internal_metrics:
         assert settings.metrics_port is not None
-        _require_free_port("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+        _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, database=True)
     import uvicorn
 
@@ -723,7 +725,7 @@ def serve(
     if internal_metrics:  # API_PRODUCTION: /metrics is not on the public port, only on this one
         from cryptostream.metrics import serve_metrics
 
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     _open_files_for(settings.api_max_subscribers)
     config = uvicorn_config(
         create_app(settings), settings.api_host, settings.api_port, ws_max_size=settings.api_max_body_bytes

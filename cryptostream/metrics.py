@@ -60,7 +60,7 @@ INGEST_DUPLICATES = Counter("cryptostream_ingest_duplicates", "Resent trades dro
 PUBLISH_RETRIES = Counter("cryptostream_publish_retries", "Kafka sends retried by the publisher", ["topic"])
 
 
-def serve_metrics(port: int | None, host: str = "0.0.0.0") -> None:
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
     """Expose ``/metrics`` on ``port`` in a background thread (no-op when ``port`` is falsy)."""
     if port:
         start_http_server(port, addr=host)

@@ -299,6 +299,10 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65_535, description="Port of /metrics for ingest and processor (unset = off)."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Interface METRICS_PORT binds to (compose sets 0.0.0.0 inside its containers).",
+    )
 
     # --- logs -------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")

@@ -13,6 +13,7 @@ import sys
 
 import httpx
 import orjson
+import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -94,6 +95,13 @@ async def test_ingest_and_processor_metrics_move_and_lag_is_reported_per_partiti
         await wait_for(
             counting, 45, "both roles serve /metrics and the processor has read trades", roles, 0.5
         )
+        for role in roles:  # on loopback unless METRICS_HOST says otherwise (it listened on every interface)
+            listening = {
+                (c.laddr.ip, c.laddr.port)
+                for c in psutil.Process(role.proc.pid).net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
+            assert listening == {("127.0.0.1", ports[role.name])}, (role.name, listening)
 
         async def lag_everywhere() -> bool:
             return set(lag_by_partition(await scrape(ports["process"]), settings.kafka_topic)) == set(

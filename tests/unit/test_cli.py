@@ -94,7 +94,7 @@ def test_up_checks_the_metrics_ports_of_its_roles_too(busy_port, tmp_path) -> No
     done = _run(["up", "--port", str(api_port)], tmp_path, METRICS_PORT=str(busy_port))
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
-        f"cryptostream: port {busy_port} (METRICS_PORT, ingest's /metrics) is already in use on 0.0.0.0: "
+        f"cryptostream: port {busy_port} (METRICS_PORT, ingest's /metrics) is already in use on 127.0.0.1: "
         "stop what listens there, or choose another port"
     )
 
