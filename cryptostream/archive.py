@@ -432,23 +432,90 @@ def _one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
 
 def market_span(root: Path, kind: str, exchange: str, symbol: str) -> tuple[int | None, int | None]:
     """The first and last bucket (epoch ms) one market holds in the archive, (None, None) if none: only
-    the first and last day folders are read, and only their ``bucket`` column."""
+    the first and last day folders are looked at, through :func:`_day_span`."""
     days = day_folders(root, kind, exchange, symbol, None, None)
     first: int | None = None
     last: int | None = None
     for _day, folders in days:  # oldest day with a row
-        buckets = [_read_folder(f, kind, None, ["bucket"])["bucket"] for f in folders]
-        values = [int(c.cast(pa.int64()).to_numpy().min()) for c in buckets if len(c)]
-        if values:
-            first = min(values)
+        spans = [s for s in (_day_span(f, kind) for f in folders) if s is not None]
+        if spans:
+            first = min(lo for lo, _ in spans)
             break
     for _day, folders in reversed(days):  # newest day with a row
-        buckets = [_read_folder(f, kind, None, ["bucket"])["bucket"] for f in folders]
-        values = [int(c.cast(pa.int64()).to_numpy().max()) for c in buckets if len(c)]
-        if values:
-            last = max(values)
+        spans = [s for s in (_day_span(f, kind) for f in folders) if s is not None]
+        if spans:
+            last = max(hi for _, hi in spans)
             break
     return first, last
+
+
+# (path, size, mtime) -> {(exchange, symbol) or None: (first, last) bucket ms}. Archive files are never
+# rewritten in place (a merge writes a new name), so what one says is read once: the API's market list,
+# asked every few seconds, read every fresh file of the day once per market (130 markets: seconds, growing
+# through the hour), and now reads each new file once.
+_SPANS: dict[tuple[str, int, int], dict[tuple[str, str] | None, tuple[int, int]]] = {}
+_SPANS_KEPT = 200_000  # (file, market) spans held (~40 MB); past it the cache starts over
+_spans_held = 0
+
+
+def _file_spans(path: Path, by_market: bool) -> dict[tuple[str, str] | None, tuple[int, int]]:
+    """First and last bucket of a file, per (exchange, symbol) for a fresh file (``by_market``), else of
+    the whole file (key None). Cached (see :data:`_SPANS`); FileNotFoundError if it is gone."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    spans = _SPANS.get(key)
+    if spans is not None:
+        return spans
+    columns = ["exchange", "symbol", "bucket"] if by_market else ["bucket"]
+    table = pq.ParquetFile(path).read(columns=columns)
+    ms = table["bucket"].cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    table = table.set_column(columns.index("bucket"), "bucket", ms)
+    spans = {}
+    if table.num_rows:
+        if by_market:
+            grouped = table.group_by(["exchange", "symbol"]).aggregate([("bucket", "min"), ("bucket", "max")])
+            for e, y, lo, hi in zip(
+                grouped["exchange"].to_pylist(),
+                grouped["symbol"].to_pylist(),
+                grouped["bucket_min"].to_pylist(),
+                grouped["bucket_max"].to_pylist(),
+                strict=True,
+            ):
+                spans[(e, y)] = (lo, hi)
+        else:
+            values = table["bucket"].to_numpy()
+            spans[None] = (int(values.min()), int(values.max()))
+    global _spans_held
+    if _spans_held + len(spans) + 1 > _SPANS_KEPT:  # files merged away are never asked again: start over
+        _SPANS.clear()
+        _spans_held = 0
+    _SPANS[key] = spans
+    _spans_held += len(spans) + 1
+    return spans
+
+
+def _day_span(folder: Path, kind: str) -> tuple[int, int] | None:
+    """First and last bucket of one market's day folder, its fresh rows included (None: no row). Files of
+    the venue layout are cryptostream's: their spans come from :func:`_file_spans`; other folders are read."""
+    if not folder.parent.parent.name.startswith("exchange="):
+        values = _read_folder(folder, kind, None, ["bucket"])["bucket"].cast(pa.int64()).to_numpy()
+        return (int(values.min()), int(values.max())) if values.size else None
+    market = (
+        folder.parent.parent.name.removeprefix("exchange="),
+        folder.parent.name.removeprefix("symbol="),
+    )
+    for attempt in range(_READ_ATTEMPTS):  # as _read_folder: a merge may replace files meanwhile
+        try:
+            fresh = _fresh_of(folder, kind)
+            files, replaced = listing(folder)
+            spans = [_file_spans(f, False).get(None) for f in files]
+            spans += [_file_spans(f, True).get(market) for f in fresh if f.name not in replaced]
+            found = [s for s in spans if s is not None]
+            return (min(lo for lo, _ in found), max(hi for _, hi in found)) if found else None
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------------------------ roll-ups

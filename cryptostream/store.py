@@ -564,6 +564,8 @@ class DatabaseStore(ReadStore):
         )
         if first is None or first <= lo:
             return False
+        if not await self._archive_before(("ohlc", *market), first):
+            return False
         before = await asyncio.to_thread(
             archive.load_candles, self.archive_root, market[0], market[1], lo, first, 1, "1s"
         )
@@ -731,6 +733,8 @@ class DatabaseStore(ReadStore):
             cut = edge if hi is None else min(hi, edge)
         if lo is not None and cut is not None and lo >= cut:
             return table
+        if cut is not None and not await self._archive_before((kind, *market), cut):
+            return table
         want = limit - table.num_rows
         exchange, symbol = market
         if kind == "ohlc":
@@ -742,6 +746,15 @@ class DatabaseStore(ReadStore):
         if older.num_rows == 0:
             return table
         return pa.concat_tables([older.cast(table.schema), table]).combine_chunks()
+
+    async def _archive_before(self, of: tuple[str, str, str], cut: datetime) -> bool:
+        """Whether the archive may hold rows of (kind, exchange, symbol) before ``cut``: its first bucket,
+        from the spans of its files, read once each (:func:`cryptostream.archive.market_span`). Without it
+        every short answer read the day's fresh files once more (a dashboard's 10 markets: 80 -> 400 ms in
+        a minute of a 130-market venue, growing with the files until their hour was merged)."""
+        assert self.archive_root is not None
+        first, _ = await asyncio.to_thread(archive.market_span, self.archive_root, *of)
+        return first is not None and first < _ms(cut)
 
     async def ping(self) -> bool:
         try:

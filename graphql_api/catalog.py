@@ -4,7 +4,9 @@ Known = the configured ``EXCHANGES`` x ``SYMBOLS`` (the pairs each exchange list
 what the live feed has carried. The store's list is refreshed every ``ttl`` seconds, and early (at most
 once a second) when a request names a symbol or market not seen yet, so a market that just started
 trading is accepted within a second, while a stream of requests for nonsense cannot turn into a stream of
-store queries.
+store queries. A list past its ``ttl`` is still answered while the next one is fetched behind it: with
+130 markets the listing took seconds, and every query waited for it (stalls of 1-11 s every ~10 s in a
+reviewer's dashboard); only a request that needs a fresher list than the one held waits.
 
 A request that names a symbol but no exchange gets the venue :func:`cryptostream.venues.pick_venue` picks
 among the known venues of that symbol (configured ones included, so the answer does not flip when a
@@ -91,19 +93,34 @@ class MarketCatalog:
         self._stored_keys: frozenset[MarketKey] = frozenset()
         self._fetched = float("-inf")
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None  # a refresh behind a stale list
+
+    async def _fetch(self, max_age: float) -> None:
+        async with self._lock:
+            if time.monotonic() - self._fetched > max_age:
+                table = await self.store.markets()
+                self._stored = table
+                self._stored_keys = frozenset(
+                    zip(table["exchange"].to_pylist(), table["symbol"].to_pylist(), strict=True)
+                )
+                self._fetched = time.monotonic()
+
+    async def _refresh_behind(self) -> None:
+        try:
+            await self._fetch(self.ttl)
+        except Exception as exc:  # the list held stays; the next request past the ttl tries again
+            log.warning("market list not refreshed: %r", exc)
 
     async def stored(self, *, fresh_within: float | None = None) -> pa.Table:
         """Markets with stored candles (``MARKET_SCHEMA``), cached ``ttl`` (or ``fresh_within``) seconds."""
         max_age = self.ttl if fresh_within is None else fresh_within
-        if time.monotonic() - self._fetched > max_age:
-            async with self._lock:
-                if time.monotonic() - self._fetched > max_age:
-                    table = await self.store.markets()
-                    self._stored = table
-                    self._stored_keys = frozenset(
-                        zip(table["exchange"].to_pylist(), table["symbol"].to_pylist(), strict=True)
-                    )
-                    self._fetched = time.monotonic()
+        if time.monotonic() - self._fetched <= max_age:
+            return self._stored
+        if fresh_within is None and self._fetched > float("-inf"):  # stale: answered, refreshed behind
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.create_task(self._refresh_behind(), name="market-list")
+            return self._stored
+        await self._fetch(max_age)
         return self._stored
 
     async def symbols(self, *, fresh_within: float | None = None) -> list[str]:

@@ -153,3 +153,37 @@ def test_configured_markets_keep_the_pairs_each_exchange_lists(tmp_path: Path) -
         ("synthetic", "BTCUSDT"),
     }
     assert time.monotonic() - started < 1.0, "read once at start-up from the shipped market lists"
+
+
+class SlowMarkets(StoredMarkets):
+    """A store whose market list takes as long as the test says (``gate``)."""
+
+    def __init__(self, markets: list[MarketKey]) -> None:
+        super().__init__(markets)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def markets(self) -> pa.Table:
+        await self.gate.wait()
+        return await super().markets()
+
+
+async def test_a_stale_list_is_answered_while_the_next_is_fetched_behind_it() -> None:
+    """With 130 markets the list took seconds to make, and every query past the ttl waited for it: stalls
+    of 1-11 s every ~10 s on a dashboard. Only a request needing a fresher list than the one held waits."""
+    store = SlowMarkets([("binance", "BTCUSDT")])
+    cat = MarketCatalog(store, set(), ["binance"], ttl=0.05)
+    assert await cat.known() == {("binance", "BTCUSDT")}  # the first list: waited for
+    store.held.append(("binance", "ETHUSDT"))
+    store.gate.clear()  # the next list takes until the gate opens
+    await asyncio.sleep(0.1)  # past the ttl
+    started = time.monotonic()
+    assert await asyncio.wait_for(cat.known(), 1) == {("binance", "BTCUSDT")}  # at once, the held list
+    assert await asyncio.wait_for(cat.resolve(["BTCUSDT"], None), 1) == [("binance", "BTCUSDT")]
+    assert time.monotonic() - started < 0.5 and store.asked == 1
+    store.gate.set()
+    for _ in range(100):  # the refresh behind it lands
+        if ("binance", "ETHUSDT") in await cat.known():
+            break
+        await asyncio.sleep(0.01)
+    assert ("binance", "ETHUSDT") in await cat.known() and store.asked >= 2

@@ -109,6 +109,10 @@ def stored(root: Path, unique: bool) -> dict[tuple[str, str], list[tuple[Any, ..
     return out
 
 
+def market_spans(root: Path) -> dict[tuple[str, str], tuple[int | None, int | None]]:
+    return {m: archive.market_span(root, "ohlc", *m) for m in MARKETS}
+
+
 _DUCK: list[duckdb.DuckDBPyConnection] = []
 
 
@@ -182,6 +186,8 @@ async def test_the_hourly_merge_loses_and_doubles_nothing_when_killed_at_any_ste
     before = ms(DAY + timedelta(days=1, minutes=30))  # hours 22 and 23 and the day closed; hour 0 open
     # What each market holds of the closed day, duplicates included: what a plain scan must count after.
     closed = {m: [r for r in rows if r[2] < DAY + timedelta(days=1)] for m, rows in all_rows.items()}
+    # the first and last candle of each market (the API's market list), from file spans read once each
+    spans = {m: (ms(min(r[2] for r in rows)), ms(max(r[2] for r in rows))) for m, rows in all_rows.items()}
 
     steps = 0
     for step in range(1, 500):
@@ -193,11 +199,13 @@ async def test_the_hourly_merge_loses_and_doubles_nothing_when_killed_at_any_ste
         # Killed mid-merge: every reader sees each stored row exactly once.
         assert stored(work, unique=False) == all_rows, f"archive reads after a kill at step {step}"
         assert duck(work, EVERYTHING) == as_duck(one_per_key), f"DuckDB after a kill at step {step}"
+        assert market_spans(work) == spans, f"market spans after a kill at step {step}"
         # The next merge finishes the interrupted one.
         merge_fresh(work, before)
         assert not (work / archive.FRESH / JOURNAL).exists()
         assert stored(work, unique=False) == all_rows, f"archive reads after recovering from step {step}"
         assert duck(work, MERGED) == as_duck(closed), f"plain DuckDB scan after recovering from step {step}"
+        assert market_spans(work) == spans, f"market spans after recovering from step {step}"
         for exchange, symbol in MARKETS:
             folder = archive.partition_dir(work, "ohlc", exchange, symbol, DAY.date())
             assert len(list(folder.glob("*.parquet"))) == 1, (step, sorted(p.name for p in folder.iterdir()))
