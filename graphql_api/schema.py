@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
+import asyncpg
 import strawberry
 from graphql import (
     ASTValidationRule,
@@ -81,6 +82,10 @@ def _internal(error: GraphQLError) -> bool:
 
 
 INTERNAL = "Internal error; see the server log"
+# The store down (or not migrated): said as REST says it (503 STORE_UNAVAILABLE), so a client can tell an
+# outage from a bug.
+STORE_FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+UNAVAILABLE = "the store is unavailable or not migrated; see the server log"
 
 
 def _fields(document: DocumentNode) -> int:
@@ -274,7 +279,15 @@ class ApiSchema(strawberry.Schema):
         for i, error in enumerate(errors):
             if _internal(error):
                 log.error("GraphQL resolver failed: %s", error, exc_info=error.original_error)
-                errors[i] = GraphQLError(INTERNAL, error.nodes, error.source, error.positions, error.path)
+                down = isinstance(error.original_error, STORE_FAILURES)
+                errors[i] = GraphQLError(
+                    UNAVAILABLE if down else INTERNAL,
+                    error.nodes,
+                    error.source,
+                    error.positions,
+                    error.path,
+                    extensions={"code": "STORE_UNAVAILABLE"} if down else None,
+                )
             else:
                 log.debug("GraphQL request refused: %s", error.message)
 

@@ -38,13 +38,17 @@ def client(unmigrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield http
 
 
-def test_graphql_masks_an_internal_failure_and_logs_it(
+def test_graphql_masks_a_store_failure_names_it_as_rest_does_and_logs_it(
     client: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A store that is down or not migrated: no internals, but a code a client can tell from a bug by (it
+    was "Internal error", where REST answers 503 STORE_UNAVAILABLE)."""
     with caplog.at_level(logging.ERROR, logger="graphql_api.schema"):
         body = graphql(client, '{ candles(symbol: "BTCUSDT") { close } symbols }')
     assert body["data"] is None
-    assert [e["message"] for e in body["errors"]] == ["Internal error; see the server log"]
+    assert [(e["message"], e["extensions"]) for e in body["errors"]] == [
+        ("the store is unavailable or not migrated; see the server log", {"code": "STORE_UNAVAILABLE"})
+    ]
     assert "ohlc" not in str(body) and "relation" not in str(body)
     assert any("GraphQL resolver failed" in r.getMessage() and r.exc_info for r in caplog.records)
 
