@@ -74,7 +74,7 @@ class DashboardPipeline:
 
     ``history_seconds=0`` starts from nothing, as a first ``cryptostream up`` does; ``checkpoint_seconds``
     is ``PARQUET_CHUNK_SECONDS``, how often closed rows reach the database (a long one keeps a market that
-    trades live with nothing stored)."""
+    trades live with nothing stored); ``wide`` adds a venue of many markets: (venue, symbols, trades/s)."""
 
     def __init__(
         self,
@@ -84,9 +84,11 @@ class DashboardPipeline:
         *,
         history_seconds: int = HISTORY_SECONDS,
         checkpoint_seconds: float = 0.5,
+        wide: tuple[str, list[str], float] | None = None,
     ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.history_seconds = history_seconds
+        self.wide = wide
         self.database_url = _in_thread(lambda: asyncio.run(create_database(database_url)))  # ours alone
         _in_thread(lambda: upgrade(self.database_url))
         self.settings: Settings = load_settings(
@@ -139,6 +141,9 @@ class DashboardPipeline:
             (SyntheticMarket(SYMBOLS, rate=RATE, seed=11), RATE),
             (SyntheticMarket(OTHER[1], rate=OTHER_RATE, seed=12, exchange=OTHER[0]), OTHER_RATE),
         ]
+        if self.wide is not None:
+            venue, symbols, rate = self.wide
+            markets.append((SyntheticMarket(symbols, rate=rate, seed=13, exchange=venue), rate))
         try:
             # History (ten minutes by default) while the processor joins its group. Arrivals speed up and
             # slow down with volatility: draw 5 s at a time until now, so live prices continue from the last

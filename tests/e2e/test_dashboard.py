@@ -317,6 +317,23 @@ def test_the_venue_selector_switches_markets_and_demo_data_is_marked(
     finally:
         linked.close()
 
+    # A link to a market without candles says so and puts what is shown in the address (it showed another
+    # market in silence, the address still naming the one asked for), at load and on a hash change.
+    missing = Dashboard(browser, pipeline.url, "#exchange=binance&symbol=NOPEUSDT&interval=1s")
+    try:
+        page = missing.page
+        page.wait_for_selector("#notice", state="visible")
+        assert page.inner_text("#notice") == "No candles for NOPEUSDT on binance: showing BTCUSDT on binance"
+        assert "symbol=BTCUSDT" in page.url and "NOPEUSDT" not in page.url
+        page.evaluate("location.hash = '#exchange=upbit&symbol=BTCUSDT&interval=1s'")
+        page.wait_for_function(
+            "document.getElementById('notice').textContent.startsWith('No candles for BTCUSDT on upbit')"
+        )
+        assert "exchange=binance" in page.url and page.inner_text("#price-venue") == OTHER[0]
+        missing.assert_clean()
+    finally:
+        missing.close()
+
 
 def test_a_new_candle_appears_and_the_open_one_moves_without_a_reload(
     pipeline: DashboardPipeline, browser: Browser
@@ -388,7 +405,12 @@ def test_switching_symbol_interval_and_style_shows_the_right_data(
         assert page.inner_text("#price-title") == "ETHUSDT · 1m"
         plot = wait_plot_matches_api(dash, pipeline, "ETHUSDT", "1m", at_least=8)
         assert 10 <= len(plot["bucket"]) <= 13, plot["bucket"]  # ten minutes of history, and the live minute
-        assert all(b % 60_000 == 0 for t in dash.plot("cmp-chart") for b in t["x"])
+        # the comparison chart too (its redraw may come a moment after the price chart's on a loaded machine)
+        page.wait_for_function(
+            "(document.getElementById('cmp-chart').data || []).length > 0 && document.getElementById("
+            "'cmp-chart').data.every((t) => t.x.every((b) => b % 60000 === 0))",
+            timeout=10_000,
+        )
         assert "symbol=ETHUSDT" in page.url and "interval=1m" in page.url
         # The open minute moves with live trades (or, at a minute boundary, the next minute opens).
         open_bucket, open_trades = plot["bucket"][-1], plot["tradeCount"][-1]

@@ -332,3 +332,31 @@ def _assert_broken_at(trace: dict[str, Any], gap: tuple[int, int], what: str) ->
     assert len(breaks) == 1 and gap[0] < breaks[0] < gap[1], f"{what}: breaks at {breaks}, gap {gap}"
     spans = [x[i + 1] - x[i] for i in range(len(x) - 1) if y[i] is not None and y[i + 1] is not None]
     assert max(spans) <= MINUTE, f"{what}: a line across {max(spans) / 1000:.0f} s"
+
+
+def test_a_venue_of_more_markets_than_one_subscription_names_gets_live_candles(
+    kafka_bootstrap: str, database_url: str, tmp_path: Path, browser: Browser
+) -> None:
+    """A subscription names at most 100 symbols; the page subscribed to every symbol of a venue at once, so
+    on a venue of more (``--symbols all``: ~1,700) it was refused: no live update ever, and the notice
+    "symbols may name at most 100 symbols" every few seconds. It subscribes in groups of 100 now."""
+    symbols = [f"W{i:03d}USDT" for i in range(130)]
+    with DashboardPipeline(
+        kafka_bootstrap, database_url, tmp_path, history_seconds=0, wide=("wide", symbols, 130.0)
+    ) as running:
+        dash = Dashboard(browser, running.url, f"#exchange=wide&symbol={symbols[-1]}&interval=1s")
+        try:
+            page = dash.page
+            assert page.get_by_label("Venue", exact=True).input_value() == "wide"
+            # every market of the venue known to the page (they show up as they first trade) ...
+            page.wait_for_function(f"document.querySelectorAll('#symbol option').length === {len(symbols)}")
+            updates = "parseInt(document.getElementById('updates').textContent.replace(/,/g, ''))"
+            seen = page.evaluate(updates)
+            # ... and live updates keep coming for them (the next market poll, every 10 s, changes nothing)
+            time.sleep(11)
+            page.wait_for_function(f"{updates} >= {seen + 500}", timeout=20_000)
+            said = page.inner_text("#notice") if page.is_visible("#notice") else ""
+            assert "at most 100" not in said, said
+            dash.assert_clean()
+        finally:
+            dash.close()

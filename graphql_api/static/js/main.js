@@ -28,6 +28,7 @@ const REPORT_POLL_MS = 60_000;
 const MARKETS_POLL_MS = 10_000; // a market that starts trading shows up within this
 const VOLATILITY_ROWS = 600;
 const ALIASES_PER_QUERY = 10; // well under GRAPHQL_MAX_ALIASES
+const SYMBOLS_PER_SUBSCRIPTION = 100; // what one live subscription may name: a venue with more takes several
 
 const COLUMNS = "exchange symbol bucket open high low close volume tradeCount";
 const MARKETS = `query Markets {
@@ -95,6 +96,21 @@ function readHash() {
   if (symbol) state.symbol = symbol.toUpperCase();
   const venue = params.get("exchange");
   if (venue) state.venue = venue.toLowerCase();
+  if (symbol || venue) asked = { venue: state.venue, symbol: state.symbol };
+}
+
+// What the address named, until the markets are known: a market without candles is said, not swapped.
+let asked = null;
+
+/** Say so when the address named a market that has no candles, and put the one shown in the address. */
+function unlessShown(wanted) {
+  if (!wanted) return;
+  const venue = wanted.venue || state.venue;
+  const symbol = wanted.symbol || state.symbol;
+  if (venue === state.venue && symbol === state.symbol) return;
+  const what = wanted.symbol ? `${wanted.symbol} on ${venue}` : venue;
+  notice(`No candles for ${what}: showing ${state.symbol ?? "nothing"} on ${state.venue ?? "no venue"}`);
+  writeHash();
 }
 
 function writeHash() {
@@ -201,6 +217,10 @@ async function loadMarkets() {
   if (!state.venues.includes(state.venue)) state.venue = defaultVenue(markets, state.symbol);
   state.symbols = markets.filter((m) => m.exchange === state.venue).map((m) => m.symbol);
   if (!state.symbols.includes(state.symbol)) state.symbol = state.symbols[0] ?? null;
+  if (markets.length && asked) {
+    unlessShown(asked);
+    asked = null;
+  }
   const changed = `${state.venue}|${state.symbols.join()}|${state.venues.join()}` !== before;
   if (changed) renderPickers();
   renderEmpty();
@@ -248,19 +268,25 @@ async function loadCandles() {
   if (!symbols.length) return;
   const held = [];
   let loading = true;
-  subs.candles = live.subscribe(
-    CANDLES_SUB,
-    { symbols, interval, exchange: venue },
-    {
-      next: (data) => {
-        if (gen !== state.candleGen) return;
-        if (loading) held.push(data.candles);
-        else onCandle(data.candles);
-      },
-      error: (messages) => notice(`Live candles: ${messages.join("; ")}`),
-      resubscribed: () => setTimeout(backfill, 2_000),
-    },
-  );
+  const stops = [];
+  for (let at = 0; at < symbols.length; at += SYMBOLS_PER_SUBSCRIPTION) {
+    stops.push(
+      live.subscribe(
+        CANDLES_SUB,
+        { symbols: symbols.slice(at, at + SYMBOLS_PER_SUBSCRIPTION), interval, exchange: venue },
+        {
+          next: (data) => {
+            if (gen !== state.candleGen) return;
+            if (loading) held.push(data.candles);
+            else onCandle(data.candles);
+          },
+          error: (messages) => notice(`Live candles: ${messages.join("; ")}`),
+          resubscribed: () => setTimeout(backfill, 2_000),
+        },
+      ),
+    );
+  }
+  subs.candles = () => stops.forEach((stop) => stop());
   const columns = await attempt("Candles", () => fetchColumns(venue, symbols, interval, WINDOW[interval]));
   if (gen !== state.candleGen) return;
   if (!columns) {
@@ -665,8 +691,13 @@ function wireControls() {
     const style = params.get("style");
     if ((style === "line" || style === "candles") && style !== state.style) selectStyle(style);
     selectInterval(params.get("interval"));
-    selectVenue((params.get("exchange") || "").toLowerCase());
-    selectSymbol((params.get("symbol") || "").toUpperCase());
+    const wanted = {
+      venue: (params.get("exchange") || "").toLowerCase(),
+      symbol: (params.get("symbol") || "").toUpperCase(),
+    };
+    selectVenue(wanted.venue);
+    selectSymbol(wanted.symbol);
+    if (state.markets.length) unlessShown(wanted);
     syncControls();
   });
 }
