@@ -297,8 +297,8 @@ class Exchange(ABC):
             self.stats.frames += 1
             parsed = self.parse(raw, now_ms())
             if parsed.sent_ms is not None:
-                self.clock.saw(parsed.sent_ms, monotonic_ms())
-            self._heard(self.now())
+                self._saw(parsed.sent_ms)
+            self._heard(self.exchange_now())
             if (parsed.trades or parsed.alive) and not state.healthy:
                 state.healthy = True
                 self._delivering += 1
@@ -324,16 +324,27 @@ class Exchange(ABC):
         arrived, so the connection was alive when the ping left. Ends with the connection."""
         with contextlib.suppress(ConnectionClosed):
             while True:
-                sent = self.now()
+                sent = self.exchange_now()
                 await (await ws.ping())
                 self._heard(sent)
                 await asyncio.sleep(LIVENESS_PING_SECONDS)
 
-    def _heard(self, at: int) -> None:
-        """The connection was alive at ``at``: progress may reach it (minus the buffer)."""
+    def _heard(self, at: int | None) -> None:
+        """The connection was alive at ``at`` (the exchange's time; None before it is known): progress may
+        reach it (minus the buffer). Never our wall clock: ahead of the exchange's, it made the liveness
+        cap nothing for as long as the skew."""
         mark = self.watermark
-        if mark.heard is None or at > mark.heard:
+        if at is not None and (mark.heard is None or at > mark.heard):
             mark.heard = at
+
+    def _saw(self, sent_ms: int) -> None:
+        """A frame's sending time: a clock sample. The moment the clock becomes known, the deadlines set
+        by our wall clock before (holds) move onto it, so a hold lasts what it says whatever the skew."""
+        known = self.exchange_now() is not None
+        self.clock.saw(sent_ms, monotonic_ms())
+        now = self.exchange_now()
+        if not known and now is not None:
+            self.watermark.shift_deadlines(now - now_ms())
 
     # ------------------------------------------------------------------------ dedupe and gaps
     async def deliver(

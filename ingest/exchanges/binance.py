@@ -33,6 +33,14 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
+def _sent(value: Any) -> int | None:
+    """A frame's event time ``E`` in ms (µs too, as ``T``), or None when it has none we can read."""
+    try:
+        return epoch_to_ms(value)
+    except FieldError:
+        return None
+
+
 class Binance(Exchange):
     """Binance spot trades over one combined-stream connection."""
 
@@ -93,8 +101,7 @@ class Binance(Exchange):
             event = msg["event"].get("e")
         if event == "serverShutdown":
             return Parsed(shutdown=True, alive=True)
-        sent = data.get("E")  # event time: the exchange's clock when it sent this (ms)
-        out = Parsed(sent_ms=sent if isinstance(sent, int) and not isinstance(sent, bool) else None)
+        out = Parsed(sent_ms=_sent(data.get("E")))  # event time: the exchange's clock when it sent this
         if event == "trade":
             self.trade_or_reject(lambda: self._trade(data, "t", received_at), raw, out)
         elif event == "aggTrade":

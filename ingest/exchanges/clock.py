@@ -6,11 +6,14 @@ claimed every trade of the last 4 s complete before it arrived (each one then la
 (NTP, a suspended VM waking up) moved progress with it. Frames that carry the exchange's sending time
 (Binance ``E``, Coinbase ``time``, Advanced Trade ``timestamp``) are samples of the offset between the
 exchange's clock and our monotonic one; the feed's clock is our monotonic clock plus the median of the
-last :data:`SAMPLES` offsets. One wild timestamp moves nothing, a wall-clock step moves nothing, and
-delivery delay only makes the estimate (and so progress) later, never earlier.
+last :data:`SAMPLES` offsets (the lower of the first two, before there are three). One wild timestamp moves
+nothing, from the first frame on; a wall-clock step moves nothing; and delivery delay only makes the
+estimate (and so progress) later, never earlier.
 
-Until a frame has carried the exchange's time the feed's clock is unknown and the feed writes no progress
-(a feed that has seen no trade has no window to close anyway).
+Until two frames have carried the exchange's time the feed's clock is unknown and the feed writes no
+progress. A feed that has seen no trade since it started has no window of its own to close; windows an
+earlier run left open (its last progress stopped the buffer short of its last trades) close at the next
+trades of the feed's markets, or at Coinbase's first heartbeats.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import deque
 __all__ = ["ExchangeClock", "monotonic_ms"]
 
 SAMPLES = 31  # offsets kept: the median of the last ~3 s of a busy feed, of the last 31 frames of a quiet one
+KNOWN_AFTER = 2  # samples before the clock is known: the first alone could be wild
 SAMPLE_EVERY_MS = 100  # at most one sample this often (a burst of frames is one moment)
 
 
@@ -42,9 +46,10 @@ class ExchangeClock:
             return
         self._sampled_at = mono_ms
         self._offsets.append(exchange_ms - mono_ms)
-        ordered = sorted(self._offsets)
-        self._offset = ordered[(len(ordered) - 1) // 2]
+        if len(self._offsets) >= KNOWN_AFTER:
+            ordered = sorted(self._offsets)
+            self._offset = ordered[(len(ordered) - 1) // 2]  # of two: the lower; of three on: the median
 
     def now(self, mono_ms: int) -> int | None:
-        """The exchange's time at ``mono_ms`` (ours), or None before any frame told it."""
+        """The exchange's time at ``mono_ms`` (ours), or None before two frames told it."""
         return None if self._offset is None else mono_ms + self._offset

@@ -120,6 +120,12 @@ class FeedWatermark:
             s.holds[("gap", *gap)] = Hold(s.last_ts, now + self.hold_ms)
         s.holds.pop("reconnect", None)
 
+    def shift_deadlines(self, by_ms: int) -> None:
+        """Move every hold's deadline by ``by_ms``: the clock they were set by was off by that much."""
+        for s in self.state.values():
+            for hold in s.holds.values():
+                hold.until += by_ms
+
     def settled(self, symbol: str, lo: int, hi: int) -> None:
         """The backfill of ``[lo, hi]`` ended (filled, or given up and counted as lost)."""
         s = self.state.get(symbol)

@@ -29,7 +29,7 @@ import pytest
 
 from cryptostream.embedded import EmbeddedKafka
 from cryptostream.settings import Settings
-from ingest.exchanges import build, live_trades, load_markets
+from ingest.exchanges import ResumeFile, build, live_trades, load_markets
 from ingest.exchanges.base import Exchange
 from ingest.service import IngestResult, run_ingest
 from tests.integration.exchange_servers import FakeExchange
@@ -630,3 +630,149 @@ async def test_progress_is_in_the_exchange_s_time_whatever_our_clock_says(make_s
     marks = [orjson.loads(r.value)["watermark"] for r in records if r.value.startswith(b'{"type":"progress"')]
     assert max(marks) <= server.clock_ms(), "progress claimed a time the exchange has not reached"
     assert max(marks) >= max(t.timestamp for t in server.truth.values()) - 3_000, "progress stood still"
+
+
+def _binance_frame(row: dict[str, Any], *, sent_ms: int | None = None, micro: bool = False) -> str:
+    """A Binance trade frame of ``row`` whose event time ``E`` is ``sent_ms`` (default: just after the
+    trade), in µs when ``micro`` (the stream's ``timeUnit=MICROSECOND``)."""
+    k = 1000 if micro else 1
+    data = {
+        "e": "trade",
+        "E": (row["ms"] + 1 if sent_ms is None else sent_ms) * k,
+        "s": row["symbol"],
+        "t": row["id"],
+        "p": f"{row['price']:.8f}",
+        "q": f"{row['size']:.8f}",
+        "T": row["ms"] * k,
+        "m": row["flag"],
+        "M": True,
+    }
+    return orjson.dumps({"stream": f"{row['symbol'].lower()}@trade", "data": data}).decode()
+
+
+@pytest.mark.parametrize(("wild_ms", "micro"), [(8_000, False), (86_400_000, False), (0, True)])
+async def test_a_wild_or_microsecond_sending_time_never_moves_progress_ahead(make_settings, wild_ms, micro):
+    """The exchange's clock came from the first frame alone: a first ``E`` 8 s ahead made 30 of the next 31
+    trades late, a day ahead stopped progress for good (resume file included); an ``E`` in µs was taken as
+    ms (progress in the year 58,000, dead-lettered as bad_progress). Found by a reviewer."""
+
+    async def trading(ex: FakeExchange, ws) -> None:
+        row = ex._new_trade("BTCUSDT")
+        await ws.send(_binance_frame(row, sent_ms=row["ms"] + wild_ms, micro=micro))
+        await asyncio.sleep(0.6)  # a quiet market: the next trade comes a little later
+        for _ in range(30):
+            await ws.send(_binance_frame(ex._new_trade("BTCUSDT"), micro=micro))
+            await asyncio.sleep(0.1)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [trading]).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="binance",
+        symbols="BTCUSDT",
+        max_buffer_seconds=0.5,
+        binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url,
+    )
+    try:
+        await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    records = await topic_records(settings, settings.kafka_topic)
+    assert_exactly_once(records, server)
+    marks = [orjson.loads(r.value)["watermark"] for r in records if r.value.startswith(b'{"type":"progress"')]
+    assert max(marks) <= server.clock_ms(), "progress claimed a time the exchange has not reached"
+    saved = orjson.loads((settings.state_dir / "ingest" / "binance.json").read_bytes())
+    assert saved["symbols"]["BTCUSDT"]["watermark"] <= server.clock_ms()
+
+
+@pytest.mark.parametrize(("exchange", "pair"), [("binance", "BTC-USDT"), ("coinbase", "BTC-USD")])
+async def test_a_connection_gone_half_open_at_once_claims_nothing_whatever_our_clock_says(
+    make_settings, exchange, pair
+):
+    """Before the exchange's clock was known, liveness was noted by our wall clock: 20 s ahead of the
+    exchange's, the cap it puts on progress was 20 s too late, and a connection gone half-open right after
+    the start claimed the trades it missed (6 backfilled late). Liveness is the exchange's time alone."""
+    symbol = pair.replace("-", "")
+
+    async def then_half_open(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        for _ in range(5):
+            await ex.send_trades(ws, symbol, 2)
+            if ex.kind == "coinbase":
+                await ex.heartbeat(ws)
+            await asyncio.sleep(0.1)
+        ws.transport.pause_reading()
+        for _ in range(6):
+            ex.offline(symbol, 1)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(10)
+
+    async def back(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        await ex.send_trades(ws, symbol, 3)
+        if ex.kind == "coinbase":
+            await ex.heartbeat(ws)
+
+    server = await FakeExchange(exchange, [pair], [then_half_open, back], clock_offset_ms=-20_000).start()
+    settings = live_settings(
+        make_settings,
+        exchanges=exchange,
+        symbols=symbol,
+        max_buffer_seconds=0.5,
+        ws_stall_seconds=2.0,
+        **{f"{exchange}_ws_url": server.ws_url, f"{exchange}_rest_url": server.rest_url},
+    )
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert feed.stats.stalls >= 1 and feed.stats.backfilled >= 6
+    assert feed.stats.backfilled_late == 0, feed.stats
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+
+
+async def test_a_hold_set_before_the_exchange_s_clock_is_known_lasts_what_it_says(make_settings):
+    """After a restart Coinbase's ``last_match`` shows the gap across it before any heartbeat told the
+    time: its hold's deadline was set by our wall clock, 8 s behind the exchange's, and had run out by the
+    first progress (a 5 s hold): the backfilled outage came late. Deadlines move onto the exchange's clock
+    the moment it is known."""
+
+    async def trading(ex: FakeExchange, ws) -> None:
+        await ex.ack(ws)
+        frame = orjson.loads(ex.frame([ex._new_trade("BTCUSD")]))
+        frame["type"] = "last_match"
+        await ws.send(orjson.dumps(frame).decode())
+        for _ in range(30):
+            await ex.heartbeat(ws)
+            await ex.send_trades(ws, "BTCUSD", 1)
+            await asyncio.sleep(0.1)
+
+    server = await FakeExchange("coinbase", ["BTC-USD"], [trading], clock_offset_ms=8_000).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="coinbase",
+        symbols="BTCUSD",
+        max_buffer_seconds=0.5,
+        backfill_hold_seconds=5.0,
+        coinbase_ws_url=server.ws_url,
+        coinbase_rest_url=server.rest_url,
+    )
+    before = server.offline("BTCUSD", 5)  # what the previous run covered
+    ResumeFile(settings.state_dir / "ingest").save(
+        "coinbase",
+        f"CoinbaseExchange {server.ws_url}",
+        {"BTCUSD": {"id": before[-1]["id"], "watermark": server.clock_ms() - 1000}},
+    )
+    server.offline("BTCUSD", 4)  # made while ingest was down
+    await asyncio.sleep(2)
+    feeds: list[Exchange] = []
+
+    async def done() -> bool:
+        return server.done.is_set() and bool(feeds) and feeds[0].stats.backfilled >= 4
+
+    try:
+        (feed,), _ = await run_live(settings, done, feeds_out=feeds)
+    finally:
+        await server.stop()
+    assert feed.stats.backfilled == 4 and feed.stats.backfilled_late == 0, feed.stats
+    assert_progress_honest(await topic_records(settings, settings.kafka_topic))

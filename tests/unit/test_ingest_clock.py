@@ -7,12 +7,28 @@ from ingest.exchanges.clock import SAMPLE_EVERY_MS, ExchangeClock
 AHEAD = 7_200_000  # the exchange's clock is two hours ahead of our monotonic one
 
 
-def test_unknown_until_a_frame_tells_it_then_runs_on_our_monotonic_clock() -> None:
+def test_unknown_until_two_frames_tell_it_then_runs_on_our_monotonic_clock() -> None:
     clock = ExchangeClock()
     assert clock.now(1_000) is None
     clock.saw(1_000 + AHEAD - 40, 1_000)  # sent 40 ms before it arrived
-    assert clock.now(1_000) == 1_000 + AHEAD - 40
-    assert clock.now(61_000) == 61_000 + AHEAD - 40  # a minute later by our monotonic clock, nothing else
+    assert clock.now(1_000) is None  # one frame alone could be wild
+    clock.saw(1_100 + AHEAD - 60, 1_100)
+    assert clock.now(1_100) == 1_100 + AHEAD - 60  # of two, the lower (the later estimate)
+    assert clock.now(61_100) == 61_100 + AHEAD - 60  # a minute later by our monotonic clock, nothing else
+
+
+def test_a_wild_first_timestamp_moves_nothing() -> None:
+    """A first frame stamped 8 s ahead set the clock 8 s ahead: 30 of the next 31 trades came after a
+    progress record covering their second (a reviewer's test)."""
+    for wild in (8_000, 86_400_000, -86_400_000):
+        clock = ExchangeClock()
+        clock.saw(AHEAD + wild, 0)
+        clock.saw(SAMPLE_EVERY_MS + AHEAD - 40, SAMPLE_EVERY_MS)
+        estimate = clock.now(SAMPLE_EVERY_MS)
+        assert estimate is not None and estimate <= SAMPLE_EVERY_MS + AHEAD - 40  # never ahead of it
+        clock.saw(2 * SAMPLE_EVERY_MS + AHEAD - 50, 2 * SAMPLE_EVERY_MS)
+        third = clock.now(2 * SAMPLE_EVERY_MS)  # the median of three: one of the two true ones
+        assert third is not None and -50 <= third - 2 * SAMPLE_EVERY_MS - AHEAD <= -40
 
 
 def test_one_wild_timestamp_moves_nothing_and_delay_only_makes_it_later() -> None:
@@ -39,4 +55,6 @@ def test_a_burst_of_frames_is_one_sample() -> None:
     clock.saw(AHEAD, 0)
     for i in range(1, 50):  # 49 frames within SAMPLE_EVERY_MS, stamped wildly
         clock.saw(AHEAD + 10_000, i)
+    assert clock.now(0) is None  # still one sample
+    clock.saw(AHEAD + SAMPLE_EVERY_MS, SAMPLE_EVERY_MS)
     assert clock.now(0) == AHEAD
