@@ -79,8 +79,10 @@ class ParquetSink(Sink):
                     newest = int(ms.max())
                     self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
                 hours = ms // HOUR_MS
-                for hour in np.unique(hours).tolist():
-                    part = table if hours[0] == hours[-1] == hour else table.filter(pa.array(hours == hour))
+                distinct = np.unique(hours).tolist()
+                for hour in distinct:
+                    # (rows are sorted by market, not time: first and last rows say nothing of the rest)
+                    part = table if len(distinct) == 1 else table.filter(pa.array(hours == hour))
                     day = utc_day(hour * HOUR_MS)
                     self._make_folders(kind, part, day.isoformat())
                     name = file_name(partition, lineage.epoch, lineage.seq, hour % 24)
