@@ -247,6 +247,16 @@ class Processor:
         log, so what the stopped ingest wrote last, its final progress included, is read now or never)."""
         assert self._consumer is not None
         deadline = time.monotonic() + limit_s
+        # Stopped before the group gave this processor its partitions (Ctrl+C just after "pipeline up"):
+        # without them there was nothing to read, and a whole replay was gone with the broker's memory.
+        while time.monotonic() < deadline and (not self.ready.is_set() or self.unsure):
+            if not self.ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ready.wait(), 0.2)
+                continue
+            await asyncio.sleep(0.05)  # a partition whose setup failed: set up again when due
+            async with self._lock:
+                await self._retry_setup(time.monotonic())
         # Ask the broker for the log ends now: the high watermark of the last fetch can predate the final
         # records the (already stopped) ingest wrote.
         ends = await self._consumer.end_offsets([TopicPartition(self.topic, p) for p in self.parts])
