@@ -41,7 +41,7 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -250,20 +250,20 @@ def _read_dump(
             )
             return "skip"
 
-        reader = pacsv.open_csv(
-            io.BufferedReader(counting, buffer_size=1 << 20),
-            read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=1 if has_header else 0, block_size=4 << 20
-            ),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=invalid_row),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types,
-                include_columns=list(types),
-                true_values=["True", "true", "TRUE", "1"],
-                false_values=["False", "false", "FALSE", "0"],
-            ),
-        )
-        try:
+        try:  # opening converts the first block already: a bad value there is the same error
+            reader = pacsv.open_csv(
+                io.BufferedReader(counting, buffer_size=1 << 20),
+                read_options=pacsv.ReadOptions(
+                    column_names=names, skip_rows=1 if has_header else 0, block_size=4 << 20
+                ),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=invalid_row),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types,
+                    include_columns=list(types),
+                    true_values=["True", "true", "TRUE", "1"],
+                    false_values=["False", "false", "FALSE", "0"],
+                ),
+            )
             for batch in reader:
                 yield _checked(
                     sym,
@@ -277,7 +277,8 @@ def _read_dump(
                 )
                 bad_lines = []
         except pa.ArrowInvalid as exc:
-            raise ReplayError(f"{path}: {exc}; fix or drop the offending line and replay again") from None
+            said = " ".join(str(exc).split())  # one line
+            raise ReplayError(f"{path}: {said}; fix or drop the offending line and replay again") from None
         if bad_lines:
             yield _empty(sym, venue, bad_lines)
 
@@ -374,13 +375,20 @@ def _np(array: Any, dtype: Any) -> Any:
     return np.asarray(array, dtype=dtype)
 
 
+def _nulls(values: Any, n: int) -> npt.NDArray[np.bool_]:
+    """Which rows of a column are null (a str or a plain list: none are)."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    return np.zeros(n, dtype=np.bool_)
+
+
 def _objects(values: Any) -> npt.NDArray[np.object_]:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         values = values.to_pylist()
     return np.asarray(values, dtype=object)
 
 
-_DETAIL = {
+_DETAIL: dict[str, Callable[[dict[str, Any]], str]] = {
     "bad_symbol": lambda r: f"symbol {r['symbol']!r:.40}",
     "bad_exchange": lambda r: f"exchange {r['exchange']!r:.40}",
     "non_finite_price": lambda r: f"price {r['price']!r}",
@@ -389,6 +397,7 @@ _DETAIL = {
     "negative_quantity": lambda r: f"quantity {r['quantity']!r}",
     "bad_timestamp": lambda r: f"timestamp {r['timestamp']!r}",
     "wrong_type": lambda r: f"trade_id {r['trade_id']!r} (missing or negative)",
+    "missing_field": lambda r: "symbol, exchange or is_buyer_maker is null",
 }
 
 
@@ -410,6 +419,8 @@ def _checked(
     ids = _np(trade_id, np.int64)
     ibm = _np(is_buyer_maker, np.bool_)
     n = p.shape[0]
+    # nulls are no values: a null symbol read as the market "NONE", a null side as a sell (Parquet)
+    null = _nulls(symbol, n) | _nulls(exchange, n) | _nulls(is_buyer_maker, n)
     sym: Any = symbol
     given: Any = symbol
     bad_symbol = np.zeros(n, dtype=np.bool_)
@@ -438,6 +449,7 @@ def _checked(
         bad_exchange = ex == ""
         ex = np.where(bad_exchange, given_ex, ex)
     checks = (
+        ("missing_field", null),
         ("bad_symbol", bad_symbol),
         ("bad_exchange", bad_exchange),
         ("non_finite_price", ~np.isfinite(p)),

@@ -128,6 +128,26 @@ def test_jsonl_of_trades_keeps_exchange_and_rejects_bad_lines(tmp_path):
     assert sorted(r.reason for r in rejected) == ["malformed_json", "negative_quantity"]
 
 
+def test_parquet_nulls_are_rejected_not_read_as_a_market_or_a_side(tmp_path):
+    """A null symbol became the market "NONE", a null is_buyer_maker a sell (a reviewer); the same fields
+    missing from a JSON line were rejected. Each such row is rejected with a reason now."""
+    table = pa.table(
+        {
+            "exchange": ["binance", "binance", None, "binance"],
+            "symbol": ["BTCUSDT", None, "BTCUSDT", "BTCUSDT"],
+            "price": [50_000.0] * 4,
+            "quantity": [0.25] * 4,
+            "timestamp": [1_700_000_000_123 + i for i in range(4)],
+            "trade_id": [1, 2, 3, 4],
+            "is_buyer_maker": [True, False, True, None],
+        }
+    )
+    pq.write_table(table, tmp_path / "nulls.parquet")
+    values, rejected = rows(tmp_path / "nulls.parquet")
+    assert [(v["symbol"], v["trade_id"]) for v in values] == [("BTCUSDT", 1)]
+    assert [r.reason for r in rejected] == ["missing_field"] * 3
+
+
 def test_parquet_with_timestamp_typed_column(tmp_path):
     table = pa.table(
         {
@@ -174,6 +194,17 @@ def test_unreadable_files_say_what_to_fix(tmp_path, name, message):
         path.write_text("1,2,3\n")
     with pytest.raises(ReplayError, match=message):
         list(read_columns(path))
+
+
+def test_a_value_the_csv_reader_cannot_convert_is_one_line_to_fix(tmp_path):
+    """In the first block it escaped as a 179-line traceback (exit 1), and `up` restarted ingest over it."""
+    path = tmp_path / "BTCUSDT-trades-2026-12-03.csv"
+    path.write_text("1,100.0,0.5,50.0,1764720000000,true,true\n" + "oops,not,a,number,x,true,true\n")
+    with pytest.raises(ReplayError) as refused:
+        list(read_columns(path))
+    message = str(refused.value)
+    assert "\n" not in message and "invalid value 'oops'" in message, message
+    assert message.endswith("fix or drop the offending line and replay again")
 
 
 def test_symbol_option_names_a_dump_whose_file_name_lacks_it(tmp_path):
