@@ -382,7 +382,7 @@ def _read_mixed(
     an unreadable file is skipped with a logged reason)."""
     ours: list[Path] = []
     raws: list[pa.Table] = []
-    for path in files:
+    for path in sorted(files, key=_natural):  # others' files in their writer's order: part-9 before part-10
         try:
             if is_ours(pq.read_schema(path)):
                 ours.append(path)
@@ -405,6 +405,11 @@ def _read_mixed(
         else:
             parts.append(table.filter(row_filter) if row_filter is not None else table)
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _natural(path: Path) -> list[tuple[int, int | str]]:
+    """A name's sort key with its digit runs as numbers (``part-9`` before ``part-10``)."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", path.name)]
 
 
 def _skip(path: Path, exc: Exception) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -57,7 +58,8 @@ def read_raw(path: Path) -> pa.Table:
     return table
 
 
-def _bucket(table: pa.Table, where: str) -> pa.Array:
+def _times(table: pa.Table, where: str) -> npt.NDArray[np.int64]:
+    """Each row's time in epoch ms (sub-second part kept)."""
     name = next((n for n in _TIME_NAMES if n in table.column_names), None)
     if name is None:
         raise ForeignFileError(f"{where}: no time column (expected one of {', '.join(_TIME_NAMES)})")
@@ -78,8 +80,7 @@ def _bucket(table: pa.Table, where: str) -> pa.Array:
         raise ForeignFileError(f"{where}: time column {name!r} is {column.type}, not a timestamp")
     if ms.null_count:
         raise ForeignFileError(f"{where}: {ms.null_count} rows without a time")
-    values = ms.to_numpy(zero_copy_only=False)
-    return pa.array(values - np.mod(values, 1000), pa.int64())
+    return np.asarray(ms.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _floats(table: pa.Table, name: str, where: str) -> np.ndarray:
@@ -97,9 +98,11 @@ def normalize(table: pa.Table, kind: str, where: str = "file") -> pa.Table:
     file_schema = pa.schema([f for f in schema if f.name not in ("exchange", "symbol")])
     if table.num_rows == 0:
         return file_schema.empty_table()
-    bucket = _bucket(table, where).to_numpy()
-    order = np.argsort(bucket, kind="stable")  # rows of one second keep their file order
-    bucket = bucket[order]
+    times = _times(table, where)
+    # Open and close by time within the second (rows of one instant keep their file order): by file order
+    # alone they depended on how the writer named its files ("part-10" sorts before "part-9").
+    order = np.argsort(times, kind="stable")
+    bucket = times[order] - times[order] % 1000
     starts = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
     ends = np.append(starts[1:], bucket.shape[0]) - 1
     ts = pa.array(bucket[starts], pa.timestamp("ms", tz="UTC"))

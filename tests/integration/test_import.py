@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cryptostream import archive
 from cryptostream.store import ArchiveStore, DatabaseStore
 
 pytestmark = pytest.mark.integration
@@ -155,4 +156,21 @@ def test_a_folder_without_the_older_layout_is_one_clear_line(tmp_path: Path):
     assert (
         done.stderr.strip().splitlines()[-1].startswith("cryptostream: ")
         and "older archive layout" in done.stderr
+    )
+
+
+def test_a_second_split_across_files_opens_and_closes_by_time_not_file_name(tmp_path: Path):
+    """The original project named its flushes part-0 ... part-14, and "part-10" sorts before "part-9": a
+    second split across those two took its open and close from the wrong file (a reviewer: 1 of 69
+    candles). Rows of a second are ordered by their time (then by the files' natural order)."""
+    day = tmp_path / "ohlc" / "symbol=BTCUSD" / "date=2025-11-10"
+    original_file(day / "part-9.parquet", [(MS + 100, 10.0, 12.0, 9.0, 11.0, 1.0)])
+    original_file(day / "part-10.parquet", [(MS + 600, 20.0, 22.0, 19.0, 21.0, 2.0)])
+    (candle,) = archive.load_candles(tmp_path, "unknown", "BTCUSD").to_pylist()
+    assert (candle["open"], candle["high"], candle["low"], candle["close"], candle["volume"]) == (
+        10.0,
+        22.0,
+        9.0,
+        21.0,
+        3.0,
     )
