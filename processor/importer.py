@@ -7,10 +7,15 @@ candle, first open, last close, max high, min low, summed volume; fields it neve
 cannot be read skipped with the reason), gives the rows the venue ``--exchange`` names (``unknown`` by
 default: nobody knows which exchange the original streamed), and writes them
 
-* to the archive under ``OUTPUT_DIR``, one ``import-<hash>.parquet`` per market and day (the hash names the
-  source folder, so importing again rewrites the same file instead of adding a copy), and
+* to the archive under ``OUTPUT_DIR``, one ``import-<hash>.parquet`` per market and day of the rows' own
+  UTC day (a row in a folder of another day still lands in its day), the hash naming the rows themselves,
+  so importing the same archive again, from wherever, rewrites the same file instead of adding a copy (and
+  after a compaction merged it, the name stays one the compacted file replaces), and
 * to the database when ``DATABASE_URL`` is set, upserted by (exchange, symbol, bucket) like the processor's
   rows, so importing twice stores every candle once.
+
+A folder's symbol is normalized as everywhere else (``symbol=btc-usd`` is BTCUSD); one that is no symbol
+is skipped with a warning naming it, as is a folder that is no ``date=YYYY-MM-DD``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import asyncpg
 import pyarrow as pa
 from rich.progress import Progress
 
-from cryptostream.archive import KINDS, partition_dir, read_day_folder, write_file
-from cryptostream.errors import SettingsError
+from cryptostream.archive import KINDS, partition_dir, read_day_folder, utc_day, write_file
+from cryptostream.errors import SettingsError, UnsupportedSymbol
+from cryptostream.symbols import normalize_symbol
 from cryptostream.venues import UNKNOWN, normalize_exchange
 from processor.sinks.postgres import TABLES, bucket_span, upsert
 from processor.sinks.rollups import RollupRefresh
@@ -61,8 +67,14 @@ def legacy_days(root: Path) -> list[tuple[str, str, date, Path]]:
                 except ValueError:
                     log.warning("import: skipping %s: not a date=YYYY-MM-DD folder", day_dir)
                     continue
+                given = symbol_dir.name.removeprefix("symbol=")
+                try:
+                    symbol = normalize_symbol(given)
+                except UnsupportedSymbol as exc:
+                    log.warning("import: skipping %s: %s", day_dir, exc)
+                    continue
                 if day_dir.is_dir():
-                    out.append((kind, symbol_dir.name.removeprefix("symbol="), day, day_dir))
+                    out.append((kind, symbol, day, day_dir))
     return out
 
 
@@ -93,9 +105,8 @@ async def import_archive(
                 table = await asyncio.to_thread(read_day_folder, folder, kind)
                 if table.num_rows:
                     rows = _with_market(table, kind, venue, symbol)
-                    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
-                    target = partition_dir(output_dir, kind, venue, symbol, day) / f"import-{digest}.parquet"
-                    await asyncio.to_thread(write_file, target, rows.drop_columns(["exchange", "symbol"]))
+                    for row_day, part in _by_day(rows):
+                        await asyncio.to_thread(_write_import, output_dir, kind, venue, symbol, row_day, part)
                     if conn is not None:
                         table_name, keys = TABLES[kind]
                         async with conn.transaction():
@@ -110,6 +121,25 @@ async def import_archive(
         if conn is not None:
             await conn.close()
     return report
+
+
+def _by_day(rows: pa.Table) -> list[tuple[date, pa.Table]]:
+    """The rows of each UTC day they hold (a folder's name is not always its rows' day)."""
+    ms = rows["bucket"].cast(pa.int64()).to_numpy()
+    days = ms // 86_400_000
+    distinct = sorted(set(days.tolist()))
+    return [(utc_day(d * 86_400_000), rows.filter(pa.array(days == d))) for d in distinct]
+
+
+def _write_import(output_dir: Path, kind: str, venue: str, symbol: str, day: date, rows: pa.Table) -> None:
+    """One market-day of imported rows, named by their content (see the module docstring)."""
+    body = rows.drop_columns(["exchange", "symbol"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, body.schema) as writer:
+        writer.write_table(body)
+    digest = hashlib.sha256(f"{kind}/{venue}/{symbol}/{day}/".encode() + sink.getvalue().to_pybytes())
+    target = partition_dir(output_dir, kind, venue, symbol, day) / f"import-{digest.hexdigest()[:16]}.parquet"
+    write_file(target, body)
 
 
 def _with_market(table: pa.Table, kind: str, exchange: str, symbol: str) -> pa.Table:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import asyncpg
@@ -119,6 +120,11 @@ async def test_the_original_archive_is_imported_merged_and_served(
         assert done.returncode == 0, done.stderr[-3000:]
     assert "skipping" in done.stderr and "notes.parquet" in done.stderr
     assert "3 ohlc rows" in done.stderr and "2 volatility rows" in done.stderr
+    # the same archive from another path: still one copy (the file was named by the source's path)
+    copy = tmp_path / "copy-of-original"
+    shutil.copytree(original, copy)
+    done = await asyncio.to_thread(run_import, copy, env)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     conn = await asyncpg.connect(fresh_postgres)
     try:
@@ -147,6 +153,29 @@ async def test_the_original_archive_is_imported_merged_and_served(
     # and the folder it came from reads the same in place, as the unknown venue
     in_place = await ArchiveStore(original).candles("unknown", "BTCUSD", limit=10)
     assert_merged(in_place.set_column(0, "exchange", pa.array(["coinbase"] * in_place.num_rows)))
+
+
+def test_a_folder_s_symbol_is_normalized_and_each_row_lands_in_its_own_day(tmp_path: Path):
+    """``symbol=btc-usd`` was imported as the market "btc-usd" (unreachable), a folder named no symbol as
+    it was, and rows in a ``date=`` folder of another day under that day (a day-bounded read missed them)."""
+    root = tmp_path / "original"
+    original_file(root / "ohlc" / "symbol=btc-usd" / "date=2025-11-11" / "part-0.parquet", [
+        (MS, 1.0, 2.0, 0.5, 1.5, 1.0),  # 2025-11-10, in the next day's folder
+        (MS + 86_400_000, 2.0, 3.0, 1.5, 2.5, 1.0),
+    ])  # fmt: skip
+    original_file(root / "ohlc" / "symbol=NOT_A-SYMBOL!!" / "date=2025-11-10" / "part-0.parquet", [
+        (MS, 1.0, 2.0, 0.5, 1.5, 1.0),
+    ])  # fmt: skip
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "out")}
+    env.pop("DATABASE_URL", None)
+    done = run_import(root, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping" in done.stderr and "NOT_A-SYMBOL!!" in done.stderr
+    markets = archive.list_markets(tmp_path / "out")
+    assert markets == [("coinbase", "BTCUSD")]
+    for day, bucket in ((date(2025, 11, 10), MS), (date(2025, 11, 11), MS + 86_400_000)):
+        rows = archive.load_candles(tmp_path / "out", "coinbase", "BTCUSD", start=day, end=day).to_pylist()
+        assert [int(r["bucket"].timestamp() * 1000) for r in rows] == [bucket], day
 
 
 def test_a_folder_without_the_older_layout_is_one_clear_line(tmp_path: Path):
