@@ -193,10 +193,13 @@ def create_app(
         feed = asyncio.create_task(fanout.run(stop), name="live-feed") if fanout is not None else None
         probe = asyncio.create_task(app.state.services.probe.run(stop), name="store-probe")
         log.info(
-            "API reading from %s (%s); live feed %s; dashboard at /, GraphiQL at /graphql",
+            "API reading from %s (%s); live feed %s; dashboard at /, %s",
             read.name,
             settings.describe_database() if settings.database_dsn else settings.output_dir.resolve(),
             f"from {settings.kafka_candles_topic}" if fanout is not None else "off (no KAFKA_BOOTSTRAP)",
+            "GraphQL at /graphql (API_PRODUCTION: no GraphiQL, no introspection)"
+            if settings.api_production
+            else "GraphiQL at /graphql",
         )
         check_strawberry()
         # Everything built so far (schema, Plotly's templates, modules) lives as long as the process: out of

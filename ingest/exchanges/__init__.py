@@ -247,7 +247,7 @@ async def _progress(
     while True:
         await asyncio.sleep(every_s)
         for feed in feeds:
-            now = feed.exchange_now()  # the exchange's time; unknown before a frame told it (no window yet)
+            now = feed.exchange_now()  # the exchange's time: no progress until frames have told it
             progress = [] if now is None else feed.watermark.progress(now)
             if progress:
                 await queue.put(TradeBatch(source=feed.name, progress=progress))

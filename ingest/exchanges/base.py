@@ -174,7 +174,7 @@ class Exchange(ABC):
             raise SettingsError(f"{self.url_setting} must start with ws:// or wss://, got {url!r}")
 
     def exchange_now(self) -> int | None:
-        """The exchange's time now (its clock, as its frames tell it), or None before any frame told it."""
+        """The exchange's time now (its clock, as its frames tell it), or None until they have told it."""
         return self.clock.now(monotonic_ms())
 
     def now(self) -> int:
