@@ -144,6 +144,15 @@ class BinanceHistory(RestHistory):
     def row_id(self, row: dict[str, Any]) -> int:
         return int(row["a"] if self.aggregated else row["id"])
 
+    async def server_time(self) -> int | None:
+        """Binance's clock (``GET /api/v3/time``, ms), or None when it does not answer as documented."""
+        try:
+            response = await self.client.get(f"{self.base_url}/api/v3/time", timeout=5.0)
+            value = response.json().get("serverTime") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         native = self.native(symbol)

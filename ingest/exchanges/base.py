@@ -64,7 +64,7 @@ from cryptostream.metrics import (
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
 from ingest.backfill import BackfillError, RestHistory
-from ingest.exchanges.clock import ExchangeClock, monotonic_ms
+from ingest.exchanges.clock import SAMPLE_EVERY_MS, ExchangeClock, monotonic_ms
 from ingest.exchanges.tracker import TradeIds
 from ingest.exchanges.watermark import FeedWatermark
 from ingest.source import TradeBatch, now_ms
@@ -132,6 +132,7 @@ def reject_frame(raw: str | bytes) -> Parsed | dict[str, Any]:
 class _SessionEnd:
     healthy: bool
     reason: str
+    delivered: bool = False  # data came (an older connection draining after a planned disconnect can go)
 
 
 class Exchange(ABC):
@@ -200,6 +201,11 @@ class Exchange(ABC):
     def on_connect(self) -> None:  # noqa: B027 - optional hook
         """Reset per-connection state (sequence numbers)."""
 
+    async def server_time(self) -> int | None:
+        """The exchange's clock from its REST API (ms), for a feed whose frames may carry none for long
+        (Binance sends nothing for markets without trades); None: not asked."""
+        return None
+
     @abstractmethod
     def parse(self, raw: str | bytes, received_at: int) -> Parsed:
         """One WebSocket frame -> trades, rejects, heartbeats, errors."""
@@ -264,10 +270,12 @@ class Exchange(ABC):
             ) as ws:
                 self.stats.sessions += 1
                 self.on_connect()
+                if self.exchange_now() is None:
+                    await self._ask_the_time()
                 for message in self.subscriptions():
                     await ws.send(orjson.dumps(message).decode())
                 log.info("%s: connected to %s", self.name, self.url())
-                pinger = None if self.heartbeats else asyncio.create_task(self._ping(ws))
+                pinger = None if self.heartbeats else asyncio.create_task(self._ping(ws, state))
                 try:
                     await self._read(ws, handover, state)
                 finally:
@@ -299,27 +307,35 @@ class Exchange(ABC):
             if parsed.sent_ms is not None:
                 self._saw(parsed.sent_ms)
             self._heard(self.exchange_now())
-            if (parsed.trades or parsed.alive) and not state.healthy:
-                state.healthy = True
-                self._delivering += 1
-                if self._delivering == 1:
-                    self.watermark.connected(self.now())
-                    self.feed.enter(CONNECTED, now_ms())
-                for old in list(self._draining):  # the new connection delivers: retire the old one
-                    old.cancel()
+            if parsed.trades or parsed.alive:
+                self._delivers(state, data=True)
             if parsed.trades or parsed.rejected or parsed.last_ids:
                 await self.deliver(parsed.trades, parsed.rejected, parsed.last_ids)
             if parsed.error is not None:
                 self.stats.errors += 1
                 FEED_ERRORS.labels(self.name).inc()
                 log.error("%s: exchange error: %s", self.name, parsed.error)
-                if not state.healthy:
+                if not state.delivered:
                     state.reason = f"exchange error before any data ({parsed.error})"
                     return
             if parsed.shutdown:
                 handover.set()
 
-    async def _ping(self, ws: ClientConnection) -> None:
+    def _delivers(self, state: _SessionEnd, *, data: bool) -> None:
+        """The session is proven to work (data, a healthy control message, or a ping answered): the feed is
+        connected. Once data came, an older connection draining after a planned disconnect can go."""
+        if not state.healthy:
+            state.healthy = True
+            self._delivering += 1
+            if self._delivering == 1:
+                self.watermark.connected(self.now())
+                self.feed.enter(CONNECTED, now_ms())
+        if data and not state.delivered:
+            state.delivered = True
+            for old in list(self._draining):  # the new connection delivers: retire the old one
+                old.cancel()
+
+    async def _ping(self, ws: ClientConnection, state: _SessionEnd) -> None:
         """Ping every ``LIVENESS_PING_SECONDS``; a pong means every frame the server sent before it has
         arrived, so the connection was alive when the ping left. Ends with the connection."""
         with contextlib.suppress(ConnectionClosed):
@@ -327,6 +343,7 @@ class Exchange(ABC):
                 sent = self.exchange_now()
                 await (await ws.ping())
                 self._heard(sent)
+                self._delivers(state, data=False)  # a Binance feed of quiet markets sends nothing else
                 await asyncio.sleep(LIVENESS_PING_SECONDS)
 
     def _heard(self, at: int | None) -> None:
@@ -336,6 +353,19 @@ class Exchange(ABC):
         mark = self.watermark
         if at is not None and (mark.heard is None or at > mark.heard):
             mark.heard = at
+
+    async def _ask_the_time(self) -> None:
+        """Two samples of the exchange's REST clock, so its clock is known without a frame telling it:
+        windows an earlier run left open close although no market trades (a quiet Binance feed wrote no
+        progress after a restart). A sample is taken as the answer arrives: later than the time it names,
+        so the clock is only ever estimated behind, never ahead."""
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(SAMPLE_EVERY_MS / 1000)
+            sent = await self.server_time()
+            if sent is None:
+                return
+            self._saw(sent)
 
     def _saw(self, sent_ms: int) -> None:
         """A frame's sending time: a clock sample. The moment the clock becomes known, the deadlines set

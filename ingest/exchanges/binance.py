@@ -18,7 +18,7 @@ from cryptostream.errors import SettingsError
 from cryptostream.markets import Market
 from cryptostream.models import Trade
 from cryptostream.settings import Settings
-from ingest.backfill import RestHistory
+from ingest.backfill import BinanceHistory, RestHistory
 from ingest.exchanges.base import Exchange, Parsed, reject_frame
 from ingest.validation import FieldError, epoch_to_ms, make_trade
 
@@ -61,6 +61,11 @@ class Binance(Exchange):
 
     def url(self) -> str:
         return f"{self.base_url}/stream?streams={self.streams}"
+
+    async def server_time(self) -> int | None:
+        """Binance's REST clock (``/api/v3/time``): its stream carries the time only in trades."""
+        history = self.history
+        return await history.server_time() if isinstance(history, BinanceHistory) else None
 
     def id_space(self) -> str:
         return f"Binance {self.stream} {self.base_url}"  # the same whichever symbols are streamed

@@ -332,6 +332,8 @@ class FakeExchange:
             if (url.path == "/products") == (self.kind == "binance"):
                 return connection.respond(404, f'{{"message":"NotFound {url.path}"}}')
             return connection.respond(200, orjson.dumps(self.markets()).decode())
+        if url.path == "/api/v3/time" and self.kind == "binance":
+            return connection.respond(200, orjson.dumps({"serverTime": self.clock_ms()}).decode())
         self.history_calls += 1
         if self.rest_throttle_first and self.history_calls == 1:
             response = connection.respond(429, "too many requests\n")

@@ -767,3 +767,49 @@ async def test_a_hold_set_before_the_exchange_s_clock_is_known_lasts_what_it_say
         await server.stop()
     assert feed.stats.backfilled == 4 and feed.stats.backfilled_late == 0, feed.stats
     assert_progress_honest(await topic_records(settings, settings.kafka_topic))
+
+
+async def test_a_binance_feed_whose_markets_stay_quiet_still_closes_what_an_earlier_run_left_open(
+    make_settings,
+):
+    """Binance sends nothing for a market without trades, and its frames were the only clock: after a
+    restart a feed of quiet markets wrote no progress at all, so the windows the earlier run left open
+    (its last progress stopped the buffer short of its last trades) waited for a trade (a reviewer). The
+    feed asks Binance's REST clock (``/api/v3/time``) when it connects; its exchange is 4 s behind us here."""
+
+    async def quiet(ex: FakeExchange, ws) -> None:
+        await asyncio.sleep(4)
+
+    server = await FakeExchange("binance", ["ETH-USDT"], [quiet], clock_offset_ms=-4_000).start()
+    settings = live_settings(
+        make_settings,
+        exchanges="binance",
+        symbols="ETHUSDT",
+        max_buffer_seconds=0.5,
+        backfill_hold_seconds=1.0,
+        ws_stall_seconds=10.0,  # (a quiet Binance stream is silent: the stall timeout drops it, see README)
+        binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url,
+    )
+    covered = server.offline("ETHUSDT", 5)  # what the earlier run delivered, its progress a second behind
+    earlier = server.clock_ms() - 1_000
+    ResumeFile(settings.state_dir / "ingest").save(
+        "binance",
+        f"Binance trade {settings.binance_ws_url.rstrip('/')}",
+        {"ETHUSDT": {"id": covered[-1]["id"], "watermark": earlier}},
+    )
+
+    async def done() -> bool:
+        return server.done.is_set()
+
+    try:
+        await run_live(settings, done)
+    finally:
+        await server.stop()
+    marks = [
+        orjson.loads(r.value)["watermark"]
+        for r in await topic_records(settings, settings.kafka_topic)
+        if r.value.startswith(b'{"type":"progress"')
+    ]
+    assert marks and max(marks) > earlier + 1_000, marks  # the earlier run's windows close
+    assert max(marks) <= server.clock_ms(), "progress claimed a time the exchange has not reached"
