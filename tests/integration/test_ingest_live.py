@@ -787,7 +787,7 @@ async def test_a_binance_feed_whose_markets_stay_quiet_still_closes_what_an_earl
         symbols="ETHUSDT",
         max_buffer_seconds=0.5,
         backfill_hold_seconds=1.0,
-        ws_stall_seconds=10.0,  # (a quiet Binance stream is silent: the stall timeout drops it, see README)
+        ws_stall_seconds=10.0,  # a silent stream is a stall (a server-side freeze looks the same): not here
         binance_ws_url=server.ws_url,
         binance_rest_url=server.rest_url,
     )
