@@ -199,6 +199,16 @@ class FakeExchange:
                 await ws.send(self.frame([r]).decode())
         return rows
 
+    async def trickle(
+        self, ws: ServerConnection, symbol: str, rounds: int, n: int = 2, pause: float = 0.1
+    ) -> None:
+        """``rounds`` times: ``n`` new trades, a heartbeat where the exchange has them (Coinbase), a pause."""
+        for _ in range(rounds):
+            await self.send_trades(ws, symbol, n)
+            if self.kind != "binance":
+                await self.heartbeat(ws)
+            await asyncio.sleep(pause)
+
     async def resend(self, ws: ServerConnection, rows: list[dict[str, Any]]) -> None:
         """Trades sent before, again (what exchanges do around reconnects)."""
         if self.kind == "advanced":

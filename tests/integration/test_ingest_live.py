@@ -558,10 +558,7 @@ async def test_a_coinbase_connection_gone_silent_claims_nothing_it_may_be_missin
 
     async def then_silent(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
-        for _ in range(5):
-            await ex.send_trades(ws, "BTCUSD", 2)
-            await ex.heartbeat(ws)
-            await asyncio.sleep(0.1)
+        await ex.trickle(ws, "BTCUSD", 5)
         for _ in range(6):  # the socket says nothing more while the exchange trades on
             ex.offline("BTCUSD", 1)
             await asyncio.sleep(0.1)
@@ -569,8 +566,7 @@ async def test_a_coinbase_connection_gone_silent_claims_nothing_it_may_be_missin
 
     async def back(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
-        await ex.send_trades(ws, "BTCUSD", 3)
-        await ex.heartbeat(ws)
+        await ex.trickle(ws, "BTCUSD", 1, n=3, pause=0)
 
     await assert_silence_claims_nothing(make_settings, "coinbase", "BTC-USD", [then_silent, back])
 
@@ -611,11 +607,7 @@ async def test_progress_is_in_the_exchange_s_time_whatever_our_clock_says(make_s
 
     async def trading(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
-        for _ in range(25):
-            await ex.send_trades(ws, symbol, 2)
-            if ex.kind == "coinbase":
-                await ex.heartbeat(ws)
-            await asyncio.sleep(0.1)
+        await ex.trickle(ws, symbol, 25)
 
     server = await FakeExchange(exchange, [pair], [trading], clock_offset_ms=-4_000).start()
     settings = live_settings(
@@ -700,11 +692,7 @@ async def test_a_connection_gone_half_open_at_once_claims_nothing_whatever_our_c
 
     async def then_half_open(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
-        for _ in range(5):
-            await ex.send_trades(ws, symbol, 2)
-            if ex.kind == "coinbase":
-                await ex.heartbeat(ws)
-            await asyncio.sleep(0.1)
+        await ex.trickle(ws, symbol, 5)
         ws.transport.pause_reading()
         for _ in range(6):
             ex.offline(symbol, 1)
@@ -713,9 +701,7 @@ async def test_a_connection_gone_half_open_at_once_claims_nothing_whatever_our_c
 
     async def back(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
-        await ex.send_trades(ws, symbol, 3)
-        if ex.kind == "coinbase":
-            await ex.heartbeat(ws)
+        await ex.trickle(ws, symbol, 1, n=3, pause=0)
 
     await assert_silence_claims_nothing(
         make_settings, exchange, pair, [then_half_open, back], clock_offset_ms=-20_000
