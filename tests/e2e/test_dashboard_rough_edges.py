@@ -348,8 +348,24 @@ def test_a_venue_of_more_markets_than_one_subscription_names_gets_live_candles(
         try:
             page = dash.page
             assert page.get_by_label("Venue", exact=True).input_value() == "wide"
-            # every market of the venue known to the page (they show up as they first trade) ...
-            page.wait_for_function(f"document.querySelectorAll('#symbol option').length === {len(symbols)}")
+            # every market of the venue stored (each shows up as it first trades and its candle is written:
+            # seconds on a loaded machine) ...
+            listed = "{ markets { exchange lastCandle } }"
+            running.wait_until(
+                lambda: (
+                    sum(
+                        m["exchange"] == "wide" and m["lastCandle"] is not None
+                        for m in running.graphql(listed)["markets"]
+                    )
+                    == len(symbols)
+                ),
+                90,
+                "every market of the wide venue stored",
+            )
+            # ... and known to the page within its next market polls (every 10 s) ...
+            page.wait_for_function(
+                f"document.querySelectorAll('#symbol option').length === {len(symbols)}", timeout=45_000
+            )
             updates = "parseInt(document.getElementById('updates').textContent.replace(/,/g, ''))"
             seen = page.evaluate(updates)
             # ... and live updates keep coming for them (the next market poll, every 10 s, changes nothing)
