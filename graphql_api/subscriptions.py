@@ -14,7 +14,6 @@ from typing import Any
 import strawberry
 from strawberry.types import Info
 
-from graphql_api.catalog import MarketKey
 from graphql_api.context import Context
 from graphql_api.inputs import check_interval
 from graphql_api.queries import Exchange
@@ -25,25 +24,27 @@ __all__ = ["Subscription"]
 
 
 async def _live(
-    info: Info[Context, None], kind: str, markets: list[MarketKey], interval: str = "1s"
+    info: Info[Context, None], kind: str, symbols: list[str], exchange: str | None, interval: str = "1s"
 ) -> AsyncGenerator[Any, None]:
-    """Updates of ``kind`` for ``markets`` from the live feed, held against the subscription limits.
+    """Updates of ``kind`` for the markets ``symbols`` on ``exchange`` mean, from the live feed.
 
-    Over a WebSocket the updates are shared (:mod:`graphql_api.shared`): encoded once per subscription
-    shape and written to the socket from here, so nothing is yielded; this returns only by an error (the
-    subscriber dropped) or cancellation (the client completed the operation or left)."""
+    The subscription is held against the limits before anything is awaited, so a socket's operations take
+    their slots in the order they came: the one refused past a limit is the last one sent (a later one
+    could overtake the rest while they waited for the market list). Over a WebSocket the updates are shared
+    (:mod:`graphql_api.shared`): encoded once per subscription shape and written to the socket from here,
+    so nothing is yielded; this returns only by an error (the subscriber dropped) or cancellation (the
+    client completed the operation or left)."""
     services = info.context.services
-    live = services.live()
-    outlet = OUTLET.get()
-    shape = None if outlet is None else shape_of(outlet, kind, markets, interval)
-    async with (
-        services.limits.hold(info.context.request),
-        live.subscribe(kind, markets, interval, shape=shape, outlet=outlet) as sub,
-    ):
-        if sub.outlet is not None:
-            await sub.deliver()
-        while True:
-            yield await sub.get()
+    async with services.limits.hold(info.context.request):
+        markets = await services.markets(symbols, exchange)
+        live = services.live()
+        outlet = OUTLET.get()
+        shape = None if outlet is None else shape_of(outlet, kind, markets, interval)
+        async with live.subscribe(kind, markets, interval, shape=shape, outlet=outlet) as sub:
+            if sub.outlet is not None:
+                await sub.deliver()
+            while True:
+                yield await sub.get()
 
 
 @strawberry.type
@@ -57,8 +58,7 @@ class Subscription:
         self, info: Info[Context, None], symbols: list[str], interval: str = "1s", exchange: Exchange = None
     ) -> AsyncGenerator[CandleUpdate, None]:
         check_interval(interval)
-        markets = await info.context.services.markets(symbols, exchange)
-        async with aclosing(_live(info, "candles", markets, interval)) as updates:
+        async with aclosing(_live(info, "candles", symbols, exchange, interval)) as updates:
             async for update in updates:
                 yield update
 
@@ -66,8 +66,7 @@ class Subscription:
     async def volatility(
         self, info: Info[Context, None], symbols: list[str], exchange: Exchange = None
     ) -> AsyncGenerator[Volatility, None]:
-        markets = await info.context.services.markets(symbols, exchange)
-        async with aclosing(_live(info, "volatility", markets)) as updates:
+        async with aclosing(_live(info, "volatility", symbols, exchange)) as updates:
             async for update in updates:
                 yield update
 
@@ -75,7 +74,6 @@ class Subscription:
     async def predictions(
         self, info: Info[Context, None], symbols: list[str], exchange: Exchange = None
     ) -> AsyncGenerator[Prediction, None]:
-        markets = await info.context.services.markets(symbols, exchange)
-        async with aclosing(_live(info, "predictions", markets)) as updates:
+        async with aclosing(_live(info, "predictions", symbols, exchange)) as updates:
             async for update in updates:
                 yield update

@@ -5,6 +5,7 @@ introspection, no public /metrics, CORS only to named origins)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 
 from cryptostream.errors import SettingsError
 from cryptostream.settings import Settings, load_settings
+from cryptostream.store import ArchiveStore
 from graphql_api.app import create_app
 from graphql_api.server import BackgroundServer
 from tests.integration.api_helpers import api_settings
@@ -124,6 +127,45 @@ async def test_the_per_websocket_setting_holds_above_strawberry_s_own_cap_of_100
                 assert asyncio.get_running_loop().time() < deadline, held
                 await asyncio.sleep(0.1)
         _still_serving(running.url)
+
+
+class _SlowMarketList(ArchiveStore):
+    """An archive whose market list takes as long as the test says (a database busy with other work)."""
+
+    def __init__(self, root: Path, gate: threading.Event) -> None:
+        super().__init__(root)
+        self.gate = gate
+
+    async def markets(self) -> pa.Table:
+        await asyncio.to_thread(self.gate.wait, 30)
+        return await super().markets()
+
+
+async def test_a_socket_s_operations_take_their_slots_in_the_order_they_came(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A subscription took its slot only once its markets were resolved, which may wait for the market
+    list; operations sent later could overtake those waiting, so which one was refused past the limit
+    depended on timing (CI: the 106th of 106 got no error in 10 s; another had been refused). Slots are
+    taken on arrival now: the last one sent is refused, at once, whatever the store is doing."""
+    settings = make_settings(api_max_subscriptions_per_connection=2, api_max_subscriptions_per_client=50)
+    gate = threading.Event()  # the market list does not answer until the test says
+    try:
+        with BackgroundServer(create_app(settings, _SlowMarketList(tmp_path, gate))) as running:
+            async with connection(running, TRANSPORT_WS) as ws:
+                for n in range(3):
+                    await start(ws, TRANSPORT_WS, f"s{n}", LIVE)
+                (error,) = (await receive(ws, "s2"))["payload"]["errors"]
+                assert error["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS", error
+                assert not gate.is_set()
+                gate.set()
+                deadline = asyncio.get_running_loop().time() + 20
+                while (held := httpx.get(f"{running.url}/health").json()["subscribers"]) != 2:
+                    assert asyncio.get_running_loop().time() < deadline, held
+                    await asyncio.sleep(0.1)
+            _still_serving(running.url)
+    finally:
+        gate.set()
 
 
 @pytest.fixture(scope="module")
