@@ -7,7 +7,8 @@ exchange's paging:
 
 * Binance ``GET /api/v3/aggTrades?symbol=BTCUSDT&fromId=N&limit=1000`` (``aggTrade`` stream) or
   ``GET /api/v3/historicalTrades?symbol=BTCUSDT&fromId=N&limit=1000`` (``trade`` stream): oldest first,
-  page forward from ``fromId``.
+  page forward from ``fromId``. ``GET /api/v3/trades`` (or ``aggTrades``) ``?symbol=BTCUSDT&limit=1`` names
+  the newest trade: whether a silent stream missed any (:meth:`BinanceHistory.latest_id`).
 * Coinbase ``GET /products/BTC-USD/trades?after=N&limit=1000``: newest first, trades with ids below the
   ``after`` cursor, page backward. Coinbase Advanced Trade shares trade ids with the Exchange API, so both
   Coinbase feeds backfill from this public endpoint.
@@ -152,6 +153,18 @@ class BinanceHistory(RestHistory):
         except (httpx.HTTPError, ValueError, AttributeError):
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    async def latest_id(self, symbol: str) -> int | None:
+        """The id of the exchange's newest trade of ``symbol`` (``GET /api/v3/trades`` or ``aggTrades``,
+        ``limit=1``: the most recent), None when the market has none."""
+        path = "/api/v3/aggTrades" if self.aggregated else "/api/v3/trades"
+        page = await self._get(path, {"symbol": self.native(symbol), "limit": 1})
+        try:
+            return max((int(self.row_id(row)) for row in page), default=None)
+        except (KeyError, TypeError, ValueError):
+            raise BackfillError(
+                f"GET {self.base_url}{path} answered {str(page)[:200]!r}: no trade id"
+            ) from None
 
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []

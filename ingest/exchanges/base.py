@@ -15,7 +15,10 @@ connected lives here, once:
 * **The exchange's clock**: progress, liveness and holds are measured in the exchange's time as its frames
   tell it (:class:`~ingest.exchanges.clock.ExchangeClock`), never our wall clock: a local clock ahead of
   the exchange's, or stepped, made trades late.
-* **Stalls**: a feed that sends nothing for ``WS_STALL_SECONDS`` is dropped and reconnected.
+* **Stalls**: a feed that sends nothing for ``WS_STALL_SECONDS`` is dropped and reconnected, unless it
+  still answers pings and the exchange's REST API says no trade was made that we lack (Binance, whose
+  stream sends nothing for markets without trades: a quiet market's connection was dropped every
+  ``WS_STALL_SECONDS``). A stream frozen while trades go on is a stall still; what it missed is a gap.
 * **Exchange errors** (Coinbase ``{"type":"error"}``, Binance ``{"error":...}``) are logged and counted; a
   session that errors before delivering anything is retried with backoff.
 * **Planned disconnects** (Binance ``serverShutdown`` before its 24 h cut): the next session is opened at
@@ -81,6 +84,8 @@ BACKFILL_DELAY_SECONDS = 1.0  # let late frames arrive and REST history index th
 # A ping this often where the exchange sends no heartbeat: a quiet market's progress lags by at most this
 # (plus a round trip); 2 a second is within Binance's 5 incoming messages a second per connection.
 LIVENESS_PING_SECONDS = 0.5
+# A silent connection counts as quiet (see Exchange._quiet) only if a ping was answered this recently.
+QUIET_PONG_SECONDS = 5.0
 BACKFILL_ROUNDS = 3
 
 
@@ -114,6 +119,7 @@ class FeedStats:
     backfilled: int = 0
     lost: int = 0
     backfilled_late: int = 0  # backfilled trades older than the progress already written (dead-lettered late)
+    quiet: int = 0  # silences found to be quiet markets, not a stall (the connection stayed)
 
 
 def reject_frame(raw: str | bytes) -> Parsed | dict[str, Any]:
@@ -133,6 +139,7 @@ class _SessionEnd:
     healthy: bool
     reason: str
     delivered: bool = False  # data came (an older connection draining after a planned disconnect can go)
+    answered: float = float("-inf")  # when a ping of ours was last answered (monotonic)
 
 
 class Exchange(ABC):
@@ -204,6 +211,12 @@ class Exchange(ABC):
     async def server_time(self) -> int | None:
         """The exchange's clock from its REST API (ms), for a feed whose frames may carry none for long
         (Binance sends nothing for markets without trades); None: not asked."""
+        return None
+
+    async def latest_ids(self) -> dict[str, int | None] | None:
+        """The newest trade id of each market (None: the market has none) from the exchange's REST API, for
+        a feed whose stream is silent when its markets are (Binance); None: not asked, silence is a stall.
+        Raises :class:`~ingest.backfill.BackfillError` when the exchange does not answer."""
         return None
 
     @abstractmethod
@@ -298,6 +311,8 @@ class Exchange(ABC):
             try:
                 raw = await asyncio.wait_for(ws.recv(), self.stall_seconds)
             except TimeoutError:
+                if await self._quiet(state):
+                    continue
                 self.stats.stalls += 1
                 FEED_STALLS.labels(self.name).inc()
                 state.reason = f"no message for {self.stall_seconds:g}s (stalled)"
@@ -342,9 +357,39 @@ class Exchange(ABC):
             while True:
                 sent = self.exchange_now()
                 await (await ws.ping())
+                state.answered = time.monotonic()
                 self._heard(sent)
                 self._delivers(state, data=False)  # a Binance feed of quiet markets sends nothing else
                 await asyncio.sleep(LIVENESS_PING_SECONDS)
+
+    async def _quiet(self, state: _SessionEnd) -> bool:
+        """Whether a connection silent for ``WS_STALL_SECONDS`` is only quiet: it answered a ping within the
+        last ``QUIET_PONG_SECONDS`` and the exchange's REST API names no trade newer than those we have.
+        A newer one is a gap (backfilled) and the silence a stall: the stream froze while trading went on."""
+        if time.monotonic() - state.answered > QUIET_PONG_SECONDS:
+            return False
+        try:
+            latest = await self.latest_ids()
+        except BackfillError as exc:
+            log.warning("%s: silent for %gs; cannot ask whether trades were missed: %s", self.name,
+                        self.stall_seconds, exc)  # fmt: skip
+            return False
+        if latest is None:
+            return False
+        gaps = self.stats.gaps
+        await self.deliver([], last_ids={symbol: last for symbol, last in latest.items() if last is not None})
+        if self.stats.gaps > gaps:
+            return False
+        self.stats.quiet += 1
+        log.log(
+            logging.INFO if self.stats.quiet == 1 else logging.DEBUG,
+            "%s: nothing for %gs, pings answered, and the exchange has no trade we lack: the markets are "
+            "quiet; the connection stays (asked again after every %gs of silence)",
+            self.name,
+            self.stall_seconds,
+            self.stall_seconds,
+        )
+        return True
 
     def _heard(self, at: int | None) -> None:
         """The connection was alive at ``at`` (the exchange's time; None before it is known): progress may

@@ -25,6 +25,9 @@ from ingest.validation import FieldError, epoch_to_ms, make_trade
 __all__ = ["Binance"]
 
 MAX_STREAMS = 1024  # per connection (Binance limit)
+# A silent connection of at most this many markets asks REST whether they are quiet or the stream stalled
+# (a request of weight 25 per market every WS_STALL_SECONDS); one of more is taken as stalled at once.
+QUIET_CHECK_MARKETS = 20
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -66,6 +69,13 @@ class Binance(Exchange):
         """Binance's REST clock (``/api/v3/time``): its stream carries the time only in trades."""
         history = self.history
         return await history.server_time() if isinstance(history, BinanceHistory) else None
+
+    async def latest_ids(self) -> dict[str, int | None] | None:
+        """The newest trade id of each market from Binance's REST API (one request per market)."""
+        history = self.history
+        if not isinstance(history, BinanceHistory) or len(self.markets) > QUIET_CHECK_MARKETS:
+            return None
+        return {symbol: await history.latest_id(symbol) for symbol in sorted(self.symbols)}
 
     def id_space(self) -> str:
         return f"Binance {self.stream} {self.base_url}"  # the same whichever symbols are streamed

@@ -355,18 +355,10 @@ class FakeExchange:
             rows = [
                 r for r in self.history.get(query.get("symbol", ""), []) if r["id"] >= int(query["fromId"])
             ]
-            body = [
-                {
-                    "id": r["id"],
-                    "price": f"{r['price']:.8f}",
-                    "qty": f"{r['size']:.8f}",
-                    "quoteQty": f"{r['price'] * r['size']:.8f}",
-                    "time": r["ms"],
-                    "isBuyerMaker": r["flag"],
-                    "isBestMatch": True,
-                }
-                for r in sorted(rows, key=lambda r: r["id"])[:limit]
-            ]
+            body = [_binance_row(r) for r in sorted(rows, key=lambda r: r["id"])[:limit]]
+        elif self.kind == "binance" and url.path == "/api/v3/trades":  # the newest `limit`, oldest first
+            rows = self.history.get(query.get("symbol", ""), [])[-limit:]
+            body = [_binance_row(r) for r in rows]
         elif self.kind != "binance" and url.path.startswith("/products/") and url.path.endswith("/trades"):
             product = url.path.split("/")[2]
             symbol = product.replace("-", "")
@@ -384,3 +376,16 @@ class FakeExchange:
         else:
             return connection.respond(404, f'{{"message":"NotFound {url.path}"}}')
         return connection.respond(200, orjson.dumps(body).decode())
+
+
+def _binance_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A trade as Binance's ``historicalTrades`` and ``trades`` answer it."""
+    return {
+        "id": r["id"],
+        "price": f"{r['price']:.8f}",
+        "qty": f"{r['size']:.8f}",
+        "quoteQty": f"{r['price'] * r['size']:.8f}",
+        "time": r["ms"],
+        "isBuyerMaker": r["flag"],
+        "isBestMatch": True,
+    }

@@ -165,7 +165,9 @@ async def test_binance_reconnects_backfills_and_publishes_every_trade_once(make_
         await asyncio.wait_for(handover.wait(), 5)
         await ex.resend(ws, ex.history["BTCUSDT"][-5:])  # the overlap of the two connections
         await ex.send_trades(ws, "BTCUSDT", 10)
-        await ws.wait_closed()  # silent stall: connected, answering pings, sending nothing
+        while not ws.close_code:  # a frozen stream: connected, answering pings, sending nothing, while the
+            ex.offline("BTCUSDT", 1)  # market trades on (REST has them): a stall
+            await asyncio.sleep(0.3)
 
     async def last(ex: FakeExchange, ws) -> None:
         await ex.send_trades(ws, "BTCUSDT", 5)
@@ -548,6 +550,39 @@ async def test_a_binance_connection_gone_half_open_claims_nothing_it_may_be_miss
         await ex.send_trades(ws, "BTCUSDT", 3)
 
     await assert_silence_claims_nothing(make_settings, "binance", "BTC-USDT", [then_half_open, back])
+
+
+async def test_a_quiet_binance_connection_stays_and_a_frozen_one_is_replaced(make_settings):
+    """Binance sends nothing for a market without trades, so a feed of quiet markets was dropped and
+    reconnected every WS_STALL_SECONDS (a stall logged and counted each time). Silence on a connection that
+    answers pings is now checked against Binance's REST API: no newer trade, the markets are quiet and the
+    connection stays; a newer one means the stream froze while the market traded on: a stall, and what
+    the stream missed is backfilled."""
+
+    async def quiet_then_frozen(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+        await asyncio.sleep(5)  # quiet: five stall timeouts
+        await ex.send_trades(ws, "BTCUSDT", 3)
+        ex.offline("BTCUSDT", 4)  # frozen: the market trades, the stream sends nothing
+        await ws.wait_closed()
+
+    async def back(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [quiet_then_frozen, back]).start()
+    settings = live_settings(
+        make_settings, exchanges="binance", symbols="BTCUSDT", binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url, max_buffer_seconds=0.5,
+    )  # fmt: skip
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    stats = feed.stats
+    assert len(server.connections) == 2 and stats.stalls == 1, (server.connections, stats)
+    assert stats.quiet >= 3 and stats.backfilled == 4 and stats.lost == 0, stats
+    assert sum(call.startswith("/api/v3/trades?symbol=BTCUSDT&limit=1") for call in server.rest_calls) >= 4
 
 
 async def test_a_coinbase_connection_gone_silent_claims_nothing_it_may_be_missing(make_settings):
