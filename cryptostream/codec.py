@@ -5,9 +5,10 @@ A trade on ``crypto-trades`` is plain JSON any Kafka tool can read or write::
     {"symbol":"BTCUSD","price":50000.0,"quantity":0.5,"timestamp":1699564800000,"trade_id":12345,
      "is_buyer_maker":false,"exchange":"coinbase"}
 
-Its Kafka record timestamp is when cryptostream received it (the receipt time); a trade whose event time is
-more than ``FUTURE_TOLERANCE_SECONDS`` ahead of its receipt time is rejected as ``future`` (here for the
-processor, :func:`is_future` for ingest: one rule).
+Its Kafka record timestamp is when cryptostream received it (the receipt time; a live feed's is on the
+exchange's clock as the feed estimates it, so it compares with the trade's own time); a trade whose event
+time is more than ``FUTURE_TOLERANCE_SECONDS`` ahead of its receipt time is rejected as ``future`` by the
+processor (:func:`is_future`, on whole columns for trades).
 
 Sources also write **progress records** into the same partitions, in order with their trades::
 

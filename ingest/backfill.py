@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -82,6 +83,21 @@ class RestHistory(ABC):
     @abstractmethod
     def row_id(self, row: dict[str, Any]) -> int:
         """The trade id of one raw row."""
+
+    async def server_time(self) -> int | None:
+        """The exchange's clock (ms), or None when it does not say (or not as documented)."""
+        return None
+
+    async def _time(self, path: str, read: Callable[[Any], Any]) -> int | None:
+        """``read`` of the JSON ``GET path`` answers, as whole ms; None on any failure (one try, 5 s)."""
+        try:
+            response = await self.client.get(f"{self.base_url}{path}", timeout=5.0)
+            value = read(response.json()) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        return int(value)
 
     async def _get(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         url = f"{self.base_url}{path}"
@@ -146,13 +162,8 @@ class BinanceHistory(RestHistory):
         return int(row["a"] if self.aggregated else row["id"])
 
     async def server_time(self) -> int | None:
-        """Binance's clock (``GET /api/v3/time``, ms), or None when it does not answer as documented."""
-        try:
-            response = await self.client.get(f"{self.base_url}/api/v3/time", timeout=5.0)
-            value = response.json().get("serverTime") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        """Binance's clock: ``GET /api/v3/time`` -> ``{"serverTime": 1499827319559}`` (ms)."""
+        return await self._time("/api/v3/time", lambda body: body.get("serverTime"))
 
     async def latest_id(self, symbol: str) -> int | None:
         """The id of the exchange's newest trade of ``symbol`` (``GET /api/v3/trades`` or ``aggTrades``,
@@ -187,6 +198,11 @@ class CoinbaseHistory(RestHistory):
 
     def row_id(self, row: dict[str, Any]) -> int:
         return int(row["trade_id"])
+
+    async def server_time(self) -> int | None:
+        """Coinbase's clock: ``GET /time`` -> ``{"iso": "2015-01-07T23:47:25.201Z", "epoch": 1420674445.201}``
+        (seconds)."""
+        return await self._time("/time", lambda body: round(body.get("epoch") * 1000))
 
     async def fetch(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
         path = f"/products/{self.native(symbol)}/trades"

@@ -118,10 +118,10 @@ class Publisher:
             [(t.symbol.encode(), dumps(t.to_dict()), t.received_at or now) for t in trades]
         )
 
-    async def put_progress(self, progress: Progress) -> None:
+    async def put_progress(self, progress: Progress, received_at: int | None = None) -> None:
         """Accept a source's progress: one record per partition holding its symbols (after the trades
-        accepted before it, which is what makes it true)."""
-        records = self.progress_records(progress)
+        accepted before it, which is what makes it true), stamped ``received_at`` (default now)."""
+        records = self.progress_records(progress, received_at)
         self.marks += len(records)
         await self.put_records(records)
 

@@ -119,7 +119,7 @@ async def run_ingest(
                     else:
                         await trades.put(batch)
                 for progress in getattr(batch, "progress", ()):
-                    await trades.put_progress(progress)
+                    await trades.put_progress(progress, getattr(batch, "stamped", None))
                 feeds = getattr(batch, "feeds", ())
                 if feeds:
                     await _report(producer, settings.kafka_candles_topic, feeds)

@@ -32,7 +32,7 @@ class _WithRejects(list[T]):
     """Items of a batch, the records ``source`` rejected (reason and raw payload kept), its progress, and
     the connection state of sources (about once a second)."""
 
-    __slots__ = ("acknowledged", "feeds", "progress", "rejected", "source")
+    __slots__ = ("acknowledged", "feeds", "progress", "rejected", "source", "stamped")
 
     def __init__(
         self,
@@ -42,6 +42,7 @@ class _WithRejects(list[T]):
         progress: Iterable[Progress] = (),
         feeds: Iterable[FeedStatus] = (),
         acknowledged: Callable[[], None] | None = None,
+        stamped: int | None = None,
     ) -> None:
         super().__init__(items)
         self.rejected: list[Rejected] = list(rejected)
@@ -51,6 +52,8 @@ class _WithRejects(list[T]):
         # called once Kafka acknowledged every record of this batch and of those before it (a live
         # source's resume file: it may say only what the broker holds)
         self.acknowledged = acknowledged
+        # the receipt time of its progress records (a live feed's: the exchange's clock); None: now
+        self.stamped = stamped
 
 
 class TradeBatch(_WithRejects[Trade]):

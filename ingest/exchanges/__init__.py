@@ -250,7 +250,7 @@ async def _progress(
             now = feed.exchange_now()  # the exchange's time: no progress until frames have told it
             progress = [] if now is None else feed.watermark.progress(now)
             if progress:
-                await queue.put(TradeBatch(source=feed.name, progress=progress))
+                await queue.put(TradeBatch(source=feed.name, progress=progress, stamped=now))
         if loop.time() - saved_at >= 1.0:
             saved_at = loop.time()
             feeds_now = [replace(feed.feed) for feed in feeds]
@@ -304,19 +304,19 @@ async def live_trades(
             await _cancel(tasks)
             while not queue.empty():
                 yield queue.get_nowait()
-            final = [
-                p
-                for feed in feeds
-                if (now := feed.exchange_now()) is not None
-                for p in feed.watermark.progress(now, complete=settings.flush_windows_on_stop)
-            ]
+            for feed in feeds:
+                now = feed.exchange_now()
+                final = (
+                    []
+                    if now is None
+                    else feed.watermark.progress(now, complete=settings.flush_windows_on_stop)
+                )
+                if final:
+                    yield TradeBatch(source=feed.name, progress=final, stamped=now)
             for feed in feeds:
                 feed.feed.enter(ENDED, now_ms())
             yield TradeBatch(
-                source="live",
-                progress=final,
-                feeds=[feed.feed for feed in feeds],
-                acknowledged=_saver(resume, feeds),
+                source="live", feeds=[feed.feed for feed in feeds], acknowledged=_saver(resume, feeds)
             )
         finally:
             if stopped is not None:

@@ -186,8 +186,10 @@ class Exchange(ABC):
         return self.clock.now(monotonic_ms())
 
     def now(self) -> int:
-        """:meth:`exchange_now`, or our wall clock until it is known (holds and liveness only: no progress
-        is written then)."""
+        """:meth:`exchange_now`, or our wall clock until it is known (no progress is written then). Trades
+        are stamped received at this time, so the ``future`` rule compares the exchange's times with its own
+        clock: a local clock more than ``FUTURE_TOLERANCE_SECONDS`` behind the exchange's had every trade
+        and progress record rejected as ``future``."""
         now = self.exchange_now()
         return now_ms() if now is None else now
 
@@ -209,9 +211,10 @@ class Exchange(ABC):
         """Reset per-connection state (sequence numbers)."""
 
     async def server_time(self) -> int | None:
-        """The exchange's clock from its REST API (ms), for a feed whose frames may carry none for long
-        (Binance sends nothing for markets without trades); None: not asked."""
-        return None
+        """The exchange's clock from its REST API (ms; None: not known), asked twice on connecting until
+        the clock is known, so it is known before the first trade: trades are stamped received on it, and
+        a feed whose frames carry no time for long (Binance, of quiet markets) still writes progress."""
+        return None if self.history is None else await self.history.server_time()
 
     async def latest_ids(self) -> dict[str, int | None] | None:
         """The newest trade id of each market (None: the market has none) from the exchange's REST API, for
@@ -318,7 +321,7 @@ class Exchange(ABC):
                 state.reason = f"no message for {self.stall_seconds:g}s (stalled)"
                 return
             self.stats.frames += 1
-            parsed = self.parse(raw, now_ms())
+            parsed = self.parse(raw, self.now())  # received at: the exchange's time (see now)
             if parsed.sent_ms is not None:
                 self._saw(parsed.sent_ms)
             self._heard(self.exchange_now())
@@ -519,7 +522,7 @@ class Exchange(ABC):
                         why = str(exc)
                         log.warning("%s %s: backfill of %d-%d failed: %s", self.name, symbol, a, b, exc)
                         continue
-                    trades, rejects = self.parse_history(symbol, rows, now_ms())
+                    trades, rejects = self.parse_history(symbol, rows, self.now())
                     got = await self.deliver(trades, rejects, within=(a, b))
                     self.stats.backfilled += got
                     BACKFILLED.labels(self.name).inc(got)

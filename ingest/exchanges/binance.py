@@ -65,11 +65,6 @@ class Binance(Exchange):
     def url(self) -> str:
         return f"{self.base_url}/stream?streams={self.streams}"
 
-    async def server_time(self) -> int | None:
-        """Binance's REST clock (``/api/v3/time``): its stream carries the time only in trades."""
-        history = self.history
-        return await history.server_time() if isinstance(history, BinanceHistory) else None
-
     async def latest_ids(self) -> dict[str, int | None] | None:
         """The newest trade id of each market from Binance's REST API (one request per market)."""
         history = self.history

@@ -57,6 +57,7 @@ class FakeExchange:
     rest_throttle_first: bool = True  # the first trade-history call gets 429 + Retry-After (clients retry)
     ping_interval: float = 20.0  # the server pings this often and drops clients that do not pong in time
     clock_offset_ms: int = 0  # the exchange's clock minus ours (its trades and frames are stamped by its own)
+    rest_time: bool = True  # serve the REST clock (Binance /api/v3/time, Coinbase /time); False: 404
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     truth: dict[tuple[str, int], Truth] = field(default_factory=dict)
     connections: list[dict[str, Any]] = field(default_factory=list)
@@ -342,8 +343,13 @@ class FakeExchange:
             if (url.path == "/products") == (self.kind == "binance"):
                 return connection.respond(404, f'{{"message":"NotFound {url.path}"}}')
             return connection.respond(200, orjson.dumps(self.markets()).decode())
+        if url.path in ("/api/v3/time", "/time") and not self.rest_time:
+            return connection.respond(404, f'{{"message":"NotFound {url.path}"}}')
         if url.path == "/api/v3/time" and self.kind == "binance":
             return connection.respond(200, orjson.dumps({"serverTime": self.clock_ms()}).decode())
+        if url.path == "/time" and self.kind != "binance":
+            now = self.clock_ms()
+            return connection.respond(200, orjson.dumps({"iso": iso(now, 3), "epoch": now / 1000}).decode())
         self.history_calls += 1
         if self.rest_throttle_first and self.history_calls == 1:
             response = connection.respond(429, "too many requests\n")

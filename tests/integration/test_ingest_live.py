@@ -27,6 +27,7 @@ import httpx
 import orjson
 import pytest
 
+from cryptostream.codec import decode_records
 from cryptostream.embedded import EmbeddedKafka
 from cryptostream.settings import Settings
 from ingest.exchanges import ResumeFile, build, live_trades, load_markets
@@ -121,7 +122,8 @@ def assert_exactly_once(records: list[Any], server: FakeExchange) -> None:
         assert value["price"] == truth.price and value["quantity"] == truth.quantity
         assert value["timestamp"] == truth.timestamp  # the exchange's time, exact to the ms
         assert value["is_buyer_maker"] is truth.is_buyer_maker
-        assert value["received_at"] >= truth.timestamp - 5  # when we got it (server clock = ours)
+        # when we got it, on the exchange's clock as the feed estimates it (delivery delays vary by a few ms)
+        assert value["received_at"] >= truth.timestamp - 1_000
 
 
 def done_when_all_landed(settings: Settings, *servers: FakeExchange) -> Callable[[], Awaitable[bool]]:
@@ -612,10 +614,13 @@ async def assert_silence_claims_nothing(
     pair: str,
     scripts: list[Any],
     clock_offset_ms: int = 0,
+    rest_time: bool = True,
 ) -> None:
     """A first connection goes silent (stall timeout 2 s) while the exchange trades on, then a second one
     delivers: what was made meanwhile comes from the backfill, none of it behind the progress (late)."""
-    server = await FakeExchange(exchange, [pair], scripts, clock_offset_ms=clock_offset_ms).start()
+    server = await FakeExchange(
+        exchange, [pair], scripts, clock_offset_ms=clock_offset_ms, rest_time=rest_time
+    ).start()
     settings = live_settings(
         make_settings,
         exchanges=exchange,
@@ -633,18 +638,23 @@ async def assert_silence_claims_nothing(
     assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
 
 
+@pytest.mark.parametrize("offset_ms", [-4_000, 30_000])
 @pytest.mark.parametrize(("exchange", "pair"), [("binance", "BTC-USDT"), ("coinbase", "BTC-USD")])
-async def test_progress_is_in_the_exchange_s_time_whatever_our_clock_says(make_settings, exchange, pair):
+async def test_progress_is_in_the_exchange_s_time_whatever_our_clock_says(
+    make_settings, exchange, pair, offset_ms
+):
     """Trades carry the exchange's times, so "complete up to" must be in its time too. With our clock 4 s
     ahead of the exchange's, progress at our clock minus the buffer claimed each trade's second complete
-    before the trade arrived: every trade was late. Progress follows the exchange's sending times now."""
+    before the trade arrived: every trade was late. Progress follows the exchange's sending times now.
+    With our clock 30 s behind, every trade and progress record was stamped received 30 s before its
+    time, and the processor rejected them all as ``future``: receipt is on the exchange's clock now."""
     symbol = pair.replace("-", "")
 
     async def trading(ex: FakeExchange, ws) -> None:
         await ex.ack(ws)
         await ex.trickle(ws, symbol, 25)
 
-    server = await FakeExchange(exchange, [pair], [trading], clock_offset_ms=-4_000).start()
+    server = await FakeExchange(exchange, [pair], [trading], clock_offset_ms=offset_ms).start()
     settings = live_settings(
         make_settings,
         exchanges=exchange,
@@ -661,6 +671,14 @@ async def test_progress_is_in_the_exchange_s_time_whatever_our_clock_says(make_s
     marks = [orjson.loads(r.value)["watermark"] for r in records if r.value.startswith(b'{"type":"progress"')]
     assert max(marks) <= server.clock_ms(), "progress claimed a time the exchange has not reached"
     assert max(marks) >= max(t.timestamp for t in server.truth.values()) - 3_000, "progress stood still"
+    for partition in {r.partition for r in records}:  # the processor's own rule, on what it would fetch
+        mine = sorted((r for r in records if r.partition == partition), key=lambda r: r.offset)
+        stamps = [r.timestamp for r in mine]
+        future_ms = int(settings.future_tolerance_seconds * 1000)
+        decoded = decode_records(
+            [r.value for r in mine], [r.offset for r in mine], partition, stamps, future_ms
+        )
+        assert decoded.rejected == [], decoded.rejected[:3]
 
 
 def _binance_frame(row: dict[str, Any], *, sent_ms: int | None = None, micro: bool = False) -> str:
@@ -738,8 +756,8 @@ async def test_a_connection_gone_half_open_at_once_claims_nothing_whatever_our_c
         await ex.ack(ws)
         await ex.trickle(ws, symbol, 1, n=3, pause=0)
 
-    await assert_silence_claims_nothing(
-        make_settings, exchange, pair, [then_half_open, back], clock_offset_ms=-20_000
+    await assert_silence_claims_nothing(  # the REST clock unanswered: the clock is unknown at first
+        make_settings, exchange, pair, [then_half_open, back], clock_offset_ms=-20_000, rest_time=False
     )
 
 
@@ -759,7 +777,10 @@ async def test_a_hold_set_before_the_exchange_s_clock_is_known_lasts_what_it_say
             await ex.send_trades(ws, "BTCUSD", 1)
             await asyncio.sleep(0.1)
 
-    server = await FakeExchange("coinbase", ["BTC-USD"], [trading], clock_offset_ms=8_000).start()
+    # its REST clock unanswered, so the first frames come before the clock is known
+    server = await FakeExchange(
+        "coinbase", ["BTC-USD"], [trading], clock_offset_ms=8_000, rest_time=False
+    ).start()
     settings = live_settings(
         make_settings,
         exchanges="coinbase",
