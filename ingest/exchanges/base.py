@@ -410,7 +410,13 @@ class Exchange(ABC):
         for attempt in range(2):
             if attempt:
                 await asyncio.sleep(SAMPLE_EVERY_MS / 1000)
-            sent = await self.server_time()
+            try:
+                sent = await self.server_time()
+            except Exception as exc:  # the frames tell the time too: never a reason to stop the feed
+                log.warning(
+                    "%s: cannot ask the exchange's clock (%r); its frames will tell it", self.name, exc
+                )
+                return
             if sent is None:
                 return
             self._saw(sent)

@@ -83,8 +83,8 @@ async def test_health_follows_the_sources_one_unreachable_then_none_delivering(
         assert quiet["status"] == "degraded" and quiet["feeds"] == [], quiet
         assert quiet["problems"] == ["no trade source reports: is ingest running?"]
 
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            feeds = build(settings, http, await load_markets(settings, http))
+        http = httpx.AsyncClient(timeout=5.0)  # the feeds' REST calls (clock, backfill) use it throughout
+        feeds = build(settings, http, await load_markets(settings, http))
         ingest = asyncio.create_task(
             run_ingest(settings, live_trades(settings, feeds, stop=stop), stop, name="live")
         )
@@ -125,6 +125,7 @@ async def test_health_follows_the_sources_one_unreachable_then_none_delivering(
         finally:
             stop.set()
             await asyncio.wait_for(ingest, 30)
+            await http.aclose()
             await coinbase.stop()
 
     # what ingest wrote: a status a second per source, the last one saying it ended
