@@ -86,6 +86,7 @@ BACKFILL_DELAY_SECONDS = 1.0  # let late frames arrive and REST history index th
 LIVENESS_PING_SECONDS = 0.5
 # A silent connection counts as quiet (see Exchange._quiet) only if a ping was answered this recently.
 QUIET_PONG_SECONDS = 5.0
+QUIET_CHECK_SECONDS = 10.0  # how long that check may take (the markets' REST calls run at once)
 BACKFILL_ROUNDS = 3
 
 
@@ -371,11 +372,11 @@ class Exchange(ABC):
         A newer one is a gap (backfilled) and the silence a stall: the stream froze while trading went on."""
         if time.monotonic() - state.answered > QUIET_PONG_SECONDS:
             return False
-        try:
-            latest = await self.latest_ids()
-        except BackfillError as exc:
+        try:  # bounded: meanwhile nothing reads the connection
+            latest = await asyncio.wait_for(self.latest_ids(), QUIET_CHECK_SECONDS)
+        except (BackfillError, TimeoutError) as exc:
             log.warning("%s: silent for %gs; cannot ask whether trades were missed: %s", self.name,
-                        self.stall_seconds, exc)  # fmt: skip
+                        self.stall_seconds, str(exc) or f"no answer in {QUIET_CHECK_SECONDS:g}s")  # fmt: skip
             return False
         if latest is None:
             return False

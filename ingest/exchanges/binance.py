@@ -9,6 +9,7 @@ exactly :attr:`Trade.is_buyer_maker`. Trade times ``T`` are ms (µs if the URL a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -70,7 +71,9 @@ class Binance(Exchange):
         history = self.history
         if not isinstance(history, BinanceHistory) or len(self.markets) > QUIET_CHECK_MARKETS:
             return None
-        return {symbol: await history.latest_id(symbol) for symbol in sorted(self.symbols)}
+        symbols = sorted(self.symbols)
+        latest = await asyncio.gather(*(history.latest_id(symbol) for symbol in symbols))
+        return dict(zip(symbols, latest, strict=True))
 
     def id_space(self) -> str:
         return f"Binance {self.stream} {self.base_url}"  # the same whichever symbols are streamed
