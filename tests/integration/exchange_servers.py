@@ -58,6 +58,7 @@ class FakeExchange:
     ping_interval: float = 20.0  # the server pings this often and drops clients that do not pong in time
     clock_offset_ms: int = 0  # the exchange's clock minus ours (its trades and frames are stamped by its own)
     rest_time: bool = True  # serve the REST clock (Binance /api/v3/time, Coinbase /time); False: 404
+    rest_latest: bool = True  # serve Binance's newest trades (/api/v3/trades); False: 503
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     truth: dict[tuple[str, int], Truth] = field(default_factory=dict)
     connections: list[dict[str, Any]] = field(default_factory=list)
@@ -362,6 +363,8 @@ class FakeExchange:
                 r for r in self.history.get(query.get("symbol", ""), []) if r["id"] >= int(query["fromId"])
             ]
             body = [_binance_row(r) for r in sorted(rows, key=lambda r: r["id"])[:limit]]
+        elif self.kind == "binance" and url.path == "/api/v3/trades" and not self.rest_latest:
+            return connection.respond(503, "Service Unavailable\n")
         elif self.kind == "binance" and url.path == "/api/v3/trades":  # the newest `limit`, oldest first
             rows = self.history.get(query.get("symbol", ""), [])[-limit:]
             body = [_binance_row(r) for r in rows]

@@ -587,6 +587,30 @@ async def test_a_quiet_binance_connection_stays_and_a_frozen_one_is_replaced(mak
     assert sum(call.startswith("/api/v3/trades?symbol=BTCUSDT&limit=1") for call in server.rest_calls) >= 4
 
 
+async def test_a_silent_binance_connection_is_a_stall_when_rest_cannot_say_it_is_quiet(make_settings):
+    """Without an answer from the REST API, silence is a stall, as before the quiet check."""
+
+    async def silent(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+        await ws.wait_closed()
+
+    async def back(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [silent, back], rest_latest=False).start()
+    settings = live_settings(
+        make_settings, exchanges="binance", symbols="BTCUSDT", binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url, max_buffer_seconds=0.5,
+    )  # fmt: skip
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    assert len(server.connections) >= 2 and feed.stats.stalls >= 1 and feed.stats.quiet == 0, feed.stats
+    assert any(call.startswith("/api/v3/trades?") for call in server.rest_calls)
+
+
 async def test_a_coinbase_connection_gone_silent_claims_nothing_it_may_be_missing(make_settings):
     """Coinbase sends a heartbeat every second. A connection that goes silent without closing (a half-open
     TCP path) counted as connected until WS_STALL_SECONDS noticed, and progress went on to its clock minus
