@@ -21,7 +21,8 @@ this partition. It is how event time advances for quiet symbols without the proc
 marks in bulk and returns every record it could not accept as a :class:`Rejected` with a stable reason code.
 The fast path parses and type-checks each record in C (msgspec) and checks values on whole numpy columns; a
 batch with anything odd in it falls back to an exact per-record check, so each bad record gets its own reason
-and no good record is lost. Both paths accept exactly the same records (a property test holds them to it).
+and no good record is lost. Both paths accept exactly the same records, so a record's fate never depends
+on what else its batch holds (property tests hold them to it).
 """
 
 from __future__ import annotations
@@ -253,6 +254,21 @@ def _columns_fast(values: Sequence[bytes | None]) -> Columns | None:
     )
 
 
+def _typed(value: bytes) -> tuple[Any, ...] | None:
+    """The fields of one record the fast path takes as a trade, or None (the exact checks decide). msgspec
+    skips a field it does not know without looking inside (a Latin-1 string, a number beyond a double,
+    a key that is not UTF-8), where orjson refuses the whole record: the exact path asks msgspec first, so
+    a record's verdict never depends on its batch (it did: such a trade was kept in an all-good batch and
+    dead-lettered as ``malformed_json`` beside a bad record, and a fetch's size is a matter of timing)."""
+    try:
+        t = _decode_wire(value)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not (-(2**63) <= t.trade_id < 2**63 and -(2**63) <= t.timestamp < 2**63):
+        return None  # the fast path overflows into the exact path too, which names it
+    return (t.symbol, t.price, t.quantity, t.timestamp, t.trade_id, t.is_buyer_maker, t.exchange)
+
+
 def _fields_exact(
     values: Sequence[bytes | None],
     offs: list[int],
@@ -268,6 +284,11 @@ def _fields_exact(
             continue
         if len(value) > MAX_RECORD_BYTES:
             rejected.append(Rejected("too_large", f"{len(value)} bytes", value, partition, offs[i]))
+            continue
+        typed = _typed(value)
+        if typed is not None:  # the fast path's verdict, whatever else the batch holds
+            rows.append(typed)
+            keep.append(i)
             continue
         try:
             row = _check_row(orjson.loads(value))
@@ -328,8 +349,10 @@ def decode_records(
         # Usually a batch holding progress records: take those out and try the fast path on the rest.
         marks = [i for i, v in enumerate(values) if v is not None and v.startswith(PROGRESS_PREFIX)]
         if marks:
-            _fields_exact([values[i] for i in marks], [offs[i] for i in marks], partition, rejected, progress)
-            marked = set(marks)
+            sub = [values[i] for i in marks]
+            _, trades_among = _fields_exact(sub, [offs[i] for i in marks], partition, rejected, progress)
+            # a record that only begins like progress (a later "type" key wins) is a trade: with the rest
+            marked = set(marks) - {marks[k] for k in trades_among}
             index = [i for i in range(n) if i not in marked]
             fields = _columns_fast([values[i] for i in index])
     keep: list[int] | range = list(range(len(index)))

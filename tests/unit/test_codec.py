@@ -19,6 +19,7 @@ from cryptostream.codec import (
     decode_records,
     decode_trades,
     encode_dlq,
+    encode_progress,
     encode_trade,
 )
 from cryptostream.models import Trade
@@ -179,3 +180,62 @@ def test_a_record_is_decoded_the_same_whatever_else_its_batch_holds() -> None:
             got = [r.reason for r in decoded.rejected if r.offset == at]
             assert got == ([reason] if reason else []), (value[:40], len(batch))
             assert (at in decoded.trades.offset.tolist()) == (reason is None)
+
+
+# Fields no check reads, as raw bytes: JSON orjson refuses (not UTF-8, a number beyond a double) that
+# msgspec skips unread, a later key that wins, and wrong types of known fields.
+extra_field = st.sampled_from(
+    [
+        b'"note":"caf\xe9"',
+        b'"x":1e999',
+        b'"n\xffte":1',
+        b'"type":"trade"',
+        b'"type":"progress"',
+        b'"price":"1"',
+        b'"trade_id":18446744073709551616',
+        b'"x":' + b"[" * 600 + b"]" * 600,
+    ]
+)
+good_trade = st.builds(
+    lambda tid, ts: encode_trade(Trade("binance", "BTCUSDT", 100.0, 1.0, 1_700_000_000_000 + ts, tid, False)),
+    st.integers(0, 2**62),
+    st.integers(0, 10**6),
+)
+progress_first = st.builds(lambda value: b'{"type":"progress",' + value[1:], good_trade)
+with_extra = st.builds(
+    lambda value, extra: value[:-1] + b"," + extra + b"}", good_trade | record | progress_first, extra_field
+)
+odd_record = st.one_of(
+    good_trade,
+    record,
+    with_extra,
+    progress_first,
+    st.just(encode_progress("binance", ["BTCUSDT"], 1_700_000_001_000)),
+    st.sampled_from([None, b"", b'{"oops"', b"[]", b"x" * 70_000]),
+)
+
+
+def _verdict(decoded, at: int) -> tuple:
+    """What became of the record at offset ``at``: its trade's fields, its progress, or its reasons."""
+    t = decoded.trades
+    rows = [
+        (t.symbols[t.symbol[k]], t.exchanges[t.exchange[k]], *(float(c[k]) for c in (t.price, t.quantity)))
+        + (int(t.timestamp[k]), int(t.trade_id[k]), bool(t.is_buyer_maker[k]))
+        for k in range(len(t))
+        if t.offset[k] == at
+    ]
+    marks = [(p.exchange, p.symbols, p.watermark) for p in decoded.progress if p.offset == at]
+    return rows, marks, [r.reason for r in decoded.rejected if r.offset == at]
+
+
+@given(st.lists(odd_record, min_size=1, max_size=8))
+def test_a_record_s_verdict_is_its_own_whatever_its_batch(batch) -> None:
+    """A fetch's size is a matter of timing, so no record may be decided by its neighbours: decoded in any
+    batch it is what it is alone, and it is something (a trade, progress or a reject), never nothing. A
+    trade with a Latin-1 extra field was kept in an all-good batch and dead-lettered beside a bad record;
+    one beginning ``{"type":"progress",`` whose later ``"type":"trade"`` wins vanished without a trace."""
+    together = decode_records(batch, range(len(batch)), 0)
+    for at, value in enumerate(batch):
+        alone = _verdict(decode_records([value], [at], 0), at)
+        assert _verdict(together, at) == alone, value[:80] if value else value
+        assert sum(map(len, alone)) == 1, value[:80] if value else value
