@@ -80,6 +80,7 @@ def test_demo_predicts_within_a_minute_and_offline_live_says_no_source_delivers(
     assert report["data"]["generated"] is True and report["notes"][0].startswith("Demo model")
     prediction = demo.graphql(LATEST)["latestPrediction"]
     assert prediction["modelVersion"] == report["model_version"]
+    assert prediction["modelVersion"].startswith("demo-"), prediction
     # the demo model lives with the embedded state, not in MODEL_DIR, so a live run never serves it
     assert not (demo.log.parent / "data" / "models").exists()
 
@@ -89,6 +90,7 @@ def test_demo_predicts_within_a_minute_and_offline_live_says_no_source_delivers(
     status = page.inner_text("#status")
     assert "synthetic: connected" in status and "null" not in status, status
     assert "Demo model" in page.inner_text("#model-report")
+    assert "Demo model" in page.inner_text("#prediction")
     page.screenshot(path=str(artifacts / "demo.png"), full_page=True)
     assert errors == [], errors
     page.context.close()
@@ -127,6 +129,10 @@ def test_demo_predicts_within_a_minute_and_offline_live_says_no_source_delivers(
     assert re.search(r"binance: reconnecting since \d\d:\d\d:\d\d UTC", status), status
     # the previous demo's candles are still there, marked as what they are
     assert page.is_visible("#demo-badge"), "the demo's stored candles are shown without the DEMO DATA mark"
+    # and their stored predictions as the demo model's, though the live run serves no report of it
+    page.wait_for_function("document.getElementById('prediction').textContent.includes('%')", timeout=30_000)
+    assert "Demo model" in page.inner_text("#prediction")
+    assert "No model trained yet" in page.inner_text("#model-report")
     time.sleep(1)  # a status poll or two more: still clean
     page.screenshot(path=str(artifacts / "live-offline.png"), full_page=True)
     assert errors == [], errors

@@ -109,6 +109,18 @@ export function renderPrediction(container, prediction, symbol) {
       `Will the close ${fmt.seconds(prediction.horizonSeconds)} after ${fmt.clock(Date.parse(prediction.bucket))} UTC be higher? · model ${prediction.modelVersion}`,
     ),
   );
+  if (prediction.modelVersion?.startsWith("demo-")) {
+    // made by the model `cryptostream up --source synthetic` trained on generated history: said here too, as
+    // a live run after the demo still shows the demo's stored predictions (and serves no report of it)
+    container.append(
+      h(
+        "p",
+        { class: "demo-model", dataset: { testid: "prediction-demo-model" } },
+        h("strong", {}, "Demo model"),
+        " · made by the model the demo trained on generated history; it knows nothing about real markets.",
+      ),
+    );
+  }
 }
 
 const MODELS = ["logit", "sgd", "majority", "persistence"];
