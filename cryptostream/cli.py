@@ -127,8 +127,34 @@ def _require_kafka(settings: Settings) -> str:
     if not settings.kafka_bootstrap:
         raise SettingsError(
             "KAFKA_BOOTSTRAP is not set: point it at a Kafka broker, or use `cryptostream up`"
+            + _running_up_has(settings, "kafka_bootstrap", "KAFKA_BOOTSTRAP")
         )
     return settings.kafka_bootstrap
+
+
+def _require_database(settings: Settings, why: str) -> str:
+    if not settings.database_dsn:
+        raise SettingsError(
+            f"DATABASE_URL is not set: {why}" + _running_up_has(settings, "database_url", "DATABASE_URL")
+        )
+    return settings.database_dsn
+
+
+def _running_up_has(settings: Settings, key: str, setting: str) -> str:
+    """The end of a "not set" message when a ``cryptostream up`` runs on STATE_DIR: the address its
+    ``endpoints.json`` gives (a role run beside the demo does not find the demo's broker by itself)."""
+    try:
+        endpoints = json.loads((settings.state_dir / "endpoints.json").read_text())
+        pid, value = int(endpoints["pid"]), str(endpoints[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    try:
+        os.kill(pid, 0)  # signal 0: whether it runs (a stopped `up` leaves its file behind)
+    except ProcessLookupError:
+        return ""
+    except OSError:
+        pass  # it runs, as another user
+    return f"; the `cryptostream up` running here (pid {pid}) has {setting}={value}"
 
 
 async def _wait_for_database(dsn: str, timeout: float) -> None:  # noqa: ASYNC109 - a budget over retries
@@ -199,6 +225,7 @@ def up(
 ) -> None:
     """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
     settings = _settings("up", symbols=symbols, api_port=port)
+    _replays_only(source, path=path)
     if source is Source.replay:  # what ingest would refuse, said before anything starts
         if path is None:
             raise SettingsError("--source replay needs a file: cryptostream up --source replay --path FILE")
@@ -275,8 +302,10 @@ def up(
         )
         if source is Source.synthetic:
             env["EXCHANGES"] = DEMO  # the demo market is the venue a symbol-only request means here
-        upgrade(dsn)
-        effective = load_settings(kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols)
+        upgrade(dsn, settings=settings)
+        effective = load_settings(  # the options given win over the environment here too (--port)
+            kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols, api_port=settings.api_port
+        )
         asyncio.run(ensure_topics(effective))
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         _write_private(
@@ -490,6 +519,16 @@ class _Supervisor:
 
 
 # ---------------------------------------------------------------------------------------------- roles
+def _replays_only(source: Source, **options: Any) -> None:
+    """Options that only a replay reads, given with another source, are a mistake said at once (they were
+    silently ignored: ``up --source synthetic --path dump.csv`` streamed generated trades)."""
+    given = [name for name, value in options.items() if value is not None]
+    if given and source is not Source.replay:
+        named = " and ".join(f"--{name}" for name in given)
+        verb = "are" if len(given) > 1 else "is"
+        raise SettingsError(f"{named} {verb} read only with --source replay, not --source {source.value}")
+
+
 def _source(
     settings: Settings,
     source: Source,
@@ -533,6 +572,7 @@ def ingest(
 ) -> None:
     """Capture trades from a source and publish them to KAFKA_TOPIC."""
     settings = _settings("ingest", symbols=symbols)
+    _replays_only(source, path=path, exchange=exchange)
     if source is Source.live:
         settings = _live_symbols(settings, symbols=symbols)
     if settings.metrics_port:
@@ -647,6 +687,7 @@ def train(
     """Train the up/down model walk-forward; write a versioned model and its report to MODEL_DIR."""
     settings = _settings("train", prediction_horizon_seconds=horizon)
     if source is TrainSource.database:
+        _require_database(settings, "training from the database needs one (or use the archive)")
         _wait_for_services(settings, database=True)
     from processor.model.train import train as run_training
 
@@ -745,12 +786,11 @@ def migrate(
 ) -> None:
     """Bring the database schema at DATABASE_URL up to date."""
     settings = _settings("migrate")
-    if not settings.database_dsn:
-        raise SettingsError("DATABASE_URL is not set: migrations need a database (postgresql://...)")
+    dsn = _require_database(settings, "migrations need a database (postgresql://...)")
     _wait_for_services(settings, database=True)
     from cryptostream.migrate import upgrade
 
-    upgrade(settings.database_dsn, revision)
+    upgrade(dsn, revision)
     log.info("database %s is at revision %s", settings.describe_database(), revision)
 
 

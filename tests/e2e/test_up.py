@@ -136,6 +136,17 @@ def test_up_started_with_sigint_ignored_still_stops_cleanly_on_sigint(start_pipe
     assert log.count("idempotent producer") <= 1, log
 
 
+def test_up_s_port_option_wins_over_an_api_port_in_the_environment(start_pipeline, pipeline_env):
+    """``--port`` overrides API_PORT: an unusable one in the environment is not read. It was, late, by a
+    second reading of the settings, after the broker and PostgreSQL had started (a newcomer's report)."""
+    pipeline_env["API_PORT"] = "not-a-port"
+    pipeline = start_pipeline("--source", "synthetic", "--rate", "20")
+    pipeline.wait_until(
+        lambda: pipeline.graphql("{ symbols }")["symbols"] == SYMBOLS, 60, "the API on the --port given"
+    )
+    assert pipeline.interrupt(timeout=60) == 0, pipeline.tail()
+
+
 def test_up_replaying_a_file_serves_it_and_stays_up_after_the_file_ends(
     start_pipeline, pipeline_env, tmp_path
 ):

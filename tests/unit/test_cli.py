@@ -3,6 +3,7 @@ line and a non-zero exit before anything starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -189,6 +190,16 @@ def test_symbols_all_and_n_are_in_the_help_of_up_and_ingest() -> None:
             {},
             "SYMBOLS names 1248 binance markets; binance streams at most 1024",
         ),
+        (
+            ["up", "--path", "dump.csv"],
+            {},
+            "--path is read only with --source replay, not --source synthetic",
+        ),
+        (
+            ["ingest", "--source", "synthetic", "--path", "dump.csv", "--exchange", "binance"],
+            {},
+            "--path and --exchange are read only with --source replay, not --source synthetic",
+        ),
     ],
 )
 def test_a_selection_that_cannot_run_stops_before_anything_starts(args, env, line, tmp_path) -> None:
@@ -204,3 +215,37 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["ingest", "--source", "synthetic"], "KAFKA_BOOTSTRAP is not set: point it at a Kafka broker"),
+        (["process"], "KAFKA_BOOTSTRAP is not set"),
+        (["migrate"], "DATABASE_URL is not set: migrations need a database"),
+        (["train", "--source", "database"], "DATABASE_URL is not set: training from the database needs one"),
+    ],
+)
+def test_a_role_without_an_address_names_the_running_up_s(args, line, tmp_path) -> None:
+    """Run beside `make demo`, a role did not say where the demo's broker and database are: it names what
+    the running `up`'s endpoints.json holds, and says nothing of an `up` that has stopped."""
+    stopped = subprocess.Popen([sys.executable, "-c", "pass"])
+    stopped.wait()
+    endpoints = {
+        "kafka_bootstrap": "127.0.0.1:40001",
+        "database_url": "postgresql://postgres@127.0.0.1:40002/postgres",
+        "api_url": "http://127.0.0.1:8000",
+    }
+    (tmp_path / "state").mkdir()
+    setting = line.split()[0]
+    value = endpoints["kafka_bootstrap" if setting == "KAFKA_BOOTSTRAP" else "database_url"]
+    for pid, hint in (
+        (os.getpid(), f"; the `cryptostream up` running here (pid {os.getpid()}) has "),
+        (stopped.pid, ""),
+    ):
+        (tmp_path / "state" / "endpoints.json").write_text(json.dumps({**endpoints, "pid": pid}))
+        done = _run(args, tmp_path)
+        assert done.returncode == 2, done.stderr
+        last = done.stderr.splitlines()[-1]
+        assert last.startswith(f"cryptostream: {line}") and "Traceback" not in done.stderr, done.stderr
+        assert last.endswith(f"{hint}{setting}={value}") if hint else "running here" not in last, last
