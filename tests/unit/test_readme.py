@@ -36,3 +36,11 @@ def test_the_quick_start_names_the_targets_the_makefile_has() -> None:
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     for target in ("demo", "run", "test"):
         assert f"make {target}" in README and re.search(rf"^{target}:", makefile, re.M)
+
+
+def test_every_python_example_in_the_readme_is_a_script_that_compiles() -> None:
+    """A reader saves an example and runs it: top-level ``async with`` was a SyntaxError there."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README, re.M | re.S)
+    assert blocks
+    for block in blocks:
+        compile(block, "README.md example", "exec")
