@@ -269,84 +269,92 @@ def up(
     # ignored SIGINT ignored, so Ctrl+C (or kill -INT) would not stop the pipeline.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with stack:
-        # real services named in the settings first: nothing is started for a run that cannot reach them
-        _wait_for_services(settings, kafka=bool(settings.kafka_bootstrap), database=True)
-        env = dict(os.environ)
-        demo_model: threading.Thread | None = None
-        if source is Source.synthetic:  # trained (first start only) while the services start
-            model_dir, demo_model = _demo_model(settings, state)
-            env["MODEL_DIR"] = str(model_dir)
-        bootstrap = settings.kafka_bootstrap
-        if not bootstrap:
-            bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
-            asyncio.run(wait_for_broker(bootstrap, settings.service_wait_seconds, settings=settings))
-            # The embedded broker keeps topics in memory: windows still open at shutdown could never be read
-            # again, so ingest ends with progress that closes them and the processor reads to the end.
-            env["FLUSH_WINDOWS_ON_STOP"] = "true"
-            # The embedded broker holds every JoinGroup for half the session timeout: at the 10 s default,
-            # 5 s of the wait for the first candle. A single local processor needs no long grace period.
-            env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "3000")
-            if settings.kafka_idempotence == "auto":
-                # Tansu has no idempotent producer: known here, so no role asks it and logs the refusal.
-                env["KAFKA_IDEMPOTENCE"] = "off"
-        dsn = settings.database_dsn
-        if not dsn:
-            dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
-        env.update(
-            KAFKA_BOOTSTRAP=bootstrap,
-            DATABASE_URL=dsn,
-            SYMBOLS=",".join(settings.symbols),
-            API_PORT=str(settings.api_port),
-            OUTPUT_DIR=str(settings.output_dir.resolve()),
-        )
-        if source is Source.synthetic:
-            env["EXCHANGES"] = DEMO  # the demo market is the venue a symbol-only request means here
-        upgrade(dsn, settings=settings)
-        effective = load_settings(  # the options given win over the environment here too (--port)
-            kafka_bootstrap=bootstrap, database_url=dsn, symbols=settings.symbols, api_port=settings.api_port
-        )
-        asyncio.run(ensure_topics(effective))
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
-        _write_private(
-            state / "endpoints.json",
-            {
-                "kafka_bootstrap": bootstrap,
-                "database_url": mask_url(dsn),  # where, not how to log in
-                "api_url": api_url,
-                "output_dir": str(settings.output_dir.resolve()),
-                "pid": os.getpid(),
-            },
-        )
-        log.info(
-            "Kafka %s | database %s | archive %s",
-            bootstrap,
-            effective.describe_database(),
-            settings.output_dir.resolve(),
-        )
-        ingest_args = ["ingest", "--source", source.value, "--rate", str(rate)]
-        if path is not None:
-            ingest_args += ["--path", str(path.resolve())]
-        if record is not None:
-            ingest_args += ["--record", str(record.resolve())]
-        roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
-        if demo_model is not None:
-            demo_model.join()
-        supervisor = _Supervisor(roles, env, role_env)
-        try:
-            supervisor.start()
-            supervisor.watch(
-                ready=lambda: _listening(settings.api_host, settings.api_port),
-                on_ready=lambda: log.info(
-                    "pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url
-                ),
+    try:
+        with stack:
+            # real services named in the settings first: nothing is started for a run that cannot reach them
+            _wait_for_services(settings, kafka=bool(settings.kafka_bootstrap), database=True)
+            env = dict(os.environ)
+            demo_model: threading.Thread | None = None
+            if source is Source.synthetic:  # trained (first start only) while the services start
+                model_dir, demo_model = _demo_model(settings, state)
+                env["MODEL_DIR"] = str(model_dir)
+            bootstrap = settings.kafka_bootstrap
+            if not bootstrap:
+                bootstrap = stack.enter_context(EmbeddedKafka(state)).bootstrap
+                asyncio.run(wait_for_broker(bootstrap, settings.service_wait_seconds, settings=settings))
+                # The embedded broker keeps topics in memory: windows still open at shutdown could never be
+                # read again, so ingest ends with progress that closes them and the processor reads to the
+                # end.
+                env["FLUSH_WINDOWS_ON_STOP"] = "true"
+                # The embedded broker holds every JoinGroup for half the session timeout: at the 10 s default,
+                # 5 s of the wait for the first candle. A single local processor needs no long grace period.
+                env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "3000")
+                if settings.kafka_idempotence == "auto":
+                    # Tansu has no idempotent producer: known here, so no role asks it and logs the refusal.
+                    env["KAFKA_IDEMPOTENCE"] = "off"
+            dsn = settings.database_dsn
+            if not dsn:
+                dsn = stack.enter_context(EmbeddedPostgres(state / "postgres")).url
+            env.update(
+                KAFKA_BOOTSTRAP=bootstrap,
+                DATABASE_URL=dsn,
+                SYMBOLS=",".join(settings.symbols),
+                API_PORT=str(settings.api_port),
+                OUTPUT_DIR=str(settings.output_dir.resolve()),
             )
-        except KeyboardInterrupt:
+            if source is Source.synthetic:
+                env["EXCHANGES"] = DEMO  # the demo market is the venue a symbol-only request means here
+            upgrade(dsn, settings=settings)
+            effective = load_settings(  # the options given win over the environment here too (--port)
+                kafka_bootstrap=bootstrap,
+                database_url=dsn,
+                symbols=settings.symbols,
+                api_port=settings.api_port,
+            )
+            asyncio.run(ensure_topics(effective))
+            api_url = f"http://{settings.api_host}:{settings.api_port}"
+            _write_private(
+                state / "endpoints.json",
+                {
+                    "kafka_bootstrap": bootstrap,
+                    "database_url": mask_url(dsn),  # where, not how to log in
+                    "api_url": api_url,
+                    "output_dir": str(settings.output_dir.resolve()),
+                    "pid": os.getpid(),
+                },
+            )
             log.info(
-                "stopping: ingest first (flushes accepted trades), then processor (final checkpoint), API"
+                "Kafka %s | database %s | archive %s",
+                bootstrap,
+                effective.describe_database(),
+                settings.output_dir.resolve(),
             )
-        finally:
-            supervisor.stop(["ingest", "process", "serve"])
+            ingest_args = ["ingest", "--source", source.value, "--rate", str(rate)]
+            if path is not None:
+                ingest_args += ["--path", str(path.resolve())]
+            if record is not None:
+                ingest_args += ["--record", str(record.resolve())]
+            roles = {"process": ["process"], "serve": ["serve"], "ingest": ingest_args}
+            if demo_model is not None:
+                demo_model.join()
+            supervisor = _Supervisor(roles, env, role_env)
+            try:
+                supervisor.start()
+                supervisor.watch(
+                    ready=lambda: _listening(settings.api_host, settings.api_port),
+                    on_ready=lambda: log.info(
+                        "pipeline up: dashboard %s/ , GraphiQL %s/graphql  (Ctrl+C to stop)", api_url, api_url
+                    ),
+                )
+            except KeyboardInterrupt:
+                log.info(
+                    "stopping: ingest first (flushes accepted trades), then processor (final checkpoint), API"
+                )
+            finally:
+                supervisor.stop(["ingest", "process", "serve"])
+    except KeyboardInterrupt:  # before the roles ran (once they run, stopping them is said above)
+        log.info("interrupted while starting; what had started is stopped; state kept in %s", state)
+        return
     log.info("stopped; state kept in %s", state)
 
 

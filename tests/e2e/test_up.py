@@ -147,6 +147,23 @@ def test_up_s_port_option_wins_over_an_api_port_in_the_environment(start_pipelin
     assert pipeline.interrupt(timeout=60) == 0, pipeline.tail()
 
 
+def test_up_interrupted_while_it_starts_says_so_and_leaves_nothing_running(start_pipeline):
+    """Ctrl+C during start-up (here while PostgreSQL's data folder is made, seconds before any role runs)
+    stopped what had started without a word: the log ended at "initializing PostgreSQL data folder"."""
+    pipeline = start_pipeline("--source", "synthetic", "--rate", "20")
+    deadline = time.monotonic() + 60
+    while "initializing PostgreSQL data folder" not in pipeline.tail(100_000):
+        assert pipeline.proc.poll() is None and time.monotonic() < deadline, pipeline.tail()
+        time.sleep(0.05)
+    children = pipeline.descendants()
+    assert pipeline.interrupt(timeout=60) == 0, pipeline.tail()
+    log = pipeline.tail(100_000)
+    assert "interrupted while starting; what had started is stopped; state kept in" in log, log
+    assert "Traceback" not in log and "pipeline up" not in log, log
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+
+
 def test_up_replaying_a_file_serves_it_and_stays_up_after_the_file_ends(
     start_pipeline, pipeline_env, tmp_path
 ):
