@@ -18,6 +18,12 @@ So right after its rows commit, the writer refreshes, per aggregate, one window 
   would make the aggregate look whole from it, hiding the days before from the archive reads. Horizons
   include those of policies since replaced (:func:`cryptostream.policies.horizons`).
 
+Writers refresh one at a time (a session advisory lock, :data:`REFRESH_LOCK`, from reading the watermarks to
+the last refresh): with several processors, one's refresh could materialize a bucket from a snapshot taken
+before another's rows in it committed, while that other, reading the watermark before the refresh committed,
+took the bucket for real time and left it; the bucket then lacked those rows until a refresh policy ran.
+Serialized, the later writer sees the new watermark and recomputes the bucket, or the refresh sees its rows.
+
 On the live path that is one catalog query per checkpoint and a refresh of one bucket whenever a write
 crosses a bucket boundary: the work the refresh policies would do, at the time it is due, whether or not the
 server's background jobs run.
@@ -25,6 +31,7 @@ server's background jobs run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_MS = "(extract(epoch FROM bucket) * 1000)::int8"
 REFRESH_MS = REFRESH_DAYS * 86_400_000  # the refresh policies' window
+REFRESH_LOCK = 0x6372_7970_746F_0001  # pg_advisory_lock key of writers' refreshes (see the module docstring)
 
 
 def _floor(ms: int, step: int) -> int:
@@ -113,6 +121,14 @@ class RollupRefresh:
         """Refresh what 1 s rows in ``[lo_ms, hi_ms]`` (bucket starts) leave unmaterialized or stale (see
         the module docstring). Outside a transaction (a refresh cannot run in one). Returns the views
         refreshed."""
+        await conn.execute("SELECT pg_advisory_lock($1)", REFRESH_LOCK)
+        try:
+            return await self._refresh(conn, lo_ms, hi_ms)
+        finally:  # a connection lost with it releases it too
+            with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+                await conn.execute("SELECT pg_advisory_unlock($1)", REFRESH_LOCK)
+
+    async def _refresh(self, conn: asyncpg.Connection, lo_ms: int, hi_ms: int) -> list[str]:
         marks, horizons, now = await self._state(conn)
         horizon = horizons.get("ohlc_1s")
         first: int | None = None

@@ -24,6 +24,8 @@ from cryptostream.settings import load_settings
 from cryptostream.store import DatabaseStore
 from ingest.synthetic import SyntheticMarket
 from processor.sinks import FlushBatch, Lineage, PostgresSink
+from processor.sinks.postgres import bucket_span, upsert
+from processor.sinks.rollups import REFRESH_LOCK, RollupRefresh
 from tests.integration.conftest import timescaledb_server
 from tests.integration.test_storage import candles_of
 from tests.reference import Key, assert_candles_equal, batch_candles, rows_by_key
@@ -324,3 +326,28 @@ async def test_a_late_row_below_a_roll_up_level_s_own_retention_does_not_bring_i
     await write_like_the_processor(dsn, candles_of([old]), checkpoints=1)
     assert await scalar(dsn, "SELECT count(*) FROM ohlc_1s WHERE bucket < now() - INTERVAL '19 days'") > 0
     assert await materialized(dsn, "ohlc_1m") == before
+
+
+async def test_a_writer_s_refresh_holds_the_refresh_lock_only_while_it_runs(tsdb_url: str):
+    """Writers refresh one at a time (several processors: one's refresh must not materialize a bucket
+    between another's commit and its reading of the watermark); the lock is given back, also when a refresh
+    fails, or every later checkpoint of every writer would wait on it. (The suite's TimescaleDB serves one
+    connection at a time, so two writers cannot be run against each other here.)"""
+    now = int(time.time() * 1000)
+    start = now - 3_600_000 - now % 60_000
+    trades = [t for t in market(400, start, rate=0.2, seed=5) if t.timestamp < now - 120_000]
+    candles = candles_of(trades)
+    conn = await asyncpg.connect(tsdb_url)
+    held = f"SELECT pg_advisory_unlock({REFRESH_LOCK})"  # true: this session held it
+    try:
+        rollups = await RollupRefresh.detect(conn)
+        assert rollups is not None
+        await upsert(conn, "ohlc_1s", ("exchange", "symbol", "bucket"), candles)
+        assert await rollups.after_write(conn, *bucket_span(candles))  # refreshed something
+        assert await conn.fetchval(held) is False
+        broken = RollupRefresh({"ohlc_1m": 60_000}, "no_such_schema", rollups.horizons_sql)
+        with pytest.raises(asyncpg.PostgresError):
+            await broken.after_write(conn, *bucket_span(candles))
+        assert await conn.fetchval(held) is False
+    finally:
+        await conn.close()
