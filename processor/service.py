@@ -655,6 +655,21 @@ class Processor:
         p = tp.partition
         self.tokens[p] = await asyncio.to_thread(self.store.claim, p, self.member)
         committed = await self._consumer.committed(tp)
+        lineage: str | None = None
+        ckpt: Checkpoint | None = None
+        if committed is not None:
+            lineage = await asyncio.to_thread(self.store.lineage, p)
+            ckpt = await asyncio.to_thread(self.store.load, p, lineage, committed) if lineage else None
+            if ckpt is None or ckpt.tables is None:
+                begin = (await self._consumer.beginning_offsets([tp]))[tp]
+                if committed <= begin:  # offsets reset to the earliest (as MissingCheckpoint says to do)
+                    log.info(
+                        "partition %d: the committed offset %d is the log's start and has no checkpoint "
+                        "(offsets reset to the earliest): reprocessing the partition from it",
+                        p,
+                        committed,
+                    )
+                    committed = None
         if committed is None:
             begin = (await self._consumer.beginning_offsets([tp]))[tp]
             epoch = new_epoch()
@@ -671,8 +686,6 @@ class Processor:
                 f" (removed {removed} checkpoint(s) of an earlier lineage)" if removed else "",
             )
             return part
-        lineage = await asyncio.to_thread(self.store.lineage, p)
-        ckpt = await asyncio.to_thread(self.store.load, p, lineage, committed) if lineage else None
         if ckpt is None or ckpt.tables is None:
             raise MissingCheckpoint(
                 f"partition {p} of {self.topic}: the committed offset {committed} of group "

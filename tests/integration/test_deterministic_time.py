@@ -23,11 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import psutil
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from cryptostream import archive
 from cryptostream.codec import Progress
 from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
 from cryptostream.errors import MissingCheckpoint
@@ -349,17 +352,55 @@ async def test_two_runs_over_a_forgotten_log_then_a_crash_between_checkpoint_and
     assert lineages and all(len([d for d in p.parent.iterdir() if d.is_dir()]) == 1 for p in lineages)
 
 
-async def test_a_committed_offset_without_its_checkpoint_stops_the_processor_saying_how_to_recover(
-    make_settings, produce, db
+async def reset_to_earliest(settings: Settings) -> None:
+    """What ``kafka-consumer-groups --reset-offsets --to-earliest --execute`` does: commit each partition's
+    log start for the group (from a member of it: the test broker takes commits from members only)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.subscribe([settings.kafka_topic])
+        deadline = time.monotonic() + 30
+        while not consumer.assignment():
+            assert time.monotonic() < deadline, "no partitions assigned"
+            await consumer.getmany(timeout_ms=200)
+        starts = await consumer.beginning_offsets(list(consumer.assignment()))
+        await consumer.commit(starts)
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("cleaned", [True, False], ids=["checkpoints-gone", "checkpoints-kept"])
+async def test_a_committed_offset_without_its_checkpoint_stops_the_processor_and_the_recovery_it_says_works(
+    make_settings, produce, db, cleaned: bool
 ):
+    """Checkpoints gone under committed offsets: the processor stops, saying to reset the group's offsets
+    to the earliest. Done (or done to reprocess a topic whose checkpoints are all there), it reprocesses
+    from the log's start. It stopped again with the same advice: the committed start offset had no
+    checkpoint (its seq-0 checkpoint had been pruned, or was gone)."""
     settings = make_settings(max_buffer_seconds=0.5, parquet_chunk_seconds=0.3, kafka_session_timeout_ms=3000)
     trades = market(7, 500)
+    expected = batch_candles(trades)
     await produce(settings, trades)
-    await run_processor_until(settings, until_stored(settings, len(batch_candles(trades))))
-    for path in (settings.output_dir / "_checkpoints").rglob("*.ckpt"):
-        path.unlink()
-    with pytest.raises(MissingCheckpoint, match="has no checkpoint under .*CONSUMER_GROUP"):
-        await asyncio.wait_for(Processor(settings, sinks_for(settings)).run(asyncio.Event()), 30)
+    await run_processor_until(settings, until_stored(settings, len(expected)))
+    if cleaned:
+        for path in (settings.output_dir / "_checkpoints").rglob("*.ckpt"):
+            path.unlink()
+        with pytest.raises(MissingCheckpoint, match="has no checkpoint under .*offsets to the earliest"):
+            await asyncio.wait_for(Processor(settings, sinks_for(settings)).run(asyncio.Event()), 30)
+    await reset_to_earliest(settings)
+    await db.execute("TRUNCATE ohlc_1s")  # so that what is stored next is the reprocessing's
+    await run_processor_until(settings, until_stored(settings, len(expected)))
+    conn = await asyncpg.connect(settings.database_dsn)
+    try:
+        assert_candles_equal(rows_by_key(await db_candles(conn)), expected)
+    finally:
+        await conn.close()
+    # the archive as it is read: both lineages wrote every candle, one is kept
+    markets = sorted({(t.exchange, t.symbol) for t in trades})
+    archived = [archive.load_candles(settings.output_dir, e, s).to_pylist() for e, s in markets]
+    assert_candles_equal(rows_by_key(row for rows in archived for row in rows), expected)
 
 
 # ---------------------------------------------------------------------------------------------- (f)
