@@ -41,6 +41,7 @@ import logging
 import re
 import time
 import zipfile
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -127,8 +128,27 @@ class _Counting(io.RawIOBase):
         return len(data)
 
 
+# What a damaged or truncated .zip/.gz raises while it is opened or read (gzip.BadGzipFile is an OSError).
+_DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
+
+
+def _damaged(path: Path, exc: BaseException) -> ReplayError:
+    said = " ".join(str(exc).split()) or type(exc).__name__
+    return ReplayError(
+        f"{path}: the file is damaged or cut short ({type(exc).__name__}: {said}); what was read before "
+        "it is published: replay a whole copy (its trades already published are then dead-lettered as late)"
+    )
+
+
 def _open_text(path: Path, stack: ExitStack) -> tuple[IO[bytes], int]:
     """The file's bytes (unzipped/gunzipped) and their total size."""
+    try:
+        return _open_raw(path, stack)
+    except _DAMAGED as exc:
+        raise _damaged(path, exc) from None
+
+
+def _open_raw(path: Path, stack: ExitStack) -> tuple[IO[bytes], int]:
     if path.suffix == ".zip":
         archive = stack.enter_context(zipfile.ZipFile(path))
         members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.endswith(".CHECKSUM")]
@@ -202,7 +222,10 @@ def _read_dump(
         raise ReplayError(f"{path}: {exc}") from None
     with ExitStack() as stack:
         raw, total = _open_text(path, stack)
-        head = raw.read(64 * 1024)
+        head = raw.read(64 * 1024).removeprefix(b"\xef\xbb\xbf")  # a BOM (spreadsheets write one)
+        while head and not head.strip():  # blank lines before the first row (a whole file of them: no rows)
+            head = raw.read(64 * 1024)
+        head = head.lstrip(b"\r\n\t ")
         first = head.split(b"\n", 1)[0].strip()
         if not first:
             return
@@ -279,6 +302,8 @@ def _read_dump(
         except pa.ArrowInvalid as exc:
             said = " ".join(str(exc).split())  # one line
             raise ReplayError(f"{path}: {said}; fix or drop the offending line and replay again") from None
+        except _DAMAGED as exc:
+            raise _damaged(path, exc) from None
         if bad_lines:
             yield _empty(sym, venue, bad_lines)
 
@@ -311,7 +336,10 @@ def _read_jsonl(path: Path, progress: ReplayProgress | None, venue: str | None) 
             progress.track(lambda: counting.count, total)
         stream = io.BufferedReader(counting, buffer_size=1 << 20)
         while True:
-            chunk = stream.readlines(8 << 20)
+            try:
+                chunk = stream.readlines(8 << 20)
+            except _DAMAGED as exc:
+                raise _damaged(path, exc) from None
             if not chunk:
                 return
             values = [line.rstrip(b"\r\n") for line in chunk if line.strip()]
@@ -333,6 +361,38 @@ def _read_jsonl(path: Path, progress: ReplayProgress | None, venue: str | None) 
             )
 
 
+def _text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _number(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
+
+
+# What each Parquet column may be: anything else was converted silently ("false" strings became True,
+# a trade id of 1.5 became 1) or stopped the replay with a traceback.
+_PARQUET_TYPES: dict[str, Callable[[pa.DataType], bool]] = {
+    "symbol": _text,
+    "exchange": _text,
+    "price": _number,
+    "quantity": _number,
+    "timestamp": lambda k: bool(pa.types.is_integer(k) or pa.types.is_timestamp(k)),
+    "trade_id": pa.types.is_integer,
+    "is_buyer_maker": pa.types.is_boolean,
+}
+_PARQUET_EXPECTED = {
+    "symbol": "a string",
+    "exchange": "a string",
+    "price": "a number",
+    "quantity": "a number",
+    "timestamp": "epoch ms (an integer) or a timestamp",
+    "trade_id": "an integer",
+    "is_buyer_maker": "a boolean",
+}
+
+
 def _read_parquet(path: Path, progress: ReplayProgress | None, venue: str) -> Iterator[Columns]:
     try:
         file = pq.ParquetFile(path)
@@ -344,13 +404,20 @@ def _read_parquet(path: Path, progress: ReplayProgress | None, venue: str) -> It
     if missing:
         raise ReplayError(f"{path}: Parquet file lacks column(s) {', '.join(missing)} (see TRADE_SCHEMA)")
     columns = needed + (["exchange"] if "exchange" in names else [])
+    for name in columns:
+        kind = file.schema_arrow.field(name).type
+        if not _PARQUET_TYPES[name](kind):
+            raise ReplayError(
+                f"{path}: column {name} is {kind}, expected {_PARQUET_EXPECTED[name]} (see TRADE_SCHEMA): "
+                "convert it, nothing is guessed"
+            )
     done = 0
     if progress is not None:
         progress.track(lambda: done, file.metadata.num_rows, unit_rows=True)
-    for batch in file.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+    for batch in _batches(path, file, columns):
         ts = batch.column("timestamp")
-        if pa.types.is_timestamp(ts.type):
-            ts = ts.cast(pa.timestamp("ms", ts.type.tz)).cast(pa.int64())
+        if pa.types.is_timestamp(ts.type):  # µs or ns (pandas' default): the millisecond it falls in
+            ts = ts.cast(pa.timestamp("ms", ts.type.tz), safe=False).cast(pa.int64())
         exchange = batch.column("exchange") if "exchange" in columns else venue
         yield _checked(
             batch.column("symbol"),
@@ -363,6 +430,13 @@ def _read_parquet(path: Path, progress: ReplayProgress | None, venue: str) -> It
             [],
         )
         done += batch.num_rows
+
+
+def _batches(path: Path, file: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from file.iter_batches(batch_size=CHUNK_ROWS, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:  # a page that does not decode: the file is damaged
+        raise _damaged(path, exc) from None
 
 
 # ---------------------------------------------------------------------------------------------- checks

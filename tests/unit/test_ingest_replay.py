@@ -395,3 +395,97 @@ async def test_a_stopped_replay_closes_only_what_it_published(tmp_path):
             stop.set()
     assert 0 < len(published) < 50
     assert marks[-1] == max(published) - max(published) % 1000 + 1000  # its last second closes, no further
+
+
+@pytest.mark.parametrize(
+    "before",
+    [b"\n", b"\r\n\n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\n"],
+    ids=["blank", "blanks", "bom", "bom-blank"],
+)
+def test_blank_lines_or_a_bom_before_the_first_row_lose_nothing(tmp_path, before):
+    """A blank first line made the whole file read as empty (0 trades, exit 0); a BOM made it refused as
+    a header without columns (a reviewer)."""
+    path = tmp_path / "BTCUSDT-trades-2025-01-01.csv"
+    path.write_bytes(before + ("\n".join(SPOT_TRADES) + "\n").encode())
+    values, rejected = rows(path)
+    assert [v["trade_id"] for v in values] == [4370000001, 4370000002] and not rejected
+
+
+def _damaged_zip(tmp_path: Path) -> Path:
+    many = [f"{i},100.0,0.5,50.0,{1735689600000 + i},true,true" for i in range(1, 200_001)]
+    whole = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", many, zipped=True)
+    data = bytearray(whole.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # a damaged stretch of the compressed member
+    whole.write_bytes(bytes(data))
+    return whole
+
+
+@pytest.mark.parametrize("how", ["zip-cut", "zip-damaged", "gz-cut", "jsonl-gz-cut", "parquet-cut"])
+def test_a_damaged_or_cut_file_is_one_line_saying_so(tmp_path, how):
+    """A zip cut short or damaged inside, or a cut .gz, escaped as a traceback (a .gz one as "Aborted!",
+    click's word for Ctrl+C): each is a ReplayError naming the file."""
+    import gzip
+
+    if how == "zip-damaged":
+        path = _damaged_zip(tmp_path)
+    elif how == "zip-cut":
+        path = write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", SPOT_TRADES, zipped=True)
+        path.write_bytes(path.read_bytes()[:40])
+    elif how == "parquet-cut":
+        path = tmp_path / "trades.parquet"
+        pq.write_table(pa.table({"x": list(range(1000))}), path)
+        path.write_bytes(path.read_bytes()[:-300])
+    else:
+        name = "BTCUSDT-trades-2025-01-01.csv.gz" if how == "gz-cut" else "trades.jsonl.gz"
+        lines = SPOT_TRADES * 20_000 if how == "gz-cut" else ['{"symbol": "BTCUSDT"}'] * 20_000
+        path = tmp_path / name
+        data = gzip.compress(("\n".join(lines) + "\n").encode())
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReplayError) as refused:
+        list(read_columns(path))
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message, message
+
+
+@pytest.mark.parametrize("unit", ["us", "ns"])
+def test_parquet_times_finer_than_ms_land_in_their_millisecond(tmp_path, unit):
+    """pandas writes ns timestamps: a sub-ms part stopped the replay with a traceback ("would lose data")."""
+    at = pa.array([1_700_000_000_123_456_789 // (1000 if unit == "us" else 1)], pa.timestamp(unit, "UTC"))
+    table = pa.table(
+        {
+            "symbol": ["BTCUSDT"],
+            "price": [50_000.0],
+            "quantity": [0.25],
+            "timestamp": at,
+            "trade_id": [1],
+            "is_buyer_maker": [True],
+        }
+    )
+    pq.write_table(table, tmp_path / "fine.parquet")
+    values, rejected = rows(tmp_path / "fine.parquet")
+    assert [v["timestamp"] for v in values] == [1_700_000_000_123] and not rejected
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("is_buyer_maker", ["false"], "is_buyer_maker is string, expected a boolean"),
+        ("trade_id", [1.5], "trade_id is double, expected an integer"),
+        ("price", ["abc"], "price is string, expected a number"),
+        ("symbol", [1], "symbol is int64, expected a string"),
+    ],
+)
+def test_a_parquet_column_of_another_type_is_refused_not_converted(tmp_path, column, values, expected):
+    """ "false" strings were read as True on every row and a trade id of 1.5 as 1, silently; string prices
+    and struct columns stopped with a traceback."""
+    table = {
+        "symbol": ["BTCUSDT"],
+        "price": [50_000.0],
+        "quantity": [0.25],
+        "timestamp": [1_700_000_000_123],
+        "trade_id": [1],
+        "is_buyer_maker": [True],
+    }
+    pq.write_table(pa.table({**table, column: values}), tmp_path / "typed.parquet")
+    with pytest.raises(ReplayError, match=f"column {expected}"):
+        list(read_columns(tmp_path / "typed.parquet"))
