@@ -103,7 +103,9 @@ class ResponseCache:
         async def keep(message: Message) -> None:
             nonlocal start, complete
             if message["type"] == "http.response.start":
-                start = message
+                # a copy: middleware outside this one (CORS) edits the headers of what passes in place,
+                # and a kept answer grew a Vary per hit and carried the first asker's allowed origin
+                start = {**message, "headers": list(message.get("headers", ()))}
             elif message["type"] == "http.response.body":
                 parts.append(message.get("body", b""))
                 complete = not message.get("more_body", False)
@@ -116,5 +118,5 @@ class ResponseCache:
 
     @staticmethod
     async def _send(answer: _Answer, send: Send) -> None:
-        await send(answer.start)
+        await send({**answer.start, "headers": list(answer.start.get("headers", ()))})  # edited downstream
         await send({"type": "http.response.body", "body": answer.body})

@@ -137,7 +137,12 @@ def check_range(start: datetime | None, end: datetime | None) -> tuple[datetime 
 
 
 def _whole_day(text: str) -> bool:
-    return len(text) == 10  # YYYY-MM-DD; anything else is an ISO 8601 time
+    """A date without a time (``2026-12-03``, also ISO 8601's ``20261203``, read as midnight before)."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_date(text: str | None, name: str, *, end: bool = False) -> datetime | None:

@@ -69,6 +69,7 @@ SHOWN = (
     InvalidOperationTypeError,
 )
 CACHE_SIZE = 1024
+CACHED_QUERY_CHARS = 16_384  # longer query texts are parsed each time, without locations (cached_parser)
 # Fields one document may select, each repetition counted. graphql-core's overlapping-fields check compares
 # fields pairwise within a fixed budget and answers a bare "Validation aborted." past it (~750 identical
 # fields); every document within this limit and GRAPHQL_MAX_TOKENS stays well inside that budget.
@@ -118,8 +119,20 @@ Parse = Callable[[str], DocumentNode]
 
 
 def cached_parser(max_tokens: int) -> Parse:
-    """``graphql.parse`` with the token limit, its documents cached per query text (errors are not cached)."""
-    return functools.lru_cache(maxsize=CACHE_SIZE)(functools.partial(parse, max_tokens=max_tokens))
+    """``graphql.parse`` with the token limit, its documents cached per query text (errors are not cached).
+
+    Only texts up to :data:`CACHED_QUERY_CHARS` are cached, and a longer one is parsed without locations:
+    a document keeps its source text, and comments count as no token, so 1,024 queries of 900 KB of comment
+    each held 1.8 GB here and in the validation cache (which keys on the document) from one client. A longer
+    query's errors name no line and column."""
+    cached = functools.lru_cache(maxsize=CACHE_SIZE)(functools.partial(parse, max_tokens=max_tokens))
+
+    def parse_query(text: str) -> DocumentNode:
+        if len(text) <= CACHED_QUERY_CHARS:
+            return cached(text)
+        return parse(text, no_location=True, max_tokens=max_tokens)
+
+    return parse_query
 
 
 class Limits(SchemaExtension):

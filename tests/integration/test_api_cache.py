@@ -62,6 +62,15 @@ def test_an_answer_is_kept_for_its_seconds_and_cors_follows_each_origin(tmp_path
         kept = http.get(latest, headers={"origin": "https://b.example"})
         assert kept.content == first.content  # the same answer, for an hour
         assert kept.headers["access-control-allow-origin"] == "https://b.example"
+        # the kept answer's headers are not those of the last asker: CORS edited them in place, so an
+        # origin not allowed (or none) got the first asker's, and every hit added one more "Vary: Origin"
+        for _ in range(20):
+            http.get(latest, headers={"origin": "https://a.example"})
+        for origin in ({"origin": "https://evil.example"}, {}):
+            answer = http.get(latest, headers=origin)
+            assert answer.content == first.content
+            assert "access-control-allow-origin" not in answer.headers, (origin, answer.headers)
+            assert answer.headers.get("vary", "").lower().count("origin") <= 1, answer.headers
         other = http.get(latest + "&exchange=binance")  # another question is answered from the store
         assert other.json()["data"][0]["close"] == 101.0
 

@@ -142,6 +142,11 @@ def test_ohlc_dates_are_whole_utc_days_with_the_end_day_included(
         params={"symbol": "ETHUSDT", "start_date": "2023-11-14", "end_date": "2023-11-14", "limit": 10000},
     ).json()
     assert same_day["count"] == everything
+    basic = client.get(  # ISO 8601's basic form is a whole day too (it was read as midnight: nothing)
+        "/api/ohlc/",
+        params={"symbol": "ETHUSDT", "start_date": "20231114", "end_date": "20231114", "limit": 10000},
+    ).json()
+    assert basic["count"] == everything
     later = client.get("/api/ohlc/", params={"symbol": "ETHUSDT", "start_date": "2023-11-15"}).json()
     assert later == {"data": [], "count": 0, "symbol": "ETHUSDT", "exchange": BINANCE}
     window = client.get(
