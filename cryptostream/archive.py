@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from cryptostream.errors import QueryError
-from cryptostream.foreign import ForeignFileError, is_ours, normalize, read_raw
+from cryptostream.foreign import ForeignFileError, canonical, is_ours, normalize, read_raw
 from cryptostream.models import CANDLE_SCHEMA, INTERVALS, KIND_SCHEMAS
 from cryptostream.venues import UNKNOWN, pick_venue
 
@@ -387,7 +387,7 @@ def _read_mixed(
             if is_ours(pq.read_schema(path)):
                 ours.append(path)
             else:
-                raws.append(read_raw(path))
+                raws.append(canonical(read_raw(path), kind, str(path)))
         except FileNotFoundError:
             raise
         except (ForeignFileError, OSError, pa.ArrowInvalid) as exc:
@@ -400,7 +400,7 @@ def _read_mixed(
             table = normalize(
                 pa.concat_tables(raws, promote_options="permissive"), kind, str(files[0].parent)
             )
-        except (ForeignFileError, pa.ArrowInvalid) as exc:
+        except (ForeignFileError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             _skip(files[0].parent, exc)
         else:
             parts.append(table.filter(row_filter) if row_filter is not None else table)

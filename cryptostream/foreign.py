@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from cryptostream.errors import CryptostreamError
 from cryptostream.models import KIND_SCHEMAS
 
-__all__ = ["ForeignFileError", "is_ours", "normalize", "read_raw"]
+__all__ = ["ForeignFileError", "canonical", "is_ours", "normalize", "read_raw"]
 
 _TIME_NAMES = ("bucket", "timestamp", "time", "datetime", "date")
 
@@ -65,7 +65,8 @@ def _times(table: pa.Table, where: str) -> npt.NDArray[np.int64]:
         raise ForeignFileError(f"{where}: no time column (expected one of {', '.join(_TIME_NAMES)})")
     column = table[name].combine_chunks()
     if pa.types.is_timestamp(column.type):
-        ms = pc.cast(pc.cast(column, pa.timestamp("ms", tz="UTC")), pa.int64())
+        # us or ns (pandas' default): the millisecond each falls in (a checked cast refused sub-ms parts)
+        ms = pc.cast(pc.cast(column, pa.timestamp("ms", tz="UTC"), safe=False), pa.int64())
     elif pa.types.is_integer(column.type):  # epoch numbers: ms, or s/us/ns told apart by magnitude
         values = column.to_numpy(zero_copy_only=False).astype(np.int64)
         big = int(np.abs(values).max(initial=0))
@@ -92,6 +93,21 @@ def _floats(table: pa.Table, name: str, where: str) -> np.ndarray:
     return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
+_VALUES = {"ohlc": ("open", "high", "low", "close", "volume"), "volatility": ("volatility",)}
+
+
+def canonical(table: pa.Table, kind: str, where: str = "file") -> pa.Table:
+    """One foreign file's rows as ``timestamp`` (ms) and float64 values: files of one folder whose types
+    differ (a double column in one, integers in another, a timestamp or epoch numbers) then concatenate,
+    and a file that cannot be read as ``kind`` is found alone (skipped, not its whole folder)."""
+    if kind not in _VALUES:
+        raise ForeignFileError(f"{where}: only candles and volatility can be read from foreign files")
+    columns = {"timestamp": pa.array(_times(table, where), pa.timestamp("ms", tz="UTC"))}
+    for name in _VALUES[kind]:
+        columns[name] = pa.array(_floats(table, name, where))
+    return pa.table(columns)
+
+
 def normalize(table: pa.Table, kind: str, where: str = "file") -> pa.Table:
     """``table`` (a foreign file's rows) in the archive's file schema for ``kind``, sorted by bucket."""
     schema = KIND_SCHEMAS[kind]
@@ -109,13 +125,18 @@ def normalize(table: pa.Table, kind: str, where: str = "file") -> pa.Table:
     rows = starts.shape[0]
     if kind == "ohlc":
         o, h, lo, c, v = (_floats(table, n, where)[order] for n in ("open", "high", "low", "close", "volume"))
+        # a null (NaN) in one of a second's rows leaves the others' values (it made the whole candle's
+        # high, low or volume NaN); a second whose rows are all null stays null
+        missing = np.logical_and.reduceat(np.isnan(v), starts)
+        volume = np.add.reduceat(np.nan_to_num(v, nan=0.0), starts)
+        volume[missing] = np.nan
         columns: dict[str, pa.Array] = {
             "bucket": ts,
             "open": pa.array(o[starts]),
-            "high": pa.array(np.maximum.reduceat(h, starts)),
-            "low": pa.array(np.minimum.reduceat(lo, starts)),
+            "high": pa.array(np.fmax.reduceat(h, starts)),
+            "low": pa.array(np.fmin.reduceat(lo, starts)),
             "close": pa.array(c[ends]),
-            "volume": pa.array(np.add.reduceat(v, starts)),
+            "volume": pa.array(volume),
         }
     elif kind == "volatility":
         vol = _floats(table, "volatility", where)[order]

@@ -203,3 +203,36 @@ def test_a_second_split_across_files_opens_and_closes_by_time_not_file_name(tmp_
         21.0,
         3.0,
     )
+
+
+def test_odd_files_of_a_folder_cost_only_themselves_and_a_null_only_its_own_value(tmp_path: Path):
+    """From a reviewer's folders: a file with sub-millisecond times made the whole day folder skipped (its
+    good files too: "would lose data"); files whose columns differ in type (a double, integers, a string
+    column) stopped the import with a traceback; a null high or volume in one of a second's rows made the
+    merged candle's NaN. Now: times land in their millisecond, types are each file's own, a file that
+    cannot be read as candles is skipped alone, and a null leaves the other rows' values."""
+    day = tmp_path / "ohlc" / "symbol=BTCUSD" / "date=2025-11-10"
+    original_file(day / "part-1.parquet", [(MS, 10.0, 12.0, 9.0, 11.0, 1.0)])
+    fine = pa.table(  # us with a sub-ms part, integer prices, epoch-ms... all of one second
+        {
+            "timestamp": pa.array([(MS + 500) * 1000 + 123], pa.timestamp("us", tz="UTC")),
+            "open": pa.array([20], pa.int64()),
+            "high": pa.array([None], pa.float64()),
+            "low": pa.array([8], pa.int64()),
+            "close": pa.array([21], pa.int64()),
+            "volume": pa.array([None], pa.float64()),
+            "symbol": ["BTCUSD"],
+        }
+    )
+    pq.write_table(fine, day / "part-2.parquet")
+    strings = pa.table({"timestamp": [MS + 700], "open": ["x"], "high": ["x"], "low": ["x"], "close": ["x"],
+                        "volume": ["x"], "symbol": ["BTCUSD"]})  # fmt: skip
+    pq.write_table(strings, day / "part-3.parquet")
+    (candle,) = archive.load_candles(tmp_path, "unknown", "BTCUSD").to_pylist()
+    assert (candle["open"], candle["high"], candle["low"], candle["close"], candle["volume"]) == (
+        10.0,
+        12.0,
+        8.0,
+        21.0,
+        1.0,
+    )
