@@ -8,12 +8,18 @@ WebSocket and per client address.
   address ``API_MAX_SUBSCRIPTIONS_PER_CLIENT`` over all its sockets, and the process ``API_MAX_SUBSCRIBERS``
   (the fan-out's own cap). Past a limit the new subscription gets a GraphQL error
   (``TOO_MANY_SUBSCRIPTIONS``) and everything already running goes on.
+- **Shapes**: an update is encoded once per subscription shape (document, variables, markets, interval) and
+  written to every socket of that shape, so its cost grows with the shapes that follow a market, not with
+  the subscribers. One client address may hold :data:`MAX_SHAPES_PER_MARKET` shapes of one market, kind and
+  interval: 1,000 subscriptions differing only by an alias held an API's loop for 40 s (``/health`` 3-4 s),
+  where 1,000 of one shape cost 0.12 of a core.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
+from typing import Any
 
 import orjson
 from starlette.requests import HTTPConnection
@@ -21,7 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphql_api.inputs import InputError
 
-__all__ = ["BodyLimit", "SubscriptionLimits"]
+__all__ = ["MAX_SHAPES_PER_MARKET", "BodyLimit", "SubscriptionLimits"]
+
+MAX_SHAPES_PER_MARKET = 8  # subscription shapes one client may hold of one market, kind and interval
 
 
 class _TooLarge(Exception):
@@ -80,6 +88,8 @@ class SubscriptionLimits:
         self.per_connection = per_connection
         self.per_client = per_client
         self.by_client: dict[str, int] = {}
+        # (client, kind, market, interval) -> shape key -> subscriptions of it
+        self.shapes: dict[tuple[Any, ...], dict[Hashable, int]] = {}
 
     @contextlib.asynccontextmanager
     async def hold(self, connection: HTTPConnection | None) -> AsyncIterator[None]:
@@ -114,3 +124,44 @@ class SubscriptionLimits:
                 self.by_client[client] = left
             else:
                 del self.by_client[client]
+
+    @contextlib.contextmanager
+    def shape(
+        self,
+        connection: HTTPConnection | None,
+        key: Hashable,
+        kind: str,
+        markets: Sequence[Any],
+        interval: str,
+    ) -> Iterator[None]:
+        """One subscription of shape ``key`` following ``markets`` while the block runs; an
+        :class:`InputError` when it would be the client's shape past :data:`MAX_SHAPES_PER_MARKET` of one."""
+        if connection is None:
+            yield
+            return
+        client = connection.client.host if connection.client is not None else "?"
+        slots = [(client, kind, market, interval) for market in dict.fromkeys(markets)]
+        for slot in slots:
+            held = self.shapes.get(slot, {})
+            if key not in held and len(held) >= MAX_SHAPES_PER_MARKET:
+                raise InputError(
+                    f"{client} already follows {slot[2][0]} {slot[2][1]} {kind} with {len(held)} different "
+                    "subscription documents; subscribe with one of those (aliases, fields and variables "
+                    "make a document different)",
+                    code="TOO_MANY_SUBSCRIPTIONS",
+                    status=429,
+                )
+        for slot in slots:
+            held = self.shapes.setdefault(slot, {})
+            held[key] = held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            for slot in slots:
+                held = self.shapes[slot]
+                if held[key] > 1:
+                    held[key] -= 1
+                else:
+                    del held[key]
+                    if not held:
+                        del self.shapes[slot]

@@ -40,11 +40,13 @@ async def _live(
         live = services.live()
         outlet = OUTLET.get()
         shape = None if outlet is None else shape_of(outlet, kind, markets, interval)
-        async with live.subscribe(kind, markets, interval, shape=shape, outlet=outlet) as sub:
-            if sub.outlet is not None:
-                await sub.deliver()
-            while True:
-                yield await sub.get()
+        request = info.context.request if shape is not None else None
+        with services.limits.shape(request, shape.key if shape else None, kind, markets, interval):
+            async with live.subscribe(kind, markets, interval, shape=shape, outlet=outlet) as sub:
+                if sub.outlet is not None:
+                    await sub.deliver()
+                while True:
+                    yield await sub.get()
 
 
 @strawberry.type

@@ -109,6 +109,46 @@ async def test_live_subscriptions_are_capped_per_websocket_and_per_client(
         _still_serving(running.url)
 
 
+async def test_a_client_holds_a_few_shapes_of_a_market_however_many_subscriptions(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """An update is encoded once per subscription shape: 1,000 subscriptions of one client differing only by
+    an alias made the API encode each update 1,000 times (its loop held for 40 s, /health 3-4 s). Past
+    MAX_SHAPES_PER_MARKET documents following one market the next is refused; more subscriptions of one of
+    them, or of another market, are not; ending one frees its place."""
+    from graphql_api.limits import MAX_SHAPES_PER_MARKET
+
+    def aliased(n: int, symbol: str = "BTCUSDT") -> str:
+        return f'subscription {{ a{n}: candles(symbols: ["{symbol}"]) {{ bucket close }} }}'
+
+    with api(make_settings()) as running:
+        async with connection(running, TRANSPORT_WS) as ws:
+            for n in range(MAX_SHAPES_PER_MARKET):
+                await start(ws, TRANSPORT_WS, f"s{n}", aliased(n))
+            await start(ws, TRANSPORT_WS, "over", aliased(MAX_SHAPES_PER_MARKET))
+            (error,) = (await receive(ws, "over"))["payload"]["errors"]
+            assert error["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS", error
+            said = f"BTCUSDT candles with {MAX_SHAPES_PER_MARKET} different subscription documents"
+            assert said in error["message"], error
+            await start(ws, TRANSPORT_WS, "same", aliased(0))  # one of those: shared, so welcome
+            await start(ws, TRANSPORT_WS, "other", aliased(MAX_SHAPES_PER_MARKET, "ETHUSDT"))
+            deadline = asyncio.get_running_loop().time() + 10
+            while (
+                held := httpx.get(f"{running.url}/health").json()["subscribers"]
+            ) != MAX_SHAPES_PER_MARKET + 2:
+                assert asyncio.get_running_loop().time() < deadline, held
+                await asyncio.sleep(0.05)
+            await ws.send(orjson.dumps({"id": "s1", "type": "complete"}).decode())
+            while httpx.get(f"{running.url}/health").json()["subscribers"] != MAX_SHAPES_PER_MARKET + 1:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            await start(ws, TRANSPORT_WS, "again", aliased(MAX_SHAPES_PER_MARKET))
+            while httpx.get(f"{running.url}/health").json()["subscribers"] != MAX_SHAPES_PER_MARKET + 2:
+                assert asyncio.get_running_loop().time() < deadline, "the freed place was not taken"
+                await asyncio.sleep(0.05)
+        _still_serving(running.url)
+
+
 async def test_the_per_websocket_setting_holds_above_strawberry_s_own_cap_of_100(
     make_settings: Callable[..., Settings],
 ) -> None:
