@@ -657,6 +657,7 @@ class Processor:
         committed = await self._consumer.committed(tp)
         lineage: str | None = None
         ckpt: Checkpoint | None = None
+        begin: int | None = None
         if committed is not None:
             lineage = await asyncio.to_thread(self.store.lineage, p)
             ckpt = await asyncio.to_thread(self.store.load, p, lineage, committed) if lineage else None
@@ -671,7 +672,8 @@ class Processor:
                     )
                     committed = None
         if committed is None:
-            begin = (await self._consumer.beginning_offsets([tp]))[tp]
+            if begin is None:
+                begin = (await self._consumer.beginning_offsets([tp]))[tp]
             epoch = new_epoch()
             removed = await asyncio.to_thread(self.store.start_lineage, p, epoch, begin)
             part = self._new_partition(p, epoch, begin)
