@@ -304,6 +304,8 @@ async def live_trades(
             await _cancel(tasks)
             while not queue.empty():
                 yield queue.get_nowait()
+            if settings.flush_windows_on_stop:
+                await asyncio.gather(*(feed.prove_stop() for feed in feeds))
             for feed in feeds:
                 now = feed.exchange_now()
                 final = (

@@ -9,16 +9,22 @@ connected lives here, once:
 * **Resubscribe**: every session sends the subscribe messages again.
 * **Heartbeats**: the ``websockets`` library answers server pings (Binance pings every 20 s and drops
   clients that do not pong) and sends its own keepalive pings, so a dead TCP path is noticed.
-* **Liveness**: progress never passes the last moment the connection was proven alive: its last frame, or
-  (where the exchange sends no heartbeat of its own, Binance) the sending time of the last ping answered;
-  the feed pings every ``LIVENESS_PING_SECONDS``. A half-open connection claims nothing it may miss.
+* **Proof of completeness**: progress never passes the last moment the feed can prove it has every trade:
+  the sending time of its last frame (a stream delivers in order), or, on a silent connection where the
+  exchange sends nothing for markets without trades (Binance), the moment its REST API was last asked for
+  the newest trade id and named none we lack. That check runs ``MAX_BUFFER_SECONDS`` + 1 s into a silence
+  (so the last trade's second closes about as soon as it would on a busy connection), then every
+  ``WS_STALL_SECONDS``. An answered ping proves the connection alive, not the stream: one frozen while
+  its pings were answered had progress pass the trades it never delivered, and the backfill of them came
+  late. Only a feed that cannot ask REST (``BACKFILL=false``, over ``QUIET_CHECK_MARKETS`` markets) counts
+  answered pings (``LIVENESS_PING_SECONDS``) as proof; what such a feed misses is lost, not late.
 * **The exchange's clock**: progress, liveness and holds are measured in the exchange's time as its frames
   tell it (:class:`~ingest.exchanges.clock.ExchangeClock`), never our wall clock: a local clock ahead of
   the exchange's, or stepped, made trades late.
 * **Stalls**: a feed that sends nothing for ``WS_STALL_SECONDS`` is dropped and reconnected, unless it
-  still answers pings and the exchange's REST API says no trade was made that we lack (Binance, whose
-  stream sends nothing for markets without trades: a quiet market's connection was dropped every
-  ``WS_STALL_SECONDS``). A stream frozen while trades go on is a stall still; what it missed is a gap.
+  still answers pings and the exchange's REST API says no trade was made that we lack, in this silence
+  (Binance, whose stream sends nothing for markets without trades: a quiet market's connection was dropped
+  every ``WS_STALL_SECONDS``). A stream frozen while trades go on is a stall still; what it missed is a gap.
 * **Exchange errors** (Coinbase ``{"type":"error"}``, Binance ``{"error":...}``) are logged and counted; a
   session that errors before delivering anything is retried with backoff.
 * **Planned disconnects** (Binance ``serverShutdown`` before its 24 h cut): the next session is opened at
@@ -38,12 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,12 +88,16 @@ Emit = Callable[[TradeBatch], Awaitable[None]]
 
 BACKOFF_BASE_SECONDS = 0.25
 BACKFILL_DELAY_SECONDS = 1.0  # let late frames arrive and REST history index the trades first
-# A ping this often where the exchange sends no heartbeat: a quiet market's progress lags by at most this
-# (plus a round trip); 2 a second is within Binance's 5 incoming messages a second per connection.
+# A ping this often where the exchange sends no heartbeat: the connection's liveness (and, for a feed that
+# cannot ask REST, how far its progress lags on quiet markets); 2 a second is within Binance's 5 incoming
+# messages a second per connection.
 LIVENESS_PING_SECONDS = 0.5
 # A silent connection counts as quiet (see Exchange._quiet) only if a ping was answered this recently.
 QUIET_PONG_SECONDS = 5.0
-QUIET_CHECK_SECONDS = 10.0  # how long that check may take (the markets' REST calls run at once)
+QUIET_CHECK_SECONDS = 10.0  # how long a REST check may take (the markets' calls run at once)
+# The first REST check of a silence comes this long after the buffer has passed the last frame: its
+# second can close then, as on a busy connection (see Exchange._checkpoints).
+EARLY_CHECK_SECONDS = 1.0
 BACKFILL_ROUNDS = 3
 
 
@@ -161,6 +172,7 @@ class Exchange(ABC):
         self.markets = tuple(markets)  # what the exchange lists for SYMBOLS (cryptostream.markets.resolve)
         self.symbols = frozenset(m.symbol for m in self.markets)
         self.stall_seconds = settings.ws_stall_seconds
+        self.buffer_seconds = settings.max_buffer_seconds
         self.reconnect_max = settings.reconnect_max_seconds
         self.history = history if settings.backfill else None
         self.ids: dict[str, TradeIds] = defaultdict(TradeIds)
@@ -171,12 +183,14 @@ class Exchange(ABC):
         self._emit: Emit | None = None
         self._draining: set[asyncio.Task[_SessionEnd]] = set()
         self._delivering = 0  # sessions that delivered data and are still open
+        self._stopping = False  # run() was cancelled: its sessions close, the feed was not disconnected
         self.clock = ExchangeClock()
         self.watermark = FeedWatermark(
             self.name,
             tuple(sorted(self.symbols)),
             int(settings.max_buffer_seconds * 1000),
             int(settings.backfill_hold_seconds * 1000),
+            heard=0,  # nothing proven before the first frame or check
         )
         url = self.url()
         if not url.startswith(("ws://", "wss://")):
@@ -217,6 +231,11 @@ class Exchange(ABC):
         a feed whose frames carry no time for long (Binance, of quiet markets) still writes progress."""
         return None if self.history is None else await self.history.server_time()
 
+    def can_prove_quiet(self) -> bool:
+        """Whether :meth:`latest_ids` can ask (a feed whose stream is silent when its markets are, with
+        REST history to ask): then only its answers, never answered pings, prove a silence complete."""
+        return False
+
     async def latest_ids(self) -> dict[str, int | None] | None:
         """The newest trade id of each market (None: the market has none) from the exchange's REST API, for
         a feed whose stream is silent when its markets are (Binance); None: not asked, silence is a stall.
@@ -237,6 +256,7 @@ class Exchange(ABC):
     async def run(self, emit: Emit) -> None:
         """Stream forever (until cancelled), reconnecting as needed; trades leave through ``emit``."""
         self._emit = emit
+        self._stopping = False
         backfill = asyncio.create_task(self._backfill_loop(), name=f"{self.name}-backfill")
         attempt = 0
         session: asyncio.Task[_SessionEnd] | None = None
@@ -264,6 +284,9 @@ class Exchange(ABC):
                 delay = min(self.reconnect_max, BACKOFF_BASE_SECONDS * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("%s: %s; reconnecting in %.2fs", self.name, end.reason, delay)
                 await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self._stopping = True  # the feed stops; not a failure restarted by the supervisor
+            raise
         finally:
             backfill.cancel()
             for task in (*self._draining, session):
@@ -305,27 +328,46 @@ class Exchange(ABC):
         finally:
             if state.healthy:
                 self._delivering -= 1
-                if not self._delivering:
-                    self.watermark.disconnected()  # no progress until a session delivers again
+                if not self._delivering and not self._stopping:
+                    # no progress until a session delivers again. Not when the feed stops: whether its
+                    # final progress was written depended on whether the close handshake had ended
+                    self.watermark.disconnected()
         return state
 
     async def _read(self, ws: ClientConnection, handover: asyncio.Event, state: _SessionEnd) -> None:
-        """Read frames until the connection closes (raises), stalls or errors before any data."""
+        """Read frames until the connection closes (raises), stalls or errors before any data. A silence is
+        looked at at each of :meth:`_checkpoints`: early ones prove progress (:meth:`_prove`), one at
+        ``WS_STALL_SECONDS`` or later decides whether the connection stays (:meth:`_quiet`)."""
+        last = time.monotonic()  # the last frame, or the start
+        checks = self._checkpoints()
+        at = next(checks)
+        missed = False  # a check of this silence found trades the stream had not delivered
         while True:
             try:
-                raw = await asyncio.wait_for(ws.recv(), self.stall_seconds)
+                raw = await asyncio.wait_for(ws.recv(), max(0.0, last + at - time.monotonic()))
             except TimeoutError:
-                if await self._quiet(state):
-                    continue
-                self.stats.stalls += 1
-                FEED_STALLS.labels(self.name).inc()
-                state.reason = f"no message for {self.stall_seconds:g}s (stalled)"
-                return
+                decides = at >= self.stall_seconds
+                if not decides:
+                    missed |= await self._prove(logging.DEBUG) is False
+                elif await self._quiet(state, missed):
+                    missed = False
+                else:
+                    self.stats.stalls += 1
+                    FEED_STALLS.labels(self.name).inc()
+                    state.reason = f"no message for {self.stall_seconds:g}s (stalled)"
+                    return
+                while last + at <= time.monotonic():  # a slow check: no checks back to back
+                    at = next(checks)
+                continue
+            last, checks, missed = time.monotonic(), self._checkpoints(), False
+            at = next(checks)
             self.stats.frames += 1
             parsed = self.parse(raw, self.now())  # received at: the exchange's time (see now)
             if parsed.sent_ms is not None:
                 self._saw(parsed.sent_ms)
-            self._heard(self.exchange_now())
+            # the stream delivers in order: all it sent before this frame is here (not what it sent while
+            # this one waited to be read: under load, the time we read it claimed those too)
+            self._heard(parsed.sent_ms if parsed.sent_ms is not None else self.exchange_now())
             if parsed.trades or parsed.alive:
                 self._delivers(state, data=True)
             if parsed.trades or parsed.rejected or parsed.last_ids:
@@ -339,6 +381,16 @@ class Exchange(ABC):
                     return
             if parsed.shutdown:
                 handover.set()
+
+    def _checkpoints(self) -> Iterator[float]:
+        """Seconds into a silence at which it is looked at: where REST can prove it quiet, once when the
+        buffer has passed the last frame by ``EARLY_CHECK_SECONDS`` (its second can close then), and every
+        ``WS_STALL_SECONDS``. A REST check costs Binance weight 25 a market: one a silence, then one every
+        ``WS_STALL_SECONDS``, not one every progress interval."""
+        early = self.buffer_seconds + EARLY_CHECK_SECONDS
+        if self.can_prove_quiet() and early < self.stall_seconds:
+            yield early
+        yield from (self.stall_seconds * k for k in itertools.count(1))
 
     def _delivers(self, state: _SessionEnd, *, data: bool) -> None:
         """The session is proven to work (data, a healthy control message, or a ping answered): the feed is
@@ -362,27 +414,19 @@ class Exchange(ABC):
                 sent = self.exchange_now()
                 await (await ws.ping())
                 state.answered = time.monotonic()
-                self._heard(sent)
+                if not self.can_prove_quiet():  # alive is not complete: a frozen stream answers pings
+                    self._heard(sent)
                 self._delivers(state, data=False)  # a Binance feed of quiet markets sends nothing else
                 await asyncio.sleep(LIVENESS_PING_SECONDS)
 
-    async def _quiet(self, state: _SessionEnd) -> bool:
+    async def _quiet(self, state: _SessionEnd, missed: bool) -> bool:
         """Whether a connection silent for ``WS_STALL_SECONDS`` is only quiet: it answered a ping within the
-        last ``QUIET_PONG_SECONDS`` and the exchange's REST API names no trade newer than those we have.
-        A newer one is a gap (backfilled) and the silence a stall: the stream froze while trading went on."""
-        if time.monotonic() - state.answered > QUIET_PONG_SECONDS:
+        last ``QUIET_PONG_SECONDS`` and the exchange's REST API names no trade newer than those we have, nor
+        did it earlier in this silence (``missed``). A newer one is a gap (backfilled) and the silence a
+        stall: the stream froze while trading went on."""
+        if not self.can_prove_quiet() or time.monotonic() - state.answered > QUIET_PONG_SECONDS:
             return False
-        try:  # bounded: meanwhile nothing reads the connection
-            latest = await asyncio.wait_for(self.latest_ids(), QUIET_CHECK_SECONDS)
-        except (BackfillError, TimeoutError) as exc:
-            log.warning("%s: silent for %gs; cannot ask whether trades were missed: %s", self.name,
-                        self.stall_seconds, str(exc) or f"no answer in {QUIET_CHECK_SECONDS:g}s")  # fmt: skip
-            return False
-        if latest is None:
-            return False
-        gaps = self.stats.gaps
-        await self.deliver([], last_ids={symbol: last for symbol, last in latest.items() if last is not None})
-        if self.stats.gaps > gaps:
+        if not await self._prove(logging.WARNING) or missed:
             return False
         self.stats.quiet += 1
         log.log(
@@ -394,6 +438,34 @@ class Exchange(ABC):
             self.stall_seconds,
         )
         return True
+
+    async def _prove(self, level: int) -> bool | None:
+        """Ask the exchange's REST API for each market's newest trade id. True: it names none we lack, so
+        every trade made before we asked is here, and progress may reach that moment (minus the buffer).
+        False: it names one (a gap, backfilled while the symbol holds). None: it cannot say (logged at
+        ``level``)."""
+        asked = self.exchange_now()  # before the question: the answer covers at least this much
+        try:  # bounded: meanwhile nothing reads the connection
+            latest = await asyncio.wait_for(self.latest_ids(), QUIET_CHECK_SECONDS)
+        except (BackfillError, TimeoutError) as exc:
+            log.log(level, "%s: cannot ask whether trades were missed: %s", self.name,
+                    str(exc) or f"no answer in {QUIET_CHECK_SECONDS:g}s")  # fmt: skip
+            return None
+        if latest is None:
+            return None
+        gaps = self.stats.gaps
+        await self.deliver([], last_ids={symbol: last for symbol, last in latest.items() if last is not None})
+        if self.stats.gaps > gaps:
+            return False
+        self._heard(asked)
+        return True
+
+    async def prove_stop(self) -> None:
+        """At a stop that closes the windows it fed (``FLUSH_WINDOWS_ON_STOP``): a feed whose silence only
+        REST can prove asks once more, so its final progress covers its last trades (their second would
+        otherwise close only with the next trade, in a next run the in-memory broker does not have)."""
+        if self.can_prove_quiet() and self.watermark.up:
+            await self._prove(logging.WARNING)
 
     def _heard(self, at: int | None) -> None:
         """The connection was alive at ``at`` (the exchange's time; None before it is known): progress may

@@ -27,7 +27,8 @@ __all__ = ["Binance"]
 
 MAX_STREAMS = 1024  # per connection (Binance limit)
 # A silent connection of at most this many markets asks REST whether they are quiet or the stream stalled
-# (a request of weight 25 per market every WS_STALL_SECONDS); one of more is taken as stalled at once.
+# (a request of weight 25 per market once a silence, then every WS_STALL_SECONDS); one of more is taken as
+# stalled at once, and its answered pings stand in as proof of completeness (see ingest.exchanges.base).
 QUIET_CHECK_MARKETS = 20
 
 
@@ -66,10 +67,13 @@ class Binance(Exchange):
     def url(self) -> str:
         return f"{self.base_url}/stream?streams={self.streams}"
 
+    def can_prove_quiet(self) -> bool:
+        return isinstance(self.history, BinanceHistory) and len(self.markets) <= QUIET_CHECK_MARKETS
+
     async def latest_ids(self) -> dict[str, int | None] | None:
         """The newest trade id of each market from Binance's REST API (one request per market)."""
         history = self.history
-        if not isinstance(history, BinanceHistory) or len(self.markets) > QUIET_CHECK_MARKETS:
+        if not isinstance(history, BinanceHistory) or not self.can_prove_quiet():
             return None
         symbols = sorted(self.symbols)
         latest = await asyncio.gather(*(history.latest_id(symbol) for symbol in symbols))

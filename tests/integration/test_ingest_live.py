@@ -536,7 +536,7 @@ async def test_a_binance_connection_gone_half_open_claims_nothing_it_may_be_miss
     """Binance sends nothing for a market without trades, so silence proves nothing there: a half-open
     connection (the path died, no FIN) went on claiming progress to its clock minus the buffer until
     WS_STALL_SECONDS noticed, and the trades made meanwhile, backfilled after the reconnect, came late.
-    The feed pings every LIVENESS_PING_SECONDS; progress never passes the last ping answered (or frame)."""
+    Progress now never passes the last frame's sending time, or the last time REST named no trade we lack."""
 
     async def then_half_open(ex: FakeExchange, ws) -> None:
         for _ in range(5):
@@ -585,6 +585,67 @@ async def test_a_quiet_binance_connection_stays_and_a_frozen_one_is_replaced(mak
     assert len(server.connections) == 2 and stats.stalls == 1, (server.connections, stats)
     assert stats.quiet >= 3 and stats.backfilled == 4 and stats.lost == 0, stats
     assert sum(call.startswith("/api/v3/trades?symbol=BTCUSDT&limit=1") for call in server.rest_calls) >= 4
+
+
+async def test_a_frozen_binance_stream_that_answers_pings_claims_nothing_past_its_last_frame(make_settings):
+    """A stream that froze while its connection still answered pings moved progress on with each pong, past
+    the trades it never delivered: the quiet check at WS_STALL_SECONDS found them, and their backfill came
+    after their second had closed (dead-lettered late: the test above failed so under full-suite load). Only
+    Binance's REST API can prove a silence complete: progress past the last frame moves with its answers.
+    Here the stall timeout (4 s) leaves time for pongs to carry progress far past the frozen trades."""
+
+    async def frozen(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+        ex.offline("BTCUSDT", 4)  # the market trades on; the stream sends nothing, pings are answered
+        await ws.wait_closed()
+
+    async def back(ex: FakeExchange, ws) -> None:
+        await ex.send_trades(ws, "BTCUSDT", 3)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [frozen, back]).start()
+    settings = live_settings(
+        make_settings, exchanges="binance", symbols="BTCUSDT", binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url, max_buffer_seconds=0.5, ws_stall_seconds=4.0,
+    )  # fmt: skip
+    try:
+        (feed,), _ = await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    assert_exactly_once(await topic_records(settings, settings.kafka_topic), server)
+    stats = feed.stats
+    assert stats.backfilled == 4 and stats.backfilled_late == 0 and stats.lost == 0, stats
+    # the first check (1.5 s into the silence) found the gap; the one at 4 s ended the connection for it
+    assert len(server.connections) == 2 and stats.stalls == 1 and stats.quiet == 0, stats
+
+
+async def test_a_quiet_binance_feed_stopping_closes_its_last_trades_second(make_settings):
+    """At a stop that closes the windows it fed (FLUSH_WINDOWS_ON_STOP, as `up` runs), a silent Binance
+    connection proves it has every trade by asking REST once more: its final progress covers the second
+    of its last trades, which would otherwise stay open until a next trade (pongs prove no more than the
+    connection is alive)."""
+
+    async def then_quiet(ex: FakeExchange, ws) -> None:
+        for _ in range(3):
+            await ex.send_trades(ws, "BTCUSDT", 2)
+            await asyncio.sleep(0.1)
+
+    server = await FakeExchange("binance", ["BTC-USDT"], [then_quiet]).start()
+    settings = live_settings(
+        make_settings, exchanges="binance", symbols="BTCUSDT", binance_ws_url=server.ws_url,
+        binance_rest_url=server.rest_url, ws_stall_seconds=30.0, flush_windows_on_stop=True,
+    )  # fmt: skip
+    try:
+        await run_live(settings, done_when_all_landed(settings, server))
+    finally:
+        await server.stop()
+    records = await topic_records(settings, settings.kafka_topic)
+    assert_exactly_once(records, server)
+    last_second = max(truth.timestamp for truth in server.truth.values()) // 1000 * 1000
+    final = max(
+        orjson.loads(r.value)["watermark"] for r in records if r.value.startswith(b'{"type":"progress"')
+    )
+    assert final >= last_second + 1000, (final, last_second)  # the buffer (5 s) is still ahead of it
+    assert final % 1000 == 0 and final <= server.clock_ms()
 
 
 async def test_a_silent_binance_connection_is_a_stall_when_rest_cannot_say_it_is_quiet(make_settings):
