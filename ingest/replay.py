@@ -14,12 +14,12 @@ Formats, told apart by name and content:
 
 Rows are read as Arrow/NumPy columns, checked column-wise (non-positive or non-finite price, negative or
 non-finite quantity, timestamps outside 2000-2100, symbols that do not normalize) and encoded straight to
-Kafka records (:class:`~ingest.source.EncodedBatch`), no ``Trade`` object per row: that is what lets a
-replay publish well over 80,000 trades/s. Rejected rows ride along to the dead-letter topic; a CSV line
-with the wrong number of fields is rejected as ``malformed_json`` (the codec's reason for "not a record")
-with its text kept. A file replays as it is: its own symbols (SYMBOLS does not filter a replay), its ids,
-its venue (a Binance dump is ``binance``; JSONL and Parquet name theirs per row; ``--exchange`` names it
-for a file that does not).
+Kafka records (:class:`~ingest.source.EncodedBatch`), no ``Trade`` object per row: that is what lets a replay
+publish well over 80,000 trades/s. Rejected rows ride along to the dead-letter topic; a CSV line with the
+wrong number of fields is rejected as ``malformed_json`` (the codec's reason for "not a record") with its text
+kept, a value that does not convert (``id`` ``12x``) as ``wrong_type`` with its fields. A file replays as it
+is: its own symbols (SYMBOLS does not filter a replay), its ids, its venue (a Binance dump is ``binance``;
+JSONL and Parquet name theirs per row; ``--exchange`` names it for a file that does not).
 
 Progress: the replay writes its own event-time progress, placed by the file alone
 (:mod:`ingest.replay_frontier`): each time the file's event time minus ``MAX_BUFFER_SECONDS`` (for the dump's
@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -254,13 +255,14 @@ def _read_dump(
             progress.track(lambda: counting.count, total)
         names = [f"f{i}" for i in range(len(fields))]
         id_i, price_i, qty_i, time_i, ibm_i = layout
-        types = {
-            names[id_i]: pa.int64(),
-            names[price_i]: pa.float64(),
-            names[qty_i]: pa.float64(),
-            names[time_i]: pa.int64(),
-            names[ibm_i]: pa.bool_(),
-        }
+        # read as text, converted per batch (_convert): a value that does not convert costs its row only
+        columns = [
+            _DumpColumn(names[id_i], "id", pa.int64()),
+            _DumpColumn(names[price_i], "price", pa.float64()),
+            _DumpColumn(names[qty_i], "quantity", pa.float64()),
+            _DumpColumn(names[time_i], "time", pa.int64()),
+            _DumpColumn(names[ibm_i], "is_buyer_maker", pa.bool_()),
+        ]
         bad_lines: list[Rejected] = []
 
         def invalid_row(row: Any) -> str:
@@ -281,23 +283,14 @@ def _read_dump(
                 ),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=invalid_row),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=types,
-                    include_columns=list(types),
-                    true_values=["True", "true", "TRUE", "1"],
-                    false_values=["False", "false", "FALSE", "0"],
+                    column_types={c.name: pa.string() for c in columns},
+                    include_columns=[c.name for c in columns],
+                    strings_can_be_null=True,  # "", NULL, NaN...: nulls, as a typed read had them
                 ),
             )
             for batch in reader:
-                yield _checked(
-                    sym,
-                    venue,
-                    batch.column(names[price_i]),
-                    batch.column(names[qty_i]),
-                    batch.column(names[time_i]),
-                    batch.column(names[id_i]),
-                    batch.column(names[ibm_i]),
-                    bad_lines,
-                )
+                (ids, price, qty, ts, ibm), wrong = _convert(batch, columns)
+                yield _checked(sym, venue, price, qty, ts, ids, ibm, bad_lines + wrong)
                 bad_lines = []
         except pa.ArrowInvalid as exc:
             said = " ".join(str(exc).split())  # one line
@@ -306,6 +299,87 @@ def _read_dump(
             raise _damaged(path, exc) from None
         if bad_lines:
             yield _empty(sym, venue, bad_lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _DumpColumn:
+    name: str  # in the reader (f0, f1...)
+    field: str  # as the dump's documentation names it
+    kind: pa.DataType
+
+
+_TRUE = pa.array(["True", "true", "TRUE", "1"])
+_FALSE = pa.array(["False", "false", "FALSE", "0"])
+_KIND_NAMES = {pa.int64(): "an integer", pa.float64(): "a number", pa.bool_(): "a boolean"}
+
+
+def _convert(batch: pa.RecordBatch, columns: list[_DumpColumn]) -> tuple[list[pa.Array], list[Rejected]]:
+    """A batch of a dump read as text -> its columns in their types, and the rows whose value does not
+    convert, rejected as ``wrong_type``. One cast per column (Arrow's); only a column of a batch where a
+    cast fails is cast in parts (:func:`_cast_each`), so a good file costs what a typed read did, and a bad
+    value costs its row, not the rest of the file (a replay used to stop there, after publishing what came
+    before)."""
+    n = batch.num_rows
+    bad = np.zeros(n, dtype=np.bool_)
+    converted: list[pa.Array] = []
+    for column in columns:
+        text = batch.column(column.name)
+        if column.kind == pa.bool_():
+            yes, no = pc.is_in(text, value_set=_TRUE), pc.is_in(text, value_set=_FALSE)
+            odd = pc.and_not(pc.is_valid(text), pc.or_(yes, no))
+            bad |= np.asarray(odd.to_numpy(zero_copy_only=False), dtype=np.bool_)
+            converted.append(pc.if_else(pc.is_valid(text), yes, pa.scalar(None, pa.bool_())))
+            continue
+        values, refused = _cast_each(text, column.kind)
+        bad[refused] = True
+        converted.append(values)
+    if not bad.any():
+        return converted, []
+    rows = np.flatnonzero(bad)
+    texts = {c.field: batch.column(c.name).take(pa.array(rows)).to_pylist() for c in columns}
+    wrong: list[Rejected] = []
+    for k in range(len(rows)):
+        row = {field: values[k] for field, values in texts.items()}
+        first = next(c for c in columns if not _converts(row[c.field], c.kind))
+        wrong.append(
+            Rejected(
+                "wrong_type",
+                f"{first.field} is {row[first.field]!r:.40}, expected {_KIND_NAMES[first.kind]}",
+                orjson.dumps(row),
+            )
+        )
+    keep = pa.array(~bad)
+    return [c.filter(keep) for c in converted], wrong
+
+
+def _cast_each(text: pa.Array, kind: pa.DataType) -> tuple[pa.Array, list[int]]:
+    """Arrow's cast of ``text`` where a value does not convert: the halves are cast apart until each
+    refusal is one value (set null and listed), so every value gets the verdict of Arrow's cast of it
+    alone, as in a batch that converts whole (Python's own parsers differ: ``0x10``, ``1_000``)."""
+    pieces: list[pa.Array] = []
+    wrong: list[int] = []
+
+    def cast(lo: int, hi: int) -> None:
+        try:
+            pieces.append(pc.cast(text.slice(lo, hi - lo), kind))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            if hi - lo == 1:
+                wrong.append(lo)
+                pieces.append(pa.nulls(1, kind))
+            else:
+                cast(lo, (lo + hi) // 2)
+                cast((lo + hi) // 2, hi)
+
+    cast(0, len(text))
+    return pa.concat_arrays(pieces), wrong
+
+
+def _converts(value: str | None, kind: pa.DataType) -> bool:
+    if value is None:
+        return True
+    if kind == pa.bool_():
+        return value in _TRUE.to_pylist() or value in _FALSE.to_pylist()
+    return not _cast_each(pa.array([value], pa.string()), kind)[1]
 
 
 class _Prefixed(io.RawIOBase):

@@ -196,15 +196,67 @@ def test_unreadable_files_say_what_to_fix(tmp_path, name, message):
         list(read_columns(path))
 
 
-def test_a_value_the_csv_reader_cannot_convert_is_one_line_to_fix(tmp_path):
-    """In the first block it escaped as a 179-line traceback (exit 1), and `up` restarted ingest over it."""
-    path = tmp_path / "BTCUSDT-trades-2026-12-03.csv"
-    path.write_text("1,100.0,0.5,50.0,1764720000000,true,true\n" + "oops,not,a,number,x,true,true\n")
-    with pytest.raises(ReplayError) as refused:
-        list(read_columns(path))
-    message = str(refused.value)
-    assert "\n" not in message and "invalid value 'oops'" in message, message
-    assert message.endswith("fix or drop the offending line and replay again")
+def test_a_value_that_does_not_convert_costs_its_row_only(tmp_path):
+    """A replay stopped at a value the CSV reader could not convert, after publishing the rows before it
+    (those after were never sent, none was dead-lettered). Now that row is rejected as wrong_type with
+    its fields, wherever it is in the file, and every other row is read as if it were not there."""
+    good = [
+        f"{4370000001 + i},{100 + i % 7}.5,0.25,25.0,{1735689600000000 + i * 1000},True,True"
+        for i in range(120_000)
+    ]
+    bad = {
+        3: "4370000004,100.5,0.25,25.0,17356896000040x0,True,True",  # time
+        60_000: "oops,not,a,number,x,maybe,true",  # every field: the first named
+        90_000: "4370090001,1e5e5,0.25,25.0,1735689690000000,True,True",  # price
+        110_000: "99999999999999999999,100.5,0.25,25.0,1735689710000000,False,True",  # id past int64
+        119_999: "4370119999,100.5,0.25,25.0,1735689719999000,perhaps,True",  # side
+    }
+    lines = [bad.get(i, line) for i, line in enumerate(good)]
+    values, rejected = rows(write(tmp_path / "BTCUSDT-trades-2025-01-01.csv", lines))
+    expected, none = rows(
+        write(tmp_path / "BTCUSDT-trades-2025-01-02.csv", [g for i, g in enumerate(lines) if i not in bad])
+    )
+    assert none == [] and values == expected and len(values) == len(good) - len(bad)
+    assert all(r.reason == "wrong_type" for r in rejected), rejected
+    said = sorted(r.detail for r in rejected)
+    assert said == sorted(
+        [
+            "time is '17356896000040x0', expected an integer",
+            "id is 'oops', expected an integer",
+            "price is '1e5e5', expected a number",
+            "id is '99999999999999999999', expected an integer",
+            "is_buyer_maker is 'perhaps', expected a boolean",
+        ]
+    ), said
+    assert orjson.loads(next(r.raw for r in rejected if b"oops" in r.raw)) == {
+        "id": "oops",
+        "price": "not",
+        "quantity": "a",
+        "time": "x",
+        "is_buyer_maker": "maybe",
+    }
+
+
+def test_a_rows_verdict_does_not_depend_on_what_shares_its_batch(tmp_path):
+    """Arrow converts a column of a batch at once; where that fails, the batch's column is read value by
+    value. Each odd value gets the same verdict beside good rows only, or beside a bad row."""
+    first = "1,100.5,0.25,25.0,1735689600000000,True,True"
+    odd = ["+7", " 7", "7 ", "0x10", "1_000", "٧", "7.0", "", "NULL", "nan", "inf", "-0", "1e3", "-5"]
+    verdicts = {}
+    for i, value in enumerate(odd):
+        line = f"{value},100.5,0.25,25.0,1735689600000000,True,True"
+        seen = []
+        for company in ([], ["x,1,1,1,1,True,True"]):
+            values, rejects = rows(
+                write(tmp_path / f"BTCUSDT-trades-{i}-{len(company)}.csv", [first, line, *company]), "BTCUSDT"
+            )
+            seen.append(
+                ([v["trade_id"] for v in values[1:]], [r.reason for r in rejects if b'"id":"x"' not in r.raw])
+            )
+        assert seen[0] == seen[1], (value, seen)
+        verdicts[value] = seen[0]
+    assert verdicts["0x10"] == ([16], []) and verdicts["7.0"] == ([], ["wrong_type"])  # Arrow's reading
+    assert verdicts["-5"] == ([], ["wrong_type"])  # a negative id, as before
 
 
 def test_symbol_option_names_a_dump_whose_file_name_lacks_it(tmp_path):
