@@ -78,6 +78,7 @@ __all__ = [
     "file_schema",
     "list_symbols",
     "listing",
+    "one_per_key",
     "live_files",
     "load",
     "load_candles",
@@ -361,7 +362,7 @@ def read_day_folder(folder: Path, kind: str) -> pa.Table:
     """Every row of one day folder (file schema), as readers see them: foreign files merged per second,
     unreadable ones skipped with a logged reason (``cryptostream import`` copies what this returns)."""
     table = _read_folder(folder, kind, None)
-    return _one_per_key(table, KEYS[kind])
+    return one_per_key(table, KEYS[kind])
 
 
 def _read_ours(
@@ -418,10 +419,12 @@ def _skip(path: Path, exc: Exception) -> None:
         log.warning("archive: skipping %s: %s", path, exc)
 
 
-def _one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+def one_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     """Sorted by ``keys``, one row per key: the last one read. The same candle can be in two files when
     the same trades were processed twice (a new consumer group, a second topic); the database's upsert
-    keeps one row per key, and so does every read of the archive. Files keep what was written."""
+    keeps one row per key (the last written), and so does every read of the archive, and every merge
+    (:mod:`cryptostream.compaction`): files are read in name order, which is the order they were written
+    in (a lineage's name begins with its creation time), so the last read is the last written."""
     table = table.sort_by([(k, "ascending") for k in keys])  # stable: ties stay in read order
     n = table.num_rows
     if n < 2:
@@ -621,7 +624,7 @@ def _scan(
         if table.num_rows == 0:
             continue
         if unique or interval_ms != 1000 or len(tables) > 1:
-            table = _one_per_key(table, KEYS[kind])
+            table = one_per_key(table, KEYS[kind])
         else:
             table = table.sort_by([(k, "ascending") for k in KEYS[kind]])
         zeros = np.zeros(table.num_rows, np.int32)
@@ -661,7 +664,8 @@ def load(
     ``newest`` the last ``limit`` rows of the range are returned (still ascending), which is what a chart
     asks for; ``newest=False`` returns the first ``limit`` rows. Timestamps are UTC-aware.
     ``unique=True`` returns one row per key, as the database holds them (the read layer asks for that);
-    the default returns every stored row, so a check for rows written twice can see them.
+    the default returns every stored row, so a check for rows written twice can see them (until a merge
+    of their hour keeps one).
     """
     if kind not in KINDS:
         raise QueryError(f"unknown archive kind {kind!r}: use one of {', '.join(KINDS)}")

@@ -25,8 +25,10 @@ What may be merged, and why it is safe:
   the next run before anything else; a market's rows of a source its folder already lists are never added
   again, so finishing a merge twice is harmless. One merge runs at a time (an flock on ``_fresh/.lock``).
 
-Rows are kept exactly: the same values, the same count (duplicates included), ordered by bucket with
-ties in their previous order.
+Rows are kept exactly, one per key (:data:`~cryptostream.archive.KEYS`), ordered by key: a candle stored
+twice (the same trades processed again: a new consumer group, an offset reset) keeps the row every reader
+already returned, the last written, as the database's upsert does. So a closed hour or day read with any
+Parquet tool holds each candle once; the rows a merge drops are counted (``duplicates``) and logged.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from cryptostream.archive import (
     FILE_RE,
     FRESH,
     HOUR_MS,
+    KEYS,
     KINDS,
     compacted_from,
     day_folders,
@@ -64,6 +67,7 @@ from cryptostream.archive import (
     fsync_path,
     list_markets,
     listing,
+    one_per_key,
     partition_dir,
     write_file,
 )
@@ -95,6 +99,7 @@ class CompactionReport:
     files_in: int = 0  # files replaced
     files_out: int = 0  # compact files written
     rows: int = 0  # rows moved (unchanged)
+    duplicates: int = 0  # rows of a key stored twice, left out (the last written kept)
     kept_uncommitted: int = 0  # files left alone: a restart of their lineage could still delete them
     skipped: list[str] = field(default_factory=list)  # folders left alone, with the reason
 
@@ -102,6 +107,7 @@ class CompactionReport:
         return (
             f"{self.files_in} file(s) in {self.folders} day folder(s) merged into {self.files_out} "
             f"({self.rows} rows); {self.kept_uncommitted} file(s) kept because they are not yet safe to merge"
+            + (f"; {self.duplicates} row(s) stored twice kept once" if self.duplicates else "")
         )
 
 
@@ -168,9 +174,10 @@ def compact_folder(
     if len(chosen) < 2:
         return report
     schema = file_schema(kind)
-    table = pa.concat_tables([pq.read_table(p, schema=schema) for p in chosen])
-    # A stable sort: rows with equal buckets (e.g. the same candle from two topics) keep their order.
-    table = table.sort_by("bucket")
+    read = pa.concat_tables([pq.read_table(p, schema=schema) for p in chosen])
+    # in name order (chosen is sorted), as readers read them: the row kept is the one they returned
+    table = one_per_key(read, KEYS[kind])
+    report.duplicates += read.num_rows - table.num_rows
     names = [p.name for p in chosen]
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     target = folder / f"compact-{digest}.parquet"
@@ -186,6 +193,12 @@ def compact_folder(
     report.files_out += 1
     report.rows += table.num_rows
     log.info("compacted %s: %d files -> %s (%d rows)", folder, len(chosen), target.name, table.num_rows)
+    if read.num_rows > table.num_rows:
+        log.info(
+            "%s: %d candle row(s) were stored twice (the same trades processed again); kept the last written",
+            folder,
+            read.num_rows - table.num_rows,
+        )
     return report
 
 
@@ -212,6 +225,7 @@ class MergeReport:
     files_in: int = 0  # fresh files merged
     files_out: int = 0  # market files written
     rows: int = 0
+    duplicates: int = 0  # rows of a key stored twice, left out (the last written kept)
     days: int = 0  # (kind, day)s merged into one file per market
     kept_uncommitted: int = 0  # fresh files of closed hours a restart of their lineage could still delete
     recovered: bool = False  # an interrupted merge was finished first
@@ -223,6 +237,7 @@ class MergeReport:
             f"file(s) ({self.rows} rows), {self.days} day(s) merged"
             + (f", {self.kept_uncommitted} file(s) not yet committed" if self.kept_uncommitted else "")
             + (", an interrupted merge finished first" if self.recovered else "")
+            + (f", {self.duplicates} row(s) stored twice kept once" if self.duplicates else "")
         )
 
 
@@ -384,7 +399,17 @@ def _merge_hour(
             continue
         olds = [p for p in live if (m := COMPACT_RE.fullmatch(p.name)) and m["hour"] == f"{hour:02d}"]
         parts = [pq.read_table(p, schema=file_schema(kind)) for p in olds]
-        merged = pa.concat_tables([*parts, rows.select(columns)]).sort_by("bucket")
+        # the market's earlier file of the hour, then the sources in name order: as readers read them
+        both = pa.concat_tables([*parts, rows.select(columns)])
+        merged = one_per_key(both, KEYS[kind])
+        if both.num_rows > merged.num_rows:
+            report.duplicates += both.num_rows - merged.num_rows
+            log.info(
+                "%s: %d candle row(s) were stored twice (the same trades processed again); kept the last "
+                "written",
+                folder,
+                both.num_rows - merged.num_rows,
+            )
         replaces = [*_replaces(olds), *names]
         meta = {COMPACTED_FROM: json.dumps(replaces).encode()}
         write_file(target, merged.replace_schema_metadata(meta), DAY_ROW_GROUP, use_dictionary=False)
@@ -421,7 +446,7 @@ def _merge_day(
         folder = partition_dir(root, kind, exchange, symbol, day)
         if folder.is_dir():
             pacer.rest()
-            compact_folder(folder, kind, floor)
+            report.duplicates += compact_folder(folder, kind, floor).duplicates
     report.days += 1
 
 
@@ -468,6 +493,7 @@ def compact(
     report.files_in += merged.files_in
     report.files_out += merged.files_out
     report.rows += merged.rows
+    report.duplicates += merged.duplicates
     report.kept_uncommitted += merged.kept_uncommitted
     for kind in KINDS:
         for exchange, symbol in list_markets(root, kind):
