@@ -165,13 +165,16 @@ class BinanceHistory(RestHistory):
         """Binance's clock: ``GET /api/v3/time`` -> ``{"serverTime": 1499827319559}`` (ms)."""
         return await self._time("/api/v3/time", lambda body: body.get("serverTime"))
 
-    async def latest_id(self, symbol: str) -> int | None:
-        """The id of the exchange's newest trade of ``symbol`` (``GET /api/v3/trades`` or ``aggTrades``,
-        ``limit=1``: the most recent), None when the market has none."""
+    async def latest_id(self, symbol: str) -> tuple[int, int] | None:
+        """The id and time (ms) of the exchange's newest trade of ``symbol`` (``GET /api/v3/trades`` or
+        ``aggTrades``, ``limit=1``: the most recent), None when the market has none."""
         path = "/api/v3/aggTrades" if self.aggregated else "/api/v3/trades"
         page = await self._get(path, {"symbol": self.native(symbol), "limit": 1})
         try:
-            return max((int(self.row_id(row)) for row in page), default=None)
+            return max(
+                ((int(self.row_id(row)), int(row["T"] if self.aggregated else row["time"])) for row in page),
+                default=None,
+            )
         except (KeyError, TypeError, ValueError):
             raise BackfillError(
                 f"GET {self.base_url}{path} answered {str(page)[:200]!r}: no trade id"

@@ -98,6 +98,11 @@ QUIET_CHECK_SECONDS = 10.0  # how long a REST check may take (the markets' calls
 # The first REST check of a silence comes this long after the buffer has passed the last frame: its
 # second can close then, as on a busy connection (see Exchange._checkpoints).
 EARLY_CHECK_SECONDS = 1.0
+REST_CHECK_WEIGHT = 25  # Binance's weight of GET /api/v3/trades, per market
+REST_WEIGHT_PER_MINUTE = 1_200  # what early checks may spend (Binance allows 6,000 a minute per IP)
+# A trade REST names that was made this close to the question may still be on its way over the WebSocket:
+# not a gap yet, nor a proof (the next check, or its frame, says which).
+IN_FLIGHT_MS = 1_000
 BACKFILL_ROUNDS = 3
 
 
@@ -184,13 +189,14 @@ class Exchange(ABC):
         self._draining: set[asyncio.Task[_SessionEnd]] = set()
         self._delivering = 0  # sessions that delivered data and are still open
         self._stopping = False  # run() was cancelled: its sessions close, the feed was not disconnected
+        self._checked = float("-inf")  # when REST was last asked (monotonic)
         self.clock = ExchangeClock()
         self.watermark = FeedWatermark(
             self.name,
             tuple(sorted(self.symbols)),
             int(settings.max_buffer_seconds * 1000),
             int(settings.backfill_hold_seconds * 1000),
-            heard=0,  # nothing proven before the first frame or check
+            proof_required=True,  # no progress before the first frame or check
         )
         url = self.url()
         if not url.startswith(("ws://", "wss://")):
@@ -236,9 +242,10 @@ class Exchange(ABC):
         REST history to ask): then only its answers, never answered pings, prove a silence complete."""
         return False
 
-    async def latest_ids(self) -> dict[str, int | None] | None:
-        """The newest trade id of each market (None: the market has none) from the exchange's REST API, for
-        a feed whose stream is silent when its markets are (Binance); None: not asked, silence is a stall.
+    async def latest_ids(self) -> dict[str, tuple[int, int] | None] | None:
+        """The newest trade of each market, (id, time ms) (None: the market has none) from the exchange's
+        REST API, for a feed whose stream is silent when its markets are (Binance); None: not asked,
+        silence is a stall.
         Raises :class:`~ingest.backfill.BackfillError` when the exchange does not answer."""
         return None
 
@@ -348,7 +355,8 @@ class Exchange(ABC):
             except TimeoutError:
                 decides = at >= self.stall_seconds
                 if not decides:
-                    missed |= await self._prove(logging.DEBUG) is False
+                    if time.monotonic() - self._checked >= self._check_spacing():
+                        missed |= await self._prove(logging.DEBUG) is False
                 elif await self._quiet(state, missed):
                     missed = False
                 else:
@@ -366,8 +374,10 @@ class Exchange(ABC):
             if parsed.sent_ms is not None:
                 self._saw(parsed.sent_ms)
             # the stream delivers in order: all it sent before this frame is here (not what it sent while
-            # this one waited to be read: under load, the time we read it claimed those too)
-            self._heard(parsed.sent_ms if parsed.sent_ms is not None else self.exchange_now())
+            # this one waited to be read: under load, the time we read it claimed those too). Never past
+            # the clock's estimate: one sending time far ahead would have lifted the cap for good
+            now = self.exchange_now()
+            self._heard(now if parsed.sent_ms is None or now is None else min(parsed.sent_ms, now))
             if parsed.trades or parsed.alive:
                 self._delivers(state, data=True)
             if parsed.trades or parsed.rejected or parsed.last_ids:
@@ -391,6 +401,11 @@ class Exchange(ABC):
         if self.can_prove_quiet() and early < self.stall_seconds:
             yield early
         yield from (self.stall_seconds * k for k in itertools.count(1))
+
+    def _check_spacing(self) -> float:
+        """Seconds between two early checks at least: their REST weight (25 a market) stays within
+        ``REST_WEIGHT_PER_MINUTE``, a fifth of Binance's 6,000 a minute, however often silences begin."""
+        return len(self.markets) * REST_CHECK_WEIGHT * 60 / REST_WEIGHT_PER_MINUTE
 
     def _delivers(self, state: _SessionEnd, *, data: bool) -> None:
         """The session is proven to work (data, a healthy control message, or a ping answered): the feed is
@@ -445,16 +460,28 @@ class Exchange(ABC):
         False: it names one (a gap, backfilled while the symbol holds). None: it cannot say (logged at
         ``level``)."""
         asked = self.exchange_now()  # before the question: the answer covers at least this much
+        self._checked = time.monotonic()
         try:  # bounded: meanwhile nothing reads the connection
             latest = await asyncio.wait_for(self.latest_ids(), QUIET_CHECK_SECONDS)
         except (BackfillError, TimeoutError) as exc:
             log.log(level, "%s: cannot ask whether trades were missed: %s", self.name,
                     str(exc) or f"no answer in {QUIET_CHECK_SECONDS:g}s")  # fmt: skip
             return None
-        if latest is None:
+        if latest is None or asked is None:
             return None
+        named = {symbol: entry for symbol, entry in latest.items() if entry is not None}
+        for symbol, (last, made) in named.items():
+            high = self.ids[symbol].high
+            if high is not None and last > high and made >= asked - IN_FLIGHT_MS:
+                log.debug("%s %s: trade %d was made as we asked; its frame may be on its way", self.name,
+                          symbol, last)  # fmt: skip
+                return None
         gaps = self.stats.gaps
-        await self.deliver([], last_ids={symbol: last for symbol, last in latest.items() if last is not None})
+        await self.deliver(
+            [],
+            last_ids={symbol: last for symbol, (last, _) in named.items()},
+            made={symbol: made for symbol, (_, made) in named.items()},
+        )
         if self.stats.gaps > gaps:
             return False
         self._heard(asked)
@@ -468,9 +495,10 @@ class Exchange(ABC):
             await self._prove(logging.WARNING)
 
     def _heard(self, at: int | None) -> None:
-        """The connection was alive at ``at`` (the exchange's time; None before it is known): progress may
-        reach it (minus the buffer). Never our wall clock: ahead of the exchange's, it made the liveness
-        cap nothing for as long as the skew."""
+        """The feed has every trade made before ``at`` (the exchange's time; None before it is known): a
+        frame's sending time, a REST check's question, an answered ping where REST cannot be asked.
+        Progress may reach it (minus the buffer). Never our wall clock: ahead of the exchange's, it made
+        the cap nothing for as long as the skew."""
         mark = self.watermark
         if at is not None and (mark.heard is None or at > mark.heard):
             mark.heard = at
@@ -511,6 +539,7 @@ class Exchange(ABC):
         last_ids: dict[str, int] | None = None,
         *,
         within: tuple[int, int] | None = None,
+        made: dict[str, int] | None = None,
     ) -> int:
         """Drop duplicates, note gaps, emit the rest; return how many trades were new."""
         if len(trades) > 1:
@@ -535,7 +564,7 @@ class Exchange(ABC):
                 self._lost(trade.symbol, admission.dropped, "too many open gaps")
         for symbol, last in (last_ids or {}).items():
             admission = self.ids[symbol].observe_last(last)
-            mark.heartbeat(symbol, last, admission.gap, now)
+            mark.heartbeat(symbol, last, admission.gap, now, (made or {}).get(symbol))
             if admission.gap is not None:
                 self._gap(symbol, *admission.gap)
         dup = len(trades) - len(fresh)

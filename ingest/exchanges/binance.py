@@ -70,7 +70,7 @@ class Binance(Exchange):
     def can_prove_quiet(self) -> bool:
         return isinstance(self.history, BinanceHistory) and len(self.markets) <= QUIET_CHECK_MARKETS
 
-    async def latest_ids(self) -> dict[str, int | None] | None:
+    async def latest_ids(self) -> dict[str, tuple[int, int] | None] | None:
         """The newest trade id of each market from Binance's REST API (one request per market)."""
         history = self.history
         if not isinstance(history, BinanceHistory) or not self.can_prove_quiet():

@@ -6,10 +6,11 @@ watermark is its receipt clock minus ``MAX_BUFFER_SECONDS`` (trades reach us wit
 worst). It is held back, per symbol, while trades may still come for earlier windows:
 
 * **disconnected**: no progress at all (we cannot know what we miss);
-* **silent**: no progress past the last moment the connection was proven alive (``heard``: its last frame,
-  or the last ping the exchange answered, Binance sending nothing for a market without trades) minus the
-  buffer. A half-open connection delivers nothing until the stall timeout notices, and what it missed
-  would come late from the backfill;
+* **silent**: no progress past the last moment the feed proved it has every trade (``heard``: its last
+  frame's sending time or, Binance sending nothing for a market without trades, the last time its REST API
+  named no trade we lack; answered pings only for a feed that cannot ask) minus the buffer. A half-open
+  connection, or a stream frozen while its pings are answered, delivers nothing until the stall timeout
+  notices, and what it missed would come late from the backfill;
 * **after a reconnect, or a restart**: each symbol stays where it was until it shows it lost nothing (a trade
   right after the last one we had, a Coinbase heartbeat naming an id we have) or shows a gap;
 * **a gap** (ids missing, found by :class:`~ingest.exchanges.tracker.TradeIds`): the symbol stays before
@@ -75,9 +76,11 @@ class FeedWatermark:
     buffer_ms: int
     hold_ms: int
     up: bool = False
-    # when the connection was last proven alive (a frame, a ping answered): progress never passes it
-    # (minus the buffer), so a connection gone silent claims nothing it may miss
+    # when the feed last proved it has every trade (see the module doc): progress never passes it (minus the
+    # buffer), so a connection gone silent claims nothing it may miss. None: no cap (``proof_required``:
+    # no progress at all until the first proof)
     heard: int | None = None
+    proof_required: bool = False
     expired: int = 0  # holds that ran out
     state: dict[str, _Symbol] = field(default_factory=dict)
 
@@ -108,14 +111,18 @@ class FeedWatermark:
         if ts >= s.emitted:
             s.note(trade_id, ts)
 
-    def heartbeat(self, symbol: str, last_id: int, gap: tuple[int, int] | None, now: int) -> None:
-        """The exchange said which id is its latest (Coinbase): a gap, or proof that nothing is missing.
-        Of a market with no trade yet, ``last_id`` is where it starts (made before ``now``, so covered
-        once progress passes ``now``: the resume file of a quiet market finds its outage too)."""
+    def heartbeat(
+        self, symbol: str, last_id: int, gap: tuple[int, int] | None, now: int, made: int | None = None
+    ) -> None:
+        """The exchange said which id is its latest (a Coinbase heartbeat, Binance's REST API, which also
+        says when it was ``made``): a gap, or proof that nothing is missing. Of a market with no trade yet,
+        ``last_id`` is where it starts (made before ``now``, or at ``made``, so covered once progress
+        passes that: the resume file of a quiet market finds its outage too; noted at ``now`` when its
+        time was known, a restart fetched an old trade again, behind its progress: late)."""
         s = self.state.setdefault(symbol, _Symbol())
         if s.last_id is None:
             s.last_id = last_id
-            s.note(last_id, now)
+            s.note(last_id, now if made is None else made)
         if gap is not None:
             s.holds[("gap", *gap)] = Hold(s.last_ts, now + self.hold_ms)
         s.holds.pop("reconnect", None)
@@ -144,7 +151,7 @@ class FeedWatermark:
         writes nothing, stopping or not: it cannot know what trades it is missing (its last progress at a
         stop used to claim the outage complete, and the next run's backfill of it came late); the resume
         file keeps the progress written before, so the next run fetches the outage."""
-        if not self.up:
+        if not self.up or (self.heard is None and self.proof_required):
             return []
         clock = now if self.heard is None else min(now, self.heard)
         base = (clock - clock % 1000) if complete else clock - self.buffer_ms
