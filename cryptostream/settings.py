@@ -12,11 +12,13 @@ The names and defaults of the original README are kept (``SYMBOLS``, ``KAFKA_BOO
 from __future__ import annotations
 
 import difflib
+import io
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv.parser import parse_stream  # python-dotenv, which pydantic-settings reads .env with
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -57,7 +59,12 @@ class Settings(BaseSettings):
     """Every knob of cryptostream. Environment variable = field name in upper case."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False, frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+        allow_inf_nan=False,  # REPLAY_SPEED=inf, MAX_BUFFER_SECONDS=nan: no setting means either
     )
 
     # --- what to capture --------------------------------------------------------------------------
@@ -388,7 +395,37 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be a comma list of binance, coinbase, {DEMO}; got {','.join(value) or 'nothing'}"
             )
-        return names
+        return list(dict.fromkeys(names))  # binance,binance opened two feeds: every trade published twice
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        """A comma list of ``host:port`` (``[v6]:port``; a bare host means port 9092), as every Kafka client
+        takes it: a scheme, a path or a port out of range was retried for SERVICE_WAIT_SECONDS, or a
+        traceback."""
+        if value is None or not value.strip():
+            return None
+        for server in (part.strip() for part in value.split(",")):
+            match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?", server)
+            if match is None or (match[2] is not None and not 1 <= int(match[2]) <= 65_535):
+                raise ValueError(
+                    f"must be a comma list of host:port (e.g. localhost:9092, with no scheme), got {server!r}"
+                )
+        return ",".join(part.strip() for part in value.split(","))
+
+    @field_validator(
+        "output_dir",
+        "state_dir",
+        "model_dir",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        """``~/data`` is the home folder, as in a shell (a folder named ``~`` was made in the working one)."""
+        return Path(value).expanduser() if isinstance(value, str | Path) and str(value).strip() else value
 
     @field_validator("kafka_topic", "kafka_candles_topic", "kafka_dlq_topic", "consumer_group")
     @classmethod
@@ -453,6 +490,25 @@ class Settings(BaseSettings):
             raise ValueError(f"{missing} must be set with {other} (mutual TLS needs both)")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        """Each topic holds one kind of record: a dead-letter topic that is the trades topic fed rejected
+        trades back in as trades, without end (and a shared name got one topic, of one partition)."""
+        names = {
+            "KAFKA_TOPIC": self.kafka_topic,
+            "KAFKA_CANDLES_TOPIC": self.kafka_candles_topic,
+            "KAFKA_DLQ_TOPIC": self.kafka_dlq_topic,
+        }
+        seen: dict[str, str] = {}
+        for setting, name in names.items():
+            if name in seen:
+                raise ValueError(
+                    f"{setting} must differ from {seen[name]} (each topic holds one kind of record), "
+                    f"both are {name!r}"
+                )
+            seen[name] = setting
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -464,9 +520,14 @@ class Settings(BaseSettings):
                 "must start with postgresql:// (postgresql://user:password@host:5432/database), "
                 f"got {mask_url(url)!r}"
             )
+        if "," in url.partition("://")[2].partition("/")[0].rpartition("@")[2]:
+            # asyncpg takes a list of hosts; the migrations (SQLAlchemy) looked one up by that whole name
+            raise ValueError(
+                "must name one host (a list of hosts is not supported: name the primary, or a proxy in "
+                f"front of them), got {mask_url(url)!r}"
+            )
         try:  # what asyncpg would stop on later, with a traceback: a port that is no number, a broken host
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - parsed on access
+            urlsplit(url).port  # noqa: B018 - parsed on access
         except ValueError as exc:
             raise ValueError(
                 f"is not a URL ({exc}): use postgresql://user:password@host:5432/database, "
@@ -502,11 +563,8 @@ def _one_line(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if not first["loc"]:  # a check across settings: its message names them; the input is all of them
         return message
-    name = str(first["loc"][0]).upper()
     for verbose, short in _PHRASES:
         message = message.replace(verbose, short)
-    if not first["loc"]:  # a check across settings: its message names them
-        return message
     name = str(first["loc"][0]).upper()
     value = first.get("input")
     if isinstance(value, SecretStr):
@@ -520,16 +578,40 @@ def _one_line(error: ValidationError) -> str:
     return f"{name} {message}{shown}{more}"
 
 
+def _check_dotenv(path: Path | None) -> None:
+    """Raise :class:`SettingsError` when the ``.env`` file at ``path`` cannot be read whole: python-dotenv
+    skips a line it cannot parse with a warning, so its setting silently kept its default."""
+    if path is None:
+        return
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"{path} cannot be read ({exc.strerror}): fix its permissions or remove it"
+        ) from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = (binding.original.string.strip().splitlines() or [""])[0][:60]
+            raise SettingsError(
+                f"{path} line {binding.original.line} is not NAME=value: {line!r} (quote a value with "
+                "spaces, # or quotes in it; start a comment with #)"
+            )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment (and ``.env``); raise :class:`SettingsError` in one line."""
+    env_file = overrides.get("_env_file", Settings.model_config.get("env_file"))
+    _check_dotenv(Path(env_file) if isinstance(env_file, str | Path) else None)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise SettingsError(
-            f".env is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
-        ) from None
     if settings.api_production:
         if "cors_origins" not in settings.model_fields_set:
             settings = settings.model_copy(update={"cors_origins": []})  # same origin only, unless named

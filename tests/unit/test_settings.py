@@ -123,8 +123,87 @@ def test_log_level_in_any_case_and_a_dotenv_that_is_not_utf8(
     assert load_settings(_env_file=None).log_level == "DEBUG"
     dotenv = tmp_path / ".env"
     dotenv.write_text("SYMBOLS=BTCUSDT\n", encoding="utf-16")  # Notepad's "Unicode"
-    with pytest.raises(SettingsError, match=r"^\.env is not UTF-8 text \(.*\): save it as UTF-8$"):
+    with pytest.raises(SettingsError, match=r"^.*/\.env is not UTF-8 text \(.*\): save it as UTF-8$"):
         load_settings(_env_file=dotenv)
+
+
+def test_a_dotenv_line_that_is_no_setting_stops_start_up_naming_its_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """python-dotenv skips such a line with a warning: the setting on it silently kept its default."""
+    monkeypatch.delenv("KAFKA_PARTITIONS", raising=False)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# mine\nSYMBOLS=BTCUSDT\nKAFKA_PARTITIONS 8\nexport LOG_LEVEL=debug\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=dotenv)
+    assert str(info.value) == (
+        f"{dotenv} line 3 is not NAME=value: 'KAFKA_PARTITIONS 8' (quote a value with spaces, # or quotes "
+        "in it; start a comment with #)"
+    )
+    dotenv.write_text(
+        '# mine\nSYMBOLS="BTCUSDT, ETHUSDT" # two\nKAFKA_PARTITIONS=8\nexport LOG_LEVEL=debug\n'
+    )
+    settings = load_settings(_env_file=dotenv)
+    assert (settings.symbols, settings.kafka_partitions) == (["BTCUSDT", "ETHUSDT"], 8)
+    folder = tmp_path / "dotenv-folder"
+    folder.mkdir()
+    with pytest.raises(SettingsError, match=r"dotenv-folder cannot be read \(Is a directory\)"):
+        load_settings(_env_file=folder)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"KAFKA_DLQ_TOPIC": "crypto-trades"},
+            "KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC (each topic holds one kind of record), both are "
+            "'crypto-trades'",
+        ),
+        (
+            {"KAFKA_CANDLES_TOPIC": "t", "KAFKA_TOPIC": "t"},
+            "KAFKA_CANDLES_TOPIC must differ from KAFKA_TOPIC",
+        ),
+        (
+            {"KAFKA_CANDLES_TOPIC": "d", "KAFKA_DLQ_TOPIC": "d"},
+            "KAFKA_DLQ_TOPIC must differ from KAFKA_CANDLES",
+        ),
+        ({"KAFKA_BOOTSTRAP": "kafka://broker:9092"}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
+        ({"KAFKA_BOOTSTRAP": "broker:99999"}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
+        ({"KAFKA_BOOTSTRAP": "a:9092,b:0"}, "KAFKA_BOOTSTRAP must be a comma list of host:port (e.g. "),
+        ({"KAFKA_BOOTSTRAP": "broker:9092/x"}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
+        ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED must be a finite number"),
+        ({"MAX_BUFFER_SECONDS": "nan"}, "MAX_BUFFER_SECONDS must be a finite number"),
+        (
+            {"DATABASE_URL": "postgresql://u:pw@h1:5432,h2:5432/x"},
+            "DATABASE_URL must name one host (a list of hosts is not supported: name the primary, or a "
+            "proxy in front of them), got 'postgresql://u:***@h1:5432,h2:5432/x'",
+        ),
+        ({"DATABASE_URL": "postgresql://u:pw@h1,h2/x"}, "DATABASE_URL must name one host"),
+    ],
+)
+def test_settings_that_contradict_each_other_or_no_client_takes_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    """A dead-letter topic that is the trades topic fed rejected trades back in without end; a bootstrap
+    with a scheme was retried for a minute; a list of database hosts crashed the migrations."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value) and "pw" not in str(info.value)
+
+
+def test_settings_take_what_a_user_writes_as_a_shell_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", " broker-1:9092, [::1]:29092,broker-2 ")
+    monkeypatch.setenv("EXCHANGES", "binance,coinbase,Binance")
+    monkeypatch.setenv("OUTPUT_DIR", "~/cryptostream/out")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:a,b@db:5432/x")  # a comma in the password only
+    settings = load_settings(_env_file=None)
+    assert settings.kafka_bootstrap == "broker-1:9092,[::1]:29092,broker-2"
+    assert settings.exchanges == ["binance", "coinbase"]  # one feed each: trades were published twice
+    assert settings.output_dir == Path.home() / "cryptostream" / "out"
+    assert settings.database_dsn == "postgresql://u:a,b@db:5432/x"
 
 
 @pytest.mark.parametrize(
