@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -85,10 +86,52 @@ def _cryptostream(
     pass
 
 
+# The options that override a setting: an error about the setting names the option the user typed.
+OPTION_OF = {
+    "symbols": "--symbols",
+    "api_port": "--port",
+    "api_host": "--host",
+    "replay_speed": "--speed",
+    "prediction_horizon_seconds": "--horizon",
+}
+
+
 def _settings(role: str, **overrides: Any) -> Settings:
-    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = load_settings(**given)
+    except SettingsError as exc:
+        for name in given:
+            setting = name.upper()
+            if name in OPTION_OF and str(exc).startswith(f"{setting} "):
+                raise SettingsError(f"{OPTION_OF[name]} ({setting}){str(exc)[len(setting) :]}") from None
+        raise
     setup_logging(settings.log_level, settings.log_format, role)
     return settings
+
+
+def _finite_rate(rate: float) -> None:
+    if not math.isfinite(rate):
+        raise SettingsError(f"--rate must be a number of trades per second, got {rate}")
+
+
+def _replay_file(path: Path, option: str) -> None:
+    if path.is_dir():
+        raise SettingsError(f"{option}: {path} is a folder; name a replay file in it")
+    if not path.is_file():
+        raise SettingsError(f"{option}: replay file {path} does not exist")
+
+
+def _recording_file(path: Path) -> None:
+    """``--record`` names a file this user can append to (a folder there restarted ingest until `up` gave
+    up, one traceback each time)."""
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise SettingsError(
+            f"--record must name a file this user can write, got {path} ({exc.strerror})"
+        ) from None
 
 
 def _run(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> None:
@@ -194,8 +237,17 @@ def _wait_for_services(settings: Settings, *, kafka: bool = False, database: boo
         asyncio.run(_wait_for_database(settings.database_dsn, settings.service_wait_seconds))
 
 
-def _require_free_port(host: str, port: int, setting: str) -> None:
-    """Raise a one-line :class:`InfraError` when a server could not listen on ``host:port``."""
+def _require_schema(settings: Settings) -> None:
+    """A database that is set has this version's schema (:func:`cryptostream.migrate.check_schema`)."""
+    if settings.database_dsn:
+        from cryptostream.migrate import check_schema
+
+        check_schema(settings.database_dsn)
+
+
+def _require_free_port(host: str, port: int, setting: str, host_setting: str = "METRICS_HOST") -> None:
+    """Raise a one-line :class:`InfraError` when a server could not listen on ``host:port``: a busy port
+    names ``setting``, anything else (an address not on this machine) ``host_setting`` too."""
     from cryptostream.procs import bind_error, describe_os_error
 
     error = bind_error(host, port)
@@ -206,7 +258,14 @@ def _require_free_port(host: str, port: int, setting: str) -> None:
             f"port {port} ({setting}) is already in use on {host}: stop what listens there, or choose "
             "another port"
         )
-    raise InfraError(f"cannot listen on {host}:{port} ({setting}): {describe_os_error(error)}")
+    raise InfraError(
+        f"cannot listen on {_address(host, port)} ({host_setting}, {setting}): {describe_os_error(error)}"
+    )
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:8000``; ``::1:8000`` is no address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---------------------------------------------------------------------------------------------- up
@@ -226,11 +285,13 @@ def up(
     """Run the whole pipeline on this machine in one command (Ctrl+C stops everything)."""
     settings = _settings("up", symbols=symbols, api_port=port)
     _replays_only(source, path=path)
+    _finite_rate(rate)
     if source is Source.replay:  # what ingest would refuse, said before anything starts
         if path is None:
             raise SettingsError("--source replay needs a file: cryptostream up --source replay --path FILE")
-        if not path.is_file():
-            raise SettingsError(f"--path: replay file {path} does not exist")
+        _replay_file(path, "--path")
+    if record is not None:
+        _recording_file(record)
     from cryptostream.embedded import EmbeddedKafka, EmbeddedPostgres
     from cryptostream.kafka import ensure_topics, wait_for_broker
     from cryptostream.migrate import upgrade
@@ -241,11 +302,17 @@ def up(
             "`up` starts itself is plaintext on 127.0.0.1 (unset KAFKA_SECURITY_PROTOCOL, or name your Kafka)"
         )
     # Every port is checked before anything starts: a busy one is a one-line error, not a restart loop.
-    _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT")
+    _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT", "API_HOST")
     role_env: dict[str, dict[str, str]] = {}
     if settings.metrics_port:  # ingest and processor each serve /metrics: the processor takes the next port
         if settings.metrics_port == 65_535:
             raise SettingsError("METRICS_PORT must be < 65535 for `up` (the processor uses the next port)")
+        if settings.api_port in (settings.metrics_port, settings.metrics_port + 1):
+            # each port was free when asked, then the first role to start took it: the API did not start
+            raise SettingsError(
+                f"API_PORT (--port) {settings.api_port} must differ from METRICS_PORT "
+                f"{settings.metrics_port} and the processor's METRICS_PORT + 1 ({settings.metrics_port + 1})"
+            )
         _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT, ingest's /metrics")
         _require_free_port(
             settings.metrics_host, settings.metrics_port + 1, "METRICS_PORT + 1, the processor's /metrics"
@@ -312,7 +379,7 @@ def up(
                 api_port=settings.api_port,
             )
             asyncio.run(ensure_topics(effective))
-            api_url = f"http://{settings.api_host}:{settings.api_port}"
+            api_url = f"http://{_address(settings.api_host, settings.api_port)}"
             _write_private(
                 state / "endpoints.json",
                 {
@@ -581,6 +648,11 @@ def ingest(
     """Capture trades from a source and publish them to KAFKA_TOPIC."""
     settings = _settings("ingest", symbols=symbols)
     _replays_only(source, path=path, exchange=exchange)
+    _finite_rate(rate)
+    if path is not None:
+        _replay_file(path, "--path")
+    if record is not None:
+        _recording_file(record)
     if source is Source.live:
         settings = _live_symbols(settings, symbols=symbols)
     if settings.metrics_port:
@@ -621,8 +693,7 @@ def replay(
 ) -> None:
     """Replay a file of trades into KAFKA_TOPIC, paced by REPLAY_SPEED."""
     settings = _settings("replay", replay_speed=speed)
-    if not path.is_file():
-        raise SettingsError(f"replay file {path} does not exist")
+    _replay_file(path, "FILE")
     _wait_for_services(settings, kafka=True)
     from ingest.replay import replay_trades
     from ingest.service import run_ingest
@@ -642,6 +713,7 @@ def process() -> None:
     if settings.metrics_port:
         _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, kafka=True, database=True)
+    _require_schema(settings)
     from cryptostream.metrics import serve_metrics
     from processor.service import Processor
     from processor.sinks import ParquetSink, PostgresSink, Sink
@@ -694,6 +766,7 @@ def train(
 ) -> None:
     """Train the up/down model walk-forward; write a versioned model and its report to MODEL_DIR."""
     settings = _settings("train", prediction_horizon_seconds=horizon)
+    _writable_folder(settings.model_dir, "MODEL_DIR")  # not a traceback after the training
     if source is TrainSource.database:
         _require_database(settings, "training from the database needs one (or use the archive)")
         _wait_for_services(settings, database=True)
@@ -760,12 +833,18 @@ def serve(
 ) -> None:
     """Serve GraphQL, the REST routes and the dashboard."""
     settings = _settings("serve", api_host=host, api_port=port)
-    _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT")
+    _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT", "--host / API_HOST")
     internal_metrics = settings.api_production and settings.metrics_port is not None
     if internal_metrics:
         assert settings.metrics_port is not None
+        if settings.metrics_port == settings.api_port:
+            raise SettingsError(
+                f"METRICS_PORT must differ from API_PORT (--port) with API_PRODUCTION on (/metrics is served "
+                f"apart from the API), both are {settings.api_port}"
+            )
         _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     _wait_for_services(settings, database=True)
+    _require_schema(settings)
     import uvicorn
 
     from graphql_api import create_app
@@ -780,9 +859,8 @@ def serve(
         create_app(settings), settings.api_host, settings.api_port, ws_max_size=settings.api_max_body_bytes
     )
     log.info(
-        "API on http://%s:%d (database: %s)",
-        settings.api_host,
-        settings.api_port,
+        "API on http://%s (database: %s)",
+        _address(settings.api_host, settings.api_port),
         settings.describe_database(),
     )
     uvicorn.Server(config).run()
@@ -790,16 +868,23 @@ def serve(
 
 @app.command()
 def migrate(
-    revision: str = typer.Argument("head", metavar="REVISION", help="Target alembic revision."),
+    revision: str = typer.Argument(
+        "head", metavar="REVISION", help="Schema revision to take the database to: head, base, 0001, ..."
+    ),
+    downgrade: bool = typer.Option(
+        False, "--downgrade", help="Allow going back to a lower REVISION (drops what later ones added)."
+    ),
 ) -> None:
-    """Bring the database schema at DATABASE_URL up to date."""
+    """Bring the database schema at DATABASE_URL up to date (or to REVISION)."""
     settings = _settings("migrate")
     dsn = _require_database(settings, "migrations need a database (postgresql://...)")
-    _wait_for_services(settings, database=True)
-    from cryptostream.migrate import upgrade
+    from cryptostream.migrate import migrate_to, revision_named
 
-    upgrade(dsn, revision)
-    log.info("database %s is at revision %s", settings.describe_database(), revision)
+    revision_named(revision)  # a typo is said before waiting for the database
+    _wait_for_services(settings, database=True)
+
+    done = migrate_to(dsn, revision, allow_downgrade=downgrade, settings=settings)
+    log.info("database %s %s", settings.describe_database(), done)
 
 
 @app.command("import")
@@ -818,6 +903,7 @@ def import_(
     settings = _settings("import")
     if not path.is_dir():
         raise SettingsError(f"import needs a folder, {path} is not one")
+    _writable_folder(settings.output_dir, "OUTPUT_DIR")
     _wait_for_services(settings, database=True)
     from processor.importer import import_archive
 
@@ -843,6 +929,7 @@ def compact(
         raise SettingsError(
             f"OUTPUT_DIR {settings.output_dir.resolve()} is not a folder: there is no archive to compact"
         )
+    _writable_folder(settings.output_dir, "OUTPUT_DIR")
     from cryptostream.archive import HOUR_MS
     from cryptostream.compaction import compact as run_compaction
 

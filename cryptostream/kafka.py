@@ -142,6 +142,8 @@ async def ensure_topics(settings: Settings, bootstrap: str | None = None) -> Non
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        if settings.kafka_topic in existing:
+            await _say_fewer_partitions(admin, settings)
         missing = [
             NewTopic(name, num_partitions=n, replication_factor=1)
             for name, n in wanted.items()
@@ -160,6 +162,22 @@ async def ensure_topics(settings: Settings, bootstrap: str | None = None) -> Non
                     raise InfraError(f"could not create Kafka topic {name}: {detail}")
     finally:
         await admin.close()
+
+
+async def _say_fewer_partitions(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Warn when the trades topic has fewer partitions than KAFKA_PARTITIONS asks: an existing topic keeps
+    its own (adding partitions moves markets to other partitions mid-stream; this code never does)."""
+    for topic in await admin.describe_topics([settings.kafka_topic]):
+        have = len(topic.get("partitions") or [])
+        if topic.get("topic") == settings.kafka_topic and 0 < have < settings.kafka_partitions:
+            log.warning(
+                "topic %s already exists with %d partitions: KAFKA_PARTITIONS=%d applies to new topics only "
+                "(more partitions move markets between them: stop ingest, let the processors drain, then "
+                "alter the topic)",
+                settings.kafka_topic,
+                have,
+                settings.kafka_partitions,
+            )
 
 
 _REFUSED_IDEMPOTENCE: set[str] = set()  # bootstrap servers that refused an idempotent producer

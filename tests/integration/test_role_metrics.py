@@ -212,7 +212,7 @@ def test_log_format_switches_between_json_lines_and_readable_lines(fmt, make_set
     )
     assert done.returncode == 0, done.stderr.decode()
     lines = [line for line in done.stderr.decode().splitlines() if line.strip()]
-    assert lines and any("is at revision head" in line for line in lines), lines
+    assert lines and any("(head)" in line and "is at revision" in line for line in lines), lines
     if fmt == "json":
         records = [orjson.loads(line) for line in lines]  # every line parses
         assert {r["role"] for r in records} == {"migrate"}

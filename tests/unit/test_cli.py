@@ -173,12 +173,12 @@ def test_symbols_all_and_n_are_in_the_help_of_up_and_ingest() -> None:
 @pytest.mark.parametrize(
     ("args", "env", "line"),
     [
-        (["up", "--symbols", "alll"], {}, "SYMBOLS must be `all`, a count >= 1 or a comma list of symbols"),
-        (["ingest", "--symbols", "0"], {}, "SYMBOLS must be `all`, a count >= 1 or a comma list of symbols"),
+        (["up", "--symbols", "alll"], {}, "--symbols (SYMBOLS) must be `all`, a count >= 1 or a comma list"),
+        (["ingest", "--symbols", "0"], {}, "--symbols (SYMBOLS) must be `all`, a count >= 1 or a comma list"),
         (
             ["up", "--symbols", "all"],
             {"MAX_SYMBOLS": "1000"},
-            "SYMBOLS names 1700 symbols, more than MAX_SYMBOLS",
+            "--symbols (SYMBOLS) names 1700 symbols, more than MAX_SYMBOLS",
         ),
         (
             ["ingest", "--source", "live", "--symbols", "all"],
@@ -249,3 +249,70 @@ def test_a_role_without_an_address_names_the_running_up_s(args, line, tmp_path) 
         last = done.stderr.splitlines()[-1]
         assert last.startswith(f"cryptostream: {line}") and "Traceback" not in done.stderr, done.stderr
         assert last.endswith(f"{hint}{setting}={value}") if hint else "running here" not in last, last
+
+
+def test_an_option_or_a_path_that_cannot_work_is_one_line_naming_the_option(tmp_path) -> None:
+    """Each was a traceback, a restart loop or a message naming something the user did not type."""
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (["replay", str(tmp_path)], [], f"FILE: {tmp_path} is a folder; name a replay file in it"),
+        (["replay", "dump.csv", "--speed", "-1"], [], "--speed (REPLAY_SPEED) must be >= 0, got -1.0"),
+        (["up", "--rate", "inf"], [], "--rate must be a number of trades per second, got inf"),
+        (
+            ["up", "--record", str(tmp_path)],
+            [],
+            f"--record must name a file this user can write, got {tmp_path} (Is a directory)",
+        ),
+        (
+            ["ingest", "--source", "synthetic", "--record", str(tmp_path)],
+            [],
+            f"--record must name a file this user can write, got {tmp_path} (Is a directory)",
+        ),
+        (["train", "--horizon", "0"], [], "--horizon (PREDICTION_HORIZON_SECONDS) must be >= 1, got 0"),
+        (
+            ["train"],
+            [("MODEL_DIR", str(tmp_path / "afile"))],
+            f"MODEL_DIR must be a folder this user can write, got {tmp_path / 'afile'} (File exists)",
+        ),
+        (
+            ["import", str(tmp_path)],
+            [("OUTPUT_DIR", str(tmp_path / "afile" / "out"))],
+            f"OUTPUT_DIR must be a folder this user can write, got {tmp_path / 'afile' / 'out'} "
+            "(Not a directory)",
+        ),
+        (
+            ["migrate", "0009"],
+            [("DATABASE_URL", "postgresql://u:pw@127.0.0.1:9/db")],  # said before waiting for it
+            "REVISION must be head, base or one of 0001, 0002, 0003, 0004, 0005, got '0009'",
+        ),
+    ]
+    for args, env, line in cases:
+        done = _run(args, tmp_path, **dict(env))
+        assert (done.returncode, done.stderr.splitlines()) == (2, [f"cryptostream: {line}"]), (
+            args,
+            done.stderr,
+        )
+    assert not (tmp_path / "state").exists()  # `up` started nothing
+
+
+def test_up_refuses_an_api_port_its_roles_metrics_would_take(tmp_path) -> None:
+    """Each port was free when checked; ingest's /metrics took the API's, `up` said "pipeline up" on it,
+    and the API's bind failure was blamed on the user."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for metrics in (port, port - 1):
+        done = _run(["up", "--port", str(port)], tmp_path, METRICS_PORT=str(metrics))
+        assert done.returncode == 2 and done.stderr.splitlines() == [
+            f"cryptostream: API_PORT (--port) {port} must differ from METRICS_PORT {metrics} and the "
+            f"processor's METRICS_PORT + 1 ({metrics + 1})"
+        ], done.stderr
+    done = _run(["serve", "--port", str(port)], tmp_path, METRICS_PORT=str(port), API_PRODUCTION="true")
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "cryptostream: METRICS_PORT must differ from API_PORT (--port) with API_PRODUCTION on (/metrics is "
+        f"served apart from the API), both are {port}"
+    ], done.stderr
+    done = _run(["serve", "--host", "192.0.2.1", "--port", str(port)], tmp_path)  # TEST-NET: not this machine
+    assert done.returncode == 2 and done.stderr.startswith(
+        f"cryptostream: cannot listen on 192.0.2.1:{port} (--host / API_HOST, --port / API_PORT): "
+    ), done.stderr
