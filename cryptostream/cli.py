@@ -115,11 +115,12 @@ def _finite_rate(rate: float) -> None:
         raise SettingsError(f"--rate must be a number of trades per second, got {rate}")
 
 
-def _replay_file(path: Path, option: str) -> None:
+def _replay_file(path: Path, option: str | None = None) -> None:
+    said = f"{option}: " if option else ""
     if path.is_dir():
-        raise SettingsError(f"{option}: {path} is a folder; name a replay file in it")
+        raise SettingsError(f"{said}{path} is a folder: name a replay file in it")
     if not path.is_file():
-        raise SettingsError(f"{option}: replay file {path} does not exist")
+        raise SettingsError(f"{said}replay file {path} does not exist")
 
 
 def _recording_file(path: Path) -> None:
@@ -693,7 +694,7 @@ def replay(
 ) -> None:
     """Replay a file of trades into KAFKA_TOPIC, paced by REPLAY_SPEED."""
     settings = _settings("replay", replay_speed=speed)
-    _replay_file(path, "FILE")
+    _replay_file(path)
     _wait_for_services(settings, kafka=True)
     from ingest.replay import replay_trades
     from ingest.service import run_ingest

@@ -413,6 +413,15 @@ class Settings(BaseSettings):
                 )
         return ",".join(part.strip() for part in value.split(","))
 
+    @field_validator("api_host", "metrics_host")
+    @classmethod
+    def _interface(cls, value: str) -> str:
+        """A host name or an IP address to bind (``0.0.0.0``, ``::``, ``fe80::1%eth0``): anything else failed
+        at the bind, or earlier in a log line, with a traceback."""
+        if not re.fullmatch(r"[A-Za-z0-9._:%-]{1,253}", value):
+            raise ValueError(f"must be a host name or an IP address (127.0.0.1, 0.0.0.0, ::), got {value!r}")
+        return value
+
     @field_validator(
         "output_dir",
         "state_dir",

@@ -255,7 +255,7 @@ def test_an_option_or_a_path_that_cannot_work_is_one_line_naming_the_option(tmp_
     """Each was a traceback, a restart loop or a message naming something the user did not type."""
     (tmp_path / "afile").write_text("")
     cases = [
-        (["replay", str(tmp_path)], [], f"FILE: {tmp_path} is a folder; name a replay file in it"),
+        (["replay", str(tmp_path)], [], f"{tmp_path} is a folder: name a replay file in it"),
         (["replay", "dump.csv", "--speed", "-1"], [], "--speed (REPLAY_SPEED) must be >= 0, got -1.0"),
         (["up", "--rate", "inf"], [], "--rate must be a number of trades per second, got inf"),
         (

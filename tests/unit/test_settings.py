@@ -172,6 +172,11 @@ def test_a_dotenv_line_that_is_no_setting_stops_start_up_naming_its_line(
         ({"KAFKA_BOOTSTRAP": "a:9092,b:0"}, "KAFKA_BOOTSTRAP must be a comma list of host:port (e.g. "),
         ({"KAFKA_BOOTSTRAP": "broker:9092/x"}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
         ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED must be a finite number"),
+        ({"API_HOST": "http://0.0.0.0"}, "API_HOST must be a host name or an IP address"),
+        (
+            {"METRICS_HOST": "caf\udcff"},
+            "METRICS_HOST must be a host name or an IP address",
+        ),  # bytes not UTF-8
         ({"MAX_BUFFER_SECONDS": "nan"}, "MAX_BUFFER_SECONDS must be a finite number"),
         (
             {"DATABASE_URL": "postgresql://u:pw@h1:5432,h2:5432/x"},
