@@ -64,14 +64,28 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The command in a child process; its API port is one nothing listens on (not 8000, which the user's own
+    `make demo` may hold while the suite runs), unless the test names one."""
     base = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "METRICS_PORT")
     }
     return subprocess.run(
         [sys.executable, "-m", "cryptostream", *args],
         cwd=tmp_path,
-        env={**base, "STATE_DIR": str(tmp_path / "state"), "OUTPUT_DIR": str(tmp_path / "out"), **env},
+        env={
+            **base,
+            "STATE_DIR": str(tmp_path / "state"),
+            "OUTPUT_DIR": str(tmp_path / "out"),
+            "API_PORT": str(_free_port()),
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
