@@ -171,6 +171,8 @@ def test_a_dotenv_line_that_is_no_setting_stops_start_up_naming_its_line(
         ({"KAFKA_BOOTSTRAP": "broker:99999"}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
         ({"KAFKA_BOOTSTRAP": "a:9092,b:0"}, "KAFKA_BOOTSTRAP must be a comma list of host:port (e.g. "),
         ({"KAFKA_BOOTSTRAP": "broker:9092/x"}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
+        ({"KAFKA_BOOTSTRAP": " , "}, "KAFKA_BOOTSTRAP must be a comma list of host:port"),
+        ({"API_HOST": "[::1]"}, "API_HOST takes an IPv6 address without brackets, got '[::1]' (write ::1)"),
         ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED must be a finite number"),
         ({"API_HOST": "http://0.0.0.0"}, "API_HOST must be a host name or an IP address"),
         (
@@ -200,7 +202,7 @@ def test_settings_that_contradict_each_other_or_no_client_takes_are_one_line(
 
 
 def test_settings_take_what_a_user_writes_as_a_shell_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP", " broker-1:9092, [::1]:29092,broker-2 ")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", " broker-1:9092, [::1]:29092,broker-2, ")  # a stray comma too
     monkeypatch.setenv("EXCHANGES", "binance,coinbase,Binance")
     monkeypatch.setenv("OUTPUT_DIR", "~/cryptostream/out")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:a,b@db:5432/x")  # a comma in the password only
