@@ -113,7 +113,7 @@ def check_schema(dsn: str) -> None:
     raise InfraError(
         f"the database at {where} is at schema revision {current}, which this version of cryptostream does "
         f"not know (it needs {head}; a newer version migrated it?): run that version, or take the schema "
-        f"back with it (`cryptostream migrate {head}`)"
+        f"back with it (`cryptostream migrate {head} --downgrade`)"
     )
 
 
