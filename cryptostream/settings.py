@@ -406,9 +406,7 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         servers = [part.strip() for part in value.split(",") if part.strip()]  # a stray comma names nothing
-        if not servers:
-            raise ValueError(f"must be a comma list of host:port (e.g. localhost:9092), got {value!r}")
-        for server in servers:
+        for server in servers or [value.strip()]:  # only commas: refused as what it is
             match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?", server)
             if match is None or (match[2] is not None and not 1 <= int(match[2]) <= 65_535):
                 raise ValueError(
@@ -421,7 +419,7 @@ class Settings(BaseSettings):
     def _interface(cls, value: str) -> str:
         """A host name or an IP address to bind (``0.0.0.0``, ``::``, ``fe80::1%eth0``): anything else failed
         at the bind, or earlier in a log line, with a traceback."""
-        if re.fullmatch(r"\[[0-9A-Fa-f:.%a-z]+\]", value):  # a URL's form: the socket takes it bare
+        if value.startswith("[") and value.endswith("]"):  # a URL's form of IPv6: the socket takes it bare
             raise ValueError(f"takes an IPv6 address without brackets, got {value!r} (write {value[1:-1]})")
         if not re.fullmatch(r"[A-Za-z0-9._:%-]{1,253}", value):
             raise ValueError(f"must be a host name or an IP address (127.0.0.1, 0.0.0.0, ::), got {value!r}")

@@ -65,9 +65,9 @@ def busy_port() -> Iterator[int]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -223,12 +223,6 @@ def test_a_selection_that_cannot_run_stops_before_anything_starts(args, env, lin
     assert done.stderr.splitlines()[-1].startswith(f"cryptostream: {line}"), done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "state" / "postgres").exists() and "Kafka" not in done.stderr  # nothing started
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize(
