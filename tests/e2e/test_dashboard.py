@@ -621,3 +621,43 @@ def test_the_model_report_is_shown_as_measured(pipeline: DashboardPipeline, brow
         assert empty.startswith("No model trained yet")
     finally:
         context.close()
+
+
+def test_the_quote_counts_trades_and_the_demo_model_is_said_once(
+    pipeline: DashboardPipeline, browser: Browser
+) -> None:
+    """The newest candle's line says "1 trade", "2 trades", "– trades" (an archive that did not record it);
+    a prediction of the demo model says "Demo model" in a pill when the report beside it is that model's,
+    and in full when no report says what it is (a live run after the demo)."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        blank_page(page, pipeline.url)
+        lines, beside, alone = page.evaluate(
+            """async () => {
+            const panels = await import('/js/panels.js');
+            const quote = (count) => {
+              const els = { price: document.createElement('span'), change: document.createElement('span'),
+                            candle: document.createElement('p') };
+              const two = [1, 1];
+              panels.renderQuote(els, { interval: '1s', bucket: [0, 1000], open: two, high: two, low: two,
+                                        close: two, volume: two, tradeCount: [7, count],
+                                        closed: [true, true] });
+              return els.candle.textContent;
+            };
+            const prediction = { bucket: '2026-12-04T04:20:53Z', probabilityUp: 0.4, label: 'down',
+                                 horizonSeconds: 60, modelVersion: 'demo-1' };
+            const shown = (report) => {
+              const box = document.createElement('div');
+              panels.renderPrediction(box, prediction, 'BTCUSDT', report);
+              return box.textContent;
+            };
+            return [[quote(1), quote(2), quote(null)],
+                    shown({ model_version: 'demo-1', data: { generated: true } }), shown(null)];
+            }"""
+        )
+        assert [line.rsplit(" · ", 1)[1] for line in lines] == ["1 trade", "2 trades", "– trades"], lines
+        assert beside.endswith("Demo model") and "real markets" not in beside, beside
+        assert "Demo model · made by the demo's model" in alone and "real markets" in alone, alone
+    finally:
+        context.close()

@@ -90,7 +90,10 @@ def test_demo_predicts_within_a_minute_and_offline_live_says_no_source_delivers(
     status = page.inner_text("#status")
     assert "synthetic: connected" in status and "null" not in status, status
     assert "Demo model" in page.inner_text("#model-report")
-    assert "Demo model" in page.inner_text("#prediction")
+    # the report beside the prediction explains the demo model: the prediction says so in a pill, not twice
+    page.wait_for_selector("#prediction .pill-demo", timeout=30_000)
+    assert page.inner_text("#prediction .pill-demo") == "Demo model"
+    assert page.inner_text("body").count("knows nothing about real markets") == 1, page.inner_text("body")
     page.screenshot(path=str(artifacts / "demo.png"), full_page=True)
     assert errors == [], errors
     page.context.close()
@@ -131,8 +134,10 @@ def test_demo_predicts_within_a_minute_and_offline_live_says_no_source_delivers(
     assert page.is_visible("#demo-badge"), "the demo's stored candles are shown without the DEMO DATA mark"
     # and their stored predictions as the demo model's, though the live run serves no report of it
     page.wait_for_function("document.getElementById('prediction').textContent.includes('%')", timeout=30_000)
-    assert "Demo model" in page.inner_text("#prediction")
     assert "No model trained yet" in page.inner_text("#model-report")
+    # no report says what that model is, so the prediction says it in full
+    said = page.inner_text("#prediction")
+    assert "Demo model · made by the demo's model, trained on generated history" in said, said
     time.sleep(1)  # a status poll or two more: still clean
     page.screenshot(path=str(artifacts / "live-offline.png"), full_page=True)
     assert errors == [], errors

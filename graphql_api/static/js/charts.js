@@ -148,7 +148,7 @@ export function priceFigure(series, { style, p }) {
   const x = series.bucket.slice();
   const customdata = series.closed.map((closed, i) => [closed, series.tradeCount[i]]);
   const text = series.closed.map(
-    (closed, i) => `${fmt.integer(series.tradeCount[i])} trades${closed ? "" : " · in progress"}`,
+    (closed, i) => `${fmt.count(series.tradeCount[i], "trade")}${closed ? "" : " · in progress"}`,
   );
   const priceTrace =
     style === "line"

@@ -19,6 +19,11 @@ export function integer(value) {
   return value == null || !Number.isFinite(value) ? "–" : GROUPED.format(value);
 }
 
+/** A count and its noun: "1 trade", "2 trades", "– trades" when unknown (archives that did not record it). */
+export function count(value, noun) {
+  return `${integer(value)} ${value === 1 ? noun : `${noun}s`}`;
+}
+
 export function compact(value) {
   return value == null || !Number.isFinite(value) ? "–" : COMPACT.format(value);
 }

@@ -386,6 +386,8 @@ async function loadReport() {
     else return; // unreachable: keep what is shown
   }
   renderModelReport($("model-report"), state.report);
+  // a demo model is explained by its report: the prediction beside it then says "Demo model" in a pill
+  if (state.prediction) renderPrediction($("prediction"), state.prediction, state.symbol, state.report);
 }
 
 async function pollStatus() {
@@ -445,7 +447,7 @@ function onPrediction(p) {
   if (state.prediction && Date.parse(p.bucket) < Date.parse(state.prediction.bucket)) return;
   state.prediction = p;
   markFresh();
-  renderPrediction($("prediction"), p, state.symbol);
+  renderPrediction($("prediction"), p, state.symbol, state.report);
 }
 
 function onConnection(change) {
@@ -555,7 +557,7 @@ function renderSymbolPanels() {
   $("vol-title-symbol").textContent = state.symbol ?? "";
   $("vol-window").textContent = state.vol.window ? `σ of 1 s log returns over ${state.vol.window} s` : "";
   charts.volatility.draw(volatilityFigureNow);
-  renderPrediction($("prediction"), state.prediction, state.symbol);
+  renderPrediction($("prediction"), state.prediction, state.symbol, state.report);
 }
 
 function describeCharts() {

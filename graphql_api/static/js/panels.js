@@ -68,14 +68,16 @@ export function renderQuote(elements, series) {
     h("span", { class: `pill ${series.closed[i] ? "" : "pill-live"}` }, state),
     ` ${fmt.dateTime(series.bucket[i], series.interval === "1s")} UTC · O ${fmt.price(series.open[i])} · H ${fmt.price(
       series.high[i],
-    )} · L ${fmt.price(series.low[i])} · C ${fmt.price(series.close[i])} · V ${fmt.compact(series.volume[i])} · ${fmt.integer(
+    )} · L ${fmt.price(series.low[i])} · C ${fmt.price(series.close[i])} · V ${fmt.compact(series.volume[i])} · ${fmt.count(
       series.tradeCount[i],
-    )} trades`,
+      "trade",
+    )}`,
   );
 }
 
-/** The newest prediction of the selected symbol (or why there is none). */
-export function renderPrediction(container, prediction, symbol) {
+/** The newest prediction of the selected symbol (or why there is none); ``report`` is the model report shown
+ * beside it (undefined or null when there is none). */
+export function renderPrediction(container, prediction, symbol, report) {
   if (!prediction) {
     container.replaceChildren(
       h("p", { class: "muted" }, `No prediction for ${symbol} yet. The processor makes one per closed second once a model is trained and enough history is in.`),
@@ -110,15 +112,19 @@ export function renderPrediction(container, prediction, symbol) {
     ),
   );
   if (prediction.modelVersion?.startsWith("demo-")) {
-    // made by the model `cryptostream up --source synthetic` trained on generated history: said here too, as
-    // a live run after the demo still shows the demo's stored predictions (and serves no report of it)
+    // made by the model `cryptostream up --source synthetic` trained on generated history. When the report
+    // beside it is that model's, the report says what it is and a pill is enough; a live run after the demo
+    // still shows the demo's stored predictions and serves no report of that model: then it is said here.
+    const explained = report?.data?.generated === true && report.model_version === prediction.modelVersion;
     container.append(
-      h(
-        "p",
-        { class: "demo-model", dataset: { testid: "prediction-demo-model" } },
-        h("strong", {}, "Demo model"),
-        " · made by the model the demo trained on generated history; it knows nothing about real markets.",
-      ),
+      explained
+        ? h("p", { class: "small", dataset: { testid: "prediction-demo-model" } }, h("span", { class: "pill pill-demo" }, "Demo model"))
+        : h(
+            "p",
+            { class: "demo-model", dataset: { testid: "prediction-demo-model" } },
+            h("strong", {}, "Demo model"),
+            " · made by the demo's model, trained on generated history; it knows nothing about real markets.",
+          ),
     );
   }
 }
