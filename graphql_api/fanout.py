@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from datetime import datetime
 from functools import reduce
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import orjson
 import pyarrow.compute as pc
@@ -59,7 +59,7 @@ from graphql_api.rollup import Bar, RollUp
 from graphql_api.status import StatusBoard
 from graphql_api.types import CandleUpdate, Prediction, Volatility, from_ms
 
-__all__ = ["Fanout", "Group", "Outlet", "Shape", "Subscriber", "SubscriberDropped"]
+__all__ = ["ClientGone", "Fanout", "Group", "Outlet", "Shape", "Subscriber", "SubscriberDropped"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ class SubscriberDropped(Exception):
     """The subscriber fell too far behind and was disconnected from the feed."""
 
 
+class ClientGone(Exception):
+    """What an :class:`Outlet` raises when its socket is closed (the client left, or the server closed the
+    socket for the client's doing): the subscription ends there, which is routine, not an error."""
+
+
 class Shape(Protocol):
     """What shared subscribers' updates depend on (:class:`graphql_api.shared.Shape`)."""
 
@@ -102,7 +107,8 @@ class Outlet(Protocol):
     def frame(self, payload: str) -> Any: ...
 
     def start(self, frame: Any) -> Awaitable[None] | None:
-        """Send ``frame``: None when it went at once, else the rest of the send, to be awaited."""
+        """Send ``frame``: None when it went at once, else the rest of the send, to be awaited; either raises
+        :class:`ClientGone` when the socket is closed."""
         ...
 
 
@@ -187,13 +193,15 @@ class Subscriber:
             await self._wait()
         return self.items.popleft()
 
-    async def deliver(self) -> NoReturn:
-        """Wait while ``offer`` writes this shared subscriber's frames, until dropped
-        (:class:`SubscriberDropped`), a send fails (its exception) or cancelled."""
+    async def deliver(self) -> None:
+        """Wait while ``offer`` writes this shared subscriber's frames, until the socket is closed (returns),
+        dropped (:class:`SubscriberDropped`), a send fails otherwise (its exception) or cancelled."""
         if self.outlet is None:
             raise RuntimeError("deliver() is for shared subscribers (subscribe(..., shape=, outlet=))")
         try:
             while True:
+                if isinstance(self.failed, ClientGone):
+                    return
                 if self.failed is not None:
                     raise self.failed
                 await self._wait()

@@ -43,14 +43,22 @@ from typing import Any
 import orjson
 from graphql import ExecutionResult, GraphQLError, execute_subscription_event, parse
 from graphql.execution import Executor
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnected as StarletteDisconnected
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import Schema
 
+from graphql_api.fanout import ClientGone
 from graphql_api.wsprotocol import FRAMES, text_frame
 
-__all__ = ["OUTLET", "Message", "Outlet", "Shape", "shape_of"]
+__all__ = ["DISCONNECTED", "OUTLET", "Message", "Outlet", "Shape", "shape_of"]
 
 log = logging.getLogger(__name__)
+
+# What sending to a client that has gone raises, depending on who notices first: strawberry's adapter,
+# starlette (a close already sent: the client left, or the server closed the socket for the client's doing,
+# as graphql-transport-ws does for a duplicate id or a malformed message), or the ASGI server's disconnect.
+DISCONNECTED = (WebSocketDisconnected, StarletteDisconnected, WebSocketDisconnect)
 
 
 class Message:
@@ -121,6 +129,9 @@ class Outlet:
             blocked_on = send.send(None)
         except StopIteration:
             return None
+        except DISCONNECTED as exc:
+            send.close()
+            raise ClientGone(str(exc)) from exc
         except BaseException:
             send.close()
             raise
@@ -140,6 +151,12 @@ class _Rest:
         self.blocked_on = blocked_on
 
     def __await__(self) -> Generator[Any, Any, None]:
+        try:
+            yield from self._rest()
+        except DISCONNECTED as exc:
+            raise ClientGone(str(exc)) from exc
+
+    def _rest(self) -> Generator[Any, Any, None]:
         coroutine, blocked_on = self.coroutine, self.blocked_on
         while True:
             try:

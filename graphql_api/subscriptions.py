@@ -32,8 +32,9 @@ async def _live(
     their slots in the order they came: the one refused past a limit is the last one sent (a later one
     could overtake the rest while they waited for the market list). Over a WebSocket the updates are shared
     (:mod:`graphql_api.shared`): encoded once per subscription shape and written to the socket from here,
-    so nothing is yielded; this returns only by an error (the subscriber dropped) or cancellation (the
-    client completed the operation or left)."""
+    so nothing is yielded; this returns when the socket is closed (the client left, or the server closed it
+    for the client's doing: routine, not an error), by an error (the subscriber dropped) or by cancellation
+    (the client completed the operation or left)."""
     services = info.context.services
     async with services.limits.hold(info.context.request):
         markets = await services.markets(symbols, exchange)
@@ -45,6 +46,7 @@ async def _live(
             async with live.subscribe(kind, markets, interval, shape=shape, outlet=outlet) as sub:
                 if sub.outlet is not None:
                     await sub.deliver()
+                    return
                 while True:
                     yield await sub.get()
 

@@ -31,9 +31,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from graphql import GraphQLError
-from starlette.websockets import WebSocket, WebSocketDisconnect
-from starlette.websockets import WebSocketDisconnected as StarletteDisconnected
-from strawberry.http.exceptions import NonJsonMessageReceived, WebSocketDisconnected
+from starlette.websockets import WebSocket
+from strawberry.http.exceptions import NonJsonMessageReceived
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -41,7 +40,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from graphql_api.context import Context
-from graphql_api.shared import OUTLET, Outlet
+from graphql_api.shared import DISCONNECTED, OUTLET, Outlet
 
 __all__ = [
     "MAX_OPERATION_ID",
@@ -53,11 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# What sending to a client that has gone raises, depending on who notices first: strawberry's adapter,
-# starlette (a close already sent), or the ASGI server's disconnect seen by starlette.
-DISCONNECTED = (WebSocketDisconnected, StarletteDisconnected, WebSocketDisconnect)
-
 
 def check_strawberry() -> None:
     """Warn when the method :class:`TransportWSHandler` overrides is gone from strawberry."""

@@ -281,3 +281,62 @@ async def test_clients_leaving_mid_stream_log_no_error_and_connections_log_no_in
         r.getMessage() for r in caplog.records if r.levelno == logging.INFO and r.name.startswith("uvicorn")
     ]
     assert [m for m in info if "WebSocket" in m or "connection" in m] == []
+
+
+@pytest.mark.parametrize(
+    ("last_message", "code"),
+    [
+        ({"id": "1", "type": "subscribe", "payload": {"query": LIVE}}, 4409),  # the same id again
+        ({"type": "no such type"}, 4400),  # a message the protocol does not define
+    ],
+    ids=["duplicate-id", "unknown-message"],
+)
+async def test_a_socket_the_server_closes_ends_its_live_operations_without_an_error(
+    live_api: tuple[BackgroundServer, Settings],
+    caplog: pytest.LogCaptureFixture,
+    last_message: dict[str, Any],
+    code: int,
+) -> None:
+    """The protocol has the server close a socket (4409, 4400) while its operations are live; updates keep
+    coming, and the client reads nothing for a second, so the server's close is not answered at once. The
+    client gets the close code, the operation ends, and the log has no error. Whether an update meets the
+    socket closed before the operation is cancelled is a race here (it was an ERROR "GraphQL resolver failed"
+    with a traceback when it did): ``tests/unit/test_api_shared.py`` shows that case deterministically."""
+    server, settings = live_api
+    caplog.set_level(logging.INFO)
+    producer = await start_producer(settings)
+    stop = asyncio.Event()
+
+    async def publish() -> None:
+        i = 0
+        while not stop.is_set():
+            for _ in range(50):
+                candle = one_trade_candle(T0 + i * 1000, 100.0 + i)
+                await producer.send(settings.kafka_candles_topic, candle, key=b"BTCUSDT")
+                i += 1
+            await producer.flush()
+
+    publisher = asyncio.create_task(publish())
+    try:
+        for _ in range(2):
+            ws = await connect(server, TRANSPORT_WS)
+            async with ws:
+                await start(ws, TRANSPORT_WS, "1", LIVE)
+                await receive(ws, "1", timeout=20)  # live
+                # the client reads nothing for a while (a busy client, a slow network), so it does not answer
+                # the server's close at once, while updates keep coming
+                ws.transport.pause_reading()
+                await ws.send(orjson.dumps(last_message).decode())
+                await asyncio.sleep(1)
+                ws.transport.resume_reading()
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == code, closed.value
+        await subscribers(server, 0)
+    finally:
+        stop.set()
+        await publisher
+        await producer.stop()
+    gc.collect()
+    assert problems(caplog.records) == []

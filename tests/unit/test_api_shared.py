@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+from starlette.websockets import WebSocket
 
 from cryptostream.settings import load_settings
-from graphql_api.fanout import SubscriberDropped
+from graphql_api.fanout import Subscriber, SubscriberDropped
 from graphql_api.rollup import Bar
 from graphql_api.schema import INTERNAL, build_schema
 from graphql_api.shared import Message, Outlet, Shape, shape_of
@@ -127,3 +128,47 @@ async def test_one_group_per_shape_one_encoding_per_update_and_drops_per_member(
             await stalled.deliver()
         assert slow.sent == [] and stalled.writer is None  # its waiting send was cancelled
     assert not feed.groups and not feed.channels and feed.subscribers == 0
+
+
+async def _socket(fail: BaseException | None = None) -> tuple[WebSocket, list[dict[str, Any]]]:
+    """A Starlette WebSocket over the ASGI interface, accepted; its sends are recorded, or raise ``fail``."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if fail is not None and message["type"] == "websocket.send":
+            raise fail
+        sent.append(message)
+
+    ws = WebSocket({"type": "websocket", "path": "/graphql", "headers": []}, receive, send)
+    await ws.accept()
+    return ws, sent
+
+
+def _shared_outlet(ws: WebSocket) -> Outlet:
+    schema = build_schema(load_settings(database_url=None))
+    return Outlet(ws, schema, None, "1", QUERY, {"s": ["BTCUSDT"]}, None, legacy=False)  # type: ignore[arg-type]
+
+
+async def test_an_update_that_meets_its_socket_closed_ends_the_subscription_quietly() -> None:
+    """The server closed the socket (graphql-transport-ws does, for a duplicate id or a malformed message)
+    before the operation ended: its next update meets the socket closed. The subscription ends there, as
+    when a client leaves; it was an error result, logged as "GraphQL resolver failed" with a traceback."""
+    ws, sent = await _socket()
+    await ws.close(4409, "Subscriber for 1 already exists")
+    out = _shared_outlet(ws)
+    sub = Subscriber("candles", 8, outlet=out)
+    sub.offer(out.frame(shape_of(out, "candles", BTC, "1s").payload(update(5.0))))
+    await asyncio.wait_for(sub.deliver(), 5)  # returns: no exception
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]  # nothing after the close
+
+
+async def test_a_send_that_fails_otherwise_is_still_an_error() -> None:
+    ws, _ = await _socket(fail=RuntimeError("a bug in the send path"))
+    out = _shared_outlet(ws)
+    sub = Subscriber("candles", 8, outlet=out)
+    sub.offer(out.frame(shape_of(out, "candles", BTC, "1s").payload(update(5.0))))
+    with pytest.raises(RuntimeError, match="a bug in the send path"):
+        await asyncio.wait_for(sub.deliver(), 5)
