@@ -96,13 +96,17 @@ function baseLayout(p) {
   };
 }
 
-const NARROW = matchMedia("(max-width: 700px)");
+// Pixels of plot width a time label needs ("00:01:45" and room after it). Plotly picks the tick step from
+// `nticks` and the range alone (rounded to a nice step, up to half as many ticks again), so a plot narrower
+// than 8 of these (a half-width panel, a phone) asks for fewer, or labels of seconds run into each other.
+const TIME_LABEL_ROOM = 90;
 
-function timeAxis(p, extra = {}) {
+/** The time axis of a plot area `plotWidth` pixels wide (the chart's width less its margins). */
+function timeAxis(p, plotWidth, extra = {}) {
   return {
     type: "date",
     automargin: false,
-    nticks: NARROW.matches ? 4 : 8,
+    nticks: Math.max(2, Math.min(8, Math.floor(plotWidth / TIME_LABEL_ROOM))),
     tickangle: 0,
     // Each label starts at its tick: none sticks out past the left edge (where it would be hidden), and
     // the last one has the value axis's margin on the right.
@@ -143,7 +147,7 @@ function valueAxis(p, extra = {}) {
  * Arrays are copied: live updates change the series in place, and Plotly.react keeps what it is given
  * (a shared array would change under a drawn chart, and an unchanged reference can skip a redraw).
  */
-export function priceFigure(series, { style, p }) {
+export function priceFigure(series, { style, p, width }) {
   const n = series.bucket.length;
   const x = series.bucket.slice();
   const customdata = series.closed.map((closed, i) => [closed, series.tradeCount[i]]);
@@ -200,11 +204,12 @@ export function priceFigure(series, { style, p }) {
     textWidth(fmt.price(hi + pad, decimals)),
     textWidth("999m"),
   );
+  const margin = { l: 8, r: standoff + rightMargin(labels), t: 12, b: 28 };
   const layout = {
     ...baseLayout(p),
     uirevision: `${series.exchange}|${series.symbol}|${series.interval}|${style}`,
-    margin: { l: 8, r: standoff + rightMargin(labels), t: 12, b: 28 },
-    xaxis: timeAxis(p, { rangeslider: { visible: false } }),
+    margin,
+    xaxis: timeAxis(p, width - margin.l - margin.r, { rangeslider: { visible: false } }),
     yaxis: valueAxis(p, { domain: [0.24, 1], tickformat: `,.${decimals}f`, ticklabelstandoff: standoff }),
     yaxis2: valueAxis(p, { domain: [0, 0.18], showgrid: false, tickformat: ".2~s", nticks: 3, ticklabelstandoff: standoff }),
     shapes: [],
@@ -243,9 +248,10 @@ export function priceFigure(series, { style, p }) {
  * Volatility (standard deviation of 1 s log returns over the trailing window), in percent; the line breaks
  * where the data stopped for a while (see withGaps).
  */
-export function volatilityFigure(vol, { p }) {
+export function volatilityFigure(vol, { p, width }) {
   const line = withGaps(vol.bucket, vol.value.map((v) => v * 100), VOLATILITY_STEP);
   const [, hi] = extent(line.y);
+  const right = rightMargin(linearLabelWidth(0, hi, " %"));
   return {
     data: [
       {
@@ -264,8 +270,8 @@ export function volatilityFigure(vol, { p }) {
     layout: {
       ...baseLayout(p),
       uirevision: vol.symbol,
-      margin: { l: 8, r: rightMargin(linearLabelWidth(0, hi, " %")), t: 12, b: DATE_LABELS },
-      xaxis: timeAxis(p),
+      margin: { l: 8, r: right, t: 12, b: DATE_LABELS },
+      xaxis: timeAxis(p, width - 8 - right),
       yaxis: valueAxis(p, { ticksuffix: " %", rangemode: "tozero" }),
     },
   };
@@ -317,7 +323,7 @@ export function comparisonFigure(returns, symbols, { p, selected, interval, widt
       showlegend: true,
       legend: { orientation: "h", x: 0, y: 1, yanchor: "bottom", font: { color: p.fg } },
       margin: { l: 8, r: right, t: LEGEND_PAD + LEGEND_ROW * legendRows(shown, width - 8 - right), b: DATE_LABELS },
-      xaxis: timeAxis(p),
+      xaxis: timeAxis(p, width - 8 - right),
       yaxis: valueAxis(p, { ticksuffix: " %", zeroline: true, zerolinecolor: p.muted }),
     },
   };

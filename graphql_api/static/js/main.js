@@ -469,13 +469,13 @@ const selected = () => state.series.get(state.symbol);
 
 // Figures are built when a chart redraws (not when the redraw is queued), from the state at that moment;
 // null when that state has nothing to draw (e.g. the interval just changed and its history is loading).
-function priceFigureNow() {
+function priceFigureNow({ width }) {
   const series = selected();
-  return series ? priceFigure(series, { style: state.style, p: palette() }) : null;
+  return series ? priceFigure(series, { style: state.style, p: palette(), width }) : null;
 }
 
-function volatilityFigureNow() {
-  return state.vol.symbol ? volatilityFigure(state.vol, { p: palette() }) : null;
+function volatilityFigureNow({ width }) {
+  return state.vol.symbol ? volatilityFigure(state.vol, { p: palette(), width }) : null;
 }
 
 function comparisonFigureNow({ width }) {
