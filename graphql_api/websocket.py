@@ -53,6 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 def check_strawberry() -> None:
     """Warn when the method :class:`TransportWSHandler` overrides is gone from strawberry."""
     if not hasattr(BaseGraphQLTransportWSHandler, "_get_pre_execution_close_reason"):
