@@ -778,6 +778,20 @@ class Histories:
                 int(self.counts[i]),
             )
 
+    def select(self, streams: list[int]) -> Histories:
+        """Only the streams at positions ``streams`` (in that order)."""
+        sizes = np.diff(self.starts)[streams]
+        rows = np.concatenate(
+            [np.arange(self.starts[i], self.starts[i + 1]) for i in streams] or [np.zeros(0, np.int64)]
+        )
+        return Histories(
+            [self.exchanges[i] for i in streams],
+            [self.symbols[i] for i in streams],
+            {k: v[rows] for k, v in self.columns.items()},
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            self.counts[streams],
+        )
+
     @classmethod
     def one(cls, exchange: str, symbol: str, history: dict[str, npt.NDArray[Any]], n_new: int) -> Histories:
         """One stream's history (its last ``n_new`` candles new)."""

@@ -10,6 +10,10 @@ A prediction is a function of the model file and the candles only: the scorer ke
 and does not learn online (an ``sgd`` model is served as trained). That is what makes stored predictions,
 like candles, a function of the log: a replay, a crash or a partition moving to another processor gives
 the same probabilities. ``cryptostream train`` makes a new model; the processor picks it up at start.
+
+A demo model (``cryptostream up --source synthetic`` trains one on generated history; its version begins
+``demo-``) scores the demo venue's markets only: trades of a real venue that reach the demo's processor (a
+Binance dump replayed into it) get no predictions from a model that knows nothing about real markets.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA
 from cryptostream.settings import Settings
+from cryptostream.venues import DEMO
 from processor.model import registry
 from processor.model.errors import ModelError, ModelFileError
 from processor.model.estimators import LinearModel
@@ -56,6 +61,7 @@ class ModelScorer:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"model file lacks version or horizon_seconds: {exc!r}") from None
         self.model = LinearModel.from_dict(model_file.get("params") or {}, len(FEATURES))
+        self.demo_only = self.version.startswith("demo-")  # see the module docstring
         self.predicted = 0
         self._warned: set[tuple[str, str]] = set()
 
@@ -64,6 +70,9 @@ class ModelScorer:
         n = len(histories)
         if n == 0:
             return {}
+        if self.demo_only and any(e != DEMO for e in histories.exchanges):
+            demo = [i for i, e in enumerate(histories.exchanges) if e == DEMO]
+            return self(histories.select(demo)) if demo else {}
         history = {k: np.asarray(histories.columns[k]) for k in FIELDS}
         history["bucket"] = history["bucket"].astype(np.int64, copy=False)
         sizes = np.diff(histories.starts)

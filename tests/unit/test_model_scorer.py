@@ -156,3 +156,27 @@ def test_no_model_means_no_scorer_and_a_foreign_model_is_refused(trained, tmp_pa
     registry.save(tmp_path, trained["logit"].model_file, trained["logit"].report)
     scorer = load_live_scorer(settings)
     assert scorer is not None and scorer.version == trained["logit"].model_file["version"]
+
+
+def test_a_demo_model_scores_the_demo_venue_only(trained):
+    """The demo's model knows nothing about real markets: a Binance dump replayed into the demo's pipeline
+    gets no predictions from it, while the demo's own markets, scored in the same pass, get exactly what
+    they get alone. A model of real markets scores every venue."""
+    rng = np.random.default_rng(5)
+    streams = []
+    for i, venue in enumerate(["synthetic", "binance", "synthetic", "coinbase", "synthetic"]):
+        candles = synthetic_candles(120, seed=40 + i, gap_rate=0.2, start_ms=1_800_000_000_000 + i * 3_000)
+        streams.append((venue, f"S{i}USDT", candles, int(rng.integers(20, 60))))
+    demo_file = {**trained["logit"].model_file, "version": "demo-20261204T040349Z-logit-test"}
+    demo = ModelScorer(demo_file)
+    scored = demo(_together(streams))["predictions"]
+    assert set(scored["exchange"].to_pylist()) == {"synthetic"}
+    alone = [demo(Histories.one(e, s, c, n)).get("predictions") for e, s, c, n in streams if e == "synthetic"]
+    assert scored.equals(pa.concat_tables([t for t in alone if t is not None]))
+    assert demo(_together([s for s in streams if s[0] != "synthetic"])) == {}
+    real = ModelScorer(trained["logit"].model_file)
+    assert set(real(_together(streams))["predictions"]["exchange"].to_pylist()) == {
+        "synthetic",
+        "binance",
+        "coinbase",
+    }
