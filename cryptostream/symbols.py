@@ -23,9 +23,24 @@ _SEPARATORS = re.compile(r"[-/_:.\s]")
 _PART = re.compile(r"[A-Z0-9]{1,20}")
 
 
-@lru_cache(maxsize=4096)
+# Characters of a symbol as written, separators and spaces included. Longer is no symbol; refused before
+# normalizing, so what is cached stays small (a valid symbol padded with a megabyte of spaces was cached at
+# its full size: 4,096 of them held about 4 GB of an API's memory).
+MAX_WRITTEN = 64
+
+
 def normalize_symbol(raw: str) -> str:
     """``BTC-USD`` -> ``BTCUSD``, ``btcusdt`` -> ``BTCUSDT``; raise :class:`UnsupportedSymbol` otherwise."""
+    if isinstance(raw, str) and len(raw) > MAX_WRITTEN:
+        raise UnsupportedSymbol(
+            f"unsupported symbol {raw[:24]!r}... ({len(raw)} characters): a symbol is at most {MAX_WRITTEN} "
+            "characters as written, 2-24 letters/digits such as BTCUSDT or BTC-USD"
+        )
+    return _normalize(raw)
+
+
+@lru_cache(maxsize=4096)
+def _normalize(raw: str) -> str:
     if not isinstance(raw, str):
         raise UnsupportedSymbol(f"symbol must be a string, got {type(raw).__name__}")
     # ASCII only before upper(): it maps some other letters to ASCII ones ("btcuſdt", "ethuß" -> "ETHUSS")

@@ -50,3 +50,16 @@ def test_a_broken_pair_raises_the_symbol_error(raw: str) -> None:
 def test_no_exchange_id_is_guessed_from_a_string() -> None:
     """Issue #14: DOTUSD became DO-TUSD. The helpers that guessed are gone; ids come from markets."""
     assert symbols.__all__ == ["normalize_symbol", "split_pair"]
+
+
+def test_a_symbol_padded_past_its_length_is_refused_before_anything_is_kept() -> None:
+    """Separators and spaces are dropped when normalizing, so a valid symbol could be padded to any size and
+    kept at that size in the cache: one API client filled 1 GB with 900 requests. Over MAX_WRITTEN
+    characters it is refused, with a short message (the padding is not echoed back)."""
+    assert normalize_symbol("BTC" + " " * (symbols.MAX_WRITTEN - 7) + "USDT") == "BTCUSDT"  # the longest
+    before = symbols._normalize.cache_info().currsize
+    for i in range(20):
+        with pytest.raises(UnsupportedSymbol, match=r"\(100\d{3} characters\)") as refused:
+            normalize_symbol("BTC" + " " * (100_000 + i) + "USDT")
+        assert len(str(refused.value)) < 200
+    assert symbols._normalize.cache_info().currsize == before
