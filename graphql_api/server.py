@@ -32,6 +32,10 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **overrides: Any) -> uvic
         "ws_per_message_deflate": False,
         "lifespan": "on",
         "backlog": 4096,
+        # A client is its socket's address. uvicorn by default believes X-Forwarded-For from 127.0.0.1, so any
+        # local client (or a proxy passing the header on) could name its own address and get round the
+        # per-client subscription limits (API_MAX_SUBSCRIPTIONS_PER_CLIENT, the shapes per market).
+        "proxy_headers": False,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

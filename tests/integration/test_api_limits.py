@@ -76,7 +76,12 @@ async def test_live_subscriptions_are_capped_per_websocket_and_per_client(
 ) -> None:
     settings = make_settings(api_max_subscriptions_per_connection=2, api_max_subscriptions_per_client=3)
     with api(settings) as running:
-        async with connection(running, TRANSPORT_WS) as first, connection(running, TRANSPORT_WS) as second:
+        # the second socket claims another address: a header anyone can send, so it is not believed
+        forwarded = {"X-Forwarded-For": "10.0.0.9"}
+        async with (
+            connection(running, TRANSPORT_WS) as first,
+            connection(running, TRANSPORT_WS, forwarded) as second,
+        ):
             for op in ("a", "b", "c"):
                 await start(first, TRANSPORT_WS, op, LIVE)
             refused = await receive(first, "c")

@@ -38,17 +38,21 @@ SUBSCRIBE = {TRANSPORT_WS: "subscribe", LEGACY_WS: "start"}
 LIVE = 'subscription { candles(symbols: ["BTCUSDT"]) { bucket close closed } }'
 
 
-async def connect(server: BackgroundServer, protocol: str) -> Any:
+async def connect(server: BackgroundServer, protocol: str, headers: dict[str, str] | None = None) -> Any:
     """A WebSocket to /graphql speaking ``protocol``, initialised (connection_ack received)."""
-    ws = await websockets.connect(f"{server.ws_url}/graphql", subprotocols=[protocol])
+    ws = await websockets.connect(
+        f"{server.ws_url}/graphql", subprotocols=[protocol], additional_headers=headers
+    )
     await ws.send(orjson.dumps({"type": "connection_init", "payload": {}}).decode())
     assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
     return ws
 
 
 @contextlib.asynccontextmanager
-async def connection(server: BackgroundServer, protocol: str) -> AsyncIterator[Any]:
-    ws = await connect(server, protocol)
+async def connection(
+    server: BackgroundServer, protocol: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[Any]:
+    ws = await connect(server, protocol, headers)
     async with ws:
         yield ws
 
