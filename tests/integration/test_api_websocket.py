@@ -223,6 +223,17 @@ async def test_a_message_of_the_wrong_shape_is_refused_with_a_reason_and_the_ser
     assert problems(caplog.records) == []
 
 
+async def _candles_until(producer: Any, settings: Settings, stop: asyncio.Event) -> None:
+    """Closed BTCUSDT candles, second after second in batches of 50, on the candles topic until ``stop``."""
+    i = 0
+    while not stop.is_set():
+        for _ in range(50):
+            candle = one_trade_candle(T0 + i * 1000, 100.0 + i)
+            await producer.send(settings.kafka_candles_topic, candle, key=b"BTCUSDT")
+            i += 1
+        await producer.flush()
+
+
 @pytest.fixture
 def live_api(make_settings: Callable[..., Settings]) -> Iterator[tuple[BackgroundServer, Settings]]:
     """The API with its live feed on this test's candles topic (connected before the test starts)."""
@@ -246,13 +257,7 @@ async def test_clients_leaving_mid_stream_log_no_error_and_connections_log_no_in
         """Candles keep coming while clients leave, so some leave in the middle of a send."""
         producer = await start_producer(settings)
         try:
-            i = 0
-            while not stop.is_set():
-                for _ in range(50):
-                    candle = one_trade_candle(T0 + i * 1000, 100.0 + i)
-                    await producer.send(settings.kafka_candles_topic, candle, key=b"BTCUSDT")
-                    i += 1
-                await producer.flush()
+            await _candles_until(producer, settings, stop)
         finally:
             await producer.stop()
 
@@ -311,16 +316,7 @@ async def test_a_socket_the_server_closes_ends_its_live_operations_without_an_er
     producer = await start_producer(settings)
     stop = asyncio.Event()
 
-    async def publish() -> None:
-        i = 0
-        while not stop.is_set():
-            for _ in range(50):
-                candle = one_trade_candle(T0 + i * 1000, 100.0 + i)
-                await producer.send(settings.kafka_candles_topic, candle, key=b"BTCUSDT")
-                i += 1
-            await producer.flush()
-
-    publisher = asyncio.create_task(publish())
+    publisher = asyncio.create_task(_candles_until(producer, settings, stop))
     try:
         for _ in range(2):
             ws = await connect(server, TRANSPORT_WS)
