@@ -779,11 +779,9 @@ class Histories:
             )
 
     def select(self, streams: list[int]) -> Histories:
-        """Only the streams at positions ``streams`` (in that order)."""
+        """Only the streams at positions ``streams`` (at least one, in that order)."""
         sizes = np.diff(self.starts)[streams]
-        rows = np.concatenate(
-            [np.arange(self.starts[i], self.starts[i + 1]) for i in streams] or [np.zeros(0, np.int64)]
-        )
+        rows = np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in streams])
         return Histories(
             [self.exchanges[i] for i in streams],
             [self.symbols[i] for i in streams],

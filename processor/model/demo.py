@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from cryptostream.models import Trade, TradeColumns
 from processor.model import registry
 from processor.model.dataset import build_dataset, market_key, table_to_candles
+from processor.model.registry import DEMO_VERSION_PREFIX
 from processor.model.train import TrainResult, fit_and_report
 from processor.windows import aggregate
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 DEMO_FOLDS = 3
 # Begins the demo model's version, so every prediction it made says so where it is shown (the dashboard's
 # prediction panel), also after the demo, when a live run shows the demo's stored predictions.
-DEMO_VERSION_PREFIX = "demo-"
 DEMO_NOTE = (
     "Demo model: trained at first start on generated synthetic-market history, to show the prediction "
     "panel working. It knows nothing about real markets; train one on your own candles with "

@@ -21,11 +21,21 @@ from typing import Any
 
 from processor.model.errors import ModelFileError
 
-__all__ = ["CURRENT", "MODEL_FORMAT", "REPORT_FORMAT", "load_model_file", "load_report", "save"]
+__all__ = [
+    "CURRENT",
+    "DEMO_VERSION_PREFIX",
+    "MODEL_FORMAT",
+    "REPORT_FORMAT",
+    "load_model_file",
+    "load_report",
+    "save",
+]
 
 CURRENT = "current.json"
 MODEL_FORMAT = "cryptostream-model/1"
 REPORT_FORMAT = "cryptostream-model-report/1"
+# How the version of a model the demo trained on generated history begins (processor.model.demo).
+DEMO_VERSION_PREFIX = "demo-"
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from cryptostream.models import CANDLE_SCHEMA, PREDICTION_SCHEMA
 from cryptostream.settings import Settings
-from cryptostream.venues import DEMO
+from cryptostream.venues import is_demo
 from processor.model import registry
 from processor.model.errors import ModelError, ModelFileError
 from processor.model.estimators import LinearModel
@@ -61,7 +61,7 @@ class ModelScorer:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"model file lacks version or horizon_seconds: {exc!r}") from None
         self.model = LinearModel.from_dict(model_file.get("params") or {}, len(FEATURES))
-        self.demo_only = self.version.startswith("demo-")  # see the module docstring
+        self.demo_only = self.version.startswith(registry.DEMO_VERSION_PREFIX)  # see the module docstring
         self.predicted = 0
         self._warned: set[tuple[str, str]] = set()
 
@@ -70,8 +70,8 @@ class ModelScorer:
         n = len(histories)
         if n == 0:
             return {}
-        if self.demo_only and any(e != DEMO for e in histories.exchanges):
-            demo = [i for i, e in enumerate(histories.exchanges) if e == DEMO]
+        if self.demo_only and not all(map(is_demo, histories.exchanges)):
+            demo = [i for i, e in enumerate(histories.exchanges) if is_demo(e)]
             return self(histories.select(demo)) if demo else {}
         history = {k: np.asarray(histories.columns[k]) for k in FIELDS}
         history["bucket"] = history["bucket"].astype(np.int64, copy=False)
