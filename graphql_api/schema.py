@@ -3,10 +3,10 @@
 ``python -m graphql_api > schema.graphql`` writes the SDL kept in the repository (a test fails when
 it is stale). Limits: tokens (``GRAPHQL_MAX_TOKENS``) while parsing; query depth, aliases
 (``GRAPHQL_MAX_DEPTH``, ``GRAPHQL_MAX_ALIASES``) and fields (:data:`MAX_FIELDS`) while validating, before
-any resolver runs. Parsing and validation results are cached per query text, so the 2,000th client sending
-the same subscription costs a dictionary lookup. Errors a user caused (bad arguments, unknown symbol,
-refused query) are shown as they are; anything unexpected is logged with its traceback and shown as
-"Internal error" without internals.
+any resolver runs. Documents that pass validation are kept per query text (bounded in tokens:
+:mod:`graphql_api.documents`), so the 2,000th client sending the same subscription costs a dictionary
+lookup. Errors a user caused (bad arguments, unknown symbol, refused query) are shown as they are;
+anything unexpected is logged with its traceback and shown as "Internal error" without internals.
 
 Which operation runs follows the GraphQL spec's GetOperation: a document with several operations needs
 ``operationName`` (strawberry alone would run the first). A subscription sent as a plain HTTP request
@@ -16,7 +16,6 @@ Which operation runs follows the GraphQL spec's GetOperation: a document with se
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
@@ -31,12 +30,11 @@ from graphql import (
     Node,
     OperationDefinitionNode,
     OperationType,
-    parse,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from graphql.validation.validate import ValidationAbortedError
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension, ValidationCache
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.schema.schema import StreamResult
@@ -48,6 +46,7 @@ from cryptostream.errors import QueryError
 from cryptostream.settings import Settings
 from graphql_api.arrow import ArrowExecutor
 from graphql_api.cost import query_cost, too_costly
+from graphql_api.documents import DocumentCache
 from graphql_api.fanout import SubscriberDropped
 from graphql_api.inputs import InputError
 from graphql_api.queries import Query
@@ -68,8 +67,6 @@ SHOWN = (
     CannotGetOperationTypeError,
     InvalidOperationTypeError,
 )
-CACHE_SIZE = 1024
-CACHED_QUERY_CHARS = 16_384  # longer query texts are parsed each time, without locations (cached_parser)
 # Fields one document may select, each repetition counted. graphql-core's overlapping-fields check compares
 # fields pairwise within a fixed budget and answers a bare "Validation aborted." past it (~750 identical
 # fields); every document within this limit and GRAPHQL_MAX_TOKENS stays well inside that budget.
@@ -118,35 +115,21 @@ class FieldLimit(ASTValidationRule):
 Parse = Callable[[str], DocumentNode]
 
 
-def cached_parser(max_tokens: int) -> Parse:
-    """``graphql.parse`` with the token limit, its documents cached per query text (errors are not cached).
-
-    Only texts up to :data:`CACHED_QUERY_CHARS` are cached, and a longer one is parsed without locations:
-    a document keeps its source text, and comments count as no token, so 1,024 queries of 900 KB of comment
-    each held 1.8 GB here and in the validation cache (which keys on the document) from one client. A longer
-    query's errors name no line and column."""
-    cached = functools.lru_cache(maxsize=CACHE_SIZE)(functools.partial(parse, max_tokens=max_tokens))
-
-    def parse_query(text: str) -> DocumentNode:
-        if len(text) <= CACHED_QUERY_CHARS:
-            return cached(text)
-        return parse(text, no_location=True, max_tokens=max_tokens)
-
-    return parse_query
-
-
 class Limits(SchemaExtension):
-    """Token, depth, alias and field limits and the parse cache in one extension (fewer extensions = less
-    work per streamed result).
+    """Token, depth, alias and field limits and the document cache in one extension (fewer extensions = less
+    work per streamed result). A document the cache kept has passed validation with these rules (the cache
+    and the rules belong to one schema), so it is not validated again; one that passes is kept.
 
     Parsing here instead of with strawberry's ParserCache: that one parses outside strawberry's error
     handling, so a syntax error escaped as an exception (a WebSocket operation died with a traceback and
     the client got a bare ``complete`` or nothing). A document that does not parse is left to strawberry,
     which parses it again and reports the error to the client."""
 
-    def __init__(self, max_tokens: int, parse: Parse, rules: tuple[type[ASTValidationRule], ...]) -> None:
+    def __init__(
+        self, max_tokens: int, documents: DocumentCache, rules: tuple[type[ASTValidationRule], ...]
+    ) -> None:
         self.max_tokens = max_tokens
-        self.parse = parse
+        self.documents = documents
         self.rules = rules
 
     def on_operation(self) -> Iterator[None]:
@@ -159,8 +142,18 @@ class Limits(SchemaExtension):
         context = self.execution_context
         if context.query and context.graphql_document is None:
             with contextlib.suppress(GraphQLError):
-                context.graphql_document = self.parse(context.query)
+                context.graphql_document = self.documents(context.query)
         yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        text, document = context.query, context.graphql_document
+        known = text is not None and document is not None and self.documents.valid(text, document)
+        if known:
+            context.pre_execution_errors = []  # strawberry validates only while this is None
+        yield
+        if not known and text is not None and document is not None and not context.pre_execution_errors:
+            self.documents.passed(text, document)
 
 
 def _operation_refused(
@@ -310,8 +303,7 @@ def build_schema(settings: Settings | None = None, executor: type[Any] = ArrowEx
     extensions: list[Any] = []
     parser: Parse | None = None
     if settings is not None:
-        # The limiters build a validation rule class per instance; the validation cache keys on those
-        # classes, so build them once here and hand every request the same ones (else it never hits).
+        # The rules are built once: a document the cache keeps passed validation with exactly these.
         rules: tuple[type[ASTValidationRule], ...] = (
             FieldLimit,
             *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
@@ -320,11 +312,8 @@ def build_schema(settings: Settings | None = None, executor: type[Any] = ArrowEx
         if settings.api_production:  # the schema is in the repository (schema.graphql), not served
             rules = (*rules, NoSchemaIntrospectionCustomRule)
         max_tokens = settings.graphql_max_tokens
-        parser = cached = cached_parser(max_tokens)
-        extensions = [
-            lambda: Limits(max_tokens, cached, rules),
-            lambda: ValidationCache(maxsize=CACHE_SIZE),
-        ]
+        parser = documents = DocumentCache(max_tokens)
+        extensions = [lambda: Limits(max_tokens, documents, rules)]
     return ApiSchema(
         query=Query,
         subscription=Subscription,

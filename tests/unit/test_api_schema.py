@@ -29,18 +29,3 @@ def test_create_app_has_no_side_effects_until_its_lifespan(tmp_path: Path) -> No
     assert {"/api/ohlc/", "/api/ohlc/latest", "/api/volatility/", "/api/symbols", "/health"} <= set(
         app.openapi()["paths"]
     )
-
-
-def test_long_query_texts_are_not_kept_with_their_source() -> None:
-    """Comments count as no token: 1,024 queries of 900 KB of comment each were cached, each document
-    holding its source text (1.8 GB from one client). Long texts are parsed each time, without locations."""
-    from graphql_api.schema import CACHED_QUERY_CHARS, cached_parser
-
-    parse = cached_parser(max_tokens=2000)
-    short = "{ symbols }"
-    assert parse(short) is parse(short)  # kept
-    assert parse(short).loc is not None
-    long = "#" + "x" * CACHED_QUERY_CHARS + "\n{ symbols }"
-    first, second = parse(long), parse(long)
-    assert first is not second and first.loc is None and second.loc is None
-    assert first == second  # the same document
