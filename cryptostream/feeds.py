@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CONNECTED", "CONNECTING", "ENDED", "FEED_KEY", "RECONNECTING", "STATES", "FeedStatus"]
+__all__ = ["CONNECTED", "CONNECTING", "ENDED", "FEED_KEY", "FINISHED", "RECONNECTING", "STATES", "FeedStatus"]
 
 FEED_KEY = b"__feed__"
 CONNECTING = "connecting"  # first connection not made yet
 CONNECTED = "connected"  # a session delivers (trades or the exchange's heartbeats)
 RECONNECTING = "reconnecting"  # the last session ended; the next is being opened
-ENDED = "ended"  # the source is finished (ingest stopping, a replay at its end)
-STATES = (CONNECTING, CONNECTED, RECONNECTING, ENDED)
+ENDED = "ended"  # stopped before its end (ingest stopping): its trades may go on without it
+FINISHED = "finished"  # delivered all it has (a replay at the end of its file): nothing more is to come
+STATES = (CONNECTING, CONNECTED, RECONNECTING, ENDED, FINISHED)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from cryptostream.settings import Settings
 from graphql_api.catalog import MarketKey
 from graphql_api.context import Services
 from graphql_api.inputs import InputError, check_dates
-from graphql_api.status import FeedReport
+from graphql_api.status import FeedReport, is_fed, waiting
 
 __all__ = [
     "FALLBACK_WINDOW",
@@ -345,7 +345,7 @@ def _undelivered(feeds: list[FeedReport]) -> str:
     if not feeds:
         return "no trade source reports: is ingest running?"
     parts = []
-    for f in feeds:
+    for f in waiting(feeds):  # a finished replay is not why
         since = f" since {_iso_ms(f.since_ms)}" if f.since_ms is not None else ""
         why = f" ({f.error})" if f.error else ""
         parts.append(f"{f.source} {f.state if f.alive else 'silent'}{since}{why}")
@@ -456,8 +456,9 @@ def build_router(settings: Settings) -> APIRouter:
         description="Always HTTP 200 while the API runs; `status` is `degraded` with `problems` saying why "
         "when the store does not answer (pinged every second in the background, so this route never "
         "waits; no answer for 5 s counts), the live feed is unreachable, or (with a live feed) no trade "
-        "source delivers: no ingest runs, or every exchange is unreachable. `feeds` lists each source as "
-        "ingest last reported it (null without a live feed).",
+        "source delivers: no ingest runs, or every exchange is unreachable (a replay at the end of its file "
+        "is `finished`, not a problem). `feeds` lists each source as ingest last reported it (null without "
+        "a live feed).",
     )
     async def health(request: Request) -> Response:
         services = services_of(request)
@@ -469,7 +470,7 @@ def build_router(settings: Settings) -> APIRouter:
             problems.append("the live feed (KAFKA_BOOTSTRAP) is unreachable")
         elif live:
             feeds = services.board.snapshot().feeds
-            if not any(f.delivering for f in feeds):
+            if not is_fed(feeds):
                 problems.append(_undelivered(feeds))
         return json_response(
             {

@@ -10,8 +10,10 @@ or are unowned); its counts stay in the totals for an hour, so a crash does not 
 
 Ingest reports each source's connection the same way (``type: feed``, key ``__feed__``, see
 :mod:`cryptostream.feeds`). A source *delivers* while its newest report, at most ``stale_after`` seconds old,
-says connected. The pipeline is fed when some source delivers: ``/health`` is degraded when the API reads
-the live feed and none does (no ingest running, or every exchange unreachable).
+says connected; a replay that reached the end of its file is *finished* (kept until the source reports
+again, however old: nothing more is to come from it). The pipeline is fed when some source delivers, or
+every source reported is finished: ``/health`` is degraded when the API reads the live feed and it is not
+(no ingest running, every exchange unreachable, ingest stopped).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptostream.feeds import CONNECTED, STATES
+from cryptostream.feeds import CONNECTED, FINISHED, STATES
 
 __all__ = [
     "FeedReport",
+    "is_fed",
+    "waiting",
     "PartitionReport",
     "ProcessorReport",
     "StatusBoard",
@@ -86,6 +90,20 @@ class FeedReport:
     @property
     def delivering(self) -> bool:
         return self.alive and self.state == CONNECTED
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+
+def waiting(feeds: list[FeedReport]) -> list[FeedReport]:
+    """The sources more trades are to come from: all but the finished ones."""
+    return [f for f in feeds if not f.finished]
+
+
+def is_fed(feeds: list[FeedReport]) -> bool:
+    """Some source delivers, or every source reported has delivered all it had (see the module docstring)."""
+    return any(f.delivering for f in feeds) or (bool(feeds) and not waiting(feeds))
 
 
 @dataclass(slots=True)
@@ -166,7 +184,8 @@ class StatusBoard:
         for name in [n for n, r in self.reports.items() if now - r.received > FORGET_AFTER_S]:
             del self.reports[name]
         for source in [n for n, f in self.feeds.items() if now - f.received > FORGET_AFTER_S]:
-            del self.feeds[source]
+            if not self.feeds[source].finished:  # nothing more is to come from a finished one
+                del self.feeds[source]
         feeds = [self.feeds[source] for source in sorted(self.feeds)]
         for f in feeds:
             f.alive = now - f.received <= self.stale_after

@@ -20,7 +20,7 @@ import strawberry
 
 from graphql_api.arrow import ArrowColumn, ArrowRows, LiveEvent
 from graphql_api.rollup import Bar
-from graphql_api.status import FeedReport, StatusSnapshot
+from graphql_api.status import FeedReport, StatusSnapshot, is_fed
 
 __all__ = [
     "Candle",
@@ -292,7 +292,9 @@ class SymbolStatus:
 @strawberry.type(description="A trade source (an exchange feed, the demo market) as ingest last reported it.")
 class FeedStatus:
     source: str = strawberry.field(description="The venue: binance, coinbase, demo, ...")
-    state: str = strawberry.field(description="connecting, connected, reconnecting or ended.")
+    state: str = strawberry.field(
+        description="connecting, connected, reconnecting, ended (stopped) or finished (a replay at its end)."
+    )
     since: datetime | None = strawberry.field(description="When it entered that state.")
     last_trade_at: datetime | None = strawberry.field(description="When its newest trade was received.")
     trades: Long = strawberry.field(description="Trades delivered since that ingest process started.")
@@ -340,7 +342,8 @@ class PipelineStatus:
         description="One entry per trade source, as ingest reports it each second."
     )
     fed: bool | None = strawberry.field(
-        description="Some source delivers trades; null when this API does not read the live feed."
+        description="Some source delivers trades, or every source is finished (a replay at its end); null "
+        "when this API does not read the live feed."
     )
 
     @classmethod
@@ -397,7 +400,7 @@ class PipelineStatus:
             ],
             markets_total=snap.markets,
             feeds=[FeedStatus.from_report(f) for f in snap.feeds],
-            fed=any(f.delivering for f in snap.feeds) if live else None,
+            fed=is_fed(snap.feeds) if live else None,
         )
 
 

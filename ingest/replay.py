@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 
 from cryptostream.codec import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Rejected, decode_trades
 from cryptostream.errors import CryptostreamError, UnsupportedSymbol
-from cryptostream.feeds import CONNECTED, ENDED, FeedStatus
+from cryptostream.feeds import CONNECTED, ENDED, FINISHED, FeedStatus
 from cryptostream.settings import Settings
 from cryptostream.symbols import normalize_symbol
 from cryptostream.venues import UNKNOWN, normalize_exchange
@@ -798,7 +798,7 @@ async def replay_trades(
                 reported = now
                 batch.feeds.append(replace(feed))
             yield batch
-    feed.enter(ENDED, now_ms())
+    feed.enter(ENDED if stop is not None and stop.is_set() else FINISHED, now_ms())
     yield EncodedBatch(source="replay", feeds=[feed])
 
 

@@ -663,6 +663,42 @@ def test_the_quote_counts_trades_and_the_demo_model_is_said_once(
         context.close()
 
 
+def test_a_finished_replay_reads_as_done_and_a_stopped_source_as_a_problem(
+    pipeline: DashboardPipeline, browser: Browser
+) -> None:
+    """The status panel draws each source from `pipelineStatus.feeds`: a replay at the end of its file is
+    finished (a check mark and its trades, not "silent" in red, however old its last report); a stopped one
+    is silent."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        blank_page(page, pipeline.url)
+        lines = page.evaluate(
+            """async () => {
+            const panels = await import('/js/panels.js');
+            const feed = (state, trades) => ({ source: 'replay', state, since: '2026-12-04T06:00:00Z',
+              lastTradeAt: '2026-12-04T06:00:00Z', trades, error: null, alive: false, delivering: false });
+            const status = (f) => ({ live: true, fed: f.state === 'finished', feeds: [f], processors: [],
+              rejectedByReason: [], lag: 0, tradesPerSecond: 0, late: 0, rejected: 0, trades: 0, candles: 0,
+              candlesPerSecond: 0, updatedAt: '2026-12-04T06:00:00Z', partitions: [], symbols: [] });
+            const drawn = (f) => {
+              const box = document.createElement('div');
+              panels.renderStatus(box, status(f), Date.parse('2026-12-04T07:00:00Z'));
+              const li = box.querySelector('.feeds li');
+              return [li.className, li.dataset.state, li.textContent,
+                      box.querySelector('.status-line').dataset.state];
+            };
+            return [drawn(feed('finished', 300)), drawn(feed('finished', 1)), drawn(feed('ended', 300))];
+            }"""
+        )
+        finished = "✓ replay: finished at 06:00:00 UTC · 300 trades"
+        assert lines[0][:3] == ["ok", "finished", finished] and lines[0][3] != "no-source", lines
+        assert lines[1][2].endswith("· 1 trade"), lines
+        assert lines[2][:2] == ["bad", "silent"] and lines[2][3] == "no-source", lines
+    finally:
+        context.close()
+
+
 @pytest.mark.parametrize("width", [340, 415, 700, 1000])
 def test_time_labels_never_run_into_each_other(
     pipeline: DashboardPipeline, browser: Browser, width: int

@@ -7,6 +7,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import orjson
 import psutil
 import pytest
@@ -191,6 +192,18 @@ def test_up_replaying_a_file_serves_it_and_stays_up_after_the_file_ends(
     pipeline.wait_until(lambda: "ingest finished" in pipeline.tail(200_000), 30, "ingest finished")
     time.sleep(3)  # past the first restart's delay (2 s): nothing replays the file again
     assert pipeline.proc.poll() is None, pipeline.tail()
+    # the file done, its source is finished: healthy, where /health said "replay silent" (degraded) once
+    # the ended replay's last report was older than 10 s
+    health: dict = {}
+
+    def stale_and_finished() -> bool:
+        health.update(httpx.get(f"{pipeline.url}/health", timeout=10).json())
+        feeds = [(f["source"], f["state"], f["alive"]) for f in health["feeds"]]
+        return feeds == [("replay", "finished", False)]
+
+    pipeline.wait_until(stale_and_finished, 30, "the replay's last report older than 10 s")
+    assert health["status"] == "healthy" and health["problems"] == [], health
+    assert health["feeds"][0]["trades"] == 300, health
     assert_candles_equal(rows_by_key(_api_candles(pipeline, "BTCUSDT")), expected)
     log = pipeline.tail(200_000)
     assert "restarting" not in log and log.count("replay BTCUSDT-trades-2025-01-01.csv: 300 trades") == 1, log

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cryptostream.feeds import CONNECTED, CONNECTING, RECONNECTING, FeedStatus
-from graphql_api.status import StatusBoard
+from cryptostream.feeds import CONNECTED, CONNECTING, ENDED, FINISHED, RECONNECTING, FeedStatus
+from graphql_api.rest import _undelivered
+from graphql_api.status import FORGET_AFTER_S, StatusBoard, is_fed
 
 
 def test_a_source_delivers_while_its_newest_report_is_fresh_and_connected() -> None:
@@ -43,3 +44,33 @@ def test_a_malformed_feed_report_is_refused_not_kept(message: dict[str, object])
     with pytest.raises(ValueError, match="feed status needs a source and a state"):
         board.update_feed(orjson.loads(orjson.dumps(message)))
     assert board.snapshot().feeds == []
+
+
+def test_a_finished_replay_is_not_a_problem_however_old_its_report_but_a_stopped_source_is() -> None:
+    """`up --source replay` said "degraded: replay silent" 10 s after the file ended, and forgot the replay
+    after an hour ("is ingest running?"), while it kept serving what the file held, as the README says."""
+    board = StatusBoard(stale_after=10)
+    replay = FeedStatus("replay", CONNECTED, 1_000)
+    replay.traded(300, 1_500)
+    replay.enter(FINISHED, 2_000)
+    board.update_feed(replay.message(2_000, "host:1"), now=0.0)
+    for now in (1.0, 11.0, FORGET_AFTER_S + 60):
+        (report,) = board.snapshot(now=now).feeds
+        assert report.finished and report.trades == 300 and not report.delivering
+        assert is_fed([report]), now
+
+    # a live source beside it that delivers nothing is the problem, and the only one named
+    live = FeedStatus("binance", RECONNECTING, 3_000, error="cannot connect (refused)")
+    board.update_feed(live.message(3_000, "host:2"), now=FORGET_AFTER_S + 61)
+    feeds = board.snapshot(now=FORGET_AFTER_S + 62).feeds
+    assert not is_fed(feeds)
+    assert _undelivered(feeds).startswith("no trade source delivers: binance reconnecting since")
+    assert "replay" not in _undelivered(feeds)
+
+    # a source stopped before its end (ENDED) is not finished: nothing delivers, and it is forgotten in time
+    stopped = StatusBoard(stale_after=10)
+    feed = FeedStatus("replay", CONNECTED, 1_000)
+    feed.enter(ENDED, 2_000)
+    stopped.update_feed(feed.message(2_000, "host:1"), now=0.0)
+    assert not is_fed(stopped.snapshot(now=1.0).feeds)
+    assert stopped.snapshot(now=FORGET_AFTER_S + 1).feeds == []

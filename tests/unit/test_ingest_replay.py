@@ -322,8 +322,12 @@ async def test_a_replay_reports_its_feed_status_and_ends_with_it(tmp_path):
     batches = [b async for b in replay_trades(load_settings(replay_speed=0), path, progress=False)]
     reports = [f for b in batches for f in b.feeds]
     assert reports[0].source == "replay" and reports[0].state == "connected"
-    assert (reports[-1].state, reports[-1].trades) == ("ended", 21)
+    assert (reports[-1].state, reports[-1].trades) == ("finished", 21)  # the whole file: nothing more to come
     assert batches[-1].feeds == [reports[-1]] and len(batches[-1]) == 0
+    stop = asyncio.Event()
+    stop.set()  # stopped before its end: "ended", as a stopped exchange feed
+    batches = [b async for b in replay_trades(load_settings(replay_speed=0), path, progress=False, stop=stop)]
+    assert [f.state for b in batches for f in b.feeds][-1] == "ended"
 
 
 # ---------------------------------------------------------------------------------------------- progress

@@ -55,7 +55,7 @@ const STATUS = `query Status { pipelineStatus {
   processors { processor alive trades late rejected tradesPerSecond lastCheckpointMs }
   partitions { partition processor lag }
   symbols { exchange symbol lastTradeTime behindSeconds }
-  feeds { source state since lastTradeAt error alive delivering }
+  feeds { source state since lastTradeAt trades error alive delivering }
   fed marketsTotal
 } }`;
 

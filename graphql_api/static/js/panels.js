@@ -201,15 +201,25 @@ function tile(label, value, attrs = {}) {
   return h("div", { class: "tile", ...attrs }, h("span", { class: "tile-label" }, label), h("span", { class: "tile-value" }, value));
 }
 
-/** One line per trade source: connected (last trade), or reconnecting / silent since when, and why. */
+/** One line per trade source: connected (last trade), finished (a replay at its end), or reconnecting /
+ * silent since when, and why. */
 function feedLine(f, now) {
   const last = f.lastTradeAt ? `last trade ${fmt.ago(Date.parse(f.lastTradeAt), now)}` : "no trade yet";
   const since = f.since ? ` since ${fmt.clock(Date.parse(f.since))} UTC` : "";
-  const what = !f.alive ? `silent${since}` : f.state === "connected" ? `connected · ${last}` : `${f.state}${since} · ${last}`;
+  const finished = f.state === "finished"; // nothing more is to come from it: not a problem, however old
+  const trades = `${fmt.integer(f.trades)} trade${f.trades === 1 ? "" : "s"}`;
+  const what = finished
+    ? `finished${f.since ? ` at ${fmt.clock(Date.parse(f.since))} UTC` : ""} · ${trades}`
+    : !f.alive
+      ? `silent${since}`
+      : f.state === "connected"
+        ? `connected · ${last}`
+        : `${f.state}${since} · ${last}`;
+  const good = f.delivering || finished;
   return h(
     "li",
-    { class: f.delivering ? "ok" : "bad", dataset: { source: f.source, state: f.alive ? f.state : "silent" } },
-    `${f.delivering ? "●" : "○"} ${f.source}: ${what}`,
+    { class: good ? "ok" : "bad", dataset: { source: f.source, state: finished || f.alive ? f.state : "silent" } },
+    `${f.delivering ? "●" : finished ? "✓" : "○"} ${f.source}: ${what}`,
     f.error && !f.delivering ? h("span", { class: "muted" }, ` (${f.error})`) : null,
   );
 }
