@@ -16,8 +16,9 @@ Rows are read as Arrow/NumPy columns, checked column-wise (non-positive or non-f
 non-finite quantity, timestamps outside 2000-2100, symbols that do not normalize) and encoded straight to
 Kafka records (:class:`~ingest.source.EncodedBatch`), no ``Trade`` object per row: that is what lets a replay
 publish well over 80,000 trades/s. Rejected rows ride along to the dead-letter topic; a CSV line with the
-wrong number of fields is rejected as ``malformed_json`` (the codec's reason for "not a record") with its text
-kept, a value that does not convert (``id`` ``12x``) as ``wrong_type`` with its fields. A file replays as it
+wrong number of fields is rejected as ``malformed_csv`` with the line as read, a value that does not convert
+(``id`` ``12x``) as ``wrong_type`` with the row's fields as read (JSON), and a row that converts but is not a
+trade (a negative price) with the trade it would have been (JSON, in the Kafka shape). A file replays as it
 is: its own symbols (SYMBOLS does not filter a replay), its ids, its venue (a Binance dump is ``binance``;
 JSONL and Parquet name theirs per row; ``--exchange`` names it for a file that does not).
 
@@ -268,7 +269,7 @@ def _read_dump(
         def invalid_row(row: Any) -> str:
             bad_lines.append(
                 Rejected(
-                    "malformed_json",
+                    "malformed_csv",
                     f"CSV line has {row.actual_columns} fields, expected {row.expected_columns}",
                     _b(row.text),
                 )

@@ -40,6 +40,7 @@ INGEST_REASONS: dict[str, str] = {
     **REASONS,
     "unknown_symbol": "symbol is well formed but not one of SYMBOLS (a pair we did not ask for)",
     "bad_side": "trade side is neither buy nor sell",
+    "malformed_csv": "a replayed CSV line has the wrong number of fields",
 }
 
 _ISO = re.compile(  # ASCII: \d would take any script's digits, and int() reads them

@@ -109,10 +109,11 @@ def test_bad_rows_are_rejected_with_reason_and_raw_text_the_rest_kept(tmp_path):
     values, rejected = rows(path)
     assert [v["trade_id"] for v in values] == [4370000001, 4370000002]
     assert sorted(r.reason for r in rejected) == [
-        "bad_timestamp", "malformed_json", "negative_quantity", "non_positive_price"
+        "bad_timestamp", "malformed_csv", "negative_quantity", "non_positive_price"
     ]  # fmt: skip
     by_reason = {r.reason: r for r in rejected}
-    assert by_reason["malformed_json"].raw == b"4370000011,10.0"
+    assert by_reason["malformed_csv"].raw == b"4370000011,10.0"  # the line as read: it is not JSON
+    assert by_reason["malformed_csv"].detail == "CSV line has 2 fields, expected 7"
     assert orjson.loads(by_reason["non_positive_price"].raw)["trade_id"] == 4370000009
 
 
