@@ -157,13 +157,22 @@ SYMBOLS_HELP = (
 
 def _live_symbols(settings: Settings, **overrides: Any) -> Settings:
     """The live source: SYMBOLS=all / N counted by the exchanges' market lists of today (fetched first, into
-    the cache the selection reads), and refused before anything starts when an exchange cannot stream them."""
-    from ingest.exchanges import check_stream_limits, refresh_market_lists
+    the cache the selection reads), and refused before anything starts when no exchange trades one of them
+    (looked for in fresh lists first: it may be listed since the lists at hand) or an exchange cannot
+    stream them all. `up` refused a misspelt symbol only once its broker, database and API had started."""
+    from ingest.exchanges import check_markets, refresh_market_lists
 
-    if settings.symbols_selection is not None:
+    fetched = settings.symbols_selection is not None
+    if fetched:
         asyncio.run(refresh_market_lists(settings))
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    check_stream_limits(settings)
+    try:
+        check_markets(settings)
+    except SettingsError:
+        if fetched:
+            raise
+        asyncio.run(refresh_market_lists(settings))
+        check_markets(settings)
     return settings
 
 

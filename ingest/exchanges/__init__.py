@@ -10,8 +10,8 @@ Which markets those are is decided once at start-up by :func:`load_markets`: eac
 with cryptostream) is matched against SYMBOLS by :func:`cryptostream.markets.resolve`. A feed subscribes
 with the exchange's own ids from that list; a symbol no configured exchange trades stops start-up.
 ``SYMBOLS=all`` (or a count) is counted by those lists too: :func:`refresh_market_lists` fetches them before
-the settings are read, and :func:`check_stream_limits` refuses, before anything starts, more markets than
-an exchange streams on the one connection a feed opens (Binance: 1024).
+the settings are read, and :func:`check_markets` refuses, before anything starts, a symbol no configured
+exchange trades or more markets than an exchange streams on the one connection a feed opens (Binance: 1024).
 
 :func:`live_trades` also writes each feed's progress (see :mod:`ingest.exchanges.watermark`) every
 ``PROGRESS_INTERVAL_MS``, keeps what a restart needs to find the gap across it in
@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from cryptostream.errors import SettingsError, UnsupportedSymbol
+from cryptostream.errors import SettingsError
 from cryptostream.feeds import ENDED
 from cryptostream.markets import Catalog, Market, listed_on, local_catalogs, refresh, resolve
 from cryptostream.settings import Settings
@@ -48,7 +48,7 @@ __all__ = [
     "CoinbaseExchange",
     "Exchange",
     "build",
-    "check_stream_limits",
+    "check_markets",
     "live_trades",
     "load_markets",
     "refresh_market_lists",
@@ -111,19 +111,17 @@ async def refresh_market_lists(settings: Settings) -> None:
         await _refresh_all(settings, http)
 
 
-def check_stream_limits(settings: Settings) -> None:
-    """Raise a one-line :class:`SettingsError` when SYMBOLS holds more markets of an exchange than its feed
-    can stream (by the market lists at hand, without the network)."""
-    names = [name for name in _live_exchanges(settings) if name in STREAM_LIMITS]
-    for name, catalog in local_catalogs(names, settings.state_dir / "markets").items():
-        count = 0
-        for symbol in settings.symbols:
-            with contextlib.suppress(SettingsError, UnsupportedSymbol):  # resolve() says what is wrong
-                market = catalog.lookup(symbol)
-                count += market is not None and market.trading
-        if count > STREAM_LIMITS[name]:
+def check_markets(settings: Settings) -> None:
+    """Raise a one-line :class:`SettingsError` when SYMBOLS names a symbol no live exchange of EXCHANGES
+    trades (as :func:`load_markets` would, later), or more markets of an exchange than its feed can stream:
+    by the market lists at hand (cached, else the snapshot), without the network."""
+    names = _live_exchanges(settings)
+    resolved = resolve(settings.symbols, names, local_catalogs(names, settings.state_dir / "markets"))
+    for name, markets in resolved.items():
+        limit = STREAM_LIMITS.get(name)
+        if limit is not None and len(markets) > limit:
             raise SettingsError(
-                f"SYMBOLS names {count} {name} markets; {name} streams at most {STREAM_LIMITS[name]} on the "
+                f"SYMBOLS names {len(markets)} {name} markets; {name} streams at most {limit} on the "
                 f"one connection its feed opens: name fewer (SYMBOLS=N, or EXCHANGES without {name})"
             )
 

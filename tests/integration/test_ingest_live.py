@@ -940,3 +940,31 @@ async def test_a_binance_feed_whose_markets_stay_quiet_still_closes_what_an_earl
     ]
     assert marks and max(marks) > earlier + 1_000, marks  # the earlier run's windows close
     assert max(marks) <= server.clock_ms(), "progress claimed a time the exchange has not reached"
+
+
+async def test_a_symbol_the_lists_at_hand_lack_is_looked_for_in_fresh_ones_before_it_is_refused(
+    make_settings,
+):
+    """`up --source live` and `ingest` refuse a symbol no exchange trades before starting anything, by the
+    market lists at hand (cache or snapshot, no network); one listed since those were saved is looked for in
+    the exchange's fresh list first, and accepted if it is there."""
+    from cryptostream.cli import _live_symbols
+    from cryptostream.errors import SettingsError
+
+    coinbase = await FakeExchange("coinbase", ["ZZZ-USD", "BTC-USD"], []).start()
+    try:
+        listed = make_settings(exchanges="coinbase", symbols="ZZZUSD", coinbase_rest_url=coinbase.rest_url)
+        assert (await asyncio.to_thread(_live_symbols, listed)).symbols == ["ZZZUSD"]
+        assert "/products" in coinbase.rest_calls  # not in the snapshot: looked for in the fresh list
+        asked = len(coinbase.rest_calls)
+        known = make_settings(exchanges="coinbase", symbols="BTCUSD", coinbase_rest_url=coinbase.rest_url)
+        await asyncio.to_thread(_live_symbols, known)
+        assert len(coinbase.rest_calls) == asked  # in the lists at hand: no network
+        unknown = make_settings(
+            exchanges="coinbase", symbols="BTCUSD,QQQUSD", coinbase_rest_url=coinbase.rest_url
+        )
+        with pytest.raises(SettingsError, match=r"^SYMBOLS: QQQUSD is not listed on coinbase; closest: "):
+            await asyncio.to_thread(_live_symbols, unknown)
+        assert len(coinbase.rest_calls) == asked + 1  # looked for once more, then refused
+    finally:
+        await coinbase.stop()

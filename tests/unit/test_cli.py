@@ -205,6 +205,16 @@ def test_symbols_all_and_n_are_in_the_help_of_up_and_ingest() -> None:
             "SYMBOLS names 1248 binance markets; binance streams at most 1024",
         ),
         (
+            ["up", "--source", "live", "--symbols", "BTCUSDT,DOTUSX"],
+            {},
+            "SYMBOLS: DOTUSX is not listed on binance or coinbase; closest: DOTUSD (coinbase)",
+        ),
+        (
+            ["ingest", "--source", "live", "--symbols", "DOTUSX"],
+            {"EXCHANGES": "coinbase"},
+            "SYMBOLS: DOTUSX is not listed on coinbase; closest: DOTUSD",
+        ),
+        (
             ["up", "--path", "dump.csv"],
             {},
             "--path is read only with --source replay, not --source synthetic",
