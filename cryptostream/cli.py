@@ -193,14 +193,12 @@ def _require_database(settings: Settings, why: str) -> str:
     return settings.database_dsn
 
 
-def _without_database(settings: Settings, doing: str) -> None:
-    """Say that DATABASE_URL is not set and the role does ``doing`` instead: a WARNING naming the running
-    ``cryptostream up``'s database when there is one (run beside the demo, the role was surely meant to
-    use it), else INFO."""
-    if settings.database_dsn:
-        return
-    hint = _running_up_has(settings, "database_url", "DATABASE_URL")
-    (log.warning if hint else log.info)("DATABASE_URL is not set: %s%s", doing, hint)
+def _beside_up_without_database(settings: Settings, doing: str) -> None:
+    """Warn, first thing, when DATABASE_URL is not set while a ``cryptostream up`` runs on STATE_DIR: run
+    beside the demo, a role that does ``doing`` without it was surely meant to use the demo's database."""
+    hint = "" if settings.database_dsn else _running_up_has(settings, "database_url", "DATABASE_URL")
+    if hint:
+        log.warning("DATABASE_URL is not set: %s%s", doing, hint)
 
 
 def _running_up_has(settings: Settings, key: str, setting: str) -> str:
@@ -729,7 +727,7 @@ def replay(
 def process() -> None:
     """Consume trades, build candles and volatility, write Parquet (+ database), commit offsets."""
     settings = _settings("process")
-    _without_database(settings, "writing the Parquet archive only")
+    _beside_up_without_database(settings, "writing the Parquet archive only")
     _writable_folder(settings.output_dir, "OUTPUT_DIR")
     if settings.metrics_port:
         _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
@@ -743,6 +741,8 @@ def process() -> None:
     sinks: list[Sink] = [ParquetSink(settings.output_dir)]
     if settings.database_dsn:
         sinks.append(PostgresSink(settings.database_dsn))
+    else:
+        log.info("DATABASE_URL not set: writing the Parquet archive only")
     from processor.model.scorer import load_live_scorer
 
     scorer = load_live_scorer(settings)
@@ -852,7 +852,7 @@ def serve(
 ) -> None:
     """Serve GraphQL, the REST routes and the dashboard."""
     settings = _settings("serve", api_host=host, api_port=port)
-    _without_database(settings, "serving the Parquet archive only")
+    _beside_up_without_database(settings, "serving the Parquet archive only")
     _require_free_port(settings.api_host, settings.api_port, "--port / API_PORT", "--host / API_HOST")
     internal_metrics = settings.api_production and settings.metrics_port is not None
     if internal_metrics:
@@ -921,13 +921,15 @@ def import_(
 ) -> None:
     """Copy an archive of the older layout into the database (DATABASE_URL) and the archive (OUTPUT_DIR)."""
     settings = _settings("import")
-    _without_database(settings, "importing into the Parquet archive only")
+    _beside_up_without_database(settings, "importing into the Parquet archive only")
     if not path.is_dir():
         raise SettingsError(f"import needs a folder, {path} is not one")
     _writable_folder(settings.output_dir, "OUTPUT_DIR")
     _wait_for_services(settings, database=True)
     from processor.importer import import_archive
 
+    if not settings.database_dsn:
+        log.info("DATABASE_URL not set: importing into the Parquet archive only")
     report = asyncio.run(
         import_archive(path, settings.output_dir, settings.database_dsn, exchange, show_progress=progress)
     )
