@@ -129,10 +129,14 @@ def market_key(exchange: str, symbol: str) -> str:
 
 
 def choose_markets(
-    stored: Iterable[tuple[str, str]], exchanges: Iterable[str] | None, symbols: Iterable[str] | None
+    stored: Iterable[tuple[str, str]],
+    exchanges: Iterable[str] | None,
+    symbols: Iterable[str] | None,
+    left_out: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """The (exchange, symbol) markets to train on (see the module docstring for the default). Markets are
-    stored but none is what was asked for: :class:`NotEnoughData` naming what is stored."""
+    stored but none is what was asked for: :class:`NotEnoughData` naming what is stored. The demo venue's
+    markets the default leaves out are added to ``left_out`` (to say so if training then has too little)."""
     stored_markets = sorted(set(stored))
     markets = stored_markets
     if symbols is not None:
@@ -142,7 +146,10 @@ def choose_markets(
         venues = set(exchanges)
         markets = [m for m in markets if m[0] in venues]
     else:
-        markets = [m for m in markets if m[0] != DEMO] or markets
+        real = [m for m in markets if m[0] != DEMO]
+        if real and left_out is not None:
+            left_out.extend(m for m in markets if m[0] == DEMO)
+        markets = real or markets
     if stored_markets and not markets:
         asked = [f"exchanges {','.join(sorted(set(exchanges)))}" if exchanges is not None else ""]
         asked.append(f"symbols {','.join(sorted(set(symbols)))}" if symbols is not None else "")
@@ -178,6 +185,7 @@ async def _load_database(
     start: datetime | None,
     end: datetime | None,
     step: Callable[[str], None],
+    left_out: list[tuple[str, str]] | None,
 ) -> dict[str, Candles]:
     from cryptostream.store import DatabaseStore
 
@@ -186,7 +194,7 @@ async def _load_database(
         stored = await store.markets()
         pairs = zip(stored["exchange"].to_pylist(), stored["symbol"].to_pylist(), strict=True)
         out = {}
-        for exchange, symbol in choose_markets(pairs, exchanges, symbols):
+        for exchange, symbol in choose_markets(pairs, exchanges, symbols, left_out):
             key = market_key(exchange, symbol)
             table = await store.candles(exchange, symbol, start, end, limit=_ALL_ROWS, interval="1s")
             out[key] = table_to_candles(table)
@@ -206,11 +214,13 @@ def load_candles(
     start: datetime | None = None,
     end: datetime | None = None,
     step: Callable[[str], None] = lambda _market: None,
+    left_out: list[tuple[str, str]] | None = None,
 ) -> dict[str, Candles]:
     """Each market's 1 s candles with ``start <= bucket < end``, keyed ``exchange:symbol``, from the Parquet
-    archive or the database (markets: :func:`choose_markets`). ``step`` is called after each market."""
+    archive or the database (markets: :func:`choose_markets`, which adds the demo markets it leaves out to
+    ``left_out``). ``step`` is called after each market."""
     if source == "archive":
-        markets = choose_markets(archive.list_markets(output_dir), exchanges, symbols)
+        markets = choose_markets(archive.list_markets(output_dir), exchanges, symbols, left_out)
         return _load_archive(output_dir, markets, start, end, step)
     if not database_dsn:
         from cryptostream.errors import SettingsError
@@ -218,4 +228,4 @@ def load_candles(
         raise SettingsError(
             "DATABASE_URL is not set: training from the database needs one (or use the archive)"
         )
-    return asyncio.run(_load_database(database_dsn, exchanges, symbols, start, end, step))
+    return asyncio.run(_load_database(database_dsn, exchanges, symbols, start, end, step, left_out))

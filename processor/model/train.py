@@ -28,8 +28,10 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cryptostream.venues import DEMO
 from processor.model import registry
 from processor.model.dataset import Dataset, Source, build_dataset, load_candles
+from processor.model.errors import NotEnoughData
 from processor.model.estimators import LinearModel, fit_logit, fit_sgd
 from processor.model.features import FEATURES, LOOKBACK_SECONDS
 from processor.model.metrics import BLOCK_HORIZONS, MIN_BLOCKS, compare, scores
@@ -262,6 +264,7 @@ def train(
 ) -> TrainResult:
     """Load candles, evaluate, save the model and its report under ``model_dir`` (made current)."""
     started = time.perf_counter()
+    left_out: list[tuple[str, str]] = []
     with _progress(show_progress, console) as progress:
         task = progress.add_task(f"loading candles from the {source}", total=None)
         candles = load_candles(
@@ -273,17 +276,33 @@ def train(
             start=start,
             end=end,
             step=lambda market: progress.update(task, advance=1, description=f"loaded {market}"),
+            left_out=left_out,
         )
         progress.update(task, total=len(candles), completed=len(candles), description="candles loaded")
-        ds = build_dataset(candles, horizon_s)
+        if left_out:
+            log.info(
+                "leaving out the demo venue's %d market(s): generated data is not mixed with real markets "
+                "(--exchanges %s trains on them alone)",
+                len(left_out),
+                DEMO,
+            )
         data = {
             "source": source,
             "start": start.isoformat() if start else None,
             "end": end.isoformat() if end else None,
         }
-        result = fit_and_report(
-            ds, folds=folds, seed=seed, data=data, progress=progress, candidates=candidates
-        )
+        try:
+            ds = build_dataset(candles, horizon_s)
+            result = fit_and_report(
+                ds, folds=folds, seed=seed, data=data, progress=progress, candidates=candidates
+            )
+        except NotEnoughData as exc:
+            if not left_out:
+                raise
+            raise NotEnoughData(
+                f"{exc} The demo venue's {len(left_out)} market(s) were left out (generated data is never "
+                f"mixed with real markets): --exchanges {DEMO} trains on them alone."
+            ) from None
     result.report["training_seconds"] = round(time.perf_counter() - started, 3)
     path = registry.save(model_dir, result.model_file, result.report)
     log.info("model %s saved to %s", result.model_file["version"], path)

@@ -53,14 +53,14 @@ def _planted(hours: float = 2.0) -> dict[str, pa.Table]:
     }
 
 
-def _write_archive(root: Path, tables: dict[str, pa.Table]) -> None:
+def _write_archive(root: Path, tables: dict[str, pa.Table], venue: str = VENUE) -> None:
     """Lay candles out as the processor's Parquet sink does: one file per symbol and UTC day."""
     for symbol, table in tables.items():
         days = np.asarray(table["bucket"].cast(pa.int64()).to_numpy() // 86_400_000)
         for seq, day in enumerate(np.unique(days)):
             rows = table.filter(pa.array(days == day)).drop_columns(["exchange", "symbol"])
             folder = archive.partition_dir(
-                root, "ohlc", VENUE, symbol, archive.utc_day(int(day) * 86_400_000)
+                root, "ohlc", venue, symbol, archive.utc_day(int(day) * 86_400_000)
             )
             archive.write_file(folder / archive.file_name(0, "feedbeef", seq), rows)
 
@@ -107,6 +107,18 @@ def test_train_command_explains_what_is_missing(tmp_path):
     )
     done = _cli("train", "--exchanges", "binance", "--symbols", "DOGEUSDT", env=env)
     assert "matches exchanges binance and symbols DOGEUSDT: candles are stored for binance" in done.stderr
+
+    # the demo's candles beside too few real ones: left out by default, and the refusal says so
+    _write_archive(tmp_path / "outputs", _planted(hours=0.1), venue="synthetic")
+    done = _cli("train", "--horizon", str(HORIZON), env=env)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("cryptostream: not enough candles for 5 walk-forward fold(s)"), done.stderr
+    assert last.endswith(
+        "The demo venue's 3 market(s) were left out (generated data is never mixed with real markets): "
+        "--exchanges synthetic trains on them alone."
+    ), last
+    assert load_report(tmp_path / "models") is None
 
 
 async def _copy_candles(conn: asyncpg.Connection, table: pa.Table) -> None:
