@@ -32,7 +32,7 @@ from typing import Any
 
 from graphql import GraphQLError
 from starlette.websockets import WebSocket
-from strawberry.http.exceptions import NonJsonMessageReceived
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -162,12 +162,15 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 
 _NOT_JSON = object()  # what a text message that is not JSON reads as (legacy graphql-ws)
+_NOT_TEXT = object()  # ... and a binary message
+_LEGACY_TYPES = ("connection_init", "start", "stop", "connection_terminate")  # what a legacy client sends
 
 
 class _ReportsNonJson:
     """strawberry's WebSocket adapter, but a text message that is not JSON comes out as :data:`_NOT_JSON`
     instead of being skipped in silence (strawberry's legacy handler reads with ``ignore_parsing_errors``),
-    so the client gets an ``error`` saying so. Everything else is the adapter's."""
+    and a binary one as :data:`_NOT_TEXT` instead of closing the socket (1002, every subscription on it
+    gone), so the client gets an ``error`` saying so. Everything else is the adapter's."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -183,6 +186,8 @@ class _ReportsNonJson:
                 return
             except NonJsonMessageReceived:
                 yield _NOT_JSON
+            except NonTextMessageReceived:
+                yield _NOT_TEXT
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
@@ -193,7 +198,15 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         self.websocket = _ReportsNonJson(self.websocket)  # type: ignore[assignment]
 
     async def handle_message(self, message: Any) -> None:
-        problem = "a message must be JSON" if message is _NOT_JSON else message_problem(message)
+        if message is _NOT_JSON:
+            problem: str | None = "a message must be JSON"
+        elif message is _NOT_TEXT:
+            problem = "a message must be text (JSON), not binary"
+        else:
+            problem = message_problem(message)
+            if problem is None and message["type"] not in _LEGACY_TYPES:  # strawberry ignores it in silence
+                expected = ", ".join(_LEGACY_TYPES)
+                problem = f"unknown message type {message['type'][:40]!r}: expected {expected}"
         if problem is not None:  # as subscriptions-transport-ws did: an error, the connection kept
             ident = message.get("id") if isinstance(message, dict) else None
             reply: dict[str, Any] = {"type": "error", "payload": {"message": problem}}

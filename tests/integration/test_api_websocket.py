@@ -73,6 +73,17 @@ async def receive(ws: Any, op: str, timeout: float = 10) -> dict[str, Any]:
             return message
 
 
+async def receive_type(ws: Any, kind: str, timeout: float = 10) -> dict[str, Any]:
+    """The next message of type ``kind`` that names no operation (operations' messages skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message: dict[str, Any] = orjson.loads(
+            await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
+        )
+        if message.get("type") == kind and "id" not in message:
+            return message
+
+
 def problems(records: list[logging.LogRecord]) -> list[str]:
     """Log lines a routine client must not cause: warnings, errors, tracebacks, unretrieved task
     exceptions."""
@@ -204,16 +215,28 @@ async def test_a_message_of_the_wrong_shape_is_refused_with_a_reason_and_the_ser
                 assert reply["type"] == "error" and reply["payload"]["message"].startswith("a "), reply
                 await start(ws, protocol, "ok", LIVE)  # the connection still runs operations
                 assert (await receive(ws, "ok"))["type"] == "data"
-    for text in ("{not json", "hello"):  # text that is no JSON at all (legacy: it was skipped in silence)
+    # text that is no JSON (legacy: skipped in silence), a binary frame (legacy: the socket closed with 1002
+    # and every subscription on it), a type the protocol does not define (legacy: ignored in silence)
+    expected = "connection_init, start, stop, connection_terminate"
+    frames: list[tuple[str | bytes, str]] = [
+        ("{not json", "a message must be JSON"),
+        ("hello", "a message must be JSON"),
+        (b"\x00\x01binary", "a message must be text (JSON), not binary"),
+        ('{"type":"nope"}', f"unknown message type 'nope': expected {expected}"),
+    ]
+    for frame, message in frames:
         async with connection(server, protocol) as ws:
-            await ws.send(text)
+            if protocol == LEGACY_WS:
+                await start(ws, protocol, "before", LIVE)  # an operation the bad frame must not end
+                assert (await receive(ws, "before"))["type"] == "data"
+            await ws.send(frame)
             if protocol == TRANSPORT_WS:
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await asyncio.wait_for(ws.recv(), 10)
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, closed.value.rcvd
             else:
-                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
-                assert reply == {"type": "error", "payload": {"message": "a message must be JSON"}}, reply
+                reply = await receive_type(ws, "error")
+                assert reply == {"type": "error", "payload": {"message": message}}, reply
                 await start(ws, protocol, "ok", LIVE)
                 assert (await receive(ws, "ok"))["type"] == "data"
     async with connection(server, protocol) as ws:  # and the server serves the next client
