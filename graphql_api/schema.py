@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -71,6 +72,13 @@ SHOWN = (
 # fields pairwise within a fixed budget and answers a bare "Validation aborted." past it (~750 identical
 # fields); every document within this limit and GRAPHQL_MAX_TOKENS stays well inside that budget.
 MAX_FIELDS = 500
+# The code of each limit's refusal, as QUERY_TOO_COSTLY has one (graphql_api.cost). graphql-core's token limit
+# and strawberry's alias and depth limiters make errors without one, so they are known by their message.
+LIMIT_CODES = (
+    (re.compile(r"\d+ aliases found\. Allowed: \d+"), "TOO_MANY_ALIASES"),
+    (re.compile(r".* exceeds maximum operation depth of \d+"), "QUERY_TOO_DEEP"),
+    (re.compile(r"Syntax Error: Document contains more than \d+ tokens\. .*"), "TOO_MANY_TOKENS"),
+)
 
 
 def _internal(error: GraphQLError) -> bool:
@@ -108,7 +116,8 @@ class FieldLimit(ASTValidationRule):
         if found > MAX_FIELDS:
             raise ValidationAbortedError(
                 f"{found} fields found. Allowed: {MAX_FIELDS} per request (each repeated field counts); "
-                "select fewer fields or split the request"
+                "select fewer fields or split the request",
+                extensions={"code": "TOO_MANY_FIELDS"},
             )
 
 
@@ -283,6 +292,10 @@ class ApiSchema(strawberry.Schema):
         Masking here rather than with strawberry's MaskErrors extension: that one runs a hook per streamed
         result, a measurable share of the fan-out's cost with thousands of subscribers."""
         for i, error in enumerate(errors):
+            if error.original_error is None and not error.extensions:
+                code = next((c for pattern, c in LIMIT_CODES if pattern.fullmatch(error.message)), None)
+                if code is not None:
+                    error.extensions = {"code": code}
             if _internal(error):
                 log.error("GraphQL resolver failed: %s", error, exc_info=error.original_error)
                 down = isinstance(error.original_error, STORE_FAILURES)

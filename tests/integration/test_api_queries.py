@@ -341,15 +341,26 @@ def test_malformed_requests_are_refused_with_a_4xx_or_a_graphql_error(client: ht
         assert refused.status_code == 400 and f"`{name}` must be an object or null" in refused.text
 
 
+def _codes(body: dict[str, Any]) -> list[str | None]:
+    return [(e.get("extensions") or {}).get("code") for e in body["errors"]]
+
+
 def test_oversized_and_too_deep_queries_are_refused_before_running(client: httpx.Client) -> None:
+    """Each limit's refusal says which limit in `extensions.code`, as the cost limit's does."""
     aliases = " ".join(f"a{i}: symbols" for i in range(31))
-    assert error_messages(graphql(client, f"{{ {aliases} }}")) == ["31 aliases found. Allowed: 30"]
+    refused = graphql(client, f"{{ {aliases} }}")
+    assert error_messages(refused) == ["31 aliases found. Allowed: 30"]
+    assert _codes(refused) == ["TOO_MANY_ALIASES"]
     tokens = "{ " + " ".join(["symbols"] * 2100) + " }"
-    assert error_messages(graphql(client, tokens)) == [
-        "Syntax Error: Document contains more than 2000 tokens. Parsing aborted."
-    ]
+    refused = graphql(client, tokens)
+    said = "Syntax Error: Document contains more than 2000 tokens. Parsing aborted."
+    assert error_messages(refused) == [said]
+    assert _codes(refused) == ["TOO_MANY_TOKENS"]
     deep = "{ symbols " + "{ a " * 12 + "}" * 12 + " }"
-    assert "'anonymous' exceeds maximum operation depth of 10" in error_messages(graphql(client, deep))
+    refused = graphql(client, deep)
+    assert "'anonymous' exceeds maximum operation depth of 10" in error_messages(refused)
+    assert "QUERY_TOO_DEEP" in _codes(refused)
+    assert _codes(graphql(client, "{ nope }")) == [None]  # any other invalid document: no limit's code
     # The GraphiQL introspection query stays within the limits.
     body = graphql(client, get_introspection_query(descriptions=True))
     assert "errors" not in body and body["data"]["__schema"]["queryType"]["name"] == "Query"
@@ -373,10 +384,12 @@ def test_several_operations_need_an_operation_name_as_the_spec_says(client: http
 
 def test_too_many_fields_are_refused_with_the_limit_named(client: httpx.Client) -> None:
     repeated = "{ " + " ".join(["symbols"] * 999) + " }"
-    assert error_messages(graphql(client, repeated)) == [
+    refused = graphql(client, repeated)
+    assert error_messages(refused) == [
         "999 fields found. Allowed: 500 per request (each repeated field counts); "
         "select fewer fields or split the request"
     ]
+    assert _codes(refused) == ["TOO_MANY_FIELDS"]
     assert "errors" not in graphql(client, "{ " + " ".join(["symbols"] * 500) + " }")
 
 
