@@ -146,19 +146,20 @@ def _whole_day(text: str) -> bool:
 
 
 def parse_date(text: str | None, name: str, *, end: bool = False) -> datetime | None:
-    """A REST date parameter: ``YYYY-MM-DD`` (a whole UTC day; as an end, the day is included) or ISO 8601."""
+    """A REST date parameter: ``YYYY-MM-DD`` (a whole UTC day; as an end, the day is included) or ISO 8601.
+    None: no bound (nothing given, or an end that includes 9999-12-31, the last day a date can name)."""
     if text is None or text == "":
         return None
     try:
         if _whole_day(text):
             day = date.fromisoformat(text)
             moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            if end and day == date.max:  # "up to and including the last day": no end at all
+                return None
             return moment + timedelta(days=1) if end else moment
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InputError(f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time, got {text!r}") from None
-    except OverflowError:  # the day after 9999-12-31
-        raise InputError(f"{name} is out of range, got {text!r}") from None
     return utc(moment, name)
 
 

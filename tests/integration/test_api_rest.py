@@ -253,6 +253,15 @@ def test_multi_symbol_figure_has_one_line_per_symbol(client: httpx.Client) -> No
     assert [t["name"] for t in venues["data"]] == ["BTCUSDT · binance", "DOGEUSDT · synthetic (DEMO DATA)"]
 
 
+def test_the_last_day_a_date_can_name_as_end_date_is_no_upper_bound(client: httpx.Client) -> None:
+    """`end_date=9999-12-31` (the day included: up to a midnight no date can name) was a 400."""
+    for path in ("/api/ohlc/", "/api/volatility/"):
+        unbounded = client.get(path, params={"symbol": "BTCUSDT"})
+        last_day = client.get(path, params={"symbol": "BTCUSDT", "end_date": "9999-12-31"})
+        assert last_day.status_code == 200 and unbounded.status_code == 200, last_day.text
+        assert last_day.json() == unbounded.json() and last_day.json()["data"], path
+
+
 @pytest.mark.parametrize(
     ("path", "params", "status", "detail"),
     [
@@ -283,7 +292,12 @@ def test_multi_symbol_figure_has_one_line_per_symbol(client: httpx.Client) -> No
             400,
             "start_date must not be after end_date",
         ),
-        ("/api/ohlc/", {"symbol": "BTCUSDT", "end_date": "9999-12-31"}, 400, "end_date is out of range"),
+        (
+            "/api/ohlc/",
+            {"symbol": "BTCUSDT", "end_date": "9999-12-31T20:00:00-05:00"},
+            400,
+            "end_date is out of range in UTC",
+        ),
         (
             "/api/volatility/",
             {"symbol": "BTCUSDT", "start_date": "0001-01-01T00:00:00+05:00"},
