@@ -413,7 +413,9 @@ class DatabaseStore(ReadStore):
         """A store on a new pool (``max_size=1`` for servers that take one connection at a time)."""
         pool = await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            # no floor: a pool keeping one connection retries it through an outage, logging a traceback
+            # each time; the store probe's ping each second keeps a connection open anyway
+            min_size=0,
             max_size=max_size,
             command_timeout=30,
             server_settings=READ_SETTINGS,

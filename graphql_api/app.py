@@ -38,6 +38,7 @@ from graphql_api.cache import ResponseCache
 from graphql_api.catalog import MarketCatalog, configured_markets
 from graphql_api.context import Context, Services
 from graphql_api.docs import add_docs
+from graphql_api.failures import StoreFailures
 from graphql_api.fanout import Fanout
 from graphql_api.inputs import InputError
 from graphql_api.limits import BodyLimit
@@ -255,8 +256,10 @@ def create_app(
     async def query_error(_: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "code": "BAD_USER_INPUT"}, status_code=400)
 
+    store_failures = StoreFailures(log)  # an outage fails every request alike: said once a minute
+
     async def store_failed(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s: the store failed: %s", request.method, request.url.path, exc, exc_info=exc)
+        store_failures.failed(f"{request.method} {request.url.path}", exc)
         detail = "the store is unavailable or not migrated; see the server log"
         return JSONResponse({"detail": detail, "code": "STORE_UNAVAILABLE"}, status_code=503)
 

@@ -48,6 +48,7 @@ from cryptostream.settings import Settings
 from graphql_api.arrow import ArrowExecutor
 from graphql_api.cost import query_cost, too_costly
 from graphql_api.documents import DocumentCache
+from graphql_api.failures import StoreFailures
 from graphql_api.fanout import SubscriberDropped
 from graphql_api.inputs import InputError
 from graphql_api.queries import Query
@@ -210,6 +211,7 @@ class ApiSchema(strawberry.Schema):
         super().__init__(*args, **kwargs)
         self.parse = parse
         self.max_cost = max_cost
+        self.store_failures = StoreFailures(log)
 
     def _too_costly(
         self, query: str | None, operation_name: str | None, variables: dict[str, Any] | None
@@ -297,8 +299,12 @@ class ApiSchema(strawberry.Schema):
                 if code is not None:
                     error.extensions = {"code": code}
             if _internal(error):
-                log.error("GraphQL resolver failed: %s", error, exc_info=error.original_error)
                 down = isinstance(error.original_error, STORE_FAILURES)
+                if down:  # an outage fails every request alike: said once a minute (graphql_api.failures)
+                    assert error.original_error is not None
+                    self.store_failures.failed("GraphQL", error.original_error)
+                else:
+                    log.error("GraphQL resolver failed: %s", error, exc_info=error.original_error)
                 errors[i] = GraphQLError(
                     UNAVAILABLE if down else INTERNAL,
                     error.nodes,

@@ -59,7 +59,9 @@ class PostgresSink(Sink):
 
     async def start(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, command_timeout=120)
+            # min_size=0: a floor is retried through an outage with a traceback each time (the sink says
+            # the outage itself); checkpoints every few seconds keep a connection open anyway
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=2, command_timeout=120)
             async with self._pool.acquire() as conn:
                 self._rollups = await RollupRefresh.detect(conn)
         except (OSError, asyncpg.PostgresError) as exc:
