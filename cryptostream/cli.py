@@ -632,11 +632,14 @@ def _source(
 ) -> AsyncIterator[Any]:
     """The trade source; it watches ``stop`` and ends with its final progress (see ``ingest.source``)."""
     if source is Source.synthetic:
-        from ingest.synthetic import SyntheticMarket
+        from ingest.synthetic import PriceFile, SyntheticMarket
 
         now = int(time.time() * 1000)
-        market = SyntheticMarket(settings.symbols, rate=rate, seed=now % 2**32, first_id=now * 1000)
-        return market.stream(stop=stop, progress_ms=settings.progress_interval_ms)
+        prices = PriceFile(settings.state_dir / "ingest" / "synthetic.json")  # a restart goes on from there
+        market = SyntheticMarket(
+            settings.symbols, rate=rate, seed=now % 2**32, first_id=now * 1000, start_prices=prices.load()
+        )
+        return market.stream(stop=stop, progress_ms=settings.progress_interval_ms, save=prices.save)
     if source is Source.live:
         from ingest.exchanges import live_trades
 

@@ -13,7 +13,9 @@
   ``duplicate_rate`` resends that fraction of trades (as exchanges do on reconnect). Same seed, same trades.
 * **Start prices** are what the pair would cost: the base's USD price over the quote's (ETHBTC about 0.05,
   BTCTRY about two million); a coin not in :data:`USD_PRICES` gets a fixed price of its own between one cent
-  and a few dollars, so a whole market (``SYMBOLS=all``) looks like one.
+  and a few dollars, so a whole market (``SYMBOLS=all``) looks like one. Live, a market goes on from where
+  the previous run left it (:class:`PriceFile`, ``STATE_DIR/ingest/synthetic.json``): every restart of the
+  demo started BTCUSDT at 65,000 again, a cliff in the stored series.
 * **Venue**: ``synthetic``, a venue of its own (demo data never poses as an exchange's market). Live, it
   starts on the next whole second with trade ids that never repeat an earlier run's, writes progress (its
   event time, exact: it generates in order) every ``PROGRESS_INTERVAL_MS``, and at stop writes progress
@@ -27,14 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
+import os
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from cryptostream.codec import Progress
 from cryptostream.feeds import CONNECTED, ENDED, FeedStatus
@@ -42,7 +48,10 @@ from cryptostream.models import Trade
 from cryptostream.venues import DEMO
 from ingest.source import TradeBatch
 
-__all__ = ["SyntheticMarket"]
+__all__ = ["PriceFile", "SyntheticMarket"]
+
+log = logging.getLogger(__name__)
+SAVE_EVERY_S = 5.0  # how often a live market saves its prices (and at stop)
 
 # Rough USD prices of the coins and currencies pairs are most often quoted in or made of (start values only).
 USD_PRICES = {
@@ -76,6 +85,46 @@ def _start_price(symbol: str) -> float:
     return _usd(base) / _usd(quote)
 
 
+def _given(price: object) -> float | None:
+    """A saved price if it can be one (finite, positive), else None."""
+    if isinstance(price, int | float) and not isinstance(price, bool) and math.isfinite(price) and price > 0:
+        return float(price)
+    return None
+
+
+class PriceFile:
+    """``STATE_DIR/ingest/synthetic.json``: each demo symbol's last price, so a restarted market goes on from
+    there. An unreadable file is said and ignored: the market then starts from its usual prices."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, float]:
+        try:
+            saved = orjson.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable %s (%s): the demo's prices start afresh", self.path, exc)
+            return {}
+        if not isinstance(saved, dict):
+            log.warning("ignoring %s (not an object): the demo's prices start afresh", self.path)
+            return {}
+        return {str(symbol): price for symbol, price in saved.items() if _given(price) is not None}
+
+    def save(self, prices: Mapping[str, float]) -> None:
+        """Replace the file with ``prices`` (merged into what it held: symbols not running now keep theirs),
+        never leaving half a file; a failure to write is said, not raised (the prices only start a run)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            merged = {**self.load(), **prices}
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_bytes(orjson.dumps(merged))
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("could not save the demo's prices to %s: %s", self.path, exc)
+
+
 def _tick(price: float) -> float:
     """Price grid of about six significant digits (65,000 -> 0.01; 0.6 -> 0.000001)."""
     return 10.0 ** (math.floor(math.log10(max(price, 1e-12))) - 6)
@@ -107,6 +156,7 @@ class SyntheticMarket:
     first_id: int = 1  # trade ids of symbol i start at first_id + 1_000_000 * i
     base_vol: float = 2e-4  # per-trade log-return scale
     market_beta: float = 0.7  # share of a symbol's moves that come from the common market factor
+    start_prices: Mapping[str, float] | None = None  # where a symbol starts (an earlier run's last price)
     _rng: np.random.Generator = field(init=False, repr=False)
     _paths: list[_Path] = field(init=False, repr=False)  # in the order of symbols
     _variance: float = field(init=False, default=0.0, repr=False)  # sum of the paths' variances
@@ -121,7 +171,8 @@ class SyntheticMarket:
         if not self.symbols:
             raise ValueError("SyntheticMarket needs at least one symbol")
         self._rng = np.random.default_rng(self.seed)
-        prices = [_start_price(s) for s in self.symbols]
+        given = self.start_prices or {}
+        prices = [_given(given.get(s)) or _start_price(s) for s in self.symbols]
         self._paths = [
             _Path(price, self.base_vol**2, self.first_id + 1_000_000 * i, _tick(price))
             for i, price in enumerate(prices)
@@ -234,18 +285,25 @@ class SyntheticMarket:
         keyed.sort(key=lambda kv: kv[0])
         return [t for _, t in keyed]
 
+    def prices(self) -> dict[str, float]:
+        """Each symbol's last price."""
+        return {symbol: path.price for symbol, path in zip(self.symbols, self._paths, strict=True)}
+
     async def stream(
         self,
         tick_s: float = 0.05,
         *,
         stop: asyncio.Event | None = None,
         progress_ms: int = 200,
+        save: Callable[[dict[str, float]], None] | None = None,
     ) -> AsyncIterator[TradeBatch]:
         """Trades stamped with the wall clock, delivered every ``tick_s`` seconds, until ``stop``.
 
         Each batch holds every trade with event time before its end; about every ``progress_ms`` a batch
-        also carries that end as progress, and the last batch (after ``stop``) carries it for sure."""
+        also carries that end as progress, and the last batch (after ``stop``) carries it for sure.
+        ``save`` gets the prices every :data:`SAVE_EVERY_S` seconds and once more at the end."""
         rng = self._rng
+        saved = time.time()
         first = math.ceil(time.time())  # a whole second: an earlier run's last second is never shared
         await asyncio.sleep(max(0.0, first - time.time()))
         last_ms = first * 1000
@@ -281,6 +339,9 @@ class SyntheticMarket:
             if not final and now - reported >= 1.0:
                 reported = now
                 batch.feeds.append(replace(feed))
+            if save is not None and (final or now - saved >= SAVE_EVERY_S):
+                saved = now
+                save(self.prices())
             if batch or batch.progress or batch.feeds:
                 yield batch
             if final:

@@ -83,3 +83,40 @@ def test_a_whole_market_of_2000_symbols_trades_many_of_them_at_plausible_prices(
     assert 50_000 < first["BTCUSD"] < 80_000 and 0.03 < first["ETHBTC"] < 0.07
     assert 0.9 < first["USDTUSD"] < 1.1 and first["BTCTRY"] > 1_000_000
     assert all(1e-8 < p < 1e9 and math.isfinite(p) for p in first.values())  # BTCARS ~65 million
+
+
+async def test_a_restarted_live_market_goes_on_from_the_prices_it_left(tmp_path, caplog):
+    """Every restart of the demo started BTCUSDT near 65,000 again: a cliff in the stored series each time.
+    A live market saves its prices as it goes and at stop; the next run starts from them."""
+    import asyncio
+
+    from ingest.synthetic import PriceFile
+
+    prices = PriceFile(tmp_path / "state" / "ingest" / "synthetic.json")
+    assert prices.load() == {}  # a first run: the usual start prices
+    first = SyntheticMarket(SYMBOLS, rate=2_000, seed=1)
+    assert first.prices()["BTCUSDT"] == 65_000.0
+    stop = asyncio.Event()
+    trades = []
+    async for batch in first.stream(tick_s=0.01, stop=stop, save=prices.save):
+        trades.extend(batch)
+        if len(trades) > 200:
+            stop.set()
+    last = {s: by_symbol_in_time_order(trades, s)[-1].price for s in SYMBOLS}
+    assert prices.load() == last == first.prices()  # saved at stop: each symbol's last trade
+    assert last["BTCUSDT"] != 65_000.0
+
+    second = SyntheticMarket(["BTCUSDT", "ADAUSDT"], rate=2_000, seed=2, start_prices=prices.load())
+    assert second.prices() == {"BTCUSDT": last["BTCUSDT"], "ADAUSDT": 0.45}  # a new symbol: its usual price
+    opening = second.generate(50, T0)
+    btc = by_symbol_in_time_order(opening, "BTCUSDT")[0].price
+    assert abs(math.log(btc / last["BTCUSDT"])) < 0.01  # within a tick or two of where it was left
+    prices.save(second.prices())  # symbols not running keep their saved price
+    assert set(prices.load()) == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"}
+
+    for bad in (b"{not json", b"[1, 2]"):
+        prices.path.write_bytes(bad)
+        assert prices.load() == {}  # said and ignored: the market starts afresh
+    prices.path.write_bytes(b'{"BTCUSDT": -1, "ETHUSDT": "x", "SOLUSDT": 150.5}')
+    assert prices.load() == {"SOLUSDT": 150.5}  # only what can be a price
+    assert sum("ignoring" in r.getMessage() for r in caplog.records) == 2
