@@ -663,6 +663,46 @@ def test_the_quote_counts_trades_and_the_demo_model_is_said_once(
         context.close()
 
 
+def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
+    pipeline: DashboardPipeline, browser: Browser
+) -> None:
+    """A stopped market's newest stored minute said "in progress" for ever (the page cannot know it is final
+    until the live feed says so). Once its time is over a minute past it reads "last stored", in the quote
+    and in the chart's hover text; a final candle stays "closed" and a current one "in progress"."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        blank_page(page, pipeline.url)
+        result = page.evaluate(
+            """async () => {
+            const s = await import('/js/series.js');
+            const panels = await import('/js/panels.js');
+            const charts = await import('/js/charts.js');
+            const ones = [1, 1];
+            const coarse = s.fromColumns({ symbol: 'X', bucket: [0, 60000], open: ones, high: ones, low: ones,
+                                           close: ones, volume: ones, tradeCount: [3, 1] }, '1m', 10);
+            const states = (now) => [0, 1].map((i) => s.rowState(coarse, i, now));
+            const pill = (now) => {
+              const els = { price: document.createElement('span'), change: document.createElement('span'),
+                            candle: document.createElement('p') };
+              panels.renderQuote(els, coarse, now);
+              return els.candle.querySelector('.pill').dataset.state;
+            };
+            const hover = charts.priceFigure(coarse, { style: 'candles', p: charts.palette(), width: 800,
+                                                       now: 300000 }).data[0].text;
+            return { soon: states(90000), settling: states(179999), later: states(180000),
+                     pills: [pill(90000), pill(180000)], hover };
+            }"""
+        )
+        assert result["soon"] == ["closed", "in progress"]  # the newest stored minute may still be filling up
+        assert result["settling"] == ["closed", "in progress"]  # within a minute of its end
+        assert result["later"] == ["closed", "last stored"]
+        assert result["pills"] == ["in progress", "last stored"]
+        assert result["hover"] == ["3 trades", "1 trade · last stored"]
+    finally:
+        context.close()
+
+
 def test_a_finished_replay_reads_as_done_and_a_stopped_source_as_a_problem(
     pipeline: DashboardPipeline, browser: Browser
 ) -> None:

@@ -10,7 +10,7 @@
 // size of its element, resizes included, one draw at a time.
 
 import * as fmt from "./format.js";
-import { INTERVALS, withGaps } from "./series.js";
+import { INTERVALS, rowState, withGaps } from "./series.js";
 
 const MIN_REDRAW_MS = 200; // live updates can come many times a second; a chart redraws at most 5 times
 const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
@@ -147,13 +147,14 @@ function valueAxis(p, extra = {}) {
  * Arrays are copied: live updates change the series in place, and Plotly.react keeps what it is given
  * (a shared array would change under a drawn chart, and an unchanged reference can skip a redraw).
  */
-export function priceFigure(series, { style, p, width }) {
+export function priceFigure(series, { style, p, width, now = Date.now() }) {
   const n = series.bucket.length;
   const x = series.bucket.slice();
   const customdata = series.closed.map((closed, i) => [closed, series.tradeCount[i]]);
-  const text = series.closed.map(
-    (closed, i) => `${fmt.count(series.tradeCount[i], "trade")}${closed ? "" : " · in progress"}`,
-  );
+  const text = series.closed.map((closed, i) => {
+    const state = rowState(series, i, now);
+    return `${fmt.count(series.tradeCount[i], "trade")}${state === "closed" ? "" : ` · ${state}`}`;
+  });
   const priceTrace =
     style === "line"
       ? {

@@ -720,6 +720,8 @@ async function start() {
   setInterval(() => {
     renderConnection();
     renderFooter();
+    // a candle's state moves with the clock too (series.rowState): the quote alone, not the focusable tickers
+    renderQuote({ price: $("last-price"), change: $("change"), candle: $("live-candle") }, selected());
   }, 1_000);
   setInterval(pollStatus, STATUS_POLL_MS);
   setInterval(backfill, BACKFILL_MS);

@@ -2,7 +2,7 @@
 // Built with DOM calls and textContent only: nothing the API sends is ever parsed as HTML.
 
 import * as fmt from "./format.js";
-import { windowChange } from "./series.js";
+import { rowState, windowChange } from "./series.js";
 
 /** h("td", {class: "num"}, "1.0") -> <td class="num">1.0</td> */
 export function h(tag, attrs = {}, ...children) {
@@ -50,7 +50,7 @@ export function renderTickers(container, symbols, seriesBySymbol, selected, onSe
 }
 
 /** The selected symbol's last price, change over the window, and its newest candle. */
-export function renderQuote(elements, series) {
+export function renderQuote(elements, series, now = Date.now()) {
   const n = series ? series.close.length : 0;
   if (!n) {
     elements.price.textContent = "–";
@@ -63,9 +63,15 @@ export function renderQuote(elements, series) {
   elements.price.textContent = fmt.price(series.close[i]);
   elements.change.textContent = `${fmt.signedPercent(change)} over the window`;
   elements.change.dataset.dir = direction(change);
-  const state = series.closed[i] ? "closed" : "in progress";
+  const state = rowState(series, i, now);
+  const why = {
+    closed: "Final: every trade of this candle is in",
+    "in progress": "Still filling up: it changes as trades come",
+    "last stored": "Its time has passed and nothing has said it is final: shown as stored (the market " +
+      "stopped, or the pipeline is behind)",
+  }[state];
   elements.candle.replaceChildren(
-    h("span", { class: `pill ${series.closed[i] ? "" : "pill-live"}` }, state),
+    h("span", { class: `pill ${state === "in progress" ? "pill-live" : ""}`, title: why, dataset: { state } }, state),
     ` ${fmt.dateTime(series.bucket[i], series.interval === "1s")} UTC · O ${fmt.price(series.open[i])} · H ${fmt.price(
       series.high[i],
     )} · L ${fmt.price(series.low[i])} · C ${fmt.price(series.close[i])} · V ${fmt.compact(series.volume[i])} · ${fmt.count(

@@ -18,6 +18,21 @@ export const INTERVALS = Object.freeze({
   "1d": 86_400_000,
 });
 
+/** How long after its end a candle not said final still counts as filling up (the pipeline's usual lag). */
+export const SETTLE_MS = 60_000;
+
+/**
+ * What row `i` of a series is: "closed" (final), "in progress" (its time has not passed, or only just), or
+ * "last stored" (its time passed over a minute ago and nothing said it is final: the market stopped, or
+ * the pipeline is behind; it is shown as stored). A stopped market's newest minute said "in progress"
+ * for ever.
+ */
+export function rowState(series, i, now = Date.now()) {
+  if (series.closed[i]) return "closed";
+  const end = series.bucket[i] + (INTERVALS[series.interval] ?? 0);
+  return end + SETTLE_MS <= now ? "last stored" : "in progress";
+}
+
 /** Rows kept per interval: ten minutes of seconds, six hours of minutes, about a year of days. */
 export const WINDOW = Object.freeze({ "1s": 600, "1m": 360, "5m": 288, "15m": 288, "1h": 336, "1d": 365 });
 
