@@ -17,6 +17,7 @@ the same rows for the same data. Every read names a market: a venue (exchange) a
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from cryptostream.archive import check_query
 from cryptostream.models import CANDLE_SCHEMA, INTERVALS, PREDICTION_SCHEMA, VOLATILITY_SCHEMA
 
 __all__ = ["MARKET_SCHEMA", "ArchiveStore", "DatabaseStore", "ReadStore", "open_store"]
+
+log = logging.getLogger(__name__)
 
 # One row per market with stored candles: its venue, symbol, and the first and last candle's bucket.
 MARKET_SCHEMA = pa.schema(
@@ -407,6 +410,7 @@ class DatabaseStore(ReadStore):
         self._plans: dict[str, _Plan] | None = None
         # (kind, market) -> the newest bucket (epoch ms) seen of it: where "latest N" windows end (_newest)
         self._newest_seen: dict[tuple[str, Market], int] = {}
+        self._unmigrated_said = False  # the missing table was logged (once until it is back)
 
     @classmethod
     async def connect(cls, dsn: str, archive_root: Path | None = None, *, max_size: int = 8) -> DatabaseStore:
@@ -759,10 +763,16 @@ class DatabaseStore(ReadStore):
         return first is not None and first < _ms(cut)
 
     async def ping(self) -> bool:
+        """Whether the database answers and still has the candles table: a schema dropped under a running
+        API failed every read while ``/health`` said healthy (a bare ``SELECT 1`` still answered)."""
         try:
-            return bool(await self.pool.fetchval("SELECT 1") == 1)
+            migrated = await self.pool.fetchval("SELECT to_regclass('ohlc_1s') IS NOT NULL")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
+        if not migrated and not self._unmigrated_said:
+            log.warning("the database has no ohlc_1s table (dropped? run `cryptostream migrate`)")
+        self._unmigrated_said = not migrated
+        return bool(migrated)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -454,8 +454,9 @@ def build_router(settings: Settings) -> APIRouter:
         tags=["Utility"],
         summary="Liveness of the API, its store, its live feed and the trade sources",
         description="Always HTTP 200 while the API runs; `status` is `degraded` with `problems` saying why "
-        "when the store does not answer (pinged every second in the background, so this route never "
-        "waits; no answer for 5 s counts), the live feed is unreachable, or (with a live feed) no trade "
+        "when the store does not answer or has no candles table (pinged every second in the background, so "
+        "this route never waits; no answer for 5 s counts), the live feed is unreachable, or (with a live "
+        "feed) no trade "
         "source delivers: no ingest runs, or every exchange is unreachable (a replay at the end of its file "
         "is `finished`, not a problem). `feeds` lists each source as ingest last reported it (null without "
         "a live feed).",
@@ -464,7 +465,7 @@ def build_router(settings: Settings) -> APIRouter:
         services = services_of(request)
         ok = await services.probe.answers()  # checked in the background: /health never waits
         live = None if services.fanout is None else services.fanout.ready.is_set()
-        problems = [] if ok else [f"the store ({services.store.name}) does not answer"]
+        problems = [] if ok else [f"the store ({services.store.name}) does not answer or is not migrated"]
         feeds = None
         if live is False:
             problems.append("the live feed (KAFKA_BOOTSTRAP) is unreachable")

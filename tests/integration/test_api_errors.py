@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -85,3 +87,43 @@ def test_rest_answers_503_with_a_hint_not_a_traceback(client: httpx.Client) -> N
         "detail": "the store is unavailable or not migrated; see the server log",
         "code": "STORE_UNAVAILABLE",
     }
+
+
+def test_health_notices_the_schema_gone_under_a_running_api_and_back(
+    fresh_postgres: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table dropped or renamed under the running API failed every read while `/health` said healthy:
+    its ping was a bare `SELECT 1`. The ping now asks for the candles table."""
+    from cryptostream.migrate import upgrade
+
+    upgrade(fresh_postgres)
+    caplog.set_level(logging.WARNING)
+
+    def health(http: httpx.Client) -> dict:
+        return http.get("/health").json()
+
+    def until(http: httpx.Client, status: str) -> dict:
+        deadline = time.monotonic() + 30
+        while (answer := health(http))["status"] != status:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        return answer
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(fresh_postgres)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with BackgroundServer(create_app(api_settings(fresh_postgres, tmp_path))) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert until(http, "healthy")["database"] is True
+            asyncio.run(sql("ALTER TABLE ohlc_1s RENAME TO ohlc_1s_away"))
+            gone = until(http, "degraded")
+            assert gone["database"] is False
+            assert gone["problems"] == ["the store (database) does not answer or is not migrated"]
+            asyncio.run(sql("ALTER TABLE ohlc_1s_away RENAME TO ohlc_1s"))
+            assert until(http, "healthy")["database"] is True
+    said = [r.getMessage() for r in caplog.records if r.name == "cryptostream.store"]
+    assert said == ["the database has no ohlc_1s table (dropped? run `cryptostream migrate`)"]  # once
