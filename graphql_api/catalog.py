@@ -31,6 +31,7 @@ from cryptostream.errors import SettingsError, UnsupportedSymbol
 from cryptostream.markets import MarketListError
 from cryptostream.store import MARKET_SCHEMA, ReadStore
 from cryptostream.venues import DEMO, pick_venue
+from graphql_api.failures import StoreFailures
 from graphql_api.inputs import unknown_market, unknown_symbol
 
 __all__ = ["LISTING_SCHEMA", "MarketKey", "MarketCatalog", "configured_markets"]
@@ -94,6 +95,8 @@ class MarketCatalog:
         self._fetched = float("-inf")
         self._lock = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None  # a refresh behind a stale list
+        # tried again by every request past the ttl: during an outage, said once a minute
+        self._failures = StoreFailures(log, level=logging.WARNING)
 
     async def _fetch(self, max_age: float) -> None:
         async with self._lock:
@@ -109,7 +112,7 @@ class MarketCatalog:
         try:
             await self._fetch(self.ttl)
         except Exception as exc:  # the list held stays; the next request past the ttl tries again
-            log.warning("market list not refreshed: %r", exc)
+            self._failures.failed("market list not refreshed (the one held is used)", exc)
 
     async def stored(self, *, fresh_within: float | None = None) -> pa.Table:
         """Markets with stored candles (``MARKET_SCHEMA``), cached ``ttl`` (or ``fresh_within``) seconds."""

@@ -40,9 +40,14 @@ class StoreFailures:
     """Says each kind of store failure (its type and message) at most every ``every_s`` seconds."""
 
     def __init__(
-        self, log: logging.Logger, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic
+        self,
+        log: logging.Logger,
+        every_s: float = EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+        level: int = logging.ERROR,  # WARNING where the failure is survived (a cached list kept)
     ) -> None:
         self.log = log
+        self.level = level
         self.every_s = every_s
         self.clock = clock
         self.seen: dict[tuple[str, str], _Seen] = {}
@@ -58,9 +63,9 @@ class StoreFailures:
             return
         also = f" (and {seen.since} more requests since it was last said)" if seen and seen.since else ""
         if isinstance(exc, OUTAGES):
-            self.log.error("%s: the store does not answer: %s: %s%s", where, key[0], exc, also)
+            self.log.log(self.level, "%s: the store does not answer: %s: %s%s", where, key[0], exc, also)
         else:
-            self.log.error("%s: the store failed: %s%s", where, exc, also, exc_info=exc)
+            self.log.log(self.level, "%s: the store failed: %s%s", where, exc, also, exc_info=exc)
         self.seen.pop(key, None)
         self.seen[key] = _Seen(now)
         while len(self.seen) > KINDS:

@@ -78,6 +78,10 @@ def test_a_database_that_does_not_answer_is_a_line_a_minute_not_a_traceback_a_re
         "GraphQL: the store does not answer: ConnectionRefusedError: [Errno 111] Connection refused",
     ], errors
     assert not [r.getMessage() for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
+    # the market list, tried again by each request past its 5 s: said once too (the list held is used)
+    stale = [r.getMessage() for r in caplog.records if r.name == "graphql_api.catalog"]
+    assert len(stale) <= 1, stale
+    assert all(m.startswith("market list not refreshed (the one held is used)") for m in stale), stale
 
 
 def test_rest_answers_503_with_a_hint_not_a_traceback(client: httpx.Client) -> None:
