@@ -160,6 +160,7 @@ def _live_symbols(settings: Settings, **overrides: Any) -> Settings:
     the cache the selection reads), and refused before anything starts when no exchange trades one of them
     (looked for in fresh lists first: it may be listed since the lists at hand) or an exchange cannot
     stream them all. `up` refused a misspelt symbol only once its broker, database and API had started."""
+    from cryptostream.markets import UnlistedSymbols
     from ingest.exchanges import check_markets, refresh_market_lists
 
     fetched = settings.symbols_selection is not None
@@ -168,7 +169,7 @@ def _live_symbols(settings: Settings, **overrides: Any) -> Settings:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     try:
         check_markets(settings)
-    except SettingsError:
+    except UnlistedSymbols:
         if fetched:
             raise
         asyncio.run(refresh_market_lists(settings))

@@ -45,6 +45,7 @@ __all__ = [
     "Catalog",
     "Market",
     "MarketListError",
+    "UnlistedSymbols",
     "cached",
     "listed_on",
     "local_catalogs",
@@ -66,6 +67,10 @@ CLOSEST = 5  # matches named when a symbol is not listed
 
 class MarketListError(CryptostreamError):
     """A market list (live answer, cache file or snapshot) is not in the shape we read."""
+
+
+class UnlistedSymbols(SettingsError):
+    """SYMBOLS names a symbol no market list searched has trading (:func:`resolve`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +346,7 @@ def resolve(
     """Each exchange -> the markets of ``symbols`` it trades (in the order of ``symbols``).
 
     A symbol may trade on only some of the exchanges (it is streamed from those; see :func:`listed_on`).
-    One that trades on none raises :class:`SettingsError`, one line naming it, the exchanges searched and
+    One that trades on none raises :class:`UnlistedSymbols`, one line naming it, the exchanges searched and
     the closest pairs they list.
     """
     resolved: dict[str, list[Market]] = {name: [] for name in exchanges}
@@ -359,7 +364,7 @@ def resolve(
             if market not in resolved[name]:
                 resolved[name].append(market)
     if problems:
-        raise SettingsError("SYMBOLS: " + "; ".join(problems))
+        raise UnlistedSymbols("SYMBOLS: " + "; ".join(problems))
     return resolved
 
 

@@ -33,7 +33,7 @@ from cryptostream.settings import Settings
 from graphql_api.catalog import MarketKey
 from graphql_api.context import Services
 from graphql_api.inputs import InputError, check_dates
-from graphql_api.status import FeedReport, is_fed, waiting
+from graphql_api.status import FeedReport, waiting
 
 __all__ = [
     "FALLBACK_WINDOW",
@@ -342,10 +342,10 @@ def _feed(f: FeedReport) -> dict[str, Any]:
 
 
 def _undelivered(feeds: list[FeedReport]) -> str:
-    if not feeds:
+    if not waiting(feeds):  # none, or finished ones only (a finished replay is not why)
         return "no trade source reports: is ingest running?"
     parts = []
-    for f in waiting(feeds):  # a finished replay is not why
+    for f in waiting(feeds):
         since = f" since {_iso_ms(f.since_ms)}" if f.since_ms is not None else ""
         why = f" ({f.error})" if f.error else ""
         parts.append(f"{f.source} {f.state if f.alive else 'silent'}{since}{why}")
@@ -470,8 +470,9 @@ def build_router(settings: Settings) -> APIRouter:
         if live is False:
             problems.append("the live feed (KAFKA_BOOTSTRAP) is unreachable")
         elif live:
-            feeds = services.board.snapshot().feeds
-            if not is_fed(feeds):
+            snapshot = services.board.snapshot()
+            feeds = snapshot.feeds
+            if not snapshot.fed:
                 problems.append(_undelivered(feeds))
         return json_response(
             {

@@ -12,8 +12,9 @@ Ingest reports each source's connection the same way (``type: feed``, key ``__fe
 :mod:`cryptostream.feeds`). A source *delivers* while its newest report, at most ``stale_after`` seconds old,
 says connected; a replay that reached the end of its file is *finished* (kept until the source reports
 again, however old: nothing more is to come from it). The pipeline is fed when some source delivers, or
-every source reported is finished: ``/health`` is degraded when the API reads the live feed and it is not
-(no ingest running, every exchange unreachable, ingest stopped).
+every source reported is finished and none has reported otherwise since (a live ingest that died after
+the replay and was forgotten an hour later is not fed): ``/health`` is degraded when the API reads the live
+feed and it is not (no ingest running, every exchange unreachable, ingest stopped).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from cryptostream.feeds import CONNECTED, FINISHED, STATES
 
 __all__ = [
     "FeedReport",
-    "is_fed",
     "waiting",
     "PartitionReport",
     "ProcessorReport",
@@ -101,11 +101,6 @@ def waiting(feeds: list[FeedReport]) -> list[FeedReport]:
     return [f for f in feeds if not f.finished]
 
 
-def is_fed(feeds: list[FeedReport]) -> bool:
-    """Some source delivers, or every source reported has delivered all it had (see the module docstring)."""
-    return any(f.delivering for f in feeds) or (bool(feeds) and not waiting(feeds))
-
-
 @dataclass(slots=True)
 class StatusSnapshot:
     processors: list[ProcessorReport]
@@ -118,6 +113,7 @@ class StatusSnapshot:
     rejected_by_reason: dict[str, int]
     updated_ms: int | None
     feeds: list[FeedReport] = field(default_factory=list)
+    fed: bool = False  # some source delivers, or all are finished (see the module docstring)
     markets: int = 0  # markets the processors hold (``symbols`` lists at most 200 of each processor's)
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
@@ -142,6 +138,7 @@ class StatusBoard:
         self.stale_after = stale_after
         self.reports: dict[str, ProcessorReport] = {}
         self.feeds: dict[str, FeedReport] = {}
+        self.unfinished_at = float("-inf")  # when a source not finished last reported (forgotten or not)
 
     def update_feed(self, message: dict[str, Any], now: float | None = None) -> None:
         """Take one feed status message (malformed fields are ignored, never raised)."""
@@ -161,6 +158,8 @@ class StatusBoard:
             time_ms=_int(message.get("time_ms")) or int(time.time() * 1000),
             received=time.monotonic() if now is None else now,
         )
+        if state != FINISHED:
+            self.unfinished_at = self.feeds[source].received
 
     def update(self, message: dict[str, Any], now: float | None = None) -> None:
         """Take one status message (malformed fields are ignored, never raised)."""
@@ -239,5 +238,11 @@ class StatusBoard:
             rejected_by_reason=dict(sorted(reasons.items())),
             updated_ms=max((r.time_ms for r in reports), default=None),
             feeds=feeds,
+            fed=any(f.delivering for f in feeds)
+            or (
+                bool(feeds)
+                and not waiting(feeds)
+                and max(f.received for f in feeds) >= self.unfinished_at  # nothing else reported since
+            ),
             markets=sum(_markets(r) for r in alive),
         )

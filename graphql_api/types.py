@@ -20,7 +20,7 @@ import strawberry
 
 from graphql_api.arrow import ArrowColumn, ArrowRows, LiveEvent
 from graphql_api.rollup import Bar
-from graphql_api.status import FeedReport, StatusSnapshot, is_fed
+from graphql_api.status import FeedReport, StatusSnapshot
 
 __all__ = [
     "Candle",
@@ -400,7 +400,7 @@ class PipelineStatus:
             ],
             markets_total=snap.markets,
             feeds=[FeedStatus.from_report(f) for f in snap.feeds],
-            fed=is_fed(snap.feeds) if live else None,
+            fed=snap.fed if live else None,
         )
 
 

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -115,14 +116,21 @@ class PriceFile:
     def save(self, prices: Mapping[str, float]) -> None:
         """Replace the file with ``prices`` (merged into what it held: symbols not running now keep theirs),
         never leaving half a file; a failure to write is said, not raised (the prices only start a run)."""
+        temporary: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             merged = {**self.load(), **prices}
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_bytes(orjson.dumps(merged))
+            # a file of its own: two markets on one STATE_DIR never write into the same temporary file
+            handle, temporary = tempfile.mkstemp(prefix=".synthetic-", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(handle, "wb") as out:
+                out.write(orjson.dumps(merged))
             os.replace(temporary, self.path)
+            temporary = None
         except OSError as exc:
             log.warning("could not save the demo's prices to %s: %s", self.path, exc)
+        finally:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
 
 
 def _tick(price: float) -> float:

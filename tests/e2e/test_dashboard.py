@@ -690,8 +690,16 @@ def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
             };
             const hover = charts.priceFigure(coarse, { style: 'candles', p: charts.palette(), width: 800,
                                                        now: 300000 }).data[0].text;
+            // a replay: candles of 2025 by the clock of today, in progress while their updates come
+            const replay = s.fromColumns({ symbol: 'X', bucket: [1735689600000], open: [1], high: [1],
+                                           low: [1], close: [1], volume: [1], tradeCount: [1] }, '1s', 10);
+            const today = 1796400000000;
+            s.applyUpdate(replay, { bucket: 1735689601000, closed: false, open: 1, high: 1, low: 1, close: 1,
+                                    volume: 1, tradeCount: 1 }, today);
+            const replayed = [today + 1000, today + 59999, today + 60000].map(
+              (now) => s.rowState(replay, 1, now));
             return { soon: states(90000), settling: states(179999), later: states(180000),
-                     pills: [pill(90000), pill(180000)], hover };
+                     pills: [pill(90000), pill(180000)], hover, replayed };
             }"""
         )
         assert result["soon"] == ["closed", "in progress"]  # the newest stored minute may still be filling up
@@ -699,6 +707,8 @@ def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
         assert result["later"] == ["closed", "last stored"]
         assert result["pills"] == ["in progress", "last stored"]
         assert result["hover"] == ["3 trades", "1 trade · last stored"]
+        # in progress while a live update of it came within the minute, whatever the candle's own time
+        assert result["replayed"] == ["in progress", "in progress", "last stored"]
     finally:
         context.close()
 

@@ -7,7 +7,7 @@ import pytest
 
 from cryptostream.feeds import CONNECTED, CONNECTING, ENDED, FINISHED, RECONNECTING, FeedStatus
 from graphql_api.rest import _undelivered
-from graphql_api.status import FORGET_AFTER_S, StatusBoard, is_fed
+from graphql_api.status import FORGET_AFTER_S, StatusBoard
 
 
 def test_a_source_delivers_while_its_newest_report_is_fresh_and_connected() -> None:
@@ -51,26 +51,40 @@ def test_a_finished_replay_is_not_a_problem_however_old_its_report_but_a_stopped
     after an hour ("is ingest running?"), while it kept serving what the file held, as the README says."""
     board = StatusBoard(stale_after=10)
     replay = FeedStatus("replay", CONNECTED, 1_000)
+    board.update_feed(replay.message(1_000, "host:1"), now=0.0)
     replay.traded(300, 1_500)
     replay.enter(FINISHED, 2_000)
-    board.update_feed(replay.message(2_000, "host:1"), now=0.0)
-    for now in (1.0, 11.0, FORGET_AFTER_S + 60):
-        (report,) = board.snapshot(now=now).feeds
+    board.update_feed(replay.message(2_000, "host:1"), now=1.0)
+    for now in (2.0, 11.0, FORGET_AFTER_S + 60):
+        snapshot = board.snapshot(now=now)
+        (report,) = snapshot.feeds
         assert report.finished and report.trades == 300 and not report.delivering
-        assert is_fed([report]), now
+        assert snapshot.fed, now
 
     # a live source beside it that delivers nothing is the problem, and the only one named
     live = FeedStatus("binance", RECONNECTING, 3_000, error="cannot connect (refused)")
     board.update_feed(live.message(3_000, "host:2"), now=FORGET_AFTER_S + 61)
-    feeds = board.snapshot(now=FORGET_AFTER_S + 62).feeds
-    assert not is_fed(feeds)
-    assert _undelivered(feeds).startswith("no trade source delivers: binance reconnecting since")
-    assert "replay" not in _undelivered(feeds)
+    snapshot = board.snapshot(now=FORGET_AFTER_S + 62)
+    assert not snapshot.fed
+    said = _undelivered(snapshot.feeds)
+    assert said.startswith("no trade source delivers: binance reconnecting since") and "replay" not in said
+
+    # ... and once that source is forgotten (an hour without a report), the old finished replay alone does
+    # not make the pipeline fed again: nothing delivers since the live ingest went away
+    snapshot = board.snapshot(now=2 * FORGET_AFTER_S + 62)
+    assert [f.source for f in snapshot.feeds] == ["replay"] and not snapshot.fed
+    assert _undelivered(snapshot.feeds) == "no trade source reports: is ingest running?"
+
+    # a replay that finishes after that: fed again
+    again = FeedStatus("replay", CONNECTED, 9_000)
+    again.enter(FINISHED, 9_500)
+    board.update_feed(again.message(9_500, "host:3"), now=2 * FORGET_AFTER_S + 70)
+    assert board.snapshot(now=2 * FORGET_AFTER_S + 71).fed
 
     # a source stopped before its end (ENDED) is not finished: nothing delivers, and it is forgotten in time
     stopped = StatusBoard(stale_after=10)
     feed = FeedStatus("replay", CONNECTED, 1_000)
     feed.enter(ENDED, 2_000)
     stopped.update_feed(feed.message(2_000, "host:1"), now=0.0)
-    assert not is_fed(stopped.snapshot(now=1.0).feeds)
+    assert not stopped.snapshot(now=1.0).fed
     assert stopped.snapshot(now=FORGET_AFTER_S + 1).feeds == []

@@ -23,12 +23,15 @@ export const SETTLE_MS = 60_000;
 
 /**
  * What row `i` of a series is: "closed" (final), "in progress" (its time has not passed, or only just), or
- * "last stored" (its time passed over a minute ago and nothing said it is final: the market stopped, or
- * the pipeline is behind; it is shown as stored). A stopped market's newest minute said "in progress"
- * for ever.
+ * "last stored" (its time passed over a minute ago, no live update of it came in the last minute, and
+ * nothing said it is final: the market stopped, or the pipeline is behind; it is shown as stored). A
+ * stopped market's newest minute said "in progress" for ever. A replay's candles are days old by the clock
+ * but in progress while its updates come: the time of the last live update counts, not only the clock.
  */
 export function rowState(series, i, now = Date.now()) {
   if (series.closed[i]) return "closed";
+  const live = series.lastLive;
+  if (live && live.bucket === series.bucket[i] && now - live.at < SETTLE_MS) return "in progress";
   const end = series.bucket[i] + (INTERVALS[series.interval] ?? 0);
   return end + SETTLE_MS <= now ? "last stored" : "in progress";
 }
@@ -53,6 +56,7 @@ export function emptySeries(symbol, interval, max = WINDOW[interval] ?? 600) {
     tradeCount: [],
     closed: [],
     storedThrough: null, // newest bucket a stored row has come for: stored rows after it may be missing
+    lastLive: null, // {bucket, at}: the newest live update not final, and when it came (rowState)
     version: 0, // bumped on every change
   };
 }
@@ -103,9 +107,10 @@ function trim(series) {
  * Returns what happened: "append", "insert", "replace" or "ignore" (an in-progress update of a candle
  * already final, or one older than the window kept).
  */
-export function applyUpdate(series, update) {
+export function applyUpdate(series, update, now = Date.now()) {
   const bucket = typeof update.bucket === "number" ? update.bucket : Date.parse(update.bucket);
   const n = series.bucket.length;
+  if (!update.closed) series.lastLive = { bucket, at: now }; // the candle still moves (rowState)
   let outcome;
   if (n === 0 || bucket > series.bucket[n - 1]) {
     insertRow(series, n, bucket, update, update.closed);
