@@ -74,6 +74,7 @@ class ReadStore(ABC):
     """
 
     name: str = "store"
+    unmigrated = False  # the last ping found the store answering without its tables (DatabaseStore)
 
     @abstractmethod
     async def markets(self) -> pa.Table:
@@ -410,7 +411,7 @@ class DatabaseStore(ReadStore):
         self._plans: dict[str, _Plan] | None = None
         # (kind, market) -> the newest bucket (epoch ms) seen of it: where "latest N" windows end (_newest)
         self._newest_seen: dict[tuple[str, Market], int] = {}
-        self._unmigrated_said = False  # the missing table was logged (once until it is back)
+        self.unmigrated = False  # the last ping found no candles table (logged once until it is back)
 
     @classmethod
     async def connect(cls, dsn: str, archive_root: Path | None = None, *, max_size: int = 8) -> DatabaseStore:
@@ -769,9 +770,9 @@ class DatabaseStore(ReadStore):
             migrated = await self.pool.fetchval("SELECT to_regclass('ohlc_1s') IS NOT NULL")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
-        if not migrated and not self._unmigrated_said:
+        if not migrated and not self.unmigrated:
             log.warning("the database has no ohlc_1s table (dropped? run `cryptostream migrate`)")
-        self._unmigrated_said = not migrated
+        self.unmigrated = not migrated
         return bool(migrated)
 
     async def close(self) -> None:

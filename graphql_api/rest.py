@@ -465,7 +465,11 @@ def build_router(settings: Settings) -> APIRouter:
         services = services_of(request)
         ok = await services.probe.answers()  # checked in the background: /health never waits
         live = None if services.fanout is None else services.fanout.ready.is_set()
-        problems = [] if ok else [f"the store ({services.store.name}) does not answer or is not migrated"]
+        problems = []
+        if not ok:
+            store = services.store
+            missing = "has no candles table: run `cryptostream migrate`"
+            problems.append(f"the store ({store.name}) {missing if store.unmigrated else 'does not answer'}")
         feeds = None
         if live is False:
             problems.append("the live feed (KAFKA_BOOTSTRAP) is unreachable")

@@ -126,7 +126,8 @@ def test_health_notices_the_schema_gone_under_a_running_api_and_back(
             asyncio.run(sql("ALTER TABLE ohlc_1s RENAME TO ohlc_1s_away"))
             gone = until(http, "degraded")
             assert gone["database"] is False
-            assert gone["problems"] == ["the store (database) does not answer or is not migrated"]
+            said = "the store (database) has no candles table: run `cryptostream migrate`"
+            assert gone["problems"] == [said]
             asyncio.run(sql("ALTER TABLE ohlc_1s_away RENAME TO ohlc_1s"))
             assert until(http, "healthy")["database"] is True
     said = [r.getMessage() for r in caplog.records if r.name == "cryptostream.store"]
