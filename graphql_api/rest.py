@@ -456,10 +456,9 @@ def build_router(settings: Settings) -> APIRouter:
         description="Always HTTP 200 while the API runs; `status` is `degraded` with `problems` saying why "
         "when the store does not answer or has no candles table (pinged every second in the background, so "
         "this route never waits; no answer for 5 s counts), the live feed is unreachable, or (with a live "
-        "feed) no trade "
-        "source delivers: no ingest runs, or every exchange is unreachable (a replay at the end of its file "
-        "is `finished`, not a problem). `feeds` lists each source as ingest last reported it (null without "
-        "a live feed).",
+        "feed) no trade source delivers: no ingest runs, or every exchange is unreachable (a replay at the "
+        "end of its file is `finished`, not a problem). `feeds` lists each source as ingest last reported it "
+        "(null without a live feed).",
     )
     async def health(request: Request) -> Response:
         services = services_of(request)

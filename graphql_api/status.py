@@ -27,12 +27,12 @@ from cryptostream.feeds import CONNECTED, FINISHED, STATES
 
 __all__ = [
     "FeedReport",
-    "waiting",
     "PartitionReport",
     "ProcessorReport",
     "StatusBoard",
     "StatusSnapshot",
     "SymbolReport",
+    "waiting",
 ]
 
 FORGET_AFTER_S = 3600.0
