@@ -11,6 +11,7 @@ Screenshots (laptop and phone, dark and light) go to $TEST_ARTIFACTS/dashboard/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -139,13 +140,20 @@ class Dashboard:
         assert self.console_errors == [], self.console_errors
 
 
-def blank_page(page: Page, url: str) -> None:
-    """An empty HTML page on the API's origin (answered by the browser itself): the dashboard's modules are
-    imported from the API into it, without the dashboard running."""
-    page.route(
-        f"{url}/blank.html", lambda route: route.fulfill(content_type="text/html", body="<!doctype html>")
-    )
-    page.goto(f"{url}/blank.html")
+@contextlib.contextmanager
+def modules_page(browser: Browser, url: str) -> Iterator[Page]:
+    """An empty HTML page on the API's origin (answered by the browser itself), in a context of its own: the
+    dashboard's modules are imported from the API into it, without the dashboard running."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.route(
+            f"{url}/blank.html", lambda route: route.fulfill(content_type="text/html", body="<!doctype html>")
+        )
+        page.goto(f"{url}/blank.html")
+        yield page
+    finally:
+        context.close()
 
 
 def mismatches(plot: dict[str, Any], api: dict[str, Any]) -> tuple[int, list[str]]:
@@ -537,12 +545,9 @@ def test_live_updates_merge_into_the_series_by_the_documented_rules(
     pipeline: DashboardPipeline, browser: Browser
 ) -> None:
     """The page's own merge module (js/series.js), run in the browser on hand-made updates."""
-    context = browser.new_context()
-    try:
-        page = context.new_page()
+    with modules_page(browser, pipeline.url) as page:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        blank_page(page, pipeline.url)
         result = page.evaluate(
             """async () => {
             const s = await import('/js/series.js');
@@ -576,8 +581,6 @@ def test_live_updates_merge_into_the_series_by_the_documented_rules(
         assert result["merged"] == 2
         assert result["coarseClosed"] == [True, False]  # the newest stored minute may still be filling up
         assert errors == []
-    finally:
-        context.close()
 
 
 def _ms(text: str) -> int:
@@ -593,10 +596,7 @@ def test_the_model_report_is_shown_as_measured(pipeline: DashboardPipeline, brow
     metrics to three decimals, the served one marked, the verdict and its summary word for word."""
     report = registry.load_report(pipeline.settings.model_dir)
     assert report is not None
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        blank_page(page, pipeline.url)
+    with modules_page(browser, pipeline.url) as page:
         text = page.evaluate(
             """async (report) => {
             const panels = await import('/js/panels.js');
@@ -619,8 +619,6 @@ def test_the_model_report_is_shown_as_measured(pipeline: DashboardPipeline, brow
                     assert f"{metrics[name]:.3f}" in shown, (name, metrics[name])
         assert selected.startswith(report["selected_model"]) and "served" in selected
         assert empty.startswith("No model trained yet")
-    finally:
-        context.close()
 
 
 def test_the_quote_counts_trades_and_the_demo_model_is_said_once(
@@ -629,10 +627,7 @@ def test_the_quote_counts_trades_and_the_demo_model_is_said_once(
     """The newest candle's line says "1 trade", "2 trades", "– trades" (an archive that did not record it);
     a prediction of the demo model says "Demo model" in a pill when the report beside it is that model's,
     and in full when no report says what it is (a live run after the demo)."""
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        blank_page(page, pipeline.url)
+    with modules_page(browser, pipeline.url) as page:
         lines, beside, alone = page.evaluate(
             """async () => {
             const panels = await import('/js/panels.js');
@@ -659,8 +654,6 @@ def test_the_quote_counts_trades_and_the_demo_model_is_said_once(
         assert [line.rsplit(" · ", 1)[1] for line in lines] == ["1 trade", "2 trades", "– trades"], lines
         assert beside.endswith("Demo model") and "real markets" not in beside, beside
         assert "Demo model · made by the demo's model" in alone and "real markets" in alone, alone
-    finally:
-        context.close()
 
 
 def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
@@ -669,10 +662,7 @@ def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
     """A stopped market's newest stored minute said "in progress" for ever (the page cannot know it is final
     until the live feed says so). Once its time is over a minute past it reads "last stored", in the quote
     and in the chart's hover text; a final candle stays "closed" and a current one "in progress"."""
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        blank_page(page, pipeline.url)
+    with modules_page(browser, pipeline.url) as page:
         result = page.evaluate(
             """async () => {
             const s = await import('/js/series.js');
@@ -709,8 +699,6 @@ def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
         assert result["hover"] == ["3 trades", "1 trade · last stored"]
         # in progress while a live update of it came within the minute, whatever the candle's own time
         assert result["replayed"] == ["in progress", "in progress", "last stored"]
-    finally:
-        context.close()
 
 
 def test_a_finished_replay_reads_as_done_and_a_stopped_source_as_a_problem(
@@ -719,10 +707,7 @@ def test_a_finished_replay_reads_as_done_and_a_stopped_source_as_a_problem(
     """The status panel draws each source from `pipelineStatus.feeds`: a replay at the end of its file is
     finished (a check mark and its trades, not "silent" in red, however old its last report); a stopped one
     is silent."""
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        blank_page(page, pipeline.url)
+    with modules_page(browser, pipeline.url) as page:
         lines = page.evaluate(
             """async () => {
             const panels = await import('/js/panels.js');
@@ -745,8 +730,6 @@ def test_a_finished_replay_reads_as_done_and_a_stopped_source_as_a_problem(
         assert lines[0][:3] == ["ok", "finished", finished] and lines[0][3] != "no-source", lines
         assert lines[1][2].endswith("· 1 trade"), lines
         assert lines[2][:2] == ["bad", "silent"] and lines[2][3] == "no-source", lines
-    finally:
-        context.close()
 
 
 @pytest.mark.parametrize("width", [340, 415, 700, 1000])
@@ -756,10 +739,7 @@ def test_time_labels_never_run_into_each_other(
     """Each chart's time labels, drawn by Plotly at the chart's width, for spans from a minute to a day: no
     label overlaps the next. A replay of two minutes in the half-width volatility panel gave eight labels
     of seconds in 330 px ("00:00:1500:00:3000:00:45...")."""
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        blank_page(page, pipeline.url)
+    with modules_page(browser, pipeline.url) as page:
         page.add_style_tag(url=f"{pipeline.url}/dashboard.css")
         page.add_script_tag(url=f"{pipeline.url}/vendor/plotly.min.js")
         overlaps = page.evaluate(
@@ -816,5 +796,3 @@ def test_time_labels_never_run_into_each_other(
             width,
         )
         assert overlaps == [], overlaps
-    finally:
-        context.close()

@@ -26,7 +26,7 @@ from ingest.synthetic import SyntheticMarket
 from processor.model import registry
 from tests.e2e import test_dashboard
 from tests.e2e.dashboard_pipeline import SYMBOLS, DashboardPipeline
-from tests.e2e.test_dashboard import LAPTOP, PHONE, REFUSED, Dashboard, blank_page
+from tests.e2e.test_dashboard import LAPTOP, PHONE, REFUSED, Dashboard, modules_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -195,10 +195,7 @@ def test_the_model_verdict_is_said_once(pipeline: DashboardPipeline, browser: Br
     beats = {**report, "verdict": {**report["verdict"], "beats_baselines": True}}
     beats["verdict"]["summary"] = "Beats the baselines out of sample. logit: accuracy 61.0%."
     plain = {**report, "verdict": {**report["verdict"], "summary": "logit: accuracy 54.0%."}}
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        blank_page(page, pipeline.url)
+    with modules_page(browser, pipeline.url) as page:
         shown = page.evaluate(
             """async (reports) => {
             const panels = await import('/js/panels.js');
@@ -216,8 +213,6 @@ def test_the_model_verdict_is_said_once(pipeline: DashboardPipeline, browser: Br
             assert summary in text, (summary, text)
             assert len(re.findall(r"beats? the baselines", text, re.IGNORECASE)) == 1, text
         assert shown[2].startswith("Does not beat the baselines")  # the headline, then the summary
-    finally:
-        context.close()
 
 
 def test_the_ticker_row_fits_a_phone(pipeline: DashboardPipeline, browser: Browser, artifacts: Path) -> None:
