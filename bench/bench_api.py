@@ -525,7 +525,10 @@ def time_fanout(url: str, bootstrap: str, topic: str, subscribers: int, events: 
         by_event: dict[int, list[float]] = {}
         for e, t in received:
             by_event.setdefault(e, []).append((t - sent[e]) * 1000)
-        print("    per event, first-last: " + " ".join(f"{e}:{min(v):.0f}-{max(v):.0f}" for e, v in sorted(by_event.items())))
+        print(
+            "    per event, first-last: "
+            + " ".join(f"{e}:{min(v):.0f}-{max(v):.0f}" for e, v in sorted(by_event.items()))
+        )
     per = 1e6 / max(1, len(received))
     return Fanout(p50, p99, len(latencies), subscribers * events, ended, cpu * per, client_cpu * per)
 

@@ -60,16 +60,16 @@ BARE = (
 
 
 @contextlib.contextmanager
-def server() -> Iterator[tuple[str, str]]:
-    """(DSN, description): DATABASE_URL, or the WASM TimescaleDB of the test suite."""
+def server() -> Iterator[tuple[str, str, bool]]:
+    """(DSN, description, whether native): DATABASE_URL, or the WASM TimescaleDB of the test suite."""
     settings = load_settings()
     if settings.database_dsn:
-        yield settings.database_dsn, settings.describe_database()
+        yield settings.database_dsn, settings.describe_database(), True
         return
     from tests.integration.conftest import timescaledb_server
 
     with tempfile.TemporaryDirectory() as tmp, timescaledb_server(Path(tmp)) as dsn:
-        yield dsn, "the suite's WASM TimescaleDB 2.23 (PGlite, one connection)"
+        yield dsn, "the suite's WASM TimescaleDB 2.23 (PGlite, one connection)", False
 
 
 async def build(dsn: str, days: int = DAYS, reuse: bool = False) -> tuple[int, bool]:
@@ -121,9 +121,16 @@ async def build(dsn: str, days: int = DAYS, reuse: bool = False) -> tuple[int, b
             with contextlib.suppress(asyncpg.DuplicateObjectError):
                 await conn.execute("SELECT compress_chunk($1::regclass, true)", chunk)
         for view, width in VIEWS:
-            await conn.execute(
-                f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')"
-            )
+            for attempt in range(10):  # the server's own refresh policy may be refreshing the same view
+                try:
+                    await conn.execute(
+                        f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')"
+                    )
+                    break
+                except asyncpg.LockNotAvailableError:
+                    if attempt == 9:
+                        raise
+                    await asyncio.sleep(1)
         return int(await conn.fetchval("SELECT count(*) FROM ohlc_1s WHERE symbol = $1", SYMBOL)), reuse
     finally:
         await conn.close()
@@ -166,11 +173,15 @@ async def server_side(dsn: str) -> dict[str, tuple[float, float]]:
         await conn.close()
 
 
-async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> None:
+async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False, native: bool = True) -> None:
     started = time.perf_counter()
     rows, reuse = await build(dsn, days, reuse)
     conn = await asyncpg.connect(dsn)
     try:
+        versions = await conn.fetchrow(
+            "SELECT current_setting('server_version'), "
+            "(SELECT extversion FROM pg_extension WHERE extname = 'timescaledb')"
+        )
         chunks = await conn.fetchval("SELECT count(*) FROM show_chunks('ohlc_1s')")
         compressed = await conn.fetchval(
             "SELECT count(*) FROM timescaledb_information.chunks "
@@ -181,7 +192,8 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
     print(
         f"{'kept' if reuse else 'built'} {rows:,} 1 s rows of {EXCHANGE} {SYMBOL} over {days} days "
         f"(one a minute, one a second in the newest hour): {chunks} chunks, {compressed} compressed, "
-        f"roll-ups materialized, in {time.perf_counter() - started:.0f} s"
+        f"roll-ups materialized, in {time.perf_counter() - started:.0f} s; "
+        f"TimescaleDB {versions[1]} on PostgreSQL {versions[0]}"
     )
     store = await DatabaseStore.connect(dsn, max_size=1)
     now = datetime.now(UTC)
@@ -256,10 +268,21 @@ async def run(dsn: str, reads: int, days: int = DAYS, reuse: bool = False) -> No
         print(f"  {name:<28} planning {plan:8.2f} ms   execution {execute:7.2f} ms")
     bounded, unbounded = (sum(plans[k]) for k in ("time-bounded (read layer)", "no time bound (baseline)"))
     print(f"  ratio unbounded / bounded: {unbounded / bounded:.0f}x")
-    print(
-        "targets (issue 15, native TimescaleDB): latest 1,000 p50 <= 3 ms, p99 <= 10 ms; 1 d over the year "
-        "<= 100 ms; 1 h over 30 days <= 20 ms"
-    )
+    print("targets (issue 15, native TimescaleDB):")
+    for name, (p50, p99) in TARGETS.items():
+        got = results[name]
+        verdict = "met" if got[0] <= p50 and got[1] <= p99 else "NOT met"
+        if not native:
+            verdict += " here (the WASM build: compare the ratios, not the milliseconds)"
+        print(f"  {name}: p50 <= {p50:g} ms, p99 <= {p99:g} ms: {verdict}")
+
+
+# issue 15's targets on a native TimescaleDB server: (p50, p99) in ms; "<= 100 ms" bounds every read (p99)
+TARGETS = {
+    "latest 1,000 1 s candles (read layer)": (3.0, 10.0),
+    "1 d candles over the whole history (read layer)": (100.0, 100.0),
+    "1 h candles over the last 30 days (read layer)": (20.0, 20.0),
+}
 
 
 def main() -> None:
@@ -270,10 +293,10 @@ def main() -> None:
         "--reuse", action="store_true", help="keep the history an earlier run built (it takes minutes)"
     )
     args = parser.parse_args()
-    with server() as (dsn, description):
+    with server() as (dsn, description, native):
         print(f"database: {description}")
         upgrade(dsn)
-        asyncio.run(run(dsn, args.reads, args.days, args.reuse))
+        asyncio.run(run(dsn, args.reads, args.days, args.reuse, native))
 
 
 if __name__ == "__main__":
