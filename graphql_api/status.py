@@ -19,11 +19,14 @@ feed and it is not (no ingest running, every exchange unreachable, ingest stoppe
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptostream.feeds import CONNECTED, FINISHED, STATES
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FeedReport",
@@ -139,13 +142,26 @@ class StatusBoard:
         self.reports: dict[str, ProcessorReport] = {}
         self.feeds: dict[str, FeedReport] = {}
         self.unfinished_at = float("-inf")  # when a source not finished last reported (forgotten or not)
+        self._unknown: set[tuple[str, str]] = set()  # (source, state) logged as unknown
 
     def update_feed(self, message: dict[str, Any], now: float | None = None) -> None:
-        """Take one feed status message (malformed fields are ignored, never raised)."""
+        """Take one feed status message (malformed fields are ignored, never raised). A state this API
+        does not know (a newer ingest's, during a rolling upgrade) is kept and shown as it came, taken as not
+        delivering and not finished: refused, the source's reports were dropped and /health asked whether
+        ingest was running at all."""
         source = _text(message.get("source"), 32)
         state = _text(message.get("state"), 32)
-        if source is None or state not in STATES:
-            raise ValueError(f"feed status needs a source and a state among {STATES}")
+        if source is None or not state:
+            raise ValueError("feed status needs a source and a state")
+        if state not in STATES and (source, state) not in self._unknown and len(self._unknown) < 100:
+            self._unknown.add((source, state))
+            log.warning(
+                "trade source %s reports state %r, which this API does not know (a newer ingest?): shown as "
+                "it came, taken as not delivering; known states: %s",
+                source,
+                state,
+                ", ".join(STATES),
+            )
         self.feeds[source] = FeedReport(
             source=source,
             state=state,

@@ -37,13 +37,41 @@ def test_reconnecting_keeps_its_since_and_reason_until_connected_again() -> None
 
 
 @pytest.mark.parametrize(
-    "message", [{"type": "feed"}, {"type": "feed", "source": "binance", "state": "dancing"}, {"source": 3}]
+    "message", [{"type": "feed"}, {"type": "feed", "source": "binance", "state": ""}, {"source": 3}]
 )
 def test_a_malformed_feed_report_is_refused_not_kept(message: dict[str, object]) -> None:
     board = StatusBoard()
     with pytest.raises(ValueError, match="feed status needs a source and a state"):
         board.update_feed(orjson.loads(orjson.dumps(message)))
     assert board.snapshot().feeds == []
+
+
+def test_a_state_from_a_newer_ingest_is_shown_as_it_came_and_not_taken_for_delivering(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rolling upgrade runs a newer ingest beside this API: a state it added (``finished`` was one) was
+    refused as malformed, so the source vanished from the status and /health asked whether ingest ran."""
+    board = StatusBoard(stale_after=10)
+    feed = FeedStatus("binance", "paused-by-venue", 1_000)
+    with caplog.at_level("WARNING", logger="graphql_api.status"):
+        for t in range(3):
+            board.update_feed(feed.message(1_000 + t, "host:1"), now=float(t))
+    (report,) = board.snapshot(now=3.0).feeds
+    assert (report.source, report.state, report.alive) == ("binance", "paused-by-venue", True)
+    assert not report.delivering and not report.finished
+    assert not board.snapshot(now=3.0).fed
+    assert (
+        _undelivered([report])
+        == "no trade source delivers: binance paused-by-venue since 1970-01-01T00:00:01+00:00"
+    )
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "'paused-by-venue'" in warnings[0] and "newer ingest" in warnings[0]
+
+    # another source connected beside it: fed, and the unknown one still shown
+    live = FeedStatus("coinbase", CONNECTED, 2_000)
+    board.update_feed(live.message(2_500, "host:1"), now=3.5)
+    snapshot = board.snapshot(now=4.0)
+    assert snapshot.fed and [f.state for f in snapshot.feeds] == ["paused-by-venue", CONNECTED]
 
 
 def test_a_finished_replay_is_not_a_problem_however_old_its_report_but_a_stopped_source_is() -> None:
