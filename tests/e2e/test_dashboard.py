@@ -701,6 +701,33 @@ def test_a_candle_whose_time_passed_without_a_final_reads_as_last_stored(
         assert result["replayed"] == ["in progress", "in progress", "last stored"]
 
 
+def test_the_chart_s_hover_text_follows_the_clock_with_no_update_to_redraw_the_chart(
+    pipeline: DashboardPipeline, browser: Browser
+) -> None:
+    """The price chart's hover text is made when the chart is drawn: on a stopped market, whose newest minute
+    gets no update to redraw it, it said "in progress" for ever while the quote beside it moved on to "last
+    stored". Here the page reads the stored 1 m candles with no live feed at all (its WebSocket is answered
+    by nothing) and its clock jumps two minutes: the chart is drawn again, its newest minute "last stored"."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.clock.install()  # the page's Date and timers follow page.clock from here
+        page.route_web_socket(re.compile(r"/graphql"), lambda ws: None)  # never answered: no update comes
+        page.goto(f"{pipeline.url}/#symbol=BTCUSDT&interval=1m")
+        newest = (
+            "(() => { const t = (document.getElementById('price-chart').data || [])[0]; "
+            "return t && t.x.length ? t.text.at(-1) : null; })()"
+        )
+        page.wait_for_function(f"{newest} !== null", timeout=30_000)
+        before = page.evaluate(newest)
+        assert before.endswith(" · in progress"), before  # its minute is this minute, or just past
+        page.clock.fast_forward("02:30")  # the 1 s timer fires: every stored minute's time is long past
+        page.wait_for_function(f"({newest} || '').endsWith(' · last stored')", timeout=5_000)
+        assert page.get_attribute("#live-candle .pill", "data-state") == "last stored"
+    finally:
+        context.close()
+
+
 def test_a_finished_replay_reads_as_done_and_a_stopped_source_as_a_problem(
     pipeline: DashboardPipeline, browser: Browser
 ) -> None:

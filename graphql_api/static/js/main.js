@@ -19,7 +19,15 @@ import { GraphQLRequestError, LiveConnection, liveUrl, query } from "./api.js";
 import { Chart, comparisonFigure, palette, priceFigure, volatilityFigure } from "./charts.js";
 import * as fmt from "./format.js";
 import { renderModelReport, renderPrediction, renderQuote, renderStatus, renderTickers } from "./panels.js";
-import { INTERVALS, WINDOW, applyUpdate, fromColumns, mergeStored, normalizedReturns } from "./series.js";
+import {
+  INTERVALS,
+  WINDOW,
+  applyUpdate,
+  fromColumns,
+  mergeStored,
+  normalizedReturns,
+  rowState,
+} from "./series.js";
 
 const STALE_MS = 6_000; // connected, but no live update (any symbol) for this long: the data is stale
 const STATUS_POLL_MS = 2_000;
@@ -471,7 +479,21 @@ const selected = () => state.series.get(state.symbol);
 // null when that state has nothing to draw (e.g. the interval just changed and its history is loading).
 function priceFigureNow({ width }) {
   const series = selected();
-  return series ? priceFigure(series, { style: state.style, p: palette(), width }) : null;
+  if (!series) return null;
+  const now = Date.now();
+  drawnStates = newestStates(series, now);
+  return priceFigure(series, { style: state.style, p: palette(), width, now });
+}
+
+// The newest candles' states (series.rowState) as the price chart's hover text last showed them: the clock
+// moves them ("in progress" -> "last stored" when a market stops) with no update to redraw the chart.
+let drawnStates = "";
+
+function newestStates(series, now) {
+  const n = series.bucket.length;
+  const states = [];
+  for (let i = Math.max(0, n - 3); i < n; i++) states.push(rowState(series, i, now));
+  return `${series.symbol} ${series.interval} ${n} ${states.join(",")}`;
 }
 
 function volatilityFigureNow({ width }) {
@@ -721,7 +743,9 @@ async function start() {
     renderConnection();
     renderFooter();
     // a candle's state moves with the clock too (series.rowState): the quote alone, not the focusable tickers
-    renderQuote({ price: $("last-price"), change: $("change"), candle: $("live-candle") }, selected());
+    const series = selected();
+    renderQuote({ price: $("last-price"), change: $("change"), candle: $("live-candle") }, series);
+    if (series && newestStates(series, Date.now()) !== drawnStates) charts.price.draw(priceFigureNow);
   }, 1_000);
   setInterval(pollStatus, STATUS_POLL_MS);
   setInterval(backfill, BACKFILL_MS);
