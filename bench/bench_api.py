@@ -259,8 +259,9 @@ def subscriber_process(ws_url: str, n: int, ready: Any, events: int, out: Any) -
 
 
 def _client_loop() -> Any:
-    """uvloop's event loop where there is one (as the API runs on): reading a frame costs the subscribers'
-    processes a third less CPU than asyncio's own loop, CPU the server on the same two cores needs."""
+    """uvloop's event loop where there is one (the API runs on it too): the subscribers' processes take less
+    of the CPU the server on the same two cores needs (2026-12-04: 12.7-13.7 us per delivery against
+    16.4-18.7 on asyncio's loop, in runs hours apart)."""
     try:
         import uvloop
     except ImportError:

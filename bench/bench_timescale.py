@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 
 from cryptostream.migrate import upgrade
+from cryptostream.policies import refresh
 from cryptostream.settings import load_settings
 from cryptostream.store import _MARKETS_LOOSE, DatabaseStore, _rolled
 
@@ -127,17 +128,10 @@ async def build(dsn: str, days: int = DAYS, reuse: bool = False) -> tuple[int, b
             # the server's own compression policy may be compressing the same chunks meanwhile
             with contextlib.suppress(asyncpg.DuplicateObjectError):
                 await conn.execute("SELECT compress_chunk($1::regclass, true)", chunk)
-        for view, width in VIEWS:
-            for attempt in range(10):  # the server's own refresh policy may be refreshing the same view
-                try:
-                    await conn.execute(
-                        f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')"
-                    )
-                    break
-                except asyncpg.LockNotAvailableError:
-                    if attempt == 9:
-                        raise
-                    await asyncio.sleep(1)
+        for view, width in VIEWS:  # waiting while the server's own refresh policy refreshes the same view
+            await refresh(
+                conn, f"CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{width}')"
+            )
         return int(await conn.fetchval("SELECT count(*) FROM ohlc_1s WHERE symbol = $1", SYMBOL)), reuse
     finally:
         await conn.close()

@@ -149,9 +149,9 @@ class StatusBoard:
         does not know (a newer ingest's, during a rolling upgrade) is kept and shown as it came, taken as not
         delivering and not finished: refused, the source's reports were dropped and /health asked whether
         ingest was running at all."""
-        source = _text(message.get("source"), 32)
-        state = _text(message.get("state"), 32)
-        if source is None or not state:
+        source = (_text(message.get("source"), 32) or "").strip()
+        state = (_text(message.get("state"), 32) or "").strip()
+        if not source or not state:
             raise ValueError("feed status needs a source and a state")
         if state not in STATES and (source, state) not in self._unknown and len(self._unknown) < 100:
             self._unknown.add((source, state))

@@ -293,7 +293,8 @@ class SymbolStatus:
 class FeedStatus:
     source: str = strawberry.field(description="The venue: binance, coinbase, demo, ...")
     state: str = strawberry.field(
-        description="connecting, connected, reconnecting, ended (stopped) or finished (a replay at its end)."
+        description="connecting, connected, reconnecting, ended (stopped) or finished (a replay at its end); "
+        "a state from a newer ingest is shown as it came (taken as not delivering)."
     )
     since: datetime | None = strawberry.field(description="When it entered that state.")
     last_trade_at: datetime | None = strawberry.field(description="When its newest trade was received.")

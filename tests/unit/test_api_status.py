@@ -37,7 +37,14 @@ def test_reconnecting_keeps_its_since_and_reason_until_connected_again() -> None
 
 
 @pytest.mark.parametrize(
-    "message", [{"type": "feed"}, {"type": "feed", "source": "binance", "state": ""}, {"source": 3}]
+    "message",
+    [
+        {"type": "feed"},
+        {"type": "feed", "source": "binance", "state": ""},
+        {"type": "feed", "source": "binance", "state": "  "},
+        {"type": "feed", "source": "", "state": "connected"},
+        {"source": 3},
+    ],
 )
 def test_a_malformed_feed_report_is_refused_not_kept(message: dict[str, object]) -> None:
     board = StatusBoard()
