@@ -707,7 +707,7 @@ def test_the_chart_s_hover_text_follows_the_clock_with_no_update_to_redraw_the_c
     """The price chart's hover text is made when the chart is drawn: on a stopped market, whose newest minute
     gets no update to redraw it, it said "in progress" for ever while the quote beside it moved on to "last
     stored". Here the page reads the stored 1 m candles with no live feed at all (its WebSocket is answered
-    by nothing) and its clock jumps two minutes: the chart is drawn again, its newest minute "last stored"."""
+    by nothing) and its clock jumps 2.5 minutes: the chart is drawn again, its newest minute "last stored"."""
     context = browser.new_context()
     try:
         page = context.new_page()

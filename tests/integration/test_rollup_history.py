@@ -275,7 +275,7 @@ async def test_late_rows_below_what_retention_dropped_never_recompute_the_roll_u
     The history is written before the retention policy exists, as a deployment's history comes to be: on
     a server whose scheduler runs (``TIMESCALEDB_URL``), a policy created first ran on its own while the
     rows older than 5 days were being written and dropped some before their refresh, so their roll-ups
-    never existed (in 10 of 18 runs): the backfill README's operator notes warn against."""
+    never existed (in 10 of 18 runs): the backfill the README's operator notes warn against."""
     dsn = own_server
     await asyncio.to_thread(upgrade, dsn)
     now = int(time.time() * 1000)
