@@ -104,7 +104,13 @@ class Outlet(Protocol):
     # The frame's text before the payload: outlets with the same prefix get the same frame for an update.
     prefix: str
 
+    # Writes a frame's bytes (from ``wire``) to the socket now and answers True, or writes nothing and answers
+    # False (the socket cannot take it at once: ``start`` then sends it the ordinary way). None: no such way.
+    write: Callable[[bytes], bool] | None
+
     def frame(self, payload: str) -> Any: ...
+
+    def wire(self, frame: Any) -> bytes: ...
 
     def start(self, frame: Any) -> Awaitable[None] | None:
         """Send ``frame``: None when it went at once, else the rest of the send, to be awaited; either raises
@@ -244,24 +250,42 @@ class Subscriber:
 
 
 class Group:
-    """The shared subscribers of one shape: each update encoded once, framed once per operation id."""
+    """The shared subscribers of one shape: each update encoded once, framed once per operation id.
 
-    __slots__ = ("members", "shape")
+    :meth:`offer` is the fan-out's inner loop, run once per subscriber per event: the usual delivery (the
+    subscriber neither dropped, failed nor waiting on a slow send, and its socket takes the bytes now) is a
+    few attribute reads and one call, ``outlet.write``; anything else goes through :meth:`Subscriber.offer`,
+    which decides as it always did. ``written`` counts the frames that went the short way."""
+
+    __slots__ = ("members", "shape", "written")
 
     def __init__(self, shape: Shape) -> None:
         self.shape = shape
         self.members: set[Subscriber] = set()
+        self.written = 0
 
     def offer(self, item: Any) -> None:
         payload = self.shape.payload(item)
-        frames: dict[str, Any] = {}  # by outlet prefix: one frame per operation id, whatever the members
+        frames: dict[str, tuple[Any, bytes]] = {}  # by outlet prefix: one frame per operation id
+        written = 0
         for sub in tuple(self.members):
             outlet = sub.outlet
             assert outlet is not None
-            frame = frames.get(outlet.prefix)
-            if frame is None:
-                frame = frames[outlet.prefix] = outlet.frame(payload)
-            sub.offer(frame)
+            framed = frames.get(outlet.prefix)
+            if framed is None:
+                frame = outlet.frame(payload)
+                framed = frames[outlet.prefix] = (frame, outlet.wire(frame))
+            write = outlet.write
+            if write is not None and sub.writer is None and sub.dropped is None and sub.failed is None:
+                try:
+                    if write(framed[1]):
+                        written += 1
+                        continue
+                except Exception as exc:  # the client went away: ends this subscription, not the feed
+                    sub._fail(exc)
+                    continue
+            sub.offer(framed[0])
+        self.written += written
 
 
 def _ms(iso: str) -> int:

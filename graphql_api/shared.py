@@ -82,7 +82,7 @@ class Message:
 class Outlet:
     """One subscription operation on one WebSocket: its frame around a shared payload, and its socket."""
 
-    __slots__ = ("_write", "context", "operation_name", "prefix", "query", "schema", "variables", "websocket")
+    __slots__ = ("context", "operation_name", "prefix", "query", "schema", "variables", "websocket", "write")
 
     def __init__(
         self,
@@ -110,18 +110,25 @@ class Outlet:
         else:
             self.prefix = f'{{"id":{op},"type":"next","payload":'
         extensions = (websocket.scope.get("extensions") or {}) if websocket is not None else {}
-        self._write: Callable[[bytes], bool] | None = extensions.get(FRAMES)
+        # Writes a frame's bytes (``Message.wire``) to the socket now, or answers False (nothing written):
+        # the fan-out's way for the usual case, one call per delivery. None under other ASGI servers.
+        self.write: Callable[[bytes], bool] | None = extensions.get(FRAMES)
 
     def frame(self, payload: str) -> Message:
         """The message carrying ``payload`` (an encoded ``{"data": ...}``) for this operation."""
         return Message(self.prefix + payload + "}")
+
+    @staticmethod
+    def wire(message: Message) -> bytes:
+        """``message``'s WebSocket frame, the bytes :attr:`write` takes."""
+        return message.wire
 
     def start(self, message: Message) -> Awaitable[None] | None:
         """Send ``message``: None when the socket took it at once (the usual case, and then no task had to
         wake for it), else the rest of the send, to be awaited (the client reads slowly: the transport
         paused). Under :class:`graphql_api.wsprotocol.FrameWriterProtocol` the frame's bytes go straight to
         the transport when they can; otherwise, and under other servers, through ASGI."""
-        write = self._write
+        write = self.write
         if write is not None and write(message.wire):
             return None
         send = self.websocket.send_text(message.text)

@@ -130,6 +130,39 @@ async def test_one_group_per_shape_one_encoding_per_update_and_drops_per_member(
     assert not feed.groups and not feed.channels and feed.subscribers == 0
 
 
+async def test_frames_go_the_short_way_when_the_socket_takes_them_else_the_usual_way(tmp_path: Path) -> None:
+    """The fan-out's inner loop writes a frame's bytes with ``outlet.write`` when there is one and the socket
+    takes them; when it answers False (paused, closing) the frame goes through ``start`` as before; when it
+    raises, that subscription ends with the error and the others go on."""
+    feed = fanout(tmp_path, api_subscriber_queue=3)
+    direct, refused, broken = Recorded("a"), Recorded("a"), Recorded("a")
+    wires: list[bytes] = []
+
+    def take(wire: bytes) -> bool:
+        wires.append(wire)
+        return True
+
+    def fail(wire: bytes) -> bool:
+        raise RuntimeError("the socket broke")
+
+    direct.write, refused.write, broken.write = take, lambda wire: False, fail
+    shape = shape_of(direct, "candles", BTC, "1s")
+    async with (
+        feed.subscribe("candles", BTC, shape=shape, outlet=direct),
+        feed.subscribe("candles", BTC, shape=shape, outlet=refused),
+        feed.subscribe("candles", BTC, shape=shape, outlet=broken) as failing,
+    ):
+        (group,) = feed.groups.values()
+        for i in range(2):
+            feed.feed([candle(T + i * 1000, float(i))])
+        assert direct.sent == [] and len(wires) == 2  # written the short way, never through start
+        assert [Message(text).wire for text in refused.sent] == wires  # the same bytes, the ordinary way
+        assert broken.sent == []
+        with pytest.raises(RuntimeError, match="the socket broke"):
+            await asyncio.wait_for(failing.deliver(), 5)
+        assert group.written == 2  # the frames that went the short way, and only those
+
+
 async def _socket(fail: BaseException | None = None) -> tuple[WebSocket, list[dict[str, Any]]]:
     """A Starlette WebSocket over the ASGI interface, accepted; its sends are recorded, or raise ``fail``."""
     sent: list[dict[str, Any]] = []
