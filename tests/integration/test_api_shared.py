@@ -169,3 +169,27 @@ async def test_errors_complete_and_stop_end_one_operation_and_the_shape_lives_on
         await legacy.close()
     await subscribers(server, 0)
     assert not fanout.groups and not fanout.channels
+
+
+async def test_a_connection_that_negotiated_compression_gets_its_frames_through_asgi(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Frames written straight to the transport are uncompressed: a connection that negotiated
+    permessage-deflate (an operator may turn it on; websockets' client asks for it) is offered no direct
+    write, so its updates go through ASGI and websockets compresses them, and the client reads them."""
+    settings = make_settings()
+    app = create_app(settings, shared_updates=True)
+    with BackgroundServer(app, ws_per_message_deflate=True) as server:
+        _live(server)
+        ws = await connect(server, TRANSPORT_WS)
+        try:
+            assert ws.protocol.extensions, "the client and server should have negotiated permessage-deflate"
+            await start(ws, TRANSPORT_WS, "1", SAME, variables={"s": ["BTCUSDT"]})
+            await subscribers(server, 1)
+            (group,) = _fanout(app).groups.values()
+            await _publish(settings, [3.0, 4.0])
+            frames = await _frames(ws, "1", 2)
+        finally:
+            await ws.close()
+    assert [orjson.loads(f)["payload"]["data"]["candles"]["close"] for f in frames] == [3.0, 4.0]
+    assert group.written == 0  # none went the direct way
