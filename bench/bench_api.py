@@ -15,12 +15,13 @@
 
 The server runs in its own process (as in production) and the subscribers in ``--clients`` other processes
 (light clients: websockets' sans-I/O protocol on plain asyncio transports), so the client's CPU does not
-count against the server's; on a 2-core machine they still compete for the cores. Two things of the
-loopback the bench keeps out of the server's figures, because remote clients cost it neither: the
+count against the server's; on a 2-core machine they still compete for the cores. Two costs of running
+the subscribers here that remote clients would not put on the server are kept out of its figures: the
 subscribers' garbage collector (their connections are frozen out of it once connected: a full collection
 of them took 300 ms and stamped every frame read meanwhile that late), and, with ``--subscriber-wait poll``
-(the default), waking the subscribers' processes from inside the API's ``send()``; ``block`` measures
-that too. The receiver's TCP, which loopback also runs inside the API's ``send()``, stays counted.
+(the default), most of the wake-ups of the subscribers' processes that the API's ``send()`` ran (one a
+frame; now about one an update and process); ``block`` keeps them, for comparison. The receiver's TCP,
+which loopback also runs inside the API's ``send()``, stays counted.
 
     .venv/bin/python bench/bench_api.py [--requests 300] [--subscribers 2000] [--events 40]
         [--fanout arrow,shared] [--runs 5] [--clients 2] [--subscriber-wait poll,block] [--skip-queries]
@@ -261,8 +262,9 @@ LABELS = {
 # How the subscribers' processes wait for frames (``--subscriber-wait``). On loopback the API's ``send()``
 # runs the receiver's side too, and when the receiving process sleeps in epoll it pays for waking it: a cost
 # no server sending to remote clients has (their machines wake their own processes).
-#   poll:  the subscribers' event loops never sleep in epoll; they look for frames every 0.5 ms, sleeping in
-#          between, so no send() of the API wakes them. Receipts are stamped up to 0.5 ms late.
+#   poll:  once a frame has woken a subscribers' process, its loop looks for more every 0.5 ms (sleeping in
+#          between) instead of sleeping in epoll, until a look finds none: the API's send() wakes each process
+#          about once an update, not once a frame. Receipts are stamped up to 0.5 ms late.
 #   block: they wait in epoll, as an event loop does by default; each frame sent to a sleeping one wakes it.
 NAPS = {"poll": 0.0005, "block": 0.0}
 
@@ -304,6 +306,7 @@ class _Subscriber(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
         self.open = False  # handshake done: frames are read by _read_frames
         self.buffer = b""
+        self.doze: _Doze | None = None  # --subscriber-wait poll, once every subscriber is connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -312,6 +315,8 @@ class _Subscriber(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
+        if self.doze is not None:
+            self.doze.saw()
         if self.open:
             self._read_frames(data, now)
         else:
@@ -395,6 +400,34 @@ class _Subscriber(asyncio.Protocol):
 TRANSPORT_WS = "graphql-transport-ws"
 
 
+class _Doze:
+    """``--subscriber-wait poll``: while frames keep coming, the loop looks for more every ``nap`` seconds
+    (a callback always ready keeps it out of epoll) rather than sleeping until the next frame wakes it; after
+    a look that found none it sleeps in epoll again, and the next frame wakes it once."""
+
+    __slots__ = ("dozing", "loop", "nap", "seen")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, nap: float) -> None:
+        self.loop = loop
+        self.nap = nap
+        self.seen = False  # bytes arrived since the last look
+        self.dozing = False
+
+    def saw(self) -> None:
+        self.seen = True
+        if not self.dozing:
+            self.dozing = True
+            self.loop.call_soon(self._look)
+
+    def _look(self) -> None:
+        if not self.seen:
+            self.dozing = False
+            return
+        self.seen = False
+        time.sleep(self.nap)
+        self.loop.call_soon(self._look)
+
+
 async def _subscribers(ws_url: str, n: int, ready: Any, events: int, out: Any, nap: float) -> None:
     loop = asyncio.get_running_loop()
     init = orjson.dumps({"type": "connection_init"}).decode()
@@ -427,13 +460,10 @@ async def _subscribers(ws_url: str, n: int, ready: Any, events: int, out: Any, n
     # until the end, so they leave the collector's generations; what the run allocates is still collected.
     gc.collect()
     gc.freeze()
-    if nap:  # --subscriber-wait poll: a callback always ready keeps the loop from sleeping in epoll
-
-        def doze() -> None:
-            time.sleep(nap)
-            loop.call_soon(doze)
-
-        loop.call_soon(doze)
+    if nap:
+        state["doze"] = _Doze(loop, nap)
+        for client in clients:
+            client.doze = state["doze"]
     ready.set()
     cpu = time.process_time()
     try:
@@ -478,7 +508,7 @@ def send_floor(nap: float, sockets: int = 2_000, size: int = 300, rounds: int = 
 
 def _drain(port: int, sockets: int, ready: Any, stop: Any, nap: float) -> None:
     """The floor's reader: ``sockets`` connections, every byte read as it comes, waiting in epoll (``nap``
-    0) or looking every ``nap`` seconds."""
+    0) or, once woken, looking every ``nap`` seconds until a look finds nothing (as :class:`_Doze`)."""
     import selectors
 
     selector = selectors.DefaultSelector()
@@ -487,10 +517,13 @@ def _drain(port: int, sockets: int, ready: Any, stop: Any, nap: float) -> None:
         conn.setblocking(False)
         selector.register(conn, selectors.EVENT_READ)
     ready.set()
+    looking = False
     while not stop.is_set():
-        if nap:
+        if looking:
             time.sleep(nap)
-        for key, _ in selector.select(0 if nap else 0.2):
+        ready_keys = selector.select(0 if looking else 0.2)
+        looking = bool(nap and ready_keys)
+        for key, _ in ready_keys:
             try:
                 if not key.fileobj.recv(65536):  # type: ignore[union-attr]
                     selector.unregister(key.fileobj)
@@ -621,9 +654,9 @@ def main() -> None:
     parser.add_argument(
         "--subscriber-wait",
         default="poll",
-        help="how the subscribers' processes wait for frames, comma-separated: poll (no send() of the API "
-        "wakes them, as with remote clients; receipts up to 0.5 ms late), block (asleep in epoll: each send "
-        "wakes one)",
+        help="how the subscribers' processes wait for frames, comma-separated: poll (once woken, they look "
+        "every 0.5 ms until none come: the API's send() wakes them about once an update, not once a frame; "
+        "receipts up to 0.5 ms late), block (asleep in epoll: a send to a sleeping one wakes it)",
     )
     parser.add_argument("--target", type=float, default=0, help="p99 target (ms); default by --subscribers")
     parser.add_argument("--skip-queries", action="store_true", help="run the fan-out only")
