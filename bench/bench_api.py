@@ -461,9 +461,9 @@ async def _subscribers(ws_url: str, n: int, ready: Any, events: int, out: Any, n
     gc.collect()
     gc.freeze()
     if nap:
-        state["doze"] = _Doze(loop, nap)
+        doze = _Doze(loop, nap)
         for client in clients:
-            client.doze = state["doze"]
+            client.doze = doze
     ready.set()
     cpu = time.process_time()
     try:
@@ -664,6 +664,9 @@ def main() -> None:
     if args.role == "serve":
         serve(args)
         return
+    waits = args.subscriber_wait.split(",")
+    if unknown := [w for w in waits if w not in NAPS]:  # before the services start, not after
+        parser.error(f"--subscriber-wait: {', '.join(unknown)}? (poll, block)")
     # the API, its subscribers and the floor's reader inherit it: a socket per subscriber on each side
     files = 2 * max(args.subscribers, 2_000) + 4_096
     soft, _ = raise_open_files(files)
@@ -688,9 +691,6 @@ def main() -> None:
             f"\nFan-out: {args.subscribers} subscribers, one API process, {args.events} candles at 4/s, "
             f"{args.runs} run(s) per mode (ms; CPU = the API process's per delivery):"
         )
-        waits = args.subscriber_wait.split(",")
-        if unknown := [w for w in waits if w not in NAPS]:
-            parser.error(f"--subscriber-wait: {', '.join(unknown)}? (poll, block)")
         floors = {wait: send_floor(NAPS[wait]) for wait in waits}
         for wait, floor in floors.items():
             print(
